@@ -1,0 +1,5 @@
+"""`authz-conformance` command line (being built)."""
+
+
+def main() -> int:
+    return 0

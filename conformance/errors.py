@@ -1,0 +1,64 @@
+"""The suite's own exceptions: errors a user can act on, each saying where and what.
+
+Every error that reaches a user names the file, the place in it (step, probe or document) and the
+field, on one line, so that the CLI and the pytest plugin can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class ConformanceError(Exception):
+    """Base class of every error the suite reports to its user."""
+
+
+class UsageError(ConformanceError):
+    """A bad command-line value or option."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a scenario something is: file, then step, probe or document, then field."""
+
+    file: str
+    where: str = ""
+    field: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.file]
+        if self.where:
+            parts.append(self.where)
+        if self.field:
+            parts.append(f"field {self.field}")
+        return ": ".join(parts)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a scenario: an error (it cannot run), or a warning (it runs, but look)."""
+
+    location: Location
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def __str__(self) -> str:
+        tag = "warning: " if self.severity == "warning" else ""
+        return f"{self.location}: {tag}{self.message}"
+
+
+class ScenarioError(ConformanceError):
+    """A scenario file that cannot run: one or more problems, each one line."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = [p for p in problems if p.severity == "error"]
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class TargetError(ConformanceError):
+    """A target (local mesh, kind, cluster) could not do what it was asked: infrastructure, not policy."""
+
+
+class TargetUnavailable(ConformanceError):
+    """A target cannot run here at all (missing Docker, kind, istioctl, curl ...): a reason to skip."""
