@@ -1,5 +1,208 @@
-"""`authz-conformance` command line (being built)."""
+"""`authz-conformance`: validate, predict, explain, lint, compare and schema, without a mesh.
+
+Every user error is one line naming file, place and field, with exit code 1; nothing here prints a
+traceback for bad input (a bug still does, on purpose: it must be seen and fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from conformance.errors import ConformanceError, ScenarioError
+from conformance.model import MODES, Mode, Scenario
+from conformance.scenario import check, load
+from conformance.versions import DEFAULT_VERSION, IstioVersion
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="authz-conformance",
+        description="Predict, explain and check what Istio AuthorizationPolicies do (scenario files).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, many: bool = True) -> None:
+        sp.add_argument("files", nargs="+" if many else 1, metavar="FILE", help="scenario file(s)")
+        sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                        help=f"Istio version whose semantics to use (default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
+
+    sp = sub.add_parser("validate", help="check scenario files (exit 1 if any is invalid)")
+    common(sp)
+    sp = sub.add_parser("predict", help="print the predicted truth table per step and mode")
+    common(sp)
+    sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (repeatable)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per probe and mode")
+    sp = sub.add_parser("explain", help="explain the decision for one probe")
+    common(sp, many=False)
+    sp.add_argument("--step", required=True, help="step name")
+    sp.add_argument("--probe", required=True, type=int, help="probe index in the step's expect list (from 0)")
+    sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (default: the scenario's)")
+    sp = sub.add_parser("lint", help="expectations contradicting the engine (errors) and policy warnings")
+    common(sp)
+    sp = sub.add_parser("compare", help="probes whose predicted verdict or denial form differs between versions")
+    sp.add_argument("files", nargs="+", metavar="FILE")
+    sp.add_argument("--from", dest="old", required=True, help="older Istio version, e.g. 1.29")
+    sp.add_argument("--to", dest="new", required=True, help="newer Istio version, e.g. 1.30")
+    sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = sys.stdout
+    try:
+        if args.command == "schema":
+            from conformance.schema import SCHEMA
+
+            json.dump(SCHEMA, out, indent=2)
+            out.write("\n")
+            return 0
+        if args.command == "compare":
+            return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), out)
+        version = IstioVersion.parse(args.istio_version)
+        if args.command == "validate":
+            return _validate(args.files, version, out)
+        if args.command == "lint":
+            return _lint(args.files, version, out)
+        if args.command == "predict":
+            return _predict(args.files, version, args.mode, args.json, out)
+        if args.command == "explain":
+            return _explain(args.files[0], version, args.step, args.probe, args.mode, out)
+    except ScenarioError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except ConformanceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _validate(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+    status = 0
+    for f in files:
+        scenario, problems = check(f, version)
+        for p in problems:
+            print(str(p), file=sys.stderr if p.severity == "error" else out)
+        if scenario is None:
+            status = 1
+        else:
+            print(f"{f}: valid ({len(scenario.steps)} steps, "
+                  f"{sum(len(s.expectations) for s in scenario.steps)} probes, modes {', '.join(scenario.modes)})",
+                  file=out)
+    return status
+
+
+def _load_all(files: Sequence[str], version: IstioVersion) -> list[Scenario]:
+    problems = []
+    scenarios = []
+    for f in files:
+        try:
+            scenarios.append(load(f, version))
+        except ScenarioError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ScenarioError(problems)
+    return scenarios
+
+
+def _lint(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+    from conformance.lint import contradictions, warnings
+
+    status = 0
+    for scenario in _load_all(files, version):
+        for w in warnings(scenario, version):
+            print(str(w), file=out)
+        for c in contradictions(scenario, version):
+            status = 1
+            print(str(c.problem), file=out)
+            for line in c.explanation:
+                print(f"    {line}", file=out)
+    if status == 0:
+        print(f"lint: {len(files)} file(s), no expectation contradicts Istio {version}", file=out)
+    return status
+
+
+def _modes(scenario: Scenario, only: Sequence[str] | None) -> list[Mode]:
+    return [m for m in scenario.modes if not only or m in only]
+
+
+def _predict(files: Sequence[str], version: IstioVersion, only: Sequence[str] | None, as_json: bool,
+             out: TextIO) -> int:
+    from conformance.report import render_prediction
+    from conformance.truthtable import predict
+
+    for scenario in _load_all(files, version):
+        for step in scenario.steps:
+            for mode in _modes(scenario, only):
+                table = predict(scenario, step, mode, version)
+                if as_json:
+                    for row in table:
+                        p, d = row.probe, row.predicted
+                        print(json.dumps({
+                            "scenario": scenario.name, "step": step.name, "mode": mode,
+                            "from": p.source.ref, "to": p.destination.ref, "port": p.port.number,
+                            "method": p.request.method, "path": p.request.path,
+                            "headers": dict(p.request.headers),
+                            "verdict": d.verdict, "expected": row.expectation.verdict(mode),
+                            "outcome": d.outcome, "layer": d.layer, "policy": d.policy, "rule": d.rule,
+                            "reason": d.reason,
+                        }), file=out)
+                else:
+                    render_prediction(table, out)
     return 0
+
+
+def _explain(file: str, version: IstioVersion, step_name: str, index: int, only: Sequence[str] | None,
+             out: TextIO) -> int:
+    from conformance.engine import explain, state_for_step
+
+    scenario = load(file, version)
+    step = scenario.step(step_name)
+    if step is None:
+        names = ", ".join(s.name for s in scenario.steps)
+        raise ConformanceError(f"{file}: no step '{step_name}' (steps: {names})")
+    expectation = next((e for e in step.expectations if e.index == index), None)
+    if expectation is None:
+        raise ConformanceError(f"{file}: step '{step_name}': no probe expect[{index}] "
+                               f"(it has {len(step.expectations)})")
+    state = state_for_step(scenario, step)
+    for mode in _modes(scenario, only):
+        d = explain(state, expectation.probe, mode, version)
+        expected = expectation.verdict(mode)
+        print(f"[{mode}] {d.verdict.upper()} ({d.outcome})"
+              + (f" — the scenario expects {expected}" if expected and expected != d.verdict else ""), file=out)
+        for line in d.trace:
+            print(f"  {line}", file=out)
+        print(file=out)
+    return 0
+
+
+def _compare(files: Sequence[str], old: IstioVersion, new: IstioVersion, out: TextIO) -> int:
+    from conformance.engine import explain, state_for_step
+    from conformance.truthtable import predict
+
+    changes = 0
+    for scenario in _load_all(files, new):
+        for step in scenario.steps:
+            for mode in scenario.modes:
+                before, after = predict(scenario, step, mode, old), predict(scenario, step, mode, new)
+                for a, b in zip(before, after, strict=True):
+                    if (a.predicted.verdict, a.predicted.outcome) == (b.predicted.verdict, b.predicted.outcome):
+                        continue
+                    changes += 1
+                    print(f"{scenario.path}: step '{step.name}' [{mode}] {a.probe.describe()}: "
+                          f"{old} {a.predicted.verdict} ({a.predicted.outcome}) → "
+                          f"{new} {b.predicted.verdict} ({b.predicted.outcome})", file=out)
+                    state = state_for_step(scenario, step)
+                    for line in explain(state, b.probe, mode, new).trace[1:]:
+                        print(f"    {line}", file=out)
+    print(f"compare: {changes} probe(s) change between Istio {old} and {new}", file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""The verdict engine: Istio's decision for one probe in one mode, and the reasons for it.
+
+Pure: a function of the policies in force, the workloads and their addresses, the probe, the mode and
+the Istio version. Policies are compiled once per state (like Cyclonus' matcher builder); `decide` is
+then a cheap evaluation, and `explain` runs the same evaluation with a trace of every step.
+
+The algorithm (API reference, authorization_policy.proto; concepts/security "implicit enablement"):
+CUSTOM, then DENY, then ALLOW; no ALLOW policy → allow; an ALLOW policy matches → allow; else deny.
+AUDIT never decides. Sidecars (builder.go: DENY filter before ALLOW filter), waypoints and ztunnel
+(state.rs assert_rbac) all follow it; what differs is which policies each one sees and how it matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from conformance.engine.matchers import normalize_path
+from conformance.engine.policy import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    compile_authorization_policy,
+    compile_peer_authentication,
+)
+from conformance.engine.proxy import Attributes, Check, EnvoySemantics
+from conformance.engine.scope import applies_at_waypoint, applies_to_workload, peer_authentication, scope_of
+from conformance.engine.ztunnel import Connection, Translated, first_matching_rule, translate
+from conformance.model import (
+    ALLOWED,
+    DENIED_L4,
+    DENIED_L7,
+    DENIED_UPSTREAM,
+    Manifest,
+    MeshConfig,
+    Mode,
+    Probe,
+    Verdict,
+    Waypoint,
+    Workload,
+)
+from conformance.versions import IstioVersion
+
+# Reasons, as codes (reports) and words (explain).
+NO_POLICY = "no-policy"
+DENY_MATCHED = "deny-matched"
+ALLOW_MATCHED = "allow-matched"
+ALLOW_UNMATCHED = "allow-unmatched"
+NO_ALLOW = "no-allow-policy"
+STRICT_MTLS = "strict-mtls"
+
+
+@dataclass(frozen=True)
+class State:
+    """Everything in force during one step: the scenario's world plus that step's policies."""
+
+    mesh: MeshConfig
+    workloads: tuple[Workload, ...]
+    waypoints: tuple[Waypoint, ...]
+    policies: tuple[Manifest, ...]  # addresses already filled in
+    addresses: Mapping[str, str]
+
+    @cached_property
+    def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
+        return tuple(compile_authorization_policy(m) for m in self.policies if m.kind == "AuthorizationPolicy")
+
+    @cached_property
+    def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
+        return tuple(compile_peer_authentication(m) for m in self.policies if m.kind == "PeerAuthentication")
+
+    @cached_property
+    def _compiled(self) -> dict[tuple[str, IstioVersion], _Compiled]:
+        return {}
+
+    def compiled(self, mode: Mode, version: IstioVersion) -> _Compiled:
+        key = (mode, version)
+        found = self._compiled.get(key)
+        if found is None:
+            found = self._compiled[key] = _Compiled(self, version)
+        return found
+
+    def waypoint_for(self, workload: Workload) -> Waypoint | None:
+        return next((w for w in self.waypoints if w.namespace == workload.namespace), None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Istio's decision for one probe: verdict, where it was made, by what, and what a client sees."""
+
+    verdict: Verdict
+    outcome: str  # "allowed", or the denial form: "denied-l7", "denied-l4", "denied-upstream"
+    layer: str | None  # "sidecar" | "ztunnel" | "waypoint"; None when nothing enforces anything
+    reason: str
+    policy: str | None = None  # "ns/name" of the deciding policy (DENY or ALLOW that matched; PeerAuthentication)
+    rule: int | None = None
+    trace: tuple[str, ...] = field(default=(), compare=False)
+
+
+# -- compiled per state, version and data plane ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EnvoyPolicy:
+    policy: AuthorizationPolicy
+    rules_http: tuple[tuple[int, tuple[tuple[str, Check], ...]], ...]
+    rules_tcp: tuple[tuple[int, tuple[tuple[str, Check], ...]], ...]
+
+
+class _Compiled:
+    def __init__(self, state: State, version: IstioVersion):
+        self.state = state
+        self.version = version
+        self.envoy = EnvoySemantics(state.mesh.trust_domain, version)
+        self._envoy: dict[str, _EnvoyPolicy] = {}
+        self._ztunnel: dict[str, Translated] = {}
+        self._per_workload: dict[str, tuple[AuthorizationPolicy, ...]] = {}
+
+    def for_workload(self, w: Workload) -> tuple[AuthorizationPolicy, ...]:
+        found = self._per_workload.get(w.ref)
+        if found is None:
+            found = tuple(p for p in self.state.authorization_policies if applies_to_workload(p, w, self.state.mesh))
+            self._per_workload[w.ref] = found
+        return found
+
+    def envoy_policy(self, p: AuthorizationPolicy) -> _EnvoyPolicy:
+        found = self._envoy.get(p.ref)
+        if found is None:
+            def build(for_tcp: bool) -> tuple[tuple[int, tuple[tuple[str, Check], ...]], ...]:
+                out = []
+                for rule in p.rules or ():
+                    parts = self.envoy.rule_parts(rule, p.action, p.namespace, for_tcp)
+                    if parts is not None:
+                        out.append((rule.index, tuple(parts)))
+                return tuple(out)
+
+            found = self._envoy[p.ref] = _EnvoyPolicy(p, build(False), build(True))
+        return found
+
+    def ztunnel_policy(self, p: AuthorizationPolicy) -> Translated:
+        found = self._ztunnel.get(p.ref)
+        if found is None:
+            found = self._ztunnel[p.ref] = translate(p)
+        return found
+
+
+class _Trace:
+    """Collects the reasoning when `explain` asks for it; costs nothing when it does not."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        if self.on:
+            self.lines.append(line)
+
+
+# -- public API ---------------------------------------------------------------------------------------
+
+
+def decide(state: State, probe: Probe, mode: Mode, version: IstioVersion) -> Decision:
+    """Istio's decision for `probe` in `mode` at `version`."""
+    return _decide(state, probe, mode, version, _Trace(False))
+
+
+def explain(state: State, probe: Probe, mode: Mode, version: IstioVersion) -> Decision:
+    """The same decision, with `trace` holding the reasoning step by step."""
+    return _decide(state, probe, mode, version, _Trace(True))
+
+
+def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace: _Trace) -> Decision:
+    c = state.compiled(mode, version)
+    src, dst = probe.source, probe.destination
+    td = state.mesh.trust_domain
+    trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
+    if src.in_mesh:
+        trace(f"The source is in the mesh: it connects with mTLS as {src.identity(td)}.")
+    else:
+        trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
+              "principal, namespace or serviceAccount can match it (their not-forms do).")
+    if mode == "sidecar":
+        result = _sidecar(c, probe, trace)
+    elif mode == "ambient":
+        result = _ambient_ztunnel(c, probe, trace, via=None)
+    else:
+        result = _waypoint_mode(c, probe, trace)
+    return Decision(result.verdict, result.outcome, result.layer, result.reason, result.policy, result.rule,
+                    tuple(trace.lines))
+
+
+def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool) -> Attributes:
+    dst = probe.destination
+    r = probe.request
+    return Attributes(
+        principal=identity,
+        source_ip=source_ip,
+        destination_ip=state.addresses.get(dst.ref, ""),
+        destination_port=probe.port.number,
+        # Istio's client sidecar sets SNI outbound_.<port>_._.<svc>.<ns>.svc.cluster.local (plaintext: none)
+        sni=(f"outbound_.{probe.port.number}_._.{dst.name}.{dst.namespace}.svc.cluster.local"
+             if identity is not None else None),
+        method=r.method if http else None,
+        path=normalize_path(r.path) if http else None,
+        headers=tuple((k.lower(), v) for k, v in r.headers if k.lower() != "host") if http else (),
+        host=probe.authority if http else None,
+    )
+
+
+# -- Envoy layers (sidecar, waypoint) -------------------------------------------------------------------
+
+
+def _envoy_layer(
+    c: _Compiled, policies: Sequence[AuthorizationPolicy], attrs: Attributes, tcp: bool, layer: str,
+    denial: str, trace: _Trace,
+) -> Decision:
+    """builder.go: DENY filter, then ALLOW filter; AUDIT is a LOG filter; dry-run goes to shadow rules."""
+    if trace.on:
+        if policies:
+            for p in policies:
+                trace(f"  applies: {p.action} {p.ref} ({scope_of(p, c.state.mesh)}"
+                      f"{', dry-run: shadow rules only, never enforced' if p.dry_run else ''})")
+        else:
+            trace("  no AuthorizationPolicy applies here.")
+    enforced = [p for p in policies if not p.dry_run]
+    for p in enforced:
+        if p.action != "DENY":
+            continue
+        index = _envoy_first_match(c, p, attrs, tcp, trace)
+        if index is not None:
+            trace(f"  DENY {p.ref} rule {index} matches → denied. DENY is evaluated before ALLOW, so no "
+                  "ALLOW policy can let this request through (API: authorization_policy.proto; builder.go "
+                  "puts the DENY filter before the ALLOW filter).")
+            return Decision("deny", denial, layer, DENY_MATCHED, p.ref, index)
+    allows = [p for p in enforced if p.action == "ALLOW"]
+    if not allows:
+        trace("  no ALLOW policy applies → allowed (deny-by-default only with an ALLOW policy present).")
+        return Decision("allow", ALLOWED, layer, NO_ALLOW if enforced else NO_POLICY)
+    for p in allows:
+        index = _envoy_first_match(c, p, attrs, tcp, trace)
+        if index is not None:
+            trace(f"  ALLOW {p.ref} rule {index} matches → allowed.")
+            return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, p.ref, index)
+    trace("  ALLOW policies apply and none matches → denied (rbac_access_denied_matched_policy[none]).")
+    return Decision("deny", denial, layer, ALLOW_UNMATCHED)
+
+
+def _envoy_first_match(c: _Compiled, p: AuthorizationPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> int | None:
+    compiled = c.envoy_policy(p)
+    rules = compiled.rules_tcp if tcp else compiled.rules_http
+    if trace.on:
+        if not p.rules:
+            trace(f"    {p.ref}: no rules → matches nothing"
+                  f"{' (an ALLOW with no rules allows nothing)' if p.action == 'ALLOW' else ''}.")
+        kept = {i for i, _ in rules}
+        for rule in p.rules or ():
+            if rule.index not in kept:
+                trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only "
+                      "attribute and ALLOW rules that cannot be generated are skipped (model.go checkError).")
+    for index, parts in rules:
+        failed = next((label for label, check in parts if not check(attrs)), None)
+        if failed is None:
+            if trace.on and not parts:
+                trace(f"    {p.ref} rule {index}: empty rule, always matches.")
+            return index
+        trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
+    return None
+
+
+def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
+    state, src, dst = c.state, probe.source, probe.destination
+    mode, pa = peer_authentication(state.peer_authentications, dst, state.mesh)
+    trace(f"The destination's sidecar enforces. PeerAuthentication mode: {mode}"
+          f"{f' (from {pa.ref})' if pa else ' (default)'}.")
+    if not src.in_mesh and mode == "STRICT":
+        trace("  STRICT accepts only mTLS: the plaintext connection finds no filter chain and is reset "
+              "(curl exit 56; Envoy logs filter_chain_not_found).")
+        return Decision("deny", DENIED_L4, "sidecar", STRICT_MTLS, pa.ref if pa else None)
+    tcp = probe.port.protocol == "TCP"
+    attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain) if src.in_mesh else None,
+                        state.addresses.get(src.ref, ""), http=not tcp)
+    if tcp:
+        trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
+              "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
+    return _envoy_layer(c, c.for_workload(dst), attrs, tcp, "sidecar", DENIED_L4 if tcp else DENIED_L7, trace)
+
+
+# -- ztunnel ---------------------------------------------------------------------------------------
+
+
+def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | None) -> Decision:
+    """state.rs assert_rbac at the destination ztunnel: DENY (enforced), no ALLOW → allow, ALLOW match."""
+    state, src, dst = c.state, probe.source, probe.destination
+    td = state.mesh.trust_domain
+    if via is not None:
+        identity, source_ip = via.identity(td), state.addresses.get(via.ref, "")
+        trace(f"The destination ztunnel enforces L4 policy on the waypoint's connection: the source it sees "
+              f"is the waypoint, {identity} (l4-policy docs; TestAuthorizationL4 allows the waypoint SA).")
+    else:
+        identity = src.identity(td) if src.in_mesh else None
+        source_ip = state.addresses.get(src.ref, "")
+        trace("The destination's ztunnel enforces (L4 only, per connection).")
+    denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
+    mode, pa = peer_authentication(state.peer_authentications, dst, state.mesh)
+    if identity is None and mode == "STRICT":
+        trace(f"  PeerAuthentication STRICT (from {pa.ref if pa else '?'}): istiod sends ztunnel a DENY of "
+              "connections without a principal (istio_converted_static_strict) → the plaintext connection is dropped.")
+        return Decision("deny", denial, "ztunnel", STRICT_MTLS, pa.ref if pa else None)
+    conn = Connection(identity, source_ip, state.addresses.get(dst.ref, ""), probe.port.number)
+    policies = c.for_workload(dst)
+    # ambient/authorization.go: only ALLOW and DENY reach ztunnel; dry-run policies are not sent from
+    # 1.25.2 (#55414; 1.29 adds an opt-in, off by default); before that they were enforced.
+    sends_dry_run = not c.version.fixed_in((1, 25, 2))
+    enforced: list[AuthorizationPolicy] = []
+    for p in policies:
+        if p.action not in ("ALLOW", "DENY"):
+            trace(f"  {p.action} {p.ref}: ztunnel does not support the {p.action} action; not enforced.")
+        elif p.dry_run and not sends_dry_run:
+            trace(f"  {p.action} {p.ref}: dry-run; istiod does not send dry-run policies to ztunnel "
+                  "(Istio ≥ 1.25.2): no effect.")
+        else:
+            if p.dry_run:
+                trace(f"  {p.action} {p.ref}: dry-run, but Istio < 1.25.2 sends it to ztunnel, which enforces it.")
+            enforced.append(p)
+    if trace.on and not enforced:
+        trace("  no AuthorizationPolicy is enforced here.")
+    for p in enforced:
+        t = c.ztunnel_policy(p)
+        if trace.on:
+            trace(f"  applies: {p.action} {p.ref} ({scope_of(p, state.mesh)})")
+            _trace_translation(t, trace)
+        if p.action == "DENY":
+            index = first_matching_rule(t, conn)
+            if index is not None:
+                trace(f"  DENY {p.ref} rule {index} matches → connection denied (ztunnel: explicitly denied by "
+                      f"{p.ref}).")
+                return Decision("deny", denial, "ztunnel", DENY_MATCHED, p.ref, index)
+    allows = [p for p in enforced if p.action == "ALLOW"]
+    if not allows:
+        trace("  no ALLOW policy → allowed.")
+        return Decision("allow", ALLOWED, "ztunnel", NO_ALLOW if enforced else NO_POLICY)
+    for p in allows:
+        index = first_matching_rule(c.ztunnel_policy(p), conn)
+        if index is not None:
+            trace(f"  ALLOW {p.ref} rule {index} matches → allowed.")
+            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, p.ref, index)
+    trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but none allowed).")
+    return Decision("deny", denial, "ztunnel", ALLOW_UNMATCHED)
+
+
+def _trace_translation(t: Translated, trace: _Trace) -> None:
+    p = t.policy
+    if t.dropped_rules:
+        trace(f"    ztunnel translation: ALLOW rules {list(t.dropped_rules)} use L7 attributes "
+              f"({', '.join(t.l7_fields)}) and are dropped whole (more restrictive than written).")
+    elif t.l7_fields and p.action == "DENY":
+        trace(f"    ztunnel translation: L7 attributes ({', '.join(t.l7_fields)}) are stripped; a clause left "
+              "with only empty matches never matches, so such a rule is a no-op at ztunnel (istio/istio#61126).")
+    if not t.rules:
+        trace(f"    {p.ref}: no rules left → matches nothing.")
+
+
+def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
+    state, src, dst = c.state, probe.source, probe.destination
+    waypoint = state.waypoint_for(dst)
+    if waypoint is None:
+        trace(f"No waypoint serves namespace {dst.namespace}: traffic goes ztunnel to ztunnel.")
+        return _ambient_ztunnel(c, probe, trace, via=None)
+    if not src.in_mesh:
+        trace("An out-of-mesh client is not captured by any ztunnel: its traffic reaches the destination "
+              "pod directly and bypasses the waypoint; only the destination ztunnel enforces "
+              "(research note §4.4: traffic that bypasses a waypoint is subject only to ztunnel policy).")
+        return _ambient_ztunnel(c, probe, trace, via=None)
+    trace(f"Waypoint {waypoint.ref} serves {dst.ref}: it enforces policies bound by targetRefs "
+          "(Gateway, Service, GatewayClass istio-waypoint); selector and namespace-wide policies are ignored there.")
+    tcp = probe.port.protocol == "TCP"
+    attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), state.addresses.get(src.ref, ""),
+                        http=not tcp)
+    bound = [p for p in state.authorization_policies
+             if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
+    at_waypoint = _envoy_layer(c, bound, attrs, tcp, "waypoint", DENIED_L4 if tcp else DENIED_L7, trace)
+    if at_waypoint.verdict == "deny":
+        return at_waypoint
+    after = _ambient_ztunnel(c, probe, trace, via=waypoint)
+    if after.verdict == "allow" and after.reason == NO_POLICY and at_waypoint.reason != NO_POLICY:
+        return at_waypoint
+    return after

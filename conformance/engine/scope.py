@@ -1,0 +1,86 @@
+"""Which policies apply where: sidecars and ztunnel by namespace and selector, waypoints by targetRefs.
+
+Sources: istio/istio@1.30.3 `pilot/pkg/model/authorization.go` (ListAuthorizationPolicies: the root
+namespace and the workload's own namespace; a selector must be a subset of the workload's labels) and
+`policyattachment.go` (ShouldAttachPolicy: a policy with targetRefs never attaches to a sidecar or any
+workload that is not a Gateway API gateway; a waypoint uses targetRefs only), the ambient translation
+(`convertAuthorizationPolicy`: targetRefs policies are never sent to ztunnel; scopes GLOBAL, NAMESPACE,
+WORKLOAD_SELECTOR), and `authn/policy_applier.go` ComposePeerAuthentication for mTLS modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from conformance.engine.policy import AuthorizationPolicy, PeerAuthentication, TargetRef
+from conformance.model import MeshConfig, Waypoint, Workload
+from conformance.versions import IstioVersion
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def _subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def applies_to_workload(policy: AuthorizationPolicy, workload: Workload, mesh: MeshConfig) -> bool:
+    """A policy enforced by the sidecar or ztunnel of `workload`."""
+    if policy.target_refs:
+        return False  # ShouldAttachPolicy: targetRefs policies only attach to gateways and waypoints
+    if policy.namespace not in (workload.namespace, mesh.root_namespace):
+        return False
+    return policy.selector is None or _subset(policy.selector, workload.labels)
+
+
+def scope_of(policy: AuthorizationPolicy, mesh: MeshConfig) -> str:
+    if policy.target_refs:
+        return "targetRefs"
+    if policy.selector is not None:
+        return "selector" if policy.namespace != mesh.root_namespace else "root-namespace selector"
+    return "mesh-wide (root namespace)" if policy.namespace == mesh.root_namespace else "namespace-wide"
+
+
+def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoint, service: Workload,
+                   mesh: MeshConfig, version: IstioVersion) -> bool:
+    """policyattachment.go: Gateway (the waypoint itself, same namespace), Service (that service, in
+    its namespace, waypoints only), GatewayClass istio-waypoint from the root namespace (1.25+)."""
+    if ref.namespace and ref.namespace != policy.namespace:
+        return False
+    if ref.kind == "Gateway" and ref.group == GATEWAY_GROUP:
+        return policy.namespace == waypoint.namespace and ref.name == waypoint.name
+    if ref.kind == "Service" and ref.group in ("", "core"):
+        return policy.namespace == service.namespace and ref.name == service.name
+    if ref.kind == "GatewayClass" and ref.group == GATEWAY_GROUP and version.at_least(1, 25):
+        return policy.namespace == mesh.root_namespace and ref.name == "istio-waypoint"
+    return False
+
+
+def applies_at_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, service: Workload, mesh: MeshConfig,
+                        version: IstioVersion) -> bool:
+    """Waypoints never use selector or namespace-wide policies (API: "selector policies will be
+    ignored"); only policies whose targetRefs bind this waypoint or this service."""
+    return any(binds_waypoint(r, policy, waypoint, service, mesh, version) for r in policy.target_refs)
+
+
+def peer_authentication(
+    policies: Sequence[PeerAuthentication], workload: Workload, mesh: MeshConfig
+) -> tuple[str, PeerAuthentication | None]:
+    """ComposePeerAuthentication: mesh (root namespace, no selector) < namespace < workload selector
+    (never from the root namespace); UNSET inherits; default PERMISSIVE. With several at one level
+    Istio takes the oldest; a scenario has no creation times, so the first listed wins."""
+    mesh_pa = ns_pa = wl_pa = None
+    for pa in policies:
+        if pa.namespace not in (workload.namespace, mesh.root_namespace):
+            continue
+        if not pa.selector:
+            if pa.namespace == mesh.root_namespace:
+                mesh_pa = mesh_pa or pa
+            else:
+                ns_pa = ns_pa or pa
+        elif pa.namespace != mesh.root_namespace and _subset(pa.selector, workload.labels):
+            wl_pa = wl_pa or pa
+    mode, decided_by = "PERMISSIVE", None
+    for pa in (mesh_pa, ns_pa, wl_pa):
+        if pa is not None and pa.mode != "UNSET":
+            mode, decided_by = pa.mode, pa
+    return mode, decided_by

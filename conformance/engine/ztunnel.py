@@ -1,0 +1,207 @@
+"""Ambient L4 semantics: istiod's translation for ztunnel, then ztunnel's own matching.
+
+Translation, an explicit step: istio/istio@1.30.3 `pilot/pkg/serviceregistry/ambient/authorization.go`
+(`convertAuthorizationPolicy`, `handleRule`): one `to` clause (a Match per operation, ports only), one
+`from` clause (a Match per source: ipBlocks, namespaces, serviceAccounts, principals and negations),
+one clause per `when` (L4 keys only: source.ip, source.namespace, source.principal, destination.ip,
+destination.port). Any L7 attribute (hosts, methods, paths, any other `when` key) is left out of its
+Match; an ALLOW rule with any L7 attribute is dropped whole; a DENY rule keeps what is left.
+
+Matching: istio/ztunnel@1.30.3 `src/rbac.rs` `Authorization::matches`: a policy with no rules never
+matches; a rule matches when all its clauses do; a clause with no Matches matches; otherwise it needs
+one non-empty Match to match: **empty Matches are skipped**, so a clause left with only empty Matches
+never matches, and a DENY rule whose only constraint was L7 is a no-op (istio/istio#61126). Principals
+compare the peer identity without `spiffe://` and with no trust-domain rewriting (`// TODO: TDA`,
+istio/ztunnel#1260); plaintext has no identity, so identity Matches fail and their negations hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conformance.engine.matchers import ip_in, ztunnel_string
+from conformance.engine.policy import AuthorizationPolicy, Rule
+
+L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
+L7_OPERATION_FIELDS = frozenset({"hosts", "methods", "paths"})
+
+
+@dataclass
+class Match:
+    """ztunnel's RbacMatch (workload API `security.Match`)."""
+
+    namespaces: list[str] = field(default_factory=list)
+    not_namespaces: list[str] = field(default_factory=list)
+    service_accounts: list[tuple[str, str]] = field(default_factory=list)
+    not_service_accounts: list[tuple[str, str]] = field(default_factory=list)
+    principals: list[str] = field(default_factory=list)
+    not_principals: list[str] = field(default_factory=list)
+    source_ips: list[str] = field(default_factory=list)
+    not_source_ips: list[str] = field(default_factory=list)
+    destination_ips: list[str] = field(default_factory=list)
+    not_destination_ips: list[str] = field(default_factory=list)
+    destination_ports: list[int] = field(default_factory=list)
+    not_destination_ports: list[int] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+Clause = list[Match]
+ZRule = list[Clause]
+
+
+@dataclass(frozen=True)
+class Translated:
+    """What istiod sends ztunnel for one policy: its rules (Groups), and the L7 fields it left out."""
+
+    policy: AuthorizationPolicy
+    rules: tuple[tuple[ZRule, int], ...]  # (clauses, index of the rule in the policy as written)
+    dropped_rules: tuple[int, ...]  # ALLOW rules dropped for L7 attributes
+    l7_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What ztunnel knows of a connection: the peer identity (None for plaintext) and addresses."""
+
+    identity: str | None  # "<td>/ns/<ns>/sa/<sa>"
+    source_ip: str
+    destination_ip: str
+    destination_port: int
+
+
+def _ports(values: tuple[str, ...]) -> list[int]:
+    # authorization.go stringToPort: unparsable or >65535 values are skipped
+    return [int(v) for v in values if v.isdigit() and int(v) <= 65535]
+
+
+def _ips(values: tuple[str, ...]) -> list[str]:
+    return [v for v in values if v]
+
+
+def _sas(values: tuple[str, ...], ns: str) -> list[tuple[str, str]]:
+    # stringToServiceAccountMatch: `ns/sa`, or a bare name in the policy's namespace
+    out = []
+    for v in values:
+        a, sep, b = v.partition("/")
+        out.append((a, b) if sep else (ns, v))
+    return out
+
+
+def translate(policy: AuthorizationPolicy) -> Translated:
+    """handleRule for every rule of an ALLOW or DENY policy (callers skip AUDIT and targetRefs)."""
+    rules: list[tuple[ZRule, int]] = []
+    dropped: list[int] = []
+    l7: list[str] = []
+    for rule in policy.rules or ():
+        clauses, found = _handle_rule(rule, policy.namespace)
+        l7.extend(found)
+        if found and policy.action == "ALLOW":
+            dropped.append(rule.index)  # "L7 policies never match for ALLOW"
+            continue
+        rules.append((clauses, rule.index))
+    return Translated(policy, tuple(rules), tuple(dropped), tuple(dict.fromkeys(l7)))
+
+
+def _handle_rule(rule: Rule, ns: str) -> tuple[ZRule, list[str]]:
+    l7: list[str] = []
+    clauses: ZRule = []
+    if rule.operations is not None:
+        matches = []
+        for fields in rule.operations:
+            m = Match()
+            for f in fields:
+                if f.name in L7_OPERATION_FIELDS:
+                    l7.extend(n for n, vs in ((f.name, f.values), ("not" + f.name[0].upper() + f.name[1:],
+                                                                   f.not_values)) if vs)
+                elif f.name == "ports":
+                    m.destination_ports, m.not_destination_ports = _ports(f.values), _ports(f.not_values)
+            matches.append(m)
+        if matches:
+            clauses.append(matches)
+    if rule.sources is not None:
+        matches = []
+        for fields in rule.sources:
+            m = Match()
+            for f in fields:
+                if f.name == "ipBlocks":
+                    m.source_ips, m.not_source_ips = _ips(f.values), _ips(f.not_values)
+                elif f.name == "namespaces":
+                    m.namespaces, m.not_namespaces = list(f.values), list(f.not_values)
+                elif f.name == "serviceAccounts":
+                    m.service_accounts, m.not_service_accounts = _sas(f.values, ns), _sas(f.not_values, ns)
+                elif f.name == "principals":
+                    m.principals, m.not_principals = list(f.values), list(f.not_values)
+            matches.append(m)
+        if matches:
+            clauses.append(matches)
+    for cond in rule.conditions:
+        if cond.key not in L4_WHEN_KEYS:
+            l7.append(cond.key)
+        m = Match()
+        pos, neg = cond.values, cond.not_values
+        if cond.key == "source.namespace":
+            m.namespaces, m.not_namespaces = list(pos), list(neg)
+        elif cond.key == "source.principal":
+            m.principals, m.not_principals = list(pos), list(neg)
+        elif cond.key == "source.ip":
+            m.source_ips, m.not_source_ips = _ips(pos), _ips(neg)
+        elif cond.key == "destination.port":
+            m.destination_ports, m.not_destination_ports = _ports(pos), _ports(neg)
+        elif cond.key == "destination.ip":
+            m.destination_ips, m.not_destination_ips = _ips(pos), _ips(neg)
+        clauses.append([m])
+    return clauses, l7
+
+
+def _either(pos: list, neg: list, pred) -> bool:  # type: ignore[no-untyped-def]
+    # rbac.rs matches_internal: (no positives or any positive) and (no negatives or none negative)
+    return (not pos or any(pred(v) for v in pos)) and (not neg or not any(pred(v) for v in neg))
+
+
+def match_matches(m: Match, conn: Connection) -> bool:
+    identity = conn.identity or ""
+    uri = "spiffe://" + identity if conn.identity is not None else ""
+    parts = identity.split("/") if conn.identity is not None else []
+    ns = parts[2] if len(parts) == 5 and parts[1] == "ns" else ""
+    sa = parts[4] if len(parts) == 5 and parts[3] == "sa" else ""
+
+    def principal(p: str) -> bool:
+        # StringMatch::matches_principal: strip `spiffe://` or fail
+        return uri.startswith("spiffe://") and ztunnel_string(p)(uri[len("spiffe://"):])
+
+    def service_account(p: tuple[str, str]) -> bool:
+        return conn.identity is not None and (ns, sa) == p
+
+    return (
+        _either(m.destination_ips, m.not_destination_ips, lambda c: ip_in(c, conn.destination_ip))
+        and _either(m.source_ips, m.not_source_ips, lambda c: ip_in(c, conn.source_ip))
+        and _either(m.destination_ports, m.not_destination_ports, lambda p: p == conn.destination_port)
+        and _either(m.service_accounts, m.not_service_accounts, service_account)
+        and _either(m.principals, m.not_principals, principal)
+        and _either(m.namespaces, m.not_namespaces, lambda p: ztunnel_string(p)(ns))
+    )
+
+
+def rule_matches(rule: ZRule, conn: Connection) -> bool:
+    for clause in rule:
+        if not clause:
+            continue  # a clause with no Matches matches
+        if not any(not m.is_empty() and match_matches(m, conn) for m in clause):
+            return False
+    return True
+
+
+def first_matching_rule(t: Translated, conn: Connection) -> int | None:
+    """Index (as written) of the first rule that matches, or None. No rules: never matches."""
+    for clauses, index in t.rules:
+        if rule_matches(clauses, conn):
+            return index
+    return None
+
+
+def unenforceable(t: Translated) -> bool:
+    """True when no rule of a translated DENY can ever fire: every rule has a clause made only of
+    empty Matches (the L7-only case istio/istio#61126 calls "will have no effect")."""
+    return all(any(clause and all(m.is_empty() for m in clause) for clause in rule) for rule, _ in t.rules)

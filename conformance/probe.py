@@ -1,0 +1,113 @@
+"""The probe's evidence and the outcome classifier, shared by every target.
+
+A target runs curl (locally, or by exec in a pod) and hands back curl's exit code, the `-w` fields and
+the first bytes of the body; `classify` turns that into an outcome (DESIGN.md §2). Proof that a denial
+was a policy denial comes separately, from the enforcing proxy's own log (`Proof`), because a reset or
+a 503 can also come from a broken certificate, a dead proxy or a wrong address: the `|| echo BLOCKED`
+mistake this suite exists to avoid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conformance.model import (
+    ALLOWED,
+    DENIED_L4,
+    DENIED_L7,
+    DENIED_UPSTREAM,
+    ERROR,
+    TIMEOUT,
+)
+
+# curl exit codes (https://curl.se/libcurl/c/libcurl-errors.html)
+CURL_OK = 0
+CURL_COULDNT_RESOLVE_HOST = 6
+CURL_COULDNT_CONNECT = 7
+CURL_OPERATION_TIMEDOUT = 28
+CURL_GOT_NOTHING = 52  # "Empty reply from server": the peer closed without a response
+CURL_RECV_ERROR = 56  # "Recv failure: Connection reset by peer"
+
+RBAC_DENIED_BODY = "RBAC: access denied"  # Envoy rbac_filter.cc sendLocalReply(Forbidden, ...)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one curl run observed, kept raw for reports and repro."""
+
+    exit_code: int
+    status: int  # %{http_code}; 0 when no response
+    body: str  # the first bytes of the body
+    stderr: str = ""
+    seconds: float = 0.0
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Proof:
+    """The enforcing proxy's own record of a decision (an access-log line), when the target can read it.
+
+    `policy` is the deciding policy as the proxy names it, normalised to `ns/name` (None when the
+    proxy says no ALLOW policy matched: `rbac_access_denied_matched_policy[none]`), `rule` its index.
+    """
+
+    proxy: str  # which proxy wrote it: "sidecar:ns/name", "ztunnel:ns/name", "waypoint:ns/name"
+    denied: bool
+    policy: str | None
+    rule: int | None
+    line: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    outcome: str
+    evidence: Evidence
+    proof: Proof | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def confirmed_denial(self) -> bool:
+        return self.proof is not None and self.proof.denied
+
+
+def classify(evidence: Evidence, destination_ref: str) -> str:
+    """Turn curl's result into an outcome form, from curl's output alone.
+
+    - `allowed` only when the destination app answered: 2xx with a body naming the destination
+      workload (a body from another workload is an `error`: mis-routing is never a pass);
+    - `denied-l7`: HTTP 403 with Envoy's RBAC body;
+    - `denied-upstream`: a 503 from a client-side proxy or waypoint whose upstream connection was
+      refused or reset (the form a ztunnel denial takes behind a waypoint or a sidecar client);
+    - `denied-l4`: curl exit 56 (reset) or 52 (closed with no response);
+    - `timeout`: curl exit 28; everything else is `error`.
+    """
+    code, status, body = evidence.exit_code, evidence.status, evidence.body
+    if code == CURL_OPERATION_TIMEDOUT:
+        return TIMEOUT
+    if code in (CURL_RECV_ERROR, CURL_GOT_NOTHING):
+        return DENIED_L4
+    if code != CURL_OK:
+        return ERROR
+    if status == 403 and body.strip() == RBAC_DENIED_BODY:
+        return DENIED_L7
+    if status == 503 and _upstream_refused(body):
+        return DENIED_UPSTREAM
+    if 200 <= status < 300 and names_workload(body, destination_ref):
+        return ALLOWED
+    return ERROR
+
+
+def _upstream_refused(body: str) -> bool:
+    # Envoy's local reply when the upstream connection failed or was reset before headers
+    # (router.cc): "upstream connect error or disconnect/reset before headers. reset reason: ..."
+    return body.startswith("upstream connect error or disconnect/reset before headers")
+
+
+def names_workload(body: str, ref: str) -> bool:
+    """True when an app's answer says it is workload `ref` (`ns/name`): its first line is `<ref> responding`.
+
+    The rest of the body is a JSON echo of what the app received (method, path, headers, including the
+    identity header the proxy forwarded), which reports show as evidence.
+    """
+    first = body.split("\n", 1)[0].strip()
+    return first == f"{ref} responding"
