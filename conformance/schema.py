@@ -16,7 +16,7 @@ SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://github.com/istio-authz-conformance/schema/scenario-v1.json",
     "title": "istio-authz-conformance scenario",
-    "description": "Workloads, the AuthorizationPolicies in force at each step, and the expected verdict of each probe.",
+    "description": "Workloads, the policies in force at each step, and the expected verdict of each probe.",
     "type": "object",
     "additionalProperties": False,
     "required": ["apiVersion", "kind", "metadata", "spec"],

@@ -170,7 +170,7 @@ def explain(state: State, probe: Probe, mode: Mode, version: IstioVersion) -> De
 
 def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace: _Trace) -> Decision:
     c = state.compiled(mode, version)
-    src, dst = probe.source, probe.destination
+    src = probe.source
     td = state.mesh.trust_domain
     trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
     if src.in_mesh:
@@ -332,7 +332,8 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
             index = first_matching_rule(t, conn)
             if index is not None:
                 trace(f"  DENY {p.ref} rule {index} matches → connection denied (ztunnel: explicitly denied by "
-                      f"{p.ref}).")
+                      f"{p.ref}). DENY is evaluated before ALLOW (state.rs assert_rbac returns on the first "
+                      "matching DENY), so no ALLOW policy can let it through.")
                 return Decision("deny", denial, "ztunnel", DENY_MATCHED, p.ref, index)
     allows = [p for p in enforced if p.action == "ALLOW"]
     if not allows:

@@ -16,6 +16,9 @@ from conformance.model import Manifest
 SOURCE_FIELDS = (
     "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
     "ipBlocks", "notIpBlocks",
+    # L7 sources: scenarios reject them as not supported yet, but the ztunnel translation must see them
+    # to drop or strip the rule the way istiod does (ambient/authorization.go httpSources).
+    "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",
 )
 OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from conformance.engine.matchers import ip_in, ztunnel_string
-from conformance.engine.policy import AuthorizationPolicy, Rule
+from conformance.engine.policy import AuthorizationPolicy, Field, Rule
 
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
 L7_OPERATION_FIELDS = frozenset({"hosts", "methods", "paths"})
+L7_SOURCE_FIELDS = frozenset({"requestPrincipals", "remoteIpBlocks"})
 
 
 @dataclass
@@ -113,8 +114,7 @@ def _handle_rule(rule: Rule, ns: str) -> tuple[ZRule, list[str]]:
             m = Match()
             for f in fields:
                 if f.name in L7_OPERATION_FIELDS:
-                    l7.extend(n for n, vs in ((f.name, f.values), ("not" + f.name[0].upper() + f.name[1:],
-                                                                   f.not_values)) if vs)
+                    l7.extend(_names(f))
                 elif f.name == "ports":
                     m.destination_ports, m.not_destination_ports = _ports(f.values), _ports(f.not_values)
             matches.append(m)
@@ -125,7 +125,9 @@ def _handle_rule(rule: Rule, ns: str) -> tuple[ZRule, list[str]]:
         for fields in rule.sources:
             m = Match()
             for f in fields:
-                if f.name == "ipBlocks":
+                if f.name in L7_SOURCE_FIELDS:
+                    l7.extend(_names(f))
+                elif f.name == "ipBlocks":
                     m.source_ips, m.not_source_ips = _ips(f.values), _ips(f.not_values)
                 elif f.name == "namespaces":
                     m.namespaces, m.not_namespaces = list(f.values), list(f.not_values)
@@ -153,6 +155,12 @@ def _handle_rule(rule: Rule, ns: str) -> tuple[ZRule, list[str]]:
             m.destination_ips, m.not_destination_ips = _ips(pos), _ips(neg)
         clauses.append([m])
     return clauses, l7
+
+
+def _names(f: Field) -> list[str]:
+    """The field names as written (`methods`, `notMethods`) that a Field carries values for."""
+    neg = "not" + f.name[0].upper() + f.name[1:]
+    return [n for n, vs in ((f.name, f.values), (neg, f.not_values)) if vs]
 
 
 def _either(pos: list, neg: list, pred) -> bool:  # type: ignore[no-untyped-def]
