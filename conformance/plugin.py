@@ -1,1 +1,226 @@
-"""pytest plugin: collects scenario files and runs them on a target (being built; see issue 3)."""
+"""pytest plugin: scenario files become test items, one per scenario × mode × step.
+
+Thin glue, following pytest's "Working with non-python tests" pattern: a `pytest_collect_file` hook
+recognises scenario files by content, a `ScenarioFile` yields one `ModeRun` collector per mode, which
+yields one `StepItem` per step. The mesh for a scenario and mode lives exactly as long as its `ModeRun`
+node (pytest's SetupState calls its setup/teardown around the steps, also on failure and Ctrl-C); the
+target itself lives for the session. The work is done by runner.py; failures are rendered by report.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conformance.errors import ConformanceError, ScenarioError, TargetError
+from conformance.model import MODES, Mode, Scenario, Step
+from conformance.runner import StepResult, run_step
+from conformance.scenario import load, sniff
+from conformance.target import MeshSession, Target
+from conformance.versions import DEFAULT_VERSION, IstioVersion
+
+TARGETS = ("local", "kind", "cluster")
+_target_key = pytest.StashKey[Target]()
+_results_key = pytest.StashKey[list[tuple["StepItem", StepResult]]]()
+_skips_key = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("authz-conformance", "Istio AuthorizationPolicy conformance")
+    group.addoption("--mesh", choices=TARGETS, default="local",
+                    help="where scenarios run: local (real Envoy processes on loopback, default), kind (kind "
+                         "clusters the suite creates, with Istio), cluster (an existing cluster with Istio)")
+    group.addoption("--mesh-mode", action="append", choices=MODES, default=None,
+                    help="run only this mode (repeatable; default: the modes each scenario lists)")
+    group.addoption("--istio-version", default=DEFAULT_VERSION,
+                    help=f"Istio version whose semantics predict verdicts and that cluster targets install "
+                         f"(default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
+    group.addoption("--converge", type=int, default=3, metavar="N",
+                    help="a step passes when every probe matched its expectation N times in a row (default 3)")
+    group.addoption("--converge-deadline", type=float, default=None, metavar="SECONDS",
+                    help="give up converging after this long (default 10 s locally, 90 s on clusters)")
+    group.addoption("--require-target", action="store_true",
+                    help="fail the run when nothing could run on the requested target (instead of skipping)")
+    group.addoption("--kube-context", default=None, help="kubeconfig context for --mesh cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mode in MODES:
+        config.addinivalue_line("markers", f"{mode}: scenario steps run in Istio {mode} mode")
+    config.addinivalue_line("markers", "scenario(name): the scenario a step belongs to")
+    config.stash[_results_key] = []
+    config.stash[_skips_key] = {}
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and sniff(file_path):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _version(config: pytest.Config) -> IstioVersion:
+    return IstioVersion.parse(config.getoption("istio_version"))
+
+
+def _target(config: pytest.Config) -> Target:
+    if _target_key not in config.stash:
+        from conformance.mesh import make_target
+
+        config.stash[_target_key] = make_target(config.getoption("mesh"), config)
+    return config.stash[_target_key]
+
+
+class ScenarioFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        try:
+            scenario = load(self.path, _version(self.config))
+        except ConformanceError as exc:
+            yield InvalidScenario.from_parent(self, name="invalid-scenario", error=exc)
+            return
+        only = self.config.getoption("mesh_mode")
+        for mode in scenario.modes:
+            if only and mode not in only:
+                continue
+            yield ModeRun.from_parent(self, name=mode, scenario=scenario, mode=mode)
+
+
+class InvalidScenario(pytest.Item):
+    """A scenario that cannot run fails as one item, its problems one per line, without a traceback."""
+
+    def __init__(self, *, error: ConformanceError, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self) -> None:
+        raise self.error
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return f"invalid scenario:\n{excinfo.value}"
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}: invalid scenario"
+
+
+class ModeRun(pytest.Collector):
+    """One scenario in one mode: owns the mesh session its steps share."""
+
+    def __init__(self, *, scenario: Scenario, mode: Mode, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.mode = mode
+        self.mesh: MeshSession | None = None
+        self.skip_reason: str | None = None
+        self.failure: TargetError | None = None
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for step in self.scenario.steps:
+            item = StepItem.from_parent(self, name=step.name, step=step)
+            item.add_marker(getattr(pytest.mark, self.mode))
+            item.add_marker(pytest.mark.scenario(self.scenario.name))
+            item.extra_keyword_matches.update({self.scenario.name, self.mode})
+            yield item
+
+    def setup(self) -> None:
+        target = _target(self.config)
+        reason = target.unavailable(self.mode)
+        if reason:
+            self.skip_reason = f"{target.name} target, {self.mode} mode: {reason}"
+            skips = self.config.stash[_skips_key]
+            skips[self.skip_reason] = skips.get(self.skip_reason, 0) + len(self.scenario.steps)
+            pytest.skip(self.skip_reason)
+        try:
+            self.mesh = target.start(self.scenario, self.mode)
+        except TargetError as exc:  # reported by each step as an infrastructure failure, not a traceback
+            self.failure = exc
+
+    def teardown(self) -> None:
+        if self.mesh is not None:
+            mesh, self.mesh = self.mesh, None
+            mesh.close()
+
+
+class StepFailed(Exception):
+    def __init__(self, result: StepResult):
+        super().__init__("step failed")
+        self.result = result
+
+
+class StepItem(pytest.Item):
+    def __init__(self, *, step: Step, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.step = step
+
+    @property
+    def run(self) -> ModeRun:
+        assert isinstance(self.parent, ModeRun)
+        return self.parent
+
+    def runtest(self) -> None:
+        run = self.run
+        if run.failure is not None:
+            raise run.failure
+        assert run.mesh is not None
+        config = self.config
+        deadline = config.getoption("converge_deadline")
+        if deadline is None:
+            deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
+        result = run_step(run.mesh, run.scenario, self.step, _version(config),
+                          required=config.getoption("converge"), deadline=deadline,
+                          proofs_readable=getattr(run.mesh, "proofs_readable", True))
+        config.stash[_results_key].append((self, result))
+        self.user_properties.append(("barrier_seconds", f"{result.applied.seconds:.4f}"))
+        self.user_properties.append(("converge_seconds", f"{result.convergence.seconds:.4f}"))
+        if not result.passed:
+            raise StepFailed(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        from conformance.report import render_failure
+
+        if isinstance(excinfo.value, StepFailed):
+            return render_failure(excinfo.value.result, self.repro_command())
+        if isinstance(excinfo.value, (TargetError, ScenarioError)):
+            return f"infrastructure failure: {excinfo.value}"
+        return str(super().repr_failure(excinfo, style=style))
+
+    def repro_command(self) -> str:
+        return (f"authz-conformance repro {self.run.scenario.path} --step {self.step.name} "
+                f"--mode {self.run.mode} --istio-version {self.config.getoption('istio_version')}")
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.run.scenario.name} [{self.run.mode}] step {self.step.name}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from conformance.report import render_summary
+
+    results = config.stash.get(_results_key, [])
+    if results:
+        terminalreporter.section("authz-conformance truth tables")
+        render_summary([r for _, r in results], terminalreporter._tw)
+    skips = config.stash.get(_skips_key, {})
+    if skips:
+        terminalreporter.section("authz-conformance: not run on this target")
+        for reason, count in skips.items():
+            terminalreporter.write_line(f"{count} step(s) skipped: {reason}")
+        if not results:
+            terminalreporter.write_line(
+                f"Nothing ran on the {config.getoption('mesh')} target: no conformance result was produced."
+                + ("" if config.getoption("require_target") else " (--require-target makes this a failure)"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    skips = config.stash.get(_skips_key, {})
+    if config.getoption("require_target") and skips and not config.stash.get(_results_key, []):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    target = config.stash.get(_target_key, None)
+    if target is not None and hasattr(target, "close"):
+        with contextlib.suppress(Exception):
+            target.close()

@@ -111,3 +111,38 @@ def names_workload(body: str, ref: str) -> bool:
     """
     first = body.split("\n", 1)[0].strip()
     return first == f"{ref} responding"
+
+
+# curl's `-w` output, appended after the body on its own line, so that one stdout carries both. Every
+# target runs curl with `-w CURL_WRITE_OUT` and splits with `split_write_out`. The local address and
+# port let a target find the enforcing proxy's record of this very connection.
+WRITE_OUT_MARKER = "\n@@curl@@ "
+CURL_WRITE_OUT = (
+    WRITE_OUT_MARKER
+    + "http_code=%{http_code} local_ip=%{local_ip} local_port=%{local_port} "
+    + "remote_ip=%{remote_ip} remote_port=%{remote_port} time_connect=%{time_connect} "
+    + "time_total=%{time_total}\n"
+)
+BODY_LIMIT = 4096  # Evidence keeps the first bytes of a body, enough for the app's echo
+
+
+def split_write_out(stdout: str) -> tuple[str, dict[str, str]]:
+    """Split curl's stdout into (body, write-out fields); fields are empty when curl wrote none."""
+    body, sep, tail = stdout.rpartition(WRITE_OUT_MARKER)
+    if not sep:
+        return stdout, {}
+    fields = dict(item.split("=", 1) for item in tail.split() if "=" in item)
+    return body, fields
+
+
+def evidence_from_curl(exit_code: int, stdout: str, stderr: str, seconds: float, command: str) -> Evidence:
+    """Evidence from one curl run made with `-w CURL_WRITE_OUT` (no `-o`: the body goes to stdout)."""
+    body, fields = split_write_out(stdout)
+    try:
+        status = int(fields.get("http_code", "0"))
+    except ValueError:
+        status = 0
+    return Evidence(
+        exit_code=exit_code, status=status, body=body[:BODY_LIMIT], stderr=stderr.strip(),
+        seconds=seconds, command=command,
+    )

@@ -40,6 +40,7 @@ class TruthTable:
     mode: Mode
     version: IstioVersion
     rows: list[Row]
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def expected(self, row: Row) -> Verdict:
         """The scenario's verdict for this mode, or the engine's prediction when it says auto."""
@@ -73,4 +74,4 @@ def predict(scenario: Scenario, step: Step, mode: Mode, version: IstioVersion,
 
     state: State = state_for_step(scenario, step, addresses)
     rows = [Row(e, decide(state, e.probe, mode, version)) for e in step.expectations]
-    return TruthTable(scenario, step, mode, version, rows)
+    return TruthTable(scenario, step, mode, version, rows, dict(state.addresses))

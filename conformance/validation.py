@@ -1,0 +1,1302 @@
+"""Istio's own validation of AuthorizationPolicy and PeerAuthentication documents, ported to Python.
+
+Why this exists: a scenario states policies exactly as a user would `kubectl apply` them. A policy that
+Istio would refuse must fail the scenario before anything runs, with the field and the reason, instead of
+failing late on a cluster (or, worse, being enforced by our local mesh although no real mesh would ever
+accept it). So every document goes through the same three gates a real cluster puts in its way:
+
+1. the API server and the CRD's structural schema at the chosen Istio version (types, unknown fields
+   under strict field validation, enums, maxItems, maxLength) and its CEL rules
+   (`x-kubernetes-validations` in `manifests/charts/base/files/crd-all.gen.yaml`);
+2. the decoding istiod's validation webhook does (`crd.ConvertObject` -> `protomarshal.ApplyJSON`,
+   golang/protobuf `jsonpb`), which turns an empty JSON list into a nil Go slice;
+3. `pkg/config/validation/validation.go` (`ValidateAuthorizationPolicy`, `ValidatePeerAuthentication`,
+   `validateMetadata`, `checkDryRunAnnotation`, `validatePolicyTargetReference`,
+   `validateWorkloadSelector`, `validateOneOfSelectorType`) with the helpers of
+   `pkg/config/security/security.go` (`ValidateAttribute`, `ValidateIPs`, `ValidatePorts`,
+   `CheckEmptyValues`, `CheckServiceAccount`, `CheckValidPathTemplate`, `CheckTrustDomainValues`).
+
+Citations ("validation.go:1497") are line numbers at tag 1.30.3 unless a version is named. Behaviour that
+changed between 1.22 and 1.30 is keyed on the version (see `_Features`).
+
+On top of Istio's verdict this module reports what the suite cannot model yet ("unsupported": valid
+Istio, not simulated) and a few things Istio accepts but that almost certainly do not do what their
+author meant ("warning", each saying so). It never raises: every malformed piece becomes a Finding.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, TypeGuard
+
+from conformance.versions import IstioVersion
+
+ERROR = "error"
+WARNING = "warning"
+UNSUPPORTED = "unsupported"
+SEVERITIES = (ERROR, WARNING, UNSUPPORTED)
+
+GROUP = "security.istio.io"
+SERVED_VERSIONS = ("v1", "v1beta1")  # both served for all three kinds, 1.22 ... 1.30 (crd-all.gen.yaml)
+AUTHORIZATION_POLICY = "AuthorizationPolicy"
+PEER_AUTHENTICATION = "PeerAuthentication"
+REQUEST_AUTHENTICATION = "RequestAuthentication"
+KINDS = (AUTHORIZATION_POLICY, PEER_AUTHENTICATION, REQUEST_AUTHENTICATION)
+ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")  # CRD enum, AuthorizationPolicy.action
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")  # CRD enum, PeerAuthentication mtls.mode
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+WAYPOINT_GATEWAY_CLASS = "istio-waypoint"  # constants.WaypointGatewayClassName
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem in a policy document.
+
+    `field` is a path into the document: `.name` for a field, `[3]` for a list item, `[key]` for an entry of a
+    free-form map (labels, annotations, matchLabels, portLevelMtls), `[\"...\"]` (JSON) for a key that itself
+    holds brackets or quotes. `severity` is `error` (Istio rejects the document), `warning` (Istio accepts it,
+    but warns or it very likely does not do what was meant) or `unsupported` (valid Istio that this suite does
+    not model yet).
+    """
+
+    field: str
+    message: str
+    severity: str
+
+
+# --------------------------------------------------------------------------------------------------
+# Which Istio release does what
+
+
+@dataclass(frozen=True)
+class _Features:
+    version: IstioVersion
+    cel: bool  # 1.23: CEL rules and length limits on selector, targetRef, portLevelMtls (crd-all.gen.yaml)
+    target_ref_kind_cel: bool  # 1.23-1.24 only: CEL `[self.group, self.kind] in [...]` on every targetRef
+    one_of_cel: bool  # 1.24: CEL "only one of targetRefs or selector can be set" (has()-based)
+    target_refs_max: bool  # 1.24: targetRefs maxItems 16
+    service_entry_ref: bool  # 1.24: allowedTargetRefs gains ServiceEntry (validation.go)
+    service_accounts: bool  # 1.25: Source.serviceAccounts/notServiceAccounts, when key source.serviceAccount
+    gateway_class_ref: bool  # 1.25: allowedTargetRefs gains GatewayClass
+    rules_max: bool  # 1.25: rules and from maxItems 512
+    new_path_template: bool  # 1.23.5 / 1.24.3 / 1.25: CheckValidPathTemplate rewritten (trim, {**} last, pchar)
+    internal_parent_annotations: bool  # 1.27: validateMetadata bans internal.istio.io/parents, parent-namespace
+    trust_domains: bool  # 1.30.0: CRD has trustDomains/notTrustDomains; ValidateAttribute knows source.trustDomain
+    trust_domain_checks: bool  # 1.30.2: validation counts and checks trustDomains (backport of #59358)
+
+    @classmethod
+    def of(cls, v: IstioVersion) -> _Features:
+        return cls(
+            version=v,
+            cel=v.at_least(1, 23),
+            target_ref_kind_cel=v.at_least(1, 23) and not v.at_least(1, 25),
+            one_of_cel=v.at_least(1, 24),
+            target_refs_max=v.at_least(1, 24),
+            service_entry_ref=v.at_least(1, 24),
+            service_accounts=v.at_least(1, 25),
+            gateway_class_ref=v.at_least(1, 25),
+            rules_max=v.at_least(1, 25),
+            new_path_template=v.fixed_in((1, 23, 5), (1, 24, 3)),
+            internal_parent_annotations=v.at_least(1, 27),
+            trust_domains=v.at_least(1, 30),
+            trust_domain_checks=v.at_least(1, 30, 2),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths into the document
+
+_IDENT = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]*")
+
+
+def _key_text(key: object) -> str:
+    """A YAML mapping key as the JSON object key it becomes on its way to the API server (sigs.k8s.io/yaml)."""
+    if isinstance(key, str):
+        return key
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
+
+
+def _bracket(text: str) -> str:
+    if any(c in text for c in '[]"'):
+        return "[" + json.dumps(text) + "]"
+    return f"[{text}]"
+
+
+def _child(path: str, key: object) -> str:
+    """The path of a schema field (or an unknown key where a field was expected)."""
+    text = _key_text(key)
+    if _IDENT.fullmatch(text):
+        return f"{path}.{text}" if path else text
+    return path + _bracket(text)
+
+
+def _entry(path: str, key: object) -> str:
+    """The path of an entry of a free-form map (labels, annotations, matchLabels, portLevelMtls)."""
+    return path + _bracket(_key_text(key))
+
+
+def _item(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+def _under(field: str, prefix: str) -> bool:
+    return field == prefix or field.startswith((prefix + ".", prefix + "["))
+
+
+# --------------------------------------------------------------------------------------------------
+# Findings
+
+
+class _Out:
+    def __init__(self, features: _Features) -> None:
+        self.f = features
+        self.findings: list[Finding] = []
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def add(self, field: str, message: str, severity: str) -> None:
+        key = (field, message, severity)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.findings.append(Finding(field, message, severity))
+
+    def error(self, field: str, message: str) -> None:
+        self.add(field, message, ERROR)
+
+    def warn(self, field: str, message: str) -> None:
+        self.add(field, message, WARNING)
+
+    def unsupported(self, field: str, message: str) -> None:
+        self.add(field, message, UNSUPPORTED)
+
+    def result(self) -> list[Finding]:
+        errors = [f.field for f in self.findings if f.severity == ERROR]
+        # An error takes precedence over "not supported yet" at the same field (or inside it).
+        return [
+            f for f in self.findings
+            if f.severity != UNSUPPORTED or not any(_under(e, f.field) for e in errors)
+        ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Small typed accessors over untrusted YAML data
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _yaml_scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _get(container: object, name: str) -> Any:
+    """A field of a mapping, or None when the container is not a mapping or lacks it (null = absent)."""
+    if isinstance(container, Mapping):
+        try:
+            return container.get(name)
+        except Exception:  # a Mapping with exotic keys could refuse the lookup; treat as absent
+            return None
+    return None
+
+
+def _has(container: object, name: str) -> bool:
+    """CEL `has(self.name)`: present and not null (the API server prunes null fields first)."""
+    return _get(container, name) is not None
+
+
+def _is_list(value: object) -> TypeGuard[list[Any] | tuple[Any, ...]]:
+    return isinstance(value, (list, tuple))
+
+
+def _strings(value: object) -> list[tuple[int, str]]:
+    """The string items of a list, with their index; other items are reported by the schema walk."""
+    if not _is_list(value):
+        return []
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, str)]
+
+
+def _set(value: object) -> bool:
+    """Go's `len(x) > 0` after jsonpb decoding: an empty list decodes to a nil slice.
+
+    A malformed value (a string where a list belongs) counts as set: the schema walk reports it, and the
+    semantic checks must not pile "must not be empty" on top.
+    """
+    if value is None:
+        return False
+    if _is_list(value):
+        return len(value) > 0
+    return True
+
+
+def _pairs(value: object) -> list[tuple[object, object]]:
+    if not isinstance(value, Mapping):
+        return []
+    try:
+        return list(value.items())
+    except Exception:
+        return []
+
+
+def _can_descend(value: object) -> bool:
+    """A path may go below a value only when it is a mapping or absent."""
+    return value is None or isinstance(value, Mapping)
+
+
+# --------------------------------------------------------------------------------------------------
+# Go-compatible parsers (net/netip, strconv) and Kubernetes name rules
+
+_IPV4 = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+_DECIMAL = re.compile(r"[0-9]+")
+_CANONICAL_UINT = re.compile(r"0|[1-9][0-9]*")
+_MAX_DIGITS = 20  # longer digit strings are out of every range here (and beyond int()'s default limit)
+_GO_BOOLS = ("1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False")  # strconv.ParseBool
+
+
+def _small_int(text: str) -> int | None:
+    """The value of an ASCII decimal string, or None when it is not one or is too long to be in range."""
+    if not _DECIMAL.fullmatch(text) or len(text) > _MAX_DIGITS:
+        return None
+    return int(text)
+
+
+def _parse_addr(text: str) -> tuple[int, bool] | str:
+    """netip.ParseAddr: (address bits, has zone), or the reason it fails."""
+    for ch in text:  # netip.ParseAddr dispatches on the first '.', ':' or '%'
+        if ch == ".":
+            match = _IPV4.fullmatch(text)
+            if not match or any(int(g) > 255 for g in match.groups()):
+                return "not a valid IPv4 address"
+            return 32, False
+        if ch == ":":
+            addr, sep, zone = text.partition("%")
+            if sep and not zone:
+                return "an IPv6 zone must not be empty"
+            if not _IPV6_CHARS.fullmatch(addr):
+                return "not a valid IPv6 address"
+            try:
+                ipaddress.IPv6Address(addr)
+            except ValueError:
+                return "not a valid IPv6 address"
+            return 128, bool(sep)
+        if ch == "%":
+            return "missing IPv6 address"
+    return "unable to parse IP"
+
+
+def _ip_problem(text: str) -> str | None:
+    """security.ValidateIPs (security.go:285) for one value: an address, or a CIDR when it holds '/'."""
+    if "/" not in text:
+        parsed = _parse_addr(text)
+        return f"bad IP address ({text}): {parsed}" if isinstance(parsed, str) else None
+    cut = text.rfind("/")  # netip.ParsePrefix
+    parsed = _parse_addr(text[:cut])
+    if isinstance(parsed, str):
+        return f"bad CIDR range ({text}): {parsed}"
+    bits_max, zone = parsed
+    if zone:
+        return f"bad CIDR range ({text}): IPv6 zones cannot be present in a prefix"
+    bits = text[cut + 1:]
+    value = _small_int(bits)
+    if not _DECIMAL.fullmatch(bits) or (len(bits) > 1 and bits[0] == "0"):
+        return f"bad CIDR range ({text}): bad bits after slash: {bits!r}"
+    if value is None or value > bits_max:
+        return f"bad CIDR range ({text}): prefix length out of range"
+    return None
+
+
+def _port_problem(text: str) -> str | None:
+    """security.ValidatePorts (security.go:301): strconv.ParseUint(port, 10, 32) and at most 65535."""
+    value = _small_int(text)
+    if value is None or value > 65535:
+        return f"bad port ({text}): must be a decimal number from 0 to 65535"
+    return None
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL = re.compile(_DNS_LABEL)
+_DNS1123_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_TARGET_GROUP = re.compile(r"|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # CRD pattern
+_TARGET_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")  # CRD pattern
+
+
+def _subdomain_problem(text: str) -> str | None:
+    if len(text) > 253:
+        return "must be no more than 253 characters"
+    if not _DNS1123_SUBDOMAIN.fullmatch(text):
+        return ("must be a lowercase RFC 1123 subdomain: lowercase letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def _label_name_problem(text: str) -> str | None:
+    if len(text) > 63:
+        return "must be no more than 63 characters"
+    if not _DNS1123_LABEL.fullmatch(text):
+        return ("must be a lowercase RFC 1123 label: lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def _qualified_name_problem(text: str) -> str | None:
+    """k8s.io/apimachinery validation.IsQualifiedName (label and annotation keys)."""
+    parts = text.split("/")
+    if len(parts) > 2:
+        return "must be a name with an optional DNS subdomain prefix and '/', e.g. 'example.com/MyName'"
+    if len(parts) == 2:
+        prefix, name = parts
+        if not prefix:
+            return "the prefix before '/' must not be empty"
+        problem = _subdomain_problem(prefix)
+        if problem:
+            return f"prefix {prefix!r} {problem}"
+    else:
+        name = parts[0]
+    if not name:
+        return "the name part must not be empty"
+    if len(name) > 63:
+        return "the name part must be no more than 63 characters"
+    if not _QUALIFIED_NAME.fullmatch(name):
+        return ("the name part must consist of letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def _label_value_problem(text: str) -> str | None:
+    if len(text) > 63:
+        return "must be no more than 63 characters"
+    if text and not _QUALIFIED_NAME.fullmatch(text):
+        return "must be empty or letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# security.go helpers
+
+_VALID_LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")  # security.go:69 (RFC 3986 pchar)
+_MATCH_ONE, _MATCH_ANY = "{*}", "{**}"
+
+
+def _path_template_problem(path: str, new_rules: bool) -> str | None:
+    """security.CheckValidPathTemplate for one path (security.go:183; the 1.22 form before 1.23.5/1.24.3)."""
+    has_template = _MATCH_ONE in path or _MATCH_ANY in path
+    if not new_rules:
+        for glob in path.split("/"):
+            if glob in (_MATCH_ONE, _MATCH_ANY):
+                continue
+            if "{" in glob or "}" in glob:
+                return f"invalid or unsupported path {path}: contains '{{' or '}}' beyond a supported path template"
+            if "*" in glob and has_template:
+                return f"invalid or unsupported path {path}: contains '*' beyond a supported path template"
+        return None
+    found_any = False
+    for glob in path.strip("/").split("/"):
+        if glob == _MATCH_ONE and not found_any:
+            continue
+        if glob == _MATCH_ANY and not found_any:
+            found_any = True
+            continue
+        if glob in (_MATCH_ONE, _MATCH_ANY):
+            return f"invalid or unsupported path {path}: {{**}} is not the last operator"
+        if "{" in glob or "}" in glob:
+            return f"invalid or unsupported path {path}: contains '{{' or '}}' beyond a supported path template"
+        if has_template and not _VALID_LITERAL.fullmatch(glob):
+            return f"invalid or unsupported path {path}: contains segment {glob!r} with invalid string literal"
+    return None
+
+
+def _service_account_problem(value: str) -> str | None:
+    """security.CheckServiceAccount (security.go:146) for one value."""
+    if value == "":
+        return "empty value not allowed"
+    if "*" in value:
+        return "wildcard not allowed in a service account"
+    if value.count("/") not in (0, 1):
+        return f"expected format 'serviceAccount' or 'namespace/serviceAccount', found {value!r}"
+    if len(value) > 320:
+        return "value cannot exceed 320 characters"
+    ns, sep, sa = value.partition("/")
+    if sep and not ns:
+        return f"expected format 'serviceAccount' or 'namespace/serviceAccount', found empty namespace in {value!r}"
+    if sep and not sa:
+        return (f"expected format 'serviceAccount' or 'namespace/serviceAccount', "
+                f"found empty serviceAccount in {value!r}")
+    return None
+
+
+def _wildcard_problem(value: str) -> str | None:
+    """security.CheckWildcardValues (security.go:117) for one value."""
+    if value == "":
+        return "empty value not allowed"
+    count = value.count("*")
+    if count > 1:
+        return f"at most one wildcard is allowed, found {value!r}"
+    if count == 1 and value != "*" and not value.startswith("*") and not value.endswith("*"):
+        return f"wildcard is only allowed at the start or end, found {value!r}"
+    return None
+
+
+def _trust_domain_problem(value: str) -> str | None:
+    """security.CheckTrustDomainValues (security.go:134) for one value."""
+    problem = _wildcard_problem(value)
+    if problem:
+        return problem
+    if "/" in value:
+        return f"trust domain must not contain '/', found {value!r}"
+    return None
+
+
+def _map_key_problem(key: str) -> str | None:
+    """security.validateMapKey (security.go:312): `a[b]` with a non-empty b."""
+    opening = key.find("[")
+    if key.endswith("]") and 0 < opening < len(key) - 2:
+        return None
+    return f"bad key ({key}): should have format a[b]"
+
+
+def _mid_wildcard(value: str) -> bool:
+    """A `*` Istio's string matchers do not treat as a wildcard (only one leading or trailing `*` is)."""
+    if "*" not in value or value == "*":
+        return False
+    inner = value[1:] if value.startswith("*") else value[:-1] if value.endswith("*") else value
+    return "*" in inner
+
+
+# --------------------------------------------------------------------------------------------------
+# Structural schema (the CRD at the chosen version)
+
+
+class _S:
+    """A node of the structural schema: what Kubernetes checks before any webhook sees the object."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        props: Mapping[str, _S] | None = None,
+        items: _S | None = None,
+        values: _S | None = None,
+        enum: tuple[str, ...] = (),
+        required: tuple[str, ...] = (),
+        max_items: int | None = None,
+        max_props: int | None = None,
+        max_len: int | None = None,
+        later: Mapping[str, str] | None = None,
+        what: str = "",
+    ) -> None:
+        self.kind = kind  # "object", "map", "array", "string", "any"
+        self.props = dict(props or {})
+        self.items = items
+        self.values = values
+        self.enum = enum
+        self.required = required
+        self.max_items = max_items
+        self.max_props = max_props
+        self.max_len = max_len
+        self.later = dict(later or {})  # field -> "1.25": exists in later Istio releases only
+        self.what = what  # "the AuthorizationPolicy Source", for messages
+
+    @property
+    def noun(self) -> str:
+        return {"object": "a mapping", "map": "a mapping", "array": "a list", "string": "a string"}.get(
+            self.kind, "a value")
+
+
+_STR = _S("string")
+_STRS = _S("array", items=_STR)
+_ANY = _S("any")
+
+SOURCE_FIELDS = (
+    "principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces", "notNamespaces",
+    "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
+)
+SERVICE_ACCOUNT_FIELDS = ("serviceAccounts", "notServiceAccounts")
+TRUST_DOMAIN_FIELDS = ("trustDomains", "notTrustDomains")
+OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
+TARGET_REF_FIELDS = ("group", "kind", "name", "namespace")
+OBJECT_META_OTHER = (  # ObjectMeta fields a scenario has no use for (known to the API server, so not "unknown")
+    "generateName", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
+    "deletionGracePeriodSeconds", "ownerReferences", "finalizers", "managedFields", "selfLink",
+)
+
+
+def _selector_schema(f: _Features) -> _S:
+    # 1.23+: matchLabels values maxLength 63, at most 4096 labels (crd-all.gen.yaml, selector.matchLabels).
+    labels = _S("map", values=_S("string", max_len=63 if f.cel else None), max_props=4096 if f.cel else None)
+    return _S("object", props={"matchLabels": labels}, what="selector")
+
+
+@lru_cache(maxsize=64)
+def _authz_spec_schema(f: _Features) -> _S:
+    source_props: dict[str, _S] = dict.fromkeys(SOURCE_FIELDS, _STRS)
+    later: dict[str, str] = {}
+    if f.service_accounts:
+        for name in SERVICE_ACCOUNT_FIELDS:  # maxItems 16, maxLength 320: checked with CheckServiceAccount
+            source_props[name] = _STRS
+    else:
+        later.update(dict.fromkeys(SERVICE_ACCOUNT_FIELDS, "1.25"))
+    if f.trust_domains:
+        source_props.update(dict.fromkeys(TRUST_DOMAIN_FIELDS, _STRS))
+    else:
+        later.update(dict.fromkeys(TRUST_DOMAIN_FIELDS, "1.30"))
+    source = _S("object", props=source_props, later=later, what="AuthorizationPolicy Source")
+    operation = _S("object", props=dict.fromkeys(OPERATION_FIELDS, _STRS), what="AuthorizationPolicy Operation")
+    condition = _S("object", props={"key": _STR, "values": _STRS, "notValues": _STRS}, required=("key",),
+                   what="AuthorizationPolicy Condition")
+    rule = _S("object", what="AuthorizationPolicy Rule", props={
+        "from": _S("array", items=_S("object", props={"source": source}, what="Rule.From"),
+                   max_items=512 if f.rules_max else None),
+        "to": _S("array", items=_S("object", props={"operation": operation}, what="Rule.To")),
+        "when": _S("array", items=condition),
+    })
+    target_ref = _S("object", props=dict.fromkeys(TARGET_REF_FIELDS, _STR), what="PolicyTargetReference")
+    return _S("object", what="AuthorizationPolicy spec", props={
+        "action": _S("string", enum=ACTIONS),
+        "provider": _S("object", props={"name": _STR}, what="provider"),
+        "rules": _S("array", items=rule, max_items=512 if f.rules_max else None),
+        "selector": _selector_schema(f),
+        "targetRef": target_ref,
+        "targetRefs": _S("array", items=target_ref, max_items=16 if f.target_refs_max else None),
+    })
+
+
+@lru_cache(maxsize=64)
+def _peer_spec_schema(f: _Features) -> _S:
+    mtls = _S("object", props={"mode": _S("string", enum=MTLS_MODES)}, what="PeerAuthentication MutualTLS")
+    return _S("object", what="PeerAuthentication spec", props={
+        "selector": _selector_schema(f),
+        "mtls": mtls,
+        "portLevelMtls": _S("map", values=mtls),
+    })
+
+
+@lru_cache(maxsize=64)
+def _document_schema(f: _Features, kind: str) -> _S:
+    meta_props: dict[str, _S] = {
+        "name": _STR, "namespace": _STR,
+        "labels": _S("map", values=_STR), "annotations": _S("map", values=_STR),
+    }
+    meta_props.update(dict.fromkeys(OBJECT_META_OTHER, _ANY))
+    if kind == AUTHORIZATION_POLICY:
+        spec = _authz_spec_schema(f)
+    elif kind == PEER_AUTHENTICATION:
+        spec = _peer_spec_schema(f)
+    else:
+        spec = _ANY
+    return _S("object", what=f"{kind} document", props={
+        "apiVersion": _STR, "kind": _STR,
+        "metadata": _S("object", props=meta_props, what="ObjectMeta"),
+        "spec": spec,
+        "status": _ANY,  # webhook validFields (server.go:48); ignored on create (status subresource)
+    })
+
+
+def _type_message(schema: _S, value: object) -> str:
+    message = f"must be {schema.noun}, not {_type_name(value)}"
+    if schema.kind == "string" and isinstance(value, (bool, int, float)):
+        message += f' (quote it: "{_yaml_scalar(value)}")'
+    elif schema.kind == "array" and isinstance(value, (str, bool, int, float)):
+        message += f" (write a list: [{json.dumps(_yaml_scalar(value))}])"
+    return message
+
+
+def _unknown_field_message(schema: _S, key: str, f: _Features) -> str:
+    where = f" in {schema.what}" if schema.what else ""
+    message = f"unknown field {key!r}{where}"
+    if key in schema.later:
+        return (f"{message}: {key} exists from Istio {schema.later[key]}, this scenario targets Istio "
+                f"{f.version}, whose CRD rejects it (Kubernetes strict field validation)")
+    known = sorted(schema.props)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    folded = [k for k in known if k.lower() == key.lower()]
+    if folded or close:
+        return f"{message}: did you mean {(folded or close)[0]!r}?"
+    return f"{message} (Kubernetes strict field validation rejects it); known fields: {', '.join(known)}"
+
+
+def _walk(schema: _S, value: object, path: str, out: _Out) -> None:
+    """Type, unknown-field, enum, required and size checks of the structural schema."""
+    if schema.kind == "any":
+        return
+    if schema.kind == "string":
+        if not isinstance(value, str):
+            out.error(path, _type_message(schema, value))
+            return
+        if schema.enum and value not in schema.enum:
+            hint = next((e for e in schema.enum if e.lower() == value.lower()), None)
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            out.error(path, f"unsupported value {value!r}: must be one of {', '.join(schema.enum)}{extra}")
+        if schema.max_len is not None and len(value) > schema.max_len:
+            out.error(path, f"must be no more than {schema.max_len} characters (CRD maxLength)")
+        return
+    if schema.kind == "array":
+        if not _is_list(value):
+            out.error(path, _type_message(schema, value))
+            return
+        items = list(value)
+        if schema.max_items is not None and len(items) > schema.max_items:
+            out.error(path, f"must have at most {schema.max_items} items, has {len(items)} (CRD maxItems)")
+        if schema.items is None:
+            return
+        for i, item in enumerate(items):
+            if item is None:
+                out.error(_item(path, i), f"must be {schema.items.noun}, not null")
+            else:
+                _walk(schema.items, item, _item(path, i), out)
+        return
+    if not isinstance(value, Mapping):
+        out.error(path, _type_message(schema, value))
+        return
+    pairs = _pairs(value)
+    if schema.kind == "map":
+        if schema.max_props is not None and len(pairs) > schema.max_props:
+            out.error(path, f"must have at most {schema.max_props} entries (CRD maxProperties)")
+        for key, sub in pairs:
+            if sub is not None and schema.values is not None:  # null entries are pruned by the API server
+                _walk(schema.values, sub, _entry(path, key), out)
+        return
+    for key, sub in pairs:
+        text = _key_text(key)
+        field_schema = schema.props.get(text)
+        if field_schema is None:
+            out.error(_child(path, key), _unknown_field_message(schema, text, out.f))
+        elif sub is not None:  # null fields are pruned by the API server
+            _walk(field_schema, sub, _child(path, key), out)
+    for name in schema.required:
+        if _get(value, name) is None:
+            out.error(_child(path, name), f"{name} is required")
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def validate_manifest(doc: Mapping[str, Any], version: IstioVersion) -> list[Finding]:
+    """Check one policy document the way a cluster running Istio `version` would, plus our limits.
+
+    Returns the findings in document order; an empty list means Istio accepts it and the suite models it.
+    """
+    features = _Features.of(version)
+    out = _Out(features)
+    try:
+        _validate_document(doc, out)
+    except Exception as exc:  # the contract is "never raises"; a crash here is a bug worth reporting
+        out.error("", f"internal error in the policy validator ({type(exc).__name__}: {exc}); please report it")
+    return out.result()
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(f.severity == ERROR for f in findings)
+
+
+def _validate_document(doc: object, out: _Out) -> None:
+    if not isinstance(doc, Mapping):
+        out.error("", f"a policy document must be a mapping (apiVersion, kind, metadata, spec), not {_type_name(doc)}")
+        return
+    api_version, kind = _get(doc, "apiVersion"), _get(doc, "kind")
+    if not isinstance(kind, str):
+        out.error("kind", "kind is required" if kind is None else f"kind must be a string, not {_type_name(kind)}")
+        kind = None
+    if not isinstance(api_version, str):
+        out.error("apiVersion", "apiVersion is required" if api_version is None
+                  else f"apiVersion must be a string, not {_type_name(api_version)}")
+        api_version = None
+    group, _, served = (api_version or "").rpartition("/")
+
+    if kind is not None and kind not in KINDS:
+        if group == GROUP:
+            out.error("kind", f"{GROUP} has no kind {kind!r}: it serves {', '.join(KINDS)}")
+        else:
+            out.error("kind", f"kind {kind!r} cannot be a policy in a scenario: use {AUTHORIZATION_POLICY} or "
+                              f"{PEER_AUTHENTICATION} ({GROUP}/v1)")
+        return
+    if api_version is not None and kind is not None and (group != GROUP or served not in SERVED_VERSIONS):
+        if group == GROUP:
+            out.error("apiVersion", f"{api_version} is not served for {kind}: use {GROUP}/v1 (or {GROUP}/v1beta1)")
+        else:
+            out.error("apiVersion", f"{kind} belongs to {GROUP}, not {group or api_version!r}: use {GROUP}/v1")
+    if kind is None:
+        return
+
+    _walk(_document_schema(out.f, kind), doc, "", out)
+    if _get(doc, "status") is not None:
+        out.warn("status", "status is ignored when a policy is applied (status subresource); remove it")
+    spec = _get(doc, "spec")
+    _check_metadata(_get(doc, "metadata"), kind, spec, out)
+    if kind == REQUEST_AUTHENTICATION:
+        out.unsupported("kind", "RequestAuthentication is not supported yet (JWT authentication is not modelled)")
+        return
+    if not _can_descend(spec):
+        return  # the schema walk reported it
+    spec_map: Mapping[Any, Any] = spec if isinstance(spec, Mapping) else {}
+    if kind == AUTHORIZATION_POLICY:
+        _check_authorization_policy(spec_map, out)
+    else:
+        _check_peer_authentication(spec_map, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# metadata: names, labels, annotations (validateMetadata, checkDryRunAnnotation)
+
+
+def _check_metadata(meta: object, kind: str, spec: object, out: _Out) -> None:
+    if meta is None:
+        out.error("metadata", "metadata is required, with name and namespace")
+        return
+    if not isinstance(meta, Mapping):
+        return  # the schema walk reported it
+    name, namespace = _get(meta, "name"), _get(meta, "namespace")
+    if name is None:
+        out.error("metadata.name", "metadata.name is required")
+    elif isinstance(name, str):
+        problem = _subdomain_problem(name)  # custom resources: NameIsDNSSubdomain
+        if problem:
+            out.error("metadata.name", f"name {name!r} {problem}")
+    if namespace is None:
+        out.error("metadata.namespace", "metadata.namespace is required in a scenario: kubectl would take the "
+                                        "current context's namespace, a scenario must say which one it means")
+    elif isinstance(namespace, str):
+        problem = _label_name_problem(namespace)
+        if problem:
+            out.error("metadata.namespace", f"namespace {namespace!r} {problem}")
+    for extra in OBJECT_META_OTHER:
+        if _has(meta, extra):
+            out.unsupported(f"metadata.{extra}", f"metadata.{extra} is not supported yet: a scenario's "
+                                                 "policies carry only name, namespace, labels and annotations")
+
+    labels = _get(meta, "labels")
+    for key, value in _pairs(labels):
+        path = _entry("metadata.labels", key)
+        problem = _qualified_name_problem(_key_text(key))
+        if problem:
+            out.error(path, f"label key {_key_text(key)!r}: {problem}")
+        if isinstance(value, str):
+            problem = _label_value_problem(value)
+            if problem:
+                out.error(path, f"label value {value!r} {problem}")
+
+    annotations = _get(meta, "annotations")
+    total = 0
+    for key, value in _pairs(annotations):
+        text = _key_text(key)
+        total += len(text) + (len(value) if isinstance(value, str) else 0)
+        problem = _qualified_name_problem(text.lower())
+        if problem:
+            out.error(_entry("metadata.annotations", key), f"annotation key {text!r}: {problem}")
+    if total > 256 * 1024:
+        out.error("metadata.annotations", "annotations may hold at most 256 KiB in total")
+    ann = {_key_text(k): v for k, v in _pairs(annotations) if v is not None}
+
+    # validateMetadata (validation.go:205): internal annotations users may not set.
+    banned = ["internal.istio.io/webhook-always-reject"]  # constants.AlwaysReject
+    if out.f.internal_parent_annotations:  # 1.27+
+        banned += ["internal.istio.io/parent-namespace", "internal.istio.io/parents"]
+    for key in banned:
+        if key in ann:
+            out.error(_entry("metadata.annotations", key), f"annotation {key!r} may not be set by users "
+                                                          "(Istio's validation rejects it)")
+
+    # checkDryRunAnnotation (validation.go:228)
+    if DRY_RUN_ANNOTATION in ann:
+        path = _entry("metadata.annotations", DRY_RUN_ANNOTATION)
+        value = ann[DRY_RUN_ANNOTATION]
+        if kind != AUTHORIZATION_POLICY:
+            out.error(path, f"{kind} does not support the annotation {DRY_RUN_ANNOTATION}; remove it")
+            return
+        action = _get(spec, "action")
+        action = "ALLOW" if action is None else action
+        if action in ("ALLOW", "DENY"):
+            if isinstance(value, str) and value not in _GO_BOOLS:
+                out.error(path, f"{DRY_RUN_ANNOTATION} has invalid value {value!r}: must be true or false "
+                                "(Go strconv.ParseBool)")
+        elif isinstance(action, str) and action in ACTIONS:
+            out.error(path, f"the annotation {DRY_RUN_ANNOTATION} only supports action ALLOW/DENY, "
+                            f"found action {action}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared spec pieces: selector and targetRef
+
+
+def _label_count(selector: object) -> int:
+    return sum(1 for _, v in _pairs(_get(selector, "matchLabels")) if v is not None)
+
+
+def _check_selector(spec: Mapping[Any, Any], out: _Out) -> None:
+    """validateWorkloadSelector (validation.go:1360) and the matchLabels CEL rules (1.23+)."""
+    selector = _get(spec, "selector")
+    if not isinstance(selector, Mapping):
+        return
+    labels = _get(selector, "matchLabels")
+    for key, value in _pairs(labels):
+        if value is None:
+            continue
+        path = _entry("spec.selector.matchLabels", key)
+        text = _key_text(key)
+        if text == "":
+            out.error(path, "empty key is not supported in selector")
+        if "*" in text:
+            out.error(path, f"wildcard is not supported in selector key {text!r}")
+        if isinstance(value, str) and "*" in value:
+            out.error(path, f"wildcard is not supported in selector value {value!r}")
+    if labels is None or (isinstance(labels, Mapping) and _label_count(selector) == 0):
+        out.warn("spec.selector", "Istio warns: workload selector specified without labels "
+                                  "(the policy then applies to every workload in the namespace)")
+
+
+def _check_one_of_selector(spec: Mapping[Any, Any], out: _Out) -> None:
+    """validateOneOfSelectorType (validation.go:1383) and the CEL rule of the same name (1.24+, has()-based)."""
+    by_go = [name for name, set_ in (
+        ("selector", _get(spec, "selector") is not None),
+        ("targetRef", _get(spec, "targetRef") is not None),
+        ("targetRefs", _set(_get(spec, "targetRefs"))),
+    ) if set_]
+    by_cel = [name for name in ("selector", "targetRef", "targetRefs") if _has(spec, name)] if out.f.one_of_cel else []
+    both = by_cel if len(by_cel) > len(by_go) else by_go
+    if len(both) > 1:
+        out.error(f"spec.{both[0]}", f"only one of selector, targetRef and targetRefs can be set, "
+                                     f"found {' and '.join(both)}")
+
+
+def _allowed_target_refs(f: _Features) -> list[tuple[str, str]]:
+    """allowedTargetRefs (validation.go:1326) at this version, as (canonical group, kind)."""
+    allowed = [("core", "Service"), ("gateway.networking.k8s.io", "Gateway")]
+    if f.service_entry_ref:
+        allowed.append(("networking.istio.io", "ServiceEntry"))
+    if f.gateway_class_ref:
+        allowed.append(("gateway.networking.k8s.io", "GatewayClass"))
+    return allowed
+
+
+_REF_SINCE = {"ServiceEntry": "1.24", "GatewayClass": "1.25"}
+
+
+def _check_target_ref(ref: object, path: str, out: _Out) -> None:
+    """validatePolicyTargetReference (validation.go:1333) and the targetRef CRD constraints (1.23+)."""
+    if not isinstance(ref, Mapping):
+        return
+    f = out.f
+    raw = {k: _get(ref, k) for k in TARGET_REF_FIELDS}
+    text = {k: v if isinstance(v, str) else "" for k, v in raw.items()}
+    group, kind, name, namespace = text["group"], text["kind"], text["name"], text["namespace"]
+    if name == "" and (raw["name"] is None or isinstance(raw["name"], str)):
+        out.error(f"{path}.name", "targetRef name must be set")
+    elif f.cel and len(name) > 253:
+        out.error(f"{path}.name", "targetRef name must be no more than 253 characters (CRD maxLength)")
+    if namespace:
+        out.error(f"{path}.namespace", "targetRef namespace must not be set; cross namespace referencing is "
+                                       "not supported")
+    if f.cel and group and (len(group) > 253 or not _TARGET_GROUP.fullmatch(group)):
+        out.error(f"{path}.group", f"targetRef group {group!r} must be a lowercase DNS subdomain (CRD pattern)")
+    if f.cel and kind and (len(kind) > 63 or not _TARGET_KIND.fullmatch(kind)):
+        out.error(f"{path}.kind", f"targetRef kind {kind!r} must be letters, digits and '-' (CRD pattern)")
+    if f.target_ref_kind_cel and raw["group"] is None:
+        # 1.23-1.24: CEL `[self.group, self.kind] in [...]` reads group without has(): "no such key: group".
+        out.error(f"{path}.group", f"the Istio {f.version} CRD requires targetRef group to be written out "
+                                   "(its CEL rule fails with \"no such key: group\"): use group: \"\" for a "
+                                   "Service, gateway.networking.k8s.io for a Gateway")
+    canonical = group or "core"
+    allowed = _allowed_target_refs(f)
+    if (canonical, kind) not in allowed:
+        names = ", ".join(f"{g}/{k}" for g, k in allowed)
+        if raw["kind"] is None:
+            message = f"targetRef kind is required (one of {names})"
+        else:
+            message = f"targetRef must be to one of {names} but was {group}/{kind}"
+            known_kinds = {k for _, k in allowed} | set(_REF_SINCE)
+            if kind in _REF_SINCE and not any(k == kind for _, k in allowed):
+                message += f" ({kind} targetRefs are accepted from Istio {_REF_SINCE[kind]}; this scenario " \
+                           f"targets Istio {f.version})"
+            elif kind in known_kinds:
+                message += f" (wrong group {group!r} for {kind})"
+        out.error(f"{path}.kind", message)
+        return
+    if kind == "ServiceEntry":
+        out.unsupported(f"{path}.kind", "targetRefs of kind ServiceEntry are not supported yet")
+    elif kind == "GatewayClass" and name and name != WAYPOINT_GATEWAY_CLASS:
+        out.warn(f"{path}.name", f"a GatewayClass targetRef attaches only when named {WAYPOINT_GATEWAY_CLASS!r} "
+                                 "(from the root namespace); this one attaches to nothing "
+                                 "(policyattachment.go, ShouldAttachPolicy)")
+
+
+# --------------------------------------------------------------------------------------------------
+# AuthorizationPolicy (ValidateAuthorizationPolicy, validation.go:1404)
+
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+_HTTP_STRING_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+_WILDCARD_VALUE_KEYS = ("source.principal", "source.namespace", "connection.sni")
+
+
+def _check_authorization_policy(spec: Mapping[Any, Any], out: _Out) -> None:
+    raw_action = _get(spec, "action")
+    action: str | None = "ALLOW" if raw_action is None else raw_action if raw_action in ACTIONS else None
+    rules = _get(spec, "rules")
+    rules_set = _set(rules)
+
+    _check_one_of_selector(spec, out)
+    _check_selector(spec, out)
+    _check_target_ref(_get(spec, "targetRef"), "spec.targetRef", out)
+    for i, ref in enumerate(_get(spec, "targetRefs") if _is_list(_get(spec, "targetRefs")) else []):
+        _check_target_ref(ref, _item("spec.targetRefs", i), out)
+
+    provider = _get(spec, "provider")
+    if action == "CUSTOM":
+        out.unsupported("spec.action", "action CUSTOM is not supported yet (external authorizers are not modelled)")
+        if not rules_set:  # validation.go:1421
+            out.error("spec.rules", "CUSTOM action without rules is meaningless as it will never be triggered; "
+                                    "add an empty rule {} if you want it triggered for every request")
+        elif _can_descend(provider):
+            pname = _get(provider, "name")
+            if pname is None or pname == "":  # validation.go:1426
+                out.error("spec.provider.name", "provider.name must not be empty with action CUSTOM")
+        _check_custom_rules(rules, out)
+    if provider is not None and action == "CUSTOM":
+        out.unsupported("spec.provider", "provider is not supported yet (external authorizers are not modelled)")
+    elif provider is not None and action is not None:  # validation.go:1464
+        out.error("spec.provider", f"provider must not be set with non CUSTOM action, found {action}")
+    if action == "DENY" and not rules_set and (rules is None or _is_list(rules)):  # validation.go:1468
+        out.error("spec.rules", "DENY action without rules is meaningless as it will never be triggered; add an "
+                                "empty rule {} if you want it triggered for every request"
+                  + (" (rules: [] counts as no rules)" if _is_list(rules) else ""))
+
+    if not _is_list(rules):
+        return
+    for i, rule in enumerate(rules):
+        if isinstance(rule, Mapping):
+            _check_rule(rule, _item("spec.rules", i), action, out)
+
+
+def _check_custom_rules(rules: object, out: _Out) -> None:
+    """The CUSTOM-only restrictions (validation.go:1430): no identity fields, no identity when keys."""
+    f = out.f
+    banned_fields = ["namespaces", "notNamespaces", "principals", "notPrincipals", "requestPrincipals",
+                     "notRequestPrincipals"]
+    banned_keys = ["source.namespace", "source.principal"]
+    if f.service_accounts:
+        banned_fields += list(SERVICE_ACCOUNT_FIELDS)
+        banned_keys.append("source.serviceAccount")
+    if f.trust_domain_checks:
+        banned_fields += list(TRUST_DOMAIN_FIELDS)
+        banned_keys.append("source.trustDomain")
+    for i, rule in enumerate(rules if _is_list(rules) else []):
+        rpath = _item("spec.rules", i)
+        froms = _get(rule, "from")
+        for j, entry in enumerate(froms if _is_list(froms) else []):
+            source = _get(entry, "source")
+            for name in banned_fields:
+                if _set(_get(source, name)) and _is_list(_get(source, name)):
+                    out.error(f"{_item(rpath + '.from', j)}.source.{name}",
+                              f"{name} is currently not supported with CUSTOM action")
+        whens = _get(rule, "when")
+        for j, cond in enumerate(whens if _is_list(whens) else []):
+            key = _get(cond, "key")
+            if isinstance(key, str) and (key in banned_keys or key.startswith("request.auth.")):
+                out.error(f"{_item(rpath + '.when', j)}.key", f"{key} is currently not supported with CUSTOM action")
+
+
+def _check_rule(rule: Mapping[Any, Any], path: str, action: str | None, out: _Out) -> None:
+    froms, tos, whens = _get(rule, "from"), _get(rule, "to"), _get(rule, "when")
+    from_exists = to_exists = tcp_in_from = tcp_in_to = False
+
+    if _is_list(froms) and len(froms) == 0:
+        # validation.go:1478 rejects `from: []`, but never sees it: the webhook's jsonpb decoding turns an empty
+        # list into a nil slice (protomarshal.ApplyJSON), so Istio accepts the policy and treats from as absent.
+        out.warn(f"{path}.from", "from: [] is accepted by Istio and treated as if from were absent, so this "
+                                 "rule matches requests from any source; remove it or list sources")
+    for j, entry in enumerate(froms if _is_list(froms) else []):
+        if not isinstance(entry, Mapping):
+            continue
+        epath = _item(f"{path}.from", j)
+        source = _get(entry, "source")
+        if source is None:  # validation.go:1490
+            out.error(f"{epath}.source", "from.source must not be nil: give each from entry a source")
+            continue
+        if not isinstance(source, Mapping):
+            continue
+        from_exists = True
+        tcp_in_from |= _check_source(source, f"{epath}.source", out)
+
+    if _is_list(tos) and len(tos) == 0:
+        out.warn(f"{path}.to", "to: [] is accepted by Istio and treated as if to were absent, so this rule "  # :1531
+                               "matches every operation; remove it or list operations")
+    for j, entry in enumerate(tos if _is_list(tos) else []):
+        if not isinstance(entry, Mapping):
+            continue
+        epath = _item(f"{path}.to", j)
+        operation = _get(entry, "operation")
+        if operation is None:  # validation.go:1539
+            out.error(f"{epath}.operation", "to.operation must not be nil: give each to entry an operation")
+            continue
+        if not isinstance(operation, Mapping):
+            continue
+        to_exists = True
+        tcp_in_to |= _check_operation(operation, f"{epath}.operation", out)
+
+    for j, cond in enumerate(whens if _is_list(whens) else []):
+        if isinstance(cond, Mapping):
+            _check_condition(cond, _item(f"{path}.when", j), out)
+
+    # validation.go:1584: a DENY rule with only HTTP attributes denies all TCP traffic it selects.
+    if action == "DENY" and ((from_exists and not to_exists and not tcp_in_from) or (to_exists and not tcp_in_to)):
+        out.warn(path, "Istio warns: configured AuthorizationPolicy will deny all traffic to TCP ports under its "
+                       "scope due to the use of only HTTP attributes in a DENY rule; it is recommended to "
+                       "explicitly specify the port")
+
+
+def _check_values(values: object, path: str, name: str, out: _Out) -> None:
+    """security.CheckEmptyValues (security.go:106), reported at the offending item."""
+    for k, value in _strings(values):
+        if value == "":
+            out.error(_item(path, k), f"empty value not allowed, found in {name}")
+
+
+def _warn_mid_wildcards(values: object, path: str, name: str, out: _Out) -> None:
+    for k, value in _strings(values):
+        if not _mid_wildcard(value) or _MATCH_ONE in value or _MATCH_ANY in value:
+            continue  # path templates are checked by CheckValidPathTemplate
+        if name in ("paths", "notPaths"):
+            hint = "; for one path segment use the template {*}, for the rest of a path {**} (Istio 1.22+)"
+        elif name in ("namespaces", "notNamespaces", "source.namespace"):
+            hint = ("; note that sidecars and waypoints turn every '*' in a namespace into a glob while ztunnel "
+                    "does not, so the modes may disagree")
+        else:
+            hint = ""
+        out.warn(_item(path, k), f"a '*' inside {value!r} is not a wildcard: Istio matches only a single leading "
+                                 f"or trailing '*' (prefix, suffix or presence match){hint}")
+
+
+def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
+    """Checks of one Rule.From.Source; returns whether it holds TCP attributes (validation.go:1521)."""
+    f = out.f
+    sa_fields = SERVICE_ACCOUNT_FIELDS if f.service_accounts else ()
+    td_fields = TRUST_DOMAIN_FIELDS if f.trust_domains else ()
+    values = {name: _get(source, name) for name in (*SOURCE_FIELDS, *sa_fields, *td_fields)}
+
+    if sa_fields:
+        # validation.go:1495 (len-based) and the CRD CEL rule on Source (1.25+, has()-based).
+        identity = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+        clash_go = any(_set(values[n]) for n in sa_fields) and any(_set(values[n]) for n in identity)
+        clash_cel = any(_has(source, n) for n in sa_fields) and any(_has(source, n) for n in identity)
+        if clash_go or clash_cel:
+            out.error(path, "cannot set serviceAccounts or notServiceAccounts together with principals, "
+                            "notPrincipals, namespaces or notNamespaces in one source; use separate from entries")
+    counted = (*SOURCE_FIELDS, *sa_fields, *(td_fields if f.trust_domain_checks else ()))
+    unknown_here = any(_has(source, n) for n in (*SERVICE_ACCOUNT_FIELDS, *TRUST_DOMAIN_FIELDS)
+                       if n not in sa_fields and n not in td_fields)  # already an unknown-field error
+    if not unknown_here and not any(_set(values[n]) for n in counted):  # validation.go:1499
+        message = "from.source must not be empty: set at least one of its fields"
+        if any(_set(values[n]) for n in td_fields):
+            message += f" (Istio {f.version} does not count trustDomains here; 1.30.2 does)"
+        out.error(path, message)
+
+    for name in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"):  # validation.go:1505
+        for k, value in _strings(values[name]):
+            problem = _ip_problem(value) if value else None
+            if problem:
+                out.error(_item(f"{path}.{name}", k), problem)
+    for name in SOURCE_FIELDS:  # validation.go:1509
+        _check_values(values[name], f"{path}.{name}", name, out)
+    for name in sa_fields:  # validation.go:1512, security.go:146
+        items = values[name]
+        if _is_list(items) and len(items) > 16:
+            out.error(f"{path}.{name}", f"{name} may not have more than 16 values")
+        for k, value in _strings(items):
+            problem = _service_account_problem(value)
+            if problem:
+                out.error(_item(f"{path}.{name}", k), f"{problem}, found in {name}")
+    if f.trust_domain_checks:
+        for name in td_fields:  # validation.go:1513, security.go:134
+            for k, value in _strings(values[name]):
+                problem = _trust_domain_problem(value)
+                if problem:
+                    out.error(_item(f"{path}.{name}", k), f"{problem}, found in {name}")
+    for name in _HTTP_STRING_FIELDS:
+        _warn_mid_wildcards(values[name], f"{path}.{name}", name, out)
+
+    for name in ("requestPrincipals", "notRequestPrincipals"):
+        if _set(values[name]):
+            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (JWT request principals are not modelled)")
+    for name in ("remoteIpBlocks", "notRemoteIpBlocks"):
+        if _set(values[name]):
+            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (X-Forwarded-For / proxy protocol "
+                                              "client addresses are not modelled)")
+    for name in td_fields:
+        if _set(values[name]):
+            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (trust-domain matching is not modelled)")
+
+    tcp = ("principals", "notPrincipals", "ipBlocks", "notIpBlocks", "namespaces", "notNamespaces",
+           "remoteIpBlocks", "notRemoteIpBlocks", *sa_fields)
+    return any(_set(values[n]) for n in tcp)
+
+
+def _check_operation(operation: Mapping[Any, Any], path: str, out: _Out) -> bool:
+    """Checks of one Rule.To.Operation; returns whether it holds TCP attributes (ports, notPorts)."""
+    values = {name: _get(operation, name) for name in OPERATION_FIELDS}
+    if not any(_set(v) for v in values.values()):  # validation.go:1544
+        out.error(path, "to.operation must not be empty: set at least one of its fields")
+    for name in ("ports", "notPorts"):  # validation.go:1548
+        for k, value in _strings(values[name]):
+            problem = _port_problem(value) if value else None
+            if problem:
+                out.error(_item(f"{path}.{name}", k), problem)
+            elif value and _small_int(value) == 0:
+                out.warn(_item(f"{path}.{name}", k), "port 0 is accepted by Istio but no connection has it")
+    for name in OPERATION_FIELDS:  # validation.go:1550
+        _check_values(values[name], f"{path}.{name}", name, out)
+    for name in ("paths", "notPaths"):  # validation.go:1558
+        for k, value in _strings(values[name]):
+            problem = _path_template_problem(value, out.f.new_path_template) if value else None
+            if problem:
+                out.error(_item(f"{path}.{name}", k), f"{problem}, found in {name}")
+    for name in ("methods", "notMethods"):
+        for k, value in _strings(values[name]):
+            if value != value.upper() and value.upper() in _HTTP_METHODS:
+                out.warn(_item(f"{path}.{name}", k),
+                         f"method {value!r} is matched case-sensitively and request methods are upper-case, "
+                         f"so it matches no {value.upper()} request; write {value.upper()!r}")
+    for name in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"):
+        _warn_mid_wildcards(values[name], f"{path}.{name}", name, out)
+    return _set(values["ports"]) or _set(values["notPorts"])
+
+
+def _attribute_problem(key: str, f: _Features) -> str | None:
+    """The key part of security.ValidateAttribute (security.go:231) at this version."""
+    if key.startswith("request.headers"):
+        return _map_key_problem(key)
+    if key in ("source.ip", "remote.ip", "source.namespace", "source.principal", "request.auth.principal",
+               "request.auth.audiences", "request.auth.presenter", "destination.ip", "destination.port",
+               "connection.sni"):
+        return None
+    if key == "source.serviceAccount" and f.service_accounts:
+        return None
+    if key == "source.trustDomain" and f.trust_domains:
+        return None
+    if key.startswith("request.auth.claims") or key.startswith("experimental.envoy.filters."):
+        return _map_key_problem(key)
+    if key == "destination.namespace":
+        return f"attribute {key} is replaced by the metadata.namespace"
+    if key.startswith("destination.labels"):
+        return f"attribute {key} is replaced by the workload selector"
+    if key in ("destination.name", "destination.user"):
+        return f"deprecated attribute {key}: only supported in v1alpha1"
+    message = f"unknown attribute: {key}"
+    since = {"source.serviceAccount": "1.25", "source.trustDomain": "1.30"}.get(key)
+    if since:
+        return f"{message} (Istio knows it from {since}; this scenario targets Istio {f.version})"
+    known = ["request.headers[]", "source.ip", "remote.ip", "source.namespace", "source.principal",
+             "source.serviceAccount", "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
+             "request.auth.claims[]", "destination.ip", "destination.port", "connection.sni"]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
+    """One `when` condition (validation.go:1565) with security.ValidateAttribute (security.go:231)."""
+    f = out.f
+    key = _get(cond, "key")
+    if not isinstance(key, str):
+        return  # missing or not a string: the schema walk reported it
+    if key == "":
+        out.error(f"{path}.key", "key must not be empty")
+        return
+    values, not_values = _get(cond, "values"), _get(cond, "notValues")
+    if not _set(values) and not _set(not_values):
+        out.error(path, f"at least one of values or notValues must be set for key {key}")
+    key_problem = _attribute_problem(key, f)
+    if key_problem:
+        out.error(f"{path}.key", key_problem)
+    for field_name, items in (("values", values), ("notValues", not_values)):
+        ipath = f"{path}.{field_name}"
+        _check_values(items, ipath, key, out)
+        if key_problem:
+            continue
+        for k, value in _strings(items):
+            if value == "":
+                continue
+            problem: str | None = None
+            if key in ("source.ip", "remote.ip", "destination.ip"):
+                problem = _ip_problem(value)
+            elif key == "destination.port":
+                problem = _port_problem(value)
+            elif key == "source.serviceAccount":
+                problem = _service_account_problem(value)
+            elif key == "source.trustDomain" and f.trust_domain_checks:
+                problem = _wildcard_problem(value)
+            if problem:
+                out.error(_item(ipath, k), f"invalid value for key {key}: {problem}")
+        if key in _WILDCARD_VALUE_KEYS or key.startswith("request.headers"):
+            _warn_mid_wildcards(items, ipath, key, out)
+    if key_problem:
+        return
+    if key.startswith("request.auth."):
+        out.unsupported(f"{path}.key", f"when key {key} is not supported yet (JWT claims are not modelled)")
+    elif key == "remote.ip":
+        out.unsupported(f"{path}.key", "when key remote.ip is not supported yet (X-Forwarded-For / proxy protocol "
+                                       "client addresses are not modelled)")
+    elif key.startswith("experimental."):
+        out.unsupported(f"{path}.key", f"when key {key} is not supported yet (Envoy filter metadata is not modelled)")
+    elif key == "source.trustDomain":
+        out.unsupported(f"{path}.key", "when key source.trustDomain is not supported yet (trust-domain matching is "
+                                       "not modelled)")
+
+
+# --------------------------------------------------------------------------------------------------
+# PeerAuthentication (ValidatePeerAuthentication, validation.go:1710)
+
+
+def _check_peer_authentication(spec: Mapping[Any, Any], out: _Out) -> None:
+    f = out.f
+    _check_selector(spec, out)
+    selector = _get(spec, "selector")
+    empty_selector = not isinstance(selector, Mapping) or _label_count(selector) == 0
+    ports = _get(spec, "portLevelMtls")
+    if isinstance(ports, Mapping):
+        entries = [(k, v) for k, v in _pairs(ports) if v is not None]
+        if not entries:  # validation.go:1725; CRD minProperties 1 (1.23+)
+            out.error("spec.portLevelMtls", "port level mTLS, if defined, must have at least one element")
+        if empty_selector and (entries or f.cel):  # validation.go:1719; CEL "portLevelMtls requires selector"
+            out.error("spec.portLevelMtls", "port level mTLS needs a selector with labels: a mesh- or "
+                                            "namespace-wide PeerAuthentication cannot have port level mTLS")
+        for key, _ in entries:
+            text = _key_text(key)
+            path = _entry("spec.portLevelMtls", key)
+            port = _small_int(text)
+            if isinstance(key, bool) or not _CANONICAL_UINT.fullmatch(text) or port is None or port > 0xFFFFFFFF:
+                out.error(path, f"port {text!r} must be a port number (the key is decoded as uint32)")
+            elif f.cel and not 1 <= port <= 65535:  # validation.go:1730, CEL (1.23+)
+                out.error(path, "port must be in range 1..65535")
+            elif not f.cel and port == 0:  # 1.22: only 0 is rejected
+                out.error(path, "port cannot be 0")
+        if entries:
+            out.unsupported("spec.portLevelMtls", "portLevelMtls is not supported yet")
+    mode = _get(_get(spec, "mtls"), "mode")
+    if mode == "DISABLE":
+        out.unsupported("spec.mtls.mode", "mtls mode DISABLE is not supported yet (plaintext between mesh "
+                                          "workloads is not modelled)")
