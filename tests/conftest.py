@@ -1,0 +1,3 @@
+"""Test-suite settings: the scenario files under tests/data are inputs of tests, not suite items."""
+
+collect_ignore_glob = ["data/*"]

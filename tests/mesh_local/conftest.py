@@ -1,0 +1,29 @@
+"""Fixtures for the local-mesh tests: one real mesh per test module and mode, always torn down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
+from tests.mesh_local.world import scenario
+
+
+def _session(mode: str) -> Iterator[LocalMeshSession]:
+    target = LocalTarget()
+    reason = target.unavailable(mode)  # type: ignore[arg-type]
+    if reason:
+        pytest.skip(reason)
+    with target.start(scenario(), mode) as session:  # type: ignore[arg-type]
+        yield session
+
+
+@pytest.fixture(scope="module")
+def sidecar_mesh() -> Iterator[LocalMeshSession]:
+    yield from _session("sidecar")
+
+
+@pytest.fixture(scope="module")
+def ambient_mesh() -> Iterator[LocalMeshSession]:
+    yield from _session("ambient")

@@ -1,0 +1,81 @@
+"""The command line as a user runs it: predict, explain, lint, schema, compare."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_predict_json_has_the_documented_keys_per_probe_and_mode() -> None:
+    r = cli("predict", str(DATA / "good.yaml"), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 5 * 2
+    keys = {"scenario", "step", "mode", "from", "to", "port", "method", "path", "verdict", "expected", "layer",
+            "policy", "reason"}
+    assert all(keys <= set(row) for row in rows)
+    deny_all = [r for r in rows if r["step"] == "deny-all" and r["mode"] == "ambient"][0]
+    assert (deny_all["verdict"], deny_all["layer"], deny_all["reason"]) == ("deny", "ztunnel", "allow-unmatched")
+    outsider = [r for r in rows if r["from"] == "legacy/outsider" and r["mode"] == "sidecar"][0]
+    assert outsider["expected"] is None and outsider["verdict"] == "deny"  # plaintext: no namespace identity
+
+
+def test_predict_mode_filter_and_table() -> None:
+    r = cli("predict", str(DATA / "good.yaml"), "--mode", "ambient")
+    assert r.returncode == 0 and "ambient" in r.stdout and "· sidecar ·" not in r.stdout
+
+
+def test_explain_says_why_the_seed_claim_is_false() -> None:
+    r = cli("explain", str(DATA / "wrong-claim.yaml"), "--step", "deny-plus-allow", "--probe", "0")
+    assert r.returncode == 0, r.stderr
+    assert "DENY (denied-l7) — the scenario expects allow" in r.stdout
+    assert "DENY is evaluated before ALLOW" in r.stdout
+
+
+def test_explain_unknown_step_is_one_line() -> None:
+    r = cli("explain", str(DATA / "good.yaml"), "--step", "nope", "--probe", "0")
+    assert r.returncode == 1 and "no step 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lint_fails_on_contradiction_and_passes_policies() -> None:
+    bad = cli("lint", str(DATA / "wrong-claim.yaml"))
+    assert bad.returncode == 1 and "expects allow in sidecar mode, but Istio 1.30.3 gives deny" in bad.stdout
+    ok = cli("lint", *sorted(str(p) for p in (ROOT / "policies").glob("*.yaml")))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_schema_is_valid_json_schema_and_accepts_the_shipped_scenarios() -> None:
+    r = cli("schema")
+    schema = json.loads(r.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for path in [DATA / "good.yaml", *sorted((ROOT / "policies").glob("*.yaml"))]:
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+def test_compare_reports_the_dry_run_change_in_ambient(tmp_path: Path) -> None:
+    scenario = tmp_path / "dry.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "apiVersion": "authz-conformance/v1", "kind": "Scenario", "metadata": {"name": "dry"},
+        "spec": {"workloads": [{"name": "b", "namespace": "x", "ports": [8080]}, {"name": "a", "namespace": "y"}],
+                 "steps": [{"name": "s", "expect": [{"from": "y/a", "to": "x/b"}], "policies": [{
+                     "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                     "metadata": {"name": "d", "namespace": "x", "annotations": {"istio.io/dry-run": "true"}},
+                     "spec": {"action": "DENY", "rules": [{}]}}]}]}}))
+    r = cli("compare", str(scenario), "--from", "1.25.1", "--to", "1.30")
+    assert r.returncode == 0, r.stderr
+    assert "[ambient]" in r.stdout and "1.25.1 deny" in r.stdout and "1.30.3 allow" in r.stdout
+    assert "[sidecar]" not in r.stdout
+    assert "compare: 1 probe(s) change" in r.stdout

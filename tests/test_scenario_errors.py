@@ -1,0 +1,139 @@
+"""Bad input gets one clear line naming file, place and field, exit code 1, never a traceback.
+
+Each case breaks a valid scenario (tests/data/good.yaml) in one way and runs the real command line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conformance.errors import ScenarioError
+from conformance.scenario import load
+
+DATA = Path(__file__).parent / "data"
+
+
+def _scenario(tmp_path: Path, mutate: Any = None, text: str | None = None) -> Path:
+    shutil.copytree(DATA / "manifests", tmp_path / "manifests", dirs_exist_ok=True)
+    path = tmp_path / "scenario.yaml"
+    if text is None:
+        doc = yaml.safe_load((DATA / "good.yaml").read_text())
+        if mutate:
+            mutate(doc)
+        text = yaml.safe_dump(doc, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conformance.cli", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _step(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in doc["spec"]["steps"] if s["name"] == name)
+
+
+CASES: list[tuple[str, Any, list[str]]] = [
+    ("unknown top field", lambda d: d["spec"].update(extra=1), ["unknown field 'extra'", "field spec.extra"]),
+    ("unknown workload field", lambda d: d["spec"]["workloads"][0].update(port=1),
+     ["workload 'accounts/accounts'", "unknown field 'port'"]),
+    ("unknown workload in from", lambda d: _step(d, "baseline")["expect"][0].update({"from": "finance/curll"}),
+     ["step 'baseline': probe expect[0]", "field from", "unknown workload 'finance/curll'", "did you mean"]),
+    ("port not served", lambda d: _step(d, "baseline")["expect"][0].update(to="accounts/accounts:8081"),
+     ["field to", "does not serve port 8081"]),
+    ("port required", lambda d: _step(d, "baseline")["expect"][0].update(to="accounts/accounts"),
+     ["serves several ports"]),
+    ("bad verdict", lambda d: _step(d, "baseline")["expect"][0].update(verdict="permit"),
+     ["field verdict", "'permit'"]),
+    ("duplicate step", lambda d: d["spec"]["steps"].append(dict(_step(d, "baseline"))), ["duplicate step name"]),
+    ("DENY without rules (validation.go)", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(action="DENY"),
+     ["step 'deny-all': policies[0] (AuthorizationPolicy accounts/deny-all)", "field spec", "DENY"]),
+    ("bad CIDR (validation.go)", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(
+        rules=[{"from": [{"source": {"ipBlocks": ["10.0.0.300/8"]}}]}]), ["ipBlocks[0]"]),
+    ("not supported yet", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(
+        rules=[{"from": [{"source": {"requestPrincipals": ["*"]}}]}]), ["requestPrincipals", "not supported yet"]),
+    ("missing policy file", lambda d: _step(d, "allow-finance")["policies"].append({"file": "nope.yaml"}),
+     ["policies[1].file", "not found"]),
+    ("unknown address placeholder", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(
+        rules=[{"from": [{"source": {"ipBlocks": ["${ip:finance/nobody}"]}}]}]), ["${ip:finance/nobody}"]),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "needles"), CASES, ids=[c[0] for c in CASES])
+def test_bad_scenario_gives_one_clear_line(tmp_path: Path, case: str, mutate: Any, needles: list[str]) -> None:
+    result = _validate(_scenario(tmp_path, mutate))
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith(str(tmp_path / "scenario.yaml")) or "scenario.yaml" in line
+                         for line in lines)
+    hit = [line for line in lines if all(n in line for n in needles)]
+    assert hit, f"{case}: no line has all of {needles}:\n{result.stderr}"
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    result = _validate(_scenario(tmp_path, text="apiVersion: authz-conformance/v1\nkind: [Scenario\n"))
+    assert result.returncode == 1
+    assert "malformed YAML" in result.stderr and "line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_valid_scenario_validates(tmp_path: Path) -> None:
+    result = _validate(_scenario(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "valid (3 steps, 5 probes" in result.stdout
+
+
+def test_loaded_scenario_has_defaults_and_file_policies() -> None:
+    s = load(DATA / "good.yaml")
+    assert s.modes == ("sidecar", "ambient")
+    accounts = s.workload("accounts/accounts")
+    assert accounts is not None and accounts.service_account == "accounts" and accounts.labels == {"app": "accounts"}
+    step = s.step("allow-finance")
+    assert step is not None and [m.name for m in step.policies] == ["deny-all", "allow-finance"]
+    e = step.expectations[2]
+    assert e.probe.port.protocol == "TCP" and e.verdict("sidecar") is None  # omitted verdict = auto
+    assert [w.ref for w in s.waypoints] == ["accounts/waypoint"]
+
+
+# Arbitrary damage to a valid scenario never escapes as anything but a ScenarioError.
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+GOOD = yaml.safe_load((DATA / "good.yaml").read_text())
+junk = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(_paths(GOOD)[1:]), junk)
+def test_no_input_escapes_as_a_traceback(tmp_path: Path, path: tuple[Any, ...], value: Any) -> None:
+    doc = yaml.safe_load((DATA / "good.yaml").read_text())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    target = _scenario(tmp_path, text=yaml.safe_dump(doc))
+    try:
+        load(target)
+    except ScenarioError as exc:
+        assert exc.problems and all(str(p).count("\n") == 0 for p in exc.problems)
