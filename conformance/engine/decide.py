@@ -106,6 +106,21 @@ class _EnvoyPolicy:
     rules_tcp: tuple[tuple[int, tuple[tuple[str, Check], ...]], ...]
 
 
+@dataclass(frozen=True)
+class _EnvoyPlan:
+    denies: tuple[_EnvoyPolicy, ...]
+    allows: tuple[_EnvoyPolicy, ...]
+    any_enforced: bool
+
+
+@dataclass(frozen=True)
+class _ZtunnelPlan:
+    denies: tuple[Translated, ...]
+    allows: tuple[Translated, ...]
+    any_enforced: bool
+    notes: tuple[str, ...]
+
+
 class _Compiled:
     def __init__(self, state: State, version: IstioVersion):
         self.state = state
@@ -114,6 +129,9 @@ class _Compiled:
         self._envoy: dict[str, _EnvoyPolicy] = {}
         self._ztunnel: dict[str, Translated] = {}
         self._per_workload: dict[str, tuple[AuthorizationPolicy, ...]] = {}
+        self._plans: dict[str, _EnvoyPlan] = {}
+        self._mtls: dict[str, tuple[str, PeerAuthentication | None]] = {}
+        self._zplans: dict[str, _ZtunnelPlan] = {}
 
     def for_workload(self, w: Workload) -> tuple[AuthorizationPolicy, ...]:
         found = self._per_workload.get(w.ref)
@@ -134,6 +152,53 @@ class _Compiled:
                 return tuple(out)
 
             found = self._envoy[p.ref] = _EnvoyPolicy(p, build(False), build(True))
+        return found
+
+    def envoy_plan(self, key: str, policies: Sequence[AuthorizationPolicy]) -> _EnvoyPlan:
+        """The enforced DENY and ALLOW policies of one enforcement point, compiled, in order."""
+        found = self._plans.get(key)
+        if found is None:
+            enforced = [p for p in policies if not p.dry_run]
+            found = self._plans[key] = _EnvoyPlan(
+                tuple(self.envoy_policy(p) for p in enforced if p.action == "DENY"),
+                tuple(self.envoy_policy(p) for p in enforced if p.action == "ALLOW"),
+                bool(enforced),
+            )
+        return found
+
+    def peer_authentication(self, w: Workload) -> tuple[str, PeerAuthentication | None]:
+        found = self._mtls.get(w.ref)
+        if found is None:
+            found = self._mtls[w.ref] = peer_authentication(self.state.peer_authentications, w, self.state.mesh)
+        return found
+
+    def ztunnel_plan(self, w: Workload) -> _ZtunnelPlan:
+        """What istiod sends the destination ztunnel of `w`, translated, split into DENY and ALLOW.
+
+        ambient/authorization.go: only ALLOW and DENY reach ztunnel (CUSTOM and AUDIT get a status
+        message); dry-run policies are not sent from 1.25.2 (#55414; 1.29 adds an opt-in, off by
+        default), and before that they were sent and enforced."""
+        found = self._zplans.get(w.ref)
+        if found is not None:
+            return found
+        sends_dry_run = not self.version.fixed_in((1, 25, 2))
+        notes: list[str] = []
+        enforced: list[Translated] = []
+        for p in self.for_workload(w):
+            if p.action not in ("ALLOW", "DENY"):
+                notes.append(f"  {p.action} {p.ref}: ztunnel does not support the {p.action} action; not enforced.")
+            elif p.dry_run and not sends_dry_run:
+                notes.append(f"  {p.action} {p.ref}: dry-run; istiod does not send dry-run policies to ztunnel "
+                             "(Istio ≥ 1.25.2): no effect.")
+            else:
+                if p.dry_run:
+                    notes.append(f"  {p.action} {p.ref}: dry-run, but Istio < 1.25.2 sends it to ztunnel, which "
+                                 "enforces it.")
+                enforced.append(self.ztunnel_policy(p))
+        found = self._zplans[w.ref] = _ZtunnelPlan(
+            tuple(t for t in enforced if t.policy.action == "DENY"),
+            tuple(t for t in enforced if t.policy.action == "ALLOW"),
+            bool(enforced), tuple(notes))
         return found
 
     def ztunnel_policy(self, p: AuthorizationPolicy) -> Translated:
@@ -172,11 +237,11 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
     c = state.compiled(mode, version)
     src = probe.source
     td = state.mesh.trust_domain
-    trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
+    trace.on and trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
     if src.in_mesh:
-        trace(f"The source is in the mesh: it connects with mTLS as {src.identity(td)}.")
+        trace.on and trace(f"The source is in the mesh: it connects with mTLS as {src.identity(td)}.")
     else:
-        trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
+        trace.on and trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
               "principal, namespace or serviceAccount can match it (their not-forms do).")
     if mode == "sidecar":
         result = _sidecar(c, probe, trace)
@@ -210,78 +275,82 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
 
 
 def _envoy_layer(
-    c: _Compiled, policies: Sequence[AuthorizationPolicy], attrs: Attributes, tcp: bool, layer: str,
+    c: _Compiled, key: str, policies: Sequence[AuthorizationPolicy], attrs: Attributes, tcp: bool, layer: str,
     denial: str, trace: _Trace,
 ) -> Decision:
     """builder.go: DENY filter, then ALLOW filter; AUDIT is a LOG filter; dry-run goes to shadow rules."""
     if trace.on:
         if policies:
             for p in policies:
-                trace(f"  applies: {p.action} {p.ref} ({scope_of(p, c.state.mesh)}"
+                trace.on and trace(f"  applies: {p.action} {p.ref} ({scope_of(p, c.state.mesh)}"
                       f"{', dry-run: shadow rules only, never enforced' if p.dry_run else ''})")
         else:
-            trace("  no AuthorizationPolicy applies here.")
-    enforced = [p for p in policies if not p.dry_run]
-    for p in enforced:
-        if p.action != "DENY":
-            continue
-        index = _envoy_first_match(c, p, attrs, tcp, trace)
+            trace.on and trace("  no AuthorizationPolicy applies here.")
+    plan = c.envoy_plan(key, policies)
+    for ep in plan.denies:
+        index = _envoy_first_match(ep, attrs, tcp, trace)
         if index is not None:
-            trace(f"  DENY {p.ref} rule {index} matches → denied. DENY is evaluated before ALLOW, so no "
+            trace.on and trace(f"  DENY {ep.policy.ref} rule {index} matches → denied. DENY is evaluated before "
+                                 "ALLOW, so no "
                   "ALLOW policy can let this request through (API: authorization_policy.proto; builder.go "
                   "puts the DENY filter before the ALLOW filter).")
-            return Decision("deny", denial, layer, DENY_MATCHED, p.ref, index)
-    allows = [p for p in enforced if p.action == "ALLOW"]
-    if not allows:
-        trace("  no ALLOW policy applies → allowed (deny-by-default only with an ALLOW policy present).")
-        return Decision("allow", ALLOWED, layer, NO_ALLOW if enforced else NO_POLICY)
-    for p in allows:
-        index = _envoy_first_match(c, p, attrs, tcp, trace)
+            return Decision("deny", denial, layer, DENY_MATCHED, ep.policy.ref, index)
+    if not plan.allows:
+        trace.on and trace("  no ALLOW policy applies → allowed (deny-by-default only with an ALLOW policy present).")
+        return Decision("allow", ALLOWED, layer, NO_ALLOW if plan.any_enforced else NO_POLICY)
+    for ep in plan.allows:
+        index = _envoy_first_match(ep, attrs, tcp, trace)
         if index is not None:
-            trace(f"  ALLOW {p.ref} rule {index} matches → allowed.")
-            return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, p.ref, index)
-    trace("  ALLOW policies apply and none matches → denied (rbac_access_denied_matched_policy[none]).")
+            trace.on and trace(f"  ALLOW {ep.policy.ref} rule {index} matches → allowed.")
+            return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, ep.policy.ref, index)
+    trace.on and trace("  ALLOW policies apply and none matches → denied (rbac_access_denied_matched_policy[none]).")
     return Decision("deny", denial, layer, ALLOW_UNMATCHED)
 
 
-def _envoy_first_match(c: _Compiled, p: AuthorizationPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> int | None:
-    compiled = c.envoy_policy(p)
-    rules = compiled.rules_tcp if tcp else compiled.rules_http
+def _envoy_first_match(ep: _EnvoyPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> int | None:
+    p = ep.policy
+    rules = ep.rules_tcp if tcp else ep.rules_http
     if trace.on:
         if not p.rules:
-            trace(f"    {p.ref}: no rules → matches nothing"
+            trace.on and trace(f"    {p.ref}: no rules → matches nothing"
                   f"{' (an ALLOW with no rules allows nothing)' if p.action == 'ALLOW' else ''}.")
         kept = {i for i, _ in rules}
         for rule in p.rules or ():
             if rule.index not in kept:
-                trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only "
+                trace.on and trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only "
                       "attribute and ALLOW rules that cannot be generated are skipped (model.go checkError).")
     for index, parts in rules:
-        failed = next((label for label, check in parts if not check(attrs)), None)
+        failed = None
+        for label, check in parts:
+            if not check(attrs):
+                failed = label
+                break
         if failed is None:
             if trace.on and not parts:
-                trace(f"    {p.ref} rule {index}: empty rule, always matches.")
+                trace.on and trace(f"    {p.ref} rule {index}: empty rule, always matches.")
             return index
-        trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
+        if trace.on:
+            trace.on and trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
     return None
 
 
 def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     state, src, dst = c.state, probe.source, probe.destination
-    mode, pa = peer_authentication(state.peer_authentications, dst, state.mesh)
-    trace(f"The destination's sidecar enforces. PeerAuthentication mode: {mode}"
+    mode, pa = c.peer_authentication(dst)
+    trace.on and trace(f"The destination's sidecar enforces. PeerAuthentication mode: {mode}"
           f"{f' (from {pa.ref})' if pa else ' (default)'}.")
     if not src.in_mesh and mode == "STRICT":
-        trace("  STRICT accepts only mTLS: the plaintext connection finds no filter chain and is reset "
+        trace.on and trace("  STRICT accepts only mTLS: the plaintext connection finds no filter chain and is reset "
               "(curl exit 56; Envoy logs filter_chain_not_found).")
         return Decision("deny", DENIED_L4, "sidecar", STRICT_MTLS, pa.ref if pa else None)
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain) if src.in_mesh else None,
                         state.addresses.get(src.ref, ""), http=not tcp)
     if tcp:
-        trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
+        trace.on and trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
               "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
-    return _envoy_layer(c, c.for_workload(dst), attrs, tcp, "sidecar", DENIED_L4 if tcp else DENIED_L7, trace)
+    return _envoy_layer(c, f"sidecar:{dst.ref}", c.for_workload(dst), attrs, tcp, "sidecar",
+                        DENIED_L4 if tcp else DENIED_L7, trace)
 
 
 # -- ztunnel ---------------------------------------------------------------------------------------
@@ -293,92 +362,84 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
     td = state.mesh.trust_domain
     if via is not None:
         identity, source_ip = via.identity(td), state.addresses.get(via.ref, "")
-        trace(f"The destination ztunnel enforces L4 policy on the waypoint's connection: the source it sees "
-              f"is the waypoint, {identity} (l4-policy docs; TestAuthorizationL4 allows the waypoint SA).")
+        trace.on and trace("The destination ztunnel enforces L4 policy on the waypoint's connection: the source "
+                           f"it sees is the waypoint, {identity} (l4-policy docs; TestAuthorizationL4 allows the "
+                           "waypoint SA).")
     else:
         identity = src.identity(td) if src.in_mesh else None
         source_ip = state.addresses.get(src.ref, "")
-        trace("The destination's ztunnel enforces (L4 only, per connection).")
+        trace.on and trace("The destination's ztunnel enforces (L4 only, per connection).")
     denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
-    mode, pa = peer_authentication(state.peer_authentications, dst, state.mesh)
+    mode, pa = c.peer_authentication(dst)
     if identity is None and mode == "STRICT":
-        trace(f"  PeerAuthentication STRICT (from {pa.ref if pa else '?'}): istiod sends ztunnel a DENY of "
-              "connections without a principal (istio_converted_static_strict) → the plaintext connection is dropped.")
+        trace.on and trace(f"  PeerAuthentication STRICT (from {pa.ref if pa else '?'}): istiod sends ztunnel a "
+                           "DENY of connections without a principal (istio_converted_static_strict) → the "
+                           "plaintext connection is dropped.")
         return Decision("deny", denial, "ztunnel", STRICT_MTLS, pa.ref if pa else None)
     conn = Connection(identity, source_ip, state.addresses.get(dst.ref, ""), probe.port.number)
-    policies = c.for_workload(dst)
-    # ambient/authorization.go: only ALLOW and DENY reach ztunnel; dry-run policies are not sent from
-    # 1.25.2 (#55414; 1.29 adds an opt-in, off by default); before that they were enforced.
-    sends_dry_run = not c.version.fixed_in((1, 25, 2))
-    enforced: list[AuthorizationPolicy] = []
-    for p in policies:
-        if p.action not in ("ALLOW", "DENY"):
-            trace(f"  {p.action} {p.ref}: ztunnel does not support the {p.action} action; not enforced.")
-        elif p.dry_run and not sends_dry_run:
-            trace(f"  {p.action} {p.ref}: dry-run; istiod does not send dry-run policies to ztunnel "
-                  "(Istio ≥ 1.25.2): no effect.")
-        else:
-            if p.dry_run:
-                trace(f"  {p.action} {p.ref}: dry-run, but Istio < 1.25.2 sends it to ztunnel, which enforces it.")
-            enforced.append(p)
-    if trace.on and not enforced:
-        trace("  no AuthorizationPolicy is enforced here.")
-    for p in enforced:
-        t = c.ztunnel_policy(p)
-        if trace.on:
-            trace(f"  applies: {p.action} {p.ref} ({scope_of(p, state.mesh)})")
+    plan = c.ztunnel_plan(dst)
+    if trace.on:
+        for line in plan.notes:
+            trace(line)
+        if not plan.any_enforced:
+            trace("  no AuthorizationPolicy is enforced here.")
+        for t in plan.denies + plan.allows:
+            trace(f"  applies: {t.policy.action} {t.policy.ref} ({scope_of(t.policy, state.mesh)})")
             _trace_translation(t, trace)
-        if p.action == "DENY":
-            index = first_matching_rule(t, conn)
-            if index is not None:
-                trace(f"  DENY {p.ref} rule {index} matches → connection denied (ztunnel: explicitly denied by "
-                      f"{p.ref}). DENY is evaluated before ALLOW (state.rs assert_rbac returns on the first "
-                      "matching DENY), so no ALLOW policy can let it through.")
-                return Decision("deny", denial, "ztunnel", DENY_MATCHED, p.ref, index)
-    allows = [p for p in enforced if p.action == "ALLOW"]
-    if not allows:
-        trace("  no ALLOW policy → allowed.")
-        return Decision("allow", ALLOWED, "ztunnel", NO_ALLOW if enforced else NO_POLICY)
-    for p in allows:
-        index = first_matching_rule(c.ztunnel_policy(p), conn)
+    for t in plan.denies:
+        index = first_matching_rule(t, conn)
         if index is not None:
-            trace(f"  ALLOW {p.ref} rule {index} matches → allowed.")
-            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, p.ref, index)
-    trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but none allowed).")
+            ref = t.policy.ref
+            trace.on and trace(f"  DENY {ref} rule {index} matches → connection denied (ztunnel: explicitly denied "
+                               f"by {ref}). DENY is evaluated before ALLOW (state.rs assert_rbac returns on the "
+                               "first matching DENY), so no ALLOW policy can let it through.")
+            return Decision("deny", denial, "ztunnel", DENY_MATCHED, ref, index)
+    if not plan.allows:
+        trace.on and trace("  no ALLOW policy → allowed.")
+        return Decision("allow", ALLOWED, "ztunnel", NO_ALLOW if plan.any_enforced else NO_POLICY)
+    for t in plan.allows:
+        index = first_matching_rule(t, conn)
+        if index is not None:
+            trace.on and trace(f"  ALLOW {t.policy.ref} rule {index} matches → allowed.")
+            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, t.policy.ref, index)
+    trace.on and trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but "
+                       "none allowed).")
     return Decision("deny", denial, "ztunnel", ALLOW_UNMATCHED)
 
 
 def _trace_translation(t: Translated, trace: _Trace) -> None:
     p = t.policy
     if t.dropped_rules:
-        trace(f"    ztunnel translation: ALLOW rules {list(t.dropped_rules)} use L7 attributes "
+        trace.on and trace(f"    ztunnel translation: ALLOW rules {list(t.dropped_rules)} use L7 attributes "
               f"({', '.join(t.l7_fields)}) and are dropped whole (more restrictive than written).")
     elif t.l7_fields and p.action == "DENY":
-        trace(f"    ztunnel translation: L7 attributes ({', '.join(t.l7_fields)}) are stripped; a clause left "
+        trace.on and trace(f"    ztunnel translation: L7 attributes ({', '.join(t.l7_fields)}) are stripped; a "
+                           "clause left "
               "with only empty matches never matches, so such a rule is a no-op at ztunnel (istio/istio#61126).")
     if not t.rules:
-        trace(f"    {p.ref}: no rules left → matches nothing.")
+        trace.on and trace(f"    {p.ref}: no rules left → matches nothing.")
 
 
 def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     state, src, dst = c.state, probe.source, probe.destination
     waypoint = state.waypoint_for(dst)
     if waypoint is None:
-        trace(f"No waypoint serves namespace {dst.namespace}: traffic goes ztunnel to ztunnel.")
+        trace.on and trace(f"No waypoint serves namespace {dst.namespace}: traffic goes ztunnel to ztunnel.")
         return _ambient_ztunnel(c, probe, trace, via=None)
     if not src.in_mesh:
-        trace("An out-of-mesh client is not captured by any ztunnel: its traffic reaches the destination "
+        trace.on and trace("An out-of-mesh client is not captured by any ztunnel: its traffic reaches the destination "
               "pod directly and bypasses the waypoint; only the destination ztunnel enforces "
               "(research note §4.4: traffic that bypasses a waypoint is subject only to ztunnel policy).")
         return _ambient_ztunnel(c, probe, trace, via=None)
-    trace(f"Waypoint {waypoint.ref} serves {dst.ref}: it enforces policies bound by targetRefs "
+    trace.on and trace(f"Waypoint {waypoint.ref} serves {dst.ref}: it enforces policies bound by targetRefs "
           "(Gateway, Service, GatewayClass istio-waypoint); selector and namespace-wide policies are ignored there.")
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), state.addresses.get(src.ref, ""),
                         http=not tcp)
     bound = [p for p in state.authorization_policies
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
-    at_waypoint = _envoy_layer(c, bound, attrs, tcp, "waypoint", DENIED_L4 if tcp else DENIED_L7, trace)
+    at_waypoint = _envoy_layer(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, attrs, tcp, "waypoint",
+                               DENIED_L4 if tcp else DENIED_L7, trace)
     if at_waypoint.verdict == "deny":
         return at_waypoint
     after = _ambient_ztunnel(c, probe, trace, via=waypoint)

@@ -126,6 +126,7 @@ def quote_meta(text: str) -> str:
 _UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
+@lru_cache(maxsize=65536)
 def normalize_path(raw: str) -> str:
     """The path a sidecar's RBAC filter sees under Istio's default normalization, BASE.
 

@@ -17,7 +17,10 @@ istio/ztunnel#1260); plaintext has no identity, so identity Matches fail and the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TypeVar
 
 from conformance.engine.matchers import ip_in, ztunnel_string
 from conformance.engine.policy import AuthorizationPolicy, Field, Rule
@@ -48,6 +51,7 @@ class Match:
         return not any(getattr(self, f) for f in self.__dataclass_fields__)
 
 
+T = TypeVar("T")
 Clause = list[Match]
 ZRule = list[Clause]
 
@@ -61,6 +65,10 @@ class Translated:
     dropped_rules: tuple[int, ...]  # ALLOW rules dropped for L7 attributes
     l7_fields: tuple[str, ...]
 
+    @cached_property
+    def checks(self) -> tuple[tuple[ConnCheck, int], ...]:
+        return tuple((compile_rule(clauses), index) for clauses, index in self.rules)
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -70,6 +78,16 @@ class Connection:
     source_ip: str
     destination_ip: str
     destination_port: int
+
+    def __post_init__(self) -> None:
+        # rbac.rs Authorization::matches derives these once per connection
+        parts = self.identity.split("/") if self.identity is not None else []
+        ok = len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
+        object.__setattr__(self, "namespace", parts[2] if ok else "")
+        object.__setattr__(self, "service_account", parts[4] if ok else "")
+
+    namespace: str = field(init=False, default="")
+    service_account: str = field(init=False, default="")
 
 
 def _ports(values: tuple[str, ...]) -> list[int]:
@@ -163,48 +181,58 @@ def _names(f: Field) -> list[str]:
     return [n for n, vs in ((f.name, f.values), (neg, f.not_values)) if vs]
 
 
-def _either(pos: list, neg: list, pred) -> bool:  # type: ignore[no-untyped-def]
-    # rbac.rs matches_internal: (no positives or any positive) and (no negatives or none negative)
-    return (not pos or any(pred(v) for v in pos)) and (not neg or not any(pred(v) for v in neg))
+ConnCheck = Callable[[Connection], bool]
+
+
+def _either(pos: Sequence[T], neg: Sequence[T], pred: Callable[[T, Connection], bool]) -> ConnCheck | None:
+    """rbac.rs matches_internal: (no positives or any positive) and (no negatives or none negative)."""
+    if not pos and not neg:
+        return None
+    return lambda c: ((not pos or any(pred(v, c) for v in pos)) and (not neg or not any(pred(v, c) for v in neg)))
+
+
+def compile_match(m: Match) -> ConnCheck | None:
+    """A Match as one check (None for an empty Match, which ztunnel skips); identity: StringMatch::
+    matches_principal compares the identity without `spiffe://`, so plaintext (no identity) never matches."""
+    if m.is_empty():
+        return None
+    checks = [c for c in (
+        _either(m.destination_ips, m.not_destination_ips, lambda v, c: ip_in(v, c.destination_ip)),
+        _either(m.source_ips, m.not_source_ips, lambda v, c: ip_in(v, c.source_ip)),
+        _either(m.destination_ports, m.not_destination_ports, lambda v, c: v == c.destination_port),
+        _either(m.service_accounts, m.not_service_accounts,
+                lambda v, c: c.identity is not None and (c.namespace, c.service_account) == v),
+        _either(m.principals, m.not_principals,
+                lambda v, c: c.identity is not None and ztunnel_string(v)(c.identity)),
+        _either(m.namespaces, m.not_namespaces, lambda v, c: ztunnel_string(v)(c.namespace)),
+    ) if c is not None]
+    return lambda c: all(check(c) for check in checks)
+
+
+def compile_rule(rule: ZRule) -> ConnCheck:
+    """A rule matches when every clause does; a clause with no Matches matches; otherwise one of its
+    non-empty Matches must match (empty ones are skipped)."""
+    clauses: list[list[ConnCheck]] = []
+    for clause in rule:
+        if not clause:
+            continue
+        clauses.append([c for c in (compile_match(m) for m in clause) if c is not None])
+    return lambda c: all(any(m(c) for m in matches) for matches in clauses)
 
 
 def match_matches(m: Match, conn: Connection) -> bool:
-    identity = conn.identity or ""
-    uri = "spiffe://" + identity if conn.identity is not None else ""
-    parts = identity.split("/") if conn.identity is not None else []
-    ns = parts[2] if len(parts) == 5 and parts[1] == "ns" else ""
-    sa = parts[4] if len(parts) == 5 and parts[3] == "sa" else ""
-
-    def principal(p: str) -> bool:
-        # StringMatch::matches_principal: strip `spiffe://` or fail
-        return uri.startswith("spiffe://") and ztunnel_string(p)(uri[len("spiffe://"):])
-
-    def service_account(p: tuple[str, str]) -> bool:
-        return conn.identity is not None and (ns, sa) == p
-
-    return (
-        _either(m.destination_ips, m.not_destination_ips, lambda c: ip_in(c, conn.destination_ip))
-        and _either(m.source_ips, m.not_source_ips, lambda c: ip_in(c, conn.source_ip))
-        and _either(m.destination_ports, m.not_destination_ports, lambda p: p == conn.destination_port)
-        and _either(m.service_accounts, m.not_service_accounts, service_account)
-        and _either(m.principals, m.not_principals, principal)
-        and _either(m.namespaces, m.not_namespaces, lambda p: ztunnel_string(p)(ns))
-    )
+    check = compile_match(m)
+    return check is not None and check(conn)
 
 
 def rule_matches(rule: ZRule, conn: Connection) -> bool:
-    for clause in rule:
-        if not clause:
-            continue  # a clause with no Matches matches
-        if not any(not m.is_empty() and match_matches(m, conn) for m in clause):
-            return False
-    return True
+    return compile_rule(rule)(conn)
 
 
 def first_matching_rule(t: Translated, conn: Connection) -> int | None:
     """Index (as written) of the first rule that matches, or None. No rules: never matches."""
-    for clauses, index in t.rules:
-        if rule_matches(clauses, conn):
+    for check, index in t.checks:
+        if check(conn):
             return index
     return None
 
