@@ -52,7 +52,8 @@ def judge(expected_verdict: str, predicted: Decision, observation: Observation, 
         return Judgement(False, UNPROVEN, f"{outcome}, but the enforcing proxy logged no policy denial: a reset "
                                           "or 503 without that record is not a denial (broken cert, dead proxy?)")
     decided_by_policy = predicted.reason in (DENY_MATCHED, ALLOW_UNMATCHED)
-    if predicted.verdict == "deny" and decided_by_policy and proof.policy != predicted.policy:
+    named_ok = proof.policy == predicted.policy or proof.policy in predicted.candidates
+    if predicted.verdict == "deny" and decided_by_policy and not named_ok:
         said = proof.policy or "no ALLOW policy matched"
         want = predicted.policy or "no ALLOW policy matched"
         return Judgement(False, MISMATCH, f"denied, but the proxy says the decision came from {said}; "

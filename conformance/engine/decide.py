@@ -13,7 +13,7 @@ AUDIT never decides. Sidecars (builder.go: DENY filter before ALLOW filter), way
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from conformance.engine.matchers import normalize_path
@@ -93,6 +93,9 @@ class Decision:
     reason: str
     policy: str | None = None  # "ns/name" of the deciding policy (DENY or ALLOW that matched; PeerAuthentication)
     rule: int | None = None
+    # every policy of the deciding action that matched: ztunnel walks its policies in no defined order
+    # (state.rs assert_rbac chains namespace, global and workload sets), so any of them may be the one named
+    candidates: tuple[str, ...] = ()
     trace: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -249,8 +252,7 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
         result = _ambient_ztunnel(c, probe, trace, via=None)
     else:
         result = _waypoint_mode(c, probe, trace)
-    return Decision(result.verdict, result.outcome, result.layer, result.reason, result.policy, result.rule,
-                    tuple(trace.lines))
+    return replace(result, trace=tuple(trace.lines)) if trace.on else result
 
 
 def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool) -> Attributes:
@@ -274,51 +276,77 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
 # -- Envoy layers (sidecar, waypoint) -------------------------------------------------------------------
 
 
+def envoy_policy_id(p: AuthorizationPolicy, rule: int) -> str:
+    """The name istiod gives a rule in Envoy's RBAC config (builder.go) and Envoy logs on a decision."""
+    return f"ns[{p.namespace}]-policy[{p.name}]-rule[{rule}]"
+
+
 def _envoy_layer(
     c: _Compiled, key: str, policies: Sequence[AuthorizationPolicy], attrs: Attributes, tcp: bool, layer: str,
     denial: str, trace: _Trace,
 ) -> Decision:
-    """builder.go: DENY filter, then ALLOW filter; AUDIT is a LOG filter; dry-run goes to shadow rules."""
+    """builder.go: DENY filter, then ALLOW filter; AUDIT is a LOG filter; dry-run goes to shadow rules.
+
+    Each filter holds one Envoy policy per rule, in a map keyed by the policy id, and Envoy's RBAC engine
+    walks that map in key order: when several rules match, the one Envoy names (and that this engine
+    reports) is the smallest id, not the first policy written.
+    """
     if trace.on:
-        if policies:
-            for p in policies:
-                trace.on and trace(f"  applies: {p.action} {p.ref} ({scope_of(p, c.state.mesh)}"
-                      f"{', dry-run: shadow rules only, never enforced' if p.dry_run else ''})")
-        else:
-            trace.on and trace("  no AuthorizationPolicy applies here.")
+        for p in policies:
+            trace(f"  applies: {p.action} {p.ref} ({scope_of(p, c.state.mesh)}"
+                  f"{', dry-run: shadow rules only, never enforced' if p.dry_run else ''})")
+        if not policies:
+            trace("  no AuthorizationPolicy applies here.")
     plan = c.envoy_plan(key, policies)
-    for ep in plan.denies:
-        index = _envoy_first_match(ep, attrs, tcp, trace)
-        if index is not None:
-            trace.on and trace(f"  DENY {ep.policy.ref} rule {index} matches → denied. DENY is evaluated before "
-                                 "ALLOW, so no "
-                  "ALLOW policy can let this request through (API: authorization_policy.proto; builder.go "
-                  "puts the DENY filter before the ALLOW filter).")
-            return Decision("deny", denial, layer, DENY_MATCHED, ep.policy.ref, index)
+    denied = _envoy_decider(plan.denies, attrs, tcp, trace)
+    if denied is not None:
+        ep, index, matching = denied
+        if trace.on:
+            trace(f"  DENY {ep.policy.ref} rule {index} matches → denied. DENY is evaluated before ALLOW, so no "
+                  "ALLOW policy can let this request through (API: authorization_policy.proto; builder.go puts "
+                  "the DENY filter before the ALLOW filter).")
+        return Decision("deny", denial, layer, DENY_MATCHED, ep.policy.ref, index, candidates=matching)
     if not plan.allows:
         trace.on and trace("  no ALLOW policy applies → allowed (deny-by-default only with an ALLOW policy present).")
         return Decision("allow", ALLOWED, layer, NO_ALLOW if plan.any_enforced else NO_POLICY)
-    for ep in plan.allows:
-        index = _envoy_first_match(ep, attrs, tcp, trace)
-        if index is not None:
-            trace.on and trace(f"  ALLOW {ep.policy.ref} rule {index} matches → allowed.")
-            return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, ep.policy.ref, index)
+    allowed = _envoy_decider(plan.allows, attrs, tcp, trace)
+    if allowed is not None:
+        ep, index, matching = allowed
+        trace.on and trace(f"  ALLOW {ep.policy.ref} rule {index} matches → allowed.")
+        return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, ep.policy.ref, index, candidates=matching)
     trace.on and trace("  ALLOW policies apply and none matches → denied (rbac_access_denied_matched_policy[none]).")
     return Decision("deny", denial, layer, ALLOW_UNMATCHED)
 
 
-def _envoy_first_match(ep: _EnvoyPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> int | None:
+def _envoy_decider(
+    eps: Sequence[_EnvoyPolicy], attrs: Attributes, tcp: bool, trace: _Trace
+) -> tuple[_EnvoyPolicy, int, tuple[str, ...]] | None:
+    """The matching rule Envoy names (smallest policy id) and every policy with a matching rule."""
+    best: tuple[str, _EnvoyPolicy, int] | None = None
+    matching: list[str] = []
+    for ep in eps:
+        for index in _envoy_matches(ep, attrs, tcp, trace):
+            pid = envoy_policy_id(ep.policy, index)
+            if best is None or pid < best[0]:
+                best = (pid, ep, index)
+            if ep.policy.ref not in matching:
+                matching.append(ep.policy.ref)
+    return (best[1], best[2], tuple(matching)) if best is not None else None
+
+
+def _envoy_matches(ep: _EnvoyPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> list[int]:
     p = ep.policy
     rules = ep.rules_tcp if tcp else ep.rules_http
     if trace.on:
         if not p.rules:
-            trace.on and trace(f"    {p.ref}: no rules → matches nothing"
+            trace(f"    {p.ref}: no rules → matches nothing"
                   f"{' (an ALLOW with no rules allows nothing)' if p.action == 'ALLOW' else ''}.")
         kept = {i for i, _ in rules}
         for rule in p.rules or ():
             if rule.index not in kept:
-                trace.on and trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only "
-                      "attribute and ALLOW rules that cannot be generated are skipped (model.go checkError).")
+                trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only attribute "
+                      "and ALLOW rules that cannot be generated are skipped (model.go checkError).")
+    out: list[int] = []
     for index, parts in rules:
         failed = None
         for label, check in parts:
@@ -327,11 +355,11 @@ def _envoy_first_match(ep: _EnvoyPolicy, attrs: Attributes, tcp: bool, trace: _T
                 break
         if failed is None:
             if trace.on and not parts:
-                trace.on and trace(f"    {p.ref} rule {index}: empty rule, always matches.")
-            return index
-        if trace.on:
-            trace.on and trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
-    return None
+                trace(f"    {p.ref} rule {index}: empty rule, always matches.")
+            out.append(index)
+        elif trace.on:
+            trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
+    return out
 
 
 def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
@@ -393,7 +421,8 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
             trace.on and trace(f"  DENY {ref} rule {index} matches → connection denied (ztunnel: explicitly denied "
                                f"by {ref}). DENY is evaluated before ALLOW (state.rs assert_rbac returns on the "
                                "first matching DENY), so no ALLOW policy can let it through.")
-            return Decision("deny", denial, "ztunnel", DENY_MATCHED, ref, index)
+            matching = tuple(o.policy.ref for o in plan.denies if first_matching_rule(o, conn) is not None)
+            return Decision("deny", denial, "ztunnel", DENY_MATCHED, ref, index, candidates=matching)
     if not plan.allows:
         trace.on and trace("  no ALLOW policy → allowed.")
         return Decision("allow", ALLOWED, "ztunnel", NO_ALLOW if plan.any_enforced else NO_POLICY)
@@ -401,7 +430,8 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
         index = first_matching_rule(t, conn)
         if index is not None:
             trace.on and trace(f"  ALLOW {t.policy.ref} rule {index} matches → allowed.")
-            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, t.policy.ref, index)
+            matching = tuple(o.policy.ref for o in plan.allows if first_matching_rule(o, conn) is not None)
+            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, t.policy.ref, index, candidates=matching)
     trace.on and trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but "
                        "none allowed).")
     return Decision("deny", denial, "ztunnel", ALLOW_UNMATCHED)

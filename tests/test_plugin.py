@@ -1,0 +1,65 @@
+"""The pytest plugin as users drive it: collection, ids and markers, skips, failures, --require-target.
+
+These run pytest in a subprocess on small scenario files (pytester), against the real local mesh where
+a step must run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def scenarios(pytester: pytest.Pytester) -> pytest.Pytester:
+    shutil.copy(DATA / "good.yaml", pytester.path / "good.yaml")
+    shutil.copytree(DATA / "manifests", pytester.path / "manifests")
+    shutil.copy(DATA / "wrong-claim.yaml", pytester.path / "wrong-claim.yaml")
+    (pytester.path / "notes.yaml").write_text("just: a yaml file that is not a scenario\n")
+    return pytester
+
+
+def test_collects_one_item_per_scenario_mode_and_step(scenarios: pytest.Pytester) -> None:
+    result = scenarios.runpytest_subprocess("--collect-only", "-q", ".")  # scenarios found by content
+    ids = [line for line in result.outlines if "::" in line]
+    assert ids == [f"good.yaml::{mode}::{step}" for mode in ("sidecar", "ambient")
+                   for step in ("baseline", "deny-all", "allow-finance")] + ["wrong-claim.yaml::sidecar::deny-plus-allow"]
+
+
+def test_markers_and_keywords_select(scenarios: pytest.Pytester) -> None:
+    result = scenarios.runpytest_subprocess("--collect-only", "-q", "good.yaml", "-m", "ambient", "-k", "good and deny")
+    ids = [line for line in result.outlines if "::" in line]
+    assert ids == ["good.yaml::ambient::deny-all"]
+
+
+def test_a_target_that_cannot_run_skips_with_its_reason_and_require_target_fails(scenarios: pytest.Pytester) -> None:
+    result = scenarios.runpytest_subprocess("good.yaml", "--mesh", "kind")
+    result.assert_outcomes(skipped=6)
+    result.stdout.fnmatch_lines(["*3 step(s) skipped: kind target, sidecar mode*", "*3 step(s) skipped: kind target, ambient mode*",
+                             "*Nothing ran on the kind target*"])
+    assert result.ret == 0
+    strict = scenarios.runpytest_subprocess("good.yaml", "--mesh", "kind", "--require-target")
+    assert strict.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_invalid_scenario_is_one_failing_item_without_traceback(scenarios: pytest.Pytester) -> None:
+    (scenarios.path / "bad.yaml").write_text((DATA / "good.yaml").read_text().replace("finance/curl, to", "finance/cur, to", 1))
+    result = scenarios.runpytest_subprocess("bad.yaml")
+    result.assert_outcomes(failed=1)
+    assert "bad.yaml: step 'baseline': probe expect[0]: field from: unknown workload 'finance/cur'" in result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_a_wrong_expectation_fails_with_tables_evidence_explanation_and_repro(scenarios: pytest.Pytester) -> None:
+    result = scenarios.runpytest_subprocess("wrong-claim.yaml", "--converge", "1", "--converge-deadline", "1")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "expected allowed, observed denied-l7" in out
+    assert "✗ default/frontend → default/backend:80 GET /api/v1/data" in out
+    assert "proxy record" in out and "rbac_access_denied_matched_policy[ns[default]-policy[deny-all-backend]-rule[0]]" in out
+    assert "DENY is evaluated before ALLOW" in out
+    assert "reproduce: authz-conformance repro" in out and "--step deny-plus-allow --mode sidecar" in out
