@@ -327,3 +327,17 @@ def test_out_of_mesh_client_bypasses_the_waypoint() -> None:
                         "action": "DENY", "rules": [{}]}), waypoints=WAYPOINT)
     assert verdict(s, probe(ROGUE), "waypoint") == "deny"
     assert verdict(s, probe(OUTSIDER), "waypoint") == "allow"
+
+
+# -- trustDomains (Istio 1.30.2+, istio/istio#59358 backported in 71500c473b8) -------------------------------
+
+def test_trust_domains_match_in_envoy_and_are_ignored_by_ztunnel() -> None:
+    s = state(ap("td", {"rules": [{"from": [{"source": {"trustDomains": ["cluster.local"]}}]}]}))
+    assert verdict(s, probe(FRONTEND), "sidecar") == "allow"
+    assert verdict(s, probe(OUTSIDER), "sidecar") == "deny"
+    # handleRule neither translates nor flags trustDomains: the Match is empty, so the ALLOW never matches
+    assert verdict(s, probe(FRONTEND), "ambient") == "deny"
+    s2 = state(ap("td", {"rules": [{"from": [{"source": {"trustDomains": ["other.td"]}}]}]}))
+    assert verdict(s2, probe(FRONTEND), "sidecar") == "deny"
+    s3 = state(ap("td", {"rules": [{"from": [{"source": {"trustDomains": ["clu*al"]}}]}]}))
+    assert verdict(s3, probe(FRONTEND), "sidecar") == "allow"

@@ -16,6 +16,7 @@ from conformance.model import Manifest
 SOURCE_FIELDS = (
     "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
     "ipBlocks", "notIpBlocks",
+    "trustDomains", "notTrustDomains",  # Istio 1.30.2+ (istio/istio#59358, backported in #60528)
     # L7 sources: scenarios reject them as not supported yet, but the ztunnel translation must see them
     # to drop or strip the rule the way istiod does (ambient/authorization.go httpSources).
     "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",

@@ -126,6 +126,18 @@ class EnvoySemantics:
         match = envoy_regex(f"spiffe://.+/ns/{q(ns)}/(.+/|)sa/{q(sa)}(/.+)?")
         return lambda a: a.uri is not None and match(a.uri)
 
+    def trust_domain_value(self, value: str) -> Check:
+        """generator.go srcTrustDomainGenerator (1.30.2+): `*` any SPIFFE identity; a plain value is the
+        prefix `spiffe://<td>/`; one `*` inside becomes `[^/]*` in a regex."""
+        if value == "*":
+            return lambda a: a.uri is not None and a.uri.startswith(SPIFFE)
+        if "*" not in value:
+            start = f"{SPIFFE}{value}/"
+            return lambda a: a.uri is not None and a.uri.startswith(start)
+        head, _, tail = value.partition("*")
+        match = envoy_regex(f"spiffe://{quote_meta(head)}[^/]*{quote_meta(tail)}/.*")
+        return lambda a: a.uri is not None and match(a.uri)
+
     def value_check(self, name: str, value: str, policy_namespace: str) -> Check:
         if name == "principals" or name == "source.principal":
             return self.principal_value(value)
@@ -133,6 +145,8 @@ class EnvoySemantics:
             return self.namespace_value(value)
         if name == "serviceAccounts" or name == "source.serviceAccount":
             return self.service_account_value(value, policy_namespace)
+        if name == "trustDomains" or name == "source.trustDomain":
+            return self.trust_domain_value(value)
         if name == "ipBlocks" or name == "source.ip":
             return lambda a: ip_in(value, a.source_ip)
         if name == "destination.ip":

@@ -153,6 +153,8 @@ def _handle_rule(rule: Rule, ns: str) -> tuple[ZRule, list[str]]:
                     m.service_accounts, m.not_service_accounts = _sas(f.values, ns), _sas(f.not_values, ns)
                 elif f.name == "principals":
                     m.principals, m.not_principals = list(f.values), list(f.not_values)
+                # trustDomains (1.30.2+) is neither translated nor flagged as L7 by handleRule: a source
+                # holding only trustDomains becomes an empty Match (research note §2.5)
             matches.append(m)
         if matches:
             clauses.append(matches)
