@@ -611,7 +611,7 @@ def _document_schema(f: _Features, kind: str) -> _S:
     else:
         spec = _ANY
     return _S("object", what=f"{kind} document", props={
-        "apiVersion": _STR, "kind": _STR,
+        "apiVersion": _ANY, "kind": _ANY,  # checked first, by _validate_document
         "metadata": _S("object", props=meta_props, what="ObjectMeta"),
         "spec": spec,
         "status": _ANY,  # webhook validFields (server.go:48); ignored on create (status subresource)
@@ -950,7 +950,7 @@ def _check_target_ref(ref: object, path: str, out: _Out) -> None:
 # AuthorizationPolicy (ValidateAuthorizationPolicy, validation.go:1404)
 
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-_HTTP_STRING_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+_WILDCARD_SOURCE_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces")
 _WILDCARD_VALUE_KEYS = ("source.principal", "source.namespace", "connection.sni")
 
 
@@ -1070,6 +1070,12 @@ def _check_rule(rule: Mapping[Any, Any], path: str, action: str | None, out: _Ou
                        "explicitly specify the port")
 
 
+def _has_unknown_field(block: Mapping[Any, Any], known: Mapping[str, Any]) -> bool:
+    """Whether a Source or Operation holds a field its schema lacks (already an "unknown field" error, which
+    is the real problem: "must not be empty" on top of it would only distract)."""
+    return any(_key_text(k) not in known for k, v in _pairs(block) if v is not None)
+
+
 def _check_values(values: object, path: str, name: str, out: _Out) -> None:
     """security.CheckEmptyValues (security.go:106), reported at the offending item."""
     for k, value in _strings(values):
@@ -1084,6 +1090,8 @@ def _warn_mid_wildcards(values: object, path: str, name: str, out: _Out) -> None
         if name in ("paths", "notPaths"):
             hint = "; for one path segment use the template {*}, for the rest of a path {**} (Istio 1.22+)"
         elif name in ("namespaces", "notNamespaces", "source.namespace"):
+            # builder generator.go srcNamespaceGenerator (every '*' -> '.*') vs ambient authorization.go
+            # stringToMatch (leading/trailing '*' only).
             hint = ("; note that sidecars and waypoints turn every '*' in a namespace into a glob while ztunnel "
                     "does not, so the modes may disagree")
         else:
@@ -1108,9 +1116,7 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
             out.error(path, "cannot set serviceAccounts or notServiceAccounts together with principals, "
                             "notPrincipals, namespaces or notNamespaces in one source; use separate from entries")
     counted = (*SOURCE_FIELDS, *sa_fields, *(td_fields if f.trust_domain_checks else ()))
-    unknown_here = any(_has(source, n) for n in (*SERVICE_ACCOUNT_FIELDS, *TRUST_DOMAIN_FIELDS)
-                       if n not in sa_fields and n not in td_fields)  # already an unknown-field error
-    if not unknown_here and not any(_set(values[n]) for n in counted):  # validation.go:1499
+    if not _has_unknown_field(source, values) and not any(_set(values[n]) for n in counted):  # validation.go:1499
         message = "from.source must not be empty: set at least one of its fields"
         if any(_set(values[n]) for n in td_fields):
             message += f" (Istio {f.version} does not count trustDomains here; 1.30.2 does)"
@@ -1137,7 +1143,7 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
                 problem = _trust_domain_problem(value)
                 if problem:
                     out.error(_item(f"{path}.{name}", k), f"{problem}, found in {name}")
-    for name in _HTTP_STRING_FIELDS:
+    for name in _WILDCARD_SOURCE_FIELDS:
         _warn_mid_wildcards(values[name], f"{path}.{name}", name, out)
 
     for name in ("requestPrincipals", "notRequestPrincipals"):
@@ -1148,8 +1154,9 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
             out.unsupported(f"{path}.{name}", f"{name} is not supported yet (X-Forwarded-For / proxy protocol "
                                               "client addresses are not modelled)")
     for name in td_fields:
-        if _set(values[name]):
-            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (trust-domain matching is not modelled)")
+        if _set(values[name]) and not f.trust_domain_checks:
+            out.unsupported(f"{path}.{name}", f"{name} is not supported yet before Istio 1.30.2 (the 1.30.0 CRD "
+                                              "accepts it, but istiod's RBAC builder only uses it from 1.30.2)")
 
     tcp = ("principals", "notPrincipals", "ipBlocks", "notIpBlocks", "namespaces", "notNamespaces",
            "remoteIpBlocks", "notRemoteIpBlocks", *sa_fields)
@@ -1159,7 +1166,7 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
 def _check_operation(operation: Mapping[Any, Any], path: str, out: _Out) -> bool:
     """Checks of one Rule.To.Operation; returns whether it holds TCP attributes (ports, notPorts)."""
     values = {name: _get(operation, name) for name in OPERATION_FIELDS}
-    if not any(_set(v) for v in values.values()):  # validation.go:1544
+    if not _has_unknown_field(operation, values) and not any(_set(v) for v in values.values()):  # :1544
         out.error(path, "to.operation must not be empty: set at least one of its fields")
     for name in ("ports", "notPorts"):  # validation.go:1548
         for k, value in _strings(values[name]):
@@ -1245,6 +1252,8 @@ def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
                 problem = _ip_problem(value)
             elif key == "destination.port":
                 problem = _port_problem(value)
+                if not problem and _small_int(value) == 0:
+                    out.warn(_item(ipath, k), "port 0 is accepted by Istio but no connection has it")
             elif key == "source.serviceAccount":
                 problem = _service_account_problem(value)
             elif key == "source.trustDomain" and f.trust_domain_checks:
@@ -1262,9 +1271,9 @@ def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
                                        "client addresses are not modelled)")
     elif key.startswith("experimental."):
         out.unsupported(f"{path}.key", f"when key {key} is not supported yet (Envoy filter metadata is not modelled)")
-    elif key == "source.trustDomain":
-        out.unsupported(f"{path}.key", "when key source.trustDomain is not supported yet (trust-domain matching is "
-                                       "not modelled)")
+    elif key == "source.trustDomain" and not f.trust_domain_checks:
+        out.unsupported(f"{path}.key", "when key source.trustDomain is not supported yet before Istio 1.30.2 (istiod's "
+                                       "RBAC builder only uses it from 1.30.2)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -341,3 +341,10 @@ def test_trust_domains_match_in_envoy_and_are_ignored_by_ztunnel() -> None:
     assert verdict(s2, probe(FRONTEND), "sidecar") == "deny"
     s3 = state(ap("td", {"rules": [{"from": [{"source": {"trustDomains": ["clu*al"]}}]}]}))
     assert verdict(s3, probe(FRONTEND), "sidecar") == "allow"
+
+
+def test_empty_from_list_is_absent_proto3_decoding() -> None:
+    # An empty repeated field decodes to nothing, so `from: []` matches every source (validation.py warns).
+    s = state(ap("a", {"rules": [{"from": [], "to": [{"operation": {"paths": ["/x"]}}]}]}))
+    assert verdict(s, probe(ROGUE, path="/x")) == "allow"
+    assert verdict(s, probe(ROGUE, path="/y")) == "deny"

@@ -124,13 +124,15 @@ def compile_authorization_policy(manifest: Manifest) -> AuthorizationPolicy:
         compiled: list[Rule] = []
         for i, r in enumerate(spec["rules"] or []):
             r = r or {}
+            # An empty `from: []` / `to: []` is the same as absent: proto3 decodes an empty repeated field
+            # to nothing, so the webhook and istiod never see it (validation only warns, see validation.py).
             sources = (
                 tuple(_fields((f or {}).get("source") or {}, SOURCE_FIELDS) for f in r["from"])
-                if r.get("from") is not None else None
+                if r.get("from") else None
             )
             operations = (
                 tuple(_fields((t or {}).get("operation") or {}, OPERATION_FIELDS) for t in r["to"])
-                if r.get("to") is not None else None
+                if r.get("to") else None
             )
             conditions = tuple(
                 Condition(str(w.get("key")), _strs(w.get("values")), _strs(w.get("notValues")))
