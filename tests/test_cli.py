@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "conformance.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, check=False)
 
 
 def test_predict_json_has_the_documented_keys_per_probe_and_mode() -> None:
@@ -27,9 +27,9 @@ def test_predict_json_has_the_documented_keys_per_probe_and_mode() -> None:
     keys = {"scenario", "step", "mode", "from", "to", "port", "method", "path", "verdict", "expected", "layer",
             "policy", "reason"}
     assert all(keys <= set(row) for row in rows)
-    deny_all = [r for r in rows if r["step"] == "deny-all" and r["mode"] == "ambient"][0]
+    deny_all = next(r for r in rows if r["step"] == "deny-all" and r["mode"] == "ambient")
     assert (deny_all["verdict"], deny_all["layer"], deny_all["reason"]) == ("deny", "ztunnel", "allow-unmatched")
-    outsider = [r for r in rows if r["from"] == "legacy/outsider" and r["mode"] == "sidecar"][0]
+    outsider = next(r for r in rows if r["from"] == "legacy/outsider" and r["mode"] == "sidecar")
     assert outsider["expected"] is None and outsider["verdict"] == "deny"  # plaintext: no namespace identity
 
 

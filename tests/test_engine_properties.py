@@ -19,7 +19,7 @@ from tests.engine_world import ADDRESSES, BACKEND, WORKLOADS, ap, probe, state, 
 
 CLIENTS = [w for w in WORKLOADS if w is not BACKEND]
 IDS = [w.identity("cluster.local") for w in WORKLOADS if w.in_mesh]
-NAMESPACES = sorted({w.namespace for w in WORKLOADS}) + ["other"]
+NAMESPACES = [*sorted({w.namespace for w in WORKLOADS}), "other"]
 
 
 def _pattern(values: list[str]) -> st.SearchStrategy[str]:

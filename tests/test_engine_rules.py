@@ -124,7 +124,8 @@ def test_principal_string_forms_api_string_match(pattern: str, matches: bool, mo
 
 @pytest.mark.parametrize("mode", ["sidecar", "ambient"])
 def test_plaintext_matches_no_identity_but_its_negation_test_authz_deny_plaintext(mode: str) -> None:
-    deny_plain = state(ap("deny-plain", {"action": "DENY", "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}))
+    deny_plain = state(ap("deny-plain", {"action": "DENY",
+                                         "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}))
     assert verdict(deny_plain, probe(OUTSIDER), mode) == "deny"  # type: ignore[arg-type]
     assert verdict(deny_plain, probe(FRONTEND), mode) == "allow"  # type: ignore[arg-type]
     allow_ns = state(ap("ns", {"rules": [{"from": [{"source": {"namespaces": ["*"]}}]}]}))

@@ -44,7 +44,7 @@ def test_classify_is_total_and_allowed_needs_the_destinations_answer(code: int, 
     outcome = classify(Evidence(code, status, body), "accounts/accounts")
     assert outcome in (ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, TIMEOUT, ERROR)
     if outcome == ALLOWED:
-        assert code == 0 and 200 <= status < 300 and body.split("\n")[0].strip() == "accounts/accounts responding"
+        assert code == 0 and 200 <= status < 300 and body.split("\n", 1)[0].strip() == "accounts/accounts responding"
 
 
 DENY_BY_POLICY = Decision("deny", DENIED_L7, "sidecar", "deny-matched", "ns/deny-all", 0)

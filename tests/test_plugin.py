@@ -27,7 +27,8 @@ def test_collects_one_item_per_scenario_mode_and_step(scenarios: pytest.Pytester
     result = scenarios.runpytest_subprocess("--collect-only", "-q", ".")  # scenarios found by content
     ids = [line for line in result.outlines if "::" in line]
     assert ids == [f"good.yaml::{mode}::{step}" for mode in ("sidecar", "ambient")
-                   for step in ("baseline", "deny-all", "allow-finance")] + ["wrong-claim.yaml::sidecar::deny-plus-allow"]
+                   for step in ("baseline", "deny-all", "allow-finance")] + [
+                       "wrong-claim.yaml::sidecar::deny-plus-allow"]
 
 
 def test_markers_and_keywords_select(scenarios: pytest.Pytester) -> None:
@@ -36,21 +37,24 @@ def test_markers_and_keywords_select(scenarios: pytest.Pytester) -> None:
     assert ids == ["good.yaml::ambient::deny-all"]
 
 
-def test_a_target_that_cannot_run_skips_with_its_reason_and_require_target_fails(scenarios: pytest.Pytester) -> None:
+def test_unavailable_target_skips_with_its_reason_and_require_target_fails(scenarios: pytest.Pytester) -> None:
     result = scenarios.runpytest_subprocess("good.yaml", "--mesh", "kind")
     result.assert_outcomes(skipped=6)
-    result.stdout.fnmatch_lines(["*3 step(s) skipped: kind target, sidecar mode*", "*3 step(s) skipped: kind target, ambient mode*",
-                             "*Nothing ran on the kind target*"])
+    result.stdout.fnmatch_lines(["*3 step(s) skipped: kind target, sidecar mode*",
+                                 "*3 step(s) skipped: kind target, ambient mode*",
+                                 "*Nothing ran on the kind target*"])
     assert result.ret == 0
     strict = scenarios.runpytest_subprocess("good.yaml", "--mesh", "kind", "--require-target")
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_invalid_scenario_is_one_failing_item_without_traceback(scenarios: pytest.Pytester) -> None:
-    (scenarios.path / "bad.yaml").write_text((DATA / "good.yaml").read_text().replace("finance/curl, to", "finance/cur, to", 1))
+    text = (DATA / "good.yaml").read_text().replace("finance/curl, to", "finance/cur, to", 1)
+    (scenarios.path / "bad.yaml").write_text(text)
     result = scenarios.runpytest_subprocess("bad.yaml")
     result.assert_outcomes(failed=1)
-    assert "bad.yaml: step 'baseline': probe expect[0]: field from: unknown workload 'finance/cur'" in result.stdout.str()
+    line = "bad.yaml: step 'baseline': probe expect[0]: field from: unknown workload 'finance/cur'"
+    assert line in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
 
 
@@ -60,6 +64,7 @@ def test_a_wrong_expectation_fails_with_tables_evidence_explanation_and_repro(sc
     out = result.stdout.str()
     assert "expected allowed, observed denied-l7" in out
     assert "✗ default/frontend → default/backend:80 GET /api/v1/data" in out
-    assert "proxy record" in out and "rbac_access_denied_matched_policy[ns[default]-policy[deny-all-backend]-rule[0]]" in out
+    assert "proxy record" in out
+    assert "rbac_access_denied_matched_policy[ns[default]-policy[deny-all-backend]-rule[0]]" in out
     assert "DENY is evaluated before ALLOW" in out
     assert "reproduce: authz-conformance repro" in out and "--step deny-plus-allow --mode sidecar" in out
