@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--require-target", action="store_true",
                     help="fail the run when nothing could run on the requested target (instead of skipping)")
     group.addoption("--kube-context", default=None, help="kubeconfig context for --mesh cluster")
+    from conformance.mesh.cluster.options import add_cluster_options
+
+    add_cluster_options(group, parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
