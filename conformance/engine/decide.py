@@ -430,8 +430,7 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
         index = first_matching_rule(t, conn)
         if index is not None:
             trace.on and trace(f"  ALLOW {t.policy.ref} rule {index} matches → allowed.")
-            matching = tuple(o.policy.ref for o in plan.allows if first_matching_rule(o, conn) is not None)
-            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, t.policy.ref, index, candidates=matching)
+            return Decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, t.policy.ref, index)
     trace.on and trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but "
                        "none allowed).")
     return Decision("deny", denial, "ztunnel", ALLOW_UNMATCHED)

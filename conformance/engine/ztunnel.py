@@ -190,7 +190,16 @@ def _either(pos: Sequence[T], neg: Sequence[T], pred: Callable[[T, Connection], 
     """rbac.rs matches_internal: (no positives or any positive) and (no negatives or none negative)."""
     if not pos and not neg:
         return None
-    return lambda c: ((not pos or any(pred(v, c) for v in pos)) and (not neg or not any(pred(v, c) for v in neg)))
+    if len(pos) == 1 and not neg:  # the common case, kept cheap: the engine decides on a hot path
+        (v,) = pos
+        return lambda c: pred(v, c)
+
+    def check(c: Connection) -> bool:
+        if pos and not any(pred(v, c) for v in pos):
+            return False
+        return not (neg and any(pred(v, c) for v in neg))
+
+    return check
 
 
 def compile_match(m: Match) -> ConnCheck | None:
@@ -208,6 +217,8 @@ def compile_match(m: Match) -> ConnCheck | None:
                 lambda v, c: c.identity is not None and ztunnel_string(v)(c.identity)),
         _either(m.namespaces, m.not_namespaces, lambda v, c: ztunnel_string(v)(c.namespace)),
     ) if c is not None]
+    if len(checks) == 1:
+        return checks[0]
     return lambda c: all(check(c) for check in checks)
 
 
@@ -219,6 +230,8 @@ def compile_rule(rule: ZRule) -> ConnCheck:
         if not clause:
             continue
         clauses.append([c for c in (compile_match(m) for m in clause) if c is not None])
+    if len(clauses) == 1 and len(clauses[0]) == 1:
+        return clauses[0][0]
     return lambda c: all(any(m(c) for m in matches) for matches in clauses)
 
 
