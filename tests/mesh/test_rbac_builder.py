@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from envoy_support import manifest
 
 from conformance.mesh.local.authz import (
     PEER_PRINCIPAL_KEY,
@@ -19,32 +18,34 @@ from conformance.mesh.local.authz import (
 )
 from conformance.mesh.local.rbac import TrustDomainBundle, go_parse_bool, quote_meta
 from conformance.model import MeshConfig
+from tests.mesh.envoy_support import manifest
 
 MESH = MeshConfig()
 TD1 = MeshConfig(trust_domain="td1")
 
 
-def rules_of(f: dict[str, Any]) -> dict[str, Any]:
+def rules_of(f: dict[str, Any]) -> Any:
     return f["typed_config"].get("rules", {})
 
 
-def only_policy(f: dict[str, Any]) -> dict[str, Any]:
+def only_policy(f: dict[str, Any]) -> Any:
     (policy,) = rules_of(f)["policies"].values()
     return policy
 
 
-def principal_ids(policy: dict[str, Any]) -> list[dict[str, Any]]:
+def principal_ids(policy: dict[str, Any]) -> Any:
     (principal,) = policy["principals"]
     return principal["and_ids"]["ids"]
 
 
-def permission_rules(policy: dict[str, Any]) -> list[dict[str, Any]]:
+def permission_rules(policy: dict[str, Any]) -> Any:
     (permission,) = policy["permissions"]
     return permission["and_rules"]["rules"]
 
 
 ALLOW_GET = manifest("allow-get", "foo", {"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]})
-DENY_ADMIN = manifest("deny-admin", "foo", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]})
+DENY_ADMIN = manifest("deny-admin", "foo", {"action": "DENY",
+                                            "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]})
 AUDIT_ALL = manifest("audit", "foo", {"action": "AUDIT", "rules": [{}]})
 
 
@@ -269,7 +270,8 @@ def test_tcp_deny_drops_only_the_http_attributes() -> None:
 def test_unknown_when_key_skips_the_rule_for_every_action() -> None:
     """model.go New: "unknown attribute" fails the rule before checkError, even for DENY."""
     for action in ("ALLOW", "DENY"):
-        policy = manifest("p", "foo", {"action": action, "rules": [{"when": [{"key": "destination.name", "values": ["x"]}]}]})
+        rule = {"when": [{"key": "destination.name", "values": ["x"]}]}
+        policy = manifest("p", "foo", {"action": action, "rules": [rule]})
         (f,) = sidecar_http_filters([policy], MESH, {})
         assert "policies" not in rules_of(f)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from envoy_support import manifest
 
 from conformance.mesh.local.authz import peer_authentication_mode, select_policies, select_waypoint_policies
 from conformance.model import MeshConfig, Waypoint, Workload
+from tests.mesh.envoy_support import manifest
 
 MESH = MeshConfig()
 FOO_APP = Workload("app", "foo", "app", {"app": "app", "version": "v1"})
@@ -122,7 +122,7 @@ def test_waypoint_in_other_namespace_than_service() -> None:
 
 
 def pa(name: str, namespace: str, mode: str | None, selector: dict[str, str] | None = None,
-       ports: dict[str, Any] | None = None) -> Any:
+       ports: dict[Any, Any] | None = None) -> Any:
     spec: dict[str, Any] = {}
     if mode is not None:
         spec["mtls"] = {"mode": mode}

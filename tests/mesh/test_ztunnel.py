@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from envoy_support import Downstream, eval_filters, manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.mesh.local import ztunnel
 from conformance.mesh.local.authz import ztunnel_authorizations, ztunnel_filters, ztunnel_plaintext_filters
 from conformance.model import MeshConfig
+from tests.mesh.envoy_support import Downstream, eval_filters, manifest
 
 MESH = MeshConfig()
 DEST_IP = "10.0.0.5"
@@ -209,9 +209,15 @@ rules = st.fixed_dictionaries({}, optional={
     "to": st.lists(st.fixed_dictionaries({"operation": operations}), min_size=1, max_size=2),
     "when": st.lists(whens, min_size=1, max_size=2),
 })
+
+
+def _policy(i: int, action: str, rs: list[Any] | None) -> Any:
+    """A policy with `rules` (possibly empty) or without (never matches)."""
+    return manifest(f"p{i}", "a", {"action": action, **({"rules": rs} if rs is not None else {})})
+
+
 policies_st = st.lists(
-    st.builds(lambda i, action, rs: manifest(f"p{i}", "a", {"action": action, **({"rules": rs} if rs is not None else {})}),
-              st.integers(0, 1000), st.sampled_from(["ALLOW", "DENY"]),
+    st.builds(_policy, st.integers(0, 1000), st.sampled_from(["ALLOW", "DENY"]),
               st.none() | st.lists(rules, max_size=3)),
     max_size=3, unique_by=lambda m: m.name,
 )

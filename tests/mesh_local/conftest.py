@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
-from tests.mesh_local.world import scenario
+from tests.mesh_local.world import WAYPOINT, scenario
 
 
 def _session(mode: str) -> Iterator[LocalMeshSession]:
@@ -15,7 +15,8 @@ def _session(mode: str) -> Iterator[LocalMeshSession]:
     reason = target.unavailable(mode)  # type: ignore[arg-type]
     if reason:
         pytest.skip(reason)
-    with target.start(scenario(), mode) as session:  # type: ignore[arg-type]
+    waypoints = (WAYPOINT,) if mode == "waypoint" else ()
+    with target.start(scenario(waypoints=waypoints), mode) as session:  # type: ignore[arg-type]
         yield session
 
 
@@ -27,3 +28,8 @@ def sidecar_mesh() -> Iterator[LocalMeshSession]:
 @pytest.fixture(scope="module")
 def ambient_mesh() -> Iterator[LocalMeshSession]:
     yield from _session("ambient")
+
+
+@pytest.fixture(scope="module")
+def waypoint_mesh() -> Iterator[LocalMeshSession]:
+    yield from _session("waypoint")

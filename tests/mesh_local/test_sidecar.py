@@ -6,6 +6,9 @@ mesh and still run in any order.
 
 from __future__ import annotations
 
+import pytest
+
+from conformance.mesh.local.envoy import EnvoyConfigRejected
 from conformance.mesh.local.mesh import LocalMeshSession
 from conformance.model import ALLOWED, DENIED_L4, DENIED_L7
 from tests.mesh_local.world import BACKEND, FRONTEND, OUTSIDER, ROGUE, echo, policy, probe, strict
@@ -134,3 +137,22 @@ def test_path_is_normalised_by_the_server_sidecar(sidecar_mesh: LocalMeshSession
     ])
     assert dotted.outcome == DENIED_L7, dotted
     assert escaped.outcome == ALLOWED, escaped  # escaped slashes are kept (Istio's BASE normalization)
+
+
+def test_a_rejected_config_fails_naming_the_proxy_and_envoys_reason(
+    sidecar_mesh: LocalMeshSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conformance.mesh.local import authz
+
+    bogus = [{"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "no_such_field": 1,
+    }}]
+    monkeypatch.setattr(authz, "sidecar_http_filters", lambda *a, **k: bogus)
+    with pytest.raises(EnvoyConfigRejected) as info:
+        sidecar_mesh.apply([DENY_ALL])
+    message = str(info.value)
+    assert "sidecar default/" in message and "no_such_field" in message
+    monkeypatch.undo()
+    sidecar_mesh.apply([])  # the mesh recovers: the next apply rewrites what was rejected
+    [obs] = sidecar_mesh.probe([probe(FRONTEND, BACKEND, 80)])
+    assert obs.outcome == ALLOWED, obs

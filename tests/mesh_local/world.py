@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.model import Manifest, MeshConfig, Port, Probe, Request, Scenario, Workload
+from conformance.model import Manifest, MeshConfig, Port, Probe, Request, Scenario, Waypoint, Workload
 
 
 def wl(ref: str, *ports: int | tuple[int, str], sa: str | None = None, mesh: bool = True) -> Workload:
@@ -28,10 +28,13 @@ OUTSIDER = wl("legacy/outsider", mesh=False)
 WORKLOADS = (FRONTEND, BACKEND, ROGUE, OUTSIDER)
 
 
-def scenario(*workloads: Workload, name: str = "local-mesh-test") -> Scenario:
+WAYPOINT = Waypoint("waypoint", "default")
+
+
+def scenario(*workloads: Workload, name: str = "local-mesh-test", waypoints: tuple[Waypoint, ...] = ()) -> Scenario:
     return Scenario(
-        name=name, description="", path=f"{name}.yaml", modes=("sidecar", "ambient"), mesh=MeshConfig(),
-        workloads=workloads or WORKLOADS, waypoints=(), steps=(),
+        name=name, description="", path=f"{name}.yaml", modes=("sidecar", "ambient", "waypoint"),
+        mesh=MeshConfig(), workloads=workloads or WORKLOADS, waypoints=waypoints, steps=(),
     )
 
 

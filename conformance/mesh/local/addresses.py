@@ -1,0 +1,162 @@
+"""Where everything of one local run listens: its own loopback block, one address per workload, ports.
+
+Linux routes all of 127.0.0.0/8 to `lo` (`local 127.0.0.0/8 dev lo`), so a run can take a whole
+`127.X.Y.0/24` without root and give each workload its own address. That is what makes `ipBlocks` and
+`source.ip` meaningful (every proxy and every out-of-mesh curl binds its workload's address; an unbound
+connection on loopback would come from 127.0.0.1), and it keeps two concurrent runs, or a stale Envoy of
+a killed run, from ever answering for each other.
+
+A block is taken with an `flock` on a per-block lock file in the per-user runtime dir (released by the
+kernel when the run dies, however it dies) plus binding probes on the block's first addresses, which
+catch a process of a dead run that still holds them.
+
+Ports below 1024 cannot be bound without root, and Istio's own proxy ports (15000-15099) and our
+outbound listener ports are taken on every proxy address: such scenario ports are remapped to high
+ports, consistently, through one `port_map` used for listeners and RBAC `destination_port` rules. The
+scenario keeps its port everywhere a client can see it (URL, Host header, HBONE `:authority`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conformance.model import Port, Waypoint, Workload
+
+ADMIN_PORT = 15000
+HBONE_PORT = 15008
+OUTBOUND_BASE = 15100  # outbound listener j of every proxy: OUTBOUND_BASE + j
+_MAX_ENTITIES = 126  # proxies at .1-.126, apps at .129-.254
+_APP_OFFSET = 128
+
+
+class AddressBlockUnavailable(RuntimeError):
+    """No free 127.X.Y.0/24 block could be taken."""
+
+
+@dataclass
+class AddressBlock:
+    """A `127.X.Y.0/24` held by this run until `release()` (the lock file descriptor is the claim)."""
+
+    prefix: str  # "127.X.Y"
+    _fd: int | None = field(default=None, repr=False)
+
+    def address(self, host: int) -> str:
+        return f"{self.prefix}.{host}"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def acquire_block(runtime: Path, attempts: int = 256) -> AddressBlock:
+    """Take the first free block of this user's range (second octet from the uid, third scanned).
+
+    Scanning from the start keeps the number of lock files at the number of concurrent runs.
+    """
+    second = 100 + os.getuid() % 100
+    for third in range(min(attempts, 256)):
+        prefix = f"127.{second}.{third}"
+        fd = os.open(runtime / "blocks" / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                continue
+            raise
+        if _block_is_free(prefix):
+            return AddressBlock(prefix, fd)
+        os.close(fd)
+    raise AddressBlockUnavailable(
+        f"no free loopback block 127.{second}.0-{min(attempts, 256) - 1}.0/24: "
+        "every one is locked by another run or has listeners from a process that is not ours"
+    )
+
+
+def _block_is_free(prefix: str) -> bool:
+    """Binding probes: the admin port of the first proxies and the first app address must be free."""
+    for host, port in ((1, ADMIN_PORT), (2, ADMIN_PORT), (1, HBONE_PORT), (_APP_OFFSET + 1, 0)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((f"{prefix}.{host}", port))
+            except OSError:
+                return False
+    return True
+
+
+def build_port_map(ports: Iterable[int], outbound_count: int) -> dict[int, int]:
+    """Scenario port -> the port really listened on; identity where the scenario's port is bindable.
+
+    Remapped: ports < 1024 (root only) and ports in the proxies' own range [15000, 15100 + outbound).
+    A port p < 1024 goes to 20000 + p when free (80 -> 20080, readable in logs), others to 40000 +
+    p % 10000; collisions with any scenario port move up by one.
+    """
+    wanted = sorted(set(ports))
+    reserved_hi = OUTBOUND_BASE + outbound_count
+    taken = set(wanted)
+    mapping: dict[int, int] = {}
+
+    def bad(p: int) -> bool:
+        return p < 1024 or ADMIN_PORT <= p < reserved_hi
+
+    for p in wanted:
+        if not bad(p):
+            mapping[p] = p
+    for p in wanted:
+        if p in mapping:
+            continue
+        candidate = 20000 + p if p < 1024 else 40000 + p % 10000
+        while candidate in taken or bad(candidate) or candidate > 65535:
+            candidate = candidate + 1 if candidate < 65535 else 20000
+        taken.add(candidate)
+        mapping[p] = candidate
+    return mapping
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every address and port of one run, decided once before anything starts.
+
+    - `address[ref]`: the workload's (or waypoint's) own address: its proxy listens there, its out-of-mesh
+      app listens there, and everything leaving it is bound to it;
+    - `app_address[ref]`: where an in-mesh workload's app listens (its proxy forwards there);
+    - `port_map`: scenario port -> real port;
+    - `outbound[(dest_ref, scenario_port)]`: the outbound listener port, the same on every proxy.
+    """
+
+    block: str
+    address: Mapping[str, str]
+    app_address: Mapping[str, str]
+    port_map: Mapping[int, int]
+    outbound: Mapping[tuple[str, int], int]
+
+    def real(self, port: int) -> int:
+        return self.port_map[port]
+
+
+def plan_layout(block: AddressBlock, workloads: Sequence[Workload], waypoints: Sequence[Waypoint] = ()) -> Layout:
+    """Give each workload and waypoint an address of `block`, and every destination port an outbound port."""
+    refs = [w.ref for w in workloads] + [w.ref for w in waypoints]
+    if len(refs) > _MAX_ENTITIES:
+        raise AddressBlockUnavailable(
+            f"{len(refs)} workloads and waypoints do not fit one /24 (at most {_MAX_ENTITIES})"
+        )
+    address = {ref: block.address(i + 1) for i, ref in enumerate(refs)}
+    app_address = {ref: block.address(_APP_OFFSET + i + 1) for i, ref in enumerate(refs)}
+    outbound: dict[tuple[str, int], int] = {}
+    all_ports: list[Port] = []
+    for w in workloads:
+        for p in w.ports:
+            outbound[(w.ref, p.number)] = OUTBOUND_BASE + len(outbound)
+            all_ports.append(p)
+    port_map = build_port_map((p.number for p in all_ports), len(outbound))
+    return Layout(block.prefix, address, app_address, port_map, outbound)

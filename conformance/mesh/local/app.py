@@ -1,0 +1,96 @@
+"""The workload app of the local mesh: answers any method and path with its name and what it received.
+
+A probe passes as `allowed` only when the destination app itself answered (conformance/probe.py): the
+body's first line is `<ns>/<name> responding`, and a JSON echo follows with the method, path, query and
+headers the app received (including the caller identity the proxy forwarded, x-forwarded-client-cert)
+and the address the connection came from, so a report shows what really arrived.
+
+One process serves every app of a run (one listener per workload port, each on that workload's own
+app address), started as a plain script (`python app.py SPEC`, no package import: it starts in tens of
+milliseconds). It prints `ready` once every socket is bound. Pitfalls from research/envoy-local-mesh.md:
+the listen backlog is 256 (the default 5 drops SYNs under parallel probes) and Nagle is off with the
+whole response written at once (headers and body in separate writes cost ~40 ms with delayed ACKs).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class EchoServer(ThreadingHTTPServer):
+    request_queue_size = 256
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], ref: str):
+        self.ref = ref
+        super().__init__(address, EchoHandler)
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: EchoServer
+
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler dispatches to do_<METHOD>: answer every method the same way.
+        if name.startswith("do_"):
+            return self._answer
+        raise AttributeError(name)
+
+    def _answer(self) -> None:
+        self._drain_body()
+        path, _, query = self.path.partition("?")
+        headers: dict[str, str] = {}
+        for key, value in self.headers.items():
+            k = key.lower()
+            headers[k] = f"{headers[k]}, {value}" if k in headers else value
+        echo = {
+            "method": self.command,
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "source": f"{self.client_address[0]}:{self.client_address[1]}",
+            "listener": "{}:{}".format(*self.server.server_address[:2]),
+        }
+        body = f"{self.server.ref} responding\n{json.dumps(echo, sort_keys=True)}\n".encode()
+        head = (
+            f"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
+            f"x-app: {self.server.ref}\r\n\r\n"
+        ).encode()
+        self.wfile.write(head if self.command == "HEAD" else head + body)
+
+    def _drain_body(self) -> None:
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit():
+            self.rfile.read(int(length))
+        elif "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                self.rfile.read(size + 2)
+                if size == 0:
+                    break
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the proxies' access logs are the record; the app stays quiet
+
+
+def serve(spec: list[dict[str, Any]]) -> None:
+    """Bind every listener of `spec` ([{ref, address, port}]), say `ready`, serve until terminated."""
+    servers = [EchoServer((item["address"], int(item["port"])), item["ref"]) for item in spec]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 3600}, daemon=True).start()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as fh:
+        serve(json.load(fh))

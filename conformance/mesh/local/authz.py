@@ -1,0 +1,298 @@
+"""The local mesh's authorization compiler: which policies apply where, and the Envoy filters for them.
+
+Why this exists: the local target enforces AuthorizationPolicies in real Envoy processes standing in
+for sidecars, ztunnels and waypoints. This module is what the mesh assembly calls; it answers the
+questions istiod answers for each proxy, the way istiod 1.30.3 answers them:
+
+- which policies a proxy applies (`select_policies`, `select_waypoint_policies`: ports of
+  `pilot/pkg/model/authorization.go` ListAuthorizationPolicies and `policyattachment.go`
+  ShouldAttachPolicy);
+- which mTLS mode its inbound listener has (`peer_authentication_mode`: `pilot/pkg/security/authn/
+  policy_applier.go` ComposePeerAuthentication with `pilot/pkg/model/authentication.go` selection);
+- the Envoy RBAC filters of a sidecar HTTP or TCP chain and of a waypoint (`rbac.py`, a port of
+  `pilot/pkg/security/authz/builder`), and the filters that make an Envoy enforce what ztunnel
+  enforces (`ztunnel.py`, istiod's ambient translation, then ztunnel's evaluation in Envoy form).
+
+It is one of two independent implementations of Istio's semantics (the other is `conformance.engine`);
+they check each other, so nothing here imports the engine (an import-linter contract enforces it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
+
+from conformance.mesh.local import ztunnel
+from conformance.mesh.local.rbac import (
+    PEER_PRINCIPAL_KEY,
+    Json,
+    RbacBuilder,
+    TrustDomainBundle,
+    target_refs,
+)
+from conformance.model import Manifest, MeshConfig, Waypoint, Workload
+
+__all__ = [
+    "GATEWAY_NAME_LABEL",
+    "PEER_PRINCIPAL_KEY",
+    "WAYPOINT_GATEWAY_CLASS",
+    "peer_authentication_mode",
+    "select_policies",
+    "select_waypoint_policies",
+    "sidecar_http_filters",
+    "sidecar_tcp_filters",
+    "waypoint_filters",
+    "ztunnel_authorizations",
+    "ztunnel_filters",
+    "ztunnel_plaintext_filters",
+]
+
+AUTHORIZATION_POLICY = "AuthorizationPolicy"
+PEER_AUTHENTICATION = "PeerAuthentication"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"  # label.IoK8sNetworkingGatewayGatewayName
+WAYPOINT_GATEWAY_CLASS = "istio-waypoint"  # constants.WaypointGatewayClassName
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Policy selection: pilot/pkg/model/authorization.go and policyattachment.go.
+
+
+def _selector_labels(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    selector = spec.get("selector")
+    if selector is None:
+        return None
+    labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _subset_of(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """labels.Instance.SubsetOf: every selector label present with the same value (empty: true)."""
+    return all(k in labels and str(labels[k]) == str(v) for k, v in selector.items())
+
+
+def _canonical_group(group: str) -> str:
+    """config.CanonicalGroup: the core group is spelled "" or "core"."""
+    return group or "core"
+
+
+def _matches_group_kind(ref: Mapping[str, Any], group: str, kind: str) -> bool:
+    """policyattachment.go matchesGroupKind."""
+    return _canonical_group(str(ref.get("group") or "")) == _canonical_group(group) and ref.get("kind") == kind
+
+
+def _should_attach(
+    policy: Manifest,
+    *,
+    workload_namespace: str,
+    labels: Mapping[str, str],
+    is_waypoint: bool,
+    services: Sequence[tuple[str, str]],
+    root_namespace: str,
+) -> bool:
+    """policyattachment.go ShouldAttachPolicy (Kubernetes services only, no ServiceEntry)."""
+    spec = policy.spec
+    gateway_name = labels.get(GATEWAY_NAME_LABEL)
+    refs = target_refs(spec)
+    if gateway_name is None:
+        # Non-gateway: targetRef(s) policies never apply; otherwise the selector decides.
+        if refs:
+            return False
+        selector = _selector_labels(spec)
+        return selector is None or _subset_of(selector, labels)
+    if not refs:
+        # Waypoints never use selector policies (features.EnableSelectorBasedK8sGatewayPolicy is for
+        # other gateways, which the local mesh does not have).
+        if is_waypoint:
+            return False
+        selector = _selector_labels(spec)
+        return selector is None or _subset_of(selector, labels)
+    for ref in refs:
+        target = ref.get("name")
+        # Service attached: the policy in the service's namespace (targetRef.namespace unchecked).
+        if is_waypoint and _matches_group_kind(ref, "", "Service") and any(
+                target == name and policy.namespace == ns for name, ns in services):
+            return True
+        if (policy.namespace == root_namespace and is_waypoint
+                and _matches_group_kind(ref, GATEWAY_API_GROUP, "GatewayClass")
+                and target == WAYPOINT_GATEWAY_CLASS):
+            return True
+        if workload_namespace != policy.namespace:
+            continue
+        if ref.get("namespace") not in (None, "", workload_namespace):
+            continue
+        if _matches_group_kind(ref, GATEWAY_API_GROUP, "Gateway") and target == gateway_name:
+            return True
+    return False
+
+
+def _lookup_namespaces(mesh: MeshConfig, *namespaces: str) -> set[str]:
+    """authorization.go ListAuthorizationPolicies: only the root namespace and the proxy's (and its
+    service's) namespaces are searched."""
+    return {mesh.root_namespace, *namespaces}
+
+
+def select_policies(policies: Sequence[Manifest], workload: Workload, mesh: MeshConfig) -> list[Manifest]:
+    """The AuthorizationPolicies a sidecar or ztunnel applies at `workload`, in input order.
+
+    ListAuthorizationPolicies + ShouldAttachPolicy for a non-gateway workload: policies from the root
+    namespace (mesh-wide without selector; with a selector, for matching workloads of every namespace)
+    and from the workload's namespace (namespace-wide without selector); a selector's `matchLabels`
+    must be a subset of the workload's labels; `targetRef(s)` policies never apply. The same set is
+    what istiod sends ztunnel for the workload (GLOBAL + NAMESPACE scopes + buildWorkloadPolicies).
+    """
+    namespaces = _lookup_namespaces(mesh, workload.namespace)
+    return [
+        p for p in policies
+        if p.kind == AUTHORIZATION_POLICY and p.namespace in namespaces and _should_attach(
+            p, workload_namespace=workload.namespace, labels=workload.labels, is_waypoint=False,
+            services=(), root_namespace=mesh.root_namespace)
+    ]
+
+
+def select_waypoint_policies(
+    policies: Sequence[Manifest], waypoint: Waypoint, service: Workload, mesh: MeshConfig,
+) -> list[Manifest]:
+    """The AuthorizationPolicies a waypoint applies to traffic for `service`, in input order.
+
+    authz.NewBuilderForService(svc) → ListAuthorizationPolicies with IsWaypoint and the service:
+    `targetRefs` Gateway (the waypoint's name, policy in the waypoint's namespace), Service
+    (`service.name`, policy in the service's namespace) and GatewayClass `istio-waypoint` (policy in
+    the root namespace). Selector and namespace-wide policies never apply to waypoints.
+    """
+    labels = {GATEWAY_NAME_LABEL: waypoint.name}
+    namespaces = _lookup_namespaces(mesh, waypoint.namespace, service.namespace)
+    return [
+        p for p in policies
+        if p.kind == AUTHORIZATION_POLICY and p.namespace in namespaces and _should_attach(
+            p, workload_namespace=waypoint.namespace, labels=labels, is_waypoint=True,
+            services=((service.name, service.namespace),), root_namespace=mesh.root_namespace)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# PeerAuthentication: authentication.go getConfigsForWorkload + policy_applier.go ComposePeerAuthentication.
+
+
+def _mtls_mode(section: Any) -> str:
+    """The mode as written; a missing `mtls` or `mode` is UNSET."""
+    if not isinstance(section, Mapping):
+        return "UNSET"
+    return str(section.get("mode") or "UNSET")
+
+
+def peer_authentication_mode(
+    policies: Sequence[Manifest], workload: Workload, mesh: MeshConfig, port: int | None = None,
+) -> MtlsMode:
+    """The effective mTLS mode of `workload`'s inbound listener: "STRICT" or "PERMISSIVE".
+
+    getConfigsForWorkload: PeerAuthentications in the workload's and the root namespace whose selector
+    (if any) is a subset of the workload's labels. ComposePeerAuthentication: one mesh-level (root
+    namespace, no selector), one namespace-level and one workload-level (selector, not in the root
+    namespace) policy, the oldest of each (input order stands for creation order); PERMISSIVE, then
+    mesh, namespace and workload each override unless UNSET. With `port`, the workload policy's
+    `portLevelMtls` entry for it (UNSET inherits). "DISABLE" is returned as such, for the caller to
+    refuse or handle: it is neither of the two modes the local mesh builds.
+    """
+    mesh_cfg = ns_cfg = workload_cfg = None
+    for p in policies:
+        if p.kind != PEER_AUTHENTICATION or p.namespace not in (workload.namespace, mesh.root_namespace):
+            continue
+        selector = _selector_labels(p.spec)
+        if selector is not None and not _subset_of(selector, workload.labels):
+            continue
+        if not selector:
+            if p.namespace == mesh.root_namespace:
+                mesh_cfg = mesh_cfg or p
+            else:
+                ns_cfg = ns_cfg or p
+        elif p.namespace != mesh.root_namespace:
+            workload_cfg = workload_cfg or p
+
+    mode = "PERMISSIVE"
+    for cfg in (mesh_cfg, ns_cfg, workload_cfg):
+        if cfg is not None and _mtls_mode(cfg.spec.get("mtls")) != "UNSET":
+            mode = _mtls_mode(cfg.spec.get("mtls"))
+    if port is not None and workload_cfg is not None:
+        per_port = workload_cfg.spec.get("portLevelMtls")
+        if isinstance(per_port, Mapping):
+            for key, section in per_port.items():
+                if str(key) == str(port):
+                    port_mode = _mtls_mode(section)
+                    mode = mode if port_mode == "UNSET" else port_mode
+    if mode not in ("STRICT", "PERMISSIVE", "DISABLE"):
+        raise ValueError(f"unknown PeerAuthentication mTLS mode {mode!r}")
+    return cast(MtlsMode, mode)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Envoy filters.
+
+
+def _bundle(mesh: MeshConfig) -> TrustDomainBundle:
+    """authz.go newBuilder: NewBundle(meshConfig.trustDomain, trustDomainAliases); the local mesh has
+    no aliases, but `cluster.local/...` principals still mean the mesh's trust domain."""
+    return TrustDomainBundle.of(mesh.trust_domain)
+
+
+def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+    """The RBAC HTTP filters of a sidecar's inbound HTTP chain, in order (AUDIT, DENY, ALLOW).
+
+    `policies` are the ones `select_policies` chose for the workload. Principals match the mTLS peer
+    (`authenticated`); `port_map` moves scenario ports to the listener's real ports; each filter has
+    `rules_stat_prefix` audit_ / deny_ / allow_.
+    """
+    return RbacBuilder(_bundle(mesh), use_filter_state=False, port_map=dict(port_map)).build_http(policies)
+
+
+def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+    """The network RBAC filters of a sidecar's inbound TCP chain (istiod's BuildTCP, stat_prefix `tcp.`).
+
+    HTTP-only attributes make ALLOW rules vanish and are dropped from DENY / AUDIT rules (checkError).
+    """
+    return RbacBuilder(_bundle(mesh), use_filter_state=False, port_map=dict(port_map)).build_tcp(policies)
+
+
+def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+    """The RBAC HTTP filters of the waypoint's inner HTTP listener for one service.
+
+    `policies` are the ones `select_waypoint_policies` chose. As sidecar HTTP, but identity matchers
+    read the filter-state object `PEER_PRINCIPAL_KEY` (istiod's UseFilterState), which the waypoint's
+    HBONE termination must set from `%DOWNSTREAM_PEER_URI_SAN%`.
+    """
+    return RbacBuilder(_bundle(mesh), use_filter_state=True, port_map=dict(port_map)).build_http(policies)
+
+
+def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig) -> list[ztunnel.Authorization]:
+    """Step one of the ztunnel emulation: what istiod 1.30.3 sends ztunnel for these policies.
+
+    ALLOW rules with any HTTP attribute are dropped whole; DENY rules keep only their L4 content (an
+    L7-only clause becomes an empty match, which never matches); a policy left without rules never
+    matches but is still an ALLOW; dry-run, AUDIT, CUSTOM and targetRef(s) policies are not sent;
+    principals are compared literally (no `cluster.local` or alias rewriting).
+    """
+    return ztunnel.translate(policies, mesh.root_namespace)
+
+
+def ztunnel_filters(policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str) -> list[Json]:
+    """HTTP RBAC filters (DENY, ALLOW) for the ztunnel stand-in's HBONE listener on :15008.
+
+    Principals, namespaces and service accounts come from the mTLS peer certificate (`authenticated`),
+    source IPs are `direct_remote_ip`; destination ports and IPs are matched on the CONNECT
+    `:authority` (`<ip>:<port>`, the scenario port, not remapped), since the local port is 15008.
+    """
+    return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh), destination_ip)
+
+
+def ztunnel_plaintext_filters(
+    policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str, port: int,
+) -> list[Json]:
+    """Network RBAC filters for plaintext connections at an ambient workload's inbound passthrough.
+
+    The same translated policies, with no identity: positive identity matchers never match, their
+    `not` forms always do; the destination (`destination_ip`, scenario `port`) is known statically.
+    STRICT is the caller's business (it does not offer this path).
+    """
+    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh), destination_ip, port)

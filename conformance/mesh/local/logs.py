@@ -1,0 +1,162 @@
+"""Reading the proxies' access logs back into proofs: the enforcing proxy's own record of a decision.
+
+A reset or a 503 can come from a broken certificate or a dead proxy as well as from a policy, so a
+denial counts only with the record of the proxy that enforced it (DESIGN.md §2). Envoy writes it in
+`%RESPONSE_CODE_DETAILS%` (HTTP RBAC) or `%CONNECTION_TERMINATION_DETAILS%` (network RBAC) as
+`rbac_access_denied_matched_policy[<policy id>]`, where istiod's policy id is
+`ns[<ns>]-policy[<name>]-rule[<index>]` (pilot/pkg/security/authz/builder: `policyName`) and `[none]`
+means an ALLOW policy exists but none matched. A STRICT rejection of plaintext is
+`flags=NR details=filter_chain_not_found` on the listener (no chain for `raw_buffer`).
+
+Records are JSON lines (config.LOG_FORMAT); `AccessLog` reads only what was appended since the last
+read, so a session can follow a log across many probe batches without re-parsing it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conformance.probe import Proof
+
+_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(.*)\]")
+_POLICY_ID = re.compile(r"^ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]$")
+STRICT_REJECTION = "strict mtls: filter_chain_not_found"
+STATIC_STRICT_POLICY = "istio_converted_static_strict"  # config.static_strict_filter's policy
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One access-log line: the parsed fields and the raw text (kept verbatim for reports)."""
+
+    fields: Mapping[str, Any]
+    line: str
+
+    def get(self, key: str) -> str:
+        value = self.fields.get(key)
+        return "" if value is None else str(value)
+
+    @property
+    def decision(self) -> str | None:
+        """The RBAC denial text of this record (`rbac_access_denied_matched_policy[...]`), if any."""
+        for key in ("details", "term"):
+            value = self.get(key)
+            if _DENIED.search(value):
+                return value
+        return None
+
+    @property
+    def strict_rejection(self) -> bool:
+        return "NR" in self.get("flags").split(",") and self.get("details") == "filter_chain_not_found"
+
+    @property
+    def is_request(self) -> bool:
+        """An HTTP stream record of the app's request itself (not an HBONE CONNECT carrying it)."""
+        return self.get("type") == "DownstreamEnd" and self.get("method") not in ("", "CONNECT")
+
+    @property
+    def denies(self) -> bool:
+        return self.decision is not None or self.strict_rejection
+
+
+class AccessLog:
+    """An Envoy access-log file followed incrementally; complete lines only (a flush may end mid-line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: list[LogRecord] = []
+        self._offset = 0
+        self._partial = b""
+
+    def refresh(self) -> int:
+        """Read what was appended; returns the number of new records."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return 0
+        self._offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        before = len(self.records)
+        for raw in lines:
+            text = raw.decode(errors="replace").strip()
+            if not text:
+                continue
+            try:
+                fields = json.loads(text)
+            except ValueError:
+                fields = {"unparsed": text}
+            self.records.append(LogRecord(fields, text))
+        return len(self.records) - before
+
+    def since(self, index: int) -> list[LogRecord]:
+        return self.records[index:]
+
+
+def parse_policy_id(policy_id: str) -> tuple[str | None, int | None]:
+    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None)."""
+    if policy_id in ("none", ""):
+        return None, None
+    m = _POLICY_ID.match(policy_id)
+    if m:
+        return f"{m['ns']}/{m['name']}", int(m["rule"])
+    return policy_id, None
+
+
+def proof_from(record: LogRecord, proxy: str) -> Proof:
+    """The proof a record gives: a denial naming its policy, a STRICT rejection, or an allow.
+
+    For an allowed request the deciding ALLOW policy is the RBAC filters' dynamic metadata
+    (`..._effective_policy_id` with engine result `allowed`), when an ALLOW policy was in force.
+    """
+    decision = record.decision
+    if decision is not None:
+        m = _DENIED.search(decision)
+        policy_id = m.group(1) if m else ""
+        if f"policy[{STATIC_STRICT_POLICY}]" in policy_id:
+            # ztunnel's STRICT: a PeerAuthentication decided, not an AuthorizationPolicy.
+            return Proof(proxy=proxy, denied=True, policy=None, rule=None,
+                         line=f"strict mtls: {STATIC_STRICT_POLICY}: {record.line}")
+        policy, rule = parse_policy_id(policy_id)
+        return Proof(proxy=proxy, denied=True, policy=policy, rule=rule, line=record.line)
+    if record.strict_rejection:
+        return Proof(proxy=proxy, denied=True, policy=None, rule=None,
+                     line=f"{STRICT_REJECTION}: {record.line}")
+    policy, rule = _allowing_policy(record)
+    return Proof(proxy=proxy, denied=False, policy=policy, rule=rule, line=record.line)
+
+
+def _allowing_policy(record: LogRecord) -> tuple[str | None, int | None]:
+    for key in ("http_rbac", "network_rbac"):
+        meta = record.fields.get(key)
+        if not isinstance(meta, Mapping):
+            continue
+        for name, value in meta.items():
+            if not name.endswith("effective_policy_id") or "shadow" in name:
+                continue
+            result = meta.get(name[: -len("effective_policy_id")] + "engine_result")
+            if result in (None, "allowed"):
+                return parse_policy_id(str(value))
+    return None, None
+
+
+def deciding_record(records: Iterable[LogRecord]) -> LogRecord | None:
+    """Of the records one probe left at a proxy, the one that decided: a denial first, then the
+    request's own HTTP stream record, then an HBONE CONNECT stream, then the connection record."""
+    records = list(records)
+    for rec in records:
+        if rec.denies:
+            return rec
+    for rec in records:
+        if rec.is_request:
+            return rec
+    for rec in records:
+        if rec.get("type") == "DownstreamEnd":
+            return rec
+    return records[0] if records else None

@@ -1,0 +1,564 @@
+"""The local target: a mesh of real Envoy processes with real mTLS on loopback (DESIGN.md §6).
+
+`LocalTarget` implements `conformance.target.Target`; `LocalMeshSession` is one running mesh for one
+scenario in one mode. This module only orchestrates: addresses (`addresses`), certificates (`pki`),
+the app (`app`), Envoy config per role (`config`), the policy compiler (`authz`), processes and acks
+(`envoy`, `lifetime`), curl (`curl`) and proofs (`logs`).
+
+A session, start to end:
+1. reap what killed runs left, take a free loopback block, make a private temp dir and a run marker;
+2. one CA, one SPIFFE leaf per in-mesh workload;
+3. one app process serving every workload's ports, each on the workload's own app address;
+4. per in-mesh workload one Envoy (a sidecar, or a "ztunnel" in ambient and waypoint modes), plus in
+   waypoint mode one Envoy per waypoint, all started at once, ready when every admin /ready says LIVE
+   and no initial listener was rejected; the listeners that never change live in the bootstrap, the
+   policy-bearing ones in the watched LDS file;
+5. a canary probe to every destination port, so a broken mesh fails here, plainly, and not later as
+   a policy "denial";
+6. `apply()`: compile the complete policy set per workload, rewrite only the listeners that changed,
+   return once every affected Envoy has acknowledged them (the propagation barrier);
+7. `probe()`: curl per probe in parallel, classified from curl's output, each denial backed by the
+   enforcing proxy's access-log record;
+8. `close()`: everything stopped, every file removed (also from atexit, SIGTERM and SIGHUP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conformance.errors import TargetError, TargetUnavailable
+from conformance.mesh.local import config, lifetime
+from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
+from conformance.mesh.local.curl import CURL_MISSING, CurlRequest, CurlResult, curl_binary, new_request_id, run_curl
+from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_listeners, wait_ready
+from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
+from conformance.mesh.local.pki import CertificateAuthority
+from conformance.model import ALLOWED, Manifest, Mode, Port, Probe, Request, Scenario, Workload
+from conformance.probe import Observation, Proof, classify
+from conformance.target import Applied
+
+_APP_SCRIPT = Path(__file__).with_name("app.py")
+
+
+def _authz() -> Any:
+    """The policy compiler (`authz.py`), imported late: the target must say it is missing, not crash."""
+    from conformance.mesh.local import authz
+
+    return authz
+
+
+def _waypoint_tcp_filters(policies: Sequence[Manifest], mesh: Any, port_map: Mapping[int, int]) -> list[Any]:
+    """Network RBAC of a waypoint's TCP service port: istiod's BuildTCP with identities read from the
+    waypoint's filter state (the compiler's builder; `authz` exposes only the HTTP form for waypoints)."""
+    from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
+
+    builder = RbacBuilder(TrustDomainBundle.of(mesh.trust_domain), use_filter_state=True, port_map=dict(port_map))
+    return list(builder.build_tcp(policies))
+
+
+class LocalTarget:
+    """Runs scenarios on a mesh of Envoy processes on this machine's loopback: no root, no Docker."""
+
+    name = "local"
+
+    def __init__(self, *, connect_timeout: float = 2.0, max_time: float = 6.0, parallel: int | None = None,
+                 startup_timeout: float = 30.0, canary: bool = True, keep_files: bool = False):
+        self.connect_timeout = connect_timeout
+        self.max_time = max_time
+        self.parallel = parallel or max(4, 4 * (os.cpu_count() or 1))
+        self.startup_timeout = startup_timeout
+        self.canary = canary
+        self.keep_files = keep_files
+
+    def unavailable(self, mode: Mode) -> str | None:
+        """Why this machine cannot run `mode` locally (missing curl or Envoy, mode not built), or None."""
+        if not sys.platform.startswith("linux"):
+            return "the local target needs Linux (the whole 127.0.0.0/8 on loopback, prctl)"
+        if curl_binary() is None:
+            return CURL_MISSING
+        try:
+            envoy_binary()
+        except TargetUnavailable as exc:
+            return str(exc)
+        if importlib.util.find_spec("conformance.mesh.local.authz") is None:
+            return "the local mesh's policy compiler (conformance/mesh/local/authz.py) is missing"
+        return None
+
+    def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
+        reason = self.unavailable(mode)
+        if reason:
+            raise TargetUnavailable(reason)
+        session = LocalMeshSession(scenario, mode, self)
+        try:
+            session.start()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+
+@dataclass(frozen=True)
+class _Planned:
+    probe: Probe
+    request: CurlRequest
+
+
+class LocalMeshSession:
+    """One running local mesh (see the module docstring for its life)."""
+
+    def __init__(self, scenario: Scenario, mode: Mode, target: LocalTarget):
+        self.scenario = scenario
+        self.mode: Mode = mode
+        self.mesh = scenario.mesh
+        self.target = target
+        self.addresses: dict[str, str] = {}
+        self.layout: Layout | None = None
+        self.tmpdir: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._policies: tuple[Manifest, ...] = ()
+        self._envoys: dict[str, EnvoyProcess] = {}
+        self._logs: dict[str, AccessLog] = {}
+        self._contexts: dict[str, config.ProxyContext] = {}
+        self._static_listeners: dict[str, list[dict[str, Any]]] = {}  # in the bootstrap, never change
+        self._kind: dict[str, str] = {}  # proxy ref -> "sidecar" | "ztunnel" | "waypoint"
+        self._served: dict[str, list[tuple[config.Peer, Port]]] = {}  # waypoint ref -> service ports
+        self._app: subprocess.Popen[bytes] | None = None
+        self._block: AddressBlock | None = None
+        self._marker: lifetime.RunMarker | None = None
+        self._closed = False
+        self._close_lock = threading.RLock()  # a signal handler may close while close() runs
+        self._apply_lock = threading.Lock()
+        self._curl = curl_binary() or "curl"
+
+    # --- context manager ----------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalMeshSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- start --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        runtime = lifetime.runtime_dir()
+        lifetime.reap_stale(runtime)
+        self._block = acquire_block(runtime)
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{lifetime.TEMP_PREFIX}{os.getpid()}-"))
+        self._marker = lifetime.RunMarker(runtime, self.tmpdir, self._block.prefix)
+        lifetime.register(self)
+
+        workloads = self.scenario.workloads
+        waypoints = self.scenario.waypoints if self.mode == "waypoint" else ()
+        self.layout = layout = plan_layout(self._block, workloads, waypoints)
+        self.addresses = dict(layout.address)
+        ca = CertificateAuthority(self.tmpdir / "pki", self.mesh.trust_domain)
+        certs = {w.ref: ca.issue(w.ref.replace("/", "_"), w.namespace, w.service_account)
+                 for w in workloads if w.in_mesh}
+        certs.update({w.ref: ca.issue("waypoint_" + w.ref.replace("/", "_"), w.namespace, w.service_account)
+                      for w in waypoints})
+        peers = [
+            config.Peer(w, layout.address[w.ref], layout.app_address[w.ref],
+                        certs[w.ref].spiffe_id if w.in_mesh else None)
+            for w in workloads
+        ]
+        waypoint_peers = {
+            w.ref: config.Peer(
+                Workload(w.name, w.namespace, w.service_account, {"gateway.networking.k8s.io/gateway-name": w.name}),
+                layout.address[w.ref], layout.app_address[w.ref], certs[w.ref].spiffe_id,
+            )
+            for w in waypoints
+        }
+        # A waypoint serves every in-mesh service of its namespace (the first waypoint named there).
+        waypoint_for: dict[str, config.Peer] = {}
+        for peer in peers:
+            via = next((w for w in waypoints if w.namespace == peer.workload.namespace), None)
+            if via is not None and peer.spiffe and peer.workload.ports:
+                waypoint_for[peer.ref] = waypoint_peers[via.ref]
+                self._served.setdefault(via.ref, []).extend((peer, port) for port in peer.workload.ports)
+        self.timings["pki"] = time.monotonic() - t0
+
+        self._start_app(peers)  # its Python start-up overlaps the Envoys'
+        binary = envoy_binary()
+        proxies = [p for p in peers if p.workload.in_mesh] + list(waypoint_peers.values())
+        for peer in proxies:
+            kind = "waypoint" if peer.ref in waypoint_peers else ("sidecar" if self.mode == "sidecar" else "ztunnel")
+            self._kind[peer.ref] = kind
+            directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
+            env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT)
+            ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, env.access_log,
+                                      waypoint_for)
+            self._contexts[peer.ref] = ctx
+            self._envoys[peer.ref] = env
+            self._logs[peer.ref] = AccessLog(env.access_log)
+            extra: dict[str, Any] = {}
+            if kind == "sidecar":
+                clusters = config.sidecar_clusters(ctx)
+                self._static_listeners[peer.ref] = config.sidecar_outbound_listeners(ctx)
+            elif kind == "ztunnel":
+                clusters = config.ztunnel_clusters(ctx)
+                self._static_listeners[peer.ref] = config.ztunnel_outbound_listeners(ctx)
+            else:
+                served = self._served.get(peer.ref, [])
+                clusters = config.waypoint_clusters(ctx, served)
+                self._static_listeners[peer.ref] = config.waypoint_static_listeners(ctx, served)
+                extra = config.waypoint_bootstrap()
+            env.write_clusters(clusters)
+            env.write_listeners(self._listeners(peer.ref, ()))
+            env.write_bootstrap(env.bootstrap(f"{kind}~{peer.ref}", extra, self._static_listeners[peer.ref]))
+        for env in self._envoys.values():
+            env.start(binary, on_spawn=self._marker.add_child)
+        self._wait_app()
+        self.timings["app"] = time.monotonic() - t0
+        wait_ready(list(self._envoys.values()), self.target.startup_timeout)
+        self.timings["envoys_ready"] = time.monotonic() - t0
+        if self.target.canary:
+            self._canary()
+        self.timings["started"] = time.monotonic() - t0
+
+    def _start_app(self, peers: Sequence[config.Peer]) -> None:
+        """One app process for every workload port; the app of an out-of-mesh workload listens on the
+        workload's own address (nothing stands in front of it), an in-mesh one on its app address."""
+        assert self.tmpdir is not None and self.layout is not None and self._marker is not None
+        spec = [
+            {"ref": p.ref, "address": p.app_address if p.workload.in_mesh else p.address,
+             "port": self.layout.real(port.number)}
+            for p in peers for port in p.workload.ports
+        ]
+        if not spec:
+            return
+        spec_path = self.tmpdir / "apps.json"
+        spec_path.write_text(json.dumps(spec))
+        err_path = self.tmpdir / "app.stderr"
+        with open(err_path, "wb") as err:
+            self._app = lifetime.spawn(
+                [sys.executable, "-S", "-u", str(_APP_SCRIPT), str(spec_path)],
+                stdout=subprocess.PIPE, stderr=err,
+            )
+        self._marker.add_child(self._app.pid)
+
+    def _wait_app(self) -> None:
+        """The app says `ready` once every socket is bound; anything else is a start-up failure."""
+        if self._app is None or self.tmpdir is None:
+            return
+        assert self._app.stdout is not None
+        ready, _, _ = select.select([self._app.stdout], [], [], self.target.startup_timeout)
+        line = self._app.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            detail = (self.tmpdir / "app.stderr").read_text(errors="replace")[-2000:]
+            raise TargetError(f"the workload app did not start:\n{detail or '(no output)'}")
+
+    def _canary(self) -> None:
+        """With no policy in force every destination port must answer through the mesh. A failure here
+        is an infrastructure error with the evidence, never a policy outcome later."""
+        sources = [w for w in self.scenario.workloads if w.in_mesh] or list(self.scenario.workloads)
+        probes = []
+        for dest in self.scenario.workloads:
+            src = next((s for s in sources if s.ref != dest.ref), sources[0])
+            probes += [Probe(src, dest, port, Request()) for port in dest.ports]
+        if not probes:
+            return
+        failed: list[tuple[Probe, Observation]] = []
+        for _attempt in range(3):
+            observations = self.probe(probes)
+            failed = [(p, o) for p, o in zip(probes, observations, strict=True) if o.outcome != ALLOWED]
+            if not failed:
+                return
+            probes = [p for p, _ in failed]
+        lines = [f"{p.describe()}: {o.outcome} (curl exit {o.evidence.exit_code}, status "
+                 f"{o.evidence.status}) {o.evidence.stderr or o.evidence.body[:200]}" for p, o in failed]
+        tails = "\n".join(f"--- {e.name}:\n{e.stderr_tail(5)}" for e in self._envoys.values() if e.stderr_tail(5))
+        raise TargetError("the local mesh started but some destinations are unreachable with no policy "
+                          "in force:\n" + "\n".join(lines) + ("\n" + tails if tails else ""))
+
+    # --- policies -----------------------------------------------------------------------------------
+
+    def _listeners(self, ref: str, policies: Sequence[Manifest]) -> list[dict[str, Any]]:
+        """The policy-bearing listeners of one proxy (its LDS) for a complete policy set."""
+        authz = _authz()
+        ctx = self._contexts[ref]
+        workload = ctx.me.workload
+        if self._kind[ref] == "waypoint":
+            return self._waypoint_listeners(authz, ref, policies)
+        try:
+            selected = authz.select_policies(policies, workload, self.mesh)
+            listeners: list[dict[str, Any]] = []
+            port_map = dict(ctx.layout.port_map)
+            if self._kind[ref] == "sidecar":
+                http = authz.sidecar_http_filters(selected, self.mesh, port_map)
+                tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map)
+                for port in workload.ports:
+                    filters = http if port.protocol == "HTTP" else tcp
+                    strict = self._strict(authz, policies, workload, port.number)
+                    listeners.append(config.sidecar_inbound_listener(ctx, port, filters, strict))
+            else:
+                if workload.ports:
+                    filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address)
+                    listeners.append(config.ztunnel_hbone_listener(ctx, filters))
+                for port in workload.ports:
+                    if self._strict(authz, policies, workload, port.number):
+                        # istiod sends ztunnel a synthetic DENY of connections without a principal
+                        # (ambient policies.go, istio_converted_static_strict): accepted, then closed.
+                        filters = [config.static_strict_filter(self.mesh.root_namespace)]
+                    else:
+                        filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number)
+                    listeners.append(config.ztunnel_plaintext_listener(ctx, port, filters))
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"compiling the policies for {self._kind[ref]} {ref} failed: {exc}") from exc
+        return listeners
+
+    def _waypoint_listeners(self, authz: Any, ref: str, policies: Sequence[Manifest]) -> list[dict[str, Any]]:
+        """A waypoint's listeners: static HBONE plumbing plus one policy-bearing internal listener per
+        service port it serves, with the policies bound to it by targetRefs for that service."""
+        ctx = self._contexts[ref]
+        waypoint = next(w for w in self.scenario.waypoints if w.ref == ref)
+        # The internal listener restores the original destination (`<service-ip>:<scenario port>`)
+        # from the CONNECT authority, so `ports` rules compare scenario ports as they are.
+        identity = {p: p for p in ctx.layout.port_map}
+        listeners: list[dict[str, Any]] = []
+        try:
+            for peer, port in self._served.get(ref, []):
+                selected = authz.select_waypoint_policies(policies, waypoint, peer.workload, self.mesh)
+                if port.protocol == "HTTP":
+                    filters = authz.waypoint_filters(selected, self.mesh, identity)
+                else:
+                    filters = _waypoint_tcp_filters(selected, self.mesh, identity)
+                listeners.append(config.waypoint_inner_listener(ctx, peer, port, filters))
+        except Exception as exc:
+            raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc
+        return listeners
+
+    def _strict(self, authz: Any, policies: Sequence[Manifest], workload: Workload, port: int) -> bool:
+        mode = authz.peer_authentication_mode(policies, workload, self.mesh, port)
+        if mode == "DISABLE":
+            raise TargetError(
+                f"PeerAuthentication mTLS mode DISABLE for {workload.ref} port {port} is not supported by "
+                "the local target yet (only PERMISSIVE and STRICT)"
+            )
+        return bool(mode == "STRICT")
+
+    def apply(self, policies: Sequence[Manifest]) -> Applied:
+        """Make exactly `policies` be in force; returns once every changed proxy acknowledged it."""
+        self._check_open()
+        with self._apply_lock:
+            start = time.monotonic()
+            rendered = tuple(m.rendered(self.addresses) for m in policies)
+            changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
+            update_listeners(changes)
+            seconds = time.monotonic() - start
+            before = {m.key: m.body for m in self._policies}
+            after = {m.key: m.body for m in rendered}
+            self._policies = rendered
+
+        def name(key: tuple[str, str, str]) -> str:
+            return f"{key[0]} {key[1]}/{key[2]}"
+
+        return Applied(
+            seconds=seconds,
+            created=tuple(name(k) for k in after if k not in before),
+            updated=tuple(name(k) for k in after if k in before and before[k] != after[k]),
+            deleted=tuple(name(k) for k in before if k not in after),
+        )
+
+    # --- probes -------------------------------------------------------------------------------------
+
+    def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        """Run every probe with real curl (in parallel), classify it, and attach the enforcing proxy's
+        record of it. Results are in the order of `probes`."""
+        self._check_open()
+        if not probes:
+            return []
+        for log in self._logs.values():
+            log.refresh()
+        marks = {ref: len(log.records) for ref, log in self._logs.items()}
+        plans = [self._plan(p) for p in probes]
+        t = self.target
+        workers = min(t.parallel, len(plans))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="authz-curl") as pool:
+            results = list(pool.map(
+                lambda plan: run_curl(plan.request, self._curl, t.connect_timeout, t.max_time), plans,
+            ))
+        proofs = self._find_proofs(plans, results, marks)
+        observations = []
+        for plan, result, (proof, notes) in zip(plans, results, proofs, strict=True):
+            outcome = classify(result.evidence, plan.probe.destination.ref)
+            observations.append(Observation(outcome, result.evidence, proof, notes))
+        return observations
+
+    def _plan(self, probe: Probe) -> _Planned:
+        layout = self._require_layout()
+        src, dst = probe.source, probe.destination
+        for w in (src, dst):
+            if w.ref not in layout.address:
+                raise TargetError(f"probe {probe.describe()}: {w.ref} is not a workload of this mesh")
+        if dst.port(probe.port.number) is None:
+            raise TargetError(f"probe {probe.describe()}: {dst.ref} does not serve port {probe.port.number}")
+        if src.in_mesh:
+            # Through the source's own proxy: its outbound listener for this destination port.
+            connect = (layout.address[src.ref], layout.outbound[(dst.ref, probe.port.number)])
+            interface = None
+        else:
+            connect = (layout.address[dst.ref], layout.real(probe.port.number))
+            interface = layout.address[src.ref]
+        request = CurlRequest(
+            url_host=f"{dst.name}.{dst.namespace}", port=probe.port.number, path=probe.request.path,
+            method=probe.request.method, headers=probe.request.headers, connect_ip=connect[0],
+            connect_port=connect[1], interface=interface,
+            request_id=probe.request.header("x-request-id") or new_request_id(),
+        )
+        return _Planned(probe, request)
+
+    def _enforcers(self, probe: Probe) -> list[str]:
+        """The proxies that may decide this probe, in the order the traffic meets them."""
+        src, dst = probe.source, probe.destination
+        if not dst.in_mesh:
+            return []
+        ctx = self._contexts.get(dst.ref)
+        via = ctx.waypoint_for.get(dst.ref) if ctx is not None else None
+        if via is not None and src.in_mesh:
+            return [via.ref, dst.ref]  # out-of-mesh clients bypass the waypoint (DESIGN.md §6)
+        return [dst.ref]
+
+    def _find_proofs(self, plans: Sequence[_Planned], results: Sequence[CurlResult],
+                     marks: Mapping[str, int], timeout: float = 2.0) -> list[tuple[Proof | None, tuple[str, ...]]]:
+        """Find each probe's record at the enforcing proxy, waiting for the logs to be flushed.
+
+        A record belongs to a probe by its x-request-id (HTTP through sidecars and waypoints), by curl's
+        own address (a direct out-of-mesh client, or the HBONE CONNECT's client header, which waypoints
+        pass on), or through the source proxy's record of the connection (its upstream local address is
+        the enforcing proxy's peer).
+        """
+        found: dict[int, tuple[str, LogRecord]] = {}
+        wanted = [
+            i for i, (plan, res) in enumerate(zip(plans, results, strict=True))
+            if self._enforcers(plan.probe) and res.connected
+        ]
+        deadline = time.monotonic() + timeout
+        final = False
+        while True:
+            for log in self._logs.values():
+                log.refresh()
+            for i in wanted:
+                if i not in found:
+                    hit = self._match(plans[i], results[i], marks, final)
+                    if hit is not None:
+                        found[i] = hit
+            if len(found) == len(wanted) or final:
+                break
+            final = time.monotonic() > deadline  # one last pass takes the best record there is
+            if not final:
+                time.sleep(0.01)
+        out: list[tuple[Proof | None, tuple[str, ...]]] = []
+        for i, plan in enumerate(plans):
+            enforcers = self._enforcers(plan.probe)
+            if not enforcers:
+                out.append((None, (f"{plan.probe.destination.ref} is out of the mesh: no proxy enforces "
+                                   "policies there",)))
+            elif i in found:
+                ref, rec = found[i]
+                out.append((proof_from(rec, f"{self._kind[ref]}:{ref}"), ()))
+            elif not results[i].connected:
+                out.append((None, ("curl never connected, so no proxy recorded this request",)))
+            else:
+                names = " or ".join(f"{self._kind[r]}:{r}" for r in enforcers)
+                out.append((None, (f"no access-log record of this request at {names}",)))
+        return out
+
+    def _records_of(self, ref: str, plan: _Planned, result: CurlResult,
+                    marks: Mapping[str, int]) -> list[LogRecord]:
+        src = plan.probe.source
+        records = self._logs[ref].since(marks[ref])
+        rid, local = plan.request.request_id, result.local_address
+        matched = [r for r in records if r.get("request_id") == rid or local in (
+            r.get("direct"), r.get("client"), r.get("client_state"))]
+        if not matched and src.in_mesh and src.ref in self._logs:
+            upstream = {
+                r.get("upstream_local") for r in self._logs[src.ref].since(marks[src.ref])
+                if r.get("direct") == local and r.get("upstream_local")
+            }
+            matched = [r for r in records if r.get("direct") in upstream]
+        return matched
+
+    def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
+               final: bool) -> tuple[str, LogRecord] | None:
+        """The deciding record: the first enforcer that denied; else, once every enforcer the request
+        reached has logged it, the first one's record (it names the ALLOW policy that let it through)."""
+        http = plan.probe.port.protocol == "HTTP"
+        first: tuple[str, LogRecord] | None = None
+        for ref in self._enforcers(plan.probe):
+            rec = deciding_record(self._records_of(ref, plan, result, marks))
+            if rec is None:
+                # Not logged yet, or never reached (a waypoint that failed upstream still logs).
+                return first if final else None
+            if rec.denies:
+                return ref, rec
+            # An allowed HTTP request is proven by its stream record at an HTTP-aware proxy; wait for
+            # it if only the connection record has been flushed so far.
+            if http and self._kind[ref] != "ztunnel" and not rec.is_request and not final:
+                return None
+            first = first or (ref, rec)
+        return first
+
+    # --- introspection for tests and reports --------------------------------------------------------
+
+    def access_log(self, ref: str) -> list[dict[str, Any]]:
+        """Every record the proxy of `ref` has logged so far (parsed JSON), oldest first."""
+        log = self._logs[ref]
+        log.refresh()
+        return [dict(r.fields) for r in log.records]
+
+    def pids(self) -> list[int]:
+        procs = [e.proc for e in self._envoys.values() if e.proc is not None]
+        if self._app is not None:
+            procs.append(self._app)
+        return [p.pid for p in procs]
+
+    def _require_layout(self) -> Layout:
+        if self.layout is None:
+            raise TargetError("the local mesh is not started")
+        return self.layout
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TargetError("this local mesh session is closed")
+
+    # --- close --------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process and remove every file of this run; safe to call twice, from any path."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        procs = [e.proc for e in self._envoys.values() if e.proc is not None]
+        if self._app is not None:
+            procs.append(self._app)
+        lifetime.stop_processes(procs)
+        if self._app is not None and self._app.stdout is not None:
+            with contextlib.suppress(OSError):
+                self._app.stdout.close()
+        if self.tmpdir is not None and not self.target.keep_files:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if self._marker is not None:
+            self._marker.remove()
+        if self._block is not None:
+            self._block.release()
+        lifetime.unregister(self)

@@ -1,0 +1,661 @@
+"""ztunnel's view of AuthorizationPolicies, and Envoy RBAC that enforces exactly that view.
+
+Why this exists: in ambient mode the local mesh has no ztunnel, only Envoy processes standing in for
+it. ztunnel does not enforce what a policy says but what istiod sends it, and that differs from the
+sidecar's view (ALLOW rules with HTTP attributes vanish, DENY rules lose them and may become no-ops,
+no trust-domain rewriting, dry-run policies are not sent). So this module is two explicit steps:
+
+1. `convert_authorization_policy`: a port of istiod's ambient translation
+   (`istio/istio@1.30.3:pilot/pkg/serviceregistry/ambient/authorization.go`, convertAuthorizationPolicy
+   and handleRule) into ztunnel-like `Authorization` objects (groups → clauses → matches, the
+   workload-API proto `istio.security.Authorization`). `Authorization.to_dict()` renders the proto3
+   JSON istiod's golden files hold, so this step is checked on its own against them.
+2. `hbone_filters` / `plaintext_filters`: Envoy RBAC whose decisions equal ztunnel's evaluation of
+   those objects (`istio/ztunnel@1.30.3:src/rbac.rs`, Authorization::matches; `src/state.rs`,
+   assert_rbac: any matching DENY denies, ALLOW policies present and none matching denies).
+
+Like `rbac.py`, this is independent of the verdict engine and imports nothing from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from conformance.mesh.local.rbac import (
+    HTTP_RBAC_FILTER,
+    HTTP_RBAC_TYPE,
+    NETWORK_RBAC_FILTER,
+    NETWORK_RBAC_TYPE,
+    RBAC_TCP_FILTER_STAT_PREFIX,
+    RULES_STAT_PREFIX,
+    SPIFFE_PREFIX,
+    Json,
+    is_dry_run,
+    policy_action,
+    policy_name,
+    quote_meta,
+    strings,
+    target_refs,
+)
+from conformance.model import Manifest
+
+Scope = Literal["GLOBAL", "NAMESPACE", "WORKLOAD_SELECTOR"]
+Action = Literal["ALLOW", "DENY"]
+
+# authorization.go l4WhenAttributes: the only `when` keys ztunnel can evaluate.
+L4_WHEN_ATTRIBUTES = frozenset({
+    "source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port",
+})
+
+# authorization.go: status messages (reason UnsupportedValue).
+HTTP_RULE_FMT = ("ztunnel does not support HTTP attributes (found: {}). "
+                 "In ambient mode you must use a waypoint proxy to enforce HTTP rules. {}")
+HTTP_DENY_RULE_BOILERPLATE = ("DENY policy with HTTP attributes is enforced without the HTTP rules. "
+                              "This will be more restrictive than requested.")
+HTTP_ALLOW_RULE_BOILERPLATE = ("Within an ALLOW policy, rules matching HTTP attributes are omitted. "
+                               "This will be more restrictive than requested.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The workload-API model (pkg/workloadapi/security/authorization.proto; ztunnel src/rbac.rs).
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """`istio.security.StringMatch`: exact / prefix / suffix / presence."""
+
+    kind: Literal["exact", "prefix", "suffix", "presence"]
+    value: str = ""
+
+    def matches(self, check: str) -> bool:
+        """rbac.rs StringMatch::matches (presence: non-empty)."""
+        if self.kind == "prefix":
+            return check.startswith(self.value)
+        if self.kind == "suffix":
+            return check.endswith(self.value)
+        if self.kind == "exact":
+            return check == self.value
+        return check != ""
+
+    def to_dict(self) -> Json:
+        return {"presence": {}} if self.kind == "presence" else {self.kind: self.value}
+
+
+@dataclass(frozen=True)
+class ServiceAccountMatch:
+    """`istio.security.ServiceAccountMatch`: namespace and service account, compared for equality."""
+
+    namespace: str
+    service_account: str
+
+    def to_dict(self) -> Json:
+        out: Json = {}
+        if self.namespace:
+            out["namespace"] = self.namespace
+        if self.service_account:
+            out["serviceAccount"] = self.service_account
+        return out
+
+
+@dataclass(frozen=True)
+class Address:
+    """`istio.security.Address`: an address as written (not masked) and a prefix length."""
+
+    address: str
+    length: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """How ztunnel reads it: `IpNet::new(addr, len)`, whose `contains` masks."""
+        return ipaddress.ip_network(f"{self.address}/{self.length}", strict=False)
+
+    def to_dict(self) -> Json:
+        packed = ipaddress.ip_address(self.address).packed
+        out: Json = {"address": base64.b64encode(packed).decode()}
+        if self.length:
+            out["length"] = self.length
+        return out
+
+
+@dataclass(frozen=True)
+class Match:
+    """`istio.security.Match`: types are ANDed, values of one type ORed, `not_*` must not match."""
+
+    namespaces: tuple[StringMatch, ...] = ()
+    not_namespaces: tuple[StringMatch, ...] = ()
+    service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    principals: tuple[StringMatch, ...] = ()
+    not_principals: tuple[StringMatch, ...] = ()
+    source_ips: tuple[Address, ...] = ()
+    not_source_ips: tuple[Address, ...] = ()
+    destination_ips: tuple[Address, ...] = ()
+    not_destination_ips: tuple[Address, ...] = ()
+    destination_ports: tuple[int, ...] = ()
+    not_destination_ports: tuple[int, ...] = ()
+
+    def is_empty(self) -> bool:
+        """rbac.rs RbacMatch::is_empty: ztunnel skips such a match (it never matches)."""
+        return not any(getattr(self, f.name) for f in fields(self))
+
+    def to_dict(self) -> Json:
+        out: Json = {}
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if values:
+                key = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), f.name)
+                out[key] = [v if isinstance(v, int) else v.to_dict() for v in values]
+        return out
+
+
+@dataclass(frozen=True)
+class Clause:
+    """`istio.security.Rules` (a from, to or when clause): matches are ORed; none at all matches."""
+
+    matches: tuple[Match, ...] = ()
+
+    def to_dict(self) -> Json:
+        return {"matches": [m.to_dict() for m in self.matches]} if self.matches else {}
+
+
+@dataclass(frozen=True)
+class Group:
+    """`istio.security.Group` (one policy rule): its clauses are ANDed; no clause at all matches.
+
+    `rule_index` is ours, not in the proto: which rule of the policy it came from, to name it the way
+    the sidecar's RBAC does (`ns[..]-policy[..]-rule[i]`).
+    """
+
+    rules: tuple[Clause, ...] = ()
+    rule_index: int = field(default=0, compare=False)
+
+    def to_dict(self) -> Json:
+        return {"rules": [c.to_dict() for c in self.rules]} if self.rules else {}
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """`istio.security.Authorization` as istiod sends it to ztunnel: groups are ORed, none never matches."""
+
+    name: str
+    namespace: str
+    scope: Scope
+    action: Action
+    groups: tuple[Group, ...] = ()
+    dry_run: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def to_dict(self) -> Json:
+        """proto3 JSON (camelCase; defaults GLOBAL, ALLOW, false, empty omitted), as in istiod's testdata."""
+        out: Json = {}
+        if self.name:
+            out["name"] = self.name
+        if self.namespace:
+            out["namespace"] = self.namespace
+        if self.scope != "GLOBAL":
+            out["scope"] = self.scope
+        if self.action != "ALLOW":
+            out["action"] = self.action
+        if self.groups:
+            out["groups"] = [g.to_dict() for g in self.groups]
+        if self.dry_run:
+            out["dryRun"] = True
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 1: istiod's translation (pilot/pkg/serviceregistry/ambient/authorization.go at 1.30.3).
+
+
+def string_to_match(values: Sequence[str]) -> tuple[StringMatch, ...]:
+    """authorization.go stringToMatch."""
+    out: list[StringMatch] = []
+    for v in values:
+        if v == "*":
+            out.append(StringMatch("presence"))
+        elif v.startswith("*"):
+            out.append(StringMatch("suffix", v[1:]))
+        elif v.endswith("*"):
+            out.append(StringMatch("prefix", v[:-1]))
+        else:
+            out.append(StringMatch("exact", v))
+    return tuple(out)
+
+
+def string_to_service_account_match(values: Sequence[str], rule_namespace: str) -> tuple[ServiceAccountMatch, ...]:
+    """authorization.go stringToServiceAccountMatch: a bare name is in the policy's namespace."""
+    out: list[ServiceAccountMatch] = []
+    for v in values:
+        ns, sep, sa = v.partition("/")
+        out.append(ServiceAccountMatch(ns, sa) if sep else ServiceAccountMatch(rule_namespace, v))
+    return tuple(out)
+
+
+def string_to_port(values: Sequence[str]) -> tuple[int, ...]:
+    """authorization.go stringToPort: unparsable ports are silently dropped."""
+    return tuple(int(v) for v in values if re.fullmatch(r"[0-9]+", v) and int(v) <= 65535)
+
+
+def string_to_ip(values: Sequence[str]) -> tuple[Address, ...]:
+    """authorization.go stringToIP: an address or CIDR as written; unparsable ones silently dropped."""
+    out: list[Address] = []
+    for v in values:
+        if not v:
+            continue
+        try:
+            if "/" in v:
+                iface = ipaddress.ip_interface(v)
+                out.append(Address(str(iface.ip), iface.network.prefixlen))
+            else:
+                ip = ipaddress.ip_address(v)
+                out.append(Address(str(ip), ip.max_prefixlen))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def _http_operations(op: Mapping[str, Any]) -> list[str]:
+    """authorization.go httpOperations."""
+    return [k for k in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths") if op.get(k)]
+
+
+def _http_sources(src: Mapping[str, Any]) -> list[str]:
+    """authorization.go httpSources (`trustDomains` is neither translated nor flagged at 1.30.3)."""
+    keys = ("remoteIpBlocks", "notRemoteIpBlocks", "requestPrincipals", "notRequestPrincipals")
+    return [k for k in keys if src.get(k)]
+
+
+def _section(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def handle_rule(action: Action, rule: Mapping[str, Any], rule_namespace: str) -> tuple[list[Clause] | None, list[str]]:
+    """authorization.go handleRule: (clauses, HTTP attributes found); `None` clauses = rule dropped.
+
+    One `to` clause (ports only), one `from` clause (L4 source fields only), one clause per `when`
+    (a Match holding only an L4 key's values, empty otherwise). An ALLOW rule with any HTTP attribute
+    is dropped whole; a DENY rule keeps its L4 remains, empty Matches included.
+    """
+    l7_found = False
+    http_match: list[str] = []
+    to_matches: list[Match] = []
+    for entry in rule.get("to") or []:
+        op = _section(_section(entry).get("operation"))
+        problems = _http_operations(op)
+        if problems:
+            l7_found = True
+            http_match.extend(problems)
+        to_matches.append(Match(
+            destination_ports=string_to_port(strings(op.get("ports"))),
+            not_destination_ports=string_to_port(strings(op.get("notPorts"))),
+        ))
+    from_matches: list[Match] = []
+    for entry in rule.get("from") or []:
+        src = _section(_section(entry).get("source"))
+        problems = _http_sources(src)
+        if problems:
+            l7_found = True
+            http_match.extend(problems)
+        from_matches.append(Match(
+            source_ips=string_to_ip(strings(src.get("ipBlocks"))),
+            not_source_ips=string_to_ip(strings(src.get("notIpBlocks"))),
+            namespaces=string_to_match(strings(src.get("namespaces"))),
+            not_namespaces=string_to_match(strings(src.get("notNamespaces"))),
+            service_accounts=string_to_service_account_match(strings(src.get("serviceAccounts")), rule_namespace),
+            not_service_accounts=string_to_service_account_match(
+                strings(src.get("notServiceAccounts")), rule_namespace),
+            principals=string_to_match(strings(src.get("principals"))),
+            not_principals=string_to_match(strings(src.get("notPrincipals"))),
+        ))
+    clauses: list[Clause] = []
+    if to_matches:
+        clauses.append(Clause(tuple(to_matches)))
+    if from_matches:
+        clauses.append(Clause(tuple(from_matches)))
+    for when in rule.get("when") or []:
+        when = _section(when)
+        key = str(when.get("key", ""))
+        if key not in L4_WHEN_ATTRIBUTES:
+            l7_found = True
+            http_match.append(key)
+        values, not_values = strings(when.get("values")), strings(when.get("notValues"))
+
+        def pick(k: str, negate: bool, key: str = key, values: list[str] = values,
+                 not_values: list[str] = not_values) -> list[str]:
+            """authorization.go whenMatch."""
+            if key != k:
+                return []
+            return not_values if negate else values
+
+        clauses.append(Clause((Match(
+            namespaces=string_to_match(pick("source.namespace", False)),
+            principals=string_to_match(pick("source.principal", False)),
+            source_ips=string_to_ip(pick("source.ip", False)),
+            destination_ports=string_to_port(pick("destination.port", False)),
+            destination_ips=string_to_ip(pick("destination.ip", False)),
+            not_namespaces=string_to_match(pick("source.namespace", True)),
+            not_principals=string_to_match(pick("source.principal", True)),
+            not_source_ips=string_to_ip(pick("source.ip", True)),
+            not_destination_ports=string_to_port(pick("destination.port", True)),
+            not_destination_ips=string_to_ip(pick("destination.ip", True)),
+        ),)))
+    if action == "ALLOW" and l7_found:
+        return None, http_match  # "L7 policies never match for ALLOW"
+    return clauses, http_match
+
+
+def convert_authorization_policy(
+    policy: Manifest, root_namespace: str, *, dry_run_enabled: bool = False,
+) -> tuple[Authorization | None, str | None]:
+    """authorization.go convertAuthorizationPolicy: (what ztunnel receives or None, status message).
+
+    Not sent: dry-run policies (unless AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY, default off:
+    `dry_run_enabled`), `targetRef(s)` policies, AUDIT and CUSTOM. Scope: no selector → NAMESPACE,
+    or GLOBAL in the root namespace; a selector → WORKLOAD_SELECTOR. No trust-domain handling
+    ("TODO: TDA"): principals are compared literally.
+    """
+    spec = policy.spec
+    dry_run = is_dry_run(policy)
+    if dry_run and not dry_run_enabled:
+        return None, (f'found policy "{policy.namespace}/{policy.name}" using dry-run annotation, but support '
+                      "for ambient dry-run authorizationPolicies isn't enabled")
+    if target_refs(spec):
+        return None, None  # "TargetRef is not intended for ztunnel"
+    scope: Scope = "WORKLOAD_SELECTOR"
+    if spec.get("selector") is None:
+        scope = "GLOBAL" if policy.namespace == root_namespace else "NAMESPACE"
+    raw_action = policy_action(policy)
+    if raw_action not in ("ALLOW", "DENY"):
+        return None, f"ztunnel does not support the {raw_action} action"
+    action: Action = "DENY" if raw_action == "DENY" else "ALLOW"
+    boilerplate = HTTP_DENY_RULE_BOILERPLATE if action == "DENY" else HTTP_ALLOW_RULE_BOILERPLATE
+    groups: list[Group] = []
+    with_l7: set[str] = set()
+    for i, rule in enumerate(spec.get("rules") or []):
+        clauses, found = handle_rule(action, _section(rule), policy.namespace)
+        if clauses is not None:
+            groups.append(Group(tuple(clauses), rule_index=i))
+        with_l7.update(found)
+    authz = Authorization(policy.name, policy.namespace, scope, action, tuple(groups), dry_run)
+    if with_l7:
+        return authz, HTTP_RULE_FMT.format(", ".join(sorted(with_l7)), boilerplate)
+    return authz, None
+
+
+def translate(policies: Sequence[Manifest], root_namespace: str) -> list[Authorization]:
+    """What istiod sends ztunnel for these (already selected) policies, in order."""
+    out: list[Authorization] = []
+    for policy in policies:
+        if policy.kind != "AuthorizationPolicy":
+            continue
+        authz, _ = convert_authorization_policy(policy, root_namespace)
+        if authz is not None:
+            out.append(authz)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step 2: Envoy RBAC principals that evaluate like rbac.rs Authorization::matches.
+
+_TRUE: Json = {"any": True}
+_FALSE: Json = {"not_id": {"any": True}}
+
+
+def _and(ids: Sequence[Json]) -> Json:
+    if any(i == _FALSE for i in ids):
+        return dict(_FALSE)
+    rest = [i for i in ids if i != _TRUE]
+    if not rest:
+        return dict(_TRUE)
+    return rest[0] if len(rest) == 1 else {"and_ids": {"ids": rest}}
+
+
+def _or(ids: Sequence[Json]) -> Json:
+    if any(i == _TRUE for i in ids):
+        return dict(_TRUE)
+    rest = [i for i in ids if i != _FALSE]
+    if not rest:
+        return dict(_FALSE)
+    return rest[0] if len(rest) == 1 else {"or_ids": {"ids": rest}}
+
+
+def _not(x: Json) -> Json:
+    if x == _TRUE:
+        return dict(_FALSE)
+    if x == _FALSE:
+        return dict(_TRUE)
+    return {"not_id": x}
+
+
+def _const(value: bool) -> Json:
+    return dict(_TRUE) if value else dict(_FALSE)
+
+
+def _authority_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """What the emulating Envoy can know about the connection, per rbac.rs Connection.
+
+    HBONE (`identity=True`, `port=None`): the peer identity is the mTLS peer certificate
+    (`authenticated`), the destination port is the CONNECT `:authority`'s port. Plaintext inbound
+    passthrough (`identity=False`): no identity; the destination port is known statically.
+    """
+
+    destination_ip: str
+    identity: bool
+    port: int | None = None
+
+    def principal_check(self, m: StringMatch) -> Json:
+        """rbac.rs matches_principal: strip `spiffe://` (absent: no match), then the string match."""
+        if not self.identity:
+            return dict(_FALSE)
+        if m.kind == "exact":
+            sm: Json = {"exact": SPIFFE_PREFIX + m.value}
+        elif m.kind == "prefix":
+            sm = {"prefix": SPIFFE_PREFIX + m.value}
+        elif m.kind == "suffix":
+            sm = {"safe_regex": {"regex": "spiffe://.*" + quote_meta(m.value)}}
+        else:
+            sm = {"safe_regex": {"regex": "spiffe://.+"}}
+        return {"authenticated": {"principal_name": sm}}
+
+    def namespace_check(self, m: StringMatch) -> Json:
+        """rbac.rs: the namespace parsed from `spiffe://<td>/ns/<ns>/sa/<sa>` (Identity::from_str)."""
+        if not self.identity:
+            return dict(_FALSE)
+        ns = {"exact": quote_meta(m.value), "prefix": quote_meta(m.value) + "[^/]*",
+              "suffix": "[^/]*" + quote_meta(m.value), "presence": "[^/]+"}[m.kind]
+        regex = f"spiffe://[^/]*/ns/{ns}/sa/[^/]*"
+        return {"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}}
+
+    def service_account_check(self, m: ServiceAccountMatch) -> Json:
+        """rbac.rs ServiceAccountMatch::matches: namespace and service account equal."""
+        if not self.identity:
+            return dict(_FALSE)
+        regex = f"spiffe://[^/]*/ns/{quote_meta(m.namespace)}/sa/{quote_meta(m.service_account)}"
+        return {"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}}
+
+    def source_ip_check(self, a: Address) -> Json:
+        """rbac.rs: `conn.src.ip()`, the peer of the inbound connection → `direct_remote_ip`."""
+        return {"direct_remote_ip": {"address_prefix": a.address, "prefix_len": a.length}}
+
+    def destination_ip_check(self, a: Address) -> Json:
+        """rbac.rs: `conn.dst.ip()`, the workload's address, carried in the CONNECT `:authority`."""
+        inside = ipaddress.ip_address(self.destination_ip) in a.network
+        if not inside or not self.identity:
+            return _const(inside)
+        prefix = _authority_host(self.destination_ip) + ":"
+        return {"header": {"name": ":authority", "string_match": {"prefix": prefix}}}
+
+    def destination_port_check(self, port: int) -> Json:
+        """rbac.rs: `conn.dst.port()`, the target port (never 15008): the `:authority`'s port."""
+        if self.port is not None:
+            return _const(port == self.port)
+        return {"header": {"name": ":authority", "string_match": {"suffix": f":{port}"}}}
+
+    def match(self, m: Match) -> Json:
+        """rbac.rs matches_internal for every type: any positive (if any) and no negative."""
+        checks: list[Json] = []
+        pairs: list[tuple[Sequence[Any], Sequence[Any], Any]] = [
+            (m.destination_ips, m.not_destination_ips, self.destination_ip_check),
+            (m.source_ips, m.not_source_ips, self.source_ip_check),
+            (m.destination_ports, m.not_destination_ports, self.destination_port_check),
+            (m.service_accounts, m.not_service_accounts, self.service_account_check),
+            (m.principals, m.not_principals, self.principal_check),
+            (m.namespaces, m.not_namespaces, self.namespace_check),
+        ]
+        for positive, negative, predicate in pairs:
+            if positive:
+                checks.append(_or([predicate(v) for v in positive]))
+            if negative:
+                checks.append(_not(_or([predicate(v) for v in negative])))
+        return _and(checks)
+
+    def group(self, g: Group) -> Json:
+        """rbac.rs: a rule (group) is an AND of clauses; a clause ORs its non-empty matches, an empty
+        match is skipped, a clause without matches matches."""
+        clauses: list[Json] = []
+        for clause in g.rules:
+            if not clause.matches:
+                continue
+            clauses.append(_or([self.match(m) for m in clause.matches if not m.is_empty()]))
+        return _and(clauses)
+
+
+def _policies(authorizations: Sequence[Authorization], conn: _Connection) -> Json:
+    return {
+        policy_name(a.namespace, a.name, g.rule_index): {"permissions": [{"any": True}],
+                                                         "principals": [conn.group(g)]}
+        for a in authorizations
+        for g in a.groups
+    }
+
+
+def _rbac(action: Action, policies: Json) -> Json:
+    out: Json = {} if action == "ALLOW" else {"action": action}
+    if policies:
+        out["policies"] = policies
+    return out
+
+
+def _by_action(authorizations: Sequence[Authorization]) -> list[tuple[Action, list[Authorization]]]:
+    """state.rs assert_rbac: DENY first; an ALLOW layer exists as soon as one ALLOW policy applies,
+    even one without groups (which then allows nothing). Dry-run policies are never enforced."""
+    enforced = [a for a in authorizations if not a.dry_run]
+    out: list[tuple[Action, list[Authorization]]] = []
+    for action in ("DENY", "ALLOW"):
+        selected = [a for a in enforced if a.action == action]
+        if selected:
+            out.append((action, selected))
+    return out
+
+
+def hbone_filters(authorizations: Sequence[Authorization], destination_ip: str) -> list[Json]:
+    """HTTP RBAC filters for the HBONE (HTTP/2 CONNECT) terminating listener on :15008."""
+    conn = _Connection(destination_ip, identity=True)
+    return [
+        {"name": HTTP_RBAC_FILTER, "typed_config": {
+            "@type": HTTP_RBAC_TYPE,
+            "rules": _rbac(action, _policies(selected, conn)),
+            "rules_stat_prefix": RULES_STAT_PREFIX[action],
+        }}
+        for action, selected in _by_action(authorizations)
+    ]
+
+
+def plaintext_filters(authorizations: Sequence[Authorization], destination_ip: str, port: int) -> list[Json]:
+    """Network RBAC filters for plaintext connections at ztunnel's inbound passthrough (no identity)."""
+    conn = _Connection(destination_ip, identity=False, port=port)
+    return [
+        {"name": NETWORK_RBAC_FILTER, "typed_config": {
+            "@type": NETWORK_RBAC_TYPE,
+            "rules": _rbac(action, _policies(selected, conn)),
+            "stat_prefix": RBAC_TCP_FILTER_STAT_PREFIX,
+        }}
+        for action, selected in _by_action(authorizations)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A direct evaluator of the same objects (rbac.rs, line by line), to test the Envoy form against.
+
+
+@dataclass(frozen=True)
+class Peer:
+    """rbac.rs Connection: source and destination addresses, the peer's SPIFFE identity if mTLS."""
+
+    source_ip: str
+    destination_ip: str
+    destination_port: int
+    identity: str | None = None  # "spiffe://td/ns/x/sa/y"
+
+
+def matches(authz: Authorization, conn: Peer) -> bool:
+    """rbac.rs Authorization::matches."""
+    full = conn.identity or ""
+    parts = full.removeprefix(SPIFFE_PREFIX).split("/") if full.startswith(SPIFFE_PREFIX) else []
+    parsed = parts if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
+    ns = parsed[2] if parsed else ""
+    if not authz.groups:
+        return False
+
+    def principal_ok(s: StringMatch) -> bool:
+        return full.startswith(SPIFFE_PREFIX) and s.matches(full.removeprefix(SPIFFE_PREFIX))
+
+    def sa_ok(sa: ServiceAccountMatch) -> bool:
+        return parsed is not None and parsed[2] == sa.namespace and parsed[4] == sa.service_account
+
+    def internal(pos: Sequence[Any], neg: Sequence[Any], pred: Any) -> bool:
+        pm = True if not pos else any(pred(p) for p in pos)
+        nm = True if not neg else not any(pred(p) for p in neg)
+        return pm and nm
+
+    src, dst = ipaddress.ip_address(conn.source_ip), ipaddress.ip_address(conn.destination_ip)
+    for group in authz.groups:
+        rule_match = True
+        for clause in group.rules:
+            clause_match = not clause.matches
+            for mg in clause.matches:
+                if mg.is_empty():
+                    continue
+                if (internal(mg.destination_ips, mg.not_destination_ips, lambda a: dst in a.network)
+                        and internal(mg.source_ips, mg.not_source_ips, lambda a: src in a.network)
+                        and internal(mg.destination_ports, mg.not_destination_ports,
+                                     lambda p: p == conn.destination_port)
+                        and internal(mg.service_accounts, mg.not_service_accounts, sa_ok)
+                        and internal(mg.principals, mg.not_principals, principal_ok)
+                        and internal(mg.namespaces, mg.not_namespaces, lambda s: s.matches(ns))):
+                    clause_match = True
+                    break
+            rule_match = rule_match and clause_match
+            if not rule_match:
+                break
+        if rule_match:
+            return True
+    return False
+
+
+def decide(authorizations: Sequence[Authorization], conn: Peer) -> tuple[bool, str | None]:
+    """state.rs assert_rbac: (allowed, deciding policy `ns/name` or None)."""
+    enforced = [a for a in authorizations if not a.dry_run]
+    for a in enforced:
+        if a.action == "DENY" and matches(a, conn):
+            return False, a.ref
+    allows = [a for a in enforced if a.action == "ALLOW"]
+    if not allows:
+        return True, None
+    for a in allows:
+        if matches(a, conn):
+            return True, a.ref
+    return False, None

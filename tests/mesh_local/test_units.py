@@ -1,0 +1,88 @@
+"""The local target's pure parts, without Envoy: ports, certificates, curl commands, log records."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from conformance.mesh.local.addresses import OUTBOUND_BASE, build_port_map
+from conformance.mesh.local.curl import CURL_MISSING, CurlRequest
+from conformance.mesh.local.logs import LogRecord, deciding_record, parse_policy_id, proof_from
+from conformance.mesh.local.mesh import LocalTarget
+from conformance.mesh.local.pki import CertificateAuthority
+from conformance.probe import CURL_WRITE_OUT, evidence_from_curl
+
+
+def test_port_map_keeps_bindable_ports_and_remaps_the_rest_consistently() -> None:
+    m = build_port_map([80, 443, 8080, 15001, 20080, 9000], outbound_count=4)
+    assert m[8080] == 8080 and m[9000] == 9000 and m[20080] == 20080
+    assert m[80] == 20081  # 20080 is a scenario port itself
+    assert m[443] == 20443
+    assert m[15001] not in range(15000, OUTBOUND_BASE + 4) and m[15001] >= 1024
+    assert len(set(m.values())) == len(m)
+    assert build_port_map([80, 8080], 2) == build_port_map([8080, 80], 2)
+
+
+def test_certificates_carry_the_spiffe_identity_and_keys_are_private(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path / "pki", "cluster.local")
+    leaf = ca.issue("frontend", "default", "frontend-sa")
+    cert = x509.load_pem_x509_certificate(leaf.cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.critical
+    assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://cluster.local/ns/default/sa/frontend-sa"
+    ]
+    assert stat.S_IMODE(os.stat(leaf.key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "pki").st_mode) == 0o700
+
+
+def test_curl_command_keeps_the_scenario_host_and_port() -> None:
+    req = CurlRequest("backend.default", 80, "/a/../b", "POST", (("x-team", "a"),), "127.1.2.3", 15100,
+                      request_id="rid")
+    argv = req.argv("curl", 2, 6)
+    assert argv[-1] == "http://backend.default/a/../b"
+    assert "--path-as-is" in argv and "--interface" not in argv
+    assert argv[argv.index("--connect-to") + 1] == "backend.default:80:127.1.2.3:15100"
+    assert argv[argv.index("-X") + 1] == "POST"
+    assert "x-request-id: rid" in argv and "x-team: a" in argv
+    out = CurlRequest("backend.default", 8080, "/", "GET", (), "127.1.2.4", 8080, interface="127.1.2.9")
+    argv = out.argv("curl", 2, 6)
+    assert argv[-1] == "http://backend.default:8080/"
+    assert argv[argv.index("--interface") + 1] == "127.1.2.9"
+
+
+def test_write_out_is_split_from_the_body() -> None:
+    stdout = "default/backend responding\n{}\n" + CURL_WRITE_OUT.replace("%{http_code}", "200").replace(
+        "%{local_ip}", "127.0.0.1").replace("%{local_port}", "5000")
+    ev = evidence_from_curl(0, stdout, "", 0.01, "curl ...")
+    assert ev.status == 200 and ev.body == "default/backend responding\n{}\n"
+    failed = evidence_from_curl(56, CURL_WRITE_OUT.replace("%{http_code}", "000"), "curl: (56) reset", 0.0, "")
+    assert failed.status == 0 and failed.body == ""
+
+
+def test_policy_ids_and_proofs_from_records() -> None:
+    assert parse_policy_id("ns[default]-policy[deny-all]-rule[2]") == ("default/deny-all", 2)
+    assert parse_policy_id("none") == (None, None)
+    denied = LogRecord({"type": "DownstreamEnd", "method": "GET", "code": 403,
+                        "details": "rbac_access_denied_matched_policy[ns[a]-policy[b]-rule[0]]"}, "line1")
+    conn = LogRecord({"type": "NotSet"}, "line2")
+    assert deciding_record([conn, denied]) is denied
+    proof = proof_from(denied, "sidecar:a/x")
+    assert (proof.denied, proof.policy, proof.rule, proof.line) == (True, "a/b", 0, "line1")
+    strict = LogRecord({"type": "NotSet", "flags": "NR", "details": "filter_chain_not_found"}, "raw")
+    p = proof_from(strict, "sidecar:a/x")
+    assert p.denied and p.policy is None and p.line.startswith("strict mtls: filter_chain_not_found")
+    allowed = LogRecord({"type": "DownstreamEnd", "method": "GET", "code": 200, "http_rbac": {
+        "allow_enforced_effective_policy_id": "ns[a]-policy[ok]-rule[1]", "allow_enforced_engine_result": "allowed",
+    }}, "l")
+    assert (proof_from(allowed, "p").denied, proof_from(allowed, "p").policy) == (False, "a/ok")
+
+
+def test_unavailable_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no curl on it
+    assert LocalTarget().unavailable("sidecar") == CURL_MISSING
+    assert "apt-get install curl" in CURL_MISSING
