@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 Mode = Literal["sidecar", "ambient", "waypoint"]
@@ -53,7 +54,7 @@ class Workload:
     ports: tuple[Port, ...] = ()
     in_mesh: bool = True
 
-    @property
+    @cached_property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 

@@ -115,6 +115,25 @@ class _EnvoyPlan:
     allows: tuple[_EnvoyPolicy, ...]
     any_enforced: bool
 
+    @cached_property
+    def rules(self) -> dict[tuple[str, bool], tuple[_EnvoyRule, ...]]:
+        """Per (action, TCP chain), every rule as Envoy holds it: keyed and sorted by policy id."""
+        out: dict[tuple[str, bool], tuple[_EnvoyRule, ...]] = {}
+        for action, eps in (("DENY", self.denies), ("ALLOW", self.allows)):
+            for tcp in (False, True):
+                flat = [_EnvoyRule(envoy_policy_id(ep.policy, index), ep, index, parts)
+                        for ep in eps for index, parts in (ep.rules_tcp if tcp else ep.rules_http)]
+                out[(action, tcp)] = tuple(sorted(flat, key=lambda r: r.pid))
+        return out
+
+
+@dataclass(frozen=True)
+class _EnvoyRule:
+    pid: str
+    ep: _EnvoyPolicy
+    index: int
+    parts: tuple[tuple[str, Check], ...]
+
 
 @dataclass(frozen=True)
 class _ZtunnelPlan:
@@ -298,68 +317,66 @@ def _envoy_layer(
         if not policies:
             trace("  no AuthorizationPolicy applies here.")
     plan = c.envoy_plan(key, policies)
-    denied = _envoy_decider(plan.denies, attrs, tcp, trace)
+    if trace.on:
+        for ep in plan.denies + plan.allows:
+            _trace_policy_shape(ep, tcp, trace)
+    denied = _envoy_decider(plan.rules[("DENY", tcp)], attrs, trace, every=True)
     if denied is not None:
-        ep, index, matching = denied
+        rule, matching = denied
         if trace.on:
-            trace(f"  DENY {ep.policy.ref} rule {index} matches → denied. DENY is evaluated before ALLOW, so no "
-                  "ALLOW policy can let this request through (API: authorization_policy.proto; builder.go puts "
+            trace(f"  DENY {rule.ep.policy.ref} rule {rule.index} matches → denied. DENY is evaluated before ALLOW, "
+                  "so no ALLOW policy can let this request through (API: authorization_policy.proto; builder.go puts "
                   "the DENY filter before the ALLOW filter).")
-        return Decision("deny", denial, layer, DENY_MATCHED, ep.policy.ref, index, candidates=matching)
+        return Decision("deny", denial, layer, DENY_MATCHED, rule.ep.policy.ref, rule.index, candidates=matching)
     if not plan.allows:
         trace.on and trace("  no ALLOW policy applies → allowed (deny-by-default only with an ALLOW policy present).")
         return Decision("allow", ALLOWED, layer, NO_ALLOW if plan.any_enforced else NO_POLICY)
-    allowed = _envoy_decider(plan.allows, attrs, tcp, trace)
+    allowed = _envoy_decider(plan.rules[("ALLOW", tcp)], attrs, trace, every=False)
     if allowed is not None:
-        ep, index, matching = allowed
-        trace.on and trace(f"  ALLOW {ep.policy.ref} rule {index} matches → allowed.")
-        return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, ep.policy.ref, index, candidates=matching)
+        rule, _ = allowed
+        trace.on and trace(f"  ALLOW {rule.ep.policy.ref} rule {rule.index} matches → allowed.")
+        return Decision("allow", ALLOWED, layer, ALLOW_MATCHED, rule.ep.policy.ref, rule.index)
     trace.on and trace("  ALLOW policies apply and none matches → denied (rbac_access_denied_matched_policy[none]).")
     return Decision("deny", denial, layer, ALLOW_UNMATCHED)
 
 
 def _envoy_decider(
-    eps: Sequence[_EnvoyPolicy], attrs: Attributes, tcp: bool, trace: _Trace
-) -> tuple[_EnvoyPolicy, int, tuple[str, ...]] | None:
-    """The matching rule Envoy names (smallest policy id) and every policy with a matching rule."""
-    best: tuple[str, _EnvoyPolicy, int] | None = None
+    rules: Sequence[_EnvoyRule], attrs: Attributes, trace: _Trace, every: bool
+) -> tuple[_EnvoyRule, tuple[str, ...]] | None:
+    """The first matching rule in policy-id order, which is the one Envoy names; with `every`, also
+    every policy that has a matching rule (the candidates a proxy log may be compared with)."""
+    first: _EnvoyRule | None = None
     matching: list[str] = []
-    for ep in eps:
-        for index in _envoy_matches(ep, attrs, tcp, trace):
-            pid = envoy_policy_id(ep.policy, index)
-            if best is None or pid < best[0]:
-                best = (pid, ep, index)
-            if ep.policy.ref not in matching:
-                matching.append(ep.policy.ref)
-    return (best[1], best[2], tuple(matching)) if best is not None else None
-
-
-def _envoy_matches(ep: _EnvoyPolicy, attrs: Attributes, tcp: bool, trace: _Trace) -> list[int]:
-    p = ep.policy
-    rules = ep.rules_tcp if tcp else ep.rules_http
-    if trace.on:
-        if not p.rules:
-            trace(f"    {p.ref}: no rules → matches nothing"
-                  f"{' (an ALLOW with no rules allows nothing)' if p.action == 'ALLOW' else ''}.")
-        kept = {i for i, _ in rules}
-        for rule in p.rules or ():
-            if rule.index not in kept:
-                trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only attribute "
-                      "and ALLOW rules that cannot be generated are skipped (model.go checkError).")
-    out: list[int] = []
-    for index, parts in rules:
+    for rule in rules:
+        if first is not None and (not every or rule.ep.policy.ref in matching):
+            continue
         failed = None
-        for label, check in parts:
+        for label, check in rule.parts:
             if not check(attrs):
                 failed = label
                 break
         if failed is None:
-            if trace.on and not parts:
-                trace(f"    {p.ref} rule {index}: empty rule, always matches.")
-            out.append(index)
+            if trace.on and not rule.parts:
+                trace(f"    {rule.ep.policy.ref} rule {rule.index}: empty rule, always matches.")
+            first = first or rule
+            matching.append(rule.ep.policy.ref)
+            if not every:
+                break
         elif trace.on:
-            trace(f"    {p.ref} rule {index}: `{failed}` does not match.")
-    return out
+            trace(f"    {rule.ep.policy.ref} rule {rule.index}: `{failed}` does not match.")
+    return (first, tuple(matching)) if first is not None else None
+
+
+def _trace_policy_shape(ep: _EnvoyPolicy, tcp: bool, trace: _Trace) -> None:
+    p = ep.policy
+    if not p.rules:
+        trace(f"    {p.ref}: no rules → matches nothing"
+              f"{' (an ALLOW with no rules allows nothing)' if p.action == 'ALLOW' else ''}.")
+    kept = {i for i, _ in (ep.rules_tcp if tcp else ep.rules_http)}
+    for rule in p.rules or ():
+        if rule.index not in kept:
+            trace(f"    {p.ref} rule {rule.index}: dropped on this TCP chain: it uses an HTTP-only attribute and "
+                  "ALLOW rules that cannot be generated are skipped (model.go checkError).")
 
 
 def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:

@@ -10,7 +10,7 @@ match plaintext and their `not` forms always do (research note §3.3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conformance.engine.matchers import (
     envoy_header,
@@ -48,13 +48,11 @@ class Attributes:
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names
     host: str | None = None
 
-    @property
-    def uri(self) -> str | None:
-        return self._uri
+    uri: str | None = field(init=False, default=None, compare=False)  # `spiffe://` + principal
 
     def __post_init__(self) -> None:
         # computed once: every identity matcher reads it
-        object.__setattr__(self, "_uri", SPIFFE + self.principal if self.principal is not None else None)
+        object.__setattr__(self, "uri", SPIFFE + self.principal if self.principal is not None else None)
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
