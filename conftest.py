@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 try:
-    from hypothesis import settings
+    from hypothesis import HealthCheck, settings
 except ImportError:  # the suite (`pytest policies`) runs without the test extras
     settings = None
 
@@ -14,3 +14,10 @@ if settings is not None:
     settings.register_profile("ci", deadline=None, print_blob=True)
     settings.register_profile("dev", deadline=None)
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
+    # tests/test_differential.py: each example starts nothing (meshes are reused) but applies policies
+    # to real Envoys and runs a probe batch, ~0.5 s; the example count is set per world in the test.
+    settings.register_profile(
+        "differential", parent=settings.get_profile("ci" if os.environ.get("CI") else "dev"), deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.function_scoped_fixture],
+    )

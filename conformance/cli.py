@@ -1,7 +1,8 @@
-"""`authz-conformance`: validate, predict, explain, lint, compare and schema, without a mesh.
+"""`authz-conformance`: validate, predict, explain, lint, compare and schema without a mesh; repro with one.
 
 Every user error is one line naming file, place and field, with exit code 1; nothing here prints a
-traceback for bad input (a bug still does, on purpose: it must be seen and fixed).
+traceback for bad input (a bug still does, on purpose: it must be seen and fixed). `repro` also exits 1
+when the probe it ran does not conform, so a failure's copy-paste command says so in its status too.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="old", required=True, help="older Istio version, e.g. 1.29")
     sp.add_argument("--to", dest="new", required=True, help="newer Istio version, e.g. 1.30")
     sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    sp = sub.add_parser("repro", help="run one probe of one step on a real target and print its evidence "
+                                      "(exit 1 when it does not conform)")
+    common(sp, many=False)
+    sp.add_argument("--step", required=True, help="step name")
+    sp.add_argument("--probe", required=True, type=int, help="probe index in the step's expect list (from 0)")
+    sp.add_argument("--mode", required=True, choices=MODES, help="the mode to run it in")
+    sp.add_argument("--mesh", choices=("local", "kind", "cluster"), default="local",
+                    help="the target to run it on (default local: real Envoy processes on loopback)")
     return p
 
 
@@ -72,11 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args.files, version, args.mode, args.json, out)
         if args.command == "explain":
             return _explain(args.files[0], version, args.step, args.probe, args.mode, out)
+        if args.command == "repro":
+            from conformance.repro import run_repro
+
+            return run_repro(args.files[0], args.step, args.probe, args.mode, version, args.mesh, out)
     except ScenarioError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except ConformanceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 1
     return 2
 

@@ -4,23 +4,35 @@ Thin glue, following pytest's "Working with non-python tests" pattern: a `pytest
 recognises scenario files by content, a `ScenarioFile` yields one `ModeRun` collector per mode, which
 yields one `StepItem` per step. The mesh for a scenario and mode lives exactly as long as its `ModeRun`
 node (pytest's SetupState calls its setup/teardown around the steps, also on failure and Ctrl-C); the
-target itself lives for the session. The work is done by runner.py; failures are rendered by report.py.
+target itself lives for the session. The work is done by runner.py; failures are rendered by report.py
+and sorted into categories by failures.py; Allure detail is added by allure_report.py, registered only
+when allure-pytest is installed and `--alluredir` is given.
+
+A failure's report carries a short message (the failing cells, one per line: pytest's one-line summary,
+the JUnit `message` attribute and the Allure message all show it) and the full text (tables, evidence,
+explanations, repro commands) as its body.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest._code.code import ReprFileLocation, TerminalRepr
 
 from conformance.errors import ConformanceError, ScenarioError, TargetError
-from conformance.model import MODES, Mode, Scenario, Step
+from conformance.failures import Failure, InfrastructureFailure, InvalidScenarioFailure, step_failure
+from conformance.model import MODES, Expectation, Mode, Scenario, Step
+from conformance.repro import repro_command
 from conformance.runner import StepResult, run_step
 from conformance.scenario import load, sniff
 from conformance.target import MeshSession, Target
+from conformance.truthtable import Row
 from conformance.versions import DEFAULT_VERSION, IstioVersion
 
 TARGETS = ("local", "kind", "cluster")
@@ -46,6 +58,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--require-target", action="store_true",
                     help="fail the run when nothing could run on the requested target (instead of skipping)")
     group.addoption("--kube-context", default=None, help="kubeconfig context for --mesh cluster")
+    group.addoption("--truth-tables", choices=("all", "failed", "none"), default="all",
+                    help="which scenarios' compact truth tables to print after the run (default all)")
     from conformance.mesh.cluster.options import add_cluster_options
 
     add_cluster_options(group, parser)
@@ -57,6 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenario(name): the scenario a step belongs to")
     config.stash[_results_key] = []
     config.stash[_skips_key] = {}
+    from conformance import allure_report
+
+    if allure_report.active(config):
+        config.pluginmanager.register(allure_report.AllureReporter(config), "authz-conformance-allure")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -99,10 +117,17 @@ class InvalidScenario(pytest.Item):
         self.error = error
 
     def runtest(self) -> None:
-        raise self.error
+        problems = getattr(self.error, "problems", None) or [self.error]
+        shown = self.config.invocation_params.dir
+        path = os.path.relpath(self.path, shown) if self.path.is_relative_to(shown) else str(self.path)
+        raise InvalidScenarioFailure(f"{self.path.name}: {len(problems)} problem(s)\n{self.error}\n"
+                                     f"reproduce: {shlex.join(['authz-conformance', 'validate', path])}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        return f"invalid scenario:\n{excinfo.value}"
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | FailureRepr:
+        if isinstance(excinfo.value, Failure):
+            text = str(excinfo.value).split("\n", 1)[1]
+            return FailureRepr(self.path, str(excinfo.value), f"invalid scenario:\n{text}")
+        return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.path.name}: invalid scenario"
@@ -146,16 +171,29 @@ class ModeRun(pytest.Collector):
             mesh.close()
 
 
-class StepFailed(Exception):
-    def __init__(self, result: StepResult):
-        super().__init__("step failed")
-        self.result = result
+class FailureRepr(TerminalRepr):
+    """A failure report with a short message and a full body.
+
+    pytest reads `reprcrash.message` for the one-line summary (`FAILED id - message`) and the JUnit
+    `message` attribute, and `toterminal` / `str()` for the body (console, JUnit element text, Allure
+    trace), so each reader gets the part it can show. (`TerminalRepr` and `ReprFileLocation` are what
+    `repr_failure` is typed to return; pytest does not re-export them.)
+    """
+
+    def __init__(self, path: Path, message: str, text: str):
+        self.reprcrash = ReprFileLocation(str(path), 0, message)
+        self.text = text
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.rstrip("\n").split("\n"):
+            tw.line(line)
 
 
 class StepItem(pytest.Item):
     def __init__(self, *, step: Step, **kwargs: Any):
         super().__init__(**kwargs)
         self.step = step
+        self.result: StepResult | None = None  # set by runtest, read by reports (allure_report)
 
     @property
     def run(self) -> ModeRun:
@@ -164,34 +202,47 @@ class StepItem(pytest.Item):
 
     def runtest(self) -> None:
         run = self.run
-        if run.failure is not None:
-            raise run.failure
-        assert run.mesh is not None
         config = self.config
+        for name, value in (("scenario", run.scenario.name), ("mode", run.mode),
+                            ("istio_version", str(_version(config))), ("target", config.getoption("mesh"))):
+            self.user_properties.append((name, value))
+        where = f"{run.scenario.name} [{run.mode}] step {self.step.name}"
+        again = (f"\nreproduce: {self.repro_command(self.step.expectations[0])}" if self.step.expectations else "")
+        if run.failure is not None:
+            raise InfrastructureFailure(f"{where}: {run.failure}{again}") from run.failure
+        assert run.mesh is not None
         deadline = config.getoption("converge_deadline")
         if deadline is None:
             deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
-        result = run_step(run.mesh, run.scenario, self.step, _version(config),
-                          required=config.getoption("converge"), deadline=deadline,
-                          proofs_readable=getattr(run.mesh, "proofs_readable", True))
+        try:
+            result = run_step(run.mesh, run.scenario, self.step, _version(config),
+                              required=config.getoption("converge"), deadline=deadline,
+                              proofs_readable=getattr(run.mesh, "proofs_readable", True))
+        except (TargetError, ScenarioError) as exc:
+            raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
+        self.result = result
         config.stash[_results_key].append((self, result))
         self.user_properties.append(("barrier_seconds", f"{result.applied.seconds:.4f}"))
         self.user_properties.append(("converge_seconds", f"{result.convergence.seconds:.4f}"))
         if not result.passed:
-            raise StepFailed(result)
+            raise step_failure(result, self.repro_command)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | FailureRepr:
         from conformance.report import render_failure
 
-        if isinstance(excinfo.value, StepFailed):
-            return render_failure(excinfo.value.result, self.repro_command())
-        if isinstance(excinfo.value, (TargetError, ScenarioError)):
-            return f"infrastructure failure: {excinfo.value}"
+        exc = excinfo.value
+        if isinstance(exc, Failure) and exc.result is not None:
+            return FailureRepr(self.path, str(exc), render_failure(exc.result, self.repro_command))
+        if isinstance(exc, Failure):
+            return FailureRepr(self.path, str(exc), str(exc))
         return str(super().repr_failure(excinfo, style=style))
 
-    def repro_command(self) -> str:
-        return (f"authz-conformance repro {self.run.scenario.path} --step {self.step.name} "
-                f"--mode {self.run.mode} --istio-version {self.config.getoption('istio_version')}")
+    def repro_command(self, probe: Row | Expectation) -> str:
+        """The copy-paste command that runs this probe alone on the same target (`authz-conformance repro`)."""
+        index = probe.expectation.index if isinstance(probe, Row) else probe.index
+        return repro_command(self.run.scenario.path, self.step.name, index, self.run.mode,
+                             _version(self.config), self.config.getoption("mesh"),
+                             cwd=self.config.invocation_params.dir)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.run.scenario.name} [{self.run.mode}] step {self.step.name}"
@@ -201,9 +252,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from conformance.report import render_summary
 
     results = config.stash.get(_results_key, [])
-    if results:
+    which = config.getoption("truth_tables")
+    if results and which != "none" and (which == "all" or any(not r.passed for _, r in results)):
         terminalreporter.section("authz-conformance truth tables")
-        render_summary([r for _, r in results], terminalreporter._tw)
+        render_summary([r for _, r in results], terminalreporter._tw, only_failed=which == "failed")
     skips = config.stash.get(_skips_key, {})
     if skips:
         terminalreporter.section("authz-conformance: not run on this target")

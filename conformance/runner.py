@@ -6,11 +6,14 @@ Written once for every target (the local mesh, kind, an existing cluster): it on
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conformance.converge import Convergence, ProbeRecord, converge
-from conformance.model import Scenario, Step
+from conformance.gap import DEFAULT_ROUNDS_AFTER, GapRecord, measure_gap
+from conformance.model import Manifest, Probe, Scenario, Step
 from conformance.probe import Observation
 from conformance.target import Applied, MeshSession
 from conformance.truthtable import Row, TruthTable, predict
@@ -23,6 +26,9 @@ class StepResult:
     table: TruthTable
     applied: Applied
     convergence: Convergence
+    # The enforcement gap measured while the change landed (gap.py): which newly denied probes were
+    # still allowed after the target reported the change in force, how often and for how long.
+    gap: GapRecord = field(default_factory=lambda: GapRecord(skipped="not measured"))
 
     def record(self, row: Row) -> ProbeRecord:
         return self.convergence.records[self.table.rows.index(row)]
@@ -42,6 +48,33 @@ class StepResult:
                 if rec.judgements and not rec.judgements[0].passed and rec.converged_after is not None]
 
 
+# What run_step last put in force on each session, to know which probes a step newly denies. Keyed
+# weakly: a closed session must not be kept alive by this.
+_IN_FORCE: weakref.WeakKeyDictionary[object, tuple[Manifest, ...]] = weakref.WeakKeyDictionary()
+
+
+def _in_force(session: MeshSession) -> tuple[Manifest, ...]:
+    try:
+        return _IN_FORCE.get(session, ())
+    except TypeError:  # a session type that cannot be weakly referenced: assume a fresh mesh
+        return ()
+
+
+def _remember(session: MeshSession, policies: tuple[Manifest, ...]) -> None:
+    with contextlib.suppress(TypeError):  # not weakly referenceable: the next step assumes a fresh mesh
+        _IN_FORCE[session] = policies
+
+
+def newly_denied(scenario: Scenario, step: Step, table: TruthTable, before: tuple[Manifest, ...],
+                 version: IstioVersion, addresses: dict[str, str]) -> list[tuple[int, Probe]]:
+    """The rows this step expects denied that the policies in force before it allowed (engine's view):
+    the probes a change that has not landed yet would still let through."""
+    previous = predict(scenario, Step(f"{step.name} (before)", before, step.expectations), table.mode, version,
+                       addresses)
+    return [(i, row.probe) for i, (row, prev) in enumerate(zip(table.rows, previous.rows, strict=True))
+            if table.expected(row) == "deny" and prev.predicted.verdict == "allow"]
+
+
 def run_step(
     session: MeshSession,
     scenario: Scenario,
@@ -50,10 +83,25 @@ def run_step(
     required: int = 3,
     deadline: float = 30.0,
     proofs_readable: bool = True,
+    gap: bool | None = None,
+    gap_rounds: int = DEFAULT_ROUNDS_AFTER,
 ) -> StepResult:
+    """Predict, apply (measuring the enforcement gap), then probe until converged, and judge.
+
+    `gap`: probe the newly denied rows in a tight loop while the change lands (gap.py). None (default)
+    measures it where the session says probes may run while apply() does (`probes_during_apply`, the
+    local mesh); a target without that flag gets `gap.skipped`.
+    """
     table = predict(scenario, step, session.mode, version, session.addresses)
-    applied = session.apply(step.policies)
     rows = table.rows
+    measure = getattr(session, "probes_during_apply", False) if gap is None else gap
+    if measure:
+        watched = newly_denied(scenario, step, table, _in_force(session), version, dict(session.addresses))
+        applied, gap_record = measure_gap(session, lambda: session.apply(step.policies), watched, gap_rounds)
+    else:
+        applied = session.apply(step.policies)
+        gap_record = GapRecord(skipped="the target does not probe while a change lands")
+    _remember(session, step.policies)
 
     def probe_round(indices: Sequence[int]) -> list[tuple[Observation, Judgement, bool]]:
         selected = [rows[i] for i in indices]
@@ -68,4 +116,4 @@ def run_step(
     for row, rec in zip(rows, convergence.records, strict=True):
         row.observed = rec.observations
         row.converged_after = rec.converged_after
-    return StepResult(table, applied, convergence)
+    return StepResult(table, applied, convergence, gap_record)

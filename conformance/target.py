@@ -28,10 +28,17 @@ class Applied:
     created: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()
     deleted: tuple[str, ...] = ()
+    # time.monotonic() when the barrier passed, if the target knows it more precisely than "when apply()
+    # returned": the enforcement-gap loop (gap.py) counts observations after this instant as stale.
+    acknowledged_at: float | None = None
 
 
 class MeshSession(Protocol):
-    """A running mesh for one scenario in one mode; a context manager that tears everything down."""
+    """A running mesh for one scenario in one mode; a context manager that tears everything down.
+
+    Optional: a class attribute `probes_during_apply = True` says probe() may be called from another
+    thread while apply() runs; the runner then measures the enforcement gap (conformance/gap.py).
+    """
 
     mode: Mode
     addresses: Mapping[str, str]  # "ns/name" of every workload and waypoint -> its address

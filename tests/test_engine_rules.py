@@ -330,6 +330,48 @@ def test_out_of_mesh_client_bypasses_the_waypoint() -> None:
     assert verdict(s, probe(OUTSIDER), "waypoint") == "allow"
 
 
+def test_waypoint_ip_blocks_see_the_internal_client_address_istio_46982() -> None:
+    """Differential-test finding: at a waypoint `ipBlocks` / `source.ip` are Envoy's direct_remote_ip
+    (generator.go srcIPGenerator), and the waypoint's inner listener restores only the remote address
+    (filters.go connect_authority → original_dst setRemoteAddress), so the direct one stays
+    `envoy://internal_client_address/`: a positive IP match never holds there, a not-form always does.
+    The same ipBlocks in a selector policy still match at the destination ztunnel (the waypoint's IP)."""
+    refs = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]
+    s = state(ap("wp-ip", {"targetRefs": refs, "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/24"]}}]}]}),
+              waypoints=WAYPOINT)
+    d = why(s, probe(FRONTEND), "waypoint")
+    assert (d.verdict, d.outcome, d.layer, d.policy) == ("deny", DENIED_L7, "waypoint", None)
+    assert any("internal_client_address" in line for line in d.trace)
+    assert verdict(s, probe(FRONTEND), "sidecar") == "allow", "targetRefs policies never reach sidecars"
+    s_not = state(ap("wp-not-ip", {"targetRefs": refs, "action": "DENY",
+                                   "rules": [{"when": [{"key": "source.ip", "notValues": ["10.0.0.2"]}]}]}),
+                  waypoints=WAYPOINT)
+    assert verdict(s_not, probe(FRONTEND), "waypoint") == "deny"
+    s_sel = state(ap("l4-ip", {"selector": {"matchLabels": {"app": "backend"}},
+                              "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.100"]}}]}]}), waypoints=WAYPOINT)
+    assert verdict(s_sel, probe(FRONTEND), "waypoint") == "allow", "ztunnel sees the waypoint's own address"
+
+
+def test_waypoint_sees_no_sni_for_plaintext_services_istio_53588() -> None:
+    """Differential-test finding: `connection.sni` matches the client sidecar's Istio SNI at a sidecar,
+    but a waypoint's `main_internal` listener inspects TLS only on ports of TLS services
+    (listener_waypoint.go buildWaypointInternal, istio/istio#53588): for plaintext services the SNI is
+    empty there, so a positive SNI match never holds and a not-form always does."""
+    sni = "outbound_.8080_._.backend.default.svc.cluster.local"
+    refs = [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]
+    deny = {"action": "DENY", "rules": [{"when": [{"key": "connection.sni", "values": [sni]}]}]}
+    s_sidecar = state(ap("deny-sni", deny))
+    assert verdict(s_sidecar, probe(FRONTEND), "sidecar") == "deny"
+    assert verdict(s_sidecar, probe(OUTSIDER), "sidecar") == "allow", "plaintext carries no SNI"
+    s_wp = state(ap("wp-deny-sni", {"targetRefs": refs, **deny}), waypoints=WAYPOINT)
+    d = why(s_wp, probe(FRONTEND), "waypoint")
+    assert d.verdict == "allow" and any("istio/istio#53588" in line for line in d.trace)
+    s_not = state(ap("wp-deny-not-sni", {"targetRefs": refs, "action": "DENY",
+                                         "rules": [{"when": [{"key": "connection.sni", "notValues": [sni]}]}]}),
+                  waypoints=WAYPOINT)
+    assert verdict(s_not, probe(FRONTEND), "waypoint") == "deny"
+
+
 # -- trustDomains (Istio 1.30.2+, istio/istio#59358 backported in 71500c473b8) -------------------------------
 
 def test_trust_domains_match_in_envoy_and_are_ignored_by_ztunnel() -> None:

@@ -274,7 +274,14 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
     return replace(result, trace=tuple(trace.lines)) if trace.on else result
 
 
-def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool) -> Attributes:
+def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool,
+                sidecar_sni: bool = True) -> Attributes:
+    """What the enforcing Envoy sees. `sidecar_sni`: the connection is the client sidecar's mTLS, whose SNI
+    is Istio's outbound_.<port>_._.<svc>.<ns>.svc.cluster.local (plaintext has none). A waypoint's inner
+    listener sees no SNI for the plaintext HTTP and TCP services modelled here: istiod enables the TLS
+    inspector on `main_internal` only for ports of TLS services (listener_waypoint.go
+    buildWaypointInternal, istio/istio#53588), so `connection.sni` there only ever matches the
+    application's own TLS, which the suite does not model."""
     dst = probe.destination
     r = probe.request
     return Attributes(
@@ -282,9 +289,8 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
         source_ip=source_ip,
         destination_ip=state.addresses.get(dst.ref, ""),
         destination_port=probe.port.number,
-        # Istio's client sidecar sets SNI outbound_.<port>_._.<svc>.<ns>.svc.cluster.local (plaintext: none)
         sni=(f"outbound_.{probe.port.number}_._.{dst.name}.{dst.namespace}.svc.cluster.local"
-             if identity is not None else None),
+             if identity is not None and sidecar_sni else None),
         method=r.method if http else None,
         path=normalize_path(r.path) if http else None,
         headers=tuple((k.lower(), v) for k, v in r.headers if k.lower() != "host") if http else (),
@@ -293,6 +299,18 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
 
 
 # -- Envoy layers (sidecar, waypoint) -------------------------------------------------------------------
+
+# What `ipBlocks` / `source.ip` see at a waypoint. istiod compiles both to Envoy's `direct_remote_ip`
+# (istio/istio@1.30.3 pilot/pkg/security/authz/model/generator.go srcIPGenerator → principalDirectRemoteIP).
+# A waypoint terminates HBONE and hands the request to an internal listener (`main_internal`); its
+# connect_authority filter (pilot/pkg/xds/filters/filters.go) passes the client address in filter state
+# `envoy.filters.listener.original_dst.remote_ip`, which Envoy's original_dst listener filter applies
+# with `setRemoteAddress` (envoy source/extensions/filters/listener/original_dst/original_dst.cc). That
+# changes the remote address only: `ConnectionInfoSetterImpl` keeps the direct remote address it was
+# created with (envoy source/common/network/socket_impl.h), the internal client address. So at a waypoint
+# a positive IP match never holds and its not-form always does (istio/istio#46982, still so in 1.30.3;
+# measured in Envoy 1.40 by tests/test_differential.py, regression tests/data/regressions/).
+WAYPOINT_DIRECT_REMOTE = "envoy://internal_client_address/"
 
 
 def envoy_policy_id(p: AuthorizationPolicy, rule: int) -> str:
@@ -480,8 +498,14 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     trace.on and trace(f"Waypoint {waypoint.ref} serves {dst.ref}: it enforces policies bound by targetRefs "
           "(Gateway, Service, GatewayClass istio-waypoint); selector and namespace-wide policies are ignored there.")
     tcp = probe.port.protocol == "TCP"
-    attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), state.addresses.get(src.ref, ""),
-                        http=not tcp)
+    attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), WAYPOINT_DIRECT_REMOTE, http=not tcp,
+                        sidecar_sni=False)
+    trace.on and trace("  At the waypoint, `ipBlocks` and `source.ip` see no client address: istiod compiles them to "
+                       "Envoy's direct_remote_ip (generator.go srcIPGenerator), and the waypoint's inner listener "
+                       f"only restores the remote address, so the direct one stays {WAYPOINT_DIRECT_REMOTE} "
+                       "(istio/istio#46982): positive IP matches fail there, their not-forms hold. Nor is "
+                       "there an SNI (`connection.sni`): the waypoint inspects TLS only for TLS services "
+                       "(listener_waypoint.go, istio/istio#53588).")
     bound = [p for p in state.authorization_policies
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
     at_waypoint = _envoy_layer(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, attrs, tcp, "waypoint",

@@ -555,26 +555,41 @@ def waypoint_inner_listener(ctx: ProxyContext, peer: Peer, port: Port,
     """The internal listener applying the waypoint's policies for one service port.
 
     HTTP ports: an HCM with Istio's path normalization, the RBAC filters, then the router to the
-    originating internal listener. TCP ports: network RBAC, then HBONE to the destination directly.
+    originating internal listener. TCP ports: network RBAC, then a tcp_proxy to the originating internal
+    listener, as istiod builds it (listener_waypoint.go buildWaypointNetworkFilters: the service's TCP
+    chain proxies to its inbound-vip cluster, whose endpoint is the `connect_originate` internal
+    listener, and buildCompleteNetworkFilters puts the network RBAC in front).
     """
     name = waypoint_inner_name(peer, port)
     log = access_log(ctx.log_path, f"waypoint {peer.ref}:{port.number}")
-    client = f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%"
     if port.protocol == "HTTP":
         body = [http_connection_manager(f"waypoint_{port.number}", [route_to(_originate_name(peer, port))],
                                         filters, log)]
         return _internal_listener(name, body, access_log(ctx.log_path, f"waypoint conn {peer.ref}:{port.number}"),
                                   original_dst=True)
-    proxy = tcp_proxy(f"waypoint_{port.number}", f"hbone|{peer.ref}",
-                      tunnel_authority=f"{peer.address}:{port.number}", client=client)
+    proxy = tcp_proxy(f"waypoint_{port.number}", _originate_name(peer, port), log)
     return _internal_listener(name, [*filters, proxy], log, original_dst=True)
 
 
 def waypoint_originate_listener(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str, Any]:
-    """`connect_originate`: the waypoint's own HBONE to the destination (its certificate, its identity)."""
+    """`connect_originate`: the waypoint's own HBONE to the destination (its certificate, its identity).
+
+    For a TCP port the origination waits for the first downstream bytes (tcp_proxy
+    `upstream_connect_mode: ON_DOWNSTREAM_DATA`), which only arrive once the waypoint's network RBAC in
+    front of it let them through. Istio connects at once; a network RBAC filter decides on the first
+    data (Envoy rbac_filter.cc onData), while Envoy's tcp_proxy keeps the downstream read-disabled until
+    its upstream is connected. Connecting at once therefore races the waypoint's own decision against the
+    destination ztunnel's answer to the waypoint: when both deny, either may be the one that logs it. In
+    Istio the waypoint nearly always wins (its client's bytes arrive before a new mTLS handshake to the
+    destination completes); waiting for the data makes that order certain, so the deciding proxy is the
+    first enforcer on the path, as the verdict engine reports it. Decisions are not changed by this.
+    """
     client = f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%"
     proxy = tcp_proxy(f"originate_{port.number}", f"hbone|{peer.ref}",
                       tunnel_authority=f"{peer.address}:{port.number}", client=client)
+    if port.protocol == "TCP":
+        proxy["typed_config"]["upstream_connect_mode"] = "ON_DOWNSTREAM_DATA"
+        proxy["typed_config"]["max_early_data_bytes"] = 65536
     return _internal_listener(_originate_name(peer, port), [proxy],
                               access_log(ctx.log_path, f"waypoint originate {peer.ref}:{port.number}"),
                               original_dst=False)
@@ -612,13 +627,12 @@ def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) ->
         ))
     for peer, port in served:
         clusters.append(_internal_cluster(waypoint_inner_name(peer, port), http=False))
-        if port.protocol == "HTTP":
-            clusters.append(_internal_cluster(_originate_name(peer, port), http=True))
+        clusters.append(_internal_cluster(_originate_name(peer, port), http=port.protocol == "HTTP"))
     return clusters
 
 
 def waypoint_static_listeners(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) -> list[dict[str, Any]]:
     """The listeners that never change with policies: HBONE termination and origination."""
     listeners = [waypoint_terminate_listener(ctx, served)]
-    listeners += [waypoint_originate_listener(ctx, peer, port) for peer, port in served if port.protocol == "HTTP"]
+    listeners += [waypoint_originate_listener(ctx, peer, port) for peer, port in served]
     return listeners

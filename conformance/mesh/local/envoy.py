@@ -3,9 +3,12 @@
 Config reaches Envoy through watched xDS files (research/envoy-local-mesh.md): LDS and CDS each live in
 their own watched directory; a new version is written to a temp file beside them and `rename()`d in
 (the watch fires on moves, and Envoy never reads a half-written file). A change is in force only when
-Envoy says so: `listener_manager.lds.update_success` has moved past its value before the write and no
-listener is still warming. `lds.update_rejected` moving instead is an error that names the proxy and
-Envoy's own rejection message. Nothing here ever sleeps for a fixed time to "let config settle".
+Envoy says so: every LDS file carries its own `version_info`, and the change is acknowledged when
+Envoy's `listener_manager.lds.version_text` reports exactly that version and no listener is still
+warming. That names the write that was accepted (a counter that merely moved could have moved for an
+earlier write) and needs no read of the counters before writing, which halves the admin round trips
+of a policy change. `lds.update_rejected` moving instead is an error that names the proxy and Envoy's
+own rejection message. Nothing here ever sleeps for a fixed time to "let config settle".
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import lifetime
@@ -30,7 +34,11 @@ ENVOY_FLAGS = (
     "--concurrency", "1",          # one worker: ~15 MB private memory per proxy, deterministic logs
     "--disable-hot-restart",       # many Envoys on one host would fight over the hot-restart socket
     "--drain-time-s", "0",         # an LDS change must not leave old filter chains serving connections
-    "--file-flush-interval-msec", "20",  # access logs are the proof of denial: read them promptly
+    # Access logs are the proof of denial, read right after each probe: flush every record at once (a
+    # buffer larger than 0 KiB wakes the flush thread), rather than every 20 ms, which cost a probe ~10 ms
+    # of waiting on average; the timer then only catches what the wake-up missed.
+    "--file-flush-min-size-kb", "0",
+    "--file-flush-interval-msec", "250",
     # A misspelt field in generated RBAC would otherwise be dropped with a warning, leaving a policy
     # silently inert: reject it instead, so the compiler's mistake is an error with Envoy's words.
     "--reject-unknown-dynamic-fields",
@@ -68,6 +76,7 @@ class AdminStats:
     success: int
     rejected: int
     warming: int
+    version: str = ""  # listener_manager.lds.version_text: the version_info of the LDS file in force
 
 
 class EnvoyProcess:
@@ -89,6 +98,8 @@ class EnvoyProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._staging = directory / "staging"
         self._last: dict[Path, str] = {}
+        self._lds_version = 0  # the version_info of the last LDS file written
+        self.rejected_seen = 0  # lds.update_rejected as last read: a rise means our last write was refused
         for sub in ("lds", "cds", "staging"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
 
@@ -125,25 +136,36 @@ class EnvoyProcess:
     def write_clusters(self, clusters: Sequence[Mapping[str, Any]]) -> bool:
         return self._write(self.cds_path, CLUSTER_TYPE, clusters)
 
-    def write_listeners(self, listeners: Sequence[Mapping[str, Any]]) -> bool:
-        """Stage and rename the LDS file; False when the content is unchanged (nothing to wait for)."""
-        return self._write(self.lds_path, LISTENER_TYPE, listeners)
+    def write_listeners(self, listeners: Sequence[Mapping[str, Any]]) -> str | None:
+        """Stage and rename the LDS file under a new `version_info`; returns that version, or None when
+        the listeners are unchanged (nothing to wait for)."""
+        body = _render_resources(LISTENER_TYPE, listeners)
+        if self._last.get(self.lds_path) == body:
+            return None
+        self._lds_version += 1
+        version = str(self._lds_version)
+        self._stage(self.lds_path, '{"version_info": "' + version + '", ' + body[1:])
+        self._last[self.lds_path] = body
+        return version
 
     def forget_listeners(self) -> None:
         self._last.pop(self.lds_path, None)
 
     def listeners_differ(self, listeners: Sequence[Mapping[str, Any]]) -> bool:
-        return self._last.get(self.lds_path) != _render(LISTENER_TYPE, listeners)
+        return self._last.get(self.lds_path) != _render_resources(LISTENER_TYPE, listeners)
 
     def _write(self, path: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> bool:
-        text = _render(type_url, resources)
+        text = _render_resources(type_url, resources)
         if self._last.get(path) == text:
             return False
+        self._stage(path, text)
+        self._last[path] = text
+        return True
+
+    def _stage(self, path: Path, text: str) -> None:
         staged = self._staging / f"{path.name}.{time.monotonic_ns()}"
         staged.write_text(text)
         os.replace(staged, path)
-        self._last[path] = text
-        return True
 
     # --- process ------------------------------------------------------------------------------------
 
@@ -190,14 +212,18 @@ class EnvoyProcess:
         return status == 200
 
     def stats(self) -> AdminStats:
-        _, text = self.admin_get(
-            "/stats?filter=" + "^listener_manager\\.(lds\\.update_(success|rejected)|total_listeners_warming)$"
-        )
-        values = dict(re.findall(r"^([\w.]+): (\d+)$", text, re.M))
+        _, text = self.admin_get(_STATS_QUERY)
+        values = dict(re.findall(r'^([\w.]+): "?([^"\n]*)"?$', text, re.M))
+
+        def number(key: str) -> int:
+            value = values.get(key, "0")
+            return int(value) if value.isdigit() else 0
+
         return AdminStats(
-            int(values.get("listener_manager.lds.update_success", 0)),
-            int(values.get("listener_manager.lds.update_rejected", 0)),
-            int(values.get("listener_manager.total_listeners_warming", 0)),
+            number("listener_manager.lds.update_success"),
+            number("listener_manager.lds.update_rejected"),
+            number("listener_manager.total_listeners_warming"),
+            values.get("listener_manager.lds.version_text", ""),
         )
 
     def rejection_message(self) -> str:
@@ -210,8 +236,14 @@ class EnvoyProcess:
         return hits[-1] if hits else self.stderr_tail(5)
 
 
-def _render(type_url: str, resources: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps({"resources": [{"@type": type_url, **r} for r in resources]}, indent=1)
+# One admin request per poll: the LDS version in force, rejections, warming listeners (a URL-encoded RE2).
+_STATS_QUERY = "/stats?filter=" + quote(
+    r"^listener_manager\.(lds\.(update_success|update_rejected|version_text)|total_listeners_warming)$", safe="")
+
+
+def _render_resources(type_url: str, resources: Sequence[Mapping[str, Any]]) -> str:
+    """A DiscoveryResponse without version, compact (a policy change renders every changed proxy's LDS)."""
+    return json.dumps({"resources": [{"@type": type_url, **r} for r in resources]}, separators=(",", ":"))
 
 
 def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
@@ -237,6 +269,7 @@ def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
             time.sleep(_POLL)
     for env in envoys:
         stats = env.stats()
+        env.rejected_seen = stats.rejected
         if stats.rejected:
             raise EnvoyConfigRejected(
                 f"Envoy for {env.name} rejected its initial listeners: {env.rejection_message()}"
@@ -247,29 +280,38 @@ def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
 def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]], timeout: float = 10.0) -> int:
     """Write new listeners to several Envoys at once and wait until each has acknowledged them.
 
-    Acknowledged = `lds.update_success` moved past its value from before the write and no listener is
-    warming. Returns how many Envoys really changed (unchanged files are not rewritten).
+    Acknowledged = `lds.version_text` is the version just written and no listener is warming. All files
+    are written first, then the Envoys are polled together, so the wait is the slowest Envoy's, not the
+    sum. Returns how many Envoys really changed (unchanged files are not rewritten).
     """
-    before: dict[EnvoyProcess, AdminStats] = {}
+    pending: dict[EnvoyProcess, str] = {}
     for env, listeners in changes.items():
-        if env.listeners_differ(listeners):
-            before[env] = env.stats()  # read before the write, or a fast ack could be missed
-            env.write_listeners(listeners)
+        version = env.write_listeners(listeners)
+        if version is not None:
+            pending[env] = version
     start = time.monotonic()
-    pending = dict(before)
+    changed = len(pending)
+    rejected: list[EnvoyProcess] = []
     while pending:
-        for env, old in list(pending.items()):
+        for env, version in list(pending.items()):
             if not env.alive():
                 raise TargetError(f"Envoy for {env.name} died while applying policies:\n{env.stderr_tail()}")
             now = env.stats()
-            if now.rejected > old.rejected:
+            if now.rejected > env.rejected_seen:
+                # Keep waiting for the others, so every counter is read again before the next apply.
+                env.rejected_seen = now.rejected
                 env.forget_listeners()  # Envoy still runs the previous config: rewrite on the next apply
-                raise EnvoyConfigRejected(
-                    f"Envoy for {env.name} rejected the listeners for the new policies: "
-                    f"{env.rejection_message()}"
-                )
-            if now.success > old.success and now.warming == 0:
+                rejected.append(env)
                 del pending[env]
+            elif now.version == version and now.warming == 0:
+                del pending[env]
+        if not pending and rejected:
+            env = rejected[0]
+            others = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+            raise EnvoyConfigRejected(
+                f"Envoy for {env.name}{others} rejected the listeners for the new policies: "
+                f"{env.rejection_message()}"
+            )
         if pending:
             if time.monotonic() - start > timeout:
                 raise TargetError(
@@ -277,7 +319,7 @@ def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]]
                     f"{timeout:.0f}s from: {', '.join(e.name for e in pending)}"
                 )
             time.sleep(_POLL / 5)
-    return len(before)
+    return changed
 
 
 def remove_tree(path: Path) -> None:

@@ -63,14 +63,26 @@ class LogRecord:
         return self.decision is not None or self.strict_rejection
 
 
+# Fields a probe's records are looked up by (mesh.py _records_of): indexed as records arrive, so that
+# finding the records of a batch of hundreds of probes costs a dictionary lookup each, not a scan.
+INDEXED_FIELDS = ("request_id", "direct", "client", "client_state")
+
+
 class AccessLog:
     """An Envoy access-log file followed incrementally; complete lines only (a flush may end mid-line)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.records: list[LogRecord] = []
+        self.index: dict[tuple[str, str], list[int]] = {}  # (field, value) -> record positions, in order
         self._offset = 0
         self._partial = b""
+
+    def lookup(self, field: str, value: str | None, since: int = 0) -> list[int]:
+        """Positions (≥ `since`) of the records whose `field` is `value`, oldest first."""
+        if not value:
+            return []
+        return [i for i in self.index.get((field, value), ()) if i >= since]
 
     def refresh(self) -> int:
         """Read what was appended; returns the number of new records."""
@@ -92,7 +104,13 @@ class AccessLog:
                 fields = json.loads(text)
             except ValueError:
                 fields = {"unparsed": text}
-            self.records.append(LogRecord(fields, text))
+            record = LogRecord(fields, text)
+            position = len(self.records)
+            self.records.append(record)
+            for name in INDEXED_FIELDS:
+                value = record.get(name)
+                if value:
+                    self.index.setdefault((name, value), []).append(position)
         return len(self.records) - before
 
     def since(self, index: int) -> list[LogRecord]:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +120,10 @@ class _Planned:
 
 class LocalMeshSession:
     """One running local mesh (see the module docstring for its life)."""
+
+    # probe() may run while apply() does (they share no state): the runner measures the enforcement
+    # gap with a probe loop beside apply() (conformance/gap.py).
+    probes_during_apply = True
 
     def __init__(self, scenario: Scenario, mode: Mode, target: LocalTarget):
         self.scenario = scenario
@@ -363,7 +367,8 @@ class LocalMeshSession:
             rendered = tuple(m.rendered(self.addresses) for m in policies)
             changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
             update_listeners(changes)
-            seconds = time.monotonic() - start
+            acknowledged = time.monotonic()
+            seconds = acknowledged - start
             before = {m.key: m.body for m in self._policies}
             after = {m.key: m.body for m in rendered}
             self._policies = rendered
@@ -373,6 +378,7 @@ class LocalMeshSession:
 
         return Applied(
             seconds=seconds,
+            acknowledged_at=acknowledged,
             created=tuple(name(k) for k in after if k not in before),
             updated=tuple(name(k) for k in after if k in before and before[k] != after[k]),
             deleted=tuple(name(k) for k in before if k not in after),
@@ -465,7 +471,7 @@ class LocalMeshSession:
                 break
             final = time.monotonic() > deadline  # one last pass takes the best record there is
             if not final:
-                time.sleep(0.01)
+                time.sleep(0.002)  # Envoy flushes each record at once (envoy.py ENVOY_FLAGS): poll closely
         out: list[tuple[Proof | None, tuple[str, ...]]] = []
         for i, plan in enumerate(plans):
             enforcers = self._enforcers(plan.probe)
@@ -485,17 +491,28 @@ class LocalMeshSession:
     def _records_of(self, ref: str, plan: _Planned, result: CurlResult,
                     marks: Mapping[str, int]) -> list[LogRecord]:
         src = plan.probe.source
-        records = self._logs[ref].since(marks[ref])
+        log = self._logs[ref]
         rid, local = plan.request.request_id, result.local_address
-        matched = [r for r in records if r.get("request_id") == rid or local in (
-            r.get("direct"), r.get("client"), r.get("client_state"))]
-        if not matched and src.in_mesh and src.ref in self._logs:
+        since = marks[ref]
+        # A source's own outbound records are never an enforcer's decision; they share the log with the
+        # enforcer's inbound records when a workload calls its own service (then they would be found
+        # first, by curl's address or the request id, and hide the inbound denial).
+        def inbound(found: Iterable[int]) -> set[int]:
+            return {i for i in found if not log.records[i].get("tag").startswith("outbound")}
+
+        positions = inbound(log.lookup("request_id", rid, since))
+        for name in ("direct", "client", "client_state"):
+            positions |= inbound(log.lookup(name, local, since))
+        if not positions and src.in_mesh and src.ref in self._logs:
+            source_log = self._logs[src.ref]
             upstream = {
-                r.get("upstream_local") for r in self._logs[src.ref].since(marks[src.ref])
-                if r.get("direct") == local and r.get("upstream_local")
+                source_log.records[i].get("upstream_local")
+                for i in source_log.lookup("direct", local, marks[src.ref])
+                if source_log.records[i].get("upstream_local")
             }
-            matched = [r for r in records if r.get("direct") in upstream]
-        return matched
+            for address in upstream:
+                positions |= inbound(log.lookup("direct", address, since))
+        return [log.records[i] for i in sorted(positions)]
 
     def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
                final: bool) -> tuple[str, LogRecord] | None:

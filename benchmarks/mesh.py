@@ -1,0 +1,279 @@
+"""Local mesh figures: start time, probe throughput, change-to-enforcement time, probe overhead, memory,
+and the engine's decisions per second, printed as one table (run on demand).
+
+    python benchmarks/mesh.py [--quick]
+
+Issue 4's goals: a 10-workload mesh up in ≤ 1.5 s; ≥ 150 probes/s with parallel probes on 2 cores; a
+policy change enforced ≤ 50 ms after it is made, with zero stale decisions after Envoy's
+acknowledgement; a probe costs ≤ 2× a bare curl through the same two proxies; memory per workload; the
+engine's decisions per second (benchmarks/engine.py). Every figure is wall-clock time of real processes
+on this machine (other load distorts them: the table says how many cores there are and how busy they
+were), the median of several runs where it says so. `--quick` runs fewer repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.engine import probes as engine_probes
+from benchmarks.engine import world as engine_world
+from conformance.engine import decide
+from conformance.gap import measure_gap
+from conformance.mesh.local.curl import run_curl
+from conformance.mesh.local.envoy import envoy_binary
+from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
+from conformance.model import (
+    DENIAL_FORMS,
+    Manifest,
+    MeshConfig,
+    Port,
+    Probe,
+    Request,
+    Scenario,
+    Workload,
+)
+from conformance.versions import IstioVersion
+
+Row = tuple[str, str, str, str]  # figure, value, goal, verdict
+
+
+def scenario(n: int) -> Scenario:
+    """`n` workloads in n/5 namespaces: servers with an HTTP and a TCP port, every fifth a client only."""
+    namespaces = [f"ns{i}" for i in range(max(2, n // 5))]
+    workloads = []
+    for i in range(n):
+        ports = () if i % 5 == 4 else (Port(8080), Port(9000, "TCP"))
+        workloads.append(Workload(f"w{i}", namespaces[i % len(namespaces)], f"sa{i}", {"app": f"w{i}"}, ports))
+    return Scenario(f"bench-{n}", "", f"<bench {n}>", ("sidecar", "ambient"), MeshConfig(), tuple(workloads), (), ())
+
+
+def deny_all(namespace: str) -> Manifest:
+    body = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-all", "namespace": namespace},
+            "spec": {"action": "DENY", "rules": [{}]}}
+    return Manifest("AuthorizationPolicy", "security.istio.io/v1", "deny-all", namespace, body, "bench")
+
+
+def all_probes(sc: Scenario, count: int) -> list[Probe]:
+    """`count` probes cycling over every (source, server port) pair, HTTP and TCP."""
+    pairs = [(s, d, p) for s in sc.workloads for d in sc.workloads if d.ports and d is not s for p in d.ports]
+    return [Probe(s, d, p, Request("GET", f"/bench/{i}")) for i, (s, d, p) in
+            ((i, pairs[i % len(pairs)]) for i in range(count))]
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.monotonic()
+    out = fn()
+    return time.monotonic() - t0, out
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process (/proc/<pid>/smaps_rollup): shared pages split between
+    their users, so Envoys sharing one binary are not counted 50 times."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_times(n: int, mode: str, runs: int) -> tuple[list[float], dict[str, float], int]:
+    """Start `runs` meshes of n workloads (canary probes included: that is when a user can run probes);
+    returns the times, the last run's phase timings and its total PSS in KiB."""
+    target = LocalTarget()
+    times: list[float] = []
+    phases: dict[str, float] = {}
+    pss = 0
+    for _ in range(runs):
+        seconds, session = timed(lambda: target.start(scenario(n), mode))  # type: ignore[arg-type]
+        try:
+            times.append(seconds)
+            phases = dict(session.timings)
+            pss = sum(pss_kib(pid) for pid in session.pids())
+        finally:
+            session.close()
+    return times, phases, pss
+
+
+def throughput(session: LocalMeshSession, sc: Scenario, count: int, runs: int) -> list[float]:
+    rates = []
+    batch = all_probes(sc, count)
+    session.probe(batch[:20])  # warm-up
+    for _ in range(runs):
+        seconds, observations = timed(lambda: session.probe(batch))
+        bad = [o for o in observations if o.outcome != "allowed"]
+        if bad:
+            raise SystemExit(f"throughput run: {len(bad)} probes not allowed, e.g. {bad[0]}")
+        rates.append(len(batch) / seconds)
+    return rates
+
+
+def enforcement(session: LocalMeshSession, sc: Scenario, toggles: int,
+                rounds_after: int) -> tuple[list[float], list[tuple[float, float]], int, int]:
+    """Toggle a namespace-wide DENY on and off `toggles` times while one client probes an HTTP and a TCP
+    port of a workload there in a tight loop (conformance/gap.py: one round = both probes, in parallel).
+    Returns the apply() times (change made → every changed Envoy acknowledged it), per change the window
+    in which both probes turned denied (start, end of that round, from the change), the stale allowed
+    observations after the acknowledgement (goal: 0) and how many observations were made after it."""
+    namespace = sc.workloads[0].namespace
+    dst = next(w for w in sc.workloads if w.namespace == namespace and w.ports)
+    src = next(w for w in sc.workloads if w.namespace != namespace)
+    watched = [Probe(src, dst, p, Request()) for p in dst.ports]
+    applied_s, windows, stale, after = [], [], 0, 0
+    for _ in range(toggles):
+        applied, record = measure_gap(session, lambda: session.apply([deny_all(namespace)]),
+                                      list(enumerate(watched)), rounds_after=rounds_after)
+        if record.error:
+            raise SystemExit(record.error)
+        applied_s.append(applied.seconds)
+        if record.enforced_window is not None:
+            windows.append(record.enforced_window)
+        stale += record.stale_allowed
+        after += sum(len(r.outcomes) for r in record.rounds if r.after_barrier)
+        last = [r for r in record.rounds if r.after_barrier][-1]
+        if any(o not in DENIAL_FORMS for o in last.outcomes):
+            raise SystemExit(f"enforcement run: not denied after the change: {last}")
+        session.apply([])
+    return applied_s, windows, stale, after
+
+
+def overhead(session: LocalMeshSession, sc: Scenario, runs: int) -> tuple[float, float]:
+    """Median latency of one probe through session.probe() (curl, classification, the proxy's log record)
+    against the same curl command run bare, through the same two proxies (source sidecar, destination
+    sidecar), one at a time so that neither waits for the other."""
+    src = next(w for w in sc.workloads if not w.ports)
+    dst = next(w for w in sc.workloads if w.ports)
+    probe = Probe(src, dst, dst.ports[0], Request("GET", "/overhead"))
+    plan = session._plan(probe)
+    curl = shutil.which("curl") or "curl"
+    target = session.target
+    bare, full = [], []
+    for _ in range(3):  # warm-up both paths
+        run_curl(plan.request, curl, target.connect_timeout, target.max_time)
+        session.probe([probe])
+    for _ in range(runs):
+        seconds, result = timed(lambda: run_curl(plan.request, curl, target.connect_timeout, target.max_time))
+        if result.evidence.status != 200:
+            raise SystemExit(f"bare curl failed: {result.evidence}")
+        bare.append(seconds)
+        seconds, (obs,) = timed(lambda: session.probe([probe]))
+        if obs.outcome != "allowed" or obs.proof is None:
+            raise SystemExit(f"probe failed: {obs}")
+        full.append(seconds)
+    return statistics.median(bare), statistics.median(full)
+
+
+def engine_rate() -> float:
+    state, workloads = engine_world(50, 200)
+    ps = engine_probes(workloads, 20_000)
+    version = IstioVersion.parse("1.30")
+    for p in ps[:200]:
+        decide(state, p, "sidecar", version)
+    t0 = time.process_time()
+    for p in ps:
+        decide(state, p, "sidecar", version)
+    return len(ps) / (time.process_time() - t0)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    envoy = subprocess.run([str(envoy_binary()), "--version"], capture_output=True, text=True, check=False)
+    found = re.search(r"version: \S+?/([\d.]+)/", envoy.stdout)
+    envoy_version = found.group(1) if found else "?"
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split()[1]
+    return (f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start; Linux {platform.release()}; "
+            f"Python {platform.python_version()}; Envoy {envoy_version}; curl {curl}")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a rough figure in ~1 min)")
+    args = parser.parse_args()
+    runs = 2 if args.quick else 5
+    header = machine()
+    rows: list[Row] = []
+
+    for n, goal in ((10, 1.5), (50, None)):
+        for mode in ("sidecar", "ambient"):
+            times, phases, pss = start_times(n, mode, runs if n == 10 else max(1, runs // 2))
+            median = statistics.median(times)
+            detail = (f"median of {len(times)}; Envoys ready {phases.get('envoys_ready', 0):.2f} s, "
+                      f"canary done {phases.get('started', 0):.2f} s")
+            rows.append((f"start, {n} workloads, {mode} ({detail})", f"{median:.2f} s",
+                         "≤ 1.5 s" if goal else "-", verdict(median <= goal) if goal else "-"))
+            if n == 10:
+                in_mesh = len(scenario(n).workloads)
+                rows.append((f"memory per workload, {mode} (PSS of every Envoy and the app / workloads)",
+                             f"{pss / in_mesh / 1024:.1f} MiB", "-", "-"))
+
+    target = LocalTarget()
+    sc = scenario(10)
+    with target.start(sc, "sidecar") as session:
+        rates = throughput(session, sc, 300, runs)
+        rate = statistics.median(rates)
+        rows.append((f"probes/s, 300 parallel probes, sidecar ({target.parallel} curl at once, median of "
+                     f"{len(rates)})", f"{rate:.0f}", "≥ 150", verdict(rate >= 150)))
+        bare, full = overhead(session, sc, 20 if args.quick else 50)
+        ratio = full / bare
+        rows.append(("one probe vs a bare curl through the same two proxies (median latency)",
+                     f"{full * 1000:.1f} / {bare * 1000:.1f} ms = {ratio:.2f}×", "≤ 2×", verdict(ratio <= 2)))
+    for mode in ("sidecar", "ambient"):
+        with target.start(sc, mode) as session:  # type: ignore[arg-type]
+            applied, windows, stale, after = enforcement(session, sc, 5 if args.quick else 15,
+                                                         5 if args.quick else 10)
+            med_applied = statistics.median(applied)
+            ends = [end for _, end in windows]
+            starts = [start for start, _ in windows]
+            med_end = statistics.median(ends)
+            rows.append((f"policy change → every changed Envoy acknowledged it, {mode} (median of {len(applied)}, "
+                         f"max {max(applied) * 1000:.0f} ms)", f"{med_applied * 1000:.0f} ms", "≤ 50 ms",
+                         verdict(med_applied <= 0.05)))
+            rows.append((f"policy change → new requests denied, {mode} (median of {len(ends)}: the first all-denied "
+                         f"probe round started at {statistics.median(starts) * 1000:.0f} ms and ended by)",
+                         f"{med_end * 1000:.0f} ms", "-", "-"))
+            rows.append((f"stale decisions after the acknowledgement, {mode} ({after} observations)",
+                         str(stale), "0", verdict(stale == 0)))
+
+    rate = engine_rate()
+    rows.append(("engine decisions/s, 50 workloads × 200 policies, sidecar (benchmarks/engine.py world)",
+                 f"{rate:,.0f}", "≥ 100,000", verdict(rate >= 100_000)))
+
+    print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
+    print(f"machine: {header}")
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    print(f"{'figure':<{width}}  {'value':>{vwidth}}  {'goal':<9}  result")
+    for name, value, goal, result in rows:
+        print(f"{name:<{width}}  {value:>{vwidth}}  {goal:<9}  {result}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The propagation barrier: before probing a step, wait until its policies reached the enforcing proxies.
+
+On a cluster a policy is enforced when istiod has pushed it and the proxy has taken it (istiod debounces
+100 ms to 10 s, pilot/pkg/features/tuning.go), not when the API server accepted it. Probing before that
+measures the push, not the policy. So after applying a step the target waits until every enforcing
+proxy's own configuration holds exactly the step's policies:
+
+- a sidecar or a waypoint: the policy ids istiod writes into Envoy's RBAC filters,
+  `ns[<ns>]-policy[<name>]-rule[<i>]` (builder.go `policyName`; in 1.29.6 and 1.30.3 a policy without rules
+  gets an explicit never-matching `rule[0]`, so every ALLOW and DENY policy is visible), read from the proxy's
+  config dump (`pilot-agent request GET config_dump?resource=dynamic_listeners`);
+- ztunnel: `istioctl ztunnel-config policies <ztunnel pod> -o json`, which lists `{name, namespace}`.
+
+Which proxy must hold which policy follows plain Kubernetes scoping: the policy's namespace (or the
+root namespace) and its `matchLabels` against the pod's labels for sidecars and ztunnel; its
+`targetRefs` for waypoints. What cannot be observed by name is not waited for (PeerAuthentication,
+AUDIT and CUSTOM, dry-run policies at ztunnel, ALLOW rules on a TCP-only sidecar, which istiod skips).
+The barrier records how long it took; if it times out the run goes on (convergence still decides) and
+the report names what never showed up: a slow push is a finding, not a reason to hide the step.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from conformance.model import Manifest
+
+ProxyKind = Literal["sidecar", "waypoint", "ztunnel"]
+_POLICY_ID = re.compile(r"ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]")
+DRY_RUN = "istio.io/dry-run"
+WAYPOINT_CLASS = "istio-waypoint"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One enforcing proxy: a sidecar (per destination pod), a waypoint, or a ztunnel (per node)."""
+
+    kind: ProxyKind
+    name: str  # pod name
+    namespace: str  # cluster namespace of the pod
+    labels: Mapping[str, str] = field(default_factory=dict)  # the workload pod's labels (sidecar)
+    http: bool = True  # the workload serves at least one HTTP port (sidecar)
+    gateway: str = ""  # waypoint: the Gateway's name
+    serves_namespaces: frozenset[str] = frozenset()  # waypoint: namespaces that use it
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    proxy: Proxy
+    present: frozenset[str]  # "ns/name" (cluster names) that must be in the proxy's config
+    absent: frozenset[str]  # ... and those that must be gone
+
+
+@dataclass
+class BarrierResult:
+    seconds: float
+    reached: bool
+    pending: list[str] = field(default_factory=list)  # "proxy: missing ns/name" / "...: stale ns/name"
+    polls: int = 0
+
+
+def policy_ids_in(config_dump: str) -> set[str]:
+    """`ns/name` of every RBAC policy id in an Envoy config dump."""
+    return {f"{m.group(1)}/{m.group(2)}" for m in _POLICY_ID.finditer(config_dump)}
+
+
+def ztunnel_policies(json_text: Any) -> set[str]:
+    """`ns/name` of every policy in `istioctl ztunnel-config policies -o json` output (a list)."""
+    if not isinstance(json_text, list):
+        return set()
+    return {f"{p.get('namespace')}/{p.get('name')}" for p in json_text if isinstance(p, dict)}
+
+
+def _selector(doc: Mapping[str, Any]) -> Mapping[str, str] | None:
+    spec = doc.get("spec") or {}
+    sel = spec.get("selector") if isinstance(spec, Mapping) else None
+    if isinstance(sel, Mapping):
+        labels = sel.get("matchLabels")
+        return labels if isinstance(labels, Mapping) else {}
+    return None
+
+
+def _target_refs(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    spec = doc.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        return []
+    refs = [r for r in spec.get("targetRefs") or [] if isinstance(r, Mapping)]
+    if isinstance(spec.get("targetRef"), Mapping):
+        refs.append(spec["targetRef"])
+    return refs
+
+
+def _observable(m: Manifest) -> bool:
+    if m.kind != "AuthorizationPolicy":
+        return False
+    action = (m.spec.get("action") or "ALLOW") if isinstance(m.spec, Mapping) else "ALLOW"
+    return action in ("ALLOW", "DENY")
+
+
+def _has_rules(m: Manifest) -> bool:
+    return bool(m.spec.get("rules"))
+
+
+def applies_to(m: Manifest, proxy: Proxy, root_namespace: str) -> bool:
+    """Whether `proxy` enforces `m` (its configuration must name it)."""
+    if not _observable(m):
+        return False
+    refs = _target_refs(m.body)
+    if proxy.kind == "waypoint":
+        for ref in refs:
+            kind, name = ref.get("kind"), ref.get("name")
+            ns = ref.get("namespace") or m.namespace
+            if kind == "Gateway" and name == proxy.gateway and ns == proxy.namespace:
+                return True
+            if kind == "Service" and ns in proxy.serves_namespaces:
+                return True
+            if kind == "GatewayClass" and name == WAYPOINT_CLASS and m.namespace == root_namespace:
+                return True
+        return False
+    if refs:
+        return False
+    if proxy.kind == "ztunnel":
+        return m.annotations.get(DRY_RUN, "").lower() != "true"
+    if m.namespace not in (proxy.namespace, root_namespace):
+        return False
+    selector = _selector(m.body)
+    if selector and any(proxy.labels.get(k) != v for k, v in selector.items()):
+        return False
+    return proxy.http or not (_has_rules(m) and (m.spec.get("action") or "ALLOW") == "ALLOW")
+
+
+def expectations(proxies: Sequence[Proxy], in_force: Iterable[Manifest], removed: Iterable[Manifest],
+                 root_namespace: str, ztunnel_namespaces: frozenset[str] = frozenset()) -> list[Expectation]:
+    """What each proxy's configuration must show once the step's policies (cluster names) are in force.
+
+    A ztunnel is expected to hold the policies of the ambient namespaces (and the root namespace).
+    """
+    in_force = list(in_force)
+    removed = [m for m in removed if _observable(m)]
+    out = []
+    for proxy in proxies:
+        present = set()
+        for m in in_force:
+            if not applies_to(m, proxy, root_namespace):
+                continue
+            if proxy.kind == "ztunnel" and m.namespace not in ztunnel_namespaces | {root_namespace}:
+                continue
+            present.add(m.ref)
+        absent = {m.ref for m in removed} - present
+        if present or absent:
+            out.append(Expectation(proxy, frozenset(present), frozenset(absent)))
+    return out
+
+
+def wait(expected: Sequence[Expectation], read: Callable[[Proxy], set[str] | None], timeout: float = 30.0,
+         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+         interval: float = 0.25, max_interval: float = 2.0) -> BarrierResult:
+    """Poll each proxy until it holds what it must; `read` returns None when the config is unreadable."""
+    start = clock()
+    pending = list(expected)
+    polls = 0
+    delay = interval
+    problems: list[str] = []
+    while True:
+        polls += 1
+        still: list[Expectation] = []
+        problems = []
+        for exp in pending:
+            names = read(exp.proxy)
+            if names is None:
+                still.append(exp)
+                problems.append(f"{exp.proxy.label}: configuration not readable")
+                continue
+            missing = sorted(exp.present - names)
+            stale = sorted(exp.absent & names)
+            if missing or stale:
+                still.append(exp)
+                problems += [f"{exp.proxy.label}: missing {n}" for n in missing]
+                problems += [f"{exp.proxy.label}: still has {n}" for n in stale]
+        pending = still
+        elapsed = clock() - start
+        if not pending:
+            return BarrierResult(elapsed, True, [], polls)
+        if elapsed >= timeout:
+            return BarrierResult(elapsed, False, problems, polls)
+        sleep(min(delay, max(0.0, timeout - elapsed)))
+        delay = min(delay * 2, max_interval)

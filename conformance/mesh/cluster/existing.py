@@ -1,0 +1,181 @@
+"""The existing-cluster target (`--mesh cluster --kube-context C`): Istio that is already there.
+
+What it may and may not do on someone's cluster (DESIGN.md §7, issue 6):
+
+- it detects what is installed: the istiod the default revision tag points to (its image tag is the
+  Istio release), whether ambient is there (a ztunnel DaemonSet), whether waypoints can be made
+  (ambient plus the Gateway API CRDs and the `istio-waypoint` GatewayClass), the mesh's trust domain
+  and root namespace (the `istio` ConfigMap), and how namespaces join the mesh (`istio-injection` with
+  a default revision, else `istio.io/rev`). No Istio: the target is unavailable and says so; a mode
+  the cluster cannot run, or an Istio release other than `--istio-version`, is a skip with the reason
+  (predictions for the wrong release would prove nothing);
+- everything it creates lives in namespaces with a run-unique prefix (naming.py), mapped consistently
+  inside policies, shown in reports, deleted afterwards;
+- it refuses policies in the root namespace and mesh-wide PeerAuthentication unless `--allow-mesh-wide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from conformance.errors import TargetError, TargetUnavailable
+from conformance.mesh.cluster import availability
+from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
+from conformance.mesh.cluster.kind import istiod_version
+from conformance.mesh.cluster.kube import Kube
+from conformance.mesh.cluster.manifests.render import enrollment_labels
+from conformance.mesh.cluster.matrix import Matrix, load
+from conformance.mesh.cluster.naming import session_prefix
+from conformance.mesh.cluster.options import ClusterSettings
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
+from conformance.model import Mode, Scenario
+from conformance.versions import IstioVersion
+
+DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
+GATEWAY_CRD = "gateways.gateway.networking.k8s.io"
+
+
+@dataclass(frozen=True)
+class InstalledIstio:
+    version: str
+    revision: str  # "default" for a revisionless install
+    default_injection: bool  # istio-injection=enabled works (a default revision or tag exists)
+    ambient: bool
+    waypoints: bool
+    trust_domain: str
+    root_namespace: str
+
+    def modes(self) -> tuple[Mode, ...]:
+        out: list[Mode] = ["sidecar"]
+        if self.ambient:
+            out.append("ambient")
+        if self.waypoints:
+            out.append("waypoint")
+        return tuple(out)
+
+
+def _rev(obj: Mapping[str, Any]) -> str:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get("istio.io/rev", "default")
+
+
+def detect(kube: Kube) -> InstalledIstio:
+    """What Istio the cluster runs; TargetUnavailable when there is none."""
+    istiods = kube.list("apps/v1", "Deployment", ISTIO_NAMESPACE, "app=istiod")
+    if not istiods:
+        raise TargetUnavailable(f"no Istio control plane in this cluster (no istiod Deployment in {ISTIO_NAMESPACE}); "
+                                "install Istio first, or use --mesh kind")
+    tag = kube.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", DEFAULT_TAG_WEBHOOK)
+    revisions = {_rev(d): d for d in istiods}
+    if tag is not None:
+        revision = _rev(tag)
+    elif "default" in revisions:
+        revision = "default"
+    else:
+        revision = sorted(revisions)[0]
+    active = revisions.get(revision) or istiods[0]
+    version = istiod_version(active)
+    if version is None:
+        raise TargetUnavailable("cannot tell the Istio release from the istiod image (not a pilot:<version> image)")
+    ztunnels = kube.list("apps/v1", "DaemonSet", None, "app=ztunnel")
+    gateway_crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", GATEWAY_CRD)
+    waypoint_class = (kube.get("gateway.networking.k8s.io/v1", "GatewayClass", "istio-waypoint")
+                      if gateway_crd is not None else None)
+    mesh_cm = kube.get("v1", "ConfigMap", "istio" if revision == "default" else f"istio-{revision}", ISTIO_NAMESPACE)
+    mesh = yaml.safe_load(((mesh_cm or {}).get("data") or {}).get("mesh") or "") or {}
+    return InstalledIstio(
+        version=version, revision=revision, default_injection=tag is not None or revision == "default",
+        ambient=bool(ztunnels), waypoints=bool(ztunnels) and waypoint_class is not None,
+        trust_domain=str(mesh.get("trustDomain") or "cluster.local"),
+        root_namespace=str(mesh.get("rootNamespace") or ISTIO_NAMESPACE),
+    )
+
+
+class ExistingClusterTarget:
+    """`--mesh cluster`: see the module docstring."""
+
+    name = "cluster"
+
+    def __init__(self, settings: ClusterSettings, matrix: Matrix | None = None,
+                 env: Mapping[str, str] | None = None, kube: Kube | None = None):
+        self.settings = settings
+        self._matrix = matrix
+        self._env = env
+        self._kube = kube
+        self._istioctl: str | None = None
+        self._installed: InstalledIstio | None = None
+        self._problem: str | None = None
+        self._checked = False
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(self.settings.kubeconfig, self.settings.kube_context)
+        return self._kube
+
+    def _check_once(self) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        missing, self._istioctl = availability.existing_requirements(
+            self.settings.istioctl, str(IstioVersion.parse(self.settings.istio_version)), self._env)
+        if not self.settings.kube_context:
+            missing.append(availability.Missing("--kube-context", "name the kubeconfig context of the cluster"))
+        self._problem = availability.reason("cluster", missing)
+        if self._problem:
+            return
+        try:
+            self._installed = detect(self.kube)
+        except (TargetUnavailable, TargetError) as exc:
+            self._problem = f"cluster target, context {self.settings.kube_context}: {exc}"
+
+    def unavailable(self, mode: Mode) -> str | None:
+        self._check_once()
+        if self._problem:
+            return self._problem
+        installed = self._installed
+        assert installed is not None
+        wanted = str(IstioVersion.parse(self.settings.istio_version))
+        if installed.version != wanted:
+            return (f"the cluster runs Istio {installed.version} but --istio-version is {wanted}: predictions "
+                    f"would be for another release (pass --istio-version {installed.version})")
+        if mode not in installed.modes():
+            why = {"ambient": "no ztunnel DaemonSet: Istio is not installed with the ambient profile",
+                   "waypoint": "waypoints need ambient, the Gateway API CRDs and the istio-waypoint GatewayClass"}
+            return f"the cluster cannot run the {mode} mode: {why.get(mode, 'not installed')}"
+        return None
+
+    @property
+    def matrix(self) -> Matrix:
+        if self._matrix is None:
+            self._matrix = load()
+        return self._matrix
+
+    def _next_prefix(self) -> str:
+        self._sessions = getattr(self, "_sessions", 0) + 1
+        return session_prefix(self.settings.namespace_prefix, self._sessions)
+
+    def start(self, scenario: Scenario, mode: Mode) -> ClusterSession:
+        reason = self.unavailable(mode)
+        if reason:
+            raise TargetError(reason)
+        installed = self._installed
+        assert installed is not None
+        revision = None if installed.default_injection else installed.revision
+        ctx = ClusterContext(
+            kube=self.kube, kubeconfig=Kubeconfig(self.settings.kubeconfig, self.settings.kube_context),
+            istioctl=self._istioctl, version=IstioVersion.parse(installed.version),
+            curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
+            prefix=self._next_prefix(), enrollment=enrollment_labels(mode, revision),
+            root_namespace=installed.root_namespace, trust_domain=installed.trust_domain,
+            allow_mesh_wide=self.settings.allow_mesh_wide, keep_namespaces=self.settings.keep_namespaces,
+            timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
+            observations_out=self.settings.observations_out, target_name="cluster",
+        )
+        return ClusterSession(scenario, mode, ctx).start()
+
+    def close(self) -> None:
+        pass

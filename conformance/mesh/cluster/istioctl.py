@@ -1,0 +1,140 @@
+"""istioctl (and other external commands): the command lines the cluster targets run, and their output.
+
+Command lines are built by pure functions, so tests check them without a cluster; `run` executes one
+with a timeout and turns a failure into a TargetError that quotes the command and the end of its
+stderr. Flags are the ones istioctl 1.29/1.30 define (istioctl/pkg/...: `install` --set/-f/-y/
+--readiness-timeout, global --kubeconfig/--context, `analyze` -n/-o json (exit 79 when it found
+issues: istioctl/cmd/sysexits.go), `ztunnel-config policies <pod>.<ns> -o json`, `tag set`, `uninstall
+--revision`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conformance.errors import TargetError
+
+ISTIO_NAMESPACE = "istio-system"
+ANALYZE_FOUND_ISSUES = 79
+
+
+@dataclass(frozen=True)
+class Kubeconfig:
+    path: str | None
+    context: str | None
+
+    def flags(self) -> list[str]:
+        out: list[str] = []
+        if self.path:
+            out += ["--kubeconfig", self.path]
+        if self.context:
+            out += ["--context", self.context]
+        return out
+
+
+def install_argv(istioctl: str, kube: Kubeconfig, profile: str, overlay: Path, revision: str | None = None,
+                 readiness_timeout: str = "300s") -> list[str]:
+    """`istioctl install` of one profile with the mode's overlay; a revision for a canary upgrade."""
+    argv = [istioctl, "install", "-y", *kube.flags(), "-f", str(overlay), "--set", f"profile={profile}",
+            "--readiness-timeout", readiness_timeout]
+    if revision:
+        argv += ["--set", f"revision={revision}"]
+    return argv
+
+
+def tag_set_argv(istioctl: str, kube: Kubeconfig, revision: str, tag: str = "default") -> list[str]:
+    """Point a revision tag (the default one: what `istio-injection=enabled` and ambient use) at `revision`."""
+    return [istioctl, "tag", "set", tag, "--revision", revision, "--overwrite", "-y", *kube.flags()]
+
+
+def uninstall_revision_argv(istioctl: str, kube: Kubeconfig, revision: str) -> list[str]:
+    return [istioctl, "uninstall", "--revision", revision, "-y", *kube.flags()]
+
+
+def analyze_argv(istioctl: str, kube: Kubeconfig, namespace: str) -> list[str]:
+    return [istioctl, "analyze", *kube.flags(), "-n", namespace, "-o", "json"]
+
+
+def ztunnel_policies_argv(istioctl: str, kube: Kubeconfig, ztunnel_pod: str) -> list[str]:
+    return [istioctl, "ztunnel-config", "policies", f"{ztunnel_pod}.{ISTIO_NAMESPACE}", "-o", "json", *kube.flags()]
+
+
+def version_argv(istioctl: str) -> list[str]:
+    return [istioctl, "version", "--remote=false", "-o", "json"]
+
+
+def client_version(output: str) -> str | None:
+    """The istioctl client version from `istioctl version --remote=false -o json`."""
+    try:
+        data = json.loads(output)
+    except ValueError:
+        return output.strip() or None
+    info = (data.get("clientVersion") or {}) if isinstance(data, dict) else {}
+    version = info.get("version")
+    return str(version) if version else None
+
+
+@dataclass(frozen=True)
+class AnalyzeMessage:
+    code: str
+    level: str  # Error | Warning | Info
+    message: str
+    origin: str
+
+    def __str__(self) -> str:
+        where = f" ({self.origin})" if self.origin else ""
+        return f"{self.level} [{self.code}]{where}: {self.message}"
+
+
+def parse_analyze(stdout: str) -> list[AnalyzeMessage]:
+    """`istioctl analyze -o json` prints a JSON list (diag.Message.Unstructured); anything else is an error."""
+    text = stdout.strip()
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise TargetError(f"istioctl analyze printed something that is not JSON: {text[:200]!r}") from exc
+    if not isinstance(data, list):
+        raise TargetError(f"istioctl analyze printed {type(data).__name__}, not a list of messages")
+    return [AnalyzeMessage(str(m.get("code", "")), str(m.get("level", "")), str(m.get("message", "")),
+                           str(m.get("origin", ""))) for m in data if isinstance(m, dict)]
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run(argv: Sequence[str], timeout: float, ok: Sequence[int] = (0,), env: dict[str, str] | None = None) -> Result:
+    """Run a command; a non-accepted exit code or a timeout is a TargetError naming the command."""
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise TargetError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise TargetError(f"`{argv[0]}` cannot be run: {exc}") from exc
+    result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+    if proc.returncode not in ok:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+        raise TargetError(f"`{' '.join(argv)}` exited {proc.returncode}: " + " | ".join(tail))
+    return result
+
+
+def run_json(argv: Sequence[str], timeout: float) -> Any:
+    result = run(argv, timeout)
+    try:
+        return json.loads(result.stdout)
+    except ValueError as exc:
+        raise TargetError(f"`{' '.join(argv)}` printed no JSON: {result.stdout[:200]!r}") from exc

@@ -1,0 +1,211 @@
+"""Rendering a scenario into Kubernetes objects, from the templates in clusters/workloads.
+
+The templates are plain YAML skeletons a reader can check against the cluster; this module fills them
+per scenario and mode (names, labels, ports, images) without any text templating, so what is applied
+is always well-formed. The rules it encodes (DESIGN.md §7, issue 6):
+
+- a namespace per scenario namespace, renamed by the run's `NamespaceMap`, carrying the mode's
+  enrollment label when it holds in-mesh workloads (`istio-injection=enabled`, or the revision label,
+  for sidecars; `istio.io/dataplane-mode=ambient` for ambient and waypoint) and, in waypoint mode,
+  `istio.io/use-waypoint=<waypoint>`; `mesh: false` workloads sharing a namespace with in-mesh ones
+  opt out per pod (`sidecar.istio.io/inject: "false"`, `istio.io/dataplane-mode: none`);
+- per workload a ServiceAccount, a Deployment whose pod has the workload's labels plus the unique
+  selector label `authz-conformance/workload=<name>`, and, when it serves ports, a Service selecting
+  only that label, with port names `http-<port>` / `tcp-<port>` and `appProtocol`;
+- the app is conformance/mesh/local/app.py itself, in a ConfigMap, run by a digest-pinned python image;
+- in waypoint mode a Gateway of class `istio-waypoint` per scenario waypoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformance.mesh.cluster.matrix import CLUSTERS_DIR
+from conformance.mesh.cluster.naming import MANAGED_BY, MANAGER, RUN_LABEL, NamespaceMap
+from conformance.model import Mode, Scenario, Workload
+
+TEMPLATES = CLUSTERS_DIR / "workloads"
+APP_SCRIPT = Path(__file__).resolve().parents[2] / "local" / "app.py"
+WORKLOAD_LABEL = "authz-conformance/workload"
+APP_CONFIGMAP = "authz-conformance-app"
+CURL_CONTAINER = "curl"
+APP_CONTAINER = "app"
+SIDECAR_INJECTION = {"istio-injection": "enabled"}
+AMBIENT_ENROLLMENT = {"istio.io/dataplane-mode": "ambient"}
+USE_WAYPOINT = "istio.io/use-waypoint"
+
+
+def enrollment_labels(mode: Mode, revision: str | None = None) -> dict[str, str]:
+    """The namespace labels that put a namespace's pods into the mesh in `mode`.
+
+    Sidecar injection by revision (`istio.io/rev=<rev>`) when the control plane is revisioned (a canary
+    install, or an existing cluster without a default revision); otherwise `istio-injection=enabled`.
+    """
+    if mode == "sidecar":
+        return {"istio.io/rev": revision} if revision else dict(SIDECAR_INJECTION)
+    return dict(AMBIENT_ENROLLMENT)
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    mode: Mode
+    curl_image: str
+    app_image: str
+    run: str  # the run's token (its namespace prefix without the dash): a label on everything made
+    enrollment: Mapping[str, str] = field(default_factory=dict)  # default: enrollment_labels(mode)
+
+    def labels(self) -> dict[str, str]:
+        return {MANAGED_BY: MANAGER, RUN_LABEL: self.run}
+
+
+def _template(name: str) -> dict[str, Any]:
+    return copy.deepcopy(_load_template(name))
+
+
+_cache: dict[str, Any] = {}
+
+
+def _load_template(name: str) -> Any:
+    if name not in _cache:
+        _cache[name] = yaml.safe_load((TEMPLATES / name).read_text())
+    return _cache[name]
+
+
+def port_name(protocol: str, number: int) -> str:
+    return f"{'http' if protocol == 'HTTP' else 'tcp'}-{number}"
+
+
+def selector_labels(workload: Workload) -> dict[str, str]:
+    return {WORKLOAD_LABEL: workload.name}
+
+
+def pod_labels(workload: Workload, mode: Mode, namespace_in_mesh: bool) -> dict[str, str]:
+    labels = {**dict(workload.labels), **selector_labels(workload)}
+    if not workload.in_mesh and namespace_in_mesh and mode != "sidecar":
+        labels["istio.io/dataplane-mode"] = "none"  # ambient opt-out of one pod in an enrolled namespace
+    return labels
+
+
+def app_spec(workload: Workload, nsmap: NamespaceMap) -> list[dict[str, Any]]:
+    """app.py's listener spec: the app answers as the workload's cluster ref, on every port."""
+    ref = nsmap.cluster_ref(workload.ref)
+    return [{"ref": ref, "address": "0.0.0.0", "port": p.number} for p in workload.ports]
+
+
+def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSettings) -> list[dict[str, Any]]:
+    """Every object a scenario needs in `settings.mode`, in apply order (namespaces first)."""
+    mode = settings.mode
+    base_labels = settings.labels()
+    enrollment = dict(settings.enrollment) or enrollment_labels(mode)
+    in_mesh_ns = {w.namespace for w in scenario.workloads if w.in_mesh}
+    waypoint_ns: dict[str, str] = {}
+    if mode == "waypoint":
+        for wp in scenario.waypoints:
+            waypoint_ns.setdefault(wp.namespace, wp.name)  # the first waypoint of a namespace serves it
+    namespaces = list(dict.fromkeys([*(w.namespace for w in scenario.workloads),
+                                     *(wp.namespace for wp in scenario.waypoints if mode == "waypoint")]))
+    docs: list[dict[str, Any]] = []
+    app_script = APP_SCRIPT.read_text()
+
+    for ns in namespaces:
+        doc = _template("namespace.yaml")
+        doc["metadata"]["name"] = nsmap.cluster_namespace(ns)
+        labels = dict(base_labels)
+        if ns in in_mesh_ns or (mode == "waypoint" and ns in waypoint_ns):
+            labels.update(enrollment)
+        if ns in waypoint_ns:
+            labels[USE_WAYPOINT] = waypoint_ns[ns]
+        doc["metadata"]["labels"] = labels
+        docs.append(doc)
+
+    for ns in namespaces:
+        servers = [w for w in scenario.workloads if w.namespace == ns and w.ports]
+        if not servers:
+            continue
+        doc = _template("configmap.yaml")
+        doc["metadata"]["namespace"] = nsmap.cluster_namespace(ns)
+        doc["metadata"]["labels"] = dict(base_labels)
+        doc["data"] = {"app.py": app_script}
+        for w in servers:
+            doc["data"][f"{w.name}.json"] = json.dumps(app_spec(w, nsmap))
+        docs.append(doc)
+
+    seen_sa: set[tuple[str, str]] = set()
+    for w in scenario.workloads:
+        if (w.namespace, w.service_account) in seen_sa:
+            continue
+        seen_sa.add((w.namespace, w.service_account))
+        doc = _template("serviceaccount.yaml")
+        doc["metadata"].update(name=w.service_account, namespace=nsmap.cluster_namespace(w.namespace),
+                               labels=dict(base_labels))
+        docs.append(doc)
+
+    for w in scenario.workloads:
+        if w.ports:
+            docs.append(_service(w, nsmap, base_labels))
+    for w in scenario.workloads:
+        docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns))
+
+    if mode == "waypoint":
+        for wp in scenario.waypoints:
+            doc = _template("waypoint.yaml")
+            doc["metadata"]["name"] = wp.name
+            doc["metadata"]["namespace"] = nsmap.cluster_namespace(wp.namespace)
+            doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **base_labels}
+            docs.append(doc)
+    return docs
+
+
+def _service(w: Workload, nsmap: NamespaceMap, base_labels: Mapping[str, str]) -> dict[str, Any]:
+    doc = _template("service.yaml")
+    doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
+    doc["spec"]["selector"] = selector_labels(w)
+    doc["spec"]["ports"] = [
+        {"name": port_name(p.protocol, p.number), "port": p.number, "targetPort": p.number, "protocol": "TCP",
+         "appProtocol": "http" if p.protocol == "HTTP" else "tcp"}
+        for p in w.ports
+    ]
+    return doc
+
+
+def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base_labels: Mapping[str, str],
+                namespace_in_mesh: bool) -> dict[str, Any]:
+    doc = _template("deployment.yaml")
+    mode = settings.mode
+    doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
+    spec = doc["spec"]
+    spec["selector"]["matchLabels"] = selector_labels(w)
+    template = spec["template"]
+    template["metadata"]["labels"] = pod_labels(w, mode, namespace_in_mesh)
+    annotations: dict[str, str] = {}
+    if not w.in_mesh and namespace_in_mesh and mode == "sidecar":
+        template["metadata"]["labels"]["sidecar.istio.io/inject"] = "false"
+    if mode == "sidecar" and w.in_mesh:
+        # The probe is exec'd into `curl`; the sidecar must hold the app until Envoy is ready.
+        annotations["proxy.istio.io/config"] = '{"holdApplicationUntilProxyStarts": true}'
+        annotations["kubectl.kubernetes.io/default-container"] = CURL_CONTAINER
+    template["metadata"]["annotations"] = annotations
+    pod = template["spec"]
+    pod["serviceAccountName"] = w.service_account
+    pod["containers"][0]["image"] = settings.curl_image
+    if w.ports:
+        app = _template("app-container.yaml")
+        app["image"] = settings.app_image
+        app["args"] = [f"/app/{w.name}.json"]
+        app["ports"] = [{"name": port_name(p.protocol, p.number)[:15], "containerPort": p.number, "protocol": "TCP"}
+                        for p in w.ports]
+        app["readinessProbe"]["tcpSocket"]["port"] = w.ports[0].number
+        pod["containers"].append(app)
+        pod["volumes"] = [{"name": "app", "configMap": {"name": APP_CONFIGMAP}}]
+    return doc
+
+
+def namespaces_of(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [d["metadata"]["name"] for d in docs if d.get("kind") == "Namespace"]

@@ -1,0 +1,280 @@
+"""The tested matrix (clusters/versions.yaml): what the kind target and the workflows install, pinned.
+
+One file says which kind binary (sha256), node image (digest), Istio releases (tarball sha256), Gateway
+API CRDs and workload images (digests) the suite is tested with, so that the kind target, the GitHub
+Actions matrix and the tool installer can never disagree. This module reads it, and doubles as the
+small command line the workflows call:
+
+    python -m conformance.mesh.cluster.matrix github            # the e2e job matrix, as JSON
+    python -m conformance.mesh.cluster.matrix install --dest D  # kind + istioctl, checksums verified
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from conformance.errors import TargetUnavailable
+from conformance.model import MODES, Mode
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CLUSTERS_DIR = REPO_ROOT / "clusters"
+VERSIONS_FILE = CLUSTERS_DIR / "versions.yaml"
+DIGEST_PINNED = "@sha256:"
+
+
+@dataclass(frozen=True)
+class IstioRelease:
+    version: str
+    url: str
+    sha256: str | None
+    gateway_api: str
+
+    @property
+    def revision(self) -> str:
+        """The revision name a canary install of this release uses (`1.30.3` -> `1-30-3`)."""
+        return self.version.replace(".", "-")
+
+
+@dataclass(frozen=True)
+class ModeInstall:
+    """How Istio is installed for one mode: a profile, an IstioOperator overlay, Gateway API or not."""
+
+    mode: Mode
+    profile: str
+    overlay: Path
+    gateway_api: bool
+
+
+@dataclass(frozen=True)
+class Matrix:
+    kind_version: str
+    kind_binaries: Mapping[str, tuple[str, str | None]]  # platform -> (url, sha256)
+    node_image: str
+    kubernetes: str
+    kind_config: Path
+    istio: Mapping[str, IstioRelease]
+    default_istio: str
+    gateway_api: Mapping[str, tuple[str, str | None]]  # version -> (url, sha256)
+    images: Mapping[str, str]
+    modes: Mapping[Mode, ModeInstall]
+    matrix_modes: tuple[Mode, ...]
+    matrix_istio: tuple[str, ...]
+    upgrade_from: str
+    upgrade_to: str
+    upgrade_modes: tuple[Mode, ...]
+
+    def release(self, version: str) -> IstioRelease:
+        """The pinned release for `1.30.3` (exact) or `1.30` (the one pinned for that line)."""
+        if version in self.istio:
+            return self.istio[version]
+        line = [r for v, r in self.istio.items() if v.rsplit(".", 1)[0] == version]
+        if len(line) == 1:
+            return line[0]
+        known = ", ".join(sorted(self.istio))
+        raise TargetUnavailable(f"Istio {version} is not in the tested matrix (clusters/versions.yaml has {known})")
+
+    def github_matrix(self) -> dict[str, Any]:
+        """The e2e workflow's `strategy.matrix`: one job per mode and Istio release."""
+        include = []
+        for version in self.matrix_istio:
+            release = self.istio[version]
+            for mode in self.matrix_modes:
+                include.append({"mode": mode, "istio": version, "gateway_api": release.gateway_api,
+                                "node_image": self.node_image, "kind": self.kind_version})
+        return {"include": include}
+
+
+class MatrixError(ValueError):
+    """clusters/versions.yaml is malformed: a missing key, an unpinned image, an unknown mode."""
+
+
+def _req(data: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(data, Mapping) or key not in data:
+        raise MatrixError(f"clusters/versions.yaml: {where}: missing key {key!r}")
+    return data[key]
+
+
+def load(path: Path = VERSIONS_FILE) -> Matrix:
+    """Read and check the matrix: every image pinned by digest, every mode and version known."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise TargetUnavailable(f"{path} not found: the cluster targets run from a checkout of the project "
+                                "(pip install -e .)") from exc
+    base = path.parent
+    kind = _req(raw, "kind", "top level")
+    binaries = {plat: (_req(b, "url", f"kind.binaries.{plat}"), b.get("sha256"))
+                for plat, b in _req(kind, "binaries", "kind").items()}
+    node_image = str(_req(kind, "node_image", "kind"))
+    istio = _req(raw, "istio", "top level")
+    releases = {}
+    for version, rel in _req(istio, "releases", "istio").items():
+        releases[str(version)] = IstioRelease(str(version), _req(rel, "url", f"istio.releases.{version}"),
+                                              rel.get("sha256"), str(_req(rel, "gateway_api", f"istio {version}")))
+    gateway = {str(v): (_req(g, "url", f"gateway_api.{v}"), g.get("sha256"))
+               for v, g in _req(raw, "gateway_api", "top level").items()}
+    images = {str(k): str(v) for k, v in _req(raw, "images", "top level").items()}
+    modes: dict[Mode, ModeInstall] = {}
+    for name, m in _req(raw, "modes", "top level").items():
+        if name not in MODES:
+            raise MatrixError(f"clusters/versions.yaml: modes: unknown mode {name!r}")
+        modes[name] = ModeInstall(name, str(_req(m, "profile", f"modes.{name}")),
+                                  base / str(_req(m, "overlay", f"modes.{name}")), bool(m.get("gateway_api")))
+    matrix = _req(raw, "matrix", "top level")
+    upgrade = _req(raw, "upgrade", "top level")
+    result = Matrix(
+        kind_version=str(_req(kind, "version", "kind")), kind_binaries=binaries, node_image=node_image,
+        kubernetes=str(kind.get("kubernetes", "")), kind_config=base / str(_req(kind, "config", "kind")),
+        istio=releases, default_istio=str(_req(istio, "default", "istio")), gateway_api=gateway, images=images,
+        modes=modes, matrix_modes=tuple(_req(matrix, "modes", "matrix")),
+        matrix_istio=tuple(str(v) for v in _req(matrix, "istio", "matrix")),
+        upgrade_from=str(_req(upgrade, "from", "upgrade")), upgrade_to=str(_req(upgrade, "to", "upgrade")),
+        upgrade_modes=tuple(_req(upgrade, "modes", "upgrade")),
+    )
+    _check(result)
+    return result
+
+
+def _check(m: Matrix) -> None:
+    for name, image in [("kind.node_image", m.node_image), *((f"images.{k}", v) for k, v in m.images.items())]:
+        if DIGEST_PINNED not in image:
+            raise MatrixError(f"clusters/versions.yaml: {name}: {image!r} is not pinned by digest (@sha256:...)")
+    for key in ("curl", "app"):
+        if key not in m.images:
+            raise MatrixError(f"clusters/versions.yaml: images: missing {key!r}")
+    for version in (*m.matrix_istio, m.default_istio, m.upgrade_from, m.upgrade_to):
+        if version not in m.istio:
+            raise MatrixError(f"clusters/versions.yaml: Istio {version} is used but not in istio.releases")
+    for rel in m.istio.values():
+        if rel.gateway_api not in m.gateway_api:
+            raise MatrixError(f"clusters/versions.yaml: Istio {rel.version}: Gateway API {rel.gateway_api} "
+                              "is not in gateway_api")
+    for mode in (*m.matrix_modes, *m.upgrade_modes):
+        if mode not in m.modes:
+            raise MatrixError(f"clusters/versions.yaml: mode {mode!r} has no install settings in modes")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Installing the pinned binaries (used by the workflows; never by the suite itself, which only looks
+# for binaries on PATH or given by option, and never downloads anything).
+
+Fetcher = Callable[[str, Path], None]
+
+
+def _urlfetch(url: str, dest: Path) -> None:  # pragma: no cover - network, CI only
+    with urllib.request.urlopen(url, timeout=120) as response, open(dest, "wb") as fh:
+        shutil.copyfileobj(response, fh)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verified_download(url: str, pinned: str | None, dest: Path, fetch: Fetcher = _urlfetch,
+                      warn: Callable[[str], None] = print) -> str:
+    """Download `url` to `dest` and check its sha256 against the pin; returns the digest.
+
+    Without a pin, the digest published beside the artifact (`<url>.sha256`, as Istio publishes) is
+    used instead and a warning says what to pin; a mismatch is always fatal.
+    """
+    fetch(url, dest)
+    actual = sha256_of(dest)
+    expected = pinned
+    if not expected:
+        side = dest.with_name(dest.name + ".sha256")
+        fetch(url + ".sha256", side)
+        expected = side.read_text().split()[0].strip()
+        warn(f"::warning::{url} has no sha256 pin in clusters/versions.yaml; verified against the published "
+             f"{url}.sha256 instead. Pin it: sha256: {actual}")
+    if actual != expected:
+        dest.unlink(missing_ok=True)
+        raise SystemExit(f"checksum mismatch for {url}: expected {expected}, got {actual}")
+    return actual
+
+
+def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind: bool = True,
+            fetch: Fetcher = _urlfetch, platform: str = "linux-amd64") -> list[Path]:
+    """Put `kind` and `istioctl-<version>` (plus `istioctl` for the first version) into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    if with_kind:
+        url, sha = matrix.kind_binaries[platform]
+        path = dest / "kind"
+        verified_download(url, sha, path, fetch)
+        path.chmod(0o755)
+        made.append(path)
+    for i, version in enumerate(istio_versions):
+        release = matrix.release(version)
+        with tempfile.TemporaryDirectory() as tmp:
+            tarball = Path(tmp) / Path(release.url).name
+            verified_download(release.url, release.sha256, tarball, fetch)
+            member = f"istio-{release.version}/bin/istioctl"
+            with tarfile.open(tarball) as tar:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise SystemExit(f"{release.url}: {member} not found in the tarball")
+                target = dest / f"istioctl-{release.version}"
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+            target.chmod(0o755)
+            made.append(target)
+            if i == 0:
+                shutil.copyfile(target, dest / "istioctl")
+                (dest / "istioctl").chmod(0o755)
+                made.append(dest / "istioctl")
+    return made
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.mesh.cluster.matrix",
+                                     description="The tested matrix of clusters/versions.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("github", help="print the e2e job matrix as JSON (for strategy.matrix)")
+    sp = sub.add_parser("install", help="download kind and istioctl at the pinned versions, checksums verified")
+    sp.add_argument("--dest", required=True, type=Path)
+    sp.add_argument("--istio", action="append", default=None, help="Istio release (repeatable)")
+    sp.add_argument("--no-kind", action="store_true")
+    sp = sub.add_parser("get", help="print one value: node-image, kind-version, gateway-api-url VERSION, image NAME")
+    sp.add_argument("what")
+    sp.add_argument("arg", nargs="?")
+    args = parser.parse_args(argv)
+    matrix = load()
+    if args.command == "github":
+        print(json.dumps(matrix.github_matrix()))
+    elif args.command == "install":
+        for path in install(matrix, args.dest, args.istio or [matrix.default_istio], with_kind=not args.no_kind):
+            print(path)
+    elif args.command == "get":
+        values = {
+            "node-image": lambda: matrix.node_image,
+            "kind-version": lambda: matrix.kind_version,
+            "gateway-api-url": lambda: matrix.gateway_api[matrix.release(args.arg).gateway_api][0],
+            "image": lambda: matrix.images[args.arg],
+            "upgrade": lambda: json.dumps({"from": matrix.upgrade_from, "to": matrix.upgrade_to,
+                                           "modes": list(matrix.upgrade_modes)}),
+        }
+        if args.what not in values:
+            parser.error(f"unknown value {args.what!r}")
+        print(values[args.what]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

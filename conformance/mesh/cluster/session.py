@@ -1,0 +1,556 @@
+"""One scenario in one mode on a cluster: deploy, apply, probe, prove, tear down (a `MeshSession`).
+
+Shared by the kind target and the existing-cluster target: both hand it a `ClusterContext` (a kube
+client for one context, istioctl, the run's namespace prefix, the mode's enrollment labels). What it
+does, in order:
+
+1. `start`: map the scenario's namespaces (naming.py), refuse what a shared cluster must not get
+   (root-namespace policies, mesh-wide PeerAuthentication) unless allowed, render the workloads
+   (manifests/render.py), server-side apply them, wait for rollouts, ambient enrollment and waypoints,
+   then a canary probe to every destination port, so a broken mesh fails here, plainly, and never
+   later as a "denial";
+2. `apply`: the step's policies, with `${ip:...}` filled and namespaces mapped, validated as Istio
+   would, server-side applied; removed ones deleted; then the propagation barrier (barrier.py) and
+   `istioctl analyze` of the scenario's namespaces (warnings are raised as `IstioAnalyzeWarning`,
+   attached to Allure when it is installed, and kept in `analysis`);
+3. `probe`: one exec per source pod (execprobe.py), in parallel, each with its own API client;
+   outcomes by the shared classifier; each denial matched with the enforcing proxy's record (logs.py);
+4. `close`: the namespaces it created are deleted (also after a failure; the plugin tears down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conformance.errors import TargetError
+from conformance.mesh.cluster import barrier, istioctl
+from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
+from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
+from conformance.mesh.cluster.kube import Kube, PodInfo
+from conformance.mesh.cluster.logs import ProofFinder, ProofQuery
+from conformance.mesh.cluster.manifests.render import (
+    CURL_CONTAINER,
+    WORKLOAD_LABEL,
+    RenderSettings,
+    render_workloads,
+)
+from conformance.mesh.cluster.naming import NamespaceMap
+from conformance.model import ALLOWED, DENIAL_FORMS, Manifest, Mode, Probe, Scenario
+from conformance.probe import Observation, Proof, classify
+from conformance.target import Applied
+from conformance.validation import has_errors, validate_manifest
+from conformance.versions import IstioVersion
+
+PROXY_CONTAINER = "istio-proxy"
+ISTIO_NAMESPACE = "istio-system"
+WAYPOINT_POD_LABEL = "gateway.networking.k8s.io/gateway-name"
+AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
+POLICY_API = {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
+
+
+class IstioAnalyzeWarning(UserWarning):
+    """`istioctl analyze` reported something about a step's configuration: shown, never dropped."""
+
+
+class BarrierWarning(UserWarning):
+    """A step's policies did not show up in every enforcing proxy before the barrier's deadline."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    rollout: float = 240.0
+    canary: float = 90.0
+    barrier: float = 30.0
+    connect: float = 2.0
+    probe: float = 5.0
+    analyze: float = 60.0
+    proof_grace: float = 3.0  # how long to keep reading logs for a denial's record after the exec
+
+
+@dataclass
+class ClusterContext:
+    """What a target hands a session: where, with what, and under which rules."""
+
+    kube: Kube
+    kubeconfig: Kubeconfig
+    istioctl: str | None
+    version: IstioVersion
+    curl_image: str
+    app_image: str
+    prefix: str
+    enrollment: Mapping[str, str]
+    root_namespace: str = ISTIO_NAMESPACE
+    trust_domain: str = "cluster.local"
+    allow_mesh_wide: bool = True
+    keep_namespaces: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    observations_out: Path | None = None
+    target_name: str = "cluster"
+    run_command: Callable[..., istioctl.Result] = istioctl.run
+
+
+def mesh_wide(manifest: Manifest, root_namespace: str) -> bool:
+    """A policy that affects every workload of the mesh: anything in the root namespace."""
+    return manifest.namespace == root_namespace
+
+
+def check_shared_cluster(scenario: Scenario, root_namespace: str, allow: bool) -> None:
+    """On a shared cluster, refuse root-namespace policies and mesh-wide PeerAuthentication (opt in)."""
+    if allow:
+        return
+    for step in scenario.steps:
+        for m in step.policies:
+            if mesh_wide(m, root_namespace):
+                what = "a mesh-wide PeerAuthentication" if m.kind == "PeerAuthentication" else \
+                    f"a {m.kind} in the mesh root namespace"
+                raise TargetError(f"{m.origin}: {m.ref} is {what} ({root_namespace}); on a shared cluster it "
+                                  f"would affect every workload, not only this run's. Pass --allow-mesh-wide "
+                                  "to allow it.")
+
+
+class ClusterSession:
+    """A `MeshSession` on a Kubernetes cluster with Istio (see the module docstring).
+
+    `probes_during_apply`: probe() may run in another thread while apply() does (every exec has its own
+    API client, logs are read through their own), so the runner measures the enforcement gap (gap.py)
+    against `Applied.acknowledged_at`, the instant the barrier saw the step in every enforcing proxy.
+    """
+
+    probes_during_apply = True
+
+    def __init__(self, scenario: Scenario, mode: Mode, ctx: ClusterContext):
+        self.scenario = scenario
+        self.mode = mode
+        self.ctx = ctx
+        self.nsmap = NamespaceMap.for_scenario(scenario, ctx.prefix)
+        self.addresses: dict[str, str] = {}
+        self.proofs_readable = True
+        self.analysis: list[tuple[int, list[AnalyzeMessage]]] = []
+        self.barriers: list[barrier.BarrierResult] = []
+        self.notes: list[str] = []
+        self._pods: dict[str, PodInfo] = {}  # scenario ref -> the workload's pod
+        self._waypoint_pods: list[PodInfo] = []
+        self._ztunnels: dict[str, PodInfo] = {}  # node -> ztunnel pod
+        self._applied: dict[tuple[str, str, str], Manifest] = {}
+        self._namespaces: list[str] = []
+        self._step = -1
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> ClusterSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def namespace_map(self) -> list[tuple[str, str]]:
+        return self.nsmap.table()
+
+    def start(self) -> ClusterSession:
+        ctx, scenario = self.ctx, self.scenario
+        mesh = scenario.mesh
+        if mesh.root_namespace != ctx.root_namespace:
+            raise TargetError(f"{scenario.path}: the scenario's mesh root namespace is {mesh.root_namespace}, the "
+                              f"cluster's is {ctx.root_namespace}: it cannot run there")
+        if mesh.trust_domain != ctx.trust_domain:
+            raise TargetError(f"{scenario.path}: the scenario's trust domain is {mesh.trust_domain}, the cluster's "
+                              f"is {ctx.trust_domain}: identities would not match")
+        check_shared_cluster(scenario, ctx.root_namespace, ctx.allow_mesh_wide)
+        for step in scenario.steps:
+            self.nsmap.check_consistent(scenario, step.policies)
+        self.notes.append(f"namespaces: {self.nsmap.describe()}")
+        docs = render_workloads(scenario, self.nsmap, RenderSettings(
+            self.mode, ctx.curl_image, ctx.app_image, ctx.prefix.rstrip("-"), ctx.enrollment))
+        self._namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
+        try:
+            for doc in docs:
+                ctx.kube.apply(doc)
+            self._wait_ready()
+            self._discover()
+            self._canary()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.ctx.keep_namespaces:
+            return
+        errors = []
+        for ns in self._namespaces:
+            try:
+                self.ctx.kube.delete("v1", "Namespace", ns)
+            except TargetError as exc:
+                errors.append(str(exc))
+        if errors:
+            warnings.warn("cluster cleanup incomplete: " + "; ".join(errors), RuntimeWarning, stacklevel=2)
+
+    # -- readiness ------------------------------------------------------------------------------
+    def _wait_ready(self) -> None:
+        kube, t = self.ctx.kube, self.ctx.timeouts
+        deadline = time.monotonic() + t.rollout
+        for w in self.scenario.workloads:
+            ns = self.nsmap.cluster_namespace(w.namespace)
+            kube.wait_rollout("Deployment", w.name, ns, timeout=max(1.0, deadline - time.monotonic()))
+        if self.mode == "waypoint":
+            for wp in self.scenario.waypoints:
+                ns = self.nsmap.cluster_namespace(wp.namespace)
+                self._wait_gateway(wp.name, ns, max(1.0, deadline - time.monotonic()))
+                kube.wait_rollout("Deployment", wp.name, ns, timeout=max(1.0, deadline - time.monotonic()))
+
+    def _wait_gateway(self, name: str, namespace: str, timeout: float) -> None:
+        from conformance.mesh.cluster.kube import poll_until
+
+        def check() -> tuple[bool, str]:
+            gw = self.ctx.kube.get("gateway.networking.k8s.io/v1", "Gateway", name, namespace)
+            conds = ((gw or {}).get("status") or {}).get("conditions") or []
+            ok = any(c.get("type") == "Programmed" and c.get("status") == "True" for c in conds)
+            return ok, "Programmed is not True yet"
+
+        poll_until(check, timeout, f"waypoint Gateway {namespace}/{name}")
+
+    def refresh_pods(self) -> None:
+        """Find the pods again (after a restart, e.g. during an upgrade)."""
+        self._discover()
+
+    def _discover(self) -> None:
+        """Find each workload's pod (and waypoint and ztunnel pods); check ambient enrollment."""
+        kube = self.ctx.kube
+        self._pods, self._waypoint_pods, self._ztunnels = {}, [], {}
+        for w in self.scenario.workloads:
+            ns = self.nsmap.cluster_namespace(w.namespace)
+            pods = [p for p in kube.pods(ns, f"{WORKLOAD_LABEL}={w.name}") if not p.deleting and p.ready]
+            if len(pods) != 1:
+                raise TargetError(f"workload {w.ref}: expected one ready pod in {ns}, found {len(pods)}")
+            self._pods[w.ref] = pods[0]
+            self.addresses[w.ref] = pods[0].ip
+        if self.mode == "waypoint":
+            for wp in self.scenario.waypoints:
+                ns = self.nsmap.cluster_namespace(wp.namespace)
+                pods = [p for p in kube.pods(ns, f"{WAYPOINT_POD_LABEL}={wp.name}") if p.ready and not p.deleting]
+                if not pods:
+                    raise TargetError(f"waypoint {wp.ref}: no ready pod in {ns}")
+                self._waypoint_pods += pods
+                self.addresses[wp.ref] = pods[0].ip
+        if self.mode in ("ambient", "waypoint"):
+            self._check_ambient_enrollment()
+            for z in kube.pods(None, "app=ztunnel"):
+                if z.ready and not z.deleting:
+                    self._ztunnels[z.node] = z
+
+    def _check_ambient_enrollment(self) -> None:
+        """istio-cni marks enrolled pods `ambient.istio.io/redirection: enabled`: wait for it."""
+        from conformance.mesh.cluster.kube import poll_until
+
+        kube = self.ctx.kube
+        pending = [w for w in self.scenario.workloads if w.in_mesh]
+
+        def check() -> tuple[bool, str]:
+            nonlocal pending
+            still = []
+            for w in pending:
+                pod = kube.get("v1", "Pod", self._pods[w.ref].name, self._pods[w.ref].namespace) or {}
+                ann = (pod.get("metadata") or {}).get("annotations") or {}
+                if ann.get(AMBIENT_REDIRECTION) != "enabled":
+                    still.append(w)
+            pending = still
+            return not still, "not enrolled: " + ", ".join(w.ref for w in still)
+
+        poll_until(check, self.ctx.timeouts.rollout, "ambient enrollment")
+
+    def _canary(self) -> None:
+        """With no policy in force, every destination port must answer: else the mesh is broken."""
+        servers = [w for w in self.scenario.workloads if w.ports]
+        sources = [w for w in self.scenario.workloads if w.in_mesh] or list(self.scenario.workloads)
+        if not servers or not sources:
+            return
+        source = sources[0]
+        probes = [Probe(source, w, p) for w in servers for p in w.ports]
+        deadline = time.monotonic() + self.ctx.timeouts.canary
+        while True:
+            observations = self._run_probes(probes, prove=False)
+            bad = [(p, o) for p, o in zip(probes, observations, strict=True) if o.outcome != ALLOWED]
+            if not bad:
+                return
+            if time.monotonic() >= deadline:
+                detail = "; ".join(f"{p.describe()}: {o.outcome} (curl exit {o.evidence.exit_code}, "
+                                   f"HTTP {o.evidence.status}, {o.evidence.stderr[:80]})" for p, o in bad[:5])
+                raise TargetError(f"the mesh does not work: with no policy in force these probes were not "
+                                  f"answered by their destination app: {detail}")
+            time.sleep(max(0.1, min(2.0, deadline - time.monotonic())))
+
+    # -- policies -------------------------------------------------------------------------------
+    def cluster_policies(self, policies: Sequence[Manifest]) -> list[Manifest]:
+        """The step's policies as applied: addresses filled, namespaces mapped, validated as Istio would."""
+        out = []
+        for m in policies:
+            mapped = self.nsmap.manifest(m.rendered(self.addresses))
+            findings = validate_manifest(mapped.body, self.ctx.version)
+            if has_errors(findings):
+                text = "; ".join(str(f) for f in findings if getattr(f, "severity", "error") == "error")
+                raise TargetError(f"{m.origin}: {m.ref} after namespace mapping is not valid Istio config: {text}")
+            out.append(mapped)
+        return out
+
+    def apply(self, policies: Sequence[Manifest]) -> Applied:
+        start = time.monotonic()
+        self._step += 1
+        if self._step == 0:
+            _allure_attach("namespace mapping (scenario → cluster)", self.nsmap.describe())
+        kube = self.ctx.kube
+        wanted = {m.key: m for m in self.cluster_policies(policies)}
+        created, updated, deleted = [], [], []
+        for key, m in wanted.items():
+            doc = dict(m.body)
+            doc.setdefault("apiVersion", m.api_version)
+            doc.setdefault("kind", m.kind)
+            doc["metadata"] = {**dict(doc.get("metadata") or {}), "name": m.name, "namespace": m.namespace}
+            kube.apply(doc)
+            (updated if key in self._applied else created).append(m.ref)
+        removed = [m for key, m in self._applied.items() if key not in wanted]
+        for m in removed:
+            kube.delete(m.api_version, m.kind, m.name, m.namespace)
+            deleted.append(m.ref)
+        self._applied = wanted
+        barrier_start = time.monotonic()
+        result = self._barrier(list(wanted.values()), removed)
+        self.barriers.append(result)
+        acknowledged_at = barrier_start + result.seconds if result.reached else None
+        if not result.reached:
+            warnings.warn(f"step {self._step}: after {result.seconds:.1f} s the policies had not reached every "
+                          f"enforcing proxy: {'; '.join(result.pending[:6])}", BarrierWarning, stacklevel=2)
+        self._analyze()
+        seconds = (acknowledged_at if acknowledged_at is not None else time.monotonic()) - start
+        return Applied(seconds=seconds, created=tuple(created), updated=tuple(updated), deleted=tuple(deleted),
+                       acknowledged_at=acknowledged_at)
+
+    def _proxies(self) -> tuple[list[barrier.Proxy], frozenset[str]]:
+        proxies: list[barrier.Proxy] = []
+        ambient_ns = frozenset(self.nsmap.cluster_namespace(w.namespace) for w in self.scenario.workloads if w.in_mesh)
+        servers = [w for w in self.scenario.workloads if w.ports and w.in_mesh]
+        if self.mode == "sidecar":
+            for w in servers:
+                pod = self._pods[w.ref]
+                proxies.append(barrier.Proxy("sidecar", pod.name, pod.namespace, pod.labels,
+                                             http=any(p.protocol == "HTTP" for p in w.ports)))
+            return proxies, frozenset()
+        nodes = {self._pods[w.ref].node for w in servers}
+        for node in sorted(nodes):
+            z = self._ztunnels.get(node)
+            if z is not None:
+                proxies.append(barrier.Proxy("ztunnel", z.name, z.namespace))
+        for pod in self._waypoint_pods:
+            gateway = pod.labels.get(WAYPOINT_POD_LABEL, "")
+            proxies.append(barrier.Proxy("waypoint", pod.name, pod.namespace, gateway=gateway,
+                                         serves_namespaces=frozenset({pod.namespace})))
+        return proxies, ambient_ns
+
+    def _barrier(self, in_force: list[Manifest], removed: list[Manifest]) -> barrier.BarrierResult:
+        proxies, ambient_ns = self._proxies()
+        expected = barrier.expectations(proxies, in_force, removed, self.ctx.root_namespace, ambient_ns)
+        if not expected:
+            return barrier.BarrierResult(0.0, True)
+        return barrier.wait(expected, self._read_proxy, timeout=self.ctx.timeouts.barrier)
+
+    def _read_proxy(self, proxy: barrier.Proxy) -> set[str] | None:
+        try:
+            if proxy.kind == "ztunnel":
+                if not self.ctx.istioctl:
+                    return None
+                argv = istioctl.ztunnel_policies_argv(self.ctx.istioctl, self.ctx.kubeconfig, proxy.name)
+                out = self.ctx.run_command(argv, 30.0)
+                return barrier.ztunnel_policies(json.loads(out.stdout or "[]"))
+            result = self.ctx.kube.exec(proxy.namespace, proxy.name, PROXY_CONTAINER,
+                                        ["pilot-agent", "request", "GET", "config_dump?resource=dynamic_listeners"],
+                                        timeout=30.0)
+            if result.returncode != 0:
+                return None
+            return barrier.policy_ids_in(result.stdout)
+        except (TargetError, ValueError):
+            return None
+
+    def _analyze(self) -> None:
+        if not self.ctx.istioctl:
+            return
+        messages: list[AnalyzeMessage] = []
+        for ns in self._namespaces:
+            argv = istioctl.analyze_argv(self.ctx.istioctl, self.ctx.kubeconfig, ns)
+            try:
+                result = self.ctx.run_command(argv, self.ctx.timeouts.analyze,
+                                              ok=(0, istioctl.ANALYZE_FOUND_ISSUES))
+                messages += istioctl.parse_analyze(result.stdout)
+            except TargetError as exc:
+                warnings.warn(f"istioctl analyze -n {ns} failed: {exc}", IstioAnalyzeWarning, stacklevel=3)
+        self.analysis.append((self._step, messages))
+        shown = [m for m in messages if m.level in ("Error", "Warning")]
+        for m in shown:
+            warnings.warn(f"istioctl analyze, step {self._step}: {m}", IstioAnalyzeWarning, stacklevel=3)
+        _allure_attach(f"istioctl analyze (step {self._step})",
+                       "\n".join(str(m) for m in messages) or "No validation issues found.")
+
+    # -- probes ---------------------------------------------------------------------------------
+    def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        observations = self._run_probes(probes, prove=True)
+        self._record(probes, observations)
+        return observations
+
+    def _url(self, probe: Probe) -> str:
+        ns = self.nsmap.cluster_namespace(probe.destination.namespace)
+        port = "" if probe.port.number == 80 else f":{probe.port.number}"
+        path = probe.request.path if probe.request.path.startswith("/") else "/" + probe.request.path
+        return f"http://{probe.destination.name}.{ns}{port}{path}"
+
+    def _headers(self, probe: Probe) -> tuple[tuple[str, str], ...]:
+        return tuple((k, self.nsmap.host_value(v) if k.lower() == "host" else v) for k, v in probe.request.headers)
+
+    def _run_probes(self, probes: Sequence[Probe], prove: bool) -> list[Observation]:
+        by_source: dict[str, list[int]] = {}
+        for i, p in enumerate(probes):
+            by_source.setdefault(p.source.ref, []).append(i)
+        results: list[Observation | None] = [None] * len(probes)
+        t = self.ctx.timeouts
+        started = time.monotonic()
+
+        def run_source(ref: str, indices: list[int]) -> list[tuple[int, Observation, CurlCall]]:
+            pod = self._pods[ref]
+            nonce = new_nonce()
+            calls = [CurlCall(f"{nonce[:10]}-{i}", self._url(probes[i]), probes[i].request.method,
+                              self._headers(probes[i])) for i in indices]
+            script = build_script(calls, nonce, t.connect, t.probe)
+            timeout = exec_timeout(len(calls), t.connect, t.probe)
+            result = self.ctx.kube.exec(pod.namespace, pod.name, CURL_CONTAINER, ["sh", "-c", script], timeout)
+            if result.returncode != 0:
+                raise TargetError(f"probe script in {pod.namespace}/{pod.name} exited {result.returncode}: "
+                                  f"{result.stderr.strip()[:300]}")
+            parsed = parse_output(result.stdout, nonce, len(calls))
+            out = []
+            for i, call, res in zip(indices, calls, parsed, strict=True):
+                probe = probes[i]
+                evidence = res.evidence(f"kubectl exec -n {pod.namespace} {pod.name} -c {CURL_CONTAINER} -- "
+                                        + call.describe(t.connect, t.probe))
+                outcome = classify(evidence, self.nsmap.cluster_ref(probe.destination.ref))
+                out.append((i, Observation(outcome, evidence), call))
+            return out
+
+        calls_by_index: dict[int, CurlCall] = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_source)))) as pool:
+            futures = [pool.submit(run_source, ref, idx) for ref, idx in by_source.items()]
+            for fut in futures:
+                for i, obs, call in fut.result():
+                    results[i] = obs
+                    calls_by_index[i] = call
+        observations = [o for o in results if o is not None]
+        if len(observations) != len(probes):
+            raise TargetError("probe results lost")
+        if prove:
+            observations = self._prove(probes, observations, calls_by_index, started)
+        return observations
+
+    # -- proof of denial --------------------------------------------------------------------------
+    def _prove(self, probes: Sequence[Probe], observations: list[Observation], calls: Mapping[int, CurlCall],
+               started: float) -> list[Observation]:
+        todo = [i for i, o in enumerate(observations) if o.outcome in DENIAL_FORMS]
+        if not todo or not self.proofs_readable:
+            return observations
+        finder = ProofFinder(self.nsmap.scenario_ref)
+        out = list(observations)
+        deadline = time.monotonic() + self.ctx.timeouts.proof_grace
+        while todo:
+            since = math.ceil(time.monotonic() - started) + 2
+            cache: dict[tuple[str, str], list[str]] = {}
+            still = []
+            for i in todo:
+                proof = self._find_proof(probes[i], calls[i], finder, since, cache)
+                if proof is None:
+                    still.append(i)
+                else:
+                    out[i] = Observation(out[i].outcome, out[i].evidence, proof, out[i].notes)
+            todo = still
+            if not todo or time.monotonic() >= deadline or not self.proofs_readable:
+                break
+            time.sleep(0.5)
+        return out
+
+    def _log_lines(self, pod: PodInfo, since: int, cache: dict[tuple[str, str], list[str]]) -> list[str]:
+        key = (pod.namespace, pod.name)
+        if key not in cache:
+            try:
+                cache[key] = self.ctx.kube.logs(pod.namespace, pod.name, PROXY_CONTAINER,
+                                                since_seconds=since).splitlines()
+            except TargetError as exc:
+                self.proofs_readable = False
+                self.notes.append(f"proxy logs not readable, denials are unconfirmed: {exc}")
+                cache[key] = []
+        return cache[key]
+
+    def _find_proof(self, probe: Probe, call: CurlCall, finder: ProofFinder, since: int,
+                    cache: dict[tuple[str, str], list[str]]) -> Proof | None:
+        dest = probe.destination
+        if not dest.in_mesh:
+            return None
+        src_pod, dst_pod = self._pods[probe.source.ref], self._pods[dest.ref]
+        http = probe.port.protocol == "HTTP"
+        sources = {src_pod.ip}
+        if self.mode == "waypoint":
+            sources |= {p.ip for p in self._waypoint_pods}
+        query = ProofQuery(call.probe_id, frozenset(sources), dst_pod.ip, probe.port.number, http)
+        if self.mode == "sidecar":
+            lines = self._log_lines(dst_pod, since, cache)
+            return finder.from_envoy(lines, f"sidecar:{dest.ref}", query)
+        if self.mode == "waypoint":
+            for wp in self._waypoint_pods:
+                proof = finder.from_envoy(self._log_lines(wp, since, cache),
+                                          f"waypoint:{self.nsmap.scenario_namespace(wp.namespace)}/"
+                                          f"{wp.labels.get(WAYPOINT_POD_LABEL, wp.name)}", query)
+                if proof is not None:
+                    return proof
+        ztunnel = self._ztunnels.get(dst_pod.node)
+        if ztunnel is None:
+            return None
+        return finder.from_ztunnel(self._log_lines(ztunnel, since, cache), f"ztunnel:{dst_pod.node}", query)
+
+    # -- records --------------------------------------------------------------------------------
+    def _record(self, probes: Sequence[Probe], observations: Sequence[Observation]) -> None:
+        path = self.ctx.observations_out
+        if path is None:
+            return
+        lines = []
+        for probe, obs in zip(probes, observations, strict=True):
+            lines.append(json.dumps({
+                "target": self.ctx.target_name, "istio": str(self.ctx.version), "scenario": self.scenario.name,
+                "path": self.scenario.path, "mode": self.mode, "step": self._step,
+                "probe": list(_jsonable(probe.key)), "outcome": obs.outcome,
+                "proof": obs.proof.policy if obs.proof else None, "denial_proved": obs.confirmed_denial,
+                "time": time.time(),
+            }, sort_keys=True))
+        with self._lock, open(path, "a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+def _jsonable(key: tuple[Any, ...]) -> list[Any]:
+    return [list(map(list, k)) if isinstance(k, tuple) else k for k in key]
+
+
+def _allure_attach(name: str, text: str) -> None:
+    """Attach to the running test's Allure result when allure-pytest is in use; otherwise nothing."""
+    with contextlib.suppress(Exception):
+        import allure
+
+        allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
+

@@ -1,0 +1,166 @@
+"""The kind target without Docker: the exact command lines pytest-kind runs for us (a fake `kind` on
+disk records them), the cluster naming, reuse rules, and teardown (also when creation is interrupted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conformance.errors import TargetError, TargetUnavailable
+from conformance.mesh.cluster import istioctl
+from conformance.mesh.cluster.istioctl import Kubeconfig
+from conformance.mesh.cluster.kind import KindTarget, cluster_name, istiod_version
+from conformance.mesh.cluster.matrix import load
+from conformance.mesh.cluster.options import ClusterSettings
+
+M = load()
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: kind-x, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: kind-x, user: {token: t}}]
+contexts: [{name: kind-x, context: {cluster: kind-x, user: kind-x}}]
+current-context: kind-x
+"""
+
+
+def fake_kind(tmp_path: Path) -> tuple[Path, Path]:
+    """A `kind` that logs its argv (JSON per line) and writes a kubeconfig where it is asked to."""
+    log = tmp_path / "kind.log"
+    kind = tmp_path / "kind"
+    kind.write_text(f"""#!/usr/bin/env python3
+import json, sys
+args = sys.argv[1:]
+open({str(log)!r}, "a").write(json.dumps(args) + "\\n")
+for a in args:
+    if a.startswith("--kubeconfig="):
+        open(a.split("=", 1)[1], "w").write({KUBECONFIG!r})
+""")
+    kind.chmod(0o755)
+    return kind, log
+
+
+def test_cluster_names():
+    assert cluster_name(None, "ambient", "1.30.3") == "authz-ambient-1-30-3"
+    assert cluster_name("ci", "waypoint", "1.29.6") == "ci-waypoint-1-29-6"
+    with pytest.raises(TargetUnavailable):
+        cluster_name("x" * 60, "sidecar", "1.30.3")
+
+
+def test_istiod_version_from_image():
+    def dep(image: str) -> dict:
+        return {"spec": {"template": {"spec": {"containers": [{"name": "discovery", "image": image}]}}}}
+
+    assert istiod_version(dep("docker.io/istio/pilot:1.30.3")) == "1.30.3"
+    assert istiod_version(dep("gcr.io/istio-release/pilot:1.29.6-distroless")) == "1.29.6"
+    assert istiod_version(dep("registry/pilot:1.30.3@sha256:abc")) == "1.30.3"
+    assert istiod_version(dep("nginx:1")) is None and istiod_version(None) is None
+
+
+def test_what_pytest_kind_is_given(tmp_path):
+    target = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, kind_bin=str(tmp_path / "kind")))
+    target._kind = str(tmp_path / "kind")
+    args = target.kind_cluster_args("ambient")
+    assert args == {"name": "authz-ambient-1-30-3",
+                    "kubeconfig": Path(".pytest-kind/authz-ambient-1-30-3/kubeconfig"),
+                    "image": M.node_image, "kind_path": tmp_path / "kind", "config_file": M.kind_config}
+    own = KindTarget(ClusterSettings("1.29", cluster_name="ci", kubeconfig="/tmp/k", kind_image="img@sha256:1",
+                                     kind_config=Path("/tmp/c.yaml")))
+    assert own.kind_cluster_args("sidecar") == {"name": "ci-sidecar-1-29-6", "kubeconfig": Path("/tmp/k"),
+                                                "image": "img@sha256:1", "kind_path": None,
+                                                "config_file": Path("/tmp/c.yaml")}
+
+
+def test_pytest_kind_command_lines_with_a_fake_kind(tmp_path, monkeypatch):
+    pytest.importorskip("pytest_kind")
+    kind, log = fake_kind(tmp_path)
+    monkeypatch.chdir(tmp_path)  # pytest-kind makes ./.pytest-kind/<name>/
+    kubeconfig = tmp_path / "kc"
+    target = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, kind_bin=str(kind),
+                                        kubeconfig=str(kubeconfig)))
+    target._kind = str(kind)
+    installed: list[str] = []
+    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode: installed.append(cluster.name))
+    cluster = target._cluster("sidecar")
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    name = "authz-sidecar-1-30-3"
+    assert calls[0] == ["get", "clusters"]
+    assert calls[1] == ["create", "cluster", f"--name={name}", f"--kubeconfig={kubeconfig}",
+                        f"--image={M.node_image}", "--config", str(M.kind_config)]
+    assert calls[2] == ["export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)]
+    assert installed == [name] and cluster.context == f"kind-{name}"
+    assert not any("download" in " ".join(c) for c in calls)
+    target.close()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[-1] == ["delete", "cluster", f"--name={name}", f"--kubeconfig={kubeconfig}"]
+
+
+def test_kept_clusters_are_not_deleted_and_interrupted_creation_is(tmp_path, monkeypatch):
+    pytest.importorskip("pytest_kind")
+    kind, log = fake_kind(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    kept = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, keep_cluster=True, kind_bin=str(kind)))
+    kept._kind = str(kind)
+    monkeypatch.setattr(kept, "_install_istio", lambda cluster, mode: None)
+    kept._cluster("ambient")
+    kept.close()
+    assert not any(json.loads(line)[0] == "delete" for line in log.read_text().splitlines())
+
+    broken = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, kind_bin=str(kind)))
+    broken._kind = str(kind)
+
+    def interrupted(cluster, mode):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broken, "_install_istio", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broken._cluster("ambient")
+    broken.close()
+    assert json.loads(log.read_text().splitlines()[-1])[:2] == ["delete", "cluster"]
+
+
+def test_istioctl_command_lines():
+    kc = Kubeconfig("/k", "kind-x")
+    overlay = M.modes["ambient"].overlay
+    assert istioctl.install_argv("istioctl", kc, "ambient", overlay) == [
+        "istioctl", "install", "-y", "--kubeconfig", "/k", "--context", "kind-x", "-f", str(overlay),
+        "--set", "profile=ambient", "--readiness-timeout", "300s"]
+    assert istioctl.install_argv("i", Kubeconfig(None, None), "default", overlay, revision="1-30-3")[-2:] == [
+        "--set", "revision=1-30-3"]
+    assert istioctl.analyze_argv("i", kc, "ns") == ["i", "analyze", "--kubeconfig", "/k", "--context", "kind-x",
+                                                    "-n", "ns", "-o", "json"]
+    assert istioctl.ztunnel_policies_argv("i", kc, "ztunnel-abc") == [
+        "i", "ztunnel-config", "policies", "ztunnel-abc.istio-system", "-o", "json", "--kubeconfig", "/k",
+        "--context", "kind-x"]
+    assert istioctl.tag_set_argv("i", kc, "1-30-3") == ["i", "tag", "set", "default", "--revision", "1-30-3",
+                                                        "--overwrite", "-y", "--kubeconfig", "/k", "--context",
+                                                        "kind-x"]
+    assert istioctl.uninstall_revision_argv("i", kc, "default")[:5] == ["i", "uninstall", "--revision", "default",
+                                                                         "-y"]
+
+
+def test_istioctl_output_parsing():
+    msgs = istioctl.parse_analyze(json.dumps([
+        {"code": "IST0102", "level": "Info", "message": "The namespace is not enabled for Istio injection.",
+         "origin": "Namespace x"},
+        {"code": "IST0101", "level": "Error", "message": "Referenced selector not found",
+         "origin": "AuthorizationPolicy a/b"},
+    ]))
+    assert [m.level for m in msgs] == ["Info", "Error"]
+    assert str(msgs[1]) == "Error [IST0101] (AuthorizationPolicy a/b): Referenced selector not found"
+    assert istioctl.parse_analyze("") == []
+    with pytest.raises(TargetError):
+        istioctl.parse_analyze("✔ No validation issues found")
+    assert istioctl.client_version('{"clientVersion": {"version": "1.30.3"}}') == "1.30.3"
+
+
+def test_run_reports_failures_and_timeouts(tmp_path):
+    assert istioctl.run(["sh", "-c", "echo hi"], timeout=10).stdout == "hi\n"
+    assert istioctl.run(["sh", "-c", "exit 79"], timeout=10, ok=(0, 79)).returncode == 79
+    with pytest.raises(TargetError, match=r"exited 3: .*boom"):
+        istioctl.run(["sh", "-c", "echo boom >&2; exit 3"], timeout=10)
+    with pytest.raises(TargetError, match="did not finish within"):
+        istioctl.run(["sleep", "5"], timeout=0.2)
+    with pytest.raises(TargetError, match="cannot be run"):
+        istioctl.run([str(tmp_path / "missing")], timeout=1)

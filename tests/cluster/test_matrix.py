@@ -1,0 +1,120 @@
+"""clusters/versions.yaml: the one place the tested matrix lives, checked, and the pinned installer."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance.errors import TargetUnavailable
+from conformance.mesh.cluster import matrix as matrix_mod
+from conformance.versions import PINNED_PATCH, IstioVersion
+
+M = matrix_mod.load()
+
+
+def test_matrix_is_pinned_and_consistent():
+    assert M.kind_version.startswith("v") and "@sha256:" in M.node_image
+    assert all("@sha256:" in image for image in M.images.values())
+    assert set(M.matrix_modes) == {"sidecar", "ambient", "waypoint"}
+    assert {v.rsplit(".", 1)[0] for v in M.matrix_istio} == {"1.30", "1.29"}
+    for version in M.matrix_istio:
+        major, minor, patch = map(int, version.split("."))
+        assert PINNED_PATCH[(major, minor)] == patch, "versions.yaml and conformance/versions.py must agree"
+    assert M.istio["1.30.3"].sha256 == "55ada076ba1b37af49e8a24e5e539b4abccabdb33894c923279edd293eea3993"
+    assert M.kind_binaries["linux-amd64"][1] and len(M.kind_binaries["linux-amd64"][1]) == 64
+    assert M.modes["sidecar"].profile == "default" and M.modes["ambient"].profile == "ambient"
+    assert M.modes["waypoint"].gateway_api and M.modes["waypoint"].overlay.exists()
+    assert M.kind_config.exists()
+    assert M.release("1.30") == M.istio["1.30.3"] and M.release("1.30.3").revision == "1-30-3"
+    assert str(IstioVersion.parse(M.default_istio)) == M.default_istio
+    with pytest.raises(TargetUnavailable, match="not in the tested matrix"):
+        M.release("1.27")
+
+
+def test_overlays_enable_json_access_logs_with_the_proof_fields():
+    import json
+
+    for mode in ("sidecar", "ambient"):
+        overlay = yaml.safe_load(M.modes[mode].overlay.read_text())
+        mesh = overlay["spec"]["meshConfig"]
+        assert mesh["accessLogFile"] == "/dev/stdout" and mesh["accessLogEncoding"] == "JSON"
+        fmt = json.loads(mesh["accessLogFormat"])
+        assert fmt["details"] == "%RESPONSE_CODE_DETAILS%" and fmt["term"] == "%CONNECTION_TERMINATION_DETAILS%"
+        assert fmt["probe"] == "%REQ(X-AUTHZ-PROBE)%"
+
+
+def test_github_matrix():
+    include = M.github_matrix()["include"]
+    assert len(include) == len(M.matrix_modes) * len(M.matrix_istio)
+    assert all(job["node_image"] == M.node_image for job in include)
+
+
+def test_unpinned_images_are_refused(tmp_path):
+    raw = yaml.safe_load(matrix_mod.VERSIONS_FILE.read_text())
+    raw["images"]["curl"] = "curlimages/curl:8.16.0"
+    (tmp_path / "versions.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(matrix_mod.MatrixError, match="not pinned by digest"):
+        matrix_mod.load(tmp_path / "versions.yaml")
+
+
+def test_missing_file_is_a_reason_to_skip(tmp_path):
+    with pytest.raises(TargetUnavailable, match="checkout"):
+        matrix_mod.load(tmp_path / "nope.yaml")
+
+
+def fake_fetcher(files: dict[str, bytes]):
+    def fetch(url: str, dest: Path) -> None:
+        dest.write_bytes(files[url])
+    return fetch
+
+
+def test_verified_download(tmp_path):
+    data = b"binary"
+    digest = hashlib.sha256(data).hexdigest()
+    assert matrix_mod.verified_download("u", digest, tmp_path / "a", fake_fetcher({"u": data})) == digest
+    with pytest.raises(SystemExit, match="checksum mismatch"):
+        matrix_mod.verified_download("u", "0" * 64, tmp_path / "b", fake_fetcher({"u": data}))
+    assert not (tmp_path / "b").exists()
+    warnings: list[str] = []
+    fetch = fake_fetcher({"u": data, "u.sha256": f"{digest}  file\n".encode()})
+    matrix_mod.verified_download("u", None, tmp_path / "c", fetch, warn=warnings.append)
+    assert warnings and "Pin it: sha256: " + digest in warnings[0]
+    with pytest.raises(SystemExit):
+        matrix_mod.verified_download("u", None, tmp_path / "d",
+                                     fake_fetcher({"u": data, "u.sha256": b"f" * 64}), warn=warnings.append)
+
+
+def test_install_extracts_istioctl_and_kind(tmp_path):
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:gz") as tar:
+        content = b"#!/bin/sh\necho istioctl\n"
+        info = tarfile.TarInfo("istio-1.30.3/bin/istioctl")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    tarball = tar_bytes.getvalue()
+    kind = b"kind-binary"
+    release = M.istio["1.30.3"]
+    kind_url, _ = M.kind_binaries["linux-amd64"]
+    from dataclasses import replace
+
+    pinned = replace(M, kind_binaries={"linux-amd64": (kind_url, hashlib.sha256(kind).hexdigest())},
+                     istio={"1.30.3": matrix_mod.IstioRelease(
+                         "1.30.3", release.url, hashlib.sha256(tarball).hexdigest(), release.gateway_api)})
+    made = matrix_mod.install(pinned, tmp_path / "bin", ["1.30.3"],
+                              fetch=fake_fetcher({kind_url: kind, release.url: tarball}))
+    assert [p.name for p in made] == ["kind", "istioctl-1.30.3", "istioctl"]
+    assert (tmp_path / "bin" / "istioctl").read_bytes() == content
+
+
+def test_command_line(capsys):
+    assert matrix_mod.main(["github"]) == 0
+    assert '"include"' in capsys.readouterr().out
+    assert matrix_mod.main(["get", "node-image"]) == 0
+    assert capsys.readouterr().out.strip() == M.node_image
+    assert matrix_mod.main(["get", "gateway-api-url", "1.30"]) == 0
+    assert capsys.readouterr().out.strip().endswith("v1.5.1/standard-install.yaml")

@@ -1,0 +1,169 @@
+"""Rendering: every object the cluster targets apply, for every shipped scenario and mode, validated
+against the Kubernetes OpenAPI schemas of the tested release (kubernetes-validate, strict)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from conformance.mesh.cluster import matrix as matrix_mod
+from conformance.mesh.cluster.manifests.render import (
+    APP_SCRIPT,
+    WORKLOAD_LABEL,
+    RenderSettings,
+    enrollment_labels,
+    render_workloads,
+)
+from conformance.mesh.cluster.naming import NamespaceMap
+from conformance.model import MODES
+from conformance.scenario import load
+from conformance.versions import IstioVersion
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = [*sorted((ROOT / "policies").glob("*.yaml")), ROOT / "tests" / "data" / "good.yaml"]
+MATRIX = matrix_mod.load()
+K8S = "1.35.0"  # the node image's release (clusters/versions.yaml kind.kubernetes)
+
+
+@pytest.fixture(scope="module")
+def kv():
+    """kubernetes-validate, with its schema files parsed once (it re-reads ~5 MB of JSON per call)."""
+    module = pytest.importorskip("kubernetes_validate")
+    original = module.utils.schema_contents
+    module.utils.schema_contents = functools.lru_cache(maxsize=None)(original)
+    yield module
+    module.utils.schema_contents = original
+
+
+def render(path: Path, mode: str):
+    scenario = load(path, IstioVersion.parse("1.30"))
+    nsmap = NamespaceMap.for_scenario(scenario, "azt3st00-")
+    settings = RenderSettings(mode, MATRIX.images["curl"], MATRIX.images["app"], "azt3st00")
+    return scenario, nsmap, render_workloads(scenario, nsmap, settings)
+
+
+def test_the_schemas_are_those_of_the_node_image():
+    assert K8S.startswith(MATRIX.kubernetes + ".")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_rendered_object_is_valid_kubernetes(path, mode, kv):
+    _, _, docs = render(path, mode)
+    assert docs
+    for doc in docs:
+        if doc["kind"] == "Gateway":  # a CRD: checked structurally in test_waypoint_gateway
+            continue
+        kv.validate(doc, K8S, strict=True)
+
+
+def test_invalid_objects_are_caught_by_the_validator(kv):
+    _, _, docs = render(ROOT / "tests/data/good.yaml", "sidecar")
+    service = next(d for d in docs if d["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = "eighty"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(service, K8S, strict=True)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containerz"] = []
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, K8S, strict=True)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_services_name_their_protocol_and_select_only_their_workload(path):
+    scenario, nsmap, docs = render(path, "sidecar")
+    services = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Service"}
+    for w in scenario.workloads:
+        key = (nsmap.cluster_namespace(w.namespace), w.name)
+        if not w.ports:
+            assert key not in services
+            continue
+        svc = services[key]
+        assert svc["spec"]["selector"] == {WORKLOAD_LABEL: w.name}
+        for port, sp in zip(w.ports, svc["spec"]["ports"], strict=True):
+            proto = "http" if port.protocol == "HTTP" else "tcp"
+            assert sp["name"] == f"{proto}-{port.number}" and sp["appProtocol"] == proto
+            assert sp["port"] == port.number == sp["targetPort"]
+
+
+def test_two_workloads_sharing_app_never_share_a_selector():
+    _, _, docs = render(ROOT / "policies" / "workload-selector-scope.yaml", "sidecar")
+    selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in docs
+                 if d["kind"] == "Deployment"]
+    assert len(selectors) == len(set(selectors))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_namespace_labels_enroll_in_mesh_namespaces_only(mode):
+    scenario, nsmap, docs = render(ROOT / "tests/data/good.yaml", mode)
+    labels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs if d["kind"] == "Namespace"}
+    enroll = enrollment_labels(mode)
+    for ns in {w.namespace for w in scenario.workloads}:
+        in_mesh = any(w.in_mesh for w in scenario.workloads if w.namespace == ns)
+        got = labels[nsmap.cluster_namespace(ns)]
+        for k, v in enroll.items():
+            assert (got.get(k) == v) == in_mesh, (ns, got)
+        assert got["authz-conformance/run"] == "azt3st00"
+    if mode == "waypoint":
+        served = {wp.namespace: wp.name for wp in scenario.waypoints}
+        for ns, name in served.items():
+            assert labels[nsmap.cluster_namespace(ns)]["istio.io/use-waypoint"] == name
+    else:
+        assert all("istio.io/use-waypoint" not in v for v in labels.values())
+
+
+def test_sidecar_enrollment_by_revision():
+    assert enrollment_labels("sidecar", "1-30-3") == {"istio.io/rev": "1-30-3"}
+    assert enrollment_labels("ambient", "1-30-3") == {"istio.io/dataplane-mode": "ambient"}
+
+
+def test_out_of_mesh_pod_in_an_enrolled_namespace_opts_out():
+    """The loader keeps out-of-mesh workloads in namespaces of their own; the renderer still opts a pod
+    out explicitly should one share an enrolled namespace (a scenario object built by hand)."""
+    from conformance.model import MeshConfig, Port, Scenario, Workload
+
+    scenario = Scenario("s", "", "s.yaml", ("sidecar", "ambient"), MeshConfig(), (
+        Workload("server", "shared", "server", {"app": "server"}, (Port(8080),)),
+        Workload("outsider", "shared", "outsider", {"app": "outsider"}, (), in_mesh=False),
+    ), (), ())
+    nsmap = NamespaceMap.for_scenario(scenario, "azt3st00-")
+    for mode, key, value in (("sidecar", "sidecar.istio.io/inject", "false"),
+                             ("ambient", "istio.io/dataplane-mode", "none")):
+        docs = render_workloads(scenario, nsmap, RenderSettings(mode, "c@sha256:1", "a@sha256:2", "azt3st00"))
+        pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "outsider")
+        assert pod["spec"]["template"]["metadata"]["labels"][key] == value
+        server = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "server")
+        assert key not in server["spec"]["template"]["metadata"]["labels"]
+
+
+def test_pods_run_the_local_mesh_app_from_pinned_images():
+    _, _, docs = render(ROOT / "tests/data/good.yaml", "ambient")
+    cms = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert cms and all(cm["data"]["app.py"] == APP_SCRIPT.read_text() for cm in cms)
+    spec = cms[0]["data"]["accounts.json"]
+    assert '"ref": "azt3st00-accounts/accounts"' in spec and '"port": 9000' in spec
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        containers = d["spec"]["template"]["spec"]["containers"]
+        assert containers[0]["name"] == "curl"
+        for c in containers:
+            assert "@sha256:" in c["image"]
+
+
+def test_waypoint_gateway():
+    scenario, nsmap, docs = render(ROOT / "policies" / "waypoint-getting-started.yaml", "waypoint")
+    gateways = [d for d in docs if d["kind"] == "Gateway"]
+    assert len(gateways) == len(scenario.waypoints)
+    for gw, wp in zip(gateways, scenario.waypoints, strict=True):
+        assert gw["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert gw["spec"]["gatewayClassName"] == "istio-waypoint"
+        assert gw["spec"]["listeners"] == [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]
+        assert gw["metadata"] == {"name": wp.name, "namespace": nsmap.cluster_namespace(wp.namespace),
+                                  "labels": {"istio.io/waypoint-for": "service",
+                                             "app.kubernetes.io/managed-by": "authz-conformance",
+                                             "authz-conformance/run": "azt3st00"}}
+    assert not [d for d in render(ROOT / "policies" / "waypoint-getting-started.yaml", "ambient")[2]
+                if d["kind"] == "Gateway"]

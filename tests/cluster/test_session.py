@@ -1,0 +1,320 @@
+"""A cluster session end to end against a fake cluster on this machine: the real rendering, namespace
+mapping, server-side-apply bookkeeping, propagation barrier, analyze warnings, the real probe script run
+by /bin/sh with real curl against the real app (a `curl` shim only resolves Service names to local
+ports, as cluster DNS would), the shared classifier, and proofs read from (fake) proxy logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from conformance.errors import TargetError
+from conformance.mesh.cluster.istioctl import Kubeconfig, Result
+from conformance.mesh.cluster.kube import ExecResult, PodInfo
+from conformance.mesh.cluster.session import (
+    BarrierWarning,
+    ClusterContext,
+    ClusterSession,
+    IstioAnalyzeWarning,
+    Timeouts,
+    check_shared_cluster,
+)
+from conformance.mesh.local.app import EchoServer
+from conformance.model import ALLOWED, DENIED_L7, Manifest
+from conformance.scenario import load
+from conformance.versions import IstioVersion
+
+ROOT = Path(__file__).resolve().parents[2]
+CURL = shutil.which("curl")
+pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+
+SHIM = """#!{python}
+import json, os, sys
+routes = json.load(open({routes!r}))
+args = sys.argv[1:]
+for i, a in enumerate(args):
+    if a.startswith("http://"):
+        rest = a[len("http://"):]
+        hostport, _, path = rest.partition("/")
+        host = hostport if ":" in hostport else hostport + ":80"
+        if host in routes:
+            args[i] = "http://127.0.0.1:%d/%s" % (routes[host], path)
+            args[i:i] = ["-H", "host: " + hostport]
+os.execv({curl!r}, [{curl!r}, *args])
+"""
+
+
+class Forbidden(BaseHTTPRequestHandler):
+    """A destination whose (pretend) sidecar denies: 403 RBAC, and a log line naming the probe."""
+
+    protocol_version = "HTTP/1.1"
+    records: ClassVar[list[str]] = []
+    policy = "ns[{ns}]-policy[deny-all]-rule[0]"
+
+    def do_GET(self) -> None:
+        body = b"RBAC: access denied"
+        self.send_response(403)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        Forbidden.records.append(json.dumps({
+            "type": "DownstreamEnd", "method": "GET", "code": 403, "probe": self.headers.get("x-authz-probe"),
+            "details": f"rbac_access_denied_matched_policy[{self.server.policy_id}]",  # type: ignore[attr-defined]
+            "src": "10.0.0.2:5555", "local": "10.0.0.1:8080"}))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class FakeKube:
+    """Just enough of `Kube` for a session: objects in a dict, pods per Deployment, exec run locally."""
+
+    def __init__(self, tmp: Path, deny: set[str]):
+        self.tmp = tmp
+        self.deny = deny  # cluster namespaces whose server "denies"
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.applied: list[tuple[str, str, str]] = []
+        self.deleted: list[tuple[str, str, str]] = []
+        self.servers: list[Any] = []
+        self.routes: dict[str, int] = {}
+        self.bindir = tmp / "bin"
+        self.bindir.mkdir()
+        self.lock = threading.Lock()
+
+    def apply(self, doc: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
+        meta = doc["metadata"]
+        key = (doc["kind"], meta.get("namespace", ""), meta["name"])
+        self.objects[key] = doc
+        self.applied.append(key)
+        if doc["kind"] == "Service":
+            ns, name = meta["namespace"], meta["name"]
+            for port in doc["spec"]["ports"]:
+                if ns in self.deny:
+                    srv = ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+                    srv.policy_id = Forbidden.policy.format(ns=ns)  # type: ignore[attr-defined]
+                else:
+                    srv = EchoServer(("127.0.0.1", 0), f"{ns}/{name}")
+                threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+                self.servers.append(srv)
+                self.routes[f"{name}.{ns}:{port['port']}"] = srv.server_address[1]
+        return doc
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        self.deleted.append((kind, namespace or "", name))
+        return self.objects.pop((kind, namespace or "", name), None) is not None
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None):
+        return self.objects.get((kind, namespace or "", name))
+
+    def wait_rollout(self, *args: Any, **kw: Any) -> float:
+        return 0.0
+
+    def pods(self, namespace: str | None, label_selector: str | None = None) -> list[PodInfo]:
+        out = []
+        for (kind, ns, name), doc in self.objects.items():
+            if kind != "Deployment" or ns != namespace:
+                continue
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            key, _, value = (label_selector or "").partition("=")
+            if label_selector and labels.get(key) != value:
+                continue
+            out.append(PodInfo(f"{name}-abc", ns, f"10.0.{len(out)}.{len(name)}", "node1", labels, True))
+        return out
+
+    def exec(self, namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> ExecResult:
+        if container == "istio-proxy":  # config dump: every applied policy's id, as istiod would push it
+            ids = [f"ns[{ns}]-policy[{n}]-rule[0]" for (k, ns, n) in self.objects if k == "AuthorizationPolicy"]
+            return ExecResult(json.dumps({"policies": ids}), "", 0, 0.01)
+        with self.lock:  # execs run in parallel (one per source pod): write the shim once, atomically
+            routes = self.tmp / "routes.json"
+            if not routes.exists() or json.loads(routes.read_text()) != self.routes:
+                tmp = self.tmp / "routes.json.tmp"
+                tmp.write_text(json.dumps(self.routes))
+                tmp.replace(routes)
+            shim = self.bindir / "curl"
+            if not shim.exists():
+                tmp = self.tmp / "curl.tmp"
+                tmp.write_text(SHIM.format(python=sys.executable, routes=str(routes), curl=CURL))
+                tmp.chmod(0o755)
+                tmp.replace(shim)
+        env = {"PATH": f"{self.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        return ExecResult(proc.stdout, proc.stderr, proc.returncode, 0.1)
+
+    def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+             tail_lines: int | None = None) -> str:
+        return "\n".join("2026-11-23T10:00:00.000000000Z " + r for r in Forbidden.records)
+
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.shutdown()
+
+
+def analyze_stub(argv: list[str], timeout: float, ok: tuple[int, ...] = (0,)) -> Result:
+    ns = argv[argv.index("-n") + 1]
+    out = json.dumps([{"code": "IST0118", "level": "Warning", "message": "Port name x is not following convention",
+                       "origin": f"Service {ns}/accounts"}])
+    return Result(tuple(argv), 79, out, "", 0.1)
+
+
+@pytest.fixture
+def world(tmp_path):
+    Forbidden.records = []
+    scenario = load(ROOT / "tests" / "data" / "good.yaml", IstioVersion.parse("1.30"))
+    kube = FakeKube(tmp_path, deny=set())
+    ctx = ClusterContext(kube=kube, kubeconfig=Kubeconfig(None, "ctx"), istioctl="istioctl",  # type: ignore[arg-type]
+                         version=IstioVersion.parse("1.30"), curl_image="c@sha256:1", app_image="a@sha256:2",
+                         prefix="azt3st00-", enrollment={"istio-injection": "enabled"},
+                         timeouts=Timeouts(barrier=0.6, canary=10.0, probe=10.0, connect=5.0, proof_grace=0.5),
+                         observations_out=tmp_path / "obs.jsonl", run_command=analyze_stub)
+    yield scenario, kube, ctx
+    kube.close()
+
+
+def test_session_deploys_probes_applies_and_cleans_up(world):
+    scenario, kube, ctx = world
+    session = ClusterSession(scenario, "sidecar", ctx).start()
+    kinds = [k for k, _, _ in kube.applied]
+    assert kinds[0] == "Namespace" and "Deployment" in kinds and "Service" in kinds
+    assert session.addresses["accounts/accounts"].startswith("10.0.")
+    assert session.namespace_map == [("accounts", "azt3st00-accounts"), ("finance", "azt3st00-finance"),
+                                     ("legacy", "azt3st00-legacy"), ("rogue", "azt3st00-rogue")]
+
+    step = scenario.steps[1]  # deny-all in accounts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        applied = session.apply(step.policies)
+    assert applied.created == ("azt3st00-accounts/deny-all",) and applied.seconds >= 0
+    assert ("AuthorizationPolicy", "azt3st00-accounts", "deny-all") in kube.objects
+    assert session.barriers[-1].reached
+    assert any(issubclass(w.category, IstioAnalyzeWarning) and "IST0118" in str(w.message) for w in caught)
+    assert session.analysis[-1][1][0].code == "IST0118"
+
+    probes = [e.probe for e in scenario.steps[2].expectations]
+    observations = session.probe(probes)
+    assert [o.outcome for o in observations] == [ALLOWED] * len(probes), [o.evidence for o in observations]
+    first = observations[0]
+    assert first.evidence.body.startswith("azt3st00-accounts/accounts responding")
+    assert '"x-team": "a"' in first.evidence.body
+    assert "kubectl exec -n azt3st00-finance curl-abc -c curl -- curl -sS" in first.evidence.command
+    records = [json.loads(line) for line in ctx.observations_out.read_text().splitlines()]
+    assert {r["scenario"] for r in records} == {"good"} and records[0]["step"] == 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        applied = session.apply(scenario.steps[0].policies)  # back to no policy: the old one is deleted
+    assert applied.deleted == ("azt3st00-accounts/deny-all",)
+    assert ("AuthorizationPolicy", "azt3st00-accounts", "deny-all") in kube.deleted
+    session.close()
+    assert {ns for k, _, ns in kube.deleted if k == "Namespace"} == {
+        "azt3st00-accounts", "azt3st00-finance", "azt3st00-legacy", "azt3st00-rogue"}
+
+
+def test_a_denial_is_proved_by_the_proxy_record_and_mapped_back(world):
+    scenario, kube, ctx = world
+    kube.deny.add("azt3st00-accounts")
+    session = ClusterSession(scenario, "sidecar", ctx)
+    session._canary = lambda: None  # type: ignore[method-assign]  # the "denying" fake would fail it
+    session.start()
+    probe = scenario.steps[1].expectations[0].probe
+    (obs,) = session.probe([probe])
+    assert obs.outcome == DENIED_L7
+    assert obs.proof is not None and obs.proof.denied
+    assert obs.proof.policy == "accounts/deny-all" and obs.proof.proxy == "sidecar:accounts/accounts"
+    session.close()
+
+
+def test_a_broken_mesh_fails_at_start_not_as_a_denial(world):
+    scenario, kube, ctx = world
+    kube.deny.add("azt3st00-accounts")
+    from dataclasses import replace
+
+    ctx.timeouts = replace(ctx.timeouts, canary=0.5)
+    with pytest.raises(TargetError, match="the mesh does not work"):
+        ClusterSession(scenario, "sidecar", ctx).start()
+    assert any(k == "Namespace" for k, _, _ in kube.deleted)  # cleaned up after the failure
+
+
+def test_a_slow_push_is_reported_not_hidden(world):
+    scenario, kube, ctx = world
+    session = ClusterSession(scenario, "sidecar", ctx).start()
+    kube.exec_real = kube.exec
+
+    def stale_config(namespace, pod, container, argv, timeout):
+        if container == "istio-proxy":
+            return ExecResult("{}", "", 0, 0.01)
+        return kube.exec_real(namespace, pod, container, argv, timeout)
+
+    kube.exec = stale_config  # type: ignore[method-assign]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.apply(scenario.steps[1].policies)
+    assert not session.barriers[-1].reached
+    assert any(issubclass(w.category, BarrierWarning) and "missing azt3st00-accounts/deny-all" in str(w.message)
+               for w in caught)
+    session.close()
+
+
+def test_shared_cluster_refuses_mesh_wide_policies():
+    scenario = load(ROOT / "policies" / "peer-authentication-strict.yaml", IstioVersion.parse("1.30"))
+    root = [m for s in scenario.steps for m in s.policies if m.namespace == "istio-system"]
+    if not root:
+        pa = Manifest("PeerAuthentication", "security.istio.io/v1", "default", "istio-system",
+                      {"spec": {"mtls": {"mode": "STRICT"}}}, "x.yaml: step s")
+        from dataclasses import replace
+
+        scenario = replace(scenario, steps=(replace(scenario.steps[0], policies=(pa,)),))
+    with pytest.raises(TargetError, match="--allow-mesh-wide"):
+        check_shared_cluster(scenario, "istio-system", allow=False)
+    check_shared_cluster(scenario, "istio-system", allow=True)
+
+
+def test_scenarios_the_cluster_cannot_honour_are_refused(world):
+    scenario, kube, ctx = world
+    from dataclasses import replace
+
+    from conformance.model import MeshConfig
+
+    other = replace(scenario, mesh=MeshConfig(trust_domain="example.org"))
+    with pytest.raises(TargetError, match="trust domain"):
+        ClusterSession(other, "sidecar", ctx).start()
+    assert not kube.applied
+
+
+def test_applied_reports_when_the_barrier_passed(world):
+    scenario, _kube, ctx = world
+    import time
+
+    session = ClusterSession(scenario, "sidecar", ctx).start()
+    before = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        applied = session.apply(scenario.steps[1].policies)
+    assert applied.acknowledged_at is not None and before <= applied.acknowledged_at <= time.monotonic()
+    assert ClusterSession.probes_during_apply  # the runner measures the enforcement gap on clusters
+    session.close()
+
+
+def test_the_shared_runner_drives_a_cluster_session(world):
+    """run_step (prediction, apply, enforcement-gap loop, convergence, judging) over a cluster session."""
+    from conformance.runner import run_step
+
+    scenario, _kube, ctx = world
+    session = ClusterSession(scenario, "sidecar", ctx).start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        result = run_step(session, scenario, scenario.steps[0], IstioVersion.parse("1.30"), required=2,
+                          deadline=20, proofs_readable=session.proofs_readable)
+    assert result.passed, [(r.probe.describe(), r.last) for r in result.table.rows]
+    assert all(rec.converged_after == 2 for rec in result.convergence.records)
+    session.close()

@@ -1,0 +1,159 @@
+"""Differential test: the verdict engine and the real Envoy mesh must agree on generated scenarios.
+
+Why: the engine (conformance/engine) and the local mesh's compiler (conformance/mesh/local/authz.py,
+rbac.py, ztunnel.py) are two independent implementations of Istio's semantics (DESIGN.md §5, §6, §9).
+Neither is trusted alone; where they disagree, one of them is wrong, and Istio's source says which.
+Hypothesis generates valid policy sets and probe batches over a few fixed worlds; for each example, one
+mesh per mode (kept across examples: apply() is declarative and waits for Envoy's acknowledgement)
+gets the policies, runs every probe in one parallel batch, and each observation must equal the engine's
+decision: the verdict, the outcome form (denied-l7 / denied-l4 / denied-upstream), the enforcing proxy,
+and the deciding policy named in that proxy's access log.
+
+Coverage is recorded with `hypothesis.event()` (run with `--hypothesis-show-statistics` to see it) and
+summed up at the end of the session (tests/conftest.py prints the summary). The number of examples is
+the `differential` settings profile (conftest.py): 70 per world, 210 in all, by default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from conformance.engine import Decision, decide, state_for_step
+from conformance.engine.decide import ALLOW_MATCHED, ALLOW_UNMATCHED, DENY_MATCHED, STRICT_MTLS
+from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
+from conformance.model import Manifest, Mode, Step
+from conformance.probe import Observation
+from conformance.validation import ERROR, UNSUPPORTED, validate_manifest
+from conformance.versions import IstioVersion
+from tests.differential_world import WORLDS, Pools, World, features, policy_set, probes
+
+VERSION = IstioVersion.parse("1.30")
+EXAMPLES_PER_WORLD = int(os.environ.get("AUTHZ_DIFFERENTIAL_EXAMPLES", "70"))
+
+# Summed over every example of the session, printed by tests/conftest.py (pytest_terminal_summary).
+COVERAGE: Counter[str] = Counter()
+
+
+class Meshes:
+    """One running local mesh per mode for one world, started on first use and always closed."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.target = LocalTarget()
+        self.sessions: dict[Mode, LocalMeshSession] = {}
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return self.world.scenario().modes
+
+    def session(self, mode: Mode) -> LocalMeshSession:
+        found = self.sessions.get(mode)
+        if found is None:
+            found = self.sessions[mode] = self.target.start(self.world.scenario(), mode)
+        return found
+
+    def close(self) -> None:
+        for s in self.sessions.values():
+            s.close()
+        self.sessions.clear()
+
+
+@pytest.fixture(params=WORLDS, ids=[w.name for w in WORLDS])
+def meshes(request: pytest.FixtureRequest) -> Iterator[Meshes]:
+    world: World = request.param
+    reason = LocalTarget().unavailable("waypoint")
+    if reason:
+        pytest.skip(reason)
+    m = Meshes(world)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _yaml(policies: Sequence[Manifest]) -> str:
+    return yaml.safe_dump_all([dict(m.body) for m in policies], sort_keys=False)
+
+
+def disagreement(d: Decision, o: Observation) -> str | None:
+    """What differs between the engine's decision and the mesh's observation, or None.
+
+    The rule of conformance/verdicts.py, made stricter: the enforcing layer and, for ALLOW matches at an
+    Envoy layer, the allowing policy are compared too.
+    """
+    proof = o.proof
+    where = proof.proxy if proof else "no proof"
+    if o.outcome != d.outcome:
+        ev = o.evidence
+        return (f"engine: {d.verdict} ({d.outcome}, {d.layer}, {d.reason}, {d.policy}); observed {o.outcome} "
+                f"[{where}] (curl exit {ev.exit_code}, status {ev.status}, {ev.body[:120]!r} {ev.stderr[:120]})")
+    if d.verdict == "allow":
+        if d.reason == ALLOW_MATCHED and d.layer != "ztunnel" and proof is not None and proof.policy is not None:
+            named = proof.policy == d.policy or proof.policy in d.candidates
+            if not named:
+                return f"allowed, but by {proof.policy} at {where}; the engine says {d.policy} {d.candidates}"
+        return None
+    if proof is None or not proof.denied:
+        return f"{o.outcome} without the enforcing proxy's record of a denial ({'; '.join(o.notes)})"
+    if d.layer is not None and not proof.proxy.startswith(d.layer + ":"):
+        return f"denied at {proof.proxy}; the engine says {d.layer}"
+    if d.reason == DENY_MATCHED and proof.policy != d.policy and proof.policy not in d.candidates:
+        return f"denied by {proof.policy} at {where}; the engine says {d.policy} (candidates {d.candidates})"
+    if d.reason == ALLOW_UNMATCHED and proof.policy is not None:
+        return f"denied by {proof.policy} at {where}; the engine says no ALLOW policy matched"
+    if d.reason == STRICT_MTLS and "strict" not in proof.line:
+        return f"denied at {where} ({proof.line[:160]}); the engine says STRICT mTLS refused plaintext"
+    return None
+
+
+def _record(mode: Mode, d: Decision) -> None:
+    label = f"outcome: {mode} {d.outcome} ({d.reason} at {d.layer})"
+    event(label)
+    COVERAGE[label] += 1
+
+
+def _check_valid(policies: Sequence[Manifest], addresses: dict[str, str]) -> None:
+    """A generated policy Istio would reject, or that the suite does not model, is a generator bug."""
+    for m in policies:
+        bad = [f for f in validate_manifest(m.rendered(addresses).body, VERSION) if f.severity in (ERROR, UNSUPPORTED)]
+        assert not bad, f"generated an invalid policy:\n{_yaml([m])}\n{bad}"
+
+
+@given(data=st.data())
+@settings(settings.get_profile("differential"), max_examples=EXAMPLES_PER_WORLD)
+def test_engine_and_envoy_mesh_agree(meshes: Meshes, data: st.DataObject) -> None:
+    world = meshes.world
+    pools = Pools(world)
+    policies = data.draw(policy_set(pools), label="policies")
+    batch = data.draw(probes(world), label="probes")
+    for label in sorted(features(policies, batch)):
+        event(label)
+        COVERAGE[label] += 1
+    step = Step("generated", policies, ())
+    scenario = world.scenario((step,))
+    problems: list[str] = []
+    for mode in meshes.modes:
+        session = meshes.session(mode)
+        _check_valid(policies, session.addresses)
+        session.apply(policies)
+        observations = session.probe(batch)
+        state = state_for_step(scenario, step, session.addresses)
+        for p, o in zip(batch, observations, strict=True):
+            d = decide(state, p, mode, VERSION)
+            _record(mode, d)
+            COVERAGE["probes"] += 1
+            problem = disagreement(d, o)
+            if problem:
+                problems.append(f"[{mode}] {p.describe()}: {problem}")
+    COVERAGE["examples"] += 1
+    if problems:
+        raise AssertionError(
+            f"engine and mesh disagree on {len(problems)} observation(s) in world {world.name}:\n"
+            + "\n".join(problems) + "\npolicies:\n" + (_yaml(policies) or "(none)\n"))
