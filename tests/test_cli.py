@@ -79,3 +79,17 @@ def test_compare_reports_the_dry_run_change_in_ambient(tmp_path: Path) -> None:
     assert "[ambient]" in r.stdout and "1.25.1 deny" in r.stdout and "1.30.3 allow" in r.stdout
     assert "[sidecar]" not in r.stdout
     assert "compare: 1 probe(s) change" in r.stdout
+
+
+def test_compare_names_policies_the_older_release_rejects(tmp_path: Path) -> None:
+    scenario = tmp_path / "sa.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "apiVersion": "authz-conformance/v1", "kind": "Scenario", "metadata": {"name": "sa"},
+        "spec": {"workloads": [{"name": "b", "namespace": "x", "ports": [8080]}, {"name": "a", "namespace": "y"}],
+                 "steps": [{"name": "s", "expect": [{"from": "y/a", "to": "x/b"}], "policies": [{
+                     "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                     "metadata": {"name": "sa", "namespace": "x"},
+                     "spec": {"rules": [{"from": [{"source": {"serviceAccounts": ["y/a"]}}]}]}}]}]}}))
+    r = cli("compare", str(scenario), "--from", "1.24", "--to", "1.30")
+    assert r.returncode == 0, r.stderr
+    assert "serviceAccounts" in r.stdout and "Istio 1.24.6 rejects it" in r.stdout
