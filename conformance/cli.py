@@ -172,16 +172,10 @@ def _predict(files: Sequence[str], version: IstioVersion, only: Sequence[str] | 
 def _explain(file: str, version: IstioVersion, step_name: str, index: int, only: Sequence[str] | None,
              out: TextIO) -> int:
     from conformance.engine import explain, state_for_step
+    from conformance.repro import find_probe
 
     scenario = load(file, version)
-    step = scenario.step(step_name)
-    if step is None:
-        names = ", ".join(s.name for s in scenario.steps)
-        raise ConformanceError(f"{file}: no step '{step_name}' (steps: {names})")
-    expectation = next((e for e in step.expectations if e.index == index), None)
-    if expectation is None:
-        raise ConformanceError(f"{file}: step '{step_name}': no probe expect[{index}] "
-                               f"(it has {len(step.expectations)})")
+    step, expectation = find_probe(scenario, step_name, index)
     state = state_for_step(scenario, step)
     for mode in _modes(scenario, only):
         d = explain(state, expectation.probe, mode, version)
