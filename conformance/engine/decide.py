@@ -121,7 +121,7 @@ class _EnvoyPlan:
         out: dict[tuple[str, bool], tuple[_EnvoyRule, ...]] = {}
         for action, eps in (("DENY", self.denies), ("ALLOW", self.allows)):
             for tcp in (False, True):
-                flat = [_EnvoyRule(envoy_policy_id(ep.policy, index), ep, index, parts)
+                flat = [_EnvoyRule(envoy_policy_id(ep.policy, index), ep, index, parts, ep.policy.ref)
                         for ep in eps for index, parts in (ep.rules_tcp if tcp else ep.rules_http)]
                 out[(action, tcp)] = tuple(sorted(flat, key=lambda r: r.pid))
         return out
@@ -133,6 +133,7 @@ class _EnvoyRule:
     ep: _EnvoyPolicy
     index: int
     parts: tuple[tuple[str, Check], ...]
+    ref: str = ""  # the policy's "ns/name", kept here because the hot loop reads it
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _envoy_decider(
     first: _EnvoyRule | None = None
     matching: list[str] = []
     for rule in rules:
-        if first is not None and (not every or rule.ep.policy.ref in matching):
+        if first is not None and (not every or rule.ref in matching):
             continue
         failed = None
         for label, check in rule.parts:
@@ -375,9 +376,9 @@ def _envoy_decider(
                 break
         if failed is None:
             if trace.on and not rule.parts:
-                trace(f"    {rule.ep.policy.ref} rule {rule.index}: empty rule, always matches.")
+                trace(f"    {rule.ref} rule {rule.index}: empty rule, always matches.")
             first = first or rule
-            matching.append(rule.ep.policy.ref)
+            matching.append(rule.ref)
             if not every:
                 break
         elif trace.on:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from conformance.model import Manifest
@@ -71,7 +72,7 @@ class AuthorizationPolicy:
     dry_run: bool
     origin: str
 
-    @property
+    @cached_property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
