@@ -14,10 +14,12 @@ if settings is not None:
     settings.register_profile("ci", deadline=None, print_blob=True)
     settings.register_profile("dev", deadline=None)
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
-    # tests/test_differential.py: each example starts nothing (meshes are reused) but applies policies
-    # to real Envoys and runs a probe batch, ~0.5 s; the example count is set per world in the test.
+    # tests/test_differential.py: examples per world (4 worlds: 220 in all, ~2 min on 2 cores). Each
+    # example starts nothing (meshes are reused per world and mode) but applies policies to real Envoys
+    # and runs a probe batch per mode, so no deadline; AUTHZ_DIFFERENTIAL_EXAMPLES=N runs more (or fewer).
     settings.register_profile(
         "differential", parent=settings.get_profile("ci" if os.environ.get("CI") else "dev"), deadline=None,
+        max_examples=int(os.environ.get("AUTHZ_DIFFERENTIAL_EXAMPLES", "55")),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.function_scoped_fixture],
     )

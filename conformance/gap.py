@@ -93,8 +93,14 @@ class GapRecord:
 
     @property
     def inconclusive(self) -> int:
-        """Observations that were neither allowed nor a denial (timeouts, errors): they prove nothing."""
+        """Observations that were neither allowed nor a denial (timeouts, errors): they prove nothing. While
+        the change lands a proxy may cut a connection in flight; after the barrier there should be none."""
         return sum(1 for r in self.rounds for o in r.outcomes if o != ALLOWED and o not in DENIAL_FORMS)
+
+    @property
+    def inconclusive_after(self) -> int:
+        return sum(1 for r in self.rounds if r.after_barrier for o in r.outcomes
+                   if o != ALLOWED and o not in DENIAL_FORMS)
 
     @property
     def enforced_window(self) -> tuple[float, float] | None:
@@ -117,8 +123,9 @@ class GapRecord:
 
     @property
     def closed(self) -> bool:
-        """No newly denied probe was allowed after the target reported the change in force."""
-        return self.measured and self.stale_allowed == 0
+        """No newly denied probe was allowed after the target reported the change in force, and every
+        observation after it was conclusive (errors after the barrier could hide an allow)."""
+        return self.measured and self.stale_allowed == 0 and self.inconclusive_after == 0
 
     def describe(self) -> str:
         """One line for reports."""
@@ -130,6 +137,9 @@ class GapRecord:
                 f"change ({self.barrier_seconds * 1000:.1f} ms) and {self.rounds_after} after it")
         enforced = self.enforced_seconds
         when = f"; all denied {enforced * 1000:.1f} ms after the change started" if enforced is not None else ""
+        if self.inconclusive:
+            when += (f"; {self.inconclusive} inconclusive observation(s) ({self.inconclusive_after} after the "
+                     "barrier)")
         if self.stale_allowed:
             return (f"ENFORCEMENT GAP: {head}: {self.stale_allowed} allowed observation(s) after the barrier "
                     f"(rows {', '.join(map(str, self.stale_rows))}), up to {self.max_stale_seconds * 1000:.1f} ms "

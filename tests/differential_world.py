@@ -15,7 +15,7 @@ PeerAuthentications, probes) is drawn by hypothesis for each example.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
@@ -44,6 +44,11 @@ class World:
     name: str
     workloads: tuple[Workload, ...]
     waypoint_mode: bool  # whether this world also runs in waypoint mode
+    mesh: MeshConfig = field(default_factory=lambda: MeshConfig(ROOT, TD))
+
+    @property
+    def root(self) -> str:
+        return self.mesh.root_namespace
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -62,13 +67,13 @@ class World:
         modes = ("sidecar", "ambient", "waypoint") if self.waypoint_mode else ("sidecar", "ambient")
         return Scenario(
             name=f"differential-{self.name}", description="generated", path=f"<differential {self.name}>",
-            modes=modes, mesh=MeshConfig(ROOT, TD), workloads=self.workloads, waypoints=self.waypoints,
+            modes=modes, mesh=self.mesh, workloads=self.workloads, waypoints=self.waypoints,
             steps=steps,
         )
 
     def identities(self) -> list[str]:
-        return sorted({w.identity(TD) for w in self.workloads if w.in_mesh}
-                      | {w.identity(TD) for w in self.waypoints})
+        td = self.mesh.trust_domain
+        return sorted({w.identity(td) for w in self.workloads if w.in_mesh} | {w.identity(td) for w in self.waypoints})
 
 
 # Hand-shaped so that every world has: 2-3 namespaces with workloads plus an out-of-mesh client in its own
@@ -96,6 +101,13 @@ WORLDS: tuple[World, ...] = (
         _wl("finance/frontend", sa="frontend", labels={"app": "frontend"}),
         _wl("legacy/outsider", mesh=False),
     ), waypoint_mode=False),
+    # A mesh that is not Istio's default: its own trust domain and root namespace.
+    World("corp-td", (
+        _wl("payments/gateway", 80, (7000, "TCP"), sa="gw", labels={"app": "gateway", "tier": "edge"}),
+        _wl("payments/ledger", 8443, labels={"app": "ledger", "tier": "core"}),
+        _wl("ops/probe", labels={"app": "probe", "tier": "edge"}),
+        _wl("outside/visitor", mesh=False),
+    ), waypoint_mode=True, mesh=MeshConfig("mesh-root", "corp.example")),
 )
 
 
@@ -140,15 +152,27 @@ class Pools:
     def identities(self) -> list[str]:
         # plus values that match nothing: a foreign trust domain, a never-seen service account, the
         # `spiffe://` form (principals are written without it), and a `*` in the middle (literal)
-        return [*self.world.identities(), "other.domain/ns/shop/sa/web", f"{TD}/ns/nowhere/sa/ghost",
-                f"spiffe://{self.world.identities()[0]}", f"{TD}/ns/*/sa/default"]
+        ids = self.world.identities()
+        td = self.world.mesh.trust_domain
+        out = [*ids, "other.domain/ns/shop/sa/web", f"{td}/ns/nowhere/sa/ghost", f"spiffe://{ids[0]}",
+               f"{td}/ns/*/sa/default"]
+        if td != TD:
+            # `cluster.local/...` means the mesh's own trust domain to Envoy (trustdomain/bundle.go
+            # ReplaceTrustDomainAliases) but is compared literally by ztunnel (istio/ztunnel#1260)
+            out += [TD + i[len(td):] for i in ids[:3]]
+        return out
 
     @property
     def namespaces(self) -> list[str]:
         # a `*` inside a namespace is a glob for Envoy (every `*` becomes `.*`) but literal for ztunnel
         # (validation only warns): both implementations must still agree with the real proxies
         mid = [f"{ns[0]}*{ns[-1]}" for ns in self.world.namespaces[:1]]
-        return [*self.world.namespaces, ROOT, "nowhere", *mid]
+        return [*self.world.namespaces, self.world.root, "nowhere", *mid]
+
+    @property
+    def trust_domains(self) -> list[str]:
+        """`trustDomains` / `source.trustDomain` (Istio 1.30.2+): Envoy only; ztunnel ignores them."""
+        return sorted({self.world.mesh.trust_domain, TD, "other.td"})
 
     @property
     def service_accounts(self) -> list[str]:
@@ -214,6 +238,7 @@ def source(draw: st.DrawFn, pools: Pools) -> dict[str, Any]:
         "namespaces": lambda: _values(forms(pools.namespaces)),
         "serviceAccounts": lambda: _values(st.sampled_from(pools.service_accounts)),
         "ipBlocks": lambda: _values(pools.ip_blocks()),
+        "trustDomains": lambda: _values(forms(pools.trust_domains)),
     }
     chosen = draw(st.lists(st.sampled_from(sorted(families)), min_size=1, max_size=2, unique=True))
     if "serviceAccounts" in chosen and len(chosen) > 1:
@@ -250,7 +275,7 @@ def operation(draw: st.DrawFn, pools: Pools) -> dict[str, Any]:
 
 
 WHEN_KEYS = ["request.headers[x-team]", "source.ip", "source.namespace", "source.principal",
-             "source.serviceAccount", "destination.ip", "destination.port", "connection.sni"]
+             "source.serviceAccount", "source.trustDomain", "destination.ip", "destination.port", "connection.sni"]
 
 
 @st.composite
@@ -262,6 +287,7 @@ def condition(draw: st.DrawFn, pools: Pools) -> dict[str, Any]:
         "source.namespace": forms(pools.namespaces),
         "source.principal": forms(pools.identities),
         "source.serviceAccount": st.sampled_from(pools.service_accounts),
+        "source.trustDomain": forms(pools.trust_domains),
         "destination.ip": pools.ip_blocks(),
         "destination.port": st.sampled_from(pools.ports),
         "connection.sni": forms(pools.sni),
@@ -296,7 +322,7 @@ def authorization_policy(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
     scope = draw(st.sampled_from(["namespace", "selector", "root", "root-selector", "targetRefs", "selector"]))
     # mostly where servers are (policies elsewhere select nothing, which a few examples cover enough)
     server_namespaces = sorted({w.namespace for w in world.servers if w.in_mesh})
-    namespace = ROOT if scope.startswith("root") else draw(
+    namespace = world.root if scope.startswith("root") else draw(
         st.sampled_from([*server_namespaces, *server_namespaces, *server_namespaces, *world.namespaces]))
     spec: dict[str, Any] = {}
     if scope in ("selector", "root-selector"):
@@ -306,7 +332,7 @@ def authorization_policy(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
     elif scope == "targetRefs":
         kind = draw(st.sampled_from(["Gateway", "Service", "GatewayClass"]))
         if kind == "GatewayClass":
-            namespace = ROOT
+            namespace = world.root
             spec["targetRefs"] = [{"group": GATEWAY_GROUP, "kind": "GatewayClass", "name": "istio-waypoint"}]
         elif kind == "Gateway":
             namespace = draw(st.sampled_from([w.namespace for w in world.waypoints]))
@@ -340,7 +366,7 @@ def peer_authentication(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
     level = draw(st.sampled_from(["mesh", "namespace", "workload"]))
     mode = draw(st.sampled_from(["STRICT", "STRICT", "PERMISSIVE", "UNSET"]))
     spec: dict[str, Any] = {"mtls": {"mode": mode}}
-    namespace = ROOT
+    namespace = world.root
     if level != "mesh":
         namespace = draw(st.sampled_from([w.namespace for w in world.servers if w.in_mesh]))
     if level == "workload":

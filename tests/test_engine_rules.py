@@ -372,6 +372,20 @@ def test_waypoint_sees_no_sni_for_plaintext_services_istio_53588() -> None:
     assert verdict(s_not, probe(FRONTEND), "waypoint") == "deny"
 
 
+@pytest.mark.parametrize(("pattern", "sidecar"), [
+    ("*/cluster.local/ns/default/sa/frontend", "deny"),  # would need a `/` after `spiffe://`
+    ("*/ns/default/sa/frontend", "allow"),
+    ("*cluster.local/ns/default/sa/frontend", "allow"),  # `.*` matches the empty string
+])
+def test_suffix_principal_regex_does_not_overlap_the_spiffe_prefix(pattern: str, sidecar: str) -> None:
+    """Differential-test finding: a `*suffix` principal becomes RE2 `spiffe://.*<quoted suffix>` over the
+    whole URI (matcher/string.go StringMatcherWithPrefix), so the suffix cannot reuse the `/` that ends
+    `spiffe://`. ztunnel compares the identity without `spiffe://` by suffix (rbac.rs), which agrees."""
+    s = state(ap("allow-suffix", {"rules": [{"from": [{"source": {"principals": [pattern]}}]}]}))
+    assert verdict(s, probe(FRONTEND), "sidecar") == sidecar
+    assert verdict(s, probe(FRONTEND), "ambient") == sidecar
+
+
 # -- trustDomains (Istio 1.30.2+, istio/istio#59358 backported in 71500c473b8) -------------------------------
 
 def test_trust_domains_match_in_envoy_and_are_ignored_by_ztunnel() -> None:

@@ -131,7 +131,8 @@ def test_only_probes_that_flip_from_allow_to_deny_are_watched(scenario: Any) -> 
     so nothing is watched; the runner remembers what it last put in force on the session."""
     session = LaggingSession(_addresses(scenario), lag=0)
     run_step(session, scenario, scenario.step("deny-all"), VERSION, deadline=5.0)  # type: ignore[arg-type]
-    result = run_step(session, scenario, scenario.step("allow-finance"), VERSION, deadline=5.0)  # type: ignore[arg-type]
+    # (the fake denies everything now, so this step does not converge: only its gap record matters)
+    result = run_step(session, scenario, scenario.step("allow-finance"), VERSION, deadline=0.1)  # type: ignore[arg-type]
     assert result.gap.skipped is not None and "no probe goes from allow to deny" in result.gap.skipped
     assert not result.gap.closed, "not measured is never reported as closed"
 
@@ -192,7 +193,7 @@ def test_the_local_mesh_has_no_enforcement_gap(mesh_mode: str) -> None:
         assert deny_steps, [g.describe() for g in gaps]
         for g in deny_steps:
             assert g.closed, g.describe()
-            assert g.rounds_after >= 4 and g.inconclusive == 0, g.describe()
+            assert g.rounds_after >= 4 and g.inconclusive_after == 0, (g.describe(), g.rounds)
             assert g.enforced_seconds is not None, g.describe()
     finally:
         session.close()

@@ -39,7 +39,12 @@ def envoy_string(value: str, prefix: str = "") -> Predicate:
     if kind == "suffix":
         rest = value[1:]
         if prefix:
-            return lambda s: s.startswith(prefix) and s.endswith(rest)
+            # string.go: `prefix + ".*" + QuoteMeta(rest)` as RE2 over the whole string: the prefix and the
+            # suffix cannot share characters, so `*/cluster.local/ns/a/sa/b` does not match
+            # `spiffe://cluster.local/ns/a/sa/b` (the `/` of `spiffe://` is not the suffix's `/`). Found by
+            # tests/test_differential.py.
+            least = len(prefix) + len(rest)
+            return lambda s: len(s) >= least and s.startswith(prefix) and s.endswith(rest)
         return lambda s: s.endswith(rest)
     if kind == "prefix":
         start = prefix + value[:-1]
