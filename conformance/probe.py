@@ -9,6 +9,7 @@ mistake this suite exists to avoid.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from conformance.model import (
@@ -29,6 +30,28 @@ CURL_GOT_NOTHING = 52  # "Empty reply from server": the peer closed without a re
 CURL_RECV_ERROR = 56  # "Recv failure: Connection reset by peer"
 
 RBAC_DENIED_BODY = "RBAC: access denied"  # Envoy rbac_filter.cc sendLocalReply(Forbidden, ...)
+
+# What an Envoy access log says when its RBAC filter denied (%RESPONSE_CODE_DETAILS% for HTTP,
+# %CONNECTION_TERMINATION_DETAILS% for network RBAC), and how istiod names a rule in Envoy's config
+# (builder.go): read the same way by the local mesh and the cluster targets.
+RBAC_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(.*)\]")
+_POLICY_ID = re.compile(r"^ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]$")
+
+
+def rbac_denial(text: str) -> str | None:
+    """The policy id inside `rbac_access_denied_matched_policy[...]` (`none`: no ALLOW matched), or None."""
+    m = RBAC_DENIED.search(text)
+    return m.group(1) if m else None
+
+
+def parse_policy_id(policy_id: str) -> tuple[str | None, int | None]:
+    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None)."""
+    if policy_id in ("none", ""):
+        return None, None
+    m = _POLICY_ID.match(policy_id)
+    if m:
+        return f"{m['ns']}/{m['name']}", int(m["rule"])
+    return policy_id, None
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from conformance.probe import Proof
+from conformance.probe import Proof, parse_policy_id, rbac_denial
 
-_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(.*)\]")
-_POLICY_ID = re.compile(r"^ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]$")
 ZTUNNEL_REJECTION = "connection closed due to policy rejection: "
 ZTUNNEL_EXPLICIT = "explicitly denied by: "
 ZTUNNEL_NONE_ALLOWED = "allow policies exist, but none allowed"
@@ -37,14 +35,6 @@ _KV = re.compile(r'(?P<key>[A-Za-z_][\w.]*)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
 _K8S_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d) ")
 
 
-def parse_policy_id(policy_id: str) -> tuple[str | None, int | None]:
-    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None)."""
-    if policy_id in ("none", ""):
-        return None, None
-    m = _POLICY_ID.match(policy_id)
-    if m:
-        return f"{m['ns']}/{m['name']}", int(m["rule"])
-    return policy_id, None
 
 
 def strip_k8s_timestamp(line: str) -> str:
@@ -65,9 +55,9 @@ class EnvoyRecord:
     @property
     def decision(self) -> str | None:
         for key in ("details", "term"):
-            m = _DENIED.search(self.get(key))
-            if m:
-                return m.group(1)
+            policy_id = rbac_denial(self.get(key))
+            if policy_id is not None:
+                return policy_id
         return None
 
     @property

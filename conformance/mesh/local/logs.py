@@ -15,16 +15,13 @@ read, so a session can follow a log across many probe batches without re-parsing
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conformance.probe import Proof
+from conformance.probe import Proof, parse_policy_id, rbac_denial
 
-_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(.*)\]")
-_POLICY_ID = re.compile(r"^ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]$")
 STRICT_REJECTION = "strict mtls: filter_chain_not_found"
 STATIC_STRICT_POLICY = "istio_converted_static_strict"  # config.static_strict_filter's policy
 
@@ -45,7 +42,7 @@ class LogRecord:
         """The RBAC denial text of this record (`rbac_access_denied_matched_policy[...]`), if any."""
         for key in ("details", "term"):
             value = self.get(key)
-            if _DENIED.search(value):
+            if rbac_denial(value) is not None:
                 return value
         return None
 
@@ -117,14 +114,6 @@ class AccessLog:
         return self.records[index:]
 
 
-def parse_policy_id(policy_id: str) -> tuple[str | None, int | None]:
-    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None)."""
-    if policy_id in ("none", ""):
-        return None, None
-    m = _POLICY_ID.match(policy_id)
-    if m:
-        return f"{m['ns']}/{m['name']}", int(m["rule"])
-    return policy_id, None
 
 
 def proof_from(record: LogRecord, proxy: str) -> Proof:
@@ -135,8 +124,7 @@ def proof_from(record: LogRecord, proxy: str) -> Proof:
     """
     decision = record.decision
     if decision is not None:
-        m = _DENIED.search(decision)
-        policy_id = m.group(1) if m else ""
+        policy_id = rbac_denial(decision) or ""
         if f"policy[{STATIC_STRICT_POLICY}]" in policy_id:
             # ztunnel's STRICT: a PeerAuthentication decided, not an AuthorizationPolicy.
             return Proof(proxy=proxy, denied=True, policy=None, rule=None,
