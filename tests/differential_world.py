@@ -20,6 +20,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from conformance.engine.matchers import pattern_kind
 from conformance.model import Manifest, MeshConfig, Port, Probe, Request, Scenario, Step, Waypoint, Workload
 
 ROOT = "istio-system"
@@ -128,14 +129,8 @@ def forms(values: Sequence[str]) -> st.SearchStrategy[str]:
     return st.one_of(exact, exact.flatmap(prefix), exact.flatmap(suffix), st.just("*"))
 
 
-def form_of(value: str) -> str:
-    if value == "*":
-        return "presence"
-    if value.startswith("*"):
-        return "suffix"
-    if value.endswith("*"):
-        return "prefix"
-    return "exact"
+# The API's four string forms, only to label coverage events (the engine's classifier, not a verdict).
+form_of = pattern_kind
 
 
 def _values(strategy: st.SearchStrategy[str], max_size: int = 2) -> st.SearchStrategy[list[str]]:
