@@ -235,13 +235,6 @@ def compile_rule(rule: ZRule) -> ConnCheck:
     return lambda c: all(any(m(c) for m in matches) for matches in clauses)
 
 
-def match_matches(m: Match, conn: Connection) -> bool:
-    check = compile_match(m)
-    return check is not None and check(conn)
-
-
-def rule_matches(rule: ZRule, conn: Connection) -> bool:
-    return compile_rule(rule)(conn)
 
 
 def first_matching_rule(t: Translated, conn: Connection) -> int | None:
