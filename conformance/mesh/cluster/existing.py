@@ -29,7 +29,7 @@ from conformance.mesh.cluster.kind import istiod_version
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import session_prefix
+from conformance.mesh.cluster.naming import SessionPrefixes
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario
@@ -102,6 +102,7 @@ class ExistingClusterTarget:
     def __init__(self, settings: ClusterSettings, matrix: Matrix | None = None,
                  env: Mapping[str, str] | None = None, kube: Kube | None = None):
         self.settings = settings
+        self._prefixes = SessionPrefixes(settings.namespace_prefix)
         self._matrix = matrix
         self._env = env
         self._kube = kube
@@ -154,10 +155,6 @@ class ExistingClusterTarget:
             self._matrix = load()
         return self._matrix
 
-    def _next_prefix(self) -> str:
-        self._sessions = getattr(self, "_sessions", 0) + 1
-        return session_prefix(self.settings.namespace_prefix, self._sessions)
-
     def start(self, scenario: Scenario, mode: Mode) -> ClusterSession:
         reason = self.unavailable(mode)
         if reason:
@@ -169,7 +166,7 @@ class ExistingClusterTarget:
             kube=self.kube, kubeconfig=Kubeconfig(self.settings.kubeconfig, self.settings.kube_context),
             istioctl=self._istioctl, version=IstioVersion.parse(installed.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
-            prefix=self._next_prefix(), enrollment=enrollment_labels(mode, revision),
+            prefix=self._prefixes.next(), enrollment=enrollment_labels(mode, revision),
             root_namespace=installed.root_namespace, trust_domain=installed.trust_domain,
             allow_mesh_wide=self.settings.allow_mesh_wide, keep_namespaces=self.settings.keep_namespaces,
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),

@@ -52,7 +52,7 @@ from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load, sha256_of
-from conformance.mesh.cluster.naming import session_prefix
+from conformance.mesh.cluster.naming import SessionPrefixes
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario
@@ -106,6 +106,7 @@ class KindTarget:
     def __init__(self, settings: ClusterSettings, matrix: Matrix | None = None,
                  env: Mapping[str, str] | None = None, run: availability.Runner | None = None):
         self.settings = settings
+        self._prefixes = SessionPrefixes(settings.namespace_prefix)
         self._matrix = matrix
         self._env = env
         self._run = run
@@ -160,10 +161,6 @@ class KindTarget:
             missing.append(availability.Missing("a pinned Istio release", str(exc)))
         return availability.reason("kind", missing)
 
-    def _next_prefix(self) -> str:
-        self._sessions = getattr(self, "_sessions", 0) + 1
-        return session_prefix(self.settings.namespace_prefix, self._sessions)
-
     def start(self, scenario: Scenario, mode: Mode) -> ClusterSession:
         reason = self.unavailable(mode)
         if reason:
@@ -173,7 +170,7 @@ class KindTarget:
             kube=cluster.kube, kubeconfig=Kubeconfig(str(cluster.kubeconfig), cluster.context),
             istioctl=self._istioctl, version=IstioVersion.parse(self.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
-            prefix=self._next_prefix(),
+            prefix=self._prefixes.next(),
             enrollment=_enrollment(mode), allow_mesh_wide=True, keep_namespaces=self.settings.keep_namespaces,
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
             observations_out=self.settings.observations_out, target_name="kind",

@@ -53,6 +53,18 @@ def session_prefix(base: str | None, number: int) -> str:
     return f"{base.rstrip('-')}{number}-"
 
 
+class SessionPrefixes:
+    """The prefixes a target hands its sessions in turn (one counter, shared by the kind and cluster targets)."""
+
+    def __init__(self, base: str | None):
+        self.base = base
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return session_prefix(self.base, self.count)
+
+
 @dataclass(frozen=True)
 class NamespaceMap:
     """Scenario namespace <-> cluster namespace, by prefixing. `prefix=""` is the identity map."""
