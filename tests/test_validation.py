@@ -3,17 +3,15 @@
 One test per rule, each citing the Istio source it ports ("validation.go:1497" = istio/istio
 pkg/config/validation/validation.go at tag 1.30.3; "security.go" = pkg/config/security/security.go; "CRD" =
 manifests/charts/base/files/crd-all.gen.yaml). Istio's own test tables (TestValidateAuthorizationPolicy,
-TestValidatePeerAuthentication, TestValidateCondition, TestCheckValidPathTemplate, ...) are read from the
-istio/istio mirror at several tags and replayed; Istio's golden builder inputs (../shared/istio-golden) must
-pass. Both skip with the reason when their folder is absent.
+TestValidatePeerAuthentication, TestValidateCondition, TestCheckValidPathTemplate, ...) are replayed at
+several tags from the unmodified excerpts vendored in tests/data/istio-validation/; Istio's golden builder
+inputs (tests/data/istio-golden/) must pass. Both folders say where each file came from (NOTICE).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ from conformance.validation import (
 )
 from conformance.versions import IstioVersion
 
-WORK = Path(__file__).resolve().parents[2]
-GOLDEN = Path(os.environ.get("ISTIO_GOLDEN", WORK / "shared" / "istio-golden"))
-MIRROR = Path(os.environ.get("ISTIO_MIRROR", WORK / ".mirror" / "istio+istio" / "repo"))
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "istio-golden"  # istio/istio@1.30.3 builder and ambient testdata (NOTICE there)
+ISTIO_TESTS = DATA / "istio-validation"  # Istio's validation test functions at several tags (NOTICE there)
 
 V130 = IstioVersion.parse("1.30")
 
@@ -888,13 +886,12 @@ def test_error_takes_precedence_over_unsupported() -> None:
 
 def _golden_docs(folder: str) -> list[tuple[str, int, dict[str, Any]]]:
     base = GOLDEN / folder
-    if not base.is_dir():
-        pytest.skip(f"Istio's golden data is not at {base} (it lives in ../shared/istio-golden)")
     out = []
     for path in sorted(base.glob("*-in.yaml")):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
             if doc is not None:  # multiple-policies-in.yaml ends with an empty document
                 out.append((path.name, i, doc))
+    assert out, f"no golden inputs in {base}"
     return out
 
 
@@ -937,7 +934,7 @@ def test_golden_ambient_inputs() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Istio's own validation tests, replayed from the istio/istio mirror
+# Istio's own validation tests, replayed from the excerpts in tests/data/istio-validation
 
 
 _GO_TOKEN = re.compile(r'\s+|//[^\n]*|(?P<str>"(?:\\.|[^"\\])*"|`[^`]*`)|(?P<num>-?\d+)'
@@ -1049,14 +1046,17 @@ def _go_to_yaml(value: Any) -> Any:
     return out
 
 
+def _go_source(tag: str, file: str, func: str) -> str:
+    """The text of Istio's test function `func` in `file` at `tag`, as vendored (index.json says where from)."""
+    index = json.loads((ISTIO_TESTS / "index.json").read_text(encoding="utf-8"))
+    for entry in index["excerpts"]:
+        if (entry["tag"], entry["path"], entry["func"]) == (tag, file, func):
+            return (ISTIO_TESTS / entry["file"]).read_text(encoding="utf-8")
+    raise LookupError(f"{func} ({file} at {tag}) is not vendored in {ISTIO_TESTS}: see extract.py there")
+
+
 def _go_cases(tag: str, file: str, func: str) -> list[dict[str, Any]]:
-    if not MIRROR.is_dir():
-        pytest.skip(f"the istio/istio mirror is not at {MIRROR}")
-    try:
-        src = subprocess.run(["git", "-C", str(MIRROR), "show", f"{tag}:{file}"], capture_output=True,
-                             text=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot read {file} at {tag} from the istio/istio mirror: {exc}")
+    src = _go_source(tag, file, func)
     body = src[src.index(f"func {func}(t *testing.T) {{"):]
     body = body[body.index("}{", body.index("cases := []struct")) + 1:]
     return list(_GoLiteral(body).composite("[]struct"))

@@ -42,11 +42,9 @@ ALLOWED_BODY = "allowed-by-rbac"
 # Locating things.
 
 
-def golden_dir() -> Path | None:
-    """Istio's golden data (../shared/istio-golden from the repository), or $ISTIO_GOLDEN_DIR."""
-    env = os.environ.get("ISTIO_GOLDEN_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "istio-golden"
-    return path if path.is_dir() else None
+def golden_dir() -> Path:
+    """Istio's golden data, vendored unmodified in tests/data/istio-golden (its NOTICE says where from)."""
+    return Path(__file__).resolve().parents[1] / "data" / "istio-golden"
 
 
 def envoy_binary() -> str | None:
