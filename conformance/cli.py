@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from conformance.errors import ConformanceError, ScenarioError
+from conformance.errors import ConformanceError, ScenarioError, UsageError
 from conformance.model import MODES, Mode, Scenario
 from conformance.scenario import check, load
 from conformance.versions import DEFAULT_VERSION, IstioVersion
@@ -140,6 +140,15 @@ def _lint(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
 
 
 def _modes(scenario: Scenario, only: Sequence[str] | None) -> list[Mode]:
+    """The scenario's modes, narrowed to `--mode`; a requested mode the scenario does not list is an error.
+
+    Silently printing nothing for `--mode waypoint` on a scenario without waypoint mode read as "no probe
+    differs" (issue 9): the scenario never runs in that mode, so there is nothing to predict or explain.
+    """
+    missing = [m for m in dict.fromkeys(only or ()) if m not in scenario.modes]
+    if missing:
+        raise UsageError(f"{scenario.path}: the scenario does not run in {', '.join(missing)} mode: it lists "
+                         f"{', '.join(scenario.modes)} (spec.modes)")
     return [m for m in scenario.modes if not only or m in only]
 
 
@@ -148,7 +157,10 @@ def _predict(files: Sequence[str], version: IstioVersion, only: Sequence[str] | 
     from conformance.report import render_prediction
     from conformance.truthtable import predict
 
-    for scenario in _load_all(files, version):
+    scenarios = _load_all(files, version)
+    for scenario in scenarios:
+        _modes(scenario, only)  # every requested mode must be one the scenario lists, before any output
+    for scenario in scenarios:
         for step in scenario.steps:
             for mode in _modes(scenario, only):
                 table = predict(scenario, step, mode, version)
@@ -176,8 +188,9 @@ def _explain(file: str, version: IstioVersion, step_name: str, index: int, only:
 
     scenario = load(file, version)
     step, expectation = find_probe(scenario, step_name, index)
+    modes = _modes(scenario, only)
     state = state_for_step(scenario, step)
-    for mode in _modes(scenario, only):
+    for mode in modes:
         d = explain(state, expectation.probe, mode, version)
         expected = expectation.verdict(mode)
         print(f"[{mode}] {d.verdict.upper()} ({d.outcome})"

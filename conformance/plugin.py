@@ -15,6 +15,7 @@ explanations, repro commands) as its body.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shlex
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
 
-from conformance.errors import ConformanceError, ScenarioError, TargetError
+from conformance.errors import ConformanceError, ScenarioError, TargetError, UsageError
 from conformance.failures import Failure, InfrastructureFailure, InvalidScenarioFailure, step_failure
 from conformance.model import MODES, Expectation, Mode, Scenario, Step
 from conformance.repro import repro_command
@@ -48,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "clusters the suite creates, with Istio), cluster (an existing cluster with Istio)")
     group.addoption("--mesh-mode", action="append", choices=MODES, default=None,
                     help="run only this mode (repeatable; default: the modes each scenario lists)")
-    group.addoption("--istio-version", default=DEFAULT_VERSION,
+    group.addoption("--istio-version", default=DEFAULT_VERSION, type=_istio_version_option,
                     help=f"Istio version whose semantics predict verdicts and that cluster targets install "
                          f"(default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
     group.addoption("--converge", type=int, default=3, metavar="N",
@@ -63,6 +64,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     from conformance.mesh.cluster.options import add_cluster_options
 
     add_cluster_options(group, parser)
+
+
+def _istio_version_option(text: str) -> str:
+    """Type of `--istio-version`: refuse an unmodelled release while parsing the command line.
+
+    argparse turns ArgumentTypeError into a parser error, which pytest reports as a usage error (exit 4,
+    no traceback), before any scenario is collected. The text is returned unchanged (options hold strings;
+    `_version` resolves it).
+    """
+    try:
+        IstioVersion.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -216,8 +231,7 @@ class StepItem(pytest.Item):
             deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
         try:
             result = run_step(run.mesh, run.scenario, self.step, _version(config),
-                              required=config.getoption("converge"), deadline=deadline,
-                              proofs_readable=getattr(run.mesh, "proofs_readable", True))
+                              required=config.getoption("converge"), deadline=deadline)
         except (TargetError, ScenarioError) as exc:
             raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
         self.result = result

@@ -93,3 +93,22 @@ def test_compare_names_policies_the_older_release_rejects(tmp_path: Path) -> Non
     r = cli("compare", str(scenario), "--from", "1.24", "--to", "1.30")
     assert r.returncode == 0, r.stderr
     assert "serviceAccounts" in r.stdout and "Istio 1.24.6 rejects it" in r.stdout
+
+
+def test_a_mode_the_scenario_does_not_list_is_an_error_naming_its_modes() -> None:
+    # good.yaml runs in sidecar and ambient: --mode waypoint has nothing to predict, explain or reproduce,
+    # and must say so instead of exiting 0 with no output.
+    for args in (("predict", str(DATA / "good.yaml"), "--mode", "waypoint"),
+                 ("predict", str(DATA / "good.yaml"), "--mode", "ambient", "--mode", "waypoint", "--json"),
+                 ("explain", str(DATA / "good.yaml"), "--step", "baseline", "--probe", "0", "--mode", "waypoint"),
+                 ("repro", str(DATA / "good.yaml"), "--step", "baseline", "--probe", "0", "--mode", "waypoint")):
+        r = cli(*args)
+        assert r.returncode != 0, args
+        assert "waypoint" in r.stderr and "sidecar, ambient" in r.stderr, r.stderr
+        assert r.stdout == "" and "Traceback" not in r.stderr
+
+
+def test_explain_with_a_listed_mode_shows_only_that_mode() -> None:
+    r = cli("explain", str(DATA / "good.yaml"), "--step", "baseline", "--probe", "0", "--mode", "ambient")
+    assert r.returncode == 0, r.stderr
+    assert "[ambient]" in r.stdout and "[sidecar]" not in r.stdout
