@@ -8,10 +8,14 @@ local mesh cannot produce (a broken mesh, a timeout, a reset without the proxy's
 fake target installed by a conftest in the pytester directory (a 403 nobody logged stands for
 the reset of a dead proxy), so that each category is still checked
 through pytest, allure-pytest and the category rules.
+
+Only the tests that read Allure results need allure-pytest (the README's `pip install -e '.[test]'`
+installs it); the JUnit, console, repro and rendering tests run without it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -50,7 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WRONG_PROBE = "default/frontend → default/backend:80 GET /api/v1/data"
 FAST = ("--converge", "1", "--converge-deadline", "1")
 
-pytest.importorskip("allure_pytest", reason="allure-pytest is not installed: pip install -e '.[report]'")
+HAS_ALLURE = importlib.util.find_spec("allure_pytest") is not None
+needs_allure = pytest.mark.skipif(not HAS_ALLURE, reason="the Python package allure-pytest is not installed: "
+                                  "pip install -e '.[test]' (or '.[test,report,cluster]') brings it")
 
 
 def _results(alluredir: Path) -> list[dict[str, Any]]:
@@ -104,18 +110,21 @@ def _cells(page: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def wrong_claim_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One pytest run of wrong-claim.yaml with --alluredir and --junitxml, shared by the checks below."""
+    """One pytest run of wrong-claim.yaml with --junitxml (and --alluredir when allure-pytest is installed),
+    shared by the checks below."""
     work = tmp_path_factory.mktemp("wrong-claim")
     shutil.copy(DATA / "wrong-claim.yaml", work / "wrong-claim.yaml")
+    allure = ["--alluredir", "allure-results"] if HAS_ALLURE else []
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "wrong-claim.yaml", "-p", "no:cacheprovider", *FAST,
-         "--alluredir", "allure-results", "--junitxml", "junit.xml"],
+        [sys.executable, "-m", "pytest", "wrong-claim.yaml", "-p", "no:cacheprovider", *FAST, *allure,
+         "--junitxml", "junit.xml"],
         cwd=work, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     return {"dir": work, "alluredir": work / "allure-results", "stdout": proc.stdout}
 
 
+@needs_allure
 def test_wrong_claim_allure_result_is_a_policy_verdict_mismatch(wrong_claim_run: dict[str, Any]) -> None:
     (result,) = _results(wrong_claim_run["alluredir"])
     assert result["status"] == "failed"
@@ -129,6 +138,7 @@ def test_wrong_claim_allure_result_is_a_policy_verdict_mismatch(wrong_claim_run:
         result["statusDetails"]["trace"]
 
 
+@needs_allure
 def test_wrong_claim_labels_and_parameters_group_by_scenario_mode_and_version(wrong_claim_run: dict[str, Any]) -> None:
     (result,) = _results(wrong_claim_run["alluredir"])
     labels = _labels(result)
@@ -142,6 +152,7 @@ def test_wrong_claim_labels_and_parameters_group_by_scenario_mode_and_version(wr
     assert result["name"] == "wrong-claim · deny-plus-allow [sidecar]"
 
 
+@needs_allure
 def test_wrong_claim_has_one_failed_step_per_probe_with_its_evidence(wrong_claim_run: dict[str, Any]) -> None:
     alluredir = wrong_claim_run["alluredir"]
     (result,) = _results(alluredir)
@@ -160,6 +171,7 @@ def test_wrong_claim_has_one_failed_step_per_probe_with_its_evidence(wrong_claim
         assert text in evidence, text
 
 
+@needs_allure
 def test_wrong_claim_attachments_policies_tables_explanation_convergence(wrong_claim_run: dict[str, Any]) -> None:
     alluredir = wrong_claim_run["alluredir"]
     (result,) = _results(alluredir)
@@ -184,6 +196,7 @@ def test_wrong_claim_attachments_policies_tables_explanation_convergence(wrong_c
                      convergence)
 
 
+@needs_allure
 def test_wrong_claim_session_files_categories_and_environment(wrong_claim_run: dict[str, Any]) -> None:
     alluredir = wrong_claim_run["alluredir"]
     assert json.loads((alluredir / "categories.json").read_text()) == allure_categories()
@@ -331,13 +344,19 @@ spec:
 """
 
 
-def test_each_failure_kind_lands_in_its_category(pytester: pytest.Pytester) -> None:
+def _run_failure_kinds(pytester: pytest.Pytester, *args: str) -> None:
+    """A broken mesh, a timeout, a denial without proof and an invalid scenario, through the fake target."""
     pytester.makeconftest(_FAKE_TARGET)
     for name, verdict in (("broken", "deny"), ("slow", "deny"), ("unproven", "deny")):
         (pytester.path / f"{name}.yaml").write_text(_scenario(name, verdict))
     (pytester.path / "invalid.yaml").write_text(_scenario("invalid", "deny").replace("default/frontend", "nowhere/x"))
-    result = pytester.runpytest_subprocess(".", *FAST, "--alluredir", "allure-results", "--junitxml", "junit.xml")
+    result = pytester.runpytest_subprocess(".", *FAST, *args)
     result.assert_outcomes(failed=4)
+
+
+@needs_allure
+def test_each_failure_kind_lands_in_its_allure_category(pytester: pytest.Pytester) -> None:
+    _run_failure_kinds(pytester, "--alluredir", "allure-results")
     by_name = {r["name"]: r for r in _results(pytester.path / "allure-results")}
     want = {"broken · only [sidecar]": INFRASTRUCTURE, "slow · only [sidecar]": INCONCLUSIVE,
             "unproven · only [sidecar]": UNPROVEN, "invalid.yaml: invalid scenario": INVALID}
@@ -351,6 +370,10 @@ def test_each_failure_kind_lands_in_its_category(pytester: pytest.Pytester) -> N
     (step,) = by_name["slow · only [sidecar]"]["steps"]
     assert step["name"] == "default/frontend → default/backend:80 GET / ⇒ timeout (expected deny)"
     assert step["status"] == "broken"
+
+
+def test_each_failure_kind_has_its_category_in_junit(pytester: pytest.Pytester) -> None:
+    _run_failure_kinds(pytester, "--junitxml", "junit.xml")
     junit = {f"{c.get('classname')}::{c.get('name')}": c.find("failure") for c in
              ET.parse(pytester.path / "junit.xml").iter("testcase")}
     messages = {k: (v.get("message") or "") if v is not None else "" for k, v in junit.items()}
@@ -411,6 +434,7 @@ def test_the_report_config_uses_the_plugins_categories() -> None:
 # --- matrix runs, and the suite without Allure -----------------------------------------------------
 
 
+@needs_allure
 def test_matrix_runs_into_one_directory_stay_apart(tmp_path: Path) -> None:
     shutil.copy(DATA / "wrong-claim.yaml", tmp_path / "wrong-claim.yaml")
     for version in ("1.29", "1.30"):
@@ -480,8 +504,7 @@ def test_html_table_highlights_differing_cells_and_convergence_records_the_gap()
     # allowed twice after the barrier (an enforcement gap), then denied as predicted three times
     session = _ScriptedSession([[allowed], [allowed], [_denied(None)], [_denied(None)], [_denied(None)]],
                                {w.ref: f"127.0.0.{i + 2}" for i, w in enumerate(scenario.workloads)})
-    result = run_step(session, scenario, step, IstioVersion.parse(None), required=3, deadline=30,  # type: ignore[arg-type]
-                      proofs_readable=True)
+    result = run_step(session, scenario, step, IstioVersion.parse(None), required=3, deadline=30)  # type: ignore[arg-type]
     assert result.passed
     record = convergence_text(result, 3)
     assert "ENFORCEMENT GAP while converging: expect[0] allowed 2× after the barrier" in record
@@ -492,8 +515,7 @@ def test_html_table_highlights_differing_cells_and_convergence_records_the_gap()
     assert "ENFORCEMENT GAP: 2 stale allowed observation(s)" in text and "✓ L7 gap×2" in text
 
     session = _ScriptedSession([[allowed]] * 5, session.addresses)
-    failed = run_step(session, scenario, step, IstioVersion.parse(None), required=3, deadline=0.0,  # type: ignore[arg-type]
-                      proofs_readable=True)
+    failed = run_step(session, scenario, step, IstioVersion.parse(None), required=3, deadline=0.0)  # type: ignore[arg-type]
     assert not failed.passed
     assert [c for c in _cells(html_truth_table(failed)) if "observed" in c[0]] == [("observed diff", "allowed")]
     assert "✗ A≠L7" in summary_tables([failed], width=160)
@@ -516,6 +538,7 @@ def test_compact_table_has_a_column_per_mode_and_filters_failed_scenarios() -> N
     assert summary_tables(results, width=160, only_failed=True) == ""
 
 
+@needs_allure
 def test_skipped_modes_are_labelled_and_the_kind_environment_names_its_node_image(pytester: pytest.Pytester) -> None:
     """A target that cannot run here still yields grouped, labelled results and says which image it meant."""
     shutil.copy(DATA / "wrong-claim.yaml", pytester.path / "wrong-claim.yaml")
