@@ -11,6 +11,7 @@ server itself; a timeout here kills it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -26,20 +27,22 @@ DATA = Path(__file__).parent / "data"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
-def _missing() -> str | None:
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Node.js 20 and npm render and check the HTML report)"
+def _missing() -> list[str]:
+    """What this machine lacks to render the report and open it, each naming the package that brings it."""
+    missing: list[str] = []
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        missing.append("Node.js 20 or newer with npm (they render and check the HTML report)")
     if not os.access(CHROMIUM, os.X_OK):
-        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set CHROMIUM)"
-    try:
-        import allure_pytest  # noqa: F401
-    except ImportError:
-        return "allure-pytest is not installed: pip install -e '.[report]'"
-    return None
+        missing.append(f"Chromium at {CHROMIUM} (the Debian package chromium: apt-get install chromium, which "
+                       ".ci/run does; or set CHROMIUM)")
+    if importlib.util.find_spec("allure_pytest") is None:
+        missing.append("the Python package allure-pytest (pip install -e '.[test]' brings it)")
+    return missing
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+MISSING = _missing()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="cannot render and open the HTML report here, missing: "
+                                + "; ".join(MISSING))
 
 
 @pytest.fixture(scope="module")
