@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_VERDICT = {"enum": ["allow", "deny", "auto"]}
+_VERDICT = {"type": "string", "enum": ["allow", "deny", "auto"]}  # typed: a oneOf branch is chosen by type
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

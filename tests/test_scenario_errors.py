@@ -137,3 +137,76 @@ def test_no_input_escapes_as_a_traceback(tmp_path: Path, path: tuple[Any, ...], 
         load(target)
     except ScenarioError as exc:
         assert exc.problems and all(str(p).count("\n") == 0 for p in exc.problems)
+
+
+# -- every problem in one pass (issue 9) ---------------------------------------------------------
+
+
+def test_one_validate_run_reports_schema_reference_and_policy_errors_together(tmp_path: Path) -> None:
+    def damage(d: dict[str, Any]) -> None:
+        baseline = _step(d, "baseline")["expect"]
+        baseline[0]["verdict"] = "denied"  # schema: enum
+        baseline.append({"from": "finance/curll", "to": "accounts/accounts:8080"})  # reference: unknown workload
+        baseline.append({"from": "finance/curl", "to": "accounts/accounts:8081"})  # reference: port not served
+        _step(d, "deny-all")["policies"][0]["spec"] = {"action": "DENY"}  # Istio validation: DENY without rules
+
+    result = _validate(_scenario(tmp_path, damage))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    expected = [
+        ("step 'baseline': probe expect[0]: field verdict:", "'denied'", "allow, deny, auto"),
+        ("step 'baseline': probe expect[1]: field from:", "unknown workload 'finance/curll'"),
+        ("step 'baseline': probe expect[2]: field to:", "does not serve port 8081", "it serves 8080, 9000"),
+        ("step 'deny-all': policies[0] (AuthorizationPolicy accounts/deny-all): field spec.rules:", "DENY"),
+    ]
+    for needles in expected:
+        assert any(all(n in line for n in needles) for line in lines), f"{needles}:\n{result.stderr}"
+    assert all("scenario.yaml" in line for line in lines) and "Traceback" not in result.stderr
+
+
+def test_a_broken_part_does_not_hide_the_rest(tmp_path: Path) -> None:
+    # A schema error that makes one workload unusable: probes to the other workloads are still checked, and
+    # probes to the broken one are not reported a second time.
+    def damage(d: dict[str, Any]) -> None:
+        d["spec"]["workloads"][0]["ports"] = "8080"  # accounts: unusable ports
+        d["spec"]["workloads"][1]["labels"] = ["not", "a", "mapping"]
+        _step(d, "baseline")["expect"].append({"from": "rogue/rogue", "to": "finance/curl:80"})
+        d["metadata"]["name"] = "Bad_Name"
+
+    result = _validate(_scenario(tmp_path, damage))
+    err = result.stderr
+    assert "workload 'accounts/accounts': field ports: must be a list, not a string" in err
+    assert "workload 'finance/curl': field labels: must be a mapping, not a list" in err
+    assert "field metadata.name" in err
+    assert "step 'baseline': probe expect[1]: field to: workload 'finance/curl' serves no port" in err
+    assert "does not serve port" not in err and "serves no port (it is a client only)" in err
+    assert err.count("accounts/accounts") == 1, err
+
+
+def test_per_mode_verdict_with_a_bad_key_names_the_key_and_the_modes(tmp_path: Path) -> None:
+    result = _validate(_scenario(tmp_path, lambda d: _step(d, "baseline")["expect"][0].update(
+        verdict={"ambiant": "allow", "sidecar": "permit"})))
+    err = result.stderr
+    assert ("probe expect[0]: field verdict.ambiant: unknown mode 'ambiant' in a per-mode verdict (did you mean "
+            "'ambient'? valid modes: sidecar, ambient, waypoint)") in err
+    assert "field verdict.sidecar: 'permit' is not a valid value (valid values: allow, deny, auto)" in err
+    assert "{'ambiant'" not in err  # the mapping is not dumped
+
+
+def test_unknown_fields_are_each_reported(tmp_path: Path) -> None:
+    result = _validate(_scenario(tmp_path, lambda d: d["spec"].update(extra=1, modez=["sidecar"])))
+    assert "field spec.extra: unknown field 'extra'" in result.stderr
+    assert "field spec.modez: unknown field 'modez' (did you mean 'modes'?" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["x-authz-conformance-probe", "X-Authz-Conformance-Probe"])
+def test_the_probe_header_is_reserved(tmp_path: Path, name: str) -> None:
+    # The suite identifies each probe by its own header (conformance.probe.PROBE_HEADER).
+    from conformance.probe import PROBE_HEADER
+
+    assert name.lower() == PROBE_HEADER
+    result = _validate(_scenario(tmp_path, lambda d: _step(d, "allow-finance")["expect"][0]["request"].update(
+        headers={"x-team": "a", name: "mine"})))
+    assert result.returncode == 1
+    line = f"step 'allow-finance': probe expect[0]: field request.headers.{name}: header '{name}' is reserved"
+    assert line in result.stderr, result.stderr
