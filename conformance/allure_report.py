@@ -117,19 +117,21 @@ class AllureReporter:
             html_truth_table,
             policies_yaml,
             probe_label,
+            shown_observation,
         )
 
         table = result.table
         required = self.config.getoption("converge")
         for row, rec in zip(table.rows, result.convergence.records, strict=True):
-            judgement = rec.last
-            last = row.last
+            last, judgement = shown_observation(rec)
             observed = last.outcome if last is not None else "not observed"
-            title = f"{probe_label(row)} ⇒ {observed} (expected {table.expected(row)})"
+            title = (f"{probe_label(row)} ⇒ {observed} (expected {table.expected(row)})"
+                     + (" ≠ engine" if table.disagrees(row) else ""))
             repro = item.repro_command(row)
             failure: Failure | None = None
-            if judgement is None or not judgement.passed:
-                message = (f"{judgement.category}: {judgement.message}" if judgement is not None
+            if not rec.passed:
+                wrong = judgement is not None and not judgement.passed
+                message = (f"{judgement.category}: {judgement.message}" if judgement is not None and wrong
                            else "inconclusive probe: never observed")
                 kind = PolicyVerdictMismatch if message.startswith(MISMATCH.tag) else InconclusiveProbe
                 failure = kind(message)
@@ -152,6 +154,12 @@ class AllureReporter:
                           attachment_type=allure.attachment_type.TEXT)
         allure.attach(convergence_text(result, required), name="convergence record",
                       attachment_type=allure.attachment_type.TEXT)
+        disagreements = [f"expect[{row.expectation.index}] {probe_label(row)}: {table.disagreement(row)}"
+                         for row in table.contradictions()]
+        if disagreements:  # whatever the outcome: a passing step whose expectation the engine contradicts
+            allure.dynamic.label("scenario_engine_disagreements", str(len(disagreements)))
+            allure.attach("\n".join(disagreements) + "\n", name="scenario ≠ engine",
+                          attachment_type=allure.attachment_type.TEXT)
 
     # --- per session ------------------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
-"""Convergence: probe a step until every probe matched its expectation N times in a row, or a deadline.
+"""Convergence: how many observations of each probe a step needs, and which of them count.
 
-Policies take effect eventually on clusters, and instantly (after Envoy's acknowledgement) on the local
-mesh. Either way the suite records, per probe, how many observations it needed, and when a probe that
-must be denied was first observed allowed after the target reported the policy in force: that window
-is the enforcement gap, a finding in itself (research/anchors.md: retry-on-mismatch can hide fail-open
-windows, so they are measured, not hidden).
+Two regimes, chosen by the target (`MeshSession.exact_barrier`):
+- **exact** (the local mesh: Envoy's acknowledgement of the new listeners is the barrier): every
+  observation after the barrier counts. Each probe is observed N times; one wrong judgement fails the
+  step, with the count of wrong ones. Nothing is retried away, and a wrong expectation fails in the
+  time of N probe rounds, not a deadline.
+- **eventual** (clusters: the barrier is istiod's push as seen in the proxies' config, which can still
+  lag in a proxy): a probe converges after N right judgements in a row, within a deadline; wrong
+  observations before its first right one are the enforcement gap (recorded, shown), and every wrong
+  observation after its first right one is flakiness, which fails the step (research/anchors.md:
+  retry-on-mismatch hides fail-open windows, so they are measured and never forgiven).
 
 The loop is written once, over a `probe_round` callable, with tenacity for the deadline and backoff;
 the clock is injectable so the logic is tested without sleeping.
@@ -32,10 +37,48 @@ class ProbeRecord:
     converged_after: int | None = None  # observations needed to reach the streak
     stale_allowed: int = 0  # allowed observations of a probe that must be denied: the enforcement gap
     gap_seconds: float = 0.0  # from the policy being reported in force to the last stale observation
+    required: int = 1
+    exact: bool = False
 
     @property
     def last(self) -> Judgement | None:
         return self.judgements[-1] if self.judgements else None
+
+    @property
+    def wrong(self) -> int:
+        """Wrong judgements in all."""
+        return sum(not j.passed for j in self.judgements)
+
+    @property
+    def flaky(self) -> int:
+        """Wrong judgements after the first right one: never forgiven, on any target."""
+        first_right = next((i for i, j in enumerate(self.judgements) if j.passed), None)
+        if first_right is None:
+            return 0
+        return sum(not j.passed for j in self.judgements[first_right:])
+
+    @property
+    def passed(self) -> bool:
+        """Exact: N observations, all right. Eventual: N right in a row, and no wrong one after the first right."""
+        if self.exact:
+            return len(self.judgements) >= self.required and self.wrong == 0
+        return self.streak >= self.required and self.flaky == 0
+
+    @property
+    def failing_judgement(self) -> Judgement | None:
+        """The judgement a report shows for a failing probe: the last wrong one."""
+        return next((j for j in reversed(self.judgements) if not j.passed), None)
+
+    def verdict_line(self) -> str:
+        """`3 of 3 right`, `2 of 3 wrong`, `1 wrong after the first right (flaky)`."""
+        n = len(self.judgements)
+        if self.passed:
+            return f"{n} of {n} right" if self.exact else f"{self.required} right in a row after {n}"
+        if self.exact:
+            return f"{self.wrong} of {n} wrong after the barrier"
+        if self.flaky:
+            return f"{self.flaky} wrong after the first right one (flaky), {n} observed"
+        return f"never {self.required} right in a row ({self.wrong} of {n} wrong)"
 
 
 @dataclass
@@ -53,20 +96,36 @@ def converge(
     deadline: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    exact: bool = False,
 ) -> Convergence:
-    """Run rounds of probes until each of `count` probes has `required` passing judgements in a row.
+    """Probe `count` rows in rounds and keep every observation and judgement (see the module docstring).
 
     `probe_round(indices)` probes those rows and returns (observation, judgement, must_deny) for each.
-    Rows that have converged are not probed again. A row that fails keeps being probed until the
-    deadline: a real mismatch then fails the step with every observation kept as evidence.
+    Exact: exactly `required` rounds of every row, no waiting, no deadline. Eventual: rows that have
+    converged are not probed again; a row with a wrong observation after its first right one has failed
+    and is not probed again either; the others are probed until the deadline.
     """
-    records = [ProbeRecord() for _ in range(count)]
+    records = [ProbeRecord(required=required, exact=exact) for _ in range(count)]
     start = clock()
     rounds = 0
+    if exact:
+        for _ in range(required):
+            rounds += 1
+            indices = list(range(count))
+            # After an exact barrier an allowed observation of a denied probe is a failure, not a gap.
+            for i, (obs, judgement, _must_deny) in zip(indices, probe_round(indices), strict=True):
+                r = records[i]
+                r.observations.append(obs)
+                r.judgements.append(judgement)
+                r.streak = r.streak + 1 if judgement.passed else 0
+        for r in records:
+            if r.passed:
+                r.converged_after = len(r.observations)
+        return Convergence(records, rounds, clock() - start, all(r.passed for r in records))
 
     def attempt() -> bool:
         nonlocal rounds
-        pending = [i for i, r in enumerate(records) if r.streak < required]
+        pending = [i for i, r in enumerate(records) if r.streak < required and not r.flaky]
         if not pending:
             return True
         rounds += 1
@@ -80,7 +139,7 @@ def converge(
             r.streak = r.streak + 1 if judgement.passed else 0
             if r.streak >= required and r.converged_after is None:
                 r.converged_after = len(r.observations)
-        return all(r.streak >= required for r in records)
+        return all(r.streak >= required or r.flaky for r in records)
 
     retrying = Retrying(
         retry=retry_if_result(lambda done: not done),
@@ -93,4 +152,4 @@ def converge(
         converged = bool(retrying(attempt))
     except RetryError:
         converged = False
-    return Convergence(records, rounds, clock() - start, converged)
+    return Convergence(records, rounds, clock() - start, converged and all(r.passed for r in records))

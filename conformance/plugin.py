@@ -237,6 +237,9 @@ class StepItem(pytest.Item):
         self.result = result
         config.stash[_results_key].append((self, result))
         self.user_properties.append(("barrier_seconds", f"{result.applied.seconds:.4f}"))
+        for row in result.table.contradictions():  # JUnit <property>, whatever the outcome
+            self.user_properties.append((f"scenario_engine_disagreement[{row.expectation.index}]",
+                                         result.table.disagreement(row) or ""))
         self.user_properties.append(("converge_seconds", f"{result.convergence.seconds:.4f}"))
         if not result.passed:
             raise step_failure(result, self.repro_command)

@@ -10,6 +10,7 @@ mistake this suite exists to avoid.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conformance.model import (
@@ -66,27 +67,99 @@ class Evidence:
     command: str = ""
 
 
+# What decided, as the enforcing proxy recorded it (a proof's `kind`). The engine's reasons map onto
+# them one to one (verdicts.expected_kind), so a denial is compared by kind, not only by policy: a STRICT
+# rejection (`filter_chain_not_found`) and "no ALLOW policy matched" (`rbac_access_denied_matched_policy
+# [none]`) are different facts, and a broken listener must never pass as a policy denial.
+DENY_POLICY = "deny-policy"  # a named DENY policy matched: rbac_access_denied_matched_policy[ns[..]-policy[..]..]
+NO_ALLOW_MATCHED = "no-allow-matched"  # ALLOW policies exist, none matched: rbac_access_denied_matched_policy[none]
+STRICT_MTLS = "strict-mtls"  # PeerAuthentication STRICT refused plaintext (no filter chain / static strict DENY)
+PROXY_ALLOWED = "allowed"  # the proxy let it through (naming the ALLOW policy when one decided)
+PROOF_KINDS = (DENY_POLICY, NO_ALLOW_MATCHED, STRICT_MTLS, PROXY_ALLOWED)
+KIND_WORDS = {
+    DENY_POLICY: "a DENY policy matched",
+    NO_ALLOW_MATCHED: "no ALLOW policy matched",
+    STRICT_MTLS: "STRICT mTLS rejected plaintext",
+    PROXY_ALLOWED: "allowed",
+}
+
+# istiod's synthetic DENY sent to ztunnel for a STRICT PeerAuthentication (pilot/pkg/serviceregistry/kube/
+# controller/ambient/policies.go `staticStrictPolicyName`): a record naming it is a STRICT rejection.
+STATIC_STRICT_POLICY = "istio_converted_static_strict"
+
+# The suite's own probe id, a request header no scenario may set (validation refuses it): the key to a
+# probe's records at HTTP-aware proxies. A scenario's own x-request-id is only a header like any other.
+PROBE_HEADER = "x-authz-conformance-probe"
+
+
 @dataclass(frozen=True)
 class Proof:
-    """The enforcing proxy's own record of a decision (an access-log line), when the target can read it.
+    """The enforcing proxy's own record of a decision (one access-log line or ztunnel log line).
 
-    `policy` is the deciding policy as the proxy names it, normalised to `ns/name` (None when the
-    proxy says no ALLOW policy matched: `rbac_access_denied_matched_policy[none]`), `rule` its index.
+    `kind` says what decided (DENY_POLICY, NO_ALLOW_MATCHED, STRICT_MTLS, PROXY_ALLOWED); `policy` is
+    the deciding policy as the proxy names it, normalised to the scenario's `ns/name` (None when none is
+    named), `rule` its index. `layer` is the kind of proxy that wrote it ("sidecar", "ztunnel",
+    "waypoint") and `serves` the scenario workload (sidecar, ztunnel) or waypoint (`ns/name`) it acted
+    for, so a judge can tell a record of the wrong proxy from the right one. `proxy` is for display.
     """
 
-    proxy: str  # which proxy wrote it: "sidecar:ns/name", "ztunnel:ns/name", "waypoint:ns/name"
-    denied: bool
+    proxy: str  # "sidecar:ns/name", "ztunnel:ns/name" (or the node on clusters), "waypoint:ns/name"
+    kind: str
     policy: str | None
     rule: int | None
     line: str
+    layer: str = ""
+    serves: str | None = None
+
+    @property
+    def denied(self) -> bool:
+        return self.kind != PROXY_ALLOWED
+
+    def describe(self) -> str:
+        """`no ALLOW policy matched at sidecar:ns/b`, `DENY ns/p rule 0 at waypoint:ns/w`..."""
+        if self.kind == DENY_POLICY:
+            what = f"DENY {self.policy}" + (f" rule {self.rule}" if self.rule is not None else "")
+        elif self.kind == PROXY_ALLOWED and self.policy:
+            what = f"allowed by {self.policy}" + (f" rule {self.rule}" if self.rule is not None else "")
+        else:
+            what = KIND_WORDS.get(self.kind, self.kind)
+        return f"{what} at {self.proxy}"
+
+
+def proof_of_rbac(policy_id: str, *, proxy: str, layer: str, serves: str | None, line: str,
+                  to_scenario: Callable[[str], str] | None = None) -> Proof:
+    """The proof an Envoy RBAC denial gives (`rbac_access_denied_matched_policy[<policy_id>]`).
+
+    `none` is "no ALLOW matched"; istiod's synthetic `istio_converted_static_strict` DENY (ambient
+    policies.go, sent to ztunnel for STRICT PeerAuthentication) is a STRICT rejection; any other id
+    names a DENY policy (an ALLOW never denies by name: Envoy's ALLOW engine denies with `[none]`).
+    """
+    if policy_id in ("none", ""):
+        return Proof(proxy, NO_ALLOW_MATCHED, None, None, line, layer, serves)
+    if f"policy[{STATIC_STRICT_POLICY}]" in policy_id or policy_id == STATIC_STRICT_POLICY:
+        return Proof(proxy, STRICT_MTLS, None, None, line, layer, serves)
+    policy, rule = parse_policy_id(policy_id)
+    if policy is not None and to_scenario is not None:
+        policy = to_scenario(policy)
+    return Proof(proxy, DENY_POLICY, policy, rule, line, layer, serves)
 
 
 @dataclass(frozen=True)
 class Observation:
+    """One probe's result: the outcome form (from curl alone), the evidence, the proof.
+
+    `problem` is set when the target found a fault in itself while looking for the proof (the enforcing
+    proxy is missing or dead, its log cannot be read, several records claim this probe): the judge
+    reports it as infrastructure (or a denial without proof) before comparing any verdict.
+    `unconfirmed` is set only by a target whose user opted in to accepting denials it cannot prove.
+    """
+
     outcome: str
     evidence: Evidence
     proof: Proof | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    problem: str | None = None
+    unconfirmed: str | None = None
 
     @property
     def confirmed_denial(self) -> bool:

@@ -29,7 +29,8 @@ from conformance.converge import ProbeRecord
 from conformance.engine import Decision
 from conformance.engine.decide import ALLOW_MATCHED, ALLOW_UNMATCHED, DENY_MATCHED, NO_ALLOW, NO_POLICY, STRICT_MTLS
 from conformance.model import ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, ERROR, TIMEOUT
-from conformance.probe import Observation, Proof
+from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, Observation, Proof
+from conformance.probe import STRICT_MTLS as PROOF_STRICT
 from conformance.runner import StepResult
 from conformance.truthtable import Row, TruthTable
 from conformance.verdicts import UNPROVEN, Judgement
@@ -43,8 +44,9 @@ CODES = {ALLOWED: "A", DENIED_L7: "L7", DENIED_L4: "L4", DENIED_UPSTREAM: "UP", 
 COMPACT_LEGEND = (
     "legend: ✓ observed as expected · ✗ observed≠expected · A allowed (the app answered) · L7 403 RBAC: access "
     "denied · L4 reset / closed, no response · UP 503, upstream refused · D any denial · T/O timeout · ERR error",
-    "        ? a denial the enforcing proxy did not record · ~ denial unconfirmed (this target cannot read proxy "
-    "logs) · gap×N: a probe that must be denied was seen allowed N times after the barrier",
+    "        ? a denial the enforcing proxy did not record · ~ denial unconfirmed (accepted only because the run "
+    "opted in) · ! the scenario and the engine disagree · k/n: k of n observations wrong · gap×N: a probe that "
+    "must be denied was seen allowed N times after the barrier",
 )
 
 
@@ -103,11 +105,11 @@ def proxy_decision(proof: Proof | None) -> str:
     """What the enforcing proxy's own log says decided a probe ('-' when there is no record)."""
     if proof is None:
         return "-"
-    if proof.denied:
-        if proof.policy:
-            return f"{proof.policy}" + (f" rule {proof.rule}" if proof.rule is not None else "")
-        if proof.line.startswith("strict mtls"):
-            return "PeerAuthentication STRICT (plaintext rejected)"
+    if proof.kind == DENY_POLICY:
+        return f"{proof.policy}" + (f" rule {proof.rule}" if proof.rule is not None else "")
+    if proof.kind == PROOF_STRICT:
+        return "PeerAuthentication STRICT (plaintext rejected)"
+    if proof.kind == NO_ALLOW_MATCHED:
         return "no ALLOW policy matched ([none])"
     if proof.policy:
         return f"allowed by {proof.policy}" + (f" rule {proof.rule}" if proof.rule is not None else "")
@@ -130,15 +132,31 @@ def _engine_short(d: Decision) -> str:
 # --- failure text and JUnit message --------------------------------------------------------------
 
 
+def shown_observation(rec: ProbeRecord) -> tuple[Observation | None, Judgement | None]:
+    """The observation a report shows for a probe: for a failing probe its last wrong one (a wrong
+    observation is never hidden behind later right ones), else its last."""
+    if not rec.passed:
+        for obs, judgement in zip(reversed(rec.observations), reversed(rec.judgements), strict=True):
+            if not judgement.passed:
+                return obs, judgement
+    return (rec.observations[-1], rec.judgements[-1]) if rec.observations else (None, None)
+
+
 def cell_line(table: TruthTable, row: Row, rec: ProbeRecord) -> str:
     """One failing truth-table cell on one line: the JUnit message and the Allure message list these."""
-    judgement = rec.last
-    last = row.last
+    last, judgement = shown_observation(rec)
     said = judgement.message if judgement is not None else "never observed"
     if not said.startswith("expected"):
         said = f"expected {table.expected_outcome(row)}; {said}"
     if last is not None and last.outcome in (DENIED_L7, DENIED_L4, DENIED_UPSTREAM) and last.proof is not None:
         said += f" (proxy: {proxy_decision(last.proof)}; engine: {_engine_short(row.predicted)})"
+    # short, for a JUnit message attribute (pytest keeps ~500 characters); the full sentences are in the
+    # failure text (render_failure)
+    if rec.judgements:
+        n = len(rec.judgements)
+        said += f" [{rec.flaky} wrong after a right one]" if rec.flaky else f" [{rec.wrong}/{n} wrong]"
+    if table.disagrees(row):
+        said += f" [≠ engine: {row.predicted.verdict}]"
     return f"✗ expect[{row.expectation.index}] {probe_label(row)} [{table.mode}]: {said}"
 
 
@@ -158,17 +176,23 @@ def render_failure(result: StepResult, repro: Callable[[Row], str]) -> str:
         rec = result.record(row)
         mark = "✗" if id(row) in failing_ids else " "
         expected = table.expected_outcome(row)
-        observed = _observed(row)
+        shown, _ = shown_observation(rec)
+        observed = shown.outcome if shown is not None else "-"
         lines.append(f"  {mark} {probe_label(row):<{width}}  {expected:<16}  "
-                     f"{(observed + (' ✗' if mark == '✗' else '')):<18}  {len(rec.observations)}")
+                     f"{(observed + (' ✗' if mark == '✗' else '')):<18}  {len(rec.observations)}"
+                     + ("  (scenario ≠ engine)" if table.disagrees(row) else ""))
     lines.append("")
     state = state_for_step(table.scenario, table.step, table.addresses)
     for row, rec in failing:
-        judgement = rec.last
+        last, judgement = shown_observation(rec)
         lines.append(f"✗ expect[{row.expectation.index}] {probe_label(row)}")
         if judgement is not None:
             lines.append(f"    {judgement.category}: {judgement.message}")
-        last = row.last
+        if rec.judgements:
+            lines.append(f"    judgements: {rec.verdict_line()} ({_runs(o.outcome for o in rec.observations)})")
+        disagreement = table.disagreement(row)
+        if disagreement:
+            lines.append(f"    scenario ≠ engine: {disagreement}")
         if last is not None:
             ev = last.evidence
             lines.append(f"    evidence: curl exit {ev.exit_code}, HTTP {ev.status}, {ev.seconds * 1000:.1f} ms, "
@@ -191,11 +215,6 @@ def render_failure(result: StepResult, repro: Callable[[Row], str]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _observed(row: Row) -> str:
-    last = row.last
-    return last.outcome if last is not None else "-"
-
-
 # --- evidence, for Allure steps and `authz-conformance repro` --------------------------------------
 
 
@@ -207,11 +226,14 @@ def evidence_text(table: TruthTable, row: Row, observation: Observation | None, 
              f"expected: {table.expected(row)} → {table.expected_outcome(row)}"
              + ("" if row.expectation.verdict(table.mode) else " (auto: the engine's prediction)"),
              f"observed: {observation.outcome if observation else '-'}"]
+    disagreement = table.disagreement(row)
+    if disagreement:
+        lines.append(f"scenario ≠ engine: {disagreement}")
     if record is not None:
         seq = _runs(o.outcome for o in record.observations)
         after = record.converged_after
-        lines.append(f"observations: {len(record.observations)} ({seq})"
-                     + (f", matched after {after}" if after is not None else ", never matched N in a row"))
+        lines.append(f"observations: {len(record.observations)} ({seq}), {record.verdict_line()}"
+                     + (f", matched after {after}" if after is not None and not record.exact else ""))
     if judgement is not None:
         verdict = "✓ conforms" if judgement.passed else f"✗ {judgement.category}"
         lines.append(f"result: {verdict}" + (f": {judgement.message}" if judgement.message else ""))
@@ -317,6 +339,7 @@ td.probe{font-family:ui-monospace,Menlo,Consolas,monospace;min-width:18em}
 td.policy{min-width:12em}
 td.ok{background:#e7f6ea}
 td.diff,span.diff{background:#ffd7d5;color:#8a1010;font-weight:600}
+span.disagree{background:#fff1c2;color:#7a4d00;font-weight:600;padding:0 3px}
 td.observed,td.expected{white-space:nowrap}
 tr.fail td.mark{color:#b42318;font-weight:700}
 tr.pass td.mark{color:#1a7f37}
@@ -344,7 +367,7 @@ def html_truth_table(result: StepResult) -> str:
     for row in table:
         rec = result.record(row)
         bad = id(row) in failing
-        last = row.last
+        last, _ = shown_observation(rec)
         proof = last.proof if last is not None else None
         proxy, engine = proxy_decision(proof), _engine_short(row.predicted)
         denial = last is not None and last.outcome in (DENIED_L7, DENIED_L4, DENIED_UPSTREAM)
@@ -355,14 +378,20 @@ def html_truth_table(result: StepResult) -> str:
             f"<tr class='{'fail' if bad else 'pass'}' data-probe='{row.expectation.index}'>"
             f"<td class='mark'>{'✗' if bad else '✓'}</td><td>{row.expectation.index}</td>"
             f"<td class='probe'>{e(probe_label(row))}</td>"
-            f"<td class='expected'>{e(table.expected(row))} · {e(table.expected_outcome(row))}</td>"
-            f"<td class='observed {cls}' data-differs='{str(bad).lower()}'>{e(_observed(row))}</td>"
+            f"<td class='expected'>{e(table.expected(row))} · {e(table.expected_outcome(row))}"
+            + (f" <span class='disagree' title='{e(table.disagreement(row) or '')}'>≠ engine</span>"
+               if table.disagrees(row) else "") + "</td>"
+            f"<td class='observed {cls}' data-differs='{str(bad).lower()}'>"
+            f"{e(last.outcome if last is not None else '-')}</td>"
             f"<td class='policy'>{proxy_html} / {e(engine)}</td>"
-            f"<td title='{e(_runs(o.outcome for o in rec.observations))}'>{len(rec.observations)}</td></tr>")
+            f"<td title='{e(_runs(o.outcome for o in rec.observations))}; {e(rec.verdict_line())}'>"
+            f"{len(rec.observations)}</td></tr>")
     out.append("</tbody></table>")
     out.append(f"<p class='legend'>{e(LEGEND)}. A highlighted observed cell differs from the expectation; a "
-               "highlighted deciding policy is one the proxy named differently from the engine. obs: observations "
-               "until it matched N times in a row (or the deadline).</p></body></html>")
+               "highlighted deciding policy is one the proxy named differently from the engine; ≠ engine marks an "
+               "expectation the verdict engine contradicts. obs: observations after the barrier (each one counts where "
+               "the barrier is exact; elsewhere until N in a row, and any wrong one after a right one fails)."
+               "</p></body></html>")
     return "\n".join(out)
 
 
@@ -370,16 +399,17 @@ def html_truth_table(result: StepResult) -> str:
 
 
 def _cell(table: TruthTable, row: Row, rec: ProbeRecord) -> tuple[str, bool]:
-    judgement = rec.last
-    last = row.last
+    last, judgement = shown_observation(rec)
     observed = CODES.get(last.outcome, last.outcome) if last is not None else "-"
-    ok = judgement is not None and judgement.passed
     gap = f" gap×{rec.stale_allowed}" if rec.stale_allowed else ""
-    if ok:
-        return f"✓ {observed}" + ("~" if judgement is not None and judgement.unconfirmed else "") + gap, True
+    disagrees = "!" if table.disagrees(row) else ""
+    if rec.passed:
+        unconfirmed = "~" if any(j.unconfirmed for j in rec.judgements) else ""
+        return f"✓ {observed}{unconfirmed}{disagrees}{gap}", True
     expected = CODES.get(table.expected_outcome(row), table.expected_outcome(row))
     suffix = "?" if judgement is not None and judgement.category == UNPROVEN else ""
-    return f"✗ {observed}{suffix}≠{expected}{gap}", False
+    wrong = f" {rec.wrong}/{len(rec.judgements)}" if len(rec.judgements) > 1 else ""
+    return f"✗ {observed}{suffix}≠{expected}{disagrees}{wrong}{gap}", False
 
 
 def summary_tables(results: Sequence[StepResult], width: int = 120, color: bool = False,
@@ -430,6 +460,10 @@ def summary_tables(results: Sequence[StepResult], width: int = 120, color: bool 
             barrier = max(barrier, r.applied.seconds)
         failing = sum(len(r.failing()) for r in group)
         console.print(t)
+        for r in group:
+            for row in r.table.contradictions():
+                console.print(f"! {r.table.step.name} expect[{row.expectation.index}] [{r.table.mode}]: scenario ≠ "
+                              f"engine: {r.table.disagreement(row)}", soft_wrap=True, markup=False)
         console.print(f"{len(steps)} step(s) × {len(modes)} mode(s), {failing} failing cell(s), "
                       f"max barrier {barrier * 1000:.0f} ms"
                       + (f", ENFORCEMENT GAP: {gaps} stale allowed observation(s)" if gaps else ""), soft_wrap=True,

@@ -82,8 +82,7 @@ def run_repro(file: str, step_name: str, index: int, mode: Mode, version: IstioV
         print(f"policies in force: {names} (barrier {applied.seconds * 1000:.1f} ms)", file=out)
         observation = session.probe([row.probe])[0]
         row.observed = [observation]
-        judgement = judge(table.expected(row), row.predicted, observation,
-                          getattr(session, "proofs_readable", True))
+        judgement = judge(table.expected(row), row.predicted, observation, row.probe)
     print(file=out)
     print(evidence_text(table, row, observation, judgement), file=out)
     print("engine explanation", file=out)

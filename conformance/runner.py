@@ -35,7 +35,7 @@ class StepResult:
 
     def failing(self) -> list[tuple[Row, ProbeRecord]]:
         return [(row, rec) for row, rec in zip(self.table.rows, self.convergence.records, strict=True)
-                if rec.last is None or not rec.last.passed]
+                if not rec.passed]
 
     @property
     def passed(self) -> bool:
@@ -43,9 +43,13 @@ class StepResult:
 
     @property
     def stale(self) -> list[tuple[Row, ProbeRecord]]:
-        """Probes whose first observation after the barrier was wrong: an enforcement gap on this target."""
+        """Probes whose first observation after the barrier was wrong but that then converged: an
+        enforcement gap on this target. Only where the barrier is not exact (after an exact one a wrong
+        observation is a failure) and only where the scenario and the engine agree (otherwise the
+        "stale" observation may be the right one and the expectation wrong)."""
         return [(row, rec) for row, rec in zip(self.table.rows, self.convergence.records, strict=True)
-                if rec.judgements and not rec.judgements[0].passed and rec.converged_after is not None]
+                if not rec.exact and rec.judgements and not rec.judgements[0].passed and rec.passed
+                and not self.table.disagrees(row)]
 
 
 # What run_step last put in force on each session, to know which probes a step newly denies. Keyed
@@ -68,11 +72,12 @@ def _remember(session: MeshSession, policies: tuple[Manifest, ...]) -> None:
 def newly_denied(scenario: Scenario, step: Step, table: TruthTable, before: tuple[Manifest, ...],
                  version: IstioVersion, addresses: dict[str, str]) -> list[tuple[int, Probe]]:
     """The rows this step expects denied that the policies in force before it allowed (engine's view):
-    the probes a change that has not landed yet would still let through."""
+    the probes a change that has not landed yet would still let through. A row whose expectation the
+    engine contradicts is left out: its "stale" allow may be the right answer, never a gap."""
     previous = predict(scenario, Step(f"{step.name} (before)", before, step.expectations), table.mode, version,
                        addresses)
     return [(i, row.probe) for i, (row, prev) in enumerate(zip(table.rows, previous.rows, strict=True))
-            if table.expected(row) == "deny" and prev.predicted.verdict == "allow"]
+            if table.expected(row) == "deny" and not table.disagrees(row) and prev.predicted.verdict == "allow"]
 
 
 def run_step(
@@ -82,7 +87,6 @@ def run_step(
     version: IstioVersion,
     required: int = 3,
     deadline: float = 30.0,
-    proofs_readable: bool = True,
     gap: bool | None = None,
     gap_rounds: int = DEFAULT_ROUNDS_AFTER,
 ) -> StepResult:
@@ -109,10 +113,15 @@ def run_step(
         out = []
         for row, obs in zip(selected, observations, strict=True):
             expected = table.expected(row)
-            out.append((obs, judge(expected, row.predicted, obs, proofs_readable), expected == "deny"))
+            # an allowed observation is only a stale one (the gap) when the engine agrees it must be denied
+            must_deny = expected == "deny" and not table.disagrees(row)
+            out.append((obs, judge(expected, row.predicted, obs, row.probe), must_deny))
         return out
 
-    convergence = converge(len(rows), probe_round, required=required, deadline=deadline)
+    # On an exact barrier the deadline is the barrier's business (apply() above): every probe is observed
+    # `required` times and each observation counts (converge.py).
+    exact = bool(getattr(session, "exact_barrier", False))
+    convergence = converge(len(rows), probe_round, required=required, deadline=deadline, exact=exact)
     for row, rec in zip(rows, convergence.records, strict=True):
         row.observed = rec.observations
         row.converged_after = rec.converged_after

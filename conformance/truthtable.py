@@ -50,19 +50,32 @@ class TruthTable:
         """The outcome form that passes: `allowed`, or the denial form the engine predicts for a deny.
 
         When the scenario's explicit verdict contradicts the engine, the engine has no denial form to
-        offer for it; any denial form then passes on the target (lint reports the contradiction).
+        offer for it; any proven denial form then passes on the target, and every report says the two
+        disagree (`disagreement`).
         """
         verdict = self.expected(row)
         if verdict == "allow":
             return ALLOWED
         return row.predicted.outcome if row.predicted.verdict == "deny" else "denied"
 
+    def disagrees(self, row: Row) -> bool:
+        """The scenario's explicit verdict differs from the engine's prediction (reports say so in the
+        cell, the table, Allure and JUnit, whatever the target observed)."""
+        explicit = row.expectation.verdict(self.mode)
+        return explicit is not None and explicit != row.predicted.verdict
+
+    def disagreement(self, row: Row) -> str | None:
+        """One line saying how the scenario and the engine disagree on `row`, or None."""
+        if not self.disagrees(row):
+            return None
+        d = row.predicted
+        why = f"{d.reason}" + (f", {d.policy}" if d.policy else "")
+        return (f"the scenario expects {row.expectation.verdict(self.mode)}, the engine predicts {d.verdict} "
+                f"({why}) for Istio {self.version} {self.mode}")
+
     def contradictions(self) -> Iterator[Row]:
         """Rows whose explicit verdict differs from the engine's prediction."""
-        for row in self.rows:
-            explicit = row.expectation.verdict(self.mode)
-            if explicit is not None and explicit != row.predicted.verdict:
-                yield row
+        return (row for row in self.rows if self.disagrees(row))
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows)

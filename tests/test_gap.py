@@ -20,7 +20,7 @@ import pytest
 from conformance.gap import GapRecord, measure_gap
 from conformance.mesh.local.mesh import LocalTarget
 from conformance.model import ALLOWED, DENIED_L7, Manifest, Probe
-from conformance.probe import Evidence, Observation, Proof
+from conformance.probe import NO_ALLOW_MATCHED, Evidence, Observation, Proof
 from conformance.runner import run_step
 from conformance.scenario import load
 from conformance.target import Applied
@@ -36,8 +36,8 @@ def _allowed(p: Probe) -> Observation:
 
 
 def _denied(p: Probe) -> Observation:
-    proof = Proof(f"sidecar:{p.destination.ref}", True, None, None,
-                  '{"details":"rbac_access_denied_matched_policy[none]"}')
+    proof = Proof(f"sidecar:{p.destination.ref}", NO_ALLOW_MATCHED, None, None,
+                  '{"details":"rbac_access_denied_matched_policy[none]"}', "sidecar", p.destination.ref)
     return Observation(DENIED_L7, Evidence(0, 403, "RBAC: access denied", "", 0.002, "curl ..."), proof)
 
 

@@ -15,9 +15,29 @@ from hypothesis import strategies as st
 
 from conformance.converge import converge
 from conformance.engine import Decision
-from conformance.model import ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, ERROR, TIMEOUT
-from conformance.probe import Evidence, Observation, Proof, classify
-from conformance.verdicts import INCONCLUSIVE, MISMATCH, UNPROVEN, Judgement, judge
+from conformance.model import (
+    ALLOWED,
+    DENIED_L4,
+    DENIED_L7,
+    DENIED_UPSTREAM,
+    ERROR,
+    TIMEOUT,
+    Port,
+    Probe,
+    Request,
+    Workload,
+)
+from conformance.probe import (
+    DENY_POLICY,
+    NO_ALLOW_MATCHED,
+    PROXY_ALLOWED,
+    STRICT_MTLS,
+    Evidence,
+    Observation,
+    Proof,
+    classify,
+)
+from conformance.verdicts import INCONCLUSIVE, INFRASTRUCTURE, MISMATCH, UNPROVEN, Judgement, judge
 
 OK_BODY = 'accounts/accounts responding\n{"method": "GET"}'
 
@@ -49,37 +69,83 @@ def test_classify_is_total_and_allowed_needs_the_destinations_answer(code: int, 
 
 DENY_BY_POLICY = Decision("deny", DENIED_L7, "sidecar", "deny-matched", "ns/deny-all", 0)
 DENY_NO_ALLOW = Decision("deny", DENIED_L4, "ztunnel", "allow-unmatched")
+DENY_STRICT = Decision("deny", DENIED_L4, "sidecar", "strict-mtls", "ns/strict")
+DENY_AT_WAYPOINT = Decision("deny", DENIED_L7, "waypoint", "deny-matched", "ns/deny-all", 0, waypoint="ns/wp")
 ALLOW = Decision("allow", ALLOWED, "sidecar", "no-policy")
+SRC = Workload("a", "ns", "a", {})
+DST = Workload("b", "ns", "b", {}, (Port(80, "HTTP"),))
+PROBE = Probe(SRC, DST, DST.ports[0], Request())
 
 
-def obs(outcome: str, proof_policy: str | None = "ns/deny-all", denied: bool = True, proof: bool = True) -> Observation:
-    p = Proof("sidecar:ns/b", denied, proof_policy, 0, "log line") if proof else None
-    return Observation(outcome, Evidence(0, 0, ""), p)
+def obs(outcome: str, proof_policy: str | None = "ns/deny-all", kind: str = DENY_POLICY, proof: bool = True,
+        layer: str = "sidecar", serves: str = "ns/b", **extra: str) -> Observation:
+    p = Proof(f"{layer}:{serves}", kind, proof_policy, 0, "log line", layer, serves) if proof else None
+    return Observation(outcome, Evidence(0, 0, ""), p, **extra)  # type: ignore[arg-type]
 
 
 def test_allow_needs_allowed() -> None:
-    assert judge("allow", ALLOW, obs(ALLOWED, proof=False), True).passed
-    j = judge("allow", ALLOW, obs(DENIED_L7), True)
+    assert judge("allow", ALLOW, obs(ALLOWED, proof=False), PROBE).passed
+    j = judge("allow", ALLOW, obs(DENIED_L7), PROBE)
     assert (j.passed, j.category) == (False, MISMATCH)
+    j = judge("deny", DENY_BY_POLICY, obs(ALLOWED, None, PROXY_ALLOWED), PROBE)
+    assert j.category == MISMATCH and "allowed at sidecar:ns/b" in j.message  # the proxy's word is quoted
 
 
 def test_deny_needs_the_predicted_form_and_proof_naming_the_same_policy() -> None:
-    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7), True).passed
-    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L4), True).category == MISMATCH  # wrong form
-    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof=False), True).category == UNPROVEN
-    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof_policy="ns/other"), True).category == MISMATCH
-    assert judge("deny", DENY_NO_ALLOW, obs(DENIED_L4, proof_policy=None), True).passed
+    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7), PROBE).passed
+    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L4), PROBE).category == MISMATCH  # wrong form
+    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof=False), PROBE).category == UNPROVEN
+    assert judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof_policy="ns/other"), PROBE).category == MISMATCH
+    assert judge("deny", DENY_NO_ALLOW, obs(DENIED_L4, None, NO_ALLOW_MATCHED, layer="ztunnel"), PROBE).passed
 
 
-def test_unreadable_proof_passes_but_is_marked_unconfirmed() -> None:
-    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof=False), False)
-    assert j.passed and j.unconfirmed
+def test_the_kind_of_proof_must_be_the_engines_reason() -> None:
+    """issue 9: "no ALLOW matched" and a STRICT rejection are different facts; neither proves the other."""
+    strict_record = obs(DENIED_L4, None, STRICT_MTLS, layer="ztunnel")
+    j = judge("deny", DENY_NO_ALLOW, strict_record, PROBE)
+    assert (j.passed, j.category) == (False, MISMATCH)
+    assert "STRICT mTLS rejected plaintext" in j.message and "no ALLOW policy matched" in j.message
+    assert judge("deny", DENY_STRICT, obs(DENIED_L4, None, STRICT_MTLS), PROBE).passed
+    j = judge("deny", DENY_STRICT, obs(DENIED_L4, None, NO_ALLOW_MATCHED), PROBE)
+    assert j.category == MISMATCH and "STRICT" in j.message
+    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, None, NO_ALLOW_MATCHED), PROBE)
+    assert j.category == MISMATCH and "a DENY policy matched" in j.message
+
+
+def test_the_proof_must_come_from_the_proxy_the_engine_names() -> None:
+    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, layer="waypoint", serves="ns/wp"), PROBE)
+    assert j.category == MISMATCH and "waypoint:ns/wp" in j.message and "sidecar:ns/b" in j.message
+    assert judge("deny", DENY_AT_WAYPOINT, obs(DENIED_L7, layer="waypoint", serves="ns/wp"), PROBE).passed
+    j = judge("deny", DENY_AT_WAYPOINT, obs(DENIED_L7, layer="waypoint", serves="other/wp"), PROBE)
+    assert j.category == MISMATCH
+    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, serves="ns/c"), PROBE)  # another workload's sidecar
+    assert j.category == MISMATCH
+
+
+def test_a_fault_of_the_target_is_infrastructure_before_any_verdict() -> None:
+    dead = "the sidecar of ns/b is not running (Envoy exited with -9)"
+    for expected, outcome in (("allow", DENIED_UPSTREAM), ("deny", DENIED_L7), ("allow", ALLOWED)):
+        j = judge(expected, DENY_BY_POLICY, obs(outcome, problem=dead), PROBE)
+        assert (j.passed, j.category, j.message) == (False, INFRASTRUCTURE, dead)
+
+
+def test_unproven_denials_pass_only_when_the_user_opted_in() -> None:
+    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof=False), PROBE)
+    assert (j.passed, j.category) == (False, UNPROVEN)
+    j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, proof=False, unconfirmed="log of x unreadable"), PROBE)
+    assert j.passed and j.unconfirmed and "log of x unreadable" in j.message
+
+
+def test_a_contradicted_engine_still_needs_a_proven_denial() -> None:
+    """The scenario says deny where the engine says allow: a denial passes only with a record of one."""
+    assert judge("deny", ALLOW, obs(DENIED_L7, None, NO_ALLOW_MATCHED), PROBE).passed
+    assert judge("deny", ALLOW, obs(DENIED_L7, proof=False), PROBE).category == UNPROVEN
 
 
 @pytest.mark.parametrize("outcome", [TIMEOUT, ERROR])
 @pytest.mark.parametrize("expected", ["allow", "deny"])
 def test_timeout_and_error_never_pass(outcome: str, expected: str) -> None:
-    j = judge(expected, DENY_BY_POLICY, obs(outcome), True)
+    j = judge(expected, DENY_BY_POLICY, obs(outcome), PROBE)
     assert (j.passed, j.category) == (False, INCONCLUSIVE)
 
 
@@ -118,11 +184,35 @@ def test_converges_after_n_in_a_row_and_counts_observations() -> None:
     assert result.rounds == 4
 
 
-def test_a_failure_resets_the_streak() -> None:
+def test_a_wrong_observation_after_a_right_one_is_never_forgiven() -> None:
+    """issue 9 "retries forgive": on a cluster, N right in a row after a wrong one after a right one is
+    flakiness, and fails the step."""
     clock = FakeClock()
     result = converge(1, _round([[True, True, False, True, True, True]]), required=3, deadline=10, clock=clock,
                       sleep=clock.sleep)
-    assert result.converged and result.records[0].converged_after == 6
+    rec = result.records[0]
+    assert not result.converged and not rec.passed and rec.flaky == 1
+    assert len(rec.observations) == 3  # a flaky probe is not probed further
+    assert "flaky" in rec.verdict_line()
+    # wrong ones before the first right one are convergence (the gap), not flakiness
+    result = converge(1, _round([[False, False, True, True, True]]), required=3, deadline=10, clock=clock,
+                      sleep=clock.sleep)
+    assert result.converged and result.records[0].passed and result.records[0].flaky == 0
+
+
+def test_exact_barrier_counts_every_observation() -> None:
+    """On an exact barrier (the local mesh) each probe is observed N times and one wrong one fails the
+    step at once, with the count of wrong ones; nothing waits for a deadline."""
+    clock = FakeClock()
+    result = converge(2, _round([[True, False, True], [True]]), required=3, deadline=10, clock=clock,
+                      sleep=clock.sleep, exact=True)
+    assert result.rounds == 3 and clock.now == 0  # no waiting, no retries
+    bad, good = result.records
+    assert (bad.passed, bad.wrong, good.passed) == (False, 1, True)
+    assert bad.verdict_line() == "1 of 3 wrong after the barrier"
+    assert not result.converged
+    result = converge(1, _round([[False]]), required=3, deadline=10, clock=clock, sleep=clock.sleep, exact=True)
+    assert result.rounds == 3 and result.records[0].wrong == 3 and result.records[0].stale_allowed == 0
 
 
 def test_deadline_ends_a_real_mismatch_with_every_observation_kept() -> None:

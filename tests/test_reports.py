@@ -43,7 +43,7 @@ from conformance.failures import (
     allure_categories,
     category_of,
 )
-from conformance.probe import Evidence, Observation, Proof
+from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, Evidence, Observation, Proof
 from conformance.report import html_truth_table, summary_tables
 from conformance.runner import run_step
 from conformance.scenario import load
@@ -157,7 +157,7 @@ def test_wrong_claim_has_one_failed_step_per_probe_with_its_evidence(wrong_claim
     alluredir = wrong_claim_run["alluredir"]
     (result,) = _results(alluredir)
     (step,) = result["steps"]
-    assert step["name"] == f"{WRONG_PROBE} ⇒ denied-l7 (expected allow)"
+    assert step["name"] == f"{WRONG_PROBE} ⇒ denied-l7 (expected allow) ≠ engine"
     assert step["status"] == "failed"
     assert step["statusDetails"]["message"].startswith(
         "conformance.failures.PolicyVerdictMismatch: policy verdict mismatch: expected allowed, observed denied-l7")
@@ -177,14 +177,15 @@ def test_wrong_claim_attachments_policies_tables_explanation_convergence(wrong_c
     (result,) = _results(alluredir)
     names = [a["name"] for a in result["attachments"]]
     assert names == ["policies in force", "truth table: expected vs observed",
-                     f"engine explanation: expect[0] {WRONG_PROBE}", "convergence record"]
+                     f"engine explanation: expect[0] {WRONG_PROBE}", "convergence record", "scenario ≠ engine"]
+    assert "the scenario expects allow, the engine predicts deny" in _attachment(alluredir, result, "scenario ≠")
     policies = [d for d in yaml.safe_load_all(_attachment(alluredir, result, "policies in force")) if d]
     assert [(d["metadata"]["name"], d["spec"]["action"]) for d in policies] == [
         ("deny-all-backend", "DENY"), ("allow-frontend-get-data", "ALLOW")]
     cells = _cells(_attachment(alluredir, result, "truth table"))
     observed = [(cls, text) for cls, text in cells if "observed" in cls]
     assert observed == [("observed diff", "denied-l7")]
-    assert ("expected", "allow · allowed") in cells
+    assert ("expected", "allow · allowed ≠ engine") in cells
     explanation = _attachment(alluredir, result, "engine explanation")
     assert "DENY is evaluated before ALLOW" in explanation and "the scenario expects allow" in explanation
     convergence = _attachment(alluredir, result, "convergence record")
@@ -215,8 +216,10 @@ def test_wrong_claim_junit_failure_message_lists_the_failing_cells(wrong_claim_r
         "reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
         "--istio-version 1.30.3\n"
         f"✗ expect[0] {WRONG_PROBE} [sidecar]: expected allowed, observed denied-l7 "
-        "(proxy: default/deny-all-backend rule 0; engine: default/deny-all-backend rule 0)")
+        "(proxy: default/deny-all-backend rule 0; engine: default/deny-all-backend rule 0) [1/1 wrong] "
+        "[≠ engine: deny]")
     body = failure.text or ""
+    assert "scenario ≠ engine: the scenario expects allow, the engine predicts deny (deny-matched" in body
     assert f"  ✗ {WRONG_PROBE}  allowed" in body  # the side-by-side table, differing cell marked
     assert "deciding policy: proxy says default/deny-all-backend rule 0; engine says default/deny-all-backend" in body
     assert ("reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
@@ -224,6 +227,7 @@ def test_wrong_claim_junit_failure_message_lists_the_failing_cells(wrong_claim_r
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert (props["scenario"], props["mode"], props["istio_version"], props["target"]) == (
         "wrong-claim", "sidecar", "1.30.3", "local")
+    assert props["scenario_engine_disagreement[0]"].startswith("the scenario expects allow, the engine predicts deny")
 
 
 def test_wrong_claim_console_prints_the_compact_table_and_legend(wrong_claim_run: dict[str, Any]) -> None:
@@ -489,8 +493,9 @@ class _ScriptedSession:
 
 
 def _denied(policy: str | None) -> Observation:
-    proof = Proof("sidecar:accounts/accounts", True, policy, 0 if policy else None,
-                  '{"details":"rbac_access_denied_matched_policy[none]"}')
+    proof = Proof("sidecar:accounts/accounts", DENY_POLICY if policy else NO_ALLOW_MATCHED, policy,
+                  0 if policy else None, '{"details":"rbac_access_denied_matched_policy[none]"}', "sidecar",
+                  "accounts/accounts")
     return Observation("denied-l7", Evidence(0, 403, "RBAC: access denied", "", 0.004, "curl ..."), proof)
 
 

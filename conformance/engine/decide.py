@@ -97,6 +97,15 @@ class Decision:
     # (state.rs assert_rbac chains namespace, global and workload sets), so any of them may be the one named
     candidates: tuple[str, ...] = ()
     trace: tuple[str, ...] = field(default=(), compare=False)
+    # the waypoint (`ns/name`) whose proxy decided, when a waypoint did; a sidecar or ztunnel decision is
+    # always the destination's own proxy (the one a proof of it must come from)
+    waypoint: str | None = None
+
+    def enforcer(self, probe: Probe) -> str | None:
+        """`layer:ns/name` of the proxy that makes this decision (None when no proxy is involved)."""
+        if self.layer is None:
+            return None
+        return f"{self.layer}:{self.waypoint if self.layer == 'waypoint' else probe.destination.ref}"
 
 
 # -- compiled per state, version and data plane ------------------------------------------------------
@@ -511,6 +520,7 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
     at_waypoint = _envoy_layer(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, attrs, tcp, "waypoint",
                                DENIED_L4 if tcp else DENIED_L7, trace)
+    at_waypoint = replace(at_waypoint, waypoint=waypoint.ref)
     if at_waypoint.verdict == "deny":
         return at_waypoint
     after = _ambient_ztunnel(c, probe, trace, via=waypoint)

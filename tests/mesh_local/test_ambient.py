@@ -73,7 +73,7 @@ def test_plaintext_client_and_strict(ambient_mesh: LocalMeshSession) -> None:
     outsider, frontend = ambient_mesh.probe([probe(OUTSIDER, BACKEND, 80), probe(FRONTEND, BACKEND, 80)])
     assert outsider.outcome == DENIED_L4, outsider
     assert outsider.proof is not None and outsider.proof.denied and outsider.proof.policy is None
-    assert outsider.proof.line.startswith("strict mtls:")
+    assert outsider.proof.kind == "strict-mtls"
     assert frontend.outcome == ALLOWED, frontend
 
 

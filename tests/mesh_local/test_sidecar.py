@@ -75,7 +75,7 @@ def test_strict_rejects_plaintext_with_a_reset(sidecar_mesh: LocalMeshSession) -
     assert outsider.evidence.exit_code == 56, outsider
     assert outsider.outcome == DENIED_L4
     assert outsider.proof is not None and outsider.proof.denied and outsider.proof.policy is None
-    assert outsider.proof.line.startswith("strict mtls: filter_chain_not_found")
+    assert outsider.proof.kind == "strict-mtls" and "filter_chain_not_found" in outsider.proof.line
     assert frontend.outcome == ALLOWED, frontend
 
 

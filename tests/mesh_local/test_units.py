@@ -14,7 +14,15 @@ from conformance.mesh.local.curl import CURL_MISSING, CurlRequest
 from conformance.mesh.local.logs import LogRecord, deciding_record, parse_policy_id, proof_from
 from conformance.mesh.local.mesh import LocalTarget
 from conformance.mesh.local.pki import CertificateAuthority
-from conformance.probe import CURL_WRITE_OUT, evidence_from_curl
+from conformance.probe import (
+    CURL_WRITE_OUT,
+    DENY_POLICY,
+    NO_ALLOW_MATCHED,
+    PROBE_HEADER,
+    PROXY_ALLOWED,
+    STRICT_MTLS,
+    evidence_from_curl,
+)
 
 
 def test_port_map_keeps_bindable_ports_and_remaps_the_rest_consistently() -> None:
@@ -41,14 +49,17 @@ def test_certificates_carry_the_spiffe_identity_and_keys_are_private(tmp_path: P
 
 
 def test_curl_command_keeps_the_scenario_host_and_port() -> None:
-    req = CurlRequest("backend.default", 80, "/a/../b", "POST", (("x-team", "a"),), "127.1.2.3", 15100,
-                      request_id="rid")
+    # a scenario's own x-request-id is just a header; the suite's probe id is its own header, and a
+    # scenario's attempt to set that one never reaches curl (validation refuses it first)
+    headers = (("x-team", "a"), ("x-request-id", "fixed"), ("X-Authz-Conformance-Probe", "forged"))
+    req = CurlRequest("backend.default", 80, "/a/../b", "POST", headers, "127.1.2.3", 15100, probe_id="p1")
     argv = req.argv("curl", 2, 6)
     assert argv[-1] == "http://backend.default/a/../b"
     assert "--path-as-is" in argv and "--interface" not in argv
     assert argv[argv.index("--connect-to") + 1] == "backend.default:80:127.1.2.3:15100"
     assert argv[argv.index("-X") + 1] == "POST"
-    assert "x-request-id: rid" in argv and "x-team: a" in argv
+    assert "x-request-id: fixed" in argv and "x-team: a" in argv
+    assert f"{PROBE_HEADER}: p1" in argv and not any("forged" in a for a in argv)
     out = CurlRequest("backend.default", 8080, "/", "GET", (), "127.1.2.4", 8080, interface="127.1.2.9")
     argv = out.argv("curl", 2, 6)
     assert argv[-1] == "http://backend.default:8080/"
@@ -70,16 +81,39 @@ def test_policy_ids_and_proofs_from_records() -> None:
     denied = LogRecord({"type": "DownstreamEnd", "method": "GET", "code": 403,
                         "details": "rbac_access_denied_matched_policy[ns[a]-policy[b]-rule[0]]"}, "line1")
     conn = LogRecord({"type": "NotSet"}, "line2")
-    assert deciding_record([conn, denied]) is denied
-    proof = proof_from(denied, "sidecar:a/x")
-    assert (proof.denied, proof.policy, proof.rule, proof.line) == (True, "a/b", 0, "line1")
+    assert deciding_record([conn, denied]) == (denied, None)
+    proof = proof_from(denied, "sidecar", "a/x")
+    assert (proof.kind, proof.policy, proof.rule, proof.line) == (DENY_POLICY, "a/b", 0, "line1")
+    assert (proof.proxy, proof.layer, proof.serves) == ("sidecar:a/x", "sidecar", "a/x")
+    none = LogRecord({"type": "DownstreamEnd", "method": "GET", "code": 403,
+                      "details": "rbac_access_denied_matched_policy[none]"}, "line3")
+    assert proof_from(none, "waypoint", "a/w").kind == NO_ALLOW_MATCHED
     strict = LogRecord({"type": "NotSet", "flags": "NR", "details": "filter_chain_not_found"}, "raw")
-    p = proof_from(strict, "sidecar:a/x")
-    assert p.denied and p.policy is None and p.line.startswith("strict mtls: filter_chain_not_found")
+    p = proof_from(strict, "sidecar", "a/x")
+    assert p.denied and p.kind == STRICT_MTLS and p.policy is None
+    ztunnel_strict = LogRecord({"type": "NotSet", "term": "rbac_access_denied_matched_policy"
+                                "[ns[istio-system]-policy[istio_converted_static_strict]-rule[0]]"}, "zt")
+    assert proof_from(ztunnel_strict, "ztunnel", "a/x").kind == STRICT_MTLS
     allowed = LogRecord({"type": "DownstreamEnd", "method": "GET", "code": 200, "http_rbac": {
         "allow_enforced_effective_policy_id": "ns[a]-policy[ok]-rule[1]", "allow_enforced_engine_result": "allowed",
     }}, "l")
-    assert (proof_from(allowed, "p").denied, proof_from(allowed, "p").policy) == (False, "a/ok")
+    ok = proof_from(allowed, "sidecar", "a/x")
+    assert (ok.denied, ok.kind, ok.policy) == (False, PROXY_ALLOWED, "a/ok")
+
+
+def test_one_deciding_record_or_none() -> None:
+    """Exactly one record decides a probe at a proxy: two denials, or two stream records of one request,
+    are no proof (issue 9: a record credited to the wrong probe)."""
+    deny = {"type": "DownstreamEnd", "method": "GET", "code": 403, "start": "1.5", "direct": "127.1.0.1:4000",
+            "details": "rbac_access_denied_matched_policy[ns[a]-policy[b]-rule[0]]"}
+    other = {**deny, "start": "1.7"}
+    assert deciding_record([LogRecord(deny, "1"), LogRecord(other, "2")])[0] is None
+    assert "2 denial records" in (deciding_record([LogRecord(deny, "1"), LogRecord(other, "2")])[1] or "")
+    # one event written by two loggers of the proxy (listener and filter) is one record
+    assert deciding_record([LogRecord(deny, "1"), LogRecord({**deny, "type": "NotSet"}, "2")])[1] is None
+    stream = {"type": "DownstreamEnd", "method": "GET", "code": 200}
+    assert deciding_record([LogRecord(stream, "1"), LogRecord(stream, "2")])[0] is None
+    assert deciding_record([]) == (None, None)
 
 
 def test_unavailable_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 from conformance.mesh.local.addresses import HBONE_PORT, Layout
 from conformance.mesh.local.pki import CertFiles
 from conformance.model import MeshConfig, Port, Workload
+from conformance.probe import PROBE_HEADER, STATIC_STRICT_POLICY
 
 _T = "type.googleapis.com/"
 HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -74,6 +75,8 @@ LOG_FORMAT: dict[str, str] = {
     "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
     "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     "request_id": "%REQ(X-REQUEST-ID)%",
+    "probe": f"%REQ({PROBE_HEADER.upper()})%",  # the suite's own probe id (probe.PROBE_HEADER)
+    "start": "%START_TIME(%s.%6f)%",  # when this proxy saw the connection or request start (epoch seconds)
     "client": "%REQ(X-CONFORMANCE-CLIENT)%",
     "http_rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
     "network_rbac": "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",
@@ -459,7 +462,6 @@ def ztunnel_plaintext_listener(ctx: ProxyContext, port: Port,
                     log=access_log(ctx.log_path, f"plaintext {port.number}"))
 
 
-STATIC_STRICT_POLICY = "istio_converted_static_strict"
 NETWORK_RBAC = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
 
 

@@ -7,9 +7,16 @@ destination port), the destination directly for out-of-mesh sources, which also 
 address with `--interface` so that `ipBlocks` see it.
 
 Choices from research/envoy-local-mesh.md: `--path-as-is` (the proxies, not curl, must normalise
-paths), explicit connect and total timeouts, `-w` for status and the local address (the key to the
-proxy's log record), no `-o` (curl fails with 23 writing to a pipe it does not own), `-q` and
-`--noproxy '*'` plus a clean environment so no user curlrc or proxy variable changes the request.
+paths), explicit connect and total timeouts, `-w` for status and the local address, no `-o` (curl
+fails with 23 writing to a pipe it does not own), `-q` and `--noproxy '*'` plus a clean environment so
+no user curlrc or proxy variable changes the request.
+
+Every probe is found again in the proxies' logs by keys the suite makes, never by one a scenario can
+set: the suite's own header (`probe.PROBE_HEADER`, a fresh id per probe) at HTTP-aware proxies, and
+curl's own address at L4 proxies. curl binds the source workload's address (`--interface`, an address
+of this run's own loopback block) and the kernel gives it a port no other socket on that address holds;
+a port can come back only after the connection is gone, so `CurlResult.started`/`ended` (wall clock,
+the clock Envoy's `%START_TIME%` uses) tell apart two probes that got the same port.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from conformance.probe import CURL_WRITE_OUT, Evidence, evidence_from_curl, split_write_out
+from conformance.probe import CURL_WRITE_OUT, PROBE_HEADER, Evidence, evidence_from_curl, split_write_out
 
 CURL_MISSING = "curl is not installed: install curl (Debian: apt-get install curl)"
 
@@ -42,8 +49,8 @@ class CurlRequest:
     headers: tuple[tuple[str, str], ...]
     connect_ip: str
     connect_port: int
-    interface: str | None = None  # bind this source address (out-of-mesh sources only)
-    request_id: str = ""
+    interface: str | None = None  # bind this source address (every probe binds its source workload's)
+    probe_id: str = ""  # sent as probe.PROBE_HEADER: the key to this probe's records at HTTP proxies
 
     def argv(self, curl: str, connect_timeout: float, max_time: float) -> list[str]:
         url = f"http://{self.url_host}{'' if self.port == 80 else f':{self.port}'}"
@@ -59,9 +66,10 @@ class CurlRequest:
         else:
             argv += ["-X", self.method]
         for name, value in self.headers:
-            argv += ["-H", f"{name}: {value}"]
-        if self.request_id and not any(k.lower() == "x-request-id" for k, _ in self.headers):
-            argv += ["-H", f"x-request-id: {self.request_id}"]
+            if name.lower() != PROBE_HEADER:  # validation refuses it in scenarios; never let one through
+                argv += ["-H", f"{name}: {value}"]
+        if self.probe_id:
+            argv += ["-H", f"{PROBE_HEADER}: {self.probe_id}"]
         if self.interface:
             argv += ["--interface", self.interface]
         argv.append(url + path)
@@ -72,13 +80,15 @@ class CurlRequest:
 class CurlResult:
     evidence: Evidence
     local_address: str | None  # "ip:port" curl connected from, the key into the first proxy's log
+    started: float = 0.0  # time.time() just before curl was started
+    ended: float = 0.0  # time.time() once it had exited
 
     @property
     def connected(self) -> bool:
         return self.local_address is not None
 
 
-def new_request_id() -> str:
+def new_probe_id() -> str:
     return uuid.uuid4().hex
 
 
@@ -91,6 +101,7 @@ def run_curl(request: CurlRequest, curl: str, connect_timeout: float, max_time: 
     env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
     env["HOME"] = "/nonexistent"  # no ~/.curlrc, even without -q
     start = time.monotonic()
+    started = time.time()
     try:
         proc = subprocess.run(
             argv, capture_output=True, env=env, timeout=max_time + 5, check=False, stdin=subprocess.DEVNULL,
@@ -101,12 +112,13 @@ def run_curl(request: CurlRequest, curl: str, connect_timeout: float, max_time: 
         out = (exc.stdout or b"").decode(errors="replace")
         err = f"curl did not finish within {max_time + 5:g}s; killed"
     seconds = time.monotonic() - start
+    ended = time.time()
     command = _display(argv)
     evidence = evidence_from_curl(code, out, err, seconds, command)
     _, fields = split_write_out(out)
     ip, port = fields.get("local_ip", ""), fields.get("local_port", "0")
     local = f"{ip}:{port}" if ip and port not in ("", "0") else None
-    return CurlResult(evidence, local)
+    return CurlResult(evidence, local, started, ended)
 
 
 def _display(argv: list[str]) -> str:

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conformance.probe import Proof, parse_policy_id, rbac_denial
-
-STRICT_REJECTION = "strict mtls: filter_chain_not_found"
-STATIC_STRICT_POLICY = "istio_converted_static_strict"  # config.static_strict_filter's policy
+from conformance.probe import PROXY_ALLOWED, STRICT_MTLS, Proof, parse_policy_id, proof_of_rbac, rbac_denial
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,25 @@ class LogRecord:
     def denies(self) -> bool:
         return self.decision is not None or self.strict_rejection
 
+    @property
+    def event(self) -> tuple[str, str, str, str]:
+        """What this record is a record of (a connection, or a request on it): two loggers of one proxy
+        (a listener's and its filter's) write two records of one event."""
+        return (self.get("start"), self.get("direct"), self.get("local"), self.get("method"))
 
-# Fields a probe's records are looked up by (mesh.py _records_of): indexed as records arrive, so that
-# finding the records of a batch of hundreds of probes costs a dictionary lookup each, not a scan.
-INDEXED_FIELDS = ("request_id", "direct", "client", "client_state")
+    @property
+    def start(self) -> float | None:
+        """When the proxy saw this connection or request start (`%START_TIME(%s.%6f)%`, epoch seconds)."""
+        try:
+            return float(self.get("start"))
+        except ValueError:
+            return None
+
+
+# Fields a probe's records are looked up by (mesh.py _records_of): the suite's probe id, curl's own
+# address as the enforcing proxy sees it. Indexed as records arrive, so that finding the records of a
+# batch of hundreds of probes costs a dictionary lookup each, not a scan.
+INDEXED_FIELDS = ("probe", "direct", "client", "client_state")
 
 
 class AccessLog:
@@ -110,32 +122,24 @@ class AccessLog:
                     self.index.setdefault((name, value), []).append(position)
         return len(self.records) - before
 
-    def since(self, index: int) -> list[LogRecord]:
-        return self.records[index:]
 
 
+def proof_from(record: LogRecord, layer: str, serves: str) -> Proof:
+    """The proof a record of the `layer` proxy of `serves` gives: a denial of a kind, or an allow.
 
-
-def proof_from(record: LogRecord, proxy: str) -> Proof:
-    """The proof a record gives: a denial naming its policy, a STRICT rejection, or an allow.
-
-    For an allowed request the deciding ALLOW policy is the RBAC filters' dynamic metadata
-    (`..._effective_policy_id` with engine result `allowed`), when an ALLOW policy was in force.
+    A STRICT rejection of plaintext at a sidecar is the listener finding no filter chain
+    (`flags=NR details=filter_chain_not_found`, research/envoy-local-mesh.md); at ztunnel it is istiod's
+    static strict DENY (probe.proof_of_rbac). For an allowed request the deciding ALLOW policy is the
+    RBAC filters' dynamic metadata (`..._effective_policy_id` with engine result `allowed`).
     """
+    proxy = f"{layer}:{serves}"
     decision = record.decision
     if decision is not None:
-        policy_id = rbac_denial(decision) or ""
-        if f"policy[{STATIC_STRICT_POLICY}]" in policy_id:
-            # ztunnel's STRICT: a PeerAuthentication decided, not an AuthorizationPolicy.
-            return Proof(proxy=proxy, denied=True, policy=None, rule=None,
-                         line=f"strict mtls: {STATIC_STRICT_POLICY}: {record.line}")
-        policy, rule = parse_policy_id(policy_id)
-        return Proof(proxy=proxy, denied=True, policy=policy, rule=rule, line=record.line)
+        return proof_of_rbac(rbac_denial(decision) or "", proxy=proxy, layer=layer, serves=serves, line=record.line)
     if record.strict_rejection:
-        return Proof(proxy=proxy, denied=True, policy=None, rule=None,
-                     line=f"{STRICT_REJECTION}: {record.line}")
+        return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
     policy, rule = _allowing_policy(record)
-    return Proof(proxy=proxy, denied=False, policy=policy, rule=rule, line=record.line)
+    return Proof(proxy, PROXY_ALLOWED, policy, rule, record.line, layer, serves)
 
 
 def _allowing_policy(record: LogRecord) -> tuple[str | None, int | None]:
@@ -152,17 +156,29 @@ def _allowing_policy(record: LogRecord) -> tuple[str | None, int | None]:
     return None, None
 
 
-def deciding_record(records: Iterable[LogRecord]) -> LogRecord | None:
-    """Of the records one probe left at a proxy, the one that decided: a denial first, then the
-    request's own HTTP stream record, then an HBONE CONNECT stream, then the connection record."""
+def deciding_record(records: Iterable[LogRecord]) -> tuple[LogRecord | None, str | None]:
+    """Of the records one probe left at one proxy, the one that decided, or why there is none.
+
+    A probe leaves one connection record at a proxy, plus one HTTP stream record where the proxy speaks
+    HTTP (the request itself, or the HBONE CONNECT carrying it). The deciding one is the denial if there
+    is one, else the request's stream record, else the CONNECT stream, else the connection record. Two
+    denials, or two records of the same request, cannot both be this probe's: that is no proof at all
+    (the second element says so), never a guess between them.
+    """
     records = list(records)
-    for rec in records:
-        if rec.denies:
-            return rec
-    for rec in records:
-        if rec.is_request:
-            return rec
-    for rec in records:
-        if rec.get("type") == "DownstreamEnd":
-            return rec
-    return records[0] if records else None
+    # A connection's listener log and its tcp_proxy's log (type NotSet / TcpConnectionEnd) are two
+    # records of one event: same start, same peer, same local address. They count once.
+    denials = list({r.event: r for r in records if r.denies}.values())
+    if len(denials) > 1:
+        return None, f"{len(denials)} denial records claim this probe"
+    if denials:
+        return denials[0], None
+    for test in (lambda r: r.is_request, lambda r: r.get("type") == "DownstreamEnd"):
+        found = [r for r in records if test(r)]
+        if len(found) > 1:
+            return None, f"{len(found)} stream records claim this probe"
+        if found:
+            return found[0], None
+    if len(records) > 1:
+        return None, f"{len(records)} connection records claim this probe"
+    return (records[0] if records else None), None

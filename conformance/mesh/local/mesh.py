@@ -44,7 +44,7 @@ from typing import Any
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import config, lifetime
 from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
-from conformance.mesh.local.curl import CURL_MISSING, CurlRequest, CurlResult, curl_binary, new_request_id, run_curl
+from conformance.mesh.local.curl import CURL_MISSING, CurlRequest, CurlResult, curl_binary, new_probe_id, run_curl
 from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_listeners, wait_ready
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
@@ -124,6 +124,9 @@ class LocalMeshSession:
     # probe() may run while apply() does (they share no state): the runner measures the enforcement
     # gap with a probe loop beside apply() (conformance/gap.py).
     probes_during_apply = True
+    # apply() returns once every changed Envoy acknowledged the new listeners: after that every
+    # observation counts, and one wrong one fails the step (converge.py, strict judging).
+    exact_barrier = True
 
     def __init__(self, scenario: Scenario, mode: Mode, target: LocalTarget):
         self.scenario = scenario
@@ -403,11 +406,26 @@ class LocalMeshSession:
                 lambda plan: run_curl(plan.request, self._curl, t.connect_timeout, t.max_time), plans,
             ))
         proofs = self._find_proofs(plans, results, marks)
+        dead = self._dead_proxies()
         observations = []
         for plan, result, (proof, notes) in zip(plans, results, proofs, strict=True):
             outcome = classify(result.evidence, plan.probe.destination.ref)
-            observations.append(Observation(outcome, result.evidence, proof, notes))
+            on_path = [plan.probe.source.ref, *self._enforcers(plan.probe)]
+            problem = "; ".join(dead[ref] for ref in dict.fromkeys(on_path) if ref in dead) or None
+            observations.append(Observation(outcome, result.evidence, proof, notes, problem=problem))
         return observations
+
+    def _dead_proxies(self) -> dict[str, str]:
+        """Proxies whose Envoy has exited: every probe through one is an infrastructure failure, whatever
+        the client saw (a dead destination sidecar looks like a denial to its client)."""
+        dead = {}
+        for ref, env in self._envoys.items():
+            code = env.proc.poll() if env.proc is not None else None
+            if code is not None:
+                tail = env.stderr_tail(3).strip().replace("\n", " | ")
+                dead[ref] = (f"the {self._kind[ref]} of {ref} is not running (Envoy exited with {code})"
+                             + (f": {tail}" if tail else ""))
+        return dead
 
     def _plan(self, probe: Probe) -> _Planned:
         layout = self._require_layout()
@@ -420,15 +438,14 @@ class LocalMeshSession:
         if src.in_mesh:
             # Through the source's own proxy: its outbound listener for this destination port.
             connect = (layout.address[src.ref], layout.outbound[(dst.ref, probe.port.number)])
-            interface = None
         else:
             connect = (layout.address[dst.ref], layout.real(probe.port.number))
-            interface = layout.address[src.ref]
+        # curl always binds the source workload's own address: out-of-mesh sources so that `ipBlocks`
+        # see it, every source so that curl's address (the key at L4 proxies) belongs to this run alone.
         request = CurlRequest(
             url_host=f"{dst.name}.{dst.namespace}", port=probe.port.number, path=probe.request.path,
             method=probe.request.method, headers=probe.request.headers, connect_ip=connect[0],
-            connect_port=connect[1], interface=interface,
-            request_id=probe.request.header("x-request-id") or new_request_id(),
+            connect_port=connect[1], interface=layout.address[src.ref], probe_id=new_probe_id(),
         )
         return _Planned(probe, request)
 
@@ -445,14 +462,16 @@ class LocalMeshSession:
 
     def _find_proofs(self, plans: Sequence[_Planned], results: Sequence[CurlResult],
                      marks: Mapping[str, int], timeout: float = 2.0) -> list[tuple[Proof | None, tuple[str, ...]]]:
-        """Find each probe's record at the enforcing proxy, waiting for the logs to be flushed.
+        """Find each probe's one deciding record at the enforcing proxy, waiting for the logs to be flushed.
 
-        A record belongs to a probe by its x-request-id (HTTP through sidecars and waypoints), by curl's
-        own address (a direct out-of-mesh client, or the HBONE CONNECT's client header, which waypoints
-        pass on), or through the source proxy's record of the connection (its upstream local address is
-        the enforcing proxy's peer).
+        A record belongs to a probe by keys the suite made (curl.py): the probe's own header at HTTP-aware
+        proxies, curl's address at L4 proxies (directly, in the HBONE CONNECT's client header, which
+        waypoints pass on, or through the source proxy's record of the connection, whose upstream
+        address is what the enforcing proxy sees), and only if the proxy saw it start while that curl
+        ran. Zero records, or two that could each be the decision, is no proof (with a note saying so).
         """
         found: dict[int, tuple[str, LogRecord]] = {}
+        ambiguous: dict[int, str] = {}
         wanted = [
             i for i, (plan, res) in enumerate(zip(plans, results, strict=True))
             if self._enforcers(plan.probe) and res.connected
@@ -463,15 +482,26 @@ class LocalMeshSession:
             for log in self._logs.values():
                 log.refresh()
             for i in wanted:
-                if i not in found:
-                    hit = self._match(plans[i], results[i], marks, final)
+                if i not in found and i not in ambiguous:
+                    hit, why = self._match(plans[i], results[i], marks, final)
                     if hit is not None:
                         found[i] = hit
-            if len(found) == len(wanted) or final:
+                    elif why is not None:
+                        ambiguous[i] = why
+            if len(found) + len(ambiguous) == len(wanted) or final:
                 break
             final = time.monotonic() > deadline  # one last pass takes the best record there is
             if not final:
                 time.sleep(0.002)  # Envoy flushes each record at once (envoy.py ENVOY_FLAGS): poll closely
+        # One record proves one probe: a record two probes claim proves neither.
+        owners: dict[tuple[str, int], list[int]] = {}
+        for i, (ref, rec) in found.items():
+            owners.setdefault((ref, id(rec)), []).append(i)
+        for claimants in owners.values():
+            if len(claimants) > 1:
+                for i in claimants:
+                    del found[i]
+                    ambiguous[i] = f"the same record is claimed by {len(claimants)} probes"
         out: list[tuple[Proof | None, tuple[str, ...]]] = []
         for i, plan in enumerate(plans):
             enforcers = self._enforcers(plan.probe)
@@ -480,27 +510,38 @@ class LocalMeshSession:
                                    "policies there",)))
             elif i in found:
                 ref, rec = found[i]
-                out.append((proof_from(rec, f"{self._kind[ref]}:{ref}"), ()))
+                out.append((proof_from(rec, self._kind[ref], ref), ()))
+            elif i in ambiguous:
+                out.append((None, (f"no single record of this probe: {ambiguous[i]}",)))
             elif not results[i].connected:
                 out.append((None, ("curl never connected, so no proxy recorded this request",)))
             else:
                 names = " or ".join(f"{self._kind[r]}:{r}" for r in enforcers)
-                out.append((None, (f"no access-log record of this request at {names}",)))
+                out.append((None, (f"no access-log record of this probe at {names}",)))
         return out
 
     def _records_of(self, ref: str, plan: _Planned, result: CurlResult,
                     marks: Mapping[str, int]) -> list[LogRecord]:
         src = plan.probe.source
         log = self._logs[ref]
-        rid, local = plan.request.request_id, result.local_address
         since = marks[ref]
+        local = result.local_address
+        # Envoy takes START_TIME when it accepts the connection or request, which is while curl runs; a
+        # millisecond of slack covers the two clocks' rounding (both are the system's real-time clock).
+        lo, hi = result.started - 0.001, result.ended + 0.001
+
+        def during(rec: LogRecord) -> bool:
+            t = rec.start
+            return t is None or lo <= t <= hi
+
         # A source's own outbound records are never an enforcer's decision; they share the log with the
         # enforcer's inbound records when a workload calls its own service (then they would be found
-        # first, by curl's address or the request id, and hide the inbound denial).
-        def inbound(found: Iterable[int]) -> set[int]:
-            return {i for i in found if not log.records[i].get("tag").startswith("outbound")}
+        # first, by curl's address or the probe id, and hide the inbound denial).
+        def inbound(found: Iterable[int], source_log: AccessLog = log) -> set[int]:
+            return {i for i in found if not source_log.records[i].get("tag").startswith("outbound")
+                    and during(source_log.records[i])}
 
-        positions = inbound(log.lookup("request_id", rid, since))
+        positions = inbound(log.lookup("probe", plan.request.probe_id, since))
         for name in ("direct", "client", "client_state"):
             positions |= inbound(log.lookup(name, local, since))
         if not positions and src.in_mesh and src.ref in self._logs:
@@ -508,31 +549,34 @@ class LocalMeshSession:
             upstream = {
                 source_log.records[i].get("upstream_local")
                 for i in source_log.lookup("direct", local, marks[src.ref])
-                if source_log.records[i].get("upstream_local")
+                if source_log.records[i].get("upstream_local") and during(source_log.records[i])
             }
             for address in upstream:
                 positions |= inbound(log.lookup("direct", address, since))
         return [log.records[i] for i in sorted(positions)]
 
     def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
-               final: bool) -> tuple[str, LogRecord] | None:
+               final: bool) -> tuple[tuple[str, LogRecord] | None, str | None]:
         """The deciding record: the first enforcer that denied; else, once every enforcer the request
-        reached has logged it, the first one's record (it names the ALLOW policy that let it through)."""
+        reached has logged it, the first one's record (it names the ALLOW policy that let it through).
+        The second element says why there is no single record, when that is final."""
         http = plan.probe.port.protocol == "HTTP"
         first: tuple[str, LogRecord] | None = None
         for ref in self._enforcers(plan.probe):
-            rec = deciding_record(self._records_of(ref, plan, result, marks))
+            rec, why = deciding_record(self._records_of(ref, plan, result, marks))
+            if why is not None:
+                return None, f"{why} at {self._kind[ref]}:{ref}"  # more records never make it one
             if rec is None:
                 # Not logged yet, or never reached (a waypoint that failed upstream still logs).
-                return first if final else None
+                return (first if final else None), None
             if rec.denies:
-                return ref, rec
+                return (ref, rec), None
             # An allowed HTTP request is proven by its stream record at an HTTP-aware proxy; wait for
             # it if only the connection record has been flushed so far.
             if http and self._kind[ref] != "ztunnel" and not rec.is_request and not final:
-                return None
+                return None, None
             first = first or (ref, rec)
-        return first
+        return first, None
 
     # --- introspection for tests and reports --------------------------------------------------------
 
