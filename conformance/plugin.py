@@ -53,9 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"Istio version whose semantics predict verdicts and that cluster targets install "
                          f"(default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
     group.addoption("--converge", type=int, default=3, metavar="N",
-                    help="a step passes when every probe matched its expectation N times in a row (default 3)")
+                    help="observations per probe (default 3). Where the target's barrier is exact (the local mesh: "
+                         "Envoy's acknowledgement) each probe is observed N times and every observation must be "
+                         "right; on clusters a probe must be right N times in a row, and any wrong observation "
+                         "after its first right one fails the step as flaky")
     group.addoption("--converge-deadline", type=float, default=None, metavar="SECONDS",
-                    help="give up converging after this long (default 10 s locally, 90 s on clusters)")
+                    help="clusters: give up converging after this long (default 90 s); unused where the barrier "
+                         "is exact (the local mesh), where nothing waits past the acknowledgement")
     group.addoption("--require-target", action="store_true",
                     help="fail the run when nothing could run on the requested target (instead of skipping)")
     group.addoption("--kube-context", default=None, help="kubeconfig context for --mesh cluster")
