@@ -146,6 +146,9 @@ def test_many_probes_in_one_exec_each_with_its_own_outcome(servers, shell, tmp_p
     assert results[1].body == "RBAC: access denied" and results[1].status == 403
     assert "Connection reset" in results[2].stderr or "Recv failure" in results[2].stderr
     assert echo.fields["local_ip"] == "127.0.0.1" and echo.fields["local_port"].isdigit()
+    assert echo.local_address == f"127.0.0.1:{echo.fields['local_port']}"  # the key to an L4 record
+    assert len({r.local_address for r in results[:4]}) == 4  # every connection its own source port
+    assert results[5].local_address is None  # refused: curl never had a connection
     assert not Path(f"/tmp/authz-{nonce}").exists()  # the script cleans up after itself
 
 
@@ -208,7 +211,8 @@ def test_the_script_is_posix_and_quotes_everything():
         build_script([call], "not hex!", 2, 5)
     proc = subprocess.run(["/bin/sh", "-n", "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert call.describe(2, 5).startswith("curl -sS --connect-timeout 2 --max-time 5 -X GET -H 'x-authz-probe: i'")
+    assert call.describe(2, 5).startswith(
+        "curl -sS --connect-timeout 2 --max-time 5 -X GET -H 'x-authz-conformance-probe: i'")
 
 
 def test_an_empty_batch_still_completes(tmp_path):

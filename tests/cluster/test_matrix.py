@@ -39,13 +39,18 @@ def test_matrix_is_pinned_and_consistent():
 def test_overlays_enable_json_access_logs_with_the_proof_fields():
     import json
 
+    from conformance.probe import PROBE_HEADER
+
     for mode in ("sidecar", "ambient"):
         overlay = yaml.safe_load(M.modes[mode].overlay.read_text())
         mesh = overlay["spec"]["meshConfig"]
         assert mesh["accessLogFile"] == "/dev/stdout" and mesh["accessLogEncoding"] == "JSON"
         fmt = json.loads(mesh["accessLogFormat"])
         assert fmt["details"] == "%RESPONSE_CODE_DETAILS%" and fmt["term"] == "%CONNECTION_TERMINATION_DETAILS%"
-        assert fmt["probe"] == "%REQ(X-AUTHZ-PROBE)%"
+        # the suite's own probe header, never one a scenario can set (probe.PROBE_HEADER)
+        assert fmt["probe"] == f"%REQ({PROBE_HEADER.upper()})%"
+        assert fmt["src"] == "%DOWNSTREAM_REMOTE_ADDRESS%" and fmt["local"] == "%DOWNSTREAM_LOCAL_ADDRESS%"
+        assert fmt["upstream_local"] == "%UPSTREAM_LOCAL_ADDRESS%" and fmt["flags"] == "%RESPONSE_FLAGS%"
 
 
 def test_github_matrix():

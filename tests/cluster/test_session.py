@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +32,7 @@ from conformance.mesh.cluster.session import (
 )
 from conformance.mesh.local.app import EchoServer
 from conformance.model import ALLOWED, DENIED_L7, Manifest
+from conformance.probe import DENY_POLICY, PROBE_HEADER
 from conformance.scenario import load
 from conformance.versions import IstioVersion
 
@@ -54,12 +56,22 @@ os.execv({curl!r}, [{curl!r}, *args])
 """
 
 
+def kubelet_stamp(seconds: float) -> str:
+    """The kubelet's RFC3339Nano timestamp in front of a log line read with timestamps=True."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class Forbidden(BaseHTTPRequestHandler):
-    """A destination whose (pretend) sidecar denies: 403 RBAC, and a log line naming the probe."""
+    """A destination whose (pretend) sidecar denies: 403 RBAC, and an access-log record naming the probe,
+    stamped when it was written (`records`: namespace -> [(time, record)]; `local` is filled in by the
+    fake's logs(), with the IP of the pod whose log it is)."""
 
     protocol_version = "HTTP/1.1"
-    records: ClassVar[list[str]] = []
+    records: ClassVar[dict[str, list[tuple[float, dict[str, Any]]]]] = {}
     policy = "ns[{ns}]-policy[deny-all]-rule[0]"
+    silent = False  # the proxy writes nothing (a record lost, or one that never existed)
 
     def do_GET(self) -> None:
         body = b"RBAC: access denied"
@@ -67,10 +79,13 @@ class Forbidden(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        Forbidden.records.append(json.dumps({
-            "type": "DownstreamEnd", "method": "GET", "code": 403, "probe": self.headers.get("x-authz-probe"),
+        if Forbidden.silent:
+            return
+        ns = self.server.namespace  # type: ignore[attr-defined]
+        Forbidden.records.setdefault(ns, []).append((time.time(), {
+            "type": "DownstreamEnd", "method": "GET", "code": 403, "probe": self.headers.get(PROBE_HEADER),
             "details": f"rbac_access_denied_matched_policy[{self.server.policy_id}]",  # type: ignore[attr-defined]
-            "src": "10.0.0.2:5555", "local": "10.0.0.1:8080"}))
+            "src": "10.0.0.2:5555", "x-request-id": self.headers.get("x-request-id")}))
 
     def log_message(self, *args: object) -> None:
         pass
@@ -90,6 +105,9 @@ class FakeKube:
         self.bindir = tmp / "bin"
         self.bindir.mkdir()
         self.lock = threading.Lock()
+        self.proxy_state: dict[str, dict[str, Any]] = {}  # pod name -> PodInfo overrides (running, restarts)
+        self.log_failures: dict[str, int] = {}  # pod name -> how many more log reads fail
+        self.log_reads: list[tuple[str, str, str]] = []
 
     def apply(self, doc: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
         meta = doc["metadata"]
@@ -102,6 +120,7 @@ class FakeKube:
                 if ns in self.deny:
                     srv = ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
                     srv.policy_id = Forbidden.policy.format(ns=ns)  # type: ignore[attr-defined]
+                    srv.namespace = ns  # type: ignore[attr-defined]
                 else:
                     srv = EchoServer(("127.0.0.1", 0), f"{ns}/{name}")
                 threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -128,8 +147,15 @@ class FakeKube:
             key, _, value = (label_selector or "").partition("=")
             if label_selector and labels.get(key) != value:
                 continue
-            out.append(PodInfo(f"{name}-abc", ns, f"10.0.{len(out)}.{len(name)}", "node1", labels, True))
+            pod = f"{name}-abc"
+            state = {"running": frozenset({"istio-proxy", "curl", "app"}), "restarts": {"istio-proxy": 0},
+                     "uid": f"uid-{pod}", **self.proxy_state.get(pod, {})}
+            out.append(PodInfo(pod, ns, self.ip_of(ns, name), "node1", labels, True, **state))
         return out
+
+    def ip_of(self, ns: str, name: str) -> str:
+        names = sorted(n for (k, n_ns, n) in self.objects if k == "Deployment" and n_ns == ns)
+        return f"10.0.{names.index(name)}.{len(name)}"
 
     def exec(self, namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> ExecResult:
         if container == "istio-proxy":  # config dump: every applied policy's id, as istiod would push it
@@ -153,7 +179,13 @@ class FakeKube:
 
     def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
              tail_lines: int | None = None) -> str:
-        return "\n".join("2026-11-23T10:00:00.000000000Z " + r for r in Forbidden.records)
+        self.log_reads.append((namespace, pod, container))
+        if self.log_failures.get(pod, 0) > 0:
+            self.log_failures[pod] -= 1
+            raise TargetError(f"reading logs of {namespace}/{pod} ({container}) failed: 500 Internal Server Error")
+        local = self.ip_of(namespace, pod.rsplit("-", 1)[0]) + ":8080"
+        return "\n".join(f"{kubelet_stamp(t)} " + json.dumps({**r, "local": local})
+                         for t, r in Forbidden.records.get(namespace, []))
 
     def close(self) -> None:
         for srv in self.servers:
@@ -169,14 +201,16 @@ def analyze_stub(argv: list[str], timeout: float, ok: tuple[int, ...] = (0,)) ->
 
 @pytest.fixture
 def world(tmp_path):
-    Forbidden.records = []
+    Forbidden.records = {}
+    Forbidden.silent = False
     scenario = load(ROOT / "tests" / "data" / "good.yaml", IstioVersion.parse("1.30"))
     kube = FakeKube(tmp_path, deny=set())
     ctx = ClusterContext(kube=kube, kubeconfig=Kubeconfig(None, "ctx"), istioctl="istioctl",  # type: ignore[arg-type]
                          version=IstioVersion.parse("1.30"), curl_image="c@sha256:1", app_image="a@sha256:2",
                          prefix="azt3st00-", enrollment={"istio-injection": "enabled"},
                          timeouts=Timeouts(barrier=0.6, canary=10.0, probe=10.0, connect=5.0, proof_grace=0.5),
-                         observations_out=tmp_path / "obs.jsonl", run_command=analyze_stub)
+                         observations_out=tmp_path / "obs.jsonl", run_command=analyze_stub,
+                         sleep=lambda _s: None)
     yield scenario, kube, ctx
     kube.close()
 
@@ -314,7 +348,144 @@ def test_the_shared_runner_drives_a_cluster_session(world):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IstioAnalyzeWarning)
         result = run_step(session, scenario, scenario.steps[0], IstioVersion.parse("1.30"), required=2,
-                          deadline=20, proofs_readable=session.proofs_readable)
+                          deadline=20)
     assert result.passed, [(r.probe.describe(), r.last) for r in result.table.rows]
     assert all(rec.converged_after == 2 for rec in result.convergence.records)
     session.close()
+
+
+# -- proof per probe (issue 9) -------------------------------------------------------------------------
+def denying_session(world, **ctx_changes: Any) -> tuple[Any, FakeKube, ClusterSession]:
+    """A started sidecar session whose `accounts` destination "denies" every request (403 + a record)."""
+    from dataclasses import replace
+
+    scenario, kube, ctx = world
+    kube.deny.add("azt3st00-accounts")
+    session = ClusterSession(scenario, "sidecar", replace(ctx, **ctx_changes))
+    session._canary = lambda: None  # type: ignore[method-assign]  # the "denying" fake would fail it
+    session.start()
+    return scenario, kube, session
+
+
+def test_the_proof_says_what_decided_and_for_whom(world):
+    scenario, _kube, session = denying_session(world)
+    (obs,) = session.probe([scenario.steps[1].expectations[0].probe])
+    assert obs.proof is not None and obs.proof.kind == DENY_POLICY
+    assert (obs.proof.layer, obs.proof.serves) == ("sidecar", "accounts/accounts")
+    assert obs.problem is None and obs.unconfirmed is None
+    session.close()
+
+
+def test_two_probes_with_the_same_scenario_request_id_each_get_their_own_record(world):
+    from dataclasses import replace
+
+    scenario, _kube, session = denying_session(world)
+    base = scenario.steps[1].expectations[0].probe
+    probe = replace(base, request=replace(base.request, headers=(("x-request-id", "same"),)))
+    first, second = session.probe([probe, probe])
+    assert first.proof is not None and second.proof is not None
+    assert first.proof.line != second.proof.line
+    assert json.loads(first.proof.line)["x-request-id"] == json.loads(second.proof.line)["x-request-id"] == "same"
+    session.close()
+
+
+def test_a_record_is_never_reused_by_a_later_round(world):
+    scenario, _kube, session = denying_session(world)
+    probe = scenario.steps[1].expectations[0].probe
+    assert session.probe([probe])[0].proof is not None
+    Forbidden.silent = True  # round 2: the proxy writes nothing; round 1's record is still in its log
+    (obs,) = session.probe([probe])
+    assert obs.outcome == DENIED_L7 and obs.proof is None
+    assert obs.notes == ("no record of this probe at sidecar:accounts/accounts",)
+    session.close()
+
+
+def test_an_unreadable_log_is_an_infrastructure_problem(world):
+    from conformance.verdicts import judge
+
+    scenario, kube, session = denying_session(world)
+    kube.log_failures["accounts-abc"] = 99
+    row_probe = scenario.steps[1].expectations[0].probe
+    (obs,) = session.probe([row_probe])
+    assert obs.proof is None and obs.unconfirmed is None
+    assert obs.problem is not None and "could not be read" in obs.problem and "500" in obs.problem
+    assert kube.log_reads.count(("azt3st00-accounts", "accounts-abc", "istio-proxy")) == 3  # retried, bounded
+    assert session.unconfirmed == []
+    from conformance.truthtable import predict
+
+    table = predict(scenario, scenario.steps[1], "sidecar", IstioVersion.parse("1.30"), session.addresses)
+    judgement = judge("deny", table.rows[0].predicted, obs, row_probe)
+    assert not judgement.passed and judgement.category == "infrastructure failure"
+    session.close()
+
+
+def test_a_log_read_that_fails_then_succeeds_is_retried(world):
+    scenario, kube, session = denying_session(world)
+    kube.log_failures["accounts-abc"] = 2
+    (obs,) = session.probe([scenario.steps[1].expectations[0].probe])
+    assert obs.proof is not None and obs.problem is None
+    session.close()
+
+
+def test_unconfirmed_only_with_the_users_opt_in_and_listed_on_the_session(world):
+    scenario, kube, session = denying_session(world, accept_unconfirmed=True)
+    kube.log_failures["accounts-abc"] = 99
+    (obs,) = session.probe([scenario.steps[1].expectations[0].probe])
+    assert obs.problem is None and obs.proof is None
+    assert obs.unconfirmed is not None and "could not be read" in obs.unconfirmed
+    assert len(session.unconfirmed) == 1 and "finance/curl" in session.unconfirmed[0]
+    session.close()
+
+
+@pytest.mark.parametrize("state, words", [
+    ({"running": frozenset({"curl", "app"})}, "is not running"),
+    ({"restarts": {"istio-proxy": 1}}, "restarted since the step started"),
+    ({"uid": "uid-replaced"}, "restarted since the step started"),
+])
+def test_a_dead_or_restarted_enforcing_proxy_is_a_problem_not_a_verdict(world, state, words):
+    scenario, kube, session = denying_session(world)
+    kube.proxy_state["accounts-abc"] = state
+    (obs,) = session.probe([scenario.steps[1].expectations[0].probe])
+    assert obs.problem is not None and words in obs.problem and "the sidecar of accounts/accounts" in obs.problem
+    session.close()
+
+
+def test_a_restart_before_the_step_is_the_steps_baseline(world):
+    scenario, kube, session = denying_session(world)
+    kube.proxy_state["accounts-abc"] = {"restarts": {"istio-proxy": 1}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session.apply(scenario.steps[1].policies)
+    (obs,) = session.probe([scenario.steps[1].expectations[0].probe])
+    assert obs.problem is None and obs.proof is not None
+    session.close()
+
+
+def test_ambient_denials_are_looked_for_at_the_destinations_ztunnel(world):
+    """Which record each ambient denial needs: exact for a plaintext client, pooled for an HBONE one."""
+    from conformance.mesh.cluster.execprobe import CurlCall
+    from conformance.mesh.cluster.session import ProbeRun
+    from conformance.model import DENIED_L4
+
+    scenario, _kube, ctx = world
+    session = ClusterSession(scenario, "ambient", ctx)
+    pod = {w.ref: PodInfo(f"{w.name}-abc", f"azt3st00-{w.namespace}", f"10.0.0.{i}", "node1", {}, True)
+           for i, w in enumerate(scenario.workloads)}
+    session._pods = pod
+    session._ztunnels = {"node1": PodInfo("ztunnel-x", "istio-system", "10.0.9.9", "node1", {}, True)}
+    rogue, outsider = (e.probe for e in scenario.steps[2].expectations[1:])
+    run = ProbeRun(CurlCall("p0", "u"), "10.0.0.2:40000", pod["rogue/rogue"], 1.0)
+    hbone = session._wanted(0, rogue, DENIED_L4, run)
+    assert not isinstance(hbone, str)
+    assert (hbone.log, hbone.format, hbone.pooled, hbone.dst) == ("istio-system/ztunnel-x", "ztunnel",
+                                                                  frozenset({"10.0.0.2"}), "10.0.0.0:8080")
+    assert (hbone.layer, hbone.serves, hbone.proxy, hbone.after) == ("ztunnel", "accounts/accounts",
+                                                                      "ztunnel:node1", 1.0)
+    plain = session._wanted(1, outsider, DENIED_L4, ProbeRun(CurlCall("p1", "u"), "10.0.0.3:40001",
+                                                            pod["legacy/outsider"], 1.0))
+    assert not isinstance(plain, str) and plain.src == "10.0.0.3:40001" and not plain.pooled
+    assert plain.dst == "10.0.0.0:9000"
+    session._ztunnels = {}
+    assert session._wanted(0, rogue, DENIED_L4, ProbeRun(CurlCall("p0", "u"), None, pod["rogue/rogue"], 1.0)) == \
+        "no ztunnel on node node1"
+    assert session._ztunnel_problem("node1", {}) == "no ztunnel pod on node node1: nothing enforces L4 policy there"

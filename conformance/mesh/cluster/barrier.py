@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conformance.model import Manifest
+from conformance.validation import DRY_RUN_ANNOTATION
 
 ProxyKind = Literal["sidecar", "waypoint", "ztunnel"]
 _POLICY_ID = re.compile(r"ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]")
-DRY_RUN = "istio.io/dry-run"
 WAYPOINT_CLASS = "istio-waypoint"
 
 
@@ -128,7 +128,7 @@ def applies_to(m: Manifest, proxy: Proxy, root_namespace: str) -> bool:
     if refs:
         return False
     if proxy.kind == "ztunnel":
-        return m.annotations.get(DRY_RUN, "").lower() != "true"
+        return m.annotations.get(DRY_RUN_ANNOTATION, "").lower() != "true"
     if m.namespace not in (proxy.namespace, root_namespace):
         return False
     selector = _selector(m.body)

@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conformance.errors import TargetError
-from conformance.probe import BODY_LIMIT, Evidence
+from conformance.probe import BODY_LIMIT, PROBE_HEADER, Evidence
 
-PROBE_HEADER = "x-authz-probe"  # carried into the access logs ("probe" key): a record names its probe
+# curl's -w fields; `local_ip`/`local_port` are the connection's source as the destination's proxy sees it
+# when no proxy sits in between (an out-of-mesh client, ztunnel's plaintext path): the key to an L4 record.
 WRITE_OUT = ("http_code=%{http_code} local_ip=%{local_ip} local_port=%{local_port} remote_ip=%{remote_ip} "
              "remote_port=%{remote_port} time_connect=%{time_connect} time_total=%{time_total}")
 _LINE = re.compile(r"^@@authz (?P<nonce>[0-9a-f]+) (?P<index>\d+) (?P<fields>.*)$")
@@ -44,7 +45,12 @@ class ExecOutputError(TargetError):
 
 @dataclass(frozen=True)
 class CurlCall:
-    """One probe as curl will send it from the source pod."""
+    """One probe as curl will send it from the source pod.
+
+    `probe_id` goes out as the suite's own header (probe.PROBE_HEADER, which no scenario may set), so the
+    access log of an HTTP-aware proxy names the probe; a scenario's own headers (x-request-id included)
+    follow it unchanged and never key a record.
+    """
 
     probe_id: str
     url: str
@@ -128,6 +134,14 @@ class ProbeResult:
             return int(self.fields.get("http_code", "0"))
         except ValueError:
             return 0
+
+    @property
+    def local_address(self) -> str | None:
+        """`ip:port` curl connected from (`[ip]:port` for IPv6); None when curl never connected."""
+        ip, port = self.fields.get("local_ip", ""), self.fields.get("local_port", "")
+        if not ip or not port.isdigit() or port == "0":
+            return None
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
     @property
     def seconds(self) -> float:

@@ -170,7 +170,8 @@ class ExistingClusterTarget:
             root_namespace=installed.root_namespace, trust_domain=installed.trust_domain,
             allow_mesh_wide=self.settings.allow_mesh_wide, keep_namespaces=self.settings.keep_namespaces,
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
-            observations_out=self.settings.observations_out, target_name="cluster",
+            observations_out=self.settings.observations_out,
+            accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="cluster",
         )
         return ClusterSession(scenario, mode, ctx).start()
 

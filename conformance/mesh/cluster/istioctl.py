@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from conformance.errors import TargetError
 
@@ -63,21 +62,6 @@ def analyze_argv(istioctl: str, kube: Kubeconfig, namespace: str) -> list[str]:
 
 def ztunnel_policies_argv(istioctl: str, kube: Kubeconfig, ztunnel_pod: str) -> list[str]:
     return [istioctl, "ztunnel-config", "policies", f"{ztunnel_pod}.{ISTIO_NAMESPACE}", "-o", "json", *kube.flags()]
-
-
-def version_argv(istioctl: str) -> list[str]:
-    return [istioctl, "version", "--remote=false", "-o", "json"]
-
-
-def client_version(output: str) -> str | None:
-    """The istioctl client version from `istioctl version --remote=false -o json`."""
-    try:
-        data = json.loads(output)
-    except ValueError:
-        return output.strip() or None
-    info = (data.get("clientVersion") or {}) if isinstance(data, dict) else {}
-    version = info.get("version")
-    return str(version) if version else None
 
 
 @dataclass(frozen=True)
@@ -130,11 +114,3 @@ def run(argv: Sequence[str], timeout: float, ok: Sequence[int] = (0,), env: dict
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
         raise TargetError(f"`{' '.join(argv)}` exited {proc.returncode}: " + " | ".join(tail))
     return result
-
-
-def run_json(argv: Sequence[str], timeout: float) -> Any:
-    result = run(argv, timeout)
-    try:
-        return json.loads(result.stdout)
-    except ValueError as exc:
-        raise TargetError(f"`{' '.join(argv)}` printed no JSON: {result.stdout[:200]!r}") from exc

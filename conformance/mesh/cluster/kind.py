@@ -173,7 +173,8 @@ class KindTarget:
             prefix=self._prefixes.next(),
             enrollment=_enrollment(mode), allow_mesh_wide=True, keep_namespaces=self.settings.keep_namespaces,
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
-            observations_out=self.settings.observations_out, target_name="kind",
+            observations_out=self.settings.observations_out,
+            accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="kind",
         )
         return ClusterSession(scenario, mode, ctx).start()
 

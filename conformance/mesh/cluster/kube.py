@@ -73,6 +73,9 @@ def exit_status(status_text: str | None) -> int:
 
 @dataclass(frozen=True)
 class PodInfo:
+    """What the targets need of a pod; `restarts` and `running` per container tell a dead or restarted proxy
+    (its log and its state are gone) from a policy decision."""
+
     name: str
     namespace: str
     ip: str
@@ -81,6 +84,9 @@ class PodInfo:
     ready: bool
     containers: tuple[str, ...] = ()
     deleting: bool = False
+    restarts: Mapping[str, int] = field(default_factory=dict)  # container -> status.containerStatuses restartCount
+    running: frozenset[str] = frozenset()  # containers whose state is `running`
+    uid: str = ""
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
@@ -91,9 +97,14 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     names = [c.get("name", "") for c in spec.get("containers") or []]
     names += [c.get("name", "") for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    # Native sidecars (istio-proxy as an init container with restartPolicy Always) report in
+    # initContainerStatuses (Kubernetes PodStatus API).
+    statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
+    restarts = {str(c.get("name", "")): int(c.get("restartCount") or 0) for c in statuses}
+    running = frozenset(str(c.get("name", "")) for c in statuses if (c.get("state") or {}).get("running"))
     return PodInfo(meta.get("name", ""), meta.get("namespace", ""), status.get("podIP") or "",
                    spec.get("nodeName") or "", dict(meta.get("labels") or {}), ready, tuple(names),
-                   bool(meta.get("deletionTimestamp")))
+                   bool(meta.get("deletionTimestamp")), restarts, running, str(meta.get("uid") or ""))
 
 
 def rollout_done(obj: Mapping[str, Any]) -> tuple[bool, str]:
@@ -250,14 +261,6 @@ class Kube:
             return (False, "not found") if obj is None else rollout_done(obj)
 
         return poll_until(check, timeout, f"{kind} {namespace}/{name} rollout", **kw)
-
-    def wait_pods_ready(self, namespace: str, label_selector: str, timeout: float, count: int = 1, **kw: Any) -> float:
-        def check() -> tuple[bool, str]:
-            pods = [p for p in self.pods(namespace, label_selector) if not p.deleting]
-            ready = [p for p in pods if p.ready and p.ip]
-            return len(ready) >= count and len(ready) == len(pods), f"{len(ready)} of {len(pods)} ready"
-
-        return poll_until(check, timeout, f"pods {label_selector} in {namespace}", **kw)
 
     def wait_crds_established(self, names: Iterable[str], timeout: float, **kw: Any) -> float:
         pending = list(names)

@@ -1,48 +1,107 @@
-"""Proof of denial on clusters: the sidecar's, waypoint's or ztunnel's own record, read from pod logs.
+"""Proof on clusters: the sidecar's, waypoint's or ztunnel's own record of one probe, read from pod logs.
 
-A reset or a 503 can come from a broken certificate, a dead proxy or a wrong address as well as from
-a policy, so a denial counts only with the enforcing proxy's record of it (DESIGN.md §2):
+A reset or a 503 can come from a broken certificate, a dead proxy or a wrong address as well as from a
+policy, so a denial counts only with the enforcing proxy's record of that very probe (DESIGN.md §2,
+issue 9). What the proxies write, and how a record is tied to its probe:
 
-- Envoy (sidecar, waypoint): the JSON access log configured in clusters/istio/*.yaml, whose
-  `details` (%RESPONSE_CODE_DETAILS%, HTTP RBAC) or `term` (%CONNECTION_TERMINATION_DETAILS%, network
-  RBAC) reads `rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]-rule[<i>]]` (istiod's policy
-  id, pilot/pkg/security/authz/builder/builder.go `policyName`), or `[none]` when ALLOW policies exist
-  and none matched. Each HTTP record carries the probe's `x-authz-probe` id (`probe`), so it is matched
-  to its probe exactly; TCP records are matched by the source pod's address and the port.
-- ztunnel: its access line (src/proxy/metrics.rs `access_log!`, level error, message "connection
-  complete") with `error="connection closed due to policy rejection: explicitly denied by: <ns>/<name>"`
-  or `...: allow policies exist, but none allowed` (src/proxy.rs `AuthorizationRejectionError`),
-  matched by source address and destination address:port (`dst.hbone_addr`, or `dst.addr`).
+- Envoy (sidecar, waypoint): the JSON access log configured in clusters/istio/*.yaml (meshConfig
+  `accessLogFormat`). `details` (%RESPONSE_CODE_DETAILS%, HTTP RBAC) or `term`
+  (%CONNECTION_TERMINATION_DETAILS%, network RBAC) read `rbac_access_denied_matched_policy[<id>]`, with
+  istiod's id `ns[<ns>]-policy[<name>]-rule[<i>]` (pilot/pkg/security/authz/builder/builder.go) or
+  `[none]` when ALLOW policies exist and none matched. A STRICT sidecar refusing plaintext writes the
+  listener record istiod adds for `NR` (pilot/pkg/networking/core/accesslog.go `listenerAccessLogFilter`)
+  with `details` = `filter_chain_not_found` (Envoy's ResponseCodeDetails::FilterChainNotFound).
+  HTTP records carry the suite's probe header (`probe` = %REQ(x-authz-conformance-probe)%): exact.
+  Connection records are found by the source address and port the proxy saw (`src`); when the client
+  has a sidecar, that is the client sidecar's upstream socket, read from the client's own outbound
+  record (`src` = curl's local address, `upstream_local` = %UPSTREAM_LOCAL_ADDRESS%).
+- ztunnel: its access event (istio/ztunnel@1.30.3 src/proxy/metrics.rs `access_log!`, target `access`,
+  message "connection complete", level error with `error=` on failure) with `src.addr` and `dst.addr`
+  as socket addresses (ip:port), `dst.hbone_addr` for HBONE, `direction`. A policy denial's error is
+  `connection closed due to policy rejection: explicitly denied by: <ns>/<name>` or `...: allow
+  policies exist, but none allowed` (src/proxy.rs `Error::AuthorizationPolicyRejection`,
+  `AuthorizationRejectionError`); STRICT is the DENY istiod names `istio_converted_static_strict`.
+  A plaintext client (out of the mesh) reaches the destination ztunnel directly (inbound_passthrough.rs:
+  `src.addr` is curl's own address and port): exact. An in-mesh client reaches it over HBONE
+  (inbound.rs: `src` is the peer of the pooled HBONE connection, shared by every stream the source
+  ztunnel multiplexes on it, proxy/pool.rs), so its records are keyed by the source pod's address and
+  the destination: k probes sharing that key need exactly k rejection records (`Wanted.pooled`).
 
-Policy names are the cluster's (prefixed namespaces); `to_scenario` maps them back, so a Proof names
-the policy as the scenario wrote it, comparable with the engine's.
+Rules for every probe (issue 9): only lines whose kubelet timestamp (`timestamps=True`) is at or after
+the probe's exec started; each line proves at most one probe, across rounds and steps (one
+`RecordMatcher` per session); zero records or several is "unproven", with a note saying which.
+Policy names are the cluster's (prefixed namespaces); `to_scenario` maps them back.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from conformance.probe import Proof, parse_policy_id, rbac_denial
+from conformance.probe import (
+    DENY_POLICY,
+    NO_ALLOW_MATCHED,
+    PROXY_ALLOWED,
+    STATIC_STRICT_POLICY,
+    STRICT_MTLS,
+    Proof,
+    proof_of_rbac,
+    rbac_denial,
+)
 
 ZTUNNEL_REJECTION = "connection closed due to policy rejection: "
 ZTUNNEL_EXPLICIT = "explicitly denied by: "
 ZTUNNEL_NONE_ALLOWED = "allow policies exist, but none allowed"
+FILTER_CHAIN_NOT_FOUND = "filter_chain_not_found"
 _KV = re.compile(r'(?P<key>[A-Za-z_][\w.]*)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
-_K8S_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d) ")
-
-
+# The kubelet's timestamp (RFC 3339 with up to nanoseconds) and one space, in front of every line read
+# with timestamps=True (kubelet pkg/kubelet/kuberuntime/logs: RFC3339Nano).
+_K8S_TS = re.compile(r"^(?P<date>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d\d:\d\d) ")
 
 
 def strip_k8s_timestamp(line: str) -> str:
-    """Pod logs read with timestamps=True start with the kubelet's RFC 3339 time and a space."""
+    """The line without the kubelet's timestamp (unchanged when it has none)."""
     m = _K8S_TS.match(line)
     return line[m.end():] if m else line
 
 
+def k8s_timestamp(line: str) -> float | None:
+    """The kubelet's timestamp of a line, as seconds since the epoch (None when it has none)."""
+    m = _K8S_TS.match(line)
+    if not m:
+        return None
+    tz = "+00:00" if m["tz"] == "Z" else m["tz"]
+    base = datetime.fromisoformat(m["date"] + tz).astimezone(UTC)
+    frac = m["frac"] or ""
+    return base.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of one proxy's log. `raw` (kubelet nanosecond timestamp + text) is its identity."""
+
+    source: str  # the log it came from: "<namespace>/<pod>"
+    time: float
+    text: str
+    raw: str
+
+
+def split_log(source: str, text: str) -> list[LogLine]:
+    """A log read with timestamps=True, line by line; a line without a timestamp cannot be placed in
+    time, so it can never prove a probe and is dropped."""
+    out = []
+    for raw in text.splitlines():
+        when = k8s_timestamp(raw)
+        if when is not None:
+            out.append(LogLine(source, when, strip_k8s_timestamp(raw).rstrip("\r"), raw))
+    return out
+
+
+# -- Envoy -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EnvoyRecord:
     fields: dict[str, Any]
@@ -50,10 +109,11 @@ class EnvoyRecord:
 
     def get(self, key: str) -> str:
         value = self.fields.get(key)
-        return "" if value is None else str(value)
+        return "" if value is None or value == "-" else str(value)
 
     @property
     def decision(self) -> str | None:
+        """The RBAC policy id of a denial (`none` included), or None."""
         for key in ("details", "term"):
             policy_id = rbac_denial(self.get(key))
             if policy_id is not None:
@@ -61,12 +121,9 @@ class EnvoyRecord:
         return None
 
     @property
-    def source_ip(self) -> str:
-        return _host(self.get("src"))
-
-    @property
-    def local_port(self) -> int | None:
-        return _port(self.get("local"))
+    def strict_rejection(self) -> bool:
+        """No filter chain for this connection: a STRICT listener refusing plaintext."""
+        return "NR" in self.get("flags").split(",") and self.get("details") == FILTER_CHAIN_NOT_FOUND
 
 
 def parse_envoy_line(line: str) -> EnvoyRecord | None:
@@ -81,6 +138,19 @@ def parse_envoy_line(line: str) -> EnvoyRecord | None:
     return EnvoyRecord(fields, text) if isinstance(fields, dict) else None
 
 
+def envoy_proof(record: EnvoyRecord, *, proxy: str, layer: str, serves: str | None,
+                to_scenario: Callable[[str], str]) -> Proof:
+    """What an Envoy record says: a DENY, no ALLOW matched, a STRICT rejection, or allowed."""
+    decision = record.decision
+    if decision is not None:
+        return proof_of_rbac(decision, proxy=proxy, layer=layer, serves=serves, line=record.line,
+                             to_scenario=to_scenario)
+    if record.strict_rejection:
+        return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
+    return Proof(proxy, PROXY_ALLOWED, None, None, record.line, layer, serves)
+
+
+# -- ztunnel ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ZtunnelRecord:
     level: str
@@ -89,18 +159,28 @@ class ZtunnelRecord:
     line: str
 
     @property
-    def rejection(self) -> str | None:
-        error = self.fields.get("error", "")
-        return error[len(ZTUNNEL_REJECTION):] if error.startswith(ZTUNNEL_REJECTION) else None
+    def error(self) -> str:
+        return self.fields.get("error", "")
 
     @property
-    def source_ip(self) -> str:
-        return _host(self.fields.get("src.addr", ""))
+    def rejection(self) -> str | None:
+        """The policy rejection reason (`explicitly denied by: ns/name`, ...), or None."""
+        error = self.error
+        return error[len(ZTUNNEL_REJECTION):].strip() if error.startswith(ZTUNNEL_REJECTION) else None
+
+    @property
+    def source(self) -> str:
+        return self.fields.get("src.addr", "")
 
     @property
     def destination(self) -> str:
         """The destination workload address:port (the HBONE target when there is one)."""
         return self.fields.get("dst.hbone_addr") or self.fields.get("dst.addr", "")
+
+    @property
+    def complete(self) -> bool:
+        """The record written when the connection ended (not "connection opened")."""
+        return self.message == "connection complete"
 
 
 def parse_ztunnel_line(line: str) -> ZtunnelRecord | None:
@@ -120,7 +200,7 @@ def parse_ztunnel_line(line: str) -> ZtunnelRecord | None:
             except ValueError:
                 value = value.strip('"')
         fields[m["key"]] = value
-    return ZtunnelRecord(parts[1], parts[3], fields, text)
+    return ZtunnelRecord(parts[1].strip(), parts[3].strip(), fields, text)
 
 
 def _ztunnel_json(text: str) -> ZtunnelRecord | None:
@@ -135,90 +215,212 @@ def _ztunnel_json(text: str) -> ZtunnelRecord | None:
     return ZtunnelRecord(str(data.get("level", "")), str(data.get("message", "")), fields, text)
 
 
-def envoy_proof(record: EnvoyRecord, proxy: str, to_scenario: Callable[[str], str]) -> Proof | None:
-    decision = record.decision
-    if decision is None:
-        return None
-    policy, rule = parse_policy_id(decision)
-    return Proof(proxy=proxy, denied=True, policy=to_scenario(policy) if policy else None, rule=rule,
-                 line=record.line)
-
-
-def ztunnel_proof(record: ZtunnelRecord, proxy: str, to_scenario: Callable[[str], str]) -> Proof | None:
+def ztunnel_proof(record: ZtunnelRecord, *, proxy: str, layer: str, serves: str | None,
+                  to_scenario: Callable[[str], str]) -> Proof | None:
+    """What a ztunnel record says; None when the connection failed for a reason that is no policy's."""
     reason = record.rejection
     if reason is None:
-        return None
-    policy: str | None = None
+        if record.error:
+            return None
+        return Proof(proxy, PROXY_ALLOWED, None, None, record.line, layer, serves)
     if reason.startswith(ZTUNNEL_EXPLICIT):
-        policy = to_scenario(reason[len(ZTUNNEL_EXPLICIT):].strip())
-    elif reason.strip() != ZTUNNEL_NONE_ALLOWED:
-        return Proof(proxy=proxy, denied=True, policy=None, rule=None, line=record.line)
-    return Proof(proxy=proxy, denied=True, policy=policy, rule=None, line=record.line)
+        named = reason[len(ZTUNNEL_EXPLICIT):].strip()
+        if named.rpartition("/")[2] == STATIC_STRICT_POLICY:
+            return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
+        return Proof(proxy, DENY_POLICY, to_scenario(named), None, record.line, layer, serves)
+    if reason == ZTUNNEL_NONE_ALLOWED:
+        return Proof(proxy, NO_ALLOW_MATCHED, None, None, record.line, layer, serves)
+    return None  # "workload not found", "workload mismatch": the proxy's state, not a policy
 
 
-def _host(addr: str) -> str:
+def host_of(addr: str) -> str:
+    """`10.0.0.1:80` -> `10.0.0.1`, `[fd00::1]:80` -> `fd00::1`."""
     if addr.startswith("["):
         return addr[1:].split("]", 1)[0]
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
 
 
-def _port(addr: str) -> int | None:
-    tail = addr.rsplit(":", 1)[-1] if ":" in addr else ""
-    return int(tail) if tail.isdigit() else None
+def join_addr(host: str, port: str | int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- matching records to probes --------------------------------------------------------------------
+ProxyLog = Literal["envoy", "ztunnel"]
 
 
 @dataclass(frozen=True)
-class ProofQuery:
-    """What a probe's denial record must match: its id (HTTP), or source and destination (L4)."""
+class Wanted:
+    """The record one probe must have left in one proxy's log, and how to recognise it.
 
-    probe_id: str
-    source_ips: frozenset[str]
-    destination_ip: str | None
-    port: int
-    http: bool
+    Exactly one way of keying applies: `probe_id` (an Envoy HTTP record carrying the probe header), `src`
+    (the exact source address:port the proxy saw; with `via`, first resolved through the client
+    sidecar's own record), or `pooled` (ztunnel behind a pooled HBONE connection: any of these source
+    hosts, counted, see the module docstring).
+    """
+
+    key: int  # the probe's position in its round
+    log: str  # "<namespace>/<pod>" of the enforcing proxy's log
+    format: ProxyLog
+    after: float  # wall clock when the probe's exec started; earlier lines never count
+    proxy: str
+    layer: str
+    serves: str | None
+    probe_id: str | None = None
+    src: str | None = None
+    via: str | None = None  # "<namespace>/<pod>" of the client sidecar whose record maps src -> upstream_local
+    pooled: frozenset[str] = frozenset()
+    dst: str | None = None  # the record's destination (ztunnel) must be this address:port
+    local_host: str | None = None  # Envoy: the record's local address must be on this host (inbound only)
+
+    @property
+    def group(self) -> tuple[str, frozenset[str], str | None]:
+        return (self.log, self.pooled, self.dst)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A probe's record (`proof`), or why there is none (`note`)."""
+
+    proof: Proof | None
+    note: str | None = None
 
 
 @dataclass
-class ProofFinder:
-    """Matches probes to log records; each record proves at most one probe (no double counting)."""
+class RecordMatcher:
+    """Ties probes to their records, for a whole session: a line proves at most one probe, ever."""
 
     to_scenario: Callable[[str], str]
     used: set[str] = field(default_factory=set)
 
-    def from_envoy(self, lines: Iterable[str], proxy: str, query: ProofQuery) -> Proof | None:
-        fallback: tuple[str, Proof] | None = None
-        for line in lines:
-            record = parse_envoy_line(line)
-            if record is None or record.line in self.used:
-                continue
-            proof = envoy_proof(record, proxy, self.to_scenario)
-            if proof is None:
-                continue
-            if record.get("probe") == query.probe_id:
-                self.used.add(record.line)
-                return proof
-            tcp_match = (not record.get("method") or record.get("method") == "-") and \
-                record.source_ip in query.source_ips and record.local_port in (query.port, None)
-            if tcp_match and fallback is None:
-                fallback = (record.line, proof)
-        if fallback is not None and not query.http:
-            self.used.add(fallback[0])
-            return fallback[1]
-        return None
+    def match(self, wanted: Sequence[Wanted], logs: Mapping[str, Sequence[LogLine]],
+              final: bool) -> dict[int, Match]:
+        """Matches for the probes whose records are all there; with `final`, a Match for every probe.
 
-    def from_ztunnel(self, lines: Iterable[str], proxy: str, query: ProofQuery) -> Proof | None:
-        for line in lines:
-            record = parse_ztunnel_line(line)
-            if record is None or record.line in self.used:
+        Not final: a probe with no record yet is left out (its record may still be on its way); several
+        records for it, or a shared key, is already final.
+        """
+        out: dict[int, Match] = {}
+        exact = [w for w in wanted if not w.pooled]
+        keys: dict[tuple[str, str | None, str | None, str | None], list[Wanted]] = {}
+        for w in exact:
+            keys.setdefault((w.log, w.probe_id, w.src, w.dst), []).append(w)
+        for shared in keys.values():
+            if len(shared) > 1:
+                for w in shared:
+                    out[w.key] = Match(None, f"{len(shared)} probes of this round share the key "
+                                             f"{w.probe_id or w.src} at {w.proxy}: none can be told apart")
+        for w in exact:
+            if w.key in out:
                 continue
-            proof = ztunnel_proof(record, proxy, self.to_scenario)
-            if proof is None or record.source_ip not in query.source_ips:
+            found = self._exact(w, logs)
+            if found is not None or final:
+                out[w.key] = found or Match(None, f"no record of this probe at {w.proxy}" +
+                                            (f" (source {w.src})" if w.src else ""))
+        groups: dict[tuple[str, frozenset[str], str | None], list[Wanted]] = {}
+        for w in wanted:
+            if w.pooled:
+                groups.setdefault(w.group, []).append(w)
+        for members in groups.values():
+            out.update(self._pooled(members, logs, final))
+        return out
+
+    def _candidates(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]], log: str | None = None
+                    ) -> Iterable[LogLine]:
+        return (ln for ln in logs.get(log or w.log, ()) if ln.time >= w.after and ln.raw not in self.used)
+
+    def _resolve_src(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]]) -> tuple[str | None, str | None]:
+        """The source address the enforcing sidecar saw: curl's, or the client sidecar's upstream socket."""
+        if w.via is None:
+            return w.src, None
+        links = []
+        for ln in self._candidates(w, logs, w.via):
+            rec = parse_envoy_line(ln.text)
+            if rec is None or not rec.get("upstream_local"):
                 continue
-            dst = record.destination
-            if _port(dst) != query.port:
+            if (w.probe_id and rec.get("probe") == w.probe_id) or (not rec.get("probe") and rec.get("src") == w.src):
+                links.append(rec.get("upstream_local"))
+        if len(set(links)) > 1:
+            return None, f"{len(links)} records of the client sidecar claim this probe's connection"
+        return (links[0] if links else None), None
+
+    def _exact(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]]) -> Match | None:
+        src, problem = (w.src, None) if w.probe_id else self._resolve_src(w, logs)
+        if problem:
+            return Match(None, problem)
+        if src is None and w.probe_id is None:
+            return None
+        hits: list[tuple[LogLine, Proof | str]] = []
+        for ln in self._candidates(w, logs):
+            said = self._record(w, ln, src)
+            if said is not None:
+                hits.append((ln, said))
+        if not hits:
+            return None
+        for ln, _ in hits:
+            self.used.add(ln.raw)
+        if len(hits) > 1:
+            return Match(None, f"{len(hits)} records at {w.proxy} claim this probe: which one decided is unknown")
+        said = hits[0][1]
+        if isinstance(said, str):
+            return Match(None, f"the record of this probe at {w.proxy} says {said!r}, which is no policy decision")
+        return Match(said)
+
+    def _record(self, w: Wanted, ln: LogLine, src: str | None) -> Proof | str | None:
+        """This probe's record as a Proof; its error when it failed for a reason that is no policy's; None
+        when the line is not this probe's record."""
+        if w.format == "envoy":
+            rec = parse_envoy_line(ln.text)
+            if rec is None:
+                return None
+            if w.local_host is not None and host_of(rec.get("local")) != w.local_host:
+                return None  # another direction of the same pod (its own outbound calls)
+            if w.probe_id is not None:
+                if rec.get("probe") != w.probe_id:
+                    return None
+            elif rec.get("probe") or rec.get("src") != src:
+                return None
+            return envoy_proof(rec, proxy=w.proxy, layer=w.layer, serves=w.serves, to_scenario=self.to_scenario)
+        zrec = parse_ztunnel_line(ln.text)
+        if zrec is None or not zrec.complete or zrec.fields.get("direction", "inbound") != "inbound":
+            return None
+        if zrec.source != src or (w.dst is not None and zrec.destination != w.dst):
+            return None
+        proof = ztunnel_proof(zrec, proxy=w.proxy, layer=w.layer, serves=w.serves, to_scenario=self.to_scenario)
+        return proof if proof is not None else (zrec.error or zrec.line)
+
+    def _pooled(self, members: Sequence[Wanted], logs: Mapping[str, Sequence[LogLine]], final: bool
+                ) -> dict[int, Match]:
+        first = members[0]
+        after = min(w.after for w in members)
+        hits: list[tuple[LogLine, Proof]] = []
+        for ln in logs.get(first.log, ()):
+            if ln.time < after or ln.raw in self.used:
                 continue
-            if query.destination_ip and _host(dst) not in (query.destination_ip, ""):
+            rec = parse_ztunnel_line(ln.text)
+            if rec is None or not rec.complete or rec.rejection is None:
                 continue
-            self.used.add(record.line)
-            return replace(proof)
-        return None
+            if rec.fields.get("direction", "inbound") != "inbound":
+                continue
+            if host_of(rec.source) not in first.pooled or rec.destination != first.dst:
+                continue
+            proof = ztunnel_proof(rec, proxy=first.proxy, layer=first.layer, serves=first.serves,
+                                  to_scenario=self.to_scenario)
+            if proof is not None:
+                hits.append((ln, proof))
+        sources = ", ".join(sorted(first.pooled))
+        if len(hits) < len(members) and not final:
+            return {}
+        for ln, _ in hits:
+            self.used.add(ln.raw)
+        if len(hits) != len(members):
+            note = (f"{len(hits)} policy rejection(s) at {first.proxy} from {sources} to {first.dst} for "
+                    f"{len(members)} denied probe(s) of this round sharing that connection key")
+            return {w.key: Match(None, note) for w in members}
+        said = {(p.kind, p.policy) for _, p in hits}
+        if len(said) > 1:
+            what = "; ".join(sorted(f"{k} {p}" if p else k for k, p in said))
+            note = (f"{len(hits)} rejections at {first.proxy} from {sources} to {first.dst} disagree ({what}): "
+                    "which probe got which is unknown")
+            return {w.key: Match(None, note) for w in members}
+        hits.sort(key=lambda h: h[0].time)
+        return {w.key: Match(proof) for w, (_, proof) in zip(members, hits, strict=True)}

@@ -28,16 +28,18 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from conformance.errors import TargetError
 from conformance.mesh.cluster import barrier, istioctl
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
 from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
 from conformance.mesh.cluster.kube import Kube, PodInfo
-from conformance.mesh.cluster.logs import ProofFinder, ProofQuery
+from conformance.mesh.cluster.logs import LogLine, Match, RecordMatcher, Wanted, join_addr, split_log
 from conformance.mesh.cluster.manifests.render import (
     CURL_CONTAINER,
     WORKLOAD_LABEL,
@@ -45,13 +47,26 @@ from conformance.mesh.cluster.manifests.render import (
     render_workloads,
 )
 from conformance.mesh.cluster.naming import NamespaceMap
-from conformance.model import ALLOWED, DENIAL_FORMS, Manifest, Mode, Probe, Scenario
-from conformance.probe import Observation, Proof, classify
+from conformance.model import (
+    ALLOWED,
+    DENIAL_FORMS,
+    DENIED_L7,
+    DENIED_UPSTREAM,
+    Manifest,
+    Mode,
+    Probe,
+    Scenario,
+    Workload,
+)
+from conformance.probe import Observation, classify
 from conformance.target import Applied
 from conformance.validation import has_errors, validate_manifest
 from conformance.versions import IstioVersion
 
 PROXY_CONTAINER = "istio-proxy"
+# The ztunnel DaemonSet's container (istio/istio manifests/charts/ztunnel/templates/daemonset.yaml).
+ZTUNNEL_CONTAINER = "istio-proxy"
+LOG_ATTEMPTS = 3  # reads of one proxy log before it counts as unreadable (tenacity, exponential backoff)
 ISTIO_NAMESPACE = "istio-system"
 WAYPOINT_POD_LABEL = "gateway.networking.k8s.io/gateway-name"
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
@@ -97,6 +112,35 @@ class ClusterContext:
     observations_out: Path | None = None
     target_name: str = "cluster"
     run_command: Callable[..., istioctl.Result] = istioctl.run
+    # --accept-unconfirmed-denials: an unreadable proxy log makes a denial "unconfirmed", not a failure
+    accept_unconfirmed: bool = False
+    wall_clock: Callable[[], float] = time.time  # compared with the kubelet's log timestamps
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """How one probe was run: its curl call (the probe id header), curl's local address, the source pod,
+    and the wall-clock instant its exec started (no record written before it can be this probe's)."""
+
+    call: CurlCall
+    local_address: str | None
+    pod: PodInfo
+    started: float
+
+
+def _proxy_restarts(pod: PodInfo) -> int:
+    return pod.restarts.get(PROXY_CONTAINER, 0)
+
+
+def _with_match(obs: Observation, match: Match) -> Observation:
+    """The observation with its record (or the note saying why it has none)."""
+    if match.proof is None:
+        return replace(obs, notes=(*obs.notes, match.note or "no record of this probe"))
+    if not match.proof.denied:
+        return replace(obs, proof=match.proof, notes=(
+            *obs.notes, f"the enforcing proxy's record of this probe says it allowed it ({match.proof.proxy})"))
+    return replace(obs, proof=match.proof)
 
 
 def mesh_wide(manifest: Manifest, root_namespace: str) -> bool:
@@ -134,7 +178,12 @@ class ClusterSession:
         self.ctx = ctx
         self.nsmap = NamespaceMap.for_scenario(scenario, ctx.prefix)
         self.addresses: dict[str, str] = {}
-        self.proofs_readable = True
+        # Reasons of the denials passed as "unconfirmed" (only with --accept-unconfirmed-denials): the
+        # summary reports every one, so a weakened run says how weak it was.
+        self.unconfirmed: list[str] = []
+        self._matcher = RecordMatcher(self.nsmap.scenario_ref)  # one per session: a log line proves one probe
+        self._baseline: dict[str, tuple[str, int]] = {}
+        self._probe_lock = threading.Lock()
         self.analysis: list[tuple[int, list[AnalyzeMessage]]] = []
         self.barriers: list[barrier.BarrierResult] = []
         self.notes: list[str] = []
@@ -253,6 +302,7 @@ class ClusterSession:
             for z in kube.pods(None, "app=ztunnel"):
                 if z.ready and not z.deleting:
                     self._ztunnels[z.node] = z
+        self._snapshot()
 
     def _check_ambient_enrollment(self) -> None:
         """istio-cni marks enrolled pods `ambient.istio.io/redirection: enabled`: wait for it."""
@@ -311,6 +361,7 @@ class ClusterSession:
     def apply(self, policies: Sequence[Manifest]) -> Applied:
         start = time.monotonic()
         self._step += 1
+        self._refresh_baseline()
         if self._step == 0:
             _allure_attach("namespace mapping (scenario → cluster)", self.nsmap.describe())
         kube = self.ctx.kube
@@ -339,6 +390,16 @@ class ClusterSession:
         seconds = (acknowledged_at if acknowledged_at is not None else time.monotonic()) - start
         return Applied(seconds=seconds, created=tuple(created), updated=tuple(updated), deleted=tuple(deleted),
                        acknowledged_at=acknowledged_at)
+
+    def _refresh_baseline(self) -> None:
+        """A proxy dead or restarted *during* this step is the fault; before it, the step starts afresh."""
+        known = self._all_pods()
+        current: dict[str, PodInfo] = {}
+        for ns in sorted({p.namespace for p in known}):
+            current.update({f"{p.namespace}/{p.name}": p for p in self.ctx.kube.pods(ns, None)})
+        for pod in known:
+            ref = current.get(f"{pod.namespace}/{pod.name}", pod)
+            self._baseline[f"{pod.namespace}/{pod.name}"] = (ref.uid, _proxy_restarts(ref))
 
     def _proxies(self) -> tuple[list[barrier.Proxy], frozenset[str]]:
         proxies: list[barrier.Proxy] = []
@@ -406,7 +467,9 @@ class ClusterSession:
 
     # -- probes ---------------------------------------------------------------------------------
     def probe(self, probes: Sequence[Probe]) -> list[Observation]:
-        observations = self._run_probes(probes, prove=True)
+        # One round at a time: the proof of pooled ztunnel connections counts a round's records (logs.py).
+        with self._probe_lock:
+            observations = self._run_probes(probes, prove=True)
         self._record(probes, observations)
         return observations
 
@@ -424,16 +487,17 @@ class ClusterSession:
         for i, p in enumerate(probes):
             by_source.setdefault(p.source.ref, []).append(i)
         results: list[Observation | None] = [None] * len(probes)
+        runs: dict[int, ProbeRun] = {}
         t = self.ctx.timeouts
-        started = time.monotonic()
 
-        def run_source(ref: str, indices: list[int]) -> list[tuple[int, Observation, CurlCall]]:
+        def run_source(ref: str, indices: list[int]) -> list[tuple[int, Observation, ProbeRun]]:
             pod = self._pods[ref]
             nonce = new_nonce()
-            calls = [CurlCall(f"{nonce[:10]}-{i}", self._url(probes[i]), probes[i].request.method,
+            calls = [CurlCall(f"{nonce}-{i}", self._url(probes[i]), probes[i].request.method,
                               self._headers(probes[i])) for i in indices]
             script = build_script(calls, nonce, t.connect, t.probe)
             timeout = exec_timeout(len(calls), t.connect, t.probe)
+            started = self.ctx.wall_clock()  # the kubelet's log timestamps are compared with this
             result = self.ctx.kube.exec(pod.namespace, pod.name, CURL_CONTAINER, ["sh", "-c", script], timeout)
             if result.returncode != 0:
                 raise TargetError(f"probe script in {pod.namespace}/{pod.name} exited {result.returncode}: "
@@ -445,85 +509,227 @@ class ClusterSession:
                 evidence = res.evidence(f"kubectl exec -n {pod.namespace} {pod.name} -c {CURL_CONTAINER} -- "
                                         + call.describe(t.connect, t.probe))
                 outcome = classify(evidence, self.nsmap.cluster_ref(probe.destination.ref))
-                out.append((i, Observation(outcome, evidence), call))
+                out.append((i, Observation(outcome, evidence), ProbeRun(call, res.local_address, pod, started)))
             return out
 
-        calls_by_index: dict[int, CurlCall] = {}
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_source)))) as pool:
             futures = [pool.submit(run_source, ref, idx) for ref, idx in by_source.items()]
             for fut in futures:
-                for i, obs, call in fut.result():
+                for i, obs, run in fut.result():
                     results[i] = obs
-                    calls_by_index[i] = call
+                    runs[i] = run
         observations = [o for o in results if o is not None]
         if len(observations) != len(probes):
             raise TargetError("probe results lost")
         if prove:
-            observations = self._prove(probes, observations, calls_by_index, started)
+            observations = self._prove(probes, observations, runs)
         return observations
 
-    # -- proof of denial --------------------------------------------------------------------------
-    def _prove(self, probes: Sequence[Probe], observations: list[Observation], calls: Mapping[int, CurlCall],
-               started: float) -> list[Observation]:
-        todo = [i for i, o in enumerate(observations) if o.outcome in DENIAL_FORMS]
-        if not todo or not self.proofs_readable:
-            return observations
-        finder = ProofFinder(self.nsmap.scenario_ref)
+    # -- proof ----------------------------------------------------------------------------------
+    def _prove(self, probes: Sequence[Probe], observations: list[Observation], runs: Mapping[int, ProbeRun]
+               ) -> list[Observation]:
+        """Every denial gets its enforcing proxy's record, or says why it has none (logs.py, issue 9).
+
+        Before any record: a missing, dead or restarted enforcing proxy is the observation's `problem`
+        (an infrastructure failure, never a policy verdict). Then one `Wanted` per denial, the logs read
+        (retried) until every denial has its record or the grace period is over.
+        """
         out = list(observations)
+        health: dict[str, str | None] = {}
+        for i, obs in enumerate(out):
+            if obs.outcome != ALLOWED:
+                problem = self._proxy_problem(probes[i], obs.outcome, health)
+                if problem:
+                    out[i] = replace(obs, problem=problem)
+        wanted: list[Wanted] = []
+        for i, obs in enumerate(out):
+            if obs.outcome not in DENIAL_FORMS or obs.problem:
+                continue
+            w = self._wanted(i, probes[i], obs.outcome, runs[i])
+            if isinstance(w, str):
+                out[i] = replace(obs, notes=(*obs.notes, w))
+            else:
+                wanted.append(w)
+        if not wanted:
+            return out
         deadline = time.monotonic() + self.ctx.timeouts.proof_grace
-        while todo:
-            since = math.ceil(time.monotonic() - started) + 2
-            cache: dict[tuple[str, str], list[str]] = {}
-            still = []
-            for i in todo:
-                proof = self._find_proof(probes[i], calls[i], finder, since, cache)
-                if proof is None:
-                    still.append(i)
-                else:
-                    out[i] = Observation(out[i].outcome, out[i].evidence, proof, out[i].notes)
-            todo = still
-            if not todo or time.monotonic() >= deadline or not self.proofs_readable:
+        pending = wanted
+        while pending:
+            final = time.monotonic() >= deadline
+            logs, unreadable = self._read_logs(pending)
+            readable = [w for w in pending if w.log not in unreadable and (w.via is None or w.via not in unreadable)]
+            for w in pending:
+                reason = unreadable.get(w.log) or (unreadable.get(w.via) if w.via else None)
+                if reason:
+                    out[w.key] = self._unreadable(probes[w.key], out[w.key], reason)
+            for key, match in self._matcher.match(readable, logs, final).items():
+                out[key] = _with_match(out[key], match)
+            done = {w.key for w in pending if w.log in unreadable or (w.via and w.via in unreadable)}
+            done |= {w.key for w in readable if out[w.key].proof is not None or len(out[w.key].notes) >
+                     len(observations[w.key].notes)}
+            pending = [w for w in pending if w.key not in done]
+            if final:
                 break
-            time.sleep(0.5)
+            if pending:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return out
 
-    def _log_lines(self, pod: PodInfo, since: int, cache: dict[tuple[str, str], list[str]]) -> list[str]:
-        key = (pod.namespace, pod.name)
-        if key not in cache:
-            try:
-                cache[key] = self.ctx.kube.logs(pod.namespace, pod.name, PROXY_CONTAINER,
-                                                since_seconds=since).splitlines()
-            except TargetError as exc:
-                self.proofs_readable = False
-                self.notes.append(f"proxy logs not readable, denials are unconfirmed: {exc}")
-                cache[key] = []
-        return cache[key]
+    def _unreadable(self, probe: Probe, obs: Observation, reason: str) -> Observation:
+        """An unreadable log is the target's fault: a problem, or, only with the user's opt-in, unconfirmed."""
+        text = f"the enforcing proxy's log could not be read: {reason}"
+        if self.ctx.accept_unconfirmed:
+            with self._lock:
+                self.unconfirmed.append(f"step {self._step}, {probe.describe()}: {text}")
+            return replace(obs, unconfirmed=text)
+        return replace(obs, problem=text)
 
-    def _find_proof(self, probe: Probe, call: CurlCall, finder: ProofFinder, since: int,
-                    cache: dict[tuple[str, str], list[str]]) -> Proof | None:
+    def _log_sources(self, log: str) -> list[PodInfo]:
+        """The pods behind a log name: one pod, or every replica of a waypoint (`waypoint:<ns>/<name>`)."""
+        if log.startswith("waypoint:"):
+            ref = log.partition(":")[2]
+            return [p for p in self._waypoint_pods if self._waypoint_ref(p) == ref]
+        return [p for p in self._all_pods() if f"{p.namespace}/{p.name}" == log]
+
+    def _all_pods(self) -> list[PodInfo]:
+        return [*self._pods.values(), *self._waypoint_pods, *self._ztunnels.values()]
+
+    def _read_logs(self, wanted: Sequence[Wanted]) -> tuple[dict[str, list[LogLine]], dict[str, str]]:
+        """Each log the wanted records are in, read once (since the earliest exec start, kubelet timestamps)."""
+        since: dict[str, float] = {}
+        for w in wanted:
+            for log in (w.log, w.via):
+                if log is not None:
+                    since[log] = min(since.get(log, w.after), w.after)
+        logs: dict[str, list[LogLine]] = {}
+        unreadable: dict[str, str] = {}
+        now = self.ctx.wall_clock()
+        for log, after in since.items():
+            pods = self._log_sources(log)
+            if not pods:
+                unreadable[log] = f"no pod for {log}"
+                continue
+            lines: list[LogLine] = []
+            try:
+                for pod in pods:
+                    container = PROXY_CONTAINER if pod in self._pods.values() or pod in self._waypoint_pods \
+                        else ZTUNNEL_CONTAINER
+                    text = self._read_log(pod, container, math.ceil(max(0.0, now - after)) + 2)
+                    lines += split_log(log, text)
+            except TargetError as exc:
+                unreadable[log] = str(exc)
+                continue
+            logs[log] = lines
+        return logs, unreadable
+
+    def _read_log(self, pod: PodInfo, container: str, since_seconds: int) -> str:
+        """One log read, retried (bounded) before anyone concludes it is unreadable."""
+        retrying = Retrying(stop=stop_after_attempt(LOG_ATTEMPTS), wait=wait_exponential(multiplier=0.2, max=2.0),
+                            retry=retry_if_exception_type(TargetError), sleep=self.ctx.sleep, reraise=True)
+        return str(retrying(self.ctx.kube.logs, pod.namespace, pod.name, container, since_seconds=since_seconds))
+
+    def _waypoint_ref(self, pod: PodInfo) -> str:
+        return f"{self.nsmap.scenario_namespace(pod.namespace)}/{pod.labels.get(WAYPOINT_POD_LABEL, pod.name)}"
+
+    def _waypoint_for(self, dest: Workload) -> str | None:
+        """The scenario waypoint serving `dest`'s namespace (render.py: the first one of the namespace)."""
+        return next((wp.ref for wp in self.scenario.waypoints if wp.namespace == dest.namespace), None)
+
+    def _wanted(self, key: int, probe: Probe, outcome: str, run: ProbeRun) -> Wanted | str:
+        """Which log holds this denial's record and how to recognise it; a note when no proxy can hold one."""
+        dest, source = probe.destination, probe.source
+        if not dest.in_mesh:
+            return "the destination is not in the mesh: no proxy of it can have decided this"
+        dst_pod = self._pods[dest.ref]
+        dst = join_addr(dst_pod.ip, probe.port.number)
+        curl_addr = run.local_address
+        if self.mode == "sidecar":
+            common = {"key": key, "log": f"{dst_pod.namespace}/{dst_pod.name}", "format": "envoy",
+                      "after": run.started, "proxy": f"sidecar:{dest.ref}", "layer": "sidecar", "serves": dest.ref,
+                      "local_host": dst_pod.ip}
+            if outcome == DENIED_L7:
+                return Wanted(**common, probe_id=run.call.probe_id)
+            if curl_addr is None:
+                return "curl reported no local address for this connection: its record cannot be found"
+            via = f"{run.pod.namespace}/{run.pod.name}" if source.in_mesh else None
+            return Wanted(**common, src=curl_addr, via=via, probe_id=None)
+        if outcome == DENIED_L7:
+            waypoint = self._waypoint_for(dest) if self.mode == "waypoint" else None
+            if waypoint is None:
+                return "a 403 in ambient mode without a waypoint: no proxy here answers that way"
+            return Wanted(key, f"waypoint:{waypoint}", "envoy", run.started, f"waypoint:{waypoint}", "waypoint",
+                          waypoint, probe_id=run.call.probe_id)
+        ztunnel = self._ztunnels.get(dst_pod.node)
+        if ztunnel is None:
+            return f"no ztunnel on node {dst_pod.node}"
+        common_z = {"key": key, "log": f"{ztunnel.namespace}/{ztunnel.name}", "format": "ztunnel",
+                    "after": run.started, "proxy": f"ztunnel:{dst_pod.node}", "layer": "ztunnel", "serves": dest.ref,
+                    "dst": dst}
+        if outcome == DENIED_UPSTREAM and self.mode == "waypoint" and self._waypoint_for(dest):
+            # the destination's ztunnel refused the waypoint's HBONE connection (the 503 at the client)
+            return Wanted(**common_z, pooled=frozenset(p.ip for p in self._waypoint_pods))
+        if source.in_mesh:
+            return Wanted(**common_z, pooled=frozenset({run.pod.ip}))
+        if curl_addr is None:
+            return "curl reported no local address for this connection: its record cannot be found"
+        return Wanted(**common_z, src=curl_addr)
+
+    # -- proxy health ---------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        """Remember each enforcing proxy's pod and restart count: a later change means it died meanwhile."""
+        self._baseline = {f"{p.namespace}/{p.name}": (p.uid, _proxy_restarts(p)) for p in self._all_pods()}
+
+    def _proxy_problem(self, probe: Probe, outcome: str, cache: dict[str, str | None]) -> str | None:
+        """Why the proxy that should have decided this probe cannot have (missing, dead, restarted), or None."""
         dest = probe.destination
         if not dest.in_mesh:
             return None
-        src_pod, dst_pod = self._pods[probe.source.ref], self._pods[dest.ref]
-        http = probe.port.protocol == "HTTP"
-        sources = {src_pod.ip}
-        if self.mode == "waypoint":
-            sources |= {p.ip for p in self._waypoint_pods}
-        query = ProofQuery(call.probe_id, frozenset(sources), dst_pod.ip, probe.port.number, http)
         if self.mode == "sidecar":
-            lines = self._log_lines(dst_pod, since, cache)
-            return finder.from_envoy(lines, f"sidecar:{dest.ref}", query)
-        if self.mode == "waypoint":
-            for wp in self._waypoint_pods:
-                proof = finder.from_envoy(self._log_lines(wp, since, cache),
-                                          f"waypoint:{self.nsmap.scenario_namespace(wp.namespace)}/"
-                                          f"{wp.labels.get(WAYPOINT_POD_LABEL, wp.name)}", query)
-                if proof is not None:
-                    return proof
-        ztunnel = self._ztunnels.get(dst_pod.node)
-        if ztunnel is None:
-            return None
-        return finder.from_ztunnel(self._log_lines(ztunnel, since, cache), f"ztunnel:{dst_pod.node}", query)
+            pod = self._pods[dest.ref]
+            key = f"sidecar {pod.namespace}/{pod.name}"
+            if key not in cache:
+                current = [p for p in self.ctx.kube.pods(pod.namespace, f"{WORKLOAD_LABEL}={dest.name}")
+                           if p.name == pod.name]
+                cache[key] = self._dead(current[0] if current else None, pod, PROXY_CONTAINER,
+                                        f"the sidecar of {dest.ref}")
+            return cache[key]
+        problem = None
+        if self.mode == "waypoint" and outcome in (DENIED_L7, DENIED_UPSTREAM):
+            waypoint = self._waypoint_for(dest)
+            if waypoint is not None:
+                problem = self._waypoint_problem(waypoint, cache)
+        return problem or self._ztunnel_problem(self._pods[dest.ref].node, cache)
+
+    def _ztunnel_problem(self, node: str, cache: dict[str, str | None]) -> str | None:
+        key = f"ztunnel {node}"
+        if key not in cache:
+            known = self._ztunnels.get(node)
+            if known is None:
+                cache[key] = f"no ztunnel pod on node {node}: nothing enforces L4 policy there"
+            else:
+                current = [z for z in self.ctx.kube.pods(known.namespace, "app=ztunnel") if z.name == known.name]
+                cache[key] = self._dead(current[0] if current else None, known, ZTUNNEL_CONTAINER,
+                                        f"ztunnel on node {node}")
+        return cache[key]
+
+    def _waypoint_problem(self, waypoint: str, cache: dict[str, str | None]) -> str | None:
+        key = f"waypoint {waypoint}"
+        if key not in cache:
+            ns, _, name = waypoint.partition("/")
+            pods = [p for p in self.ctx.kube.pods(self.nsmap.cluster_namespace(ns), f"{WAYPOINT_POD_LABEL}={name}")
+                    if p.ready and not p.deleting]
+            cache[key] = None if pods else f"the waypoint {waypoint} has no ready pod"
+        return cache[key]
+
+    def _dead(self, current: PodInfo | None, known: PodInfo, container: str, what: str) -> str | None:
+        if current is None or current.deleting:
+            return f"{what} is gone (pod {known.namespace}/{known.name})"
+        if container not in current.running:
+            return f"{what} is not running (container {container} of {known.namespace}/{known.name})"
+        uid, restarts = self._baseline.get(f"{known.namespace}/{known.name}", (current.uid, _proxy_restarts(current)))
+        if current.uid != uid or _proxy_restarts(current) > restarts:
+            return (f"{what} restarted since the step started (pod {known.namespace}/{known.name}): its log and "
+                    "configuration of this step are gone")
+        return None
 
     # -- records --------------------------------------------------------------------------------
     def _record(self, probes: Sequence[Probe], observations: Sequence[Observation]) -> None:
@@ -537,6 +743,8 @@ class ClusterSession:
                 "path": self.scenario.path, "mode": self.mode, "step": self._step,
                 "probe": list(_jsonable(probe.key)), "outcome": obs.outcome,
                 "proof": obs.proof.policy if obs.proof else None, "denial_proved": obs.confirmed_denial,
+                "proof_kind": obs.proof.kind if obs.proof else None, "problem": obs.problem,
+                "unconfirmed": obs.unconfirmed,
                 "time": time.time(),
             }, sort_keys=True))
         with self._lock, open(path, "a") as fh:

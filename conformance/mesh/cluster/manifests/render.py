@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,3 @@ def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base
         pod["containers"].append(app)
         pod["volumes"] = [{"name": "app", "configMap": {"name": APP_CONFIGMAP}}]
     return doc
-
-
-def namespaces_of(docs: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [d["metadata"]["name"] for d in docs if d.get("kind") == "Namespace"]
