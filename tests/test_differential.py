@@ -25,11 +25,12 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from conformance.engine import Decision, decide, state_for_step
-from conformance.engine.decide import ALLOW_MATCHED, ALLOW_UNMATCHED, DENY_MATCHED, STRICT_MTLS
+from conformance.engine.decide import ALLOW_MATCHED
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
-from conformance.model import Manifest, Mode, Step
+from conformance.model import Manifest, Mode, Probe, Step
 from conformance.probe import Observation
 from conformance.validation import ERROR, UNSUPPORTED, validate_manifest
+from conformance.verdicts import judge
 from conformance.versions import IstioVersion
 from tests.differential_world import WORLDS, Pools, World, features, policy_set, probes
 
@@ -80,11 +81,12 @@ def _yaml(policies: Sequence[Manifest]) -> str:
     return yaml.safe_dump_all([dict(m.body) for m in policies], sort_keys=False)
 
 
-def disagreement(d: Decision, o: Observation) -> str | None:
+def disagreement(d: Decision, o: Observation, probe: Probe) -> str | None:
     """What differs between the engine's decision and the mesh's observation, or None.
 
-    The rule of conformance/verdicts.py, made stricter: the enforcing layer and, for ALLOW matches at an
-    Envoy layer, the allowing policy are compared too.
+    The rule of conformance/verdicts.py (`judge` with the engine's own verdict as the expectation: the
+    denial form, the record's kind, its proxy and policy), made stricter: for ALLOW matches at an Envoy
+    layer the allowing policy is compared too.
     """
     proof = o.proof
     where = proof.proxy if proof else "no proof"
@@ -98,16 +100,9 @@ def disagreement(d: Decision, o: Observation) -> str | None:
             if not named:
                 return f"allowed, but by {proof.policy} at {where}; the engine says {d.policy} {d.candidates}"
         return None
-    if proof is None or not proof.denied:
-        return f"{o.outcome} without the enforcing proxy's record of a denial ({'; '.join(o.notes)})"
-    if d.layer is not None and not proof.proxy.startswith(d.layer + ":"):
-        return f"denied at {proof.proxy}; the engine says {d.layer}"
-    if d.reason == DENY_MATCHED and proof.policy != d.policy and proof.policy not in d.candidates:
-        return f"denied by {proof.policy} at {where}; the engine says {d.policy} (candidates {d.candidates})"
-    if d.reason == ALLOW_UNMATCHED and proof.policy is not None:
-        return f"denied by {proof.policy} at {where}; the engine says no ALLOW policy matched"
-    if d.reason == STRICT_MTLS and "strict" not in proof.line:
-        return f"denied at {where} ({proof.line[:160]}); the engine says STRICT mTLS refused plaintext"
+    judgement = judge(d.verdict, d, o, probe)
+    if not judgement.passed:
+        return f"{judgement.category}: {judgement.message} [{where}]"
     return None
 
 
@@ -147,7 +142,7 @@ def test_engine_and_envoy_mesh_agree(meshes: Meshes, data: st.DataObject) -> Non
             d = decide(state, p, mode, VERSION)
             _record(mode, d)
             COVERAGE["probes"] += 1
-            problem = disagreement(d, o)
+            problem = disagreement(d, o, p)
             if problem:
                 problems.append(f"[{mode}] {p.describe()}: {problem}")
     COVERAGE["examples"] += 1
