@@ -6,8 +6,10 @@ failing late on a cluster (or, worse, being enforced by our local mesh although 
 accept it). So every document goes through the same three gates a real cluster puts in its way:
 
 1. the API server and the CRD's structural schema at the chosen Istio version (types, unknown fields
-   under strict field validation, enums, maxItems, maxLength) and its CEL rules
-   (`x-kubernetes-validations` in `manifests/charts/base/files/crd-all.gen.yaml`);
+   under strict field validation, enums, required, maxItems, maxLength, patterns), checked with
+   `jsonschema` against Istio's own CRD schema, vendored from `manifests/charts/base/files/crd-all.gen.yaml`
+   at 1.30.3 (conformance/crd; older releases derived from it in `_structural_for`), and the CRD's CEL
+   rules (`x-kubernetes-validations`), which jsonschema cannot evaluate and this module ports by hand;
 2. the decoding istiod's validation webhook does (`crd.ConvertObject` -> `protomarshal.ApplyJSON`,
    golang/protobuf `jsonpb`), which turns an empty JSON list into a nil Go slice;
 3. `pkg/config/validation/validation.go` (`ValidateAuthorizationPolicy`, `ValidatePeerAuthentication`,
@@ -35,6 +37,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeGuard
 
+import jsonschema
+
+from conformance import crd
 from conformance.versions import IstioVersion
 
 ERROR = "error"
@@ -158,16 +163,34 @@ def _under(field: str, prefix: str) -> bool:
 
 
 class _Out:
+    """The findings of one document, with the CRD gate's errors told apart from Istio's validation's.
+
+    Both gates often say the same thing about one field (validation.go:1337 "targetRef name must be set"
+    and the CRD's `required: [kind, name]`; validation.go:1725 and the CRD's `minProperties: 1`): a user
+    needs one line per field, so at a field the CRD gate rejected, Istio validation's error is dropped,
+    except where the CRD only says "is required" and validation.go says more.
+    """
+
     def __init__(self, features: _Features) -> None:
         self.f = features
         self.findings: list[Finding] = []
         self._seen: set[tuple[str, str, str]] = set()
+        self._crd: dict[int, bool] = {}  # id of a CRD-gate finding -> whether it is a plain "is required"
 
-    def add(self, field: str, message: str, severity: str) -> None:
+    def add(self, field: str, message: str, severity: str) -> Finding | None:
         key = (field, message, severity)
-        if key not in self._seen:
-            self._seen.add(key)
-            self.findings.append(Finding(field, message, severity))
+        if key in self._seen:
+            return None
+        self._seen.add(key)
+        finding = Finding(field, message, severity)
+        self.findings.append(finding)
+        return finding
+
+    def structural(self, field: str, message: str, required: bool = False) -> None:
+        """An error of the CRD's structural schema (gate 1)."""
+        finding = self.add(field, message, ERROR)
+        if finding is not None:
+            self._crd[id(finding)] = required
 
     def error(self, field: str, message: str) -> None:
         self.add(field, message, ERROR)
@@ -179,12 +202,16 @@ class _Out:
         self.add(field, message, UNSUPPORTED)
 
     def result(self) -> list[Finding]:
-        errors = [f.field for f in self.findings if f.severity == ERROR]
-        # An error takes precedence over "not supported yet" at the same field (or inside it).
-        return [
+        crd_fields = {f.field for f in self.findings if id(f) in self._crd and not self._crd[id(f)]}
+        istio_fields = {f.field for f in self.findings if f.severity == ERROR and id(f) not in self._crd}
+        kept = [
             f for f in self.findings
-            if f.severity != UNSUPPORTED or not any(_under(e, f.field) for e in errors)
+            if not (f.severity == ERROR and id(f) not in self._crd and f.field in crd_fields)
+            and not (self._crd.get(id(f)) and f.field in istio_fields)
         ]
+        errors = [f.field for f in kept if f.severity == ERROR]
+        # An error takes precedence over "not supported yet" at the same field (or inside it).
+        return [f for f in kept if f.severity != UNSUPPORTED or not any(_under(e, f.field) for e in errors)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,8 +370,6 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_LABEL = re.compile(_DNS_LABEL)
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_TARGET_GROUP = re.compile(r"|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # CRD pattern
-_TARGET_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")  # CRD pattern
 
 
 def _subdomain_problem(text: str) -> str | None:
@@ -490,48 +515,7 @@ def _mid_wildcard(value: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Structural schema (the CRD at the chosen version)
-
-
-class _S:
-    """A node of the structural schema: what Kubernetes checks before any webhook sees the object."""
-
-    def __init__(
-        self,
-        kind: str,
-        *,
-        props: Mapping[str, _S] | None = None,
-        items: _S | None = None,
-        values: _S | None = None,
-        enum: tuple[str, ...] = (),
-        required: tuple[str, ...] = (),
-        max_items: int | None = None,
-        max_props: int | None = None,
-        max_len: int | None = None,
-        later: Mapping[str, str] | None = None,
-        what: str = "",
-    ) -> None:
-        self.kind = kind  # "object", "map", "array", "string", "any"
-        self.props = dict(props or {})
-        self.items = items
-        self.values = values
-        self.enum = enum
-        self.required = required
-        self.max_items = max_items
-        self.max_props = max_props
-        self.max_len = max_len
-        self.later = dict(later or {})  # field -> "1.25": exists in later Istio releases only
-        self.what = what  # "the AuthorizationPolicy Source", for messages
-
-    @property
-    def noun(self) -> str:
-        return {"object": "a mapping", "map": "a mapping", "array": "a list", "string": "a string"}.get(
-            self.kind, "a value")
-
-
-_STR = _S("string")
-_STRS = _S("array", items=_STR)
-_ANY = _S("any")
+# Structural schema: Istio's own CRD at the chosen version (conformance/crd, checked with jsonschema)
 
 SOURCE_FIELDS = (
     "principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces", "notNamespaces",
@@ -545,95 +529,141 @@ OBJECT_META_OTHER = (  # ObjectMeta fields a scenario has no use for (known to t
     "generateName", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
     "deletionGracePeriodSeconds", "ownerReferences", "finalizers", "managedFields", "selfLink",
 )
+# Fields the 1.30.3 CRD has that older releases' CRDs lack (crd-all.gen.yaml at each tag): unknown there.
+_FIELD_SINCE = {"serviceAccounts": "1.25", "notServiceAccounts": "1.25", "trustDomains": "1.30",
+                "notTrustDomains": "1.30"}
+
+# ObjectMeta is validated by the API server's own Go types, not by the CRD: a string name and namespace,
+# string-to-string labels and annotations, and the other ObjectMeta fields (any shape: _check_metadata
+# reports them as not supported). Anything else is an unknown field under strict field validation.
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_OBJECT_META: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRING_MAP,
+                   "annotations": _STRING_MAP, **{name: {} for name in OBJECT_META_OTHER}},
+    "additionalProperties": False,
+}
+
+# What each object of the schema is, for "unknown field ... in <what>" (paths without list indices).
+_WHAT = {
+    "": "{kind} document", "metadata": "ObjectMeta", "spec": "{kind} spec", "spec.rules": "AuthorizationPolicy Rule",
+    "spec.rules.from": "Rule.From", "spec.rules.from.source": "AuthorizationPolicy Source",
+    "spec.rules.to": "Rule.To", "spec.rules.to.operation": "AuthorizationPolicy Operation",
+    "spec.rules.when": "AuthorizationPolicy Condition", "spec.selector": "selector", "spec.provider": "provider",
+    "spec.targetRef": "PolicyTargetReference", "spec.targetRefs": "PolicyTargetReference",
+    "spec.mtls": "PeerAuthentication MutualTLS", "spec.portLevelMtls": "PeerAuthentication MutualTLS",
+}
 
 
-def _selector_schema(f: _Features) -> _S:
-    # 1.23+: matchLabels values maxLength 63, at most 4096 labels (crd-all.gen.yaml, selector.matchLabels).
-    labels = _S("map", values=_S("string", max_len=63 if f.cel else None), max_props=4096 if f.cel else None)
-    return _S("object", props={"matchLabels": labels}, what="selector")
+def _node(schema: dict[str, Any], *path: str) -> dict[str, Any]:
+    """The sub-schema at `path` ("items" steps into a list), or an empty dict when the schema has none."""
+    node: Any = schema
+    for step in path:
+        node = node.get("items", {}) if step == "items" else node.get("properties", {}).get(step, {})
+    return node if isinstance(node, dict) else {}
 
 
-@lru_cache(maxsize=64)
-def _authz_spec_schema(f: _Features) -> _S:
-    source_props: dict[str, _S] = dict.fromkeys(SOURCE_FIELDS, _STRS)
-    later: dict[str, str] = {}
-    if f.service_accounts:
-        for name in SERVICE_ACCOUNT_FIELDS:  # maxItems 16, maxLength 320: checked with CheckServiceAccount
-            source_props[name] = _STRS
-    else:
-        later.update(dict.fromkeys(SERVICE_ACCOUNT_FIELDS, "1.25"))
-    if f.trust_domains:
-        source_props.update(dict.fromkeys(TRUST_DOMAIN_FIELDS, _STRS))
-    else:
-        later.update(dict.fromkeys(TRUST_DOMAIN_FIELDS, "1.30"))
-    source = _S("object", props=source_props, later=later, what="AuthorizationPolicy Source")
-    operation = _S("object", props=dict.fromkeys(OPERATION_FIELDS, _STRS), what="AuthorizationPolicy Operation")
-    condition = _S("object", props={"key": _STR, "values": _STRS, "notValues": _STRS}, required=("key",),
-                   what="AuthorizationPolicy Condition")
-    rule = _S("object", what="AuthorizationPolicy Rule", props={
-        "from": _S("array", items=_S("object", props={"source": source}, what="Rule.From"),
-                   max_items=512 if f.rules_max else None),
-        "to": _S("array", items=_S("object", props={"operation": operation}, what="Rule.To")),
-        "when": _S("array", items=condition),
-    })
-    target_ref = _S("object", props=dict.fromkeys(TARGET_REF_FIELDS, _STR), what="PolicyTargetReference")
-    return _S("object", what="AuthorizationPolicy spec", props={
-        "action": _S("string", enum=ACTIONS),
-        "provider": _S("object", props={"name": _STR}, what="provider"),
-        "rules": _S("array", items=rule, max_items=512 if f.rules_max else None),
-        "selector": _selector_schema(f),
-        "targetRef": target_ref,
-        "targetRefs": _S("array", items=target_ref, max_items=16 if f.target_refs_max else None),
-    })
+def _drop(node: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        node.pop(key, None)
 
 
-@lru_cache(maxsize=64)
-def _peer_spec_schema(f: _Features) -> _S:
-    mtls = _S("object", props={"mode": _S("string", enum=MTLS_MODES)}, what="PeerAuthentication MutualTLS")
-    return _S("object", what="PeerAuthentication spec", props={
-        "selector": _selector_schema(f),
-        "mtls": mtls,
-        "portLevelMtls": _S("map", values=mtls),
-    })
+def _structural_for(f: _Features, kind: str) -> dict[str, Any]:
+    """The CRD's openAPIV3Schema of `kind` as Istio `f.version` ships it, derived from the vendored 1.30.3 one.
 
-
-@lru_cache(maxsize=64)
-def _document_schema(f: _Features, kind: str) -> _S:
-    meta_props: dict[str, _S] = {
-        "name": _STR, "namespace": _STR,
-        "labels": _S("map", values=_STR), "annotations": _S("map", values=_STR),
-    }
-    meta_props.update(dict.fromkeys(OBJECT_META_OTHER, _ANY))
+    v1 and v1beta1 carry the same schema at every tag 1.22 ... 1.30. What older releases lack, by
+    crd-all.gen.yaml at each tag (tests/test_crd_schemas.py compares the derivation with those files):
+    - trustDomains / notTrustDomains: from 1.30.0;
+    - serviceAccounts / notServiceAccounts (maxItems 16, maxLength 320), rules and from maxItems 512: 1.25.0;
+    - targetRefs maxItems 16: 1.24.0;
+    - matchLabels maxProperties 4096 and value maxLength 63, targetRef(s) `required: [kind, name]` and the
+      group / kind / name length and pattern limits, portLevelMtls minProperties 1: 1.23.0.
+    (Their CEL rules, x-kubernetes-validations, are left to the Python checks below.)
+    """
+    if kind not in crd.kinds():
+        # RequestAuthentication (reported as not supported yet): only the envelope is checked.
+        return {"type": "object", "properties": {"spec": {}, "status": {}}}
+    schema = crd.crd_schema(kind, "v1")
+    schema.setdefault("properties", {})["status"] = {}  # ignored on create (status subresource); warned about
+    spec = _node(schema, "spec")
     if kind == AUTHORIZATION_POLICY:
-        spec = _authz_spec_schema(f)
-    elif kind == PEER_AUTHENTICATION:
-        spec = _peer_spec_schema(f)
-    else:
-        spec = _ANY
-    return _S("object", what=f"{kind} document", props={
-        "apiVersion": _ANY, "kind": _ANY,  # checked first, by _validate_document
-        "metadata": _S("object", props=meta_props, what="ObjectMeta"),
-        "spec": spec,
-        "status": _ANY,  # webhook validFields (server.go:48); ignored on create (status subresource)
-    })
+        rules = _node(spec, "rules")
+        froms = _node(rules, "items", "from")
+        source = _node(froms, "items", "source")
+        if not f.trust_domains:
+            _drop(source.get("properties", {}), *TRUST_DOMAIN_FIELDS)
+        if not f.service_accounts:
+            _drop(source.get("properties", {}), *SERVICE_ACCOUNT_FIELDS)
+            _drop(source, "x-kubernetes-validations")
+        if not f.rules_max:
+            _drop(rules, "maxItems")
+            _drop(froms, "maxItems")
+        if not f.target_refs_max:
+            _drop(_node(spec, "targetRefs"), "maxItems")
+        if not f.cel:
+            for ref in (_node(spec, "targetRef"), _node(spec, "targetRefs", "items")):
+                _drop(ref, "required")
+                for name in ("group", "kind", "name"):
+                    _drop(_node(ref, name), "maxLength", "minLength", "pattern")
+    if kind == PEER_AUTHENTICATION and not f.cel:
+        _drop(_node(spec, "portLevelMtls"), "minProperties")
+    if not f.cel:
+        labels = _node(spec, "selector", "matchLabels")
+        _drop(labels, "maxProperties")
+        if isinstance(labels.get("additionalProperties"), dict):
+            _drop(labels["additionalProperties"], "maxLength")
+    return schema
 
 
-def _type_message(schema: _S, value: object) -> str:
-    message = f"must be {schema.noun}, not {_type_name(value)}"
-    if schema.kind == "string" and isinstance(value, (bool, int, float)):
+@lru_cache(maxsize=64)
+def _validator(f: _Features, kind: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(crd.json_schema(_structural_for(f, kind), _OBJECT_META))
+
+
+def _locate(schema: Mapping[str, Any], segments: Iterable[Any]) -> tuple[str, Mapping[str, Any], str]:
+    """(field path, sub-schema, shape path without indices) of a JSON path into the document.
+
+    A key that is a declared property is a field (`.name`); a key of a map (`additionalProperties` holding a
+    schema: labels, matchLabels, portLevelMtls) is an entry (`[key]`).
+    """
+    path, shape, node = "", "", schema
+    for seg in segments:
+        if isinstance(seg, int):
+            path, node = _item(path, seg), node.get("items", {})
+            continue
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        if seg in props:
+            path, node = _child(path, seg), props[seg]
+            shape = f"{shape}.{seg}" if shape else str(seg)
+        elif isinstance(extra, Mapping):
+            path, node, shape = _entry(path, seg), extra, f"{shape}[]"
+        else:
+            path, node = _child(path, seg), {}
+    return path, node, shape
+
+
+_NOUN = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+         "boolean": "a boolean", "number": "a number"}
+
+
+def _type_message(expected: object, value: object) -> str:
+    types = expected if isinstance(expected, list) else [expected]
+    message = f"must be {' or '.join(_NOUN.get(str(t), str(t)) for t in types)}, not {_type_name(value)}"
+    if "string" in types and isinstance(value, (bool, int, float)):
         message += f' (quote it: "{_yaml_scalar(value)}")'
-    elif schema.kind == "array" and isinstance(value, (str, bool, int, float)):
+    elif "array" in types and isinstance(value, (str, bool, int, float)):
         message += f" (write a list: [{json.dumps(_yaml_scalar(value))}])"
     return message
 
 
-def _unknown_field_message(schema: _S, key: str, f: _Features) -> str:
-    where = f" in {schema.what}" if schema.what else ""
-    message = f"unknown field {key!r}{where}"
-    if key in schema.later:
-        return (f"{message}: {key} exists from Istio {schema.later[key]}, this scenario targets Istio "
+def _unknown_field_message(key: str, node: Mapping[str, Any], shape: str, kind: str, f: _Features) -> str:
+    what = _WHAT.get(shape, "").format(kind=kind)
+    message = f"unknown field {key!r}{f' in {what}' if what else ''}"
+    known = sorted(node.get("properties", {}))
+    if shape == "spec.rules.from.source" and key in _FIELD_SINCE:
+        return (f"{message}: {key} exists from Istio {_FIELD_SINCE[key]}, this scenario targets Istio "
                 f"{f.version}, whose CRD rejects it (Kubernetes strict field validation)")
-    known = sorted(schema.props)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
     folded = [k for k in known if k.lower() == key.lower()]
     if folded or close:
@@ -641,57 +671,75 @@ def _unknown_field_message(schema: _S, key: str, f: _Features) -> str:
     return f"{message} (Kubernetes strict field validation rejects it); known fields: {', '.join(known)}"
 
 
-def _walk(schema: _S, value: object, path: str, out: _Out) -> None:
-    """Type, unknown-field, enum, required and size checks of the structural schema."""
-    if schema.kind == "any":
-        return
-    if schema.kind == "string":
-        if not isinstance(value, str):
-            out.error(path, _type_message(schema, value))
-            return
-        if schema.enum and value not in schema.enum:
-            hint = next((e for e in schema.enum if e.lower() == value.lower()), None)
+def _error_path(err: jsonschema.ValidationError) -> list[Any]:
+    """The path an error is reported at: an unknown field's own path, not its parent's."""
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        props = err.schema.get("properties", {}) if isinstance(err.schema, Mapping) else {}
+        extra = next((k for k in err.instance if k not in props), None)
+        if extra is not None:
+            path.append(extra)
+    return path
+
+
+def _document_order(instance: object, segments: Iterable[Any]) -> list[int]:
+    """Where a JSON path lies in the document (key positions and indices), to report in document order."""
+    order: list[int] = []
+    node = instance
+    for seg in segments:
+        if isinstance(node, Mapping):
+            keys = list(node)
+            order.append(keys.index(seg) if seg in keys else len(keys))
+            node = node.get(seg)
+        elif isinstance(node, list) and isinstance(seg, int):
+            order.append(seg)
+            node = node[seg] if seg < len(node) else None
+        else:
+            break
+    return order
+
+
+def _check_structure(doc: Mapping[Any, Any], kind: str, out: _Out) -> None:
+    """Gate 1: the API server's structural validation against Istio's CRD schema at this version.
+
+    Types, unknown fields (strict field validation), enums, required fields, maxItems / maxProperties /
+    maxLength / minLength / minProperties and patterns come from the vendored CRD (conformance/crd), read by
+    jsonschema; every error is reported at its field.
+    """
+    validator = _validator(out.f, kind)
+    instance = crd.prune_nulls(doc)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: _document_order(instance, _error_path(e)))
+    for err in errors:
+        path, node, shape = _locate(validator.schema, err.absolute_path)
+        value, rule = err.instance, err.validator_value
+        if err.validator == "additionalProperties" and isinstance(value, Mapping):
+            for key in value:
+                if key not in node.get("properties", {}):
+                    out.structural(_child(path, key), _unknown_field_message(key, node, shape, kind, out.f))
+        elif err.validator == "required" and isinstance(value, Mapping):
+            for name in rule:
+                if name not in value:
+                    out.structural(_child(path, name), f"{name} is required", required=True)
+        elif err.validator == "type":
+            out.structural(path, _type_message(rule, value))
+        elif err.validator == "enum":
+            hint = next((e for e in rule if isinstance(value, str) and e.lower() == value.lower()), None)
             extra = f"; did you mean {hint!r}?" if hint else ""
-            out.error(path, f"unsupported value {value!r}: must be one of {', '.join(schema.enum)}{extra}")
-        if schema.max_len is not None and len(value) > schema.max_len:
-            out.error(path, f"must be no more than {schema.max_len} characters (CRD maxLength)")
-        return
-    if schema.kind == "array":
-        if not _is_list(value):
-            out.error(path, _type_message(schema, value))
-            return
-        items = list(value)
-        if schema.max_items is not None and len(items) > schema.max_items:
-            out.error(path, f"must have at most {schema.max_items} items, has {len(items)} (CRD maxItems)")
-        if schema.items is None:
-            return
-        for i, item in enumerate(items):
-            if item is None:
-                out.error(_item(path, i), f"must be {schema.items.noun}, not null")
-            else:
-                _walk(schema.items, item, _item(path, i), out)
-        return
-    if not isinstance(value, Mapping):
-        out.error(path, _type_message(schema, value))
-        return
-    pairs = _pairs(value)
-    if schema.kind == "map":
-        if schema.max_props is not None and len(pairs) > schema.max_props:
-            out.error(path, f"must have at most {schema.max_props} entries (CRD maxProperties)")
-        for key, sub in pairs:
-            if sub is not None and schema.values is not None:  # null entries are pruned by the API server
-                _walk(schema.values, sub, _entry(path, key), out)
-        return
-    for key, sub in pairs:
-        text = _key_text(key)
-        field_schema = schema.props.get(text)
-        if field_schema is None:
-            out.error(_child(path, key), _unknown_field_message(schema, text, out.f))
-        elif sub is not None:  # null fields are pruned by the API server
-            _walk(field_schema, sub, _child(path, key), out)
-    for name in schema.required:
-        if _get(value, name) is None:
-            out.error(_child(path, name), f"{name} is required")
+            out.structural(path, f"unsupported value {value!r}: must be one of {', '.join(rule)}{extra}")
+        elif err.validator == "maxLength":
+            out.structural(path, f"must be no more than {rule} characters (CRD maxLength)")
+        elif err.validator == "minLength":
+            out.structural(path, f"must not be empty (CRD minLength {rule})")
+        elif err.validator == "maxItems":
+            out.structural(path, f"must have at most {rule} items, has {len(value)} (CRD maxItems)")
+        elif err.validator == "maxProperties":
+            out.structural(path, f"must have at most {rule} entries (CRD maxProperties)")
+        elif err.validator == "minProperties":
+            out.structural(path, f"must have at least {rule} entry (CRD minProperties)")
+        elif err.validator == "pattern":
+            out.structural(path, f"{value!r} does not match the CRD pattern {rule}")
+        else:
+            out.structural(path, f"{err.message} (CRD {err.validator})".replace("\n", " "))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -745,7 +793,7 @@ def _validate_document(doc: object, out: _Out) -> None:
     if kind is None:
         return
 
-    _walk(_document_schema(out.f, kind), doc, "", out)
+    _check_structure(doc, kind, out)
     if _get(doc, "status") is not None:
         out.warn("status", "status is ignored when a policy is applied (status subresource); remove it")
     spec = _get(doc, "spec")
@@ -906,17 +954,12 @@ def _check_target_ref(ref: object, path: str, out: _Out) -> None:
     raw = {k: _get(ref, k) for k in TARGET_REF_FIELDS}
     text = {k: v if isinstance(v, str) else "" for k, v in raw.items()}
     group, kind, name, namespace = text["group"], text["kind"], text["name"], text["namespace"]
-    if name == "" and (raw["name"] is None or isinstance(raw["name"], str)):
+    # Lengths and patterns of group, kind and name are the CRD's (1.23+), checked by _check_structure.
+    if name == "" and (raw["name"] is None or isinstance(raw["name"], str)):  # validation.go:1337
         out.error(f"{path}.name", "targetRef name must be set")
-    elif f.cel and len(name) > 253:
-        out.error(f"{path}.name", "targetRef name must be no more than 253 characters (CRD maxLength)")
-    if namespace:
+    if namespace:  # validation.go:1341; CEL "cross namespace referencing is not currently supported" (1.23+)
         out.error(f"{path}.namespace", "targetRef namespace must not be set; cross namespace referencing is "
                                        "not supported")
-    if f.cel and group and (len(group) > 253 or not _TARGET_GROUP.fullmatch(group)):
-        out.error(f"{path}.group", f"targetRef group {group!r} must be a lowercase DNS subdomain (CRD pattern)")
-    if f.cel and kind and (len(kind) > 63 or not _TARGET_KIND.fullmatch(kind)):
-        out.error(f"{path}.kind", f"targetRef kind {kind!r} must be letters, digits and '-' (CRD pattern)")
     if f.target_ref_kind_cel and raw["group"] is None:
         # 1.23-1.24: CEL `[self.group, self.kind] in [...]` reads group without has(): "no such key: group".
         out.error(f"{path}.group", f"the Istio {f.version} CRD requires targetRef group to be written out "
