@@ -270,13 +270,20 @@ class StepItem(pytest.Item):
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from conformance.report import render_summary
+    from conformance.report import render_summary, unconfirmed_denials
 
     results = config.stash.get(_results_key, [])
     which = config.getoption("truth_tables")
     if results and which != "none" and (which == "all" or any(not r.passed for _, r in results)):
         terminalreporter.section("authz-conformance truth tables")
         render_summary([r for _, r in results], terminalreporter._tw, only_failed=which == "failed")
+    unconfirmed = unconfirmed_denials([r for _, r in results])
+    if unconfirmed:  # the user opted in to this (--accept-unconfirmed-denials): never a silent pass
+        terminalreporter.section("authz-conformance: denials passed WITHOUT the enforcing proxy's record")
+        terminalreporter.write_line(f"{len(unconfirmed)} probe(s) passed as unconfirmed because the run accepted "
+                                    "unconfirmed denials; they prove nothing about the policies:")
+        for line in unconfirmed:
+            terminalreporter.write_line(f"  ~ {line}")
     skips = config.stash.get(_skips_key, {})
     if skips:
         terminalreporter.section("authz-conformance: not run on this target")

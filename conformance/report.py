@@ -482,3 +482,14 @@ def render_summary(results: list[StepResult], tw: Any, only_failed: bool = False
     text = summary_tables(results, width=width, color=bool(getattr(tw, "hasmarkup", False)), only_failed=only_failed)
     for line in text.rstrip("\n").split("\n"):
         tw.line(line)
+
+
+def unconfirmed_denials(results: Sequence[StepResult]) -> list[str]:
+    """One line per probe that passed without the enforcing proxy's record, because the run opted in to
+    unconfirmed denials (clusters' --accept-unconfirmed-denials): the summary lists every one."""
+    return [
+        f"{r.table.scenario.name} [{r.table.mode}] step {r.table.step.name} expect[{row.expectation.index}] "
+        f"{probe_label(row)}: " + next(j.message for j in rec.judgements if j.unconfirmed)
+        for r in results for row, rec in zip(r.table.rows, r.convergence.records, strict=True)
+        if any(j.unconfirmed for j in rec.judgements)
+    ]

@@ -12,14 +12,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
 from conformance.model import ALLOWED, Expectation, Scenario, Step
-from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, PROXY_ALLOWED
+from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, PROXY_ALLOWED, Evidence, Observation, Proof
+from conformance.report import cell_line, unconfirmed_denials
 from conformance.runner import run_step
 from conformance.scenario import load
+from conformance.target import Applied
 from conformance.truthtable import predict
 from conformance.verdicts import INFRASTRUCTURE, judge
 from conformance.versions import IstioVersion
@@ -138,3 +141,52 @@ def test_the_shared_id_scenario_passes_with_converge_10_through_pytest(pytester:
     shutil.copy(SHARED_ID, pytester.path / "shared.yaml")
     result = pytester.runpytest_subprocess("shared.yaml", "--converge", "10", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
+
+
+class _Scripted:
+    """A cluster-like session (no exact barrier) answering from a script, one list of observations per round."""
+
+    mode = "sidecar"
+
+    def __init__(self, scenario: Scenario, rounds: list[list[Observation]]):
+        self.addresses = {w.ref: f"127.0.0.{i + 2}" for i, w in enumerate(scenario.workloads)}
+        self.rounds = rounds
+
+    def apply(self, policies: Any) -> Applied:
+        return Applied(0.0)
+
+    def probe(self, probes: Any) -> list[Observation]:
+        return self.rounds.pop(0)[: len(probes)] if len(self.rounds) > 1 else self.rounds[0][: len(probes)]
+
+
+def _one_probe_step(scenario: Scenario) -> Step:
+    step = scenario.steps[0]
+    return Step(step.name, step.policies, step.expectations[:1])  # web → /secret, denied by shop/deny-secret
+
+
+def _denial(unconfirmed: str | None = None, proof: bool = True) -> Observation:
+    p = Proof("sidecar:shop/api", DENY_POLICY, "shop/deny-secret", 0, "line", "sidecar", "shop/api") if proof else None
+    return Observation("denied-l7", Evidence(0, 403, "RBAC: access denied"), p, unconfirmed=unconfirmed)
+
+
+def test_on_clusters_a_wrong_observation_after_a_right_one_fails_the_step(shared_id: Scenario) -> None:
+    """issue 9, "retries forgive": right, wrong, then right N times in a row is flaky, not converged."""
+    allowed = Observation(ALLOWED, Evidence(0, 200, "shop/api responding\n{}"))
+    session = _Scripted(shared_id, [[_denial()], [allowed], [_denial()], [_denial()], [_denial()]])
+    result = run_step(session, shared_id, _one_probe_step(shared_id), VERSION, required=3, deadline=60)  # type: ignore[arg-type]
+    assert not result.passed
+    (row, rec), = result.failing()
+    assert rec.flaky == 1 and "flaky" in rec.verdict_line()
+    assert "[1 wrong after a right one]" in cell_line(result.table, row, rec)
+    assert result.stale == []  # flakiness is not the enforcement gap
+
+
+def test_unconfirmed_denials_pass_only_by_opt_in_and_are_listed(shared_id: Scenario) -> None:
+    session = _Scripted(shared_id, [[_denial("log of istio-proxy unreadable", proof=False)]])
+    result = run_step(session, shared_id, _one_probe_step(shared_id), VERSION, required=2, deadline=60)  # type: ignore[arg-type]
+    assert result.passed
+    (line,) = unconfirmed_denials([result])
+    assert "expect[0]" in line and "log of istio-proxy unreadable" in line
+    session = _Scripted(shared_id, [[_denial(proof=False)]])
+    result = run_step(session, shared_id, _one_probe_step(shared_id), VERSION, required=2, deadline=0)  # type: ignore[arg-type]
+    assert not result.passed and unconfirmed_denials([result]) == []
