@@ -74,9 +74,10 @@ def tcp(key: int, src: str, after: float = T0, via: str | None = None) -> Wanted
                   src=src, via=via, local_host="10.244.0.9")
 
 
-def zt(key: int, *, src: str | None = None, pooled: frozenset[str] = frozenset(), after: float = T0) -> Wanted:
+def zt(key: int, *, src: str | None = None, pooled: frozenset[str] = frozenset(), after: float = T0,
+       link: str | None = None) -> Wanted:
     return Wanted(key, ZTUNNEL, "ztunnel", after, "ztunnel:node-1", "ztunnel", "accounts/accounts", src=src,
-                  pooled=pooled, dst="10.244.0.9:8080")
+                  pooled=pooled, dst="10.244.0.9:8080", link=link)
 
 
 DENY_GET = "rbac_access_denied_matched_policy[ns[azq-accounts]-policy[deny-get]-rule[2]]"
@@ -247,3 +248,40 @@ def test_unparseable_lines_are_skipped():
     assert parse_envoy_line("{not json") is None
     assert parse_envoy_line("plain text") is None
     assert parse_ztunnel_line("2026-11-23T10:00:00Z\tinfo\tproxy\tstarted") is None
+
+
+SOURCE_ZTUNNEL = "istio-system/ztunnel-fghij"  # the ztunnel of the client's node
+
+
+def test_an_hbone_probe_is_tied_to_its_own_connection_by_the_source_ztunnels_record():
+    """The destination's record has the pooled HBONE connection's port; the source ztunnel's outbound record
+    has curl's (src.addr) and says the destination refused the CONNECT (401, inbound.rs)."""
+    pooled = frozenset({"10.244.0.7"})
+    wanted = [zt(0, pooled=pooled, src="10.244.0.7:41000", link=SOURCE_ZTUNNEL),
+              zt(1, pooled=pooled, src="10.244.0.7:41001", link=SOURCE_ZTUNNEL)]
+    refused = "http status: 401 Unauthorized"
+    logs = {
+        **lines(SOURCE_ZTUNNEL,
+                ztunnel(T0 + 0.1, refused, src="10.244.0.7:41000", direction="outbound"),
+                ztunnel(T0 + 0.1, refused, src="10.244.0.7:41001", direction="outbound")),
+        **lines(ZTUNNEL, ztunnel(T0 + 0.1, EXPLICIT, src="10.244.0.7:15008"),
+                ztunnel(T0 + 0.2, EXPLICIT, src="10.244.0.7:15008")),
+    }
+    matcher = RecordMatcher(NSMAP.scenario_ref)
+    found = matcher.match(wanted, logs, final=False)
+    assert [found[k].proof.policy for k in (0, 1)] == ["accounts/deny-finance"] * 2  # type: ignore[union-attr]
+    # every line was used: the same logs prove nothing more
+    again = matcher.match([zt(2, pooled=pooled, src="10.244.0.7:41000", link=SOURCE_ZTUNNEL)], logs, final=True)
+    assert again[2].proof is None and "no record of this probe's connection" in (again[2].note or "")
+
+
+def test_an_hbone_probe_whose_own_connection_was_not_refused_is_unproven():
+    pooled = frozenset({"10.244.0.7"})
+    logs = {
+        **lines(SOURCE_ZTUNNEL, ztunnel(T0 + 0.1, "http status: 503 Service Unavailable", src="10.244.0.7:41000",
+                                        direction="outbound")),
+        **lines(ZTUNNEL, ztunnel(T0 + 0.1, EXPLICIT, src="10.244.0.7:15008")),  # another probe's? unknown
+    }
+    found = RecordMatcher(NSMAP.scenario_ref).match(
+        [zt(0, pooled=pooled, src="10.244.0.7:41000", link=SOURCE_ZTUNNEL)], logs, final=True)
+    assert found[0].proof is None and "503" in (found[0].note or "")

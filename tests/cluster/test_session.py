@@ -481,6 +481,8 @@ def test_ambient_denials_are_looked_for_at_the_destinations_ztunnel(world):
                                                                   frozenset({"10.0.0.2"}), "10.0.0.0:8080")
     assert (hbone.layer, hbone.serves, hbone.proxy, hbone.after) == ("ztunnel", "accounts/accounts",
                                                                       "ztunnel:node1", 1.0)
+    # the source's node has the same ztunnel: its outbound record of curl's connection ties the probe
+    assert (hbone.src, hbone.link) == ("10.0.0.2:40000", "istio-system/ztunnel-x")
     plain = session._wanted(1, outsider, DENIED_L4, ProbeRun(CurlCall("p1", "u"), "10.0.0.3:40001",
                                                             pod["legacy/outsider"], 1.0))
     assert not isinstance(plain, str) and plain.src == "10.0.0.3:40001" and not plain.pooled

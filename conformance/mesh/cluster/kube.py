@@ -320,6 +320,13 @@ class Kube:
 
     def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
              tail_lines: int | None = None) -> str:
+        """A container's log, every line behind the kubelet's RFC 3339 timestamp (`timestamps=True`).
+
+        Why timestamps: a record proves a probe only when it was written after the probe's exec started
+        (logs.py). The client's `read_namespaced_pod_log` (kubernetes 37.0.2) offers `since_seconds` but not
+        the API's `sinceTime`, so callers ask for a few seconds more than they need and filter on the
+        timestamps. One client for logs, behind a lock: reads come from the probe thread too.
+        """
         from kubernetes import client
 
         kwargs: dict[str, Any] = {"container": container, "timestamps": True, "_request_timeout": self.request_timeout}

@@ -56,6 +56,10 @@ from conformance.probe import (
 ZTUNNEL_REJECTION = "connection closed due to policy rejection: "
 ZTUNNEL_EXPLICIT = "explicitly denied by: "
 ZTUNNEL_NONE_ALLOWED = "allow policies exist, but none allowed"
+# What the source ztunnel records when the destination refused the HBONE CONNECT by policy: inbound.rs answers
+# an `assert_rbac` failure with 401, and h2/client.rs turns a non-200 answer into `Error::HttpStatus`
+# ("http status: {0}", src/proxy.rs).
+HBONE_REFUSED = "http status: 401 Unauthorized"
 FILTER_CHAIN_NOT_FOUND = "filter_chain_not_found"
 _KV = re.compile(r'(?P<key>[A-Za-z_][\w.]*)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
 # The kubelet's timestamp (RFC 3339 with up to nanoseconds) and one space, in front of every line read
@@ -271,6 +275,14 @@ class Wanted:
     pooled: frozenset[str] = frozenset()
     dst: str | None = None  # the record's destination (ztunnel) must be this address:port
     local_host: str | None = None  # Envoy: the record's local address must be on this host (inbound only)
+    # pooled: the source node's ztunnel log, whose outbound record of curl's connection (src.addr = `src`)
+    # must say the destination refused the HBONE CONNECT (HBONE_REFUSED)
+    link: str | None = None
+
+    @property
+    def logs(self) -> tuple[str, ...]:
+        """Every log this probe's proof is read from."""
+        return tuple(log for log in (self.log, self.via, self.link) if log is not None)
 
     @property
     def group(self) -> tuple[str, frozenset[str], str | None]:
@@ -337,7 +349,7 @@ class RecordMatcher:
             rec = parse_envoy_line(ln.text)
             if rec is None or not rec.get("upstream_local"):
                 continue
-            if (w.probe_id and rec.get("probe") == w.probe_id) or (not rec.get("probe") and rec.get("src") == w.src):
+            if rec.get("src") == w.src:  # curl's connection, as the client sidecar accepted it (TCP or HTTP)
                 links.append(rec.get("upstream_local"))
         if len(set(links)) > 1:
             return None, f"{len(links)} records of the client sidecar claim this probe's connection"
@@ -388,8 +400,52 @@ class RecordMatcher:
         proof = ztunnel_proof(zrec, proxy=w.proxy, layer=w.layer, serves=w.serves, to_scenario=self.to_scenario)
         return proof if proof is not None else (zrec.error or zrec.line)
 
+    def _outbound(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]]) -> tuple[list[LogLine], str | None]:
+        """The source ztunnel's record(s) of this probe's own connection, and what is wrong with them
+        (None: exactly one, saying the destination refused it; no lines: not there yet)."""
+        hits: list[tuple[LogLine, ZtunnelRecord]] = []
+        for ln in self._candidates(w, logs, w.link):
+            rec = parse_ztunnel_line(ln.text)
+            if rec is None or not rec.complete or rec.fields.get("direction") != "outbound":
+                continue
+            if rec.source == w.src and rec.destination == w.dst:
+                hits.append((ln, rec))
+        found = [ln for ln, _ in hits]
+        if len(hits) > 1:
+            return found, f"{len(hits)} records of this probe's connection ({w.src}) at the source ztunnel"
+        if hits and hits[0][1].error != HBONE_REFUSED:
+            said = hits[0][1].error or "it completed"
+            return found, (f"the source ztunnel's record of this probe's connection ({w.src}) says {said!r}, "
+                           "not that the destination refused it by policy")
+        return found, None
+
     def _pooled(self, members: Sequence[Wanted], logs: Mapping[str, Sequence[LogLine]], final: bool
                 ) -> dict[int, Match]:
+        out: dict[int, Match] = {}
+        linked: list[LogLine] = []
+        refused = []
+        for w in members:
+            if w.link is None:
+                refused.append(w)
+                continue
+            found, wrong = self._outbound(w, logs)
+            if not found and not final:
+                return {}  # this probe's connection record may still be on its way
+            linked += found
+            if wrong or not found:
+                out[w.key] = Match(None, wrong or f"no record of this probe's connection ({w.src}) at the source "
+                                                  "ztunnel")
+            else:
+                refused.append(w)
+        result = self._counted(refused, logs, final) if refused else {}
+        if refused and not result:
+            return {}
+        self.used.update(ln.raw for ln in linked)
+        return {**out, **result}
+
+    def _counted(self, members: Sequence[Wanted], logs: Mapping[str, Sequence[LogLine]], final: bool
+                 ) -> dict[int, Match]:
+        """Rejections of the destination's ztunnel from the pooled sources, one per probe of the round."""
         first = members[0]
         after = min(w.after for w in members)
         hits: list[tuple[LogLine, Proof]] = []

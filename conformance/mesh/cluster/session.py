@@ -13,8 +13,14 @@ does, in order:
    would, server-side applied; removed ones deleted; then the propagation barrier (barrier.py) and
    `istioctl analyze` of the scenario's namespaces (warnings are raised as `IstioAnalyzeWarning`,
    attached to Allure when it is installed, and kept in `analysis`);
-3. `probe`: one exec per source pod (execprobe.py), in parallel, each with its own API client;
-   outcomes by the shared classifier; each denial matched with the enforcing proxy's record (logs.py);
+3. `probe`: one exec per source pod (execprobe.py), in parallel, each with its own API client, every
+   curl carrying the suite's own probe header (probe.PROBE_HEADER) and reporting its local address;
+   outcomes by the shared classifier; then, for each denial, first whether its enforcing proxy is alive
+   and the same one as when the step started (else the observation's `problem`: infrastructure, never
+   a verdict), then exactly one record of it in that proxy's log, written after its exec started, found
+   by one `RecordMatcher` for the whole session (logs.py). An unreadable log (after bounded retries) is
+   a `problem` too, unless the user passed --accept-unconfirmed-denials: then the denial is
+   `unconfirmed` and the reason is kept in `ClusterSession.unconfirmed` for the summary;
 4. `close`: the namespaces it created are deleted (also after a failure; the plugin tears down).
 """
 
@@ -89,7 +95,10 @@ class Timeouts:
     connect: float = 2.0
     probe: float = 5.0
     analyze: float = 60.0
-    proof_grace: float = 3.0  # how long to keep reading logs for a denial's record after the exec
+    # How long to keep reading logs for a denial's record after the exec: pilot-agent starts Envoy with
+    # --file-flush-interval-msec 1000 (istio/istio pkg/envoy/proxy.go, ProxyConfig.fileFlushInterval), so
+    # a sidecar's or waypoint's record can take a second to reach the log.
+    proof_grace: float = 3.0
 
 
 @dataclass
@@ -557,14 +566,15 @@ class ClusterSession:
         while pending:
             final = time.monotonic() >= deadline
             logs, unreadable = self._read_logs(pending)
-            readable = [w for w in pending if w.log not in unreadable and (w.via is None or w.via not in unreadable)]
+            reasons = {w.key: next((unreadable[log] for log in w.logs if log in unreadable), None) for w in pending}
+            readable = [w for w in pending if reasons[w.key] is None]
             for w in pending:
-                reason = unreadable.get(w.log) or (unreadable.get(w.via) if w.via else None)
+                reason = reasons[w.key]
                 if reason:
                     out[w.key] = self._unreadable(probes[w.key], out[w.key], reason)
             for key, match in self._matcher.match(readable, logs, final).items():
                 out[key] = _with_match(out[key], match)
-            done = {w.key for w in pending if w.log in unreadable or (w.via and w.via in unreadable)}
+            done = {w.key for w in pending if reasons[w.key]}
             done |= {w.key for w in readable if out[w.key].proof is not None or len(out[w.key].notes) >
                      len(observations[w.key].notes)}
             pending = [w for w in pending if w.key not in done]
@@ -597,9 +607,8 @@ class ClusterSession:
         """Each log the wanted records are in, read once (since the earliest exec start, kubelet timestamps)."""
         since: dict[str, float] = {}
         for w in wanted:
-            for log in (w.log, w.via):
-                if log is not None:
-                    since[log] = min(since.get(log, w.after), w.after)
+            for log in w.logs:
+                since[log] = min(since.get(log, w.after), w.after)
         logs: dict[str, list[LogLine]] = {}
         unreadable: dict[str, str] = {}
         now = self.ctx.wall_clock()
@@ -668,7 +677,11 @@ class ClusterSession:
             # the destination's ztunnel refused the waypoint's HBONE connection (the 503 at the client)
             return Wanted(**common_z, pooled=frozenset(p.ip for p in self._waypoint_pods))
         if source.in_mesh:
-            return Wanted(**common_z, pooled=frozenset({run.pod.ip}))
+            # HBONE: the destination's record is keyed by the pooled connection; the source ztunnel's own
+            # record of curl's connection (src.addr = curl's address) ties each probe to one refusal
+            source_ztunnel = self._ztunnels.get(run.pod.node)
+            link = f"{source_ztunnel.namespace}/{source_ztunnel.name}" if source_ztunnel else None
+            return Wanted(**common_z, pooled=frozenset({run.pod.ip}), src=curl_addr, link=link)
         if curl_addr is None:
             return "curl reported no local address for this connection: its record cannot be found"
         return Wanted(**common_z, src=curl_addr)
