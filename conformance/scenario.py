@@ -79,6 +79,7 @@ def looks_like_scenario(doc: object) -> bool:
 
 
 def _close_to_kind(kind: str) -> bool:
+    """Whether `kind` is `Scenario` up to case and two typos (the misspelt-scenario test)."""
     return _edit_distance(kind.strip().lower(), KIND.lower()) <= _KIND_DISTANCE
 
 
@@ -456,14 +457,17 @@ def _verdicts(value: Any) -> dict[Mode, Any]:
 
 
 def _map(value: object) -> Mapping[Any, Any]:
+    """The value if it is a mapping, else an empty one: the loader reads damaged parts without raising."""
     return value if isinstance(value, Mapping) else {}
 
 
 def _list(value: object) -> list[Any]:
+    """The value if it is a list, else an empty one (the schema has reported anything else)."""
     return list(value) if isinstance(value, list) else []
 
 
 def _str(value: object) -> str | None:
+    """The value if it is a string, else None (the schema has reported anything else)."""
     return value if isinstance(value, str) else None
 
 
@@ -554,12 +558,14 @@ _NOUNS = {"object": "a mapping", "array": "a list", "string": "a string", "integ
 
 
 def _nouns(value: object) -> str:
+    """JSON Schema type names in the words a YAML author uses ("a mapping", "a list")."""
     if isinstance(value, list):
         return " or ".join(_NOUNS.get(str(v), str(v)) for v in value)
     return _NOUNS.get(str(value), str(value))
 
 
 def _type_name(value: object) -> str:
+    """What a YAML value is, in words, for "must be a list, not a string"."""
     if value is None:
         return "null"
     if isinstance(value, bool):

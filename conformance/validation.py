@@ -564,6 +564,7 @@ def _node(schema: dict[str, Any], *path: str) -> dict[str, Any]:
 
 
 def _drop(node: dict[str, Any], *keys: str) -> None:
+    """Remove what an older release's CRD lacks (absent keys are fine: the derivation is idempotent)."""
     for key in keys:
         node.pop(key, None)
 
@@ -617,6 +618,7 @@ def _structural_for(f: _Features, kind: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=64)
 def _validator(f: _Features, kind: str) -> jsonschema.Draft202012Validator:
+    """One compiled validator per release and kind: building it costs more than validating a document."""
     return jsonschema.Draft202012Validator(crd.json_schema(_structural_for(f, kind), _OBJECT_META))
 
 
@@ -648,6 +650,7 @@ _NOUN = {"object": "a mapping", "array": "a list", "string": "a string", "intege
 
 
 def _type_message(expected: object, value: object) -> str:
+    """A type error with the fix YAML authors need most: quoting a number, or writing a one-item list."""
     types = expected if isinstance(expected, list) else [expected]
     message = f"must be {' or '.join(_NOUN.get(str(t), str(t)) for t in types)}, not {_type_name(value)}"
     if "string" in types and isinstance(value, (bool, int, float)):
@@ -658,6 +661,7 @@ def _type_message(expected: object, value: object) -> str:
 
 
 def _unknown_field_message(key: str, node: Mapping[str, Any], shape: str, kind: str, f: _Features) -> str:
+    """An unknown field, with the release that added it when it is only unknown to an older one, or a guess."""
     what = _WHAT.get(shape, "").format(kind=kind)
     message = f"unknown field {key!r}{f' in {what}' if what else ''}"
     known = sorted(node.get("properties", {}))

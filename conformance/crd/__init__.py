@@ -33,6 +33,7 @@ _FILE = f"istio-{VENDORED_TAG}-security.json"
 
 @cache
 def _vendored() -> dict[str, Any]:
+    """The vendored file, read once (package data, so it works from a wheel as from a checkout)."""
     text = resources.files(__name__).joinpath(_FILE).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
@@ -44,10 +45,12 @@ def source() -> dict[str, str]:
 
 
 def kinds() -> tuple[str, ...]:
+    """The kinds whose CRD schema is vendored (AuthorizationPolicy, PeerAuthentication)."""
     return tuple(sorted(_vendored()["schemas"]))
 
 
 def served_versions(kind: str) -> tuple[str, ...]:
+    """The API versions the CRD serves for `kind` (v1, v1beta1), empty for a kind not vendored."""
     return tuple(sorted(_vendored()["schemas"].get(kind, {})))
 
 

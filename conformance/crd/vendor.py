@@ -57,10 +57,12 @@ def extract(git_dir: str | Path, tag: str) -> dict[str, Any]:
 
 
 def _git(git_dir: str | Path, *args: str) -> str:
+    """Run git on a bare or working clone; CalledProcessError when a tag or path is absent."""
     return subprocess.run(["git", "-C", str(git_dir), *args], capture_output=True, text=True, check=True).stdout
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: write istio-<tag>-security.json next to this file."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print(__doc__, file=sys.stderr)
