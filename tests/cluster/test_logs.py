@@ -71,7 +71,7 @@ def http(key: int, probe_id: str, after: float = T0) -> Wanted:
 
 def tcp(key: int, src: str, after: float = T0, via: str | None = None) -> Wanted:
     return Wanted(key, SIDECAR, "envoy", after, "sidecar:accounts/accounts", "sidecar", "accounts/accounts",
-                  src=src, via=via, local_host="10.244.0.9")
+                  src=src, via=via, local_host="10.244.0.9", dst="10.244.0.9:9000")
 
 
 def zt(key: int, *, src: str | None = None, pooled: frozenset[str] = frozenset(), after: float = T0,
@@ -164,7 +164,10 @@ def test_tcp_denial_through_the_client_sidecar_is_found_by_its_upstream_socket()
     client = "azq-finance/curl-5d8"
     logs = {
         **lines(client, envoy(T0 + 0.1, method=None, code=0, src="10.244.0.7:41234", local="10.96.0.9:9000",
-                              upstream_local="10.244.0.7:52000")),
+                              upstream="10.244.0.9:9000", upstream_local="10.244.0.7:52000"),
+                # the same local port towards another destination at the same time: not this probe's
+                envoy(T0 + 0.1, method=None, code=0, src="10.244.0.7:41234", local="10.96.0.8:9000",
+                      upstream="10.244.0.8:9000", upstream_local="10.244.0.7:51999")),
         **lines(SIDECAR, envoy(T0 + 0.1, method=None, code=0, details=None, src="10.244.0.7:51999",
                                local="10.244.0.9:9000", term="rbac_access_denied_matched_policy[none]"),
                 envoy(T0 + 0.1, method=None, code=0, details=None, src="10.244.0.7:52000", local="10.244.0.9:9000",

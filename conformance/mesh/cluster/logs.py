@@ -273,7 +273,7 @@ class Wanted:
     src: str | None = None
     via: str | None = None  # "<namespace>/<pod>" of the client sidecar whose record maps src -> upstream_local
     pooled: frozenset[str] = frozenset()
-    dst: str | None = None  # the record's destination (ztunnel) must be this address:port
+    dst: str | None = None  # the destination pod's address:port (ztunnel: the record's; Envoy: the upstream of `via`)
     local_host: str | None = None  # Envoy: the record's local address must be on this host (inbound only)
     # pooled: the source node's ztunnel log, whose outbound record of curl's connection (src.addr = `src`)
     # must say the destination refused the HBONE CONNECT (HBONE_REFUSED)
@@ -349,7 +349,9 @@ class RecordMatcher:
             rec = parse_envoy_line(ln.text)
             if rec is None or not rec.get("upstream_local"):
                 continue
-            if rec.get("src") == w.src:  # curl's connection, as the client sidecar accepted it (TCP or HTTP)
+            # curl's connection as the client sidecar accepted it (TCP or HTTP), forwarded to this destination
+            # (curl may use one local port towards several destinations at once: the 4-tuple is what is unique)
+            if rec.get("src") == w.src and (w.dst is None or rec.get("upstream") == w.dst):
                 links.append(rec.get("upstream_local"))
         if len(set(links)) > 1:
             return None, f"{len(links)} records of the client sidecar claim this probe's connection"

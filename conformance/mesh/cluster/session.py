@@ -547,7 +547,10 @@ class ClusterSession:
         health: dict[str, str | None] = {}
         for i, obs in enumerate(out):
             if obs.outcome != ALLOWED:
-                problem = self._proxy_problem(probes[i], obs.outcome, health)
+                try:
+                    problem = self._proxy_problem(probes[i], obs.outcome, health)
+                except TargetError as exc:
+                    problem = f"the enforcing proxy's state could not be read: {exc}"
                 if problem:
                     out[i] = replace(obs, problem=problem)
         wanted: list[Wanted] = []
@@ -652,15 +655,15 @@ class ClusterSession:
         dst = join_addr(dst_pod.ip, probe.port.number)
         curl_addr = run.local_address
         if self.mode == "sidecar":
-            common = {"key": key, "log": f"{dst_pod.namespace}/{dst_pod.name}", "format": "envoy",
-                      "after": run.started, "proxy": f"sidecar:{dest.ref}", "layer": "sidecar", "serves": dest.ref,
-                      "local_host": dst_pod.ip}
+            sidecar = Wanted(key, f"{dst_pod.namespace}/{dst_pod.name}", "envoy", run.started, f"sidecar:{dest.ref}",
+                             "sidecar", dest.ref, dst=dst, local_host=dst_pod.ip)
             if outcome == DENIED_L7:
-                return Wanted(**common, probe_id=run.call.probe_id)
+                return replace(sidecar, probe_id=run.call.probe_id)
             if curl_addr is None:
                 return "curl reported no local address for this connection: its record cannot be found"
+            # a client sidecar opens its own connection: the destination sees that one's address
             via = f"{run.pod.namespace}/{run.pod.name}" if source.in_mesh else None
-            return Wanted(**common, src=curl_addr, via=via, probe_id=None)
+            return replace(sidecar, src=curl_addr, via=via)
         if outcome == DENIED_L7:
             waypoint = self._waypoint_for(dest) if self.mode == "waypoint" else None
             if waypoint is None:
@@ -670,21 +673,20 @@ class ClusterSession:
         ztunnel = self._ztunnels.get(dst_pod.node)
         if ztunnel is None:
             return f"no ztunnel on node {dst_pod.node}"
-        common_z = {"key": key, "log": f"{ztunnel.namespace}/{ztunnel.name}", "format": "ztunnel",
-                    "after": run.started, "proxy": f"ztunnel:{dst_pod.node}", "layer": "ztunnel", "serves": dest.ref,
-                    "dst": dst}
+        at_ztunnel = Wanted(key, f"{ztunnel.namespace}/{ztunnel.name}", "ztunnel", run.started,
+                            f"ztunnel:{dst_pod.node}", "ztunnel", dest.ref, dst=dst)
         if outcome == DENIED_UPSTREAM and self.mode == "waypoint" and self._waypoint_for(dest):
             # the destination's ztunnel refused the waypoint's HBONE connection (the 503 at the client)
-            return Wanted(**common_z, pooled=frozenset(p.ip for p in self._waypoint_pods))
+            return replace(at_ztunnel, pooled=frozenset(p.ip for p in self._waypoint_pods))
         if source.in_mesh:
             # HBONE: the destination's record is keyed by the pooled connection; the source ztunnel's own
             # record of curl's connection (src.addr = curl's address) ties each probe to one refusal
             source_ztunnel = self._ztunnels.get(run.pod.node)
-            link = f"{source_ztunnel.namespace}/{source_ztunnel.name}" if source_ztunnel else None
-            return Wanted(**common_z, pooled=frozenset({run.pod.ip}), src=curl_addr, link=link)
+            link = f"{source_ztunnel.namespace}/{source_ztunnel.name}" if source_ztunnel and curl_addr else None
+            return replace(at_ztunnel, pooled=frozenset({run.pod.ip}), src=curl_addr, link=link)
         if curl_addr is None:
             return "curl reported no local address for this connection: its record cannot be found"
-        return Wanted(**common_z, src=curl_addr)
+        return replace(at_ztunnel, src=curl_addr)
 
     # -- proxy health ---------------------------------------------------------------------------
     def _snapshot(self) -> None:
