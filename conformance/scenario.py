@@ -53,6 +53,7 @@ KIND = "Scenario"
 # document: such a file must be collected and fail, never be skipped in silence (issue 9).
 _KIND_DISTANCE = 2
 _MAX_SNIFF_BYTES = 1 << 20
+_MAX_EXPANDED_NODES = 200_000  # far above any real scenario; a guard against alias bombs
 _TOP_KIND = re.compile(r"^kind:[ \t]*[\"']?([A-Za-z0-9_-]+)", re.MULTILINE)
 
 
@@ -198,6 +199,10 @@ class _Loader:
             return None
         if not docs:
             self.error("the file is empty: expected one Scenario document")
+            return None
+        problem = _alias_problem(docs[0])
+        if problem:
+            self.error(problem)
             return None
         if not looks_like_scenario(docs[0]):
             self.error(f"not a scenario: expected apiVersion: {API_VERSION} and kind: {KIND}")
@@ -363,6 +368,10 @@ class _Loader:
             self.error(f"policy file '{rel}' holds no document", step, f"policies[{k}].file")
         for n, doc in enumerate(docs):
             origin = f"policies[{k}] {rel} document {n + 1}"
+            problem = _alias_problem(doc)
+            if problem:
+                self.error(problem, f"{step}: {origin}")
+                continue
             if not isinstance(doc, Mapping):
                 self.error("a policy document must be a mapping (apiVersion, kind, metadata, spec)",
                            f"{step}: {origin}")
@@ -454,6 +463,39 @@ def _verdicts(value: Any) -> dict[Mode, Any]:
         return {m: (value if value in ("allow", "deny") else None) for m in MODES}
     per_mode = _map(value)
     return {m: (per_mode.get(m) if per_mode.get(m) in ("allow", "deny") else None) for m in MODES}
+
+
+def _alias_problem(value: object) -> str | None:
+    """Why a loaded YAML value cannot be checked, if it cannot: aliases make it infinite or huge.
+
+    `&x [*x]` makes a value that contains itself, and nested aliases (the "billion laughs") one whose
+    expansion is exponentially large: every later pass walks the expanded tree, so it would recurse forever
+    or never finish. Linear in the number of distinct nodes (sizes are memoised per node).
+    """
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[object, bool]] = [(value, False)]
+    while stack:
+        node, done = stack.pop()
+        if not isinstance(node, (Mapping, list)):
+            continue
+        children = list(node.values()) if isinstance(node, Mapping) else node
+        if done:
+            on_path.discard(id(node))
+            size[id(node)] = 1 + sum(size.get(id(c), 1) for c in children)
+            if size[id(node)] > _MAX_EXPANDED_NODES:
+                return (f"YAML aliases expand this document to more than {_MAX_EXPANDED_NODES:,} nodes; "
+                        "write it out or use fewer nested aliases")
+            continue
+        if id(node) in on_path:
+            return ("a YAML alias refers to a node that contains it (*alias inside its &anchor): the document "
+                    "is infinitely deep")
+        if id(node) in size:
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    return None
 
 
 def _map(value: object) -> Mapping[Any, Any]:

@@ -210,3 +210,15 @@ def test_the_probe_header_is_reserved(tmp_path: Path, name: str) -> None:
     assert result.returncode == 1
     line = f"step 'allow-finance': probe expect[0]: field request.headers.{name}: header '{name}' is reserved"
     assert line in result.stderr, result.stderr
+
+
+def test_self_referencing_and_exploding_aliases_are_one_line(tmp_path: Path) -> None:
+    # `&m` containing `*m` is infinitely deep, nested aliases expand exponentially: every later pass would
+    # recurse forever or never finish, so the loader refuses both up front.
+    text = (DATA / "good.yaml").read_text().replace("metadata:\n", "metadata: &m\n  self: *m\n", 1)
+    result = _validate(_scenario(tmp_path, text=text))
+    assert result.returncode == 1 and "infinitely deep" in result.stderr and "Traceback" not in result.stderr
+    bomb = ["apiVersion: authz-conformance/v1", "kind: Scenario", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    result = _validate(_scenario(tmp_path, text="\n".join(bomb) + "\n"))
+    assert result.returncode == 1 and "expand this document to more than" in result.stderr
