@@ -1,15 +1,36 @@
 """The published JSON Schema of scenario files (`authz-conformance schema`).
 
 Editors validate against it while typing; the loader validates against it first, so that an unknown
-field or a wrong type is reported by path before any semantic check runs. Policy documents are only
-checked for their envelope here: their content is checked the way Istio checks it (validation.py).
+field or a wrong type is reported by path (the later checks still run on every usable part). An inline
+policy's `spec` is described by Istio's own CRD schema (conformance/crd, 1.30.3), for editors; the loader
+leaves inline policies to validation.py, which checks them the way Istio does at the version in use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from conformance import crd
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+def _policy_specs() -> list[dict[str, Any]]:
+    """Istio's own CRD schema of each policy kind's `spec` (conformance/crd, Istio 1.30.3), keyed on `kind`.
+
+    So that an editor flags a misspelt policy field and shows Istio's field documentation while typing.
+    The loader does not rely on it (validation.py checks each document at the Istio version in use, older
+    releases knowing fewer fields); 1.30.3 is the newest release the engine models, so nothing valid at any
+    modelled release is flagged here.
+    """
+    out = []
+    for kind in crd.kinds():
+        spec = crd.json_schema(crd.crd_schema(kind), {"type": "object"})["properties"]["spec"]
+        out.append({"if": {"required": ["kind"], "properties": {"kind": {"const": kind}}},
+                    "then": {"properties": {"spec": spec}}})
+    return out
+
+
+_POLICY_SPECS = _policy_specs()
 _VERDICT = {"type": "string", "enum": ["allow", "deny", "auto"]}  # typed: a oneOf branch is chosen by type
 
 SCHEMA: dict[str, Any] = {
@@ -129,6 +150,7 @@ SCHEMA: dict[str, Any] = {
                                                 "metadata": {"type": "object"},
                                                 "spec": {"type": "object"},
                                             },
+                                            "allOf": _POLICY_SPECS,
                                         },
                                     ]
                                 },

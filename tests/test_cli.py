@@ -112,3 +112,31 @@ def test_explain_with_a_listed_mode_shows_only_that_mode() -> None:
     r = cli("explain", str(DATA / "good.yaml"), "--step", "baseline", "--probe", "0", "--mode", "ambient")
     assert r.returncode == 0, r.stderr
     assert "[ambient]" in r.stdout and "[sidecar]" not in r.stdout
+
+
+def test_published_schema_checks_inline_policies_with_istios_crd() -> None:
+    # Editors validating against `authz-conformance schema` see a misspelt policy field (Istio's CRD schema,
+    # conformance/crd); `validate` reports it once, from validation.py, with its Istio-version-aware message.
+    schema = json.loads(cli("schema").stdout)
+    doc = yaml.safe_load((DATA / "good.yaml").read_text())
+    policy = doc["spec"]["steps"][1]["policies"][0]
+    assert policy["kind"] == "AuthorizationPolicy"
+    jsonschema.validate(doc, schema)
+    policy["spec"] = {"rules": [{"from": [{"source": {"principal": ["cluster.local/ns/a/sa/b"]}}]}]}
+    assert not jsonschema.Draft202012Validator(schema).is_valid(doc)
+    policy["spec"] = {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}
+    jsonschema.validate(doc, schema)
+    policy.update(kind="PeerAuthentication", spec={"mtls": {"mode": "strict"}})
+    assert not jsonschema.Draft202012Validator(schema).is_valid(doc)
+
+
+def test_a_misspelt_inline_policy_field_is_reported_once(tmp_path: Path) -> None:
+    doc = yaml.safe_load((DATA / "good.yaml").read_text())
+    doc["spec"]["steps"][1]["policies"][0]["spec"] = {"rules": [{"from": [{"source": {"principal": ["x"]}}]}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    r = cli("validate", str(tmp_path / "s.yaml"))
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if "principal" in line]
+    assert len(lines) == 1, r.stderr
+    assert "field spec.rules[0].from[0].source.principal: unknown field 'principal'" in lines[0]
+    assert "did you mean 'principals'?" in lines[0]
