@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -91,6 +93,52 @@ class Forbidden(BaseHTTPRequestHandler):
         pass
 
 
+ZTUNNEL_POD = PodInfo("ztunnel-n1", "istio-system", "10.0.99.1", "node1", {"app": "ztunnel"}, True,
+                      running=frozenset({"istio-proxy"}), restarts={"istio-proxy": 0}, uid="uid-ztunnel")
+
+
+class ResettingZtunnel:
+    """A destination behind a (pretend) ztunnel that refuses every connection by policy: the connection is
+    reset, and the node's ztunnel log gets what istio/ztunnel@1.30.3 writes (src/proxy/metrics.rs): for a
+    plaintext client one inbound record whose src.addr is curl's own address (inbound_passthrough.rs); for
+    an HBONE client the source ztunnel's outbound record of curl's connection ("http status: 401
+    Unauthorized", h2/client.rs) and the destination's inbound record from the pooled HBONE connection."""
+
+    def __init__(self, kube: FakeKube, ns: str, name: str, port: int, hbone_source: str | None, error: str):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.server_address = self.sock.getsockname()
+        self.kube, self.ns, self.name, self.port = kube, ns, name, port
+        self.hbone_source, self.error = hbone_source, error  # the in-mesh client's pod IP, or None: plaintext
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(4096)  # the request arrived (curl then sees the reset on receiving: exit 56)
+            ip = self.kube.ip_of(self.ns, self.name)
+            dst = f"{ip}:{self.port}"
+            curl = f"{peer[0]}:{peer[1]}"
+            base = f'dst.service="{self.name}.{self.ns}.svc.cluster.local" bytes_sent=0 bytes_recv=0 duration="0ms"'
+            if self.hbone_source:
+                self.kube.ztunnel_log(f'src.addr={curl} dst.addr={ip}:15008 dst.hbone_addr={dst} '
+                                      f'direction="outbound" {base} error="http status: 401 Unauthorized"')
+                self.kube.ztunnel_log(f'src.addr={self.hbone_source}:15008 dst.addr={ip}:15008 '
+                                      f'dst.hbone_addr={dst} direction="inbound" {base} error="{self.error}"')
+            else:
+                self.kube.ztunnel_log(f'src.addr={curl} dst.addr={dst} direction="inbound" {base} '
+                                      f'error="{self.error}"')
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def shutdown(self) -> None:
+        self.sock.close()
+
+
 class FakeKube:
     """Just enough of `Kube` for a session: objects in a dict, pods per Deployment, exec run locally."""
 
@@ -108,6 +156,14 @@ class FakeKube:
         self.proxy_state: dict[str, dict[str, Any]] = {}  # pod name -> PodInfo overrides (running, restarts)
         self.log_failures: dict[str, int] = {}  # pod name -> how many more log reads fail
         self.log_reads: list[tuple[str, str, str]] = []
+        self.ambient_deny: dict[tuple[str, int], tuple[str | None, str]] = {}  # (ns, port) -> ResettingZtunnel args
+        self.ztunnel_lines: list[str] = []
+
+    def ztunnel_log(self, fields: str) -> None:
+        now = time.time()
+        with self.lock:
+            self.ztunnel_lines.append(f"{kubelet_stamp(now)} {kubelet_stamp(now)}\terror\taccess\tconnection "
+                                      f"complete\t{fields}")
 
     def apply(self, doc: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
         meta = doc["metadata"]
@@ -117,6 +173,11 @@ class FakeKube:
         if doc["kind"] == "Service":
             ns, name = meta["namespace"], meta["name"]
             for port in doc["spec"]["ports"]:
+                if (ns, port["port"]) in self.ambient_deny:
+                    srv = ResettingZtunnel(self, ns, name, port["port"], *self.ambient_deny[(ns, port["port"])])
+                    self.servers.append(srv)
+                    self.routes[f"{name}.{ns}:{port['port']}"] = srv.server_address[1]
+                    continue
                 if ns in self.deny:
                     srv = ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
                     srv.policy_id = Forbidden.policy.format(ns=ns)  # type: ignore[attr-defined]
@@ -133,12 +194,16 @@ class FakeKube:
         return self.objects.pop((kind, namespace or "", name), None) is not None
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None):
+        if kind == "Pod":  # istio-cni's mark of an ambient-enrolled pod
+            return {"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}}
         return self.objects.get((kind, namespace or "", name))
 
     def wait_rollout(self, *args: Any, **kw: Any) -> float:
         return 0.0
 
     def pods(self, namespace: str | None, label_selector: str | None = None) -> list[PodInfo]:
+        if label_selector == "app=ztunnel" or namespace == "istio-system":
+            return [ZTUNNEL_POD]
         out = []
         for (kind, ns, name), doc in self.objects.items():
             if kind != "Deployment" or ns != namespace:
@@ -183,6 +248,9 @@ class FakeKube:
         if self.log_failures.get(pod, 0) > 0:
             self.log_failures[pod] -= 1
             raise TargetError(f"reading logs of {namespace}/{pod} ({container}) failed: 500 Internal Server Error")
+        if pod == ZTUNNEL_POD.name:
+            with self.lock:
+                return "\n".join(self.ztunnel_lines)
         local = self.ip_of(namespace, pod.rsplit("-", 1)[0]) + ":8080"
         return "\n".join(f"{kubelet_stamp(t)} " + json.dumps({**r, "local": local})
                          for t, r in Forbidden.records.get(namespace, []))
@@ -491,3 +559,36 @@ def test_ambient_denials_are_looked_for_at_the_destinations_ztunnel(world):
     assert session._wanted(0, rogue, DENIED_L4, ProbeRun(CurlCall("p0", "u"), None, pod["rogue/rogue"], 1.0)) == \
         "no ztunnel on node node1"
     assert session._ztunnel_problem("node1", {}) == "no ztunnel pod on node node1: nothing enforces L4 policy there"
+
+
+def test_ambient_denials_are_proved_by_ztunnel_records_end_to_end(world):
+    """Real script, real curl, the session's own wiring: an HBONE client's denial is tied to its connection
+    through the source ztunnel's record; a plaintext client's through curl's local port; STRICT is its kind."""
+    from conformance.model import DENIED_L4
+    from conformance.probe import STRICT_MTLS
+
+    scenario, kube, ctx = world
+    rogue_ip = "10.0.0.5"  # ip_of("azt3st00-rogue", "rogue"): the only Deployment of its namespace
+    kube.ambient_deny[("azt3st00-accounts", 8080)] = (
+        rogue_ip, "connection closed due to policy rejection: explicitly denied by: azt3st00-accounts/deny-rogue")
+    kube.ambient_deny[("azt3st00-accounts", 9000)] = (
+        None, "connection closed due to policy rejection: explicitly denied by: istio-system/"
+              "istio_converted_static_strict")
+    session = ClusterSession(scenario, "ambient", ctx)
+    session._canary = lambda: None  # type: ignore[method-assign]
+    session.start()
+    assert session._pods["rogue/rogue"].ip == rogue_ip
+    rogue, outsider = (e.probe for e in scenario.steps[2].expectations[1:])
+    first = session.probe([rogue, outsider])
+    assert [o.outcome for o in first] == [DENIED_L4, DENIED_L4], [o.evidence for o in first]
+    hbone, plain = first
+    assert hbone.proof is not None and hbone.proof.kind == DENY_POLICY, hbone.notes
+    assert (hbone.proof.policy, hbone.proof.layer, hbone.proof.serves) == ("accounts/deny-rogue", "ztunnel",
+                                                                           "accounts/accounts")
+    assert plain.proof is not None and plain.proof.kind == STRICT_MTLS, plain.notes
+    assert ("istio-system", "ztunnel-n1", "istio-proxy") in kube.log_reads
+    second = session.probe([rogue, rogue])  # two probes, one pooled key: two refusals, one each
+    assert all(o.proof is not None and o.proof.policy == "accounts/deny-rogue" for o in second), \
+        [o.notes for o in second]
+    assert second[0].proof.line != second[1].proof.line  # type: ignore[union-attr]
+    session.close()
