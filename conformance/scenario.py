@@ -174,7 +174,9 @@ class _Loader:
             self.schema_bad.add(tuple(path))
             where, field = _locate(doc, path)
             for message, extra in _schema_messages(err):
-                self.error(message, where, f"{field}.{extra}" if field and extra else (extra or field))
+                full = f"{field}.{extra}" if field and extra else (extra or field)
+                if Problem(Location(self.file, where, full), message) not in self.problems:
+                    self.error(message, where, full)
         scenario = self._build(doc)
         if any(p.severity == "error" for p in self.problems):
             return None, self.problems
@@ -573,8 +575,10 @@ def _schema_messages(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
             else:
                 out.append((f"unknown field '{extra}' ({hint}allowed here: {', '.join(allowed)})", extra))
         return out or [(err.message, "")]
-    if err.validator == "required":
-        return [(err.message.replace("is a required property", "is required"), "")]
+    if err.validator == "required" and isinstance(err.instance, Mapping):
+        # jsonschema raises one error per missing property, each carrying the whole list: report each
+        # missing one at its own field (duplicates are dropped by the loader).
+        return [(f"{name} is required", str(name)) for name in err.validator_value if name not in err.instance]
     if err.validator == "pattern":
         return [(f"{_short(err.instance)} is not valid here (expected to match {err.validator_value})", "")]
     if err.validator in ("enum", "const"):
