@@ -271,6 +271,7 @@ def analyze_stub(argv: list[str], timeout: float, ok: tuple[int, ...] = (0,)) ->
 def world(tmp_path):
     Forbidden.records = {}
     Forbidden.silent = False
+    Forbidden.policy = "ns[{ns}]-policy[deny-all]-rule[0]"
     scenario = load(ROOT / "tests" / "data" / "good.yaml", IstioVersion.parse("1.30"))
     kube = FakeKube(tmp_path, deny=set())
     ctx = ClusterContext(kube=kube, kubeconfig=Kubeconfig(None, "ctx"), istioctl="istioctl",  # type: ignore[arg-type]
@@ -591,4 +592,28 @@ def test_ambient_denials_are_proved_by_ztunnel_records_end_to_end(world):
     assert all(o.proof is not None and o.proof.policy == "accounts/deny-rogue" for o in second), \
         [o.notes for o in second]
     assert second[0].proof.line != second[1].proof.line  # type: ignore[union-attr]
+    session.close()
+
+
+@pytest.mark.parametrize("logged, passes", [
+    ("none", True),  # `spec: {}` is an ALLOW that matches nothing: Envoy names no policy
+    ("ns[{ns}]-policy[deny-all]-rule[0]", False),  # a record naming a DENY contradicts the engine's reason
+])
+def test_a_denial_passes_only_with_the_record_the_engine_predicts(world, logged, passes):
+    """run_step over a denying sidecar: the pass is earned by the record's kind, layer and workload."""
+    from conformance.runner import run_step
+
+    scenario, kube, session = denying_session(world)
+    Forbidden.policy = logged
+    for srv in kube.servers:  # the fake's servers were made with the class default
+        if hasattr(srv, "policy_id"):
+            srv.policy_id = logged.format(ns=srv.namespace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        result = run_step(session, scenario, scenario.steps[1], IstioVersion.parse("1.30"), required=2, deadline=2)
+    record = result.convergence.records[0]
+    assert result.passed is passes, [j.message for j in record.judgements]
+    if not passes:
+        assert record.failing_judgement is not None and "the record says a DENY policy matched" in \
+            record.failing_judgement.message
     session.close()
