@@ -120,15 +120,9 @@ class _Features:
 _IDENT = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]*")
 
 
-def _key_text(key: object) -> str:
-    """A YAML mapping key as the JSON object key it becomes on its way to the API server (sigs.k8s.io/yaml)."""
-    if isinstance(key, str):
-        return key
-    if key is None:
-        return "null"
-    if isinstance(key, bool):
-        return "true" if key else "false"
-    return str(key)
+# A YAML mapping key as the JSON object key it becomes on its way to the API server (sigs.k8s.io/yaml); the
+# structural check (crd.prune_nulls) and the field paths must spell keys the same way.
+_key_text = crd.key_text
 
 
 def _bracket(text: str) -> str:
