@@ -209,6 +209,8 @@ def test_the_script_is_posix_and_quotes_everything():
     assert "--connect-timeout 2 --max-time 5" in script
     with pytest.raises(ValueError):
         build_script([call], "not hex!", 2, 5)
+    with pytest.raises(ValueError, match="the suite's own probe id"):
+        CurlCall("i", "http://a.b/", "GET", (("X-Authz-Conformance-Probe", "forged"),))
     proc = subprocess.run(["/bin/sh", "-n", "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert call.describe(2, 5).startswith(

@@ -9,7 +9,7 @@ its own tests (tests/cluster), and only a thin layer talks to Kubernetes, Docker
 - naming.py: run-unique namespaces, mapped consistently inside policies and back in proofs;
 - manifests/render.py: workloads from the templates in clusters/workloads;
 - execprobe.py: many curl probes per exec, one POSIX sh script, one line per probe, strictly parsed;
-- logs.py: proofs of denial from Envoy access logs and ztunnel's access lines;
+- logs.py: each probe's own record in Envoy access logs and ztunnel's access lines (one matcher per session);
 - barrier.py: waiting until a step's policies reached the enforcing proxies;
 - istioctl.py: istioctl command lines and their output (install, analyze, ztunnel-config, tag);
 - kube.py: the kubernetes client wrapper (server-side apply, rollouts, exec, logs);

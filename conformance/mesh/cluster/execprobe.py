@@ -57,6 +57,11 @@ class CurlCall:
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        # validation refuses the header in scenarios; a second value would make the probe's records ambiguous
+        if any(name.lower() == PROBE_HEADER for name, _ in self.headers):
+            raise ValueError(f"{PROBE_HEADER} is the suite's own probe id: a probe may not set it")
+
     def argv(self, connect_timeout: float, max_time: float) -> list[str]:
         argv = ["curl", "-sS", "--connect-timeout", _num(connect_timeout), "--max-time", _num(max_time),
                 "-X", self.method, "-H", f"{PROBE_HEADER}: {self.probe_id}"]
