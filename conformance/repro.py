@@ -66,7 +66,7 @@ def run_repro(file: str, step_name: str, index: int, mode: Mode, version: IstioV
     if mode not in scenario.modes:
         raise UsageError(f"{file}: the scenario runs in {', '.join(scenario.modes)} mode, not {mode} "
                          "(spec.modes)")
-    target = make_target(target_name)
+    target = make_target(target_name, version=version)  # the local mesh emulates this release
     reason = target.unavailable(mode)
     if reason:
         raise ConformanceError(f"the {target.name} target cannot run {mode} mode here: {reason}")

@@ -9,6 +9,7 @@ from typing import Any
 
 from conformance.model import Mode
 from conformance.target import Target
+from conformance.versions import IstioVersion
 
 
 class NotBuiltTarget:
@@ -25,8 +26,12 @@ class NotBuiltTarget:
         raise NotImplementedError(self.reason)
 
 
-def make_target(name: str, config: Any = None) -> Target:
+def make_target(name: str, config: Any = None, *, version: IstioVersion | str | None = None) -> Target:
     """The target named on the command line (`--mesh`), configured from pytest's options.
+
+    `local` emulates the Istio release `version` names, or else the plugin's `--istio-version` (from
+    `config`), or else the default release: the local mesh must compile what that release's istiod
+    generated, never the newest semantics under an older version's name (release.py).
 
     `kind` and `cluster` are built from conformance/mesh/cluster; their settings come from the plugin's
     options, the cluster options (mesh/cluster/options.py) and pytest-kind's own options when it is
@@ -36,11 +41,15 @@ def make_target(name: str, config: Any = None) -> Target:
     if name == "local":
         from conformance.mesh.local.mesh import LocalTarget
 
-        return LocalTarget()
+        if version is None and config is not None:
+            version = config.getoption("istio_version", None)
+        return LocalTarget(version=version)
     if name in ("kind", "cluster"):
         from conformance.mesh.cluster.options import ClusterSettings
 
-        settings = ClusterSettings.from_config(config) if config is not None else ClusterSettings("1.30")
+        # Without pytest's options (`repro --mesh kind`), the release asked for, not a fixed default.
+        settings = (ClusterSettings.from_config(config) if config is not None
+                    else ClusterSettings(str(version) if version is not None else "1.30"))
         if name == "kind":
             from conformance.mesh.cluster.kind import KindTarget
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conformance.mesh.local import ztunnel
 from conformance.mesh.local.authz import (
     PEER_PRINCIPAL_KEY,
     sidecar_http_filters,
@@ -22,6 +21,7 @@ from conformance.mesh.local.authz import (
     ztunnel_filters,
 )
 from conformance.model import MeshConfig
+from tests.mesh import rbac_rs
 from tests.mesh.envoy_support import (
     ALLOWED_BODY,
     curl,
@@ -152,14 +152,14 @@ def test_ztunnel_hbone_over_mtls(tmp_path: Path) -> None:
                 result = curl(["-p", "--proxy", f"https://127.0.0.1:{port}", "--proxy-cacert", str(pki.ca),
                                "--proxy-cert", str(cert), "--proxy-key", str(key),
                                f"http://{dest_ip}:{target_port}/"])
-                allowed, _ = ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, target_port, identity))
+                allowed, _ = rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, target_port, identity))
                 assert result.connect_status == ("200" if allowed else "403"), (identity, target_port, result)
         # Spot checks of the semantics themselves.
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 8080, a_x)) == (True, "foo/allow-ax")
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 8080, td1_a_x)) == (False, None)
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 9090, b_y)) == (False, "foo/deny-sa")
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 9091, b_y)) == (True, "foo/allow-b")
-        assert ztunnel.decide(authorizations, ztunnel.Peer("127.0.0.1", dest_ip, 7070, b_y)) == (False, None)
+        assert rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, 8080, a_x)) == (True, "foo/allow-ax")
+        assert rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, 8080, td1_a_x)) == (False, None)
+        assert rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, 9090, b_y)) == (False, "foo/deny-sa")
+        assert rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, 9091, b_y)) == (True, "foo/allow-b")
+        assert rbac_rs.decide(authorizations, rbac_rs.Peer("127.0.0.1", dest_ip, 7070, b_y)) == (False, None)
     assert "rbac_access_denied_matched_policy[ns[foo]-policy[deny-sa]-rule[0]]" in log.read_text()
 
 

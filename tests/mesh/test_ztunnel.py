@@ -4,7 +4,7 @@ Why: ambient verdicts come from what istiod *sends* ztunnel (authorization.go ha
 convertAuthorizationPolicy at 1.30.3) and how ztunnel *evaluates* it (ztunnel src/rbac.rs,
 src/state.rs). The first step is tested on its own (rules here, Istio's golden data in
 test_golden.py); the second is checked against a line-by-line port of rbac.rs, on fixed cases and on
-generated policies and connections (hypothesis).
+generated policies and connections (hypothesis; tests/mesh/rbac_rs.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from conformance.mesh.local import ztunnel
 from conformance.mesh.local.authz import ztunnel_authorizations, ztunnel_filters, ztunnel_plaintext_filters
 from conformance.model import MeshConfig
+from tests.mesh import rbac_rs
 from tests.mesh.envoy_support import Downstream, eval_filters, manifest
 
 MESH = MeshConfig()
@@ -44,8 +45,8 @@ def test_allow_policy_left_without_rules_still_counts_and_allows_nothing() -> No
     spec = {"rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]}
     authz = translate_one(spec)
     assert authz is not None and authz.groups == ()
-    conn = ztunnel.Peer("10.0.0.9", DEST_IP, 8080, "spiffe://cluster.local/ns/a/sa/b")
-    assert ztunnel.decide([authz], conn) == (False, None)
+    conn = rbac_rs.Peer("10.0.0.9", DEST_IP, 8080, "spiffe://cluster.local/ns/a/sa/b")
+    assert rbac_rs.decide([authz], conn) == (False, None)
     (allow,) = ztunnel_filters([manifest("p", "foo", spec)], MESH, DEST_IP)
     assert allow["typed_config"]["rules"] == {}
 
@@ -63,16 +64,16 @@ def test_deny_keeps_l4_remains_and_l7_only_clause_never_matches() -> None:
         {"rules": [{"matches": [{}]}]},
         {"rules": [{"matches": [{"namespaces": [{"exact": "a"}]}]}, {"matches": [{}]}]},
     ]
-    from_a = ztunnel.Peer("10.0.0.9", DEST_IP, 8080, "spiffe://cluster.local/ns/a/sa/b")
-    assert ztunnel.matches(ztunnel.Authorization("p", "foo", "NAMESPACE", "DENY", authz.groups[1:]), from_a) is False
-    assert ztunnel.decide([authz], ztunnel.Peer("1.1.1.1", DEST_IP, 80, "spiffe://x/ns/a/sa/b")) == (False, "foo/p")
+    from_a = rbac_rs.Peer("10.0.0.9", DEST_IP, 8080, "spiffe://cluster.local/ns/a/sa/b")
+    assert rbac_rs.matches(ztunnel.Authorization("p", "foo", "NAMESPACE", "DENY", authz.groups[1:]), from_a) is False
+    assert rbac_rs.decide([authz], rbac_rs.Peer("1.1.1.1", DEST_IP, 80, "spiffe://x/ns/a/sa/b")) == (False, "foo/p")
 
 
 def test_empty_rule_matches_everything() -> None:
     """handleRule returns a non-nil empty list: a Group with no clauses, which rbac.rs matches."""
     authz = translate_one({"action": "DENY", "rules": [{}]})
     assert authz is not None and authz.to_dict()["groups"] == [{}]
-    assert ztunnel.decide([authz], ztunnel.Peer("1.1.1.1", DEST_IP, 80)) == (False, "foo/p")
+    assert rbac_rs.decide([authz], rbac_rs.Peer("1.1.1.1", DEST_IP, 80)) == (False, "foo/p")
 
 
 def test_not_sent_to_ztunnel() -> None:
@@ -98,8 +99,8 @@ def test_no_trust_domain_rewriting_and_bare_service_account() -> None:
     assert match.principals == (ztunnel.StringMatch("exact", "cluster.local/ns/a/sa/b"),)
     assert match.service_accounts == (ztunnel.ServiceAccountMatch("foo", "sa1"),
                                       ztunnel.ServiceAccountMatch("other", "sa2"))
-    td1 = ztunnel.Peer("1.1.1.1", DEST_IP, 80, "spiffe://td1/ns/a/sa/b")
-    assert not ztunnel.matches(authz, td1)
+    td1 = rbac_rs.Peer("1.1.1.1", DEST_IP, 80, "spiffe://td1/ns/a/sa/b")
+    assert not rbac_rs.matches(authz, td1)
 
 
 def test_l4_when_keys_only() -> None:
@@ -222,7 +223,7 @@ policies_st = st.lists(
     max_size=3, unique_by=lambda m: m.name,
 )
 peers = st.builds(
-    lambda src, port, ident, dest: ztunnel.Peer(src, dest, int(port), ident),
+    lambda src, port, ident, dest: rbac_rs.Peer(src, dest, int(port), ident),
     st.sampled_from(IPS), st.sampled_from(PORTS),
     st.none() | st.builds(lambda td, ns, sa: f"spiffe://{td}/ns/{ns}/sa/{sa}", st.sampled_from(TDS),
                           st.sampled_from(NAMESPACES), st.sampled_from(SAS)),
@@ -232,9 +233,13 @@ peers = st.builds(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies=policies_st, peer=peers)
-def test_envoy_form_decides_like_rbac_rs(policies: list[Any], peer: ztunnel.Peer) -> None:
+def test_envoy_rbac_config_evaluated_in_python_decides_like_rbac_rs(policies: list[Any], peer: rbac_rs.Peer) -> None:
+    """The Envoy RBAC config the ztunnel emulation builds, evaluated by a Python model of Envoy's RBAC
+    (tests/mesh/envoy_support.py eval_filters), not by real Envoy, decides like the rbac.rs port
+    (tests/mesh/rbac_rs.py). Cheap enough for hundreds of generated cases; real Envoy deciding the same
+    is checked in test_envoy_live.py and by the local-mesh tests."""
     authorizations = ztunnel_authorizations(policies, MESH)
-    expected_allowed, _ = ztunnel.decide(authorizations, peer)
+    expected_allowed, _ = rbac_rs.decide(authorizations, peer)
     if peer.identity is not None:
         filters = ztunnel_filters(policies, MESH, peer.destination_ip)
         down = Downstream(peer.identity, peer.source_ip, f"{peer.destination_ip}:{peer.destination_port}")
@@ -256,8 +261,8 @@ def test_principal_match_table(match: ztunnel.StringMatch, identity: str | None,
     """rbac.rs rbac_test! tables: principals against plaintext and mTLS connections."""
     authz = ztunnel.Authorization("p", "a", "NAMESPACE", "ALLOW",
                                   (ztunnel.Group((ztunnel.Clause((ztunnel.Match(principals=(match,)),)),)),))
-    peer = ztunnel.Peer("1.1.1.1", DEST_IP, 80, identity)
-    assert ztunnel.matches(authz, peer) is expected
+    peer = rbac_rs.Peer("1.1.1.1", DEST_IP, 80, identity)
+    assert rbac_rs.matches(authz, peer) is expected
     neg = ztunnel.Authorization("p", "a", "NAMESPACE", "ALLOW",
                                 (ztunnel.Group((ztunnel.Clause((ztunnel.Match(not_principals=(match,)),)),)),))
-    assert ztunnel.matches(neg, peer) is (not expected)
+    assert rbac_rs.matches(neg, peer) is (not expected)

@@ -13,13 +13,17 @@ questions istiod answers for each proxy, the way istiod 1.30.3 answers them:
   `pilot/pkg/security/authz/builder`), and the filters that make an Envoy enforce what ztunnel
   enforces (`ztunnel.py`, istiod's ambient translation, then ztunnel's evaluation in Envoy form).
 
+Every function takes the `Release` to emulate (release.py; default: the newest, 1.30.3): what changed
+between the releases the suite models is honoured the way that release's istiod generated config, and
+what the local mesh cannot turn into real Envoy config is refused by `unemulated`, never approximated.
+
 It is one of two independent implementations of Istio's semantics (the other is `conformance.engine`);
 they check each other, so nothing here imports the engine (an import-linter contract enforces it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from conformance.mesh.local import ztunnel
@@ -28,20 +32,26 @@ from conformance.mesh.local.rbac import (
     Json,
     RbacBuilder,
     TrustDomainBundle,
+    strings,
     target_refs,
 )
-from conformance.model import Manifest, MeshConfig, Waypoint, Workload
+from conformance.mesh.local.release import Release, unquoted_hazard
+from conformance.model import Manifest, MeshConfig, Mode, Waypoint, Workload
+from conformance.names import GATEWAY_API_GROUP, GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
 
 __all__ = [
     "GATEWAY_NAME_LABEL",
     "PEER_PRINCIPAL_KEY",
     "WAYPOINT_GATEWAY_CLASS",
+    "Release",
     "peer_authentication_mode",
     "select_policies",
     "select_waypoint_policies",
     "sidecar_http_filters",
     "sidecar_tcp_filters",
+    "unemulated",
     "waypoint_filters",
+    "waypoint_tcp_filters",
     "ztunnel_authorizations",
     "ztunnel_filters",
     "ztunnel_plaintext_filters",
@@ -49,9 +59,6 @@ __all__ = [
 
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
 PEER_AUTHENTICATION = "PeerAuthentication"
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"  # label.IoK8sNetworkingGatewayGatewayName
-WAYPOINT_GATEWAY_CLASS = "istio-waypoint"  # constants.WaypointGatewayClassName
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 
@@ -91,8 +98,13 @@ def _should_attach(
     is_waypoint: bool,
     services: Sequence[tuple[str, str]],
     root_namespace: str,
+    release: Release | None = None,
 ) -> bool:
-    """policyattachment.go ShouldAttachPolicy (Kubernetes services only, no ServiceEntry)."""
+    """policyattachment.go ShouldAttachPolicy (Kubernetes services only, no ServiceEntry) at `release`.
+
+    The targetRefs part changed twice (`Release.waypoint_attachment`); the selector part never did.
+    """
+    release = release or Release.newest()
     spec = policy.spec
     gateway_name = labels.get(GATEWAY_NAME_LABEL)
     refs = target_refs(spec)
@@ -109,13 +121,17 @@ def _should_attach(
             return False
         selector = _selector_labels(spec)
         return selector is None or _subset_of(selector, labels)
+    if release.waypoint_attachment == "1.22":
+        return _attach_1_22(policy, refs, workload_namespace, gateway_name, is_waypoint, services)
+    if release.waypoint_attachment == "1.24":
+        return _attach_1_24(policy, refs, workload_namespace, gateway_name, is_waypoint, services)
     for ref in refs:
         target = ref.get("name")
         # Service attached: the policy in the service's namespace (targetRef.namespace unchecked).
         if is_waypoint and _matches_group_kind(ref, "", "Service") and any(
                 target == name and policy.namespace == ns for name, ns in services):
             return True
-        if (policy.namespace == root_namespace and is_waypoint
+        if (release.gateway_class_binds_waypoints and policy.namespace == root_namespace and is_waypoint
                 and _matches_group_kind(ref, GATEWAY_API_GROUP, "GatewayClass")
                 and target == WAYPOINT_GATEWAY_CLASS):
             return True
@@ -128,10 +144,56 @@ def _should_attach(
     return False
 
 
+def _attach_1_24(policy: Manifest, refs: Sequence[Mapping[str, Any]], workload_namespace: str,
+                 gateway_name: str, is_waypoint: bool, services: Sequence[tuple[str, str]]) -> bool:
+    """ShouldAttachPolicy's targetRefs loop at 1.24 (policyattachment.go at 1.24.6): no GatewayClass, and
+    no "policy in the waypoint's namespace" check for a Gateway ref (ListAuthorizationPolicies only
+    searched the service's namespace then, see `_lookup_namespaces`)."""
+    for ref in refs:
+        target = ref.get("name")
+        if is_waypoint and _matches_group_kind(ref, "", "Service") and any(
+                target == name and policy.namespace == ns for name, ns in services):
+            return True
+        if ref.get("namespace") not in (None, "", workload_namespace):
+            continue
+        if _matches_group_kind(ref, GATEWAY_API_GROUP, "Gateway") and target == gateway_name:
+            return True
+    return False
+
+
+def _attach_1_22(policy: Manifest, refs: Sequence[Mapping[str, Any]], workload_namespace: str,
+                 gateway_name: str, is_waypoint: bool, services: Sequence[tuple[str, str]]) -> bool:
+    """ShouldAttachPolicy's targetRefs loop at 1.22 and 1.23 (policyattachment.go at 1.22.0 / 1.23.0):
+    Gateway and Service refs attach by name alone, the targetRef's namespace empty or the waypoint's
+    (`p.Namespace`), whatever namespace the policy lives in; no GatewayClass."""
+    for ref in refs:
+        target = ref.get("name")
+        if ref.get("namespace") not in (None, "", workload_namespace):
+            continue
+        if _matches_group_kind(ref, GATEWAY_API_GROUP, "Gateway") and target == gateway_name:
+            return True
+        if is_waypoint and _matches_group_kind(ref, "", "Service") and any(target == name for name, _ in services):
+            return True
+    return False
+
+
 def _lookup_namespaces(mesh: MeshConfig, *namespaces: str) -> set[str]:
     """authorization.go ListAuthorizationPolicies: only the root namespace and the proxy's (and its
     service's) namespaces are searched."""
     return {mesh.root_namespace, *namespaces}
+
+
+def _waypoint_lookup_namespaces(mesh: MeshConfig, waypoint: Waypoint, service: Workload,
+                                release: Release) -> set[str]:
+    """ListAuthorizationPolicies for a waypoint's per-service builder (NewBuilderForService) at `release`:
+    1.22-1.23 the root and the waypoint's namespace; 1.24 only the service's namespace (`if svcNamespace
+    != "" { lookupInNamespaces = []string{svcNamespace} }`, authorization.go at 1.24.6); 1.25+ the root,
+    the waypoint's and the service's namespaces."""
+    if release.waypoint_attachment == "1.22":
+        return {mesh.root_namespace, waypoint.namespace}
+    if release.waypoint_attachment == "1.24":
+        return {service.namespace}
+    return _lookup_namespaces(mesh, waypoint.namespace, service.namespace)
 
 
 def select_policies(policies: Sequence[Manifest], workload: Workload, mesh: MeshConfig) -> list[Manifest]:
@@ -154,21 +216,26 @@ def select_policies(policies: Sequence[Manifest], workload: Workload, mesh: Mesh
 
 def select_waypoint_policies(
     policies: Sequence[Manifest], waypoint: Waypoint, service: Workload, mesh: MeshConfig,
+    release: Release | None = None,
 ) -> list[Manifest]:
     """The AuthorizationPolicies a waypoint applies to traffic for `service`, in input order.
 
-    authz.NewBuilderForService(svc) → ListAuthorizationPolicies with IsWaypoint and the service:
-    `targetRefs` Gateway (the waypoint's name, policy in the waypoint's namespace), Service
+    authz.NewBuilderForService(svc) → ListAuthorizationPolicies with IsWaypoint and the service. From
+    1.25: `targetRefs` Gateway (the waypoint's name, policy in the waypoint's namespace), Service
     (`service.name`, policy in the service's namespace) and GatewayClass `istio-waypoint` (policy in
-    the root namespace). Selector and namespace-wide policies never apply to waypoints.
+    the root namespace; releasenotes/notes/54780.yaml). Before 1.25 no GatewayClass, and the lookup and
+    the namespace checks differ (`_waypoint_lookup_namespaces`, `_attach_1_24`, `_attach_1_22`).
+    Selector and namespace-wide policies never apply to waypoints.
     """
+    release = release or Release.newest()
     labels = {GATEWAY_NAME_LABEL: waypoint.name}
-    namespaces = _lookup_namespaces(mesh, waypoint.namespace, service.namespace)
+    namespaces = _waypoint_lookup_namespaces(mesh, waypoint, service, release)
     return [
         p for p in policies
         if p.kind == AUTHORIZATION_POLICY and p.namespace in namespaces and _should_attach(
             p, workload_namespace=waypoint.namespace, labels=labels, is_waypoint=True,
-            services=((service.name, service.namespace),), root_namespace=mesh.root_namespace)
+            services=((service.name, service.namespace),), root_namespace=mesh.root_namespace,
+            release=release)
     ]
 
 
@@ -237,57 +304,77 @@ def _bundle(mesh: MeshConfig) -> TrustDomainBundle:
     return TrustDomainBundle.of(mesh.trust_domain)
 
 
-def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+def _builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_state: bool,
+             release: Release | None) -> RbacBuilder:
+    return RbacBuilder(_bundle(mesh), use_filter_state=use_filter_state, port_map=dict(port_map),
+                       release=release or Release.newest())
+
+
+def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                         release: Release | None = None) -> list[Json]:
     """The RBAC HTTP filters of a sidecar's inbound HTTP chain, in order (AUDIT, DENY, ALLOW).
 
     `policies` are the ones `select_policies` chose for the workload. Principals match the mTLS peer
     (`authenticated`); `port_map` moves scenario ports to the listener's real ports; each filter has
-    `rules_stat_prefix` audit_ / deny_ / allow_.
+    `rules_stat_prefix` audit_ / deny_ / allow_; identity regexes as `release`'s istiod wrote them.
     """
-    return RbacBuilder(_bundle(mesh), use_filter_state=False, port_map=dict(port_map)).build_http(policies)
+    return _builder(mesh, port_map, False, release).build_http(policies)
 
 
-def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                        release: Release | None = None) -> list[Json]:
     """The network RBAC filters of a sidecar's inbound TCP chain (istiod's BuildTCP, stat_prefix `tcp.`).
 
     HTTP-only attributes make ALLOW rules vanish and are dropped from DENY / AUDIT rules (checkError).
     """
-    return RbacBuilder(_bundle(mesh), use_filter_state=False, port_map=dict(port_map)).build_tcp(policies)
+    return _builder(mesh, port_map, False, release).build_tcp(policies)
 
 
-def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int]) -> list[Json]:
+def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                     release: Release | None = None) -> list[Json]:
     """The RBAC HTTP filters of the waypoint's inner HTTP listener for one service.
 
     `policies` are the ones `select_waypoint_policies` chose. As sidecar HTTP, but identity matchers
     read the filter-state object `PEER_PRINCIPAL_KEY` (istiod's UseFilterState), which the waypoint's
     HBONE termination must set from `%DOWNSTREAM_PEER_URI_SAN%`.
     """
-    return RbacBuilder(_bundle(mesh), use_filter_state=True, port_map=dict(port_map)).build_http(policies)
+    return _builder(mesh, port_map, True, release).build_http(policies)
 
 
-def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig) -> list[ztunnel.Authorization]:
-    """Step one of the ztunnel emulation: what istiod 1.30.3 sends ztunnel for these policies.
+def waypoint_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                         release: Release | None = None) -> list[Json]:
+    """The network RBAC filters of a waypoint's TCP service port: istiod's BuildTCP with identities read
+    from the waypoint's filter state (listener_waypoint.go buildWaypointNetworkFilters →
+    networkfilter.go buildCompleteNetworkFilters with useFilterState)."""
+    return _builder(mesh, port_map, True, release).build_tcp(policies)
+
+
+def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig,
+                           release: Release | None = None) -> list[ztunnel.Authorization]:
+    """Step one of the ztunnel emulation: what istiod at `release` (default 1.30.3) sends ztunnel.
 
     ALLOW rules with any HTTP attribute are dropped whole; DENY rules keep only their L4 content (an
     L7-only clause becomes an empty match, which never matches); a policy left without rules never
-    matches but is still an ALLOW; dry-run, AUDIT, CUSTOM and targetRef(s) policies are not sent;
+    matches but is still an ALLOW; AUDIT, CUSTOM and targetRef(s) policies are not sent, nor are
+    dry-run ones from 1.25.2 (before, they were sent as ordinary policies and enforced, #55414);
     principals are compared literally (no `cluster.local` or alias rewriting).
     """
-    return ztunnel.translate(policies, mesh.root_namespace)
+    return ztunnel.translate(policies, mesh.root_namespace, release)
 
 
-def ztunnel_filters(policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str) -> list[Json]:
+def ztunnel_filters(policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str,
+                    release: Release | None = None) -> list[Json]:
     """HTTP RBAC filters (DENY, ALLOW) for the ztunnel stand-in's HBONE listener on :15008.
 
     Principals, namespaces and service accounts come from the mTLS peer certificate (`authenticated`),
     source IPs are `direct_remote_ip`; destination ports and IPs are matched on the CONNECT
     `:authority` (`<ip>:<port>`, the scenario port, not remapped), since the local port is 15008.
     """
-    return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh), destination_ip)
+    return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh, release), destination_ip)
 
 
 def ztunnel_plaintext_filters(
-    policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str, port: int,
+    policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str, port: int, release: Release | None = None,
 ) -> list[Json]:
     """Network RBAC filters for plaintext connections at an ambient workload's inbound passthrough.
 
@@ -295,4 +382,65 @@ def ztunnel_plaintext_filters(
     `not` forms always do; the destination (`destination_ip`, scenario `port`) is known statically.
     STRICT is the caller's business (it does not offer this path).
     """
-    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh), destination_ip, port)
+    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh, release), destination_ip, port)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the local mesh cannot emulate at a release: refused, never approximated.
+
+
+def _unquoted_values(policy: Manifest, release: Release) -> Iterator[tuple[str, str, str]]:
+    """(field, value, fix) for every identity value `release`'s istiod puts into an Envoy regex unquoted
+    and that may not be a valid RE2 (`release.unquoted_hazard`)."""
+    fix_59992 = "namespaces and *suffix principals quoted from 1.28.7 / 1.29.3 / 1.30.0, istio/istio#59992"
+    fix_59700 = "serviceAccounts quoted from 1.27.9 / 1.28.6 / 1.29.2, istio/istio#59700"
+    for rule in policy.spec.get("rules") or []:
+        if not isinstance(rule, Mapping):
+            continue
+        found: list[tuple[str, list[str]]] = []
+        for entry in rule.get("from") or []:
+            source = entry.get("source") if isinstance(entry, Mapping) else None
+            if isinstance(source, Mapping):
+                found += [(k, strings(source.get(k))) for k in
+                          ("namespaces", "notNamespaces", "principals", "notPrincipals",
+                           "serviceAccounts", "notServiceAccounts")]
+        for when in rule.get("when") or []:
+            if isinstance(when, Mapping):
+                key = str(when.get("key", ""))
+                found += [(key, strings(when.get("values"))), (key, strings(when.get("notValues")))]
+        for key, values in found:
+            for value in values:
+                if key in ("namespaces", "notNamespaces", "source.namespace") and not release.quotes_namespaces:
+                    if unquoted_hazard(value.replace("*", "")):
+                        yield key, value, fix_59992
+                elif key in ("principals", "notPrincipals", "source.principal") and not release.quotes_namespaces:
+                    if value.startswith("*") and value != "*" and unquoted_hazard(value[1:]):
+                        yield key, value, fix_59992
+                elif (key in ("serviceAccounts", "notServiceAccounts", "source.serviceAccount")
+                      and not release.quotes_service_accounts and unquoted_hazard(value)):
+                    yield key, value, fix_59700
+
+
+def unemulated(policies: Sequence[Manifest], mode: Mode, release: Release) -> str | None:
+    """Why the local mesh refuses to run these policies in `mode` at `release`, or None.
+
+    Before istio/istio#59992 and #59700 istiod put identity values into Envoy regexes unquoted. A `.`
+    is emulated exactly (real Envoy matches the same unquoted regex), but a value with another regex
+    metacharacter may be an invalid RE2: Envoy then rejects the listener and an Istio proxy keeps its
+    previous one, so earlier policies stay in force. The local mesh does not emulate that, so it refuses
+    the scenario at such a release, in the modes where Envoy RBAC carries those regexes (sidecar; a
+    waypoint's targetRefs policies). ztunnel compares strings, never regexes, so ambient mode without a
+    waypoint is unaffected.
+    """
+    if mode == "ambient":
+        return None
+    for policy in policies:
+        if policy.kind != AUTHORIZATION_POLICY:
+            continue
+        if mode == "waypoint" and not target_refs(policy.spec):
+            continue  # selector / namespace policies go to ztunnel in waypoint mode
+        for key, value, fix in _unquoted_values(policy, release):
+            return (f"{release} puts {key} value {value!r} of AuthorizationPolicy {policy.ref} into an Envoy "
+                    f"regex unquoted ({fix}); it may be a regex Envoy rejects (Istio then keeps the proxy's "
+                    "previous listener), which the local mesh does not emulate")
+    return None

@@ -31,6 +31,8 @@ from typing import Any
 
 from conformance.mesh.local.addresses import HBONE_PORT, Layout
 from conformance.mesh.local.pki import CertFiles
+from conformance.mesh.local.rbac import NETWORK_RBAC_TYPE as NETWORK_RBAC  # one home: the compiler's
+from conformance.mesh.local.rbac import PEER_PRINCIPAL_KEY  # one home: the key the compiler's matchers read
 from conformance.model import MeshConfig, Port, Workload
 from conformance.probe import PROBE_HEADER, STATIC_STRICT_POLICY
 
@@ -49,7 +51,6 @@ INTERNAL_UPSTREAM = _T + "envoy.extensions.transport_sockets.internal_upstream.v
 RAW_BUFFER = _T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 
 CLUSTER_DOMAIN = "cluster.local"  # the Kubernetes DNS domain in SNI and FQDNs (not the trust domain)
-PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
 CLIENT_HEADER = "x-conformance-client"  # curl's own address, carried in the HBONE CONNECT for proof lookup
 CLIENT_STATE_KEY = "conformance.client"  # the same, carried through a waypoint's internal listeners
 CONNECT_TIMEOUT = "2s"
@@ -460,9 +461,6 @@ def ztunnel_plaintext_listener(ctx: ProxyContext, port: Port,
     chain = {"name": "plaintext", "filters": [*filters, proxy]}
     return listener(f"plaintext|{port.number}", ctx.me.address, ctx.layout.real(port.number), [chain],
                     log=access_log(ctx.log_path, f"plaintext {port.number}"))
-
-
-NETWORK_RBAC = _T + "envoy.extensions.filters.network.rbac.v3.RBAC"
 
 
 def static_strict_filter(root_namespace: str) -> dict[str, Any]:

@@ -13,12 +13,10 @@ own rejection message. Nothing here ever sleeps for a fixed time to "let config 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -150,9 +148,6 @@ class EnvoyProcess:
 
     def forget_listeners(self) -> None:
         self._last.pop(self.lds_path, None)
-
-    def listeners_differ(self, listeners: Sequence[Mapping[str, Any]]) -> bool:
-        return self._last.get(self.lds_path) != _render_resources(LISTENER_TYPE, listeners)
 
     def _write(self, path: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> bool:
         text = _render_resources(type_url, resources)
@@ -320,8 +315,3 @@ def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]]
                 )
             time.sleep(_POLL / 5)
     return changed
-
-
-def remove_tree(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)

@@ -51,6 +51,7 @@ from conformance.mesh.local.pki import CertificateAuthority
 from conformance.model import ALLOWED, Manifest, Mode, Port, Probe, Request, Scenario, Workload
 from conformance.probe import Observation, Proof, classify
 from conformance.target import Applied
+from conformance.versions import IstioVersion
 
 _APP_SCRIPT = Path(__file__).with_name("app.py")
 
@@ -62,22 +63,22 @@ def _authz() -> Any:
     return authz
 
 
-def _waypoint_tcp_filters(policies: Sequence[Manifest], mesh: Any, port_map: Mapping[int, int]) -> list[Any]:
-    """Network RBAC of a waypoint's TCP service port: istiod's BuildTCP with identities read from the
-    waypoint's filter state (the compiler's builder; `authz` exposes only the HTTP form for waypoints)."""
-    from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
-
-    builder = RbacBuilder(TrustDomainBundle.of(mesh.trust_domain), use_filter_state=True, port_map=dict(port_map))
-    return list(builder.build_tcp(policies))
-
-
 class LocalTarget:
-    """Runs scenarios on a mesh of Envoy processes on this machine's loopback: no root, no Docker."""
+    """Runs scenarios on a mesh of Envoy processes on this machine's loopback: no root, no Docker.
+
+    `version` is the Istio release to emulate (`--istio-version`; default: the newest modelled, 1.30.3):
+    the compiler generates what that release's istiod generated (release.py), and refuses, with the
+    reason, a scenario whose policies need a behaviour of that release it cannot emulate.
+    """
 
     name = "local"
 
     def __init__(self, *, connect_timeout: float = 2.0, max_time: float = 6.0, parallel: int | None = None,
-                 startup_timeout: float = 30.0, canary: bool = True, keep_files: bool = False):
+                 startup_timeout: float = 30.0, canary: bool = True, keep_files: bool = False,
+                 version: IstioVersion | str | None = None):
+        from conformance.mesh.local.release import Release
+
+        self.release = Release.of(version)  # UsageError for a release the suite does not model
         self.connect_timeout = connect_timeout
         self.max_time = max_time
         self.parallel = parallel or max(4, 4 * (os.cpu_count() or 1))
@@ -85,8 +86,9 @@ class LocalTarget:
         self.canary = canary
         self.keep_files = keep_files
 
-    def unavailable(self, mode: Mode) -> str | None:
-        """Why this machine cannot run `mode` locally (missing curl or Envoy, mode not built), or None."""
+    def unavailable(self, mode: Mode, scenario: Scenario | None = None) -> str | None:
+        """Why this machine cannot run `mode` locally (missing curl or Envoy, mode not built), or why it
+        refuses `scenario` at this release (`refusal`), or None."""
         if not sys.platform.startswith("linux"):
             return "the local target needs Linux (the whole 127.0.0.0/8 on loopback, prctl)"
         if curl_binary() is None:
@@ -97,10 +99,24 @@ class LocalTarget:
             return str(exc)
         if importlib.util.find_spec("conformance.mesh.local.authz") is None:
             return "the local mesh's policy compiler (conformance/mesh/local/authz.py) is missing"
-        return None
+        return self.refusal(scenario, mode) if scenario is not None else None
+
+    def refusal(self, scenario: Scenario, mode: Mode) -> str | None:
+        """Why the local mesh will not run `scenario` in `mode` at its release, or None.
+
+        A version-keyed behaviour the local mesh cannot emulate (authz.unemulated) must never become a
+        silent run of another release's semantics: the scenario is refused, naming the release and the
+        behaviour. Every step's policies are checked up front, so a refusal is a skip, not a failure
+        half-way through.
+        """
+        policies = [m for step in scenario.steps for m in step.policies]
+        reason = _authz().unemulated(policies, mode, self.release)
+        return f"{self.name} target: {reason}" if reason else None
 
     def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
-        reason = self.unavailable(mode)
+        """A running mesh for `scenario` in `mode`; TargetUnavailable (a skip) when this machine cannot
+        run it or the release's semantics cannot be emulated for it (`unavailable`)."""
+        reason = self.unavailable(mode, scenario)
         if reason:
             raise TargetUnavailable(reason)
         session = LocalMeshSession(scenario, mode, self)
@@ -307,16 +323,17 @@ class LocalMeshSession:
             selected = authz.select_policies(policies, workload, self.mesh)
             listeners: list[dict[str, Any]] = []
             port_map = dict(ctx.layout.port_map)
+            release = self.target.release
             if self._kind[ref] == "sidecar":
-                http = authz.sidecar_http_filters(selected, self.mesh, port_map)
-                tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map)
+                http = authz.sidecar_http_filters(selected, self.mesh, port_map, release)
+                tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map, release)
                 for port in workload.ports:
                     filters = http if port.protocol == "HTTP" else tcp
                     strict = self._strict(authz, policies, workload, port.number)
                     listeners.append(config.sidecar_inbound_listener(ctx, port, filters, strict))
             else:
                 if workload.ports:
-                    filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address)
+                    filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address, release)
                     listeners.append(config.ztunnel_hbone_listener(ctx, filters))
                 for port in workload.ports:
                     if self._strict(authz, policies, workload, port.number):
@@ -324,7 +341,8 @@ class LocalMeshSession:
                         # (ambient policies.go, istio_converted_static_strict): accepted, then closed.
                         filters = [config.static_strict_filter(self.mesh.root_namespace)]
                     else:
-                        filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number)
+                        filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number,
+                                                                  release)
                     listeners.append(config.ztunnel_plaintext_listener(ctx, port, filters))
         except TargetError:
             raise
@@ -342,12 +360,13 @@ class LocalMeshSession:
         identity = {p: p for p in ctx.layout.port_map}
         listeners: list[dict[str, Any]] = []
         try:
+            release = self.target.release
             for peer, port in self._served.get(ref, []):
-                selected = authz.select_waypoint_policies(policies, waypoint, peer.workload, self.mesh)
+                selected = authz.select_waypoint_policies(policies, waypoint, peer.workload, self.mesh, release)
                 if port.protocol == "HTTP":
-                    filters = authz.waypoint_filters(selected, self.mesh, identity)
+                    filters = authz.waypoint_filters(selected, self.mesh, identity, release)
                 else:
-                    filters = _waypoint_tcp_filters(selected, self.mesh, identity)
+                    filters = authz.waypoint_tcp_filters(selected, self.mesh, identity, release)
                 listeners.append(config.waypoint_inner_listener(ctx, peer, port, filters))
         except Exception as exc:
             raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc

@@ -17,6 +17,10 @@ it; an import-linter contract enforces that). Every rule cites the istiod functi
 - `pilot/pkg/security/authz/matcher/*.go`: string, header, host, path, metadata matchers;
 - `pilot/pkg/security/trustdomain/{bundle,util}.go`: `cluster.local` and alias rewriting.
 
+What changed between the releases the suite models is read from a `Release` (release.py): the quoting
+of `namespaces` and `*suffix` principals (istio/istio#59992) and of `serviceAccounts` (#59700). The
+default is the newest release, 1.30.3, which the golden output comes from.
+
 The output is JSON-able dicts in Envoy's snake_case field names, with proto3-JSON conventions (an
 enum at its default, ALLOW, and `ignore_case: false` are omitted), so that, after a camelCase →
 snake_case conversion, it equals the golden protobuf-YAML istiod's tests keep.
@@ -30,18 +34,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance.mesh.local.release import Release
 from conformance.model import Manifest
+from conformance.names import DRY_RUN_ANNOTATION
 
 Json = dict[str, Any]
 
 # filters.go / principal.go: the filter-state key waypoints (and HBONE-internal sidecar chains) match
-# principals on, populated from %DOWNSTREAM_PEER_URI_SAN% at HBONE termination.
+# principals on, populated from %DOWNSTREAM_PEER_URI_SAN% at HBONE termination. The one home of this
+# name: config.py sets it where the waypoint terminates HBONE and logs it.
 PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
 
 HTTP_RBAC_FILTER = "envoy.filters.http.rbac"
 NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
 HTTP_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-NETWORK_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+NETWORK_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"  # also config.py's
 URI_TEMPLATE_TYPE = "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 
 # model.go constants.
@@ -54,7 +61,6 @@ RBAC_SHADOW_RULES_DENY_STAT_PREFIX = "istio_dry_run_deny_"
 # field, so TCP filters keep istiod's shape.
 RULES_STAT_PREFIX = {"LOG": "audit_", "DENY": "deny_", "ALLOW": "allow_"}
 
-DRY_RUN_ANNOTATION = "istio.io/dry-run"  # annotation.IoIstioDryRun
 CLUSTER_LOCAL = "cluster.local"  # constants.DefaultClusterLocalDomain
 SPIFFE_PREFIX = "spiffe://"  # spiffe.URIPrefix
 JWT_FILTER = "envoy.filters.http.jwt_authn"  # filters.EnvoyJwtFilterName
@@ -225,14 +231,19 @@ def string_matcher_exact(exact: str, ignore_case: bool = False) -> Json:
     return _with_case({"exact": exact}, ignore_case)
 
 
-def string_matcher_with_prefix(v: str, prefix: str) -> Json:
-    """string.go StringMatcherWithPrefix: `*` → `.+` (prefix ignored), `*x` → suffix or regex."""
+def string_matcher_with_prefix(v: str, prefix: str, quote: bool = True) -> Json:
+    """string.go StringMatcherWithPrefix: `*` → `.+` (prefix ignored), `*x` → suffix or regex.
+
+    `quote=False` is the form before istio/istio#59992 (1.28.7 / 1.29.3 / 1.30.0): the suffix went into
+    the regex as written (`prefix + ".*" + strings.TrimPrefix(v, "*")`, string.go at 1.29.2), so a `.`
+    in it matches any character.
+    """
     if v == "*":
         return string_matcher_regex(".+")
     if v.startswith("*"):
         if prefix == "":
             return string_matcher_suffix(v[1:])
-        return string_matcher_regex(prefix + ".*" + quote_meta(v[1:]))
+        return string_matcher_regex(prefix + ".*" + (quote_meta(v[1:]) if quote else v[1:]))
     if v.endswith("*"):
         return string_matcher_prefix(prefix + v[:-1])
     return string_matcher_exact(prefix + v)
@@ -487,30 +498,45 @@ class RemoteIPGenerator(Generator):
         return {"remote_ip": cidr_range(value)}
 
 
+@dataclass
 class SrcNamespaceGenerator(Generator):
-    """generator.go srcNamespaceGenerator: regex `.*/ns/<ns>/.*`, literal parts quoted, `*` → `.*`."""
+    """generator.go srcNamespaceGenerator: regex `.*/ns/<ns>/.*`, literal parts quoted, `*` → `.*`.
+
+    `quote=False` is the form before istio/istio#59992 (1.28.7 / 1.29.3 / 1.30.0): `strings.Replace(value,
+    "*", ".*", -1)` with nothing quoted (generator.go at 1.29.2 and 1.22.0), so `.` matches any character.
+    """
+
+    quote: bool = True
 
     def principal(self, key: str, value: str, for_tcp: bool, use_authenticated: bool) -> Json:
-        regex_ns = ".*".join(quote_meta(part) for part in value.split("*"))
+        parts = value.split("*")
+        regex_ns = ".*".join(quote_meta(part) if self.quote else part for part in parts)
         return principal_authenticated(string_matcher_regex(f".*/ns/{regex_ns}/.*"), use_authenticated)
 
 
-def service_account_regex(default_namespace: str, value: str) -> str:
-    """generator.go serviceAccountRegex: `<ns>/<sa>` or a bare `<sa>` in the policy's namespace."""
+def service_account_regex(default_namespace: str, value: str, quote: bool = True) -> str:
+    """generator.go serviceAccountRegex: `<ns>/<sa>` or a bare `<sa>` in the policy's namespace.
+
+    `quote=False` is the form before istio/istio#59700 (1.27.9 / 1.28.6 / 1.29.2): `fmt.Sprintf(...,
+    ns, sa)` with both unquoted (generator.go at 1.25.0 ... 1.29.1).
+    """
     ns, sep, sa = value.partition("/")
     if not sep:
         ns, sa = default_namespace, value
-    return f"spiffe://.+/ns/{quote_meta(ns)}/(.+/|)sa/{quote_meta(sa)}(/.+)?"
+    if quote:
+        ns, sa = quote_meta(ns), quote_meta(sa)
+    return f"spiffe://.+/ns/{ns}/(.+/|)sa/{sa}(/.+)?"
 
 
 @dataclass
 class SrcServiceAccountGenerator(Generator):
-    """generator.go srcServiceAccountGenerator."""
+    """generator.go srcServiceAccountGenerator (`quote`: see service_account_regex)."""
 
     policy_namespace: str
+    quote: bool = True
 
     def principal(self, key: str, value: str, for_tcp: bool, use_authenticated: bool) -> Json:
-        regex = service_account_regex(self.policy_namespace, value)
+        regex = service_account_regex(self.policy_namespace, value, self.quote)
         return principal_authenticated(string_matcher_regex(regex), use_authenticated)
 
 
@@ -528,11 +554,19 @@ class SrcTrustDomainGenerator(Generator):
         return principal_authenticated(m, use_authenticated)
 
 
+@dataclass
 class SrcPrincipalGenerator(Generator):
-    """generator.go srcPrincipalGenerator: the value with `spiffe://` in front (`*` → `.+`)."""
+    """generator.go srcPrincipalGenerator: the value with `spiffe://` in front (`*` → `.+`).
+
+    `quote=False`: a `*suffix` goes into the regex unquoted, as before istio/istio#59992 (see
+    string_matcher_with_prefix).
+    """
+
+    quote: bool = True
 
     def principal(self, key: str, value: str, for_tcp: bool, use_authenticated: bool) -> Json:
-        return principal_authenticated(string_matcher_with_prefix(value, SPIFFE_PREFIX), use_authenticated)
+        return principal_authenticated(string_matcher_with_prefix(value, SPIFFE_PREFIX, self.quote),
+                                       use_authenticated)
 
 
 _MATCH_ANY = string_matcher_regex(".+")  # generator.go matchAny
@@ -750,8 +784,16 @@ class RuleModel:
     principals: list[_RuleList]
 
     @classmethod
-    def new(cls, policy_namespace: str, rule: Mapping[str, Any], port_map: Mapping[int, int]) -> RuleModel:
-        """model.go New: `when` conditions are appended to every permission / principal."""
+    def new(cls, policy_namespace: str, rule: Mapping[str, Any], port_map: Mapping[int, int],
+            release: Release | None = None) -> RuleModel:
+        """model.go New: `when` conditions are appended to every permission / principal.
+
+        `release` picks the identity generators' quoting (release.py; default: the newest release).
+        """
+        release = release or Release.newest()
+        namespaces = SrcNamespaceGenerator(release.quotes_namespaces)
+        principals_g = SrcPrincipalGenerator(release.quotes_namespaces)
+        service_accounts = SrcServiceAccountGenerator(policy_namespace, release.quotes_service_accounts)
         base_permission, base_principal = _RuleList(), _RuleList()
         for when in rule.get("when") or []:
             when = _section(when)
@@ -770,13 +812,13 @@ class RuleModel:
             elif k == ATTR_REMOTE_IP:
                 base_principal.append_last(k, vals, nots, RemoteIPGenerator())
             elif k == ATTR_SRC_NAMESPACE:
-                base_principal.append_last(k, vals, nots, SrcNamespaceGenerator())
+                base_principal.append_last(k, vals, nots, namespaces)
             elif k == ATTR_SRC_TRUST_DOMAIN:
                 base_principal.append_last(k, vals, nots, SrcTrustDomainGenerator())
             elif k == ATTR_SRC_SERVICE_ACCOUNT:
-                base_principal.append_last(k, vals, nots, SrcServiceAccountGenerator(policy_namespace))
+                base_principal.append_last(k, vals, nots, service_accounts)
             elif k == ATTR_SRC_PRINCIPAL:
-                base_principal.append_last(k, vals, nots, SrcPrincipalGenerator())
+                base_principal.append_last(k, vals, nots, principals_g)
             elif k == ATTR_REQUEST_PRINCIPAL:
                 base_principal.append_last(k, vals, nots, extended=RequestPrincipalGenerator())
             elif k == ATTR_REQUEST_AUDIENCES:
@@ -800,17 +842,16 @@ class RuleModel:
                 merged.insert_front(ATTR_REMOTE_IP, strings(s.get("remoteIpBlocks")),
                                     strings(s.get("notRemoteIpBlocks")), RemoteIPGenerator())
                 merged.insert_front(ATTR_SRC_NAMESPACE, strings(s.get("namespaces")),
-                                    strings(s.get("notNamespaces")), SrcNamespaceGenerator())
+                                    strings(s.get("notNamespaces")), namespaces)
                 merged.insert_front(ATTR_SRC_TRUST_DOMAIN, strings(s.get("trustDomains")),
                                     strings(s.get("notTrustDomains")), SrcTrustDomainGenerator())
                 merged.insert_front(ATTR_SRC_SERVICE_ACCOUNT, strings(s.get("serviceAccounts")),
-                                    strings(s.get("notServiceAccounts")),
-                                    SrcServiceAccountGenerator(policy_namespace))
+                                    strings(s.get("notServiceAccounts")), service_accounts)
                 merged.insert_front(ATTR_REQUEST_PRINCIPAL, strings(s.get("requestPrincipals")),
                                     strings(s.get("notRequestPrincipals")),
                                     extended=RequestPrincipalGenerator())
                 merged.insert_front(ATTR_SRC_PRINCIPAL, strings(s.get("principals")),
-                                    strings(s.get("notPrincipals")), SrcPrincipalGenerator())
+                                    strings(s.get("notPrincipals")), principals_g)
             principals.append(merged)
         if not rule.get("from"):
             principals.append(base_principal)
@@ -889,13 +930,14 @@ class RbacBuilder:
 
     `use_filter_state` is istiod's Option.UseFilterState (waypoints); `port_map` is ours (see
     DestPortGenerator); `stat_prefixes` adds our `rules_stat_prefix` to HTTP filters (off to compare
-    with istiod's golden output).
+    with istiod's golden output); `release` is the Istio release whose generators are emulated.
     """
 
     bundle: TrustDomainBundle
     use_filter_state: bool = False
     port_map: Mapping[int, int] = field(default_factory=dict)
     stat_prefixes: bool = True
+    release: Release = field(default_factory=Release.newest)
 
     def _partition(self, policies: Sequence[Manifest]) -> dict[str, list[Manifest]]:
         """authorization.go updateAuthorizationPoliciesResult: policies by action."""
@@ -943,7 +985,7 @@ class RbacBuilder:
                 if rule is None:
                     continue  # "skipped nil rule"
                 try:
-                    m = RuleModel.new(policy.namespace, _section(rule), self.port_map)
+                    m = RuleModel.new(policy.namespace, _section(rule), self.port_map, self.release)
                 except GenerationError:
                     continue  # "skipped invalid rule"
                 m.migrate_trust_domain(self.bundle)

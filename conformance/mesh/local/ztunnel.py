@@ -14,7 +14,12 @@ no trust-domain rewriting, dry-run policies are not sent). So this module is two
    those objects (`istio/ztunnel@1.30.3:src/rbac.rs`, Authorization::matches; `src/state.rs`,
    assert_rbac: any matching DENY denies, ALLOW policies present and none matching denies).
 
-Like `rbac.py`, this is independent of the verdict engine and imports nothing from it.
+What changed between releases is read from a `Release` (release.py): before 1.25.2 istiod sent dry-run
+policies to ztunnel as ordinary policies, which ztunnel enforced (istio/istio#55414).
+
+Like `rbac.py`, this is independent of the verdict engine and imports nothing from it. A direct
+evaluator of the same objects (rbac.rs line by line), to test the Envoy form against, lives with the
+tests (tests/mesh/rbac_rs.py): nothing in the mesh uses it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from conformance.mesh.local.rbac import (
     strings,
     target_refs,
 )
+from conformance.mesh.local.release import Release
 from conformance.model import Manifest
 
 Scope = Literal["GLOBAL", "NAMESPACE", "WORKLOAD_SELECTOR"]
@@ -353,7 +359,7 @@ def handle_rule(action: Action, rule: Mapping[str, Any], rule_namespace: str) ->
 
 
 def convert_authorization_policy(
-    policy: Manifest, root_namespace: str, *, dry_run_enabled: bool = False,
+    policy: Manifest, root_namespace: str, *, dry_run_enabled: bool = False, release: Release | None = None,
 ) -> tuple[Authorization | None, str | None]:
     """authorization.go convertAuthorizationPolicy: (what ztunnel receives or None, status message).
 
@@ -361,9 +367,15 @@ def convert_authorization_policy(
     `dry_run_enabled`), `targetRef(s)` policies, AUDIT and CUSTOM. Scope: no selector → NAMESPACE,
     or GLOBAL in the root namespace; a selector → WORKLOAD_SELECTOR. No trust-domain handling
     ("TODO: TDA"): principals are compared literally.
+
+    Before 1.25.2 (`release.ztunnel_receives_dry_run`, istio/istio#55414) the annotation was not read
+    at all (kube/controller/ambient/policies.go and authorization.go at 1.25.1 never mention it): a
+    dry-run policy is translated like any other, without `dryRun`, and ztunnel enforces it.
     """
+    release = release or Release.newest()
     spec = policy.spec
-    dry_run = is_dry_run(policy)
+    # Not read before 1.25.2: an ordinary policy (the proto had no dry-run field before 1.29).
+    dry_run = False if release.ztunnel_receives_dry_run else is_dry_run(policy)
     if dry_run and not dry_run_enabled:
         return None, (f'found policy "{policy.namespace}/{policy.name}" using dry-run annotation, but support '
                       "for ambient dry-run authorizationPolicies isn't enabled")
@@ -390,13 +402,14 @@ def convert_authorization_policy(
     return authz, None
 
 
-def translate(policies: Sequence[Manifest], root_namespace: str) -> list[Authorization]:
-    """What istiod sends ztunnel for these (already selected) policies, in order."""
+def translate(policies: Sequence[Manifest], root_namespace: str, release: Release | None = None) -> list[Authorization]:
+    """What istiod at `release` (default: the newest) sends ztunnel for these (already selected) policies,
+    in order."""
     out: list[Authorization] = []
     for policy in policies:
         if policy.kind != "AuthorizationPolicy":
             continue
-        authz, _ = convert_authorization_policy(policy, root_namespace)
+        authz, _ = convert_authorization_policy(policy, root_namespace, release=release)
         if authz is not None:
             out.append(authz)
     return out
@@ -585,77 +598,3 @@ def plaintext_filters(authorizations: Sequence[Authorization], destination_ip: s
         }}
         for action, selected in _by_action(authorizations)
     ]
-
-
-# ---------------------------------------------------------------------------------------------------
-# A direct evaluator of the same objects (rbac.rs, line by line), to test the Envoy form against.
-
-
-@dataclass(frozen=True)
-class Peer:
-    """rbac.rs Connection: source and destination addresses, the peer's SPIFFE identity if mTLS."""
-
-    source_ip: str
-    destination_ip: str
-    destination_port: int
-    identity: str | None = None  # "spiffe://td/ns/x/sa/y"
-
-
-def matches(authz: Authorization, conn: Peer) -> bool:
-    """rbac.rs Authorization::matches."""
-    full = conn.identity or ""
-    parts = full.removeprefix(SPIFFE_PREFIX).split("/") if full.startswith(SPIFFE_PREFIX) else []
-    parsed = parts if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
-    ns = parsed[2] if parsed else ""
-    if not authz.groups:
-        return False
-
-    def principal_ok(s: StringMatch) -> bool:
-        return full.startswith(SPIFFE_PREFIX) and s.matches(full.removeprefix(SPIFFE_PREFIX))
-
-    def sa_ok(sa: ServiceAccountMatch) -> bool:
-        return parsed is not None and parsed[2] == sa.namespace and parsed[4] == sa.service_account
-
-    def internal(pos: Sequence[Any], neg: Sequence[Any], pred: Any) -> bool:
-        pm = True if not pos else any(pred(p) for p in pos)
-        nm = True if not neg else not any(pred(p) for p in neg)
-        return pm and nm
-
-    src, dst = ipaddress.ip_address(conn.source_ip), ipaddress.ip_address(conn.destination_ip)
-    for group in authz.groups:
-        rule_match = True
-        for clause in group.rules:
-            clause_match = not clause.matches
-            for mg in clause.matches:
-                if mg.is_empty():
-                    continue
-                if (internal(mg.destination_ips, mg.not_destination_ips, lambda a: dst in a.network)
-                        and internal(mg.source_ips, mg.not_source_ips, lambda a: src in a.network)
-                        and internal(mg.destination_ports, mg.not_destination_ports,
-                                     lambda p: p == conn.destination_port)
-                        and internal(mg.service_accounts, mg.not_service_accounts, sa_ok)
-                        and internal(mg.principals, mg.not_principals, principal_ok)
-                        and internal(mg.namespaces, mg.not_namespaces, lambda s: s.matches(ns))):
-                    clause_match = True
-                    break
-            rule_match = rule_match and clause_match
-            if not rule_match:
-                break
-        if rule_match:
-            return True
-    return False
-
-
-def decide(authorizations: Sequence[Authorization], conn: Peer) -> tuple[bool, str | None]:
-    """state.rs assert_rbac: (allowed, deciding policy `ns/name` or None)."""
-    enforced = [a for a in authorizations if not a.dry_run]
-    for a in enforced:
-        if a.action == "DENY" and matches(a, conn):
-            return False, a.ref
-    allows = [a for a in enforced if a.action == "ALLOW"]
-    if not allows:
-        return True, None
-    for a in allows:
-        if matches(a, conn):
-            return True, a.ref
-    return False, None
