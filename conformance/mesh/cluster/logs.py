@@ -10,7 +10,9 @@ issue 9). What the proxies write, and how a record is tied to its probe:
   istiod's id `ns[<ns>]-policy[<name>]-rule[<i>]` (pilot/pkg/security/authz/builder/builder.go) or
   `[none]` when ALLOW policies exist and none matched. A STRICT sidecar refusing plaintext writes the
   listener record istiod adds for `NR` (pilot/pkg/networking/core/accesslog.go `listenerAccessLogFilter`)
-  with `details` = `filter_chain_not_found` (Envoy's ResponseCodeDetails::FilterChainNotFound).
+  with `details` = `filter_chain_not_found` (envoyproxy/envoy source/common/listener_manager/
+  active_stream_listener_base.cc `newConnection`: NoRouteFound + FilterChainNotFound, then the
+  listener's access logs).
   HTTP records carry the suite's probe header (`probe` = %REQ(x-authz-conformance-probe)%): exact.
   Connection records are found by the source address and port the proxy saw (`src`); when the client
   has a sidecar, that is the client sidecar's upstream socket, read from the client's own outbound
