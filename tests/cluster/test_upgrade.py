@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from conformance.mesh.cluster.istioctl import Kubeconfig
 from conformance.mesh.cluster.upgrade import Sample, Watcher, canary_commands, restart_body, summarize
 from conformance.model import Port, Probe, Workload
@@ -121,3 +123,13 @@ def test_report_command_line(tmp_path, capsys):
                       str(tmp_path / "s.md")])
     out = capsys.readouterr().out
     assert rc == 1 and "FAIL-OPEN x" in out and (tmp_path / "s.md").read_text() == out
+
+
+def test_an_unmodelled_version_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.mesh.cluster.upgrade import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--kubeconfig", "k", "--context", "c", "--mode", "ambient", "--from", "1.99", "--to", "1.30",
+              "--istioctl-to", "istioctl", "--out", "out.json"])
+    assert exit_info.value.code == 2
+    assert "Istio version '1.99' is not modelled" in capsys.readouterr().err

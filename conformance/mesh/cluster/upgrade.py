@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from conformance.errors import ConformanceError
+from conformance.errors import ConformanceError, UsageError
 from conformance.mesh.cluster import istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
@@ -177,13 +177,23 @@ def upgrade(kube: Kube, kcfg: Kubeconfig, matrix: Matrix, mode: Mode, to_version
     phase("upgraded")
 
 
+def _modelled_version(text: str) -> str:
+    """An Istio version the engine models (versions.MODELLED_VERSIONS), as given; anything else is a
+    usage error naming what is modelled, never a traceback."""
+    try:
+        IstioVersion.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m conformance.mesh.cluster.upgrade", description=__doc__.split("\n")[0])
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--context", required=True)
     p.add_argument("--mode", required=True, choices=("sidecar", "ambient"))
-    p.add_argument("--from", dest="old", required=True)
-    p.add_argument("--to", dest="new", required=True)
+    p.add_argument("--from", dest="old", required=True, type=_modelled_version)
+    p.add_argument("--to", dest="new", required=True, type=_modelled_version)
     p.add_argument("--istioctl-to", required=True)
     p.add_argument("--scenario", type=Path, default=WATCH_SCENARIO)
     p.add_argument("--settle", type=float, default=20.0, help="seconds to keep probing after the upgrade")
