@@ -66,7 +66,7 @@ INCONCLUSIVE = Category(
     "from the wrong workload): nothing can be concluded about the policies.",
 )
 INFRASTRUCTURE = Category(
-    "infrastructure failure", "infrastructure failure", "broken",
+    "infrastructure failure", verdicts.INFRASTRUCTURE, "broken",
     "The target could not bring up the mesh, apply the policies or run the probes.",
 )
 INVALID = Category(
@@ -129,6 +129,7 @@ class InvalidScenarioFailure(Failure):
 
 _EXCEPTIONS: dict[str, type[Failure]] = {
     MISMATCH.tag: PolicyVerdictMismatch, UNPROVEN.tag: DenialWithoutProof, INCONCLUSIVE.tag: InconclusiveProbe,
+    INFRASTRUCTURE.tag: InfrastructureFailure,
 }
 
 
@@ -144,7 +145,7 @@ def step_failure(result: StepResult, repro: Callable[[Row], str] | None = None) 
 
     table = result.table
     failing = result.failing()
-    found = {rec.last.category for _, rec in failing if rec.last is not None and rec.last.category}
+    found = {j.category for _, rec in failing if (j := rec.failing_judgement) is not None and j.category}
     tag = next((c.tag for c in CATEGORIES if c.tag in found), INCONCLUSIVE.tag)
     lines = [f"{tag}: {table.scenario.name} [{table.mode}] step {table.step.name}: "
              f"{len(failing)} of {len(table.rows)} probe(s) did not conform"]

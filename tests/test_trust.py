@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from conformance.failures import INFRASTRUCTURE as INFRASTRUCTURE_CATEGORY
+from conformance.failures import InfrastructureFailure, step_failure
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
 from conformance.model import ALLOWED, Expectation, Scenario, Step
 from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, PROXY_ALLOWED, Evidence, Observation, Proof
@@ -190,3 +192,15 @@ def test_unconfirmed_denials_pass_only_by_opt_in_and_are_listed(shared_id: Scena
     session = _Scripted(shared_id, [[_denial(proof=False)]])
     result = run_step(session, shared_id, _one_probe_step(shared_id), VERSION, required=2, deadline=0)  # type: ignore[arg-type]
     assert not result.passed and unconfirmed_denials([result]) == []
+
+
+def test_a_target_fault_fails_the_step_as_infrastructure(shared_id: Scenario) -> None:
+    dead = "the sidecar of shop/api is not running (Envoy exited with -9)"
+    broken = Observation("denied-upstream", Evidence(0, 503, "upstream connect error or disconnect/reset before "
+                                                            "headers. reset reason: connection failure"),
+                         problem=dead)
+    session = _Scripted(shared_id, [[broken]])
+    result = run_step(session, shared_id, _one_probe_step(shared_id), VERSION, required=2, deadline=0)  # type: ignore[arg-type]
+    failure = step_failure(result)
+    assert isinstance(failure, InfrastructureFailure) and failure.category is INFRASTRUCTURE_CATEGORY
+    assert dead in str(failure)
