@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from conformance import __version__
-from conformance.failures import MISMATCH, Failure, InconclusiveProbe, PolicyVerdictMismatch, allure_categories
+from conformance.failures import Failure, allure_categories, probe_failure
 from conformance.runner import StepResult
 from conformance.versions import IstioVersion
 
@@ -130,11 +130,7 @@ class AllureReporter:
             repro = item.repro_command(row)
             failure: Failure | None = None
             if not rec.passed:
-                wrong = judgement is not None and not judgement.passed
-                message = (f"{judgement.category}: {judgement.message}" if judgement is not None and wrong
-                           else "inconclusive probe: never observed")
-                kind = PolicyVerdictMismatch if message.startswith(MISMATCH.tag) else InconclusiveProbe
-                failure = kind(message)
+                failure = probe_failure(judgement)
             # The step's status comes from the exception handed to its exit, as if raised inside it
             # (failed for a mismatch, broken otherwise), without a traceback of this reporting code.
             step = allure.step(title)

@@ -25,6 +25,7 @@ from conformance import verdicts
 if TYPE_CHECKING:
     from conformance.runner import StepResult
     from conformance.truthtable import Row
+    from conformance.verdicts import Judgement
 
 
 @dataclass(frozen=True)
@@ -153,3 +154,10 @@ def step_failure(result: StepResult, repro: Callable[[Row], str] | None = None) 
         lines.append(f"reproduce: {repro(failing[0][0])}")
     lines += [cell_line(table, row, rec) for row, rec in failing]
     return _EXCEPTIONS[tag]("\n".join(lines), result)
+
+
+def probe_failure(judgement: Judgement | None) -> Failure:
+    """The failure of one probe (an Allure step), in its own judgement's category."""
+    if judgement is None or judgement.passed or judgement.category not in _EXCEPTIONS:
+        return InconclusiveProbe("never observed")
+    return _EXCEPTIONS[judgement.category](f"{judgement.category}: {judgement.message}")

@@ -204,3 +204,14 @@ def test_a_target_fault_fails_the_step_as_infrastructure(shared_id: Scenario) ->
     failure = step_failure(result)
     assert isinstance(failure, InfrastructureFailure) and failure.category is INFRASTRUCTURE_CATEGORY
     assert dead in str(failure)
+
+
+def test_each_probe_failure_keeps_its_own_category() -> None:
+    """An Allure step's status and category come from that probe's judgement: an infrastructure fault or
+    a denial without proof is never filed as an inconclusive probe or a mismatch."""
+    from conformance.failures import INCONCLUSIVE, MISMATCH, UNPROVEN, probe_failure
+    from conformance.verdicts import Judgement
+
+    for category in (MISMATCH, UNPROVEN, INCONCLUSIVE, INFRASTRUCTURE_CATEGORY):
+        failure = probe_failure(Judgement(False, category.tag, "what happened"))
+        assert failure.category is category and str(failure) == f"{category.tag}: what happened"
