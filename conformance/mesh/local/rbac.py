@@ -788,7 +788,8 @@ class RuleModel:
             release: Release | None = None) -> RuleModel:
         """model.go New: `when` conditions are appended to every permission / principal.
 
-        `release` picks the identity generators' quoting (release.py; default: the newest release).
+        `release` picks the identity generators' quoting and the attributes istiod knows (release.py;
+        default: the newest release).
         """
         release = release or Release.newest()
         namespaces = SrcNamespaceGenerator(release.quotes_namespaces)
@@ -813,9 +814,9 @@ class RuleModel:
                 base_principal.append_last(k, vals, nots, RemoteIPGenerator())
             elif k == ATTR_SRC_NAMESPACE:
                 base_principal.append_last(k, vals, nots, namespaces)
-            elif k == ATTR_SRC_TRUST_DOMAIN:
+            elif k == ATTR_SRC_TRUST_DOMAIN and release.rbac_trust_domains:
                 base_principal.append_last(k, vals, nots, SrcTrustDomainGenerator())
-            elif k == ATTR_SRC_SERVICE_ACCOUNT:
+            elif k == ATTR_SRC_SERVICE_ACCOUNT and release.service_accounts:
                 base_principal.append_last(k, vals, nots, service_accounts)
             elif k == ATTR_SRC_PRINCIPAL:
                 base_principal.append_last(k, vals, nots, principals_g)
@@ -830,6 +831,7 @@ class RuleModel:
             elif k.startswith(ATTR_REQUEST_CLAIMS):
                 base_principal.append_last(k, vals, nots, extended=RequestClaimGenerator())
             else:
+                # Also source.trustDomain before 1.30.2 and source.serviceAccount before 1.25 (release.py).
                 raise GenerationError(f"unknown attribute {k}")
 
         principals: list[_RuleList] = []
@@ -843,10 +845,12 @@ class RuleModel:
                                     strings(s.get("notRemoteIpBlocks")), RemoteIPGenerator())
                 merged.insert_front(ATTR_SRC_NAMESPACE, strings(s.get("namespaces")),
                                     strings(s.get("notNamespaces")), namespaces)
-                merged.insert_front(ATTR_SRC_TRUST_DOMAIN, strings(s.get("trustDomains")),
-                                    strings(s.get("notTrustDomains")), SrcTrustDomainGenerator())
-                merged.insert_front(ATTR_SRC_SERVICE_ACCOUNT, strings(s.get("serviceAccounts")),
-                                    strings(s.get("notServiceAccounts")), service_accounts)
+                if release.rbac_trust_domains:  # before 1.30.2 New ignores the fields (release.py)
+                    merged.insert_front(ATTR_SRC_TRUST_DOMAIN, strings(s.get("trustDomains")),
+                                        strings(s.get("notTrustDomains")), SrcTrustDomainGenerator())
+                if release.service_accounts:  # not in the API before 1.25
+                    merged.insert_front(ATTR_SRC_SERVICE_ACCOUNT, strings(s.get("serviceAccounts")),
+                                        strings(s.get("notServiceAccounts")), service_accounts)
                 merged.insert_front(ATTR_REQUEST_PRINCIPAL, strings(s.get("requestPrincipals")),
                                     strings(s.get("notRequestPrincipals")),
                                     extended=RequestPrincipalGenerator())

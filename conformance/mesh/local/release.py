@@ -100,6 +100,15 @@ class Release:
     # "1.25" (1.25+): root, waypoint and service namespaces searched; Service refs from the service's
     #   namespace, Gateway refs from the waypoint's, GatewayClass refs from the root namespace.
     waypoint_attachment: Attachment
+    # Attributes istiod's RBAC builder knows (pilot/pkg/security/authz/model/model.go New at each tag):
+    # `serviceAccounts` / `notServiceAccounts` and the `when` key `source.serviceAccount` from 1.25.0
+    # (absent from model.go at 1.24.6: not in the API, and the key is an "unknown attribute", which skips
+    # the rule); `trustDomains` / `notTrustDomains` and `source.trustDomain` from 1.30.2 (istio/istio#59358,
+    # backported in #60528): at 1.30.0 / 1.30.1 the CRD has the fields but New ignores them, and the key is
+    # an unknown attribute. The scenario validation rejects them below those releases; the compiler still
+    # generates what those istiods generated, so nothing silently gets the newer meaning.
+    service_accounts: bool
+    rbac_trust_domains: bool
 
     @classmethod
     def of(cls, version: IstioVersion | str | None = None) -> Release:
@@ -115,6 +124,8 @@ class Release:
             ztunnel_receives_dry_run=not carries(triple, FIX_55414),
             gateway_class_binds_waypoints=triple >= (1, 25, 0),
             waypoint_attachment=attachment,
+            service_accounts=triple >= (1, 25, 0),
+            rbac_trust_domains=triple >= (1, 30, 2),
         )
 
     @classmethod

@@ -283,13 +283,16 @@ def _section(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def handle_rule(action: Action, rule: Mapping[str, Any], rule_namespace: str) -> tuple[list[Clause] | None, list[str]]:
+def handle_rule(action: Action, rule: Mapping[str, Any], rule_namespace: str,
+                release: Release | None = None) -> tuple[list[Clause] | None, list[str]]:
     """authorization.go handleRule: (clauses, HTTP attributes found); `None` clauses = rule dropped.
 
     One `to` clause (ports only), one `from` clause (L4 source fields only), one clause per `when`
     (a Match holding only an L4 key's values, empty otherwise). An ALLOW rule with any HTTP attribute
-    is dropped whole; a DENY rule keeps its L4 remains, empty Matches included.
+    is dropped whole; a DENY rule keeps its L4 remains, empty Matches included. `serviceAccounts` are
+    translated from 1.25 (`release.service_accounts`: before, the API has no such field).
     """
+    release = release or Release.newest()
     l7_found = False
     http_match: list[str] = []
     to_matches: list[Match] = []
@@ -315,9 +318,10 @@ def handle_rule(action: Action, rule: Mapping[str, Any], rule_namespace: str) ->
             not_source_ips=string_to_ip(strings(src.get("notIpBlocks"))),
             namespaces=string_to_match(strings(src.get("namespaces"))),
             not_namespaces=string_to_match(strings(src.get("notNamespaces"))),
-            service_accounts=string_to_service_account_match(strings(src.get("serviceAccounts")), rule_namespace),
+            service_accounts=string_to_service_account_match(
+                strings(src.get("serviceAccounts")) if release.service_accounts else [], rule_namespace),
             not_service_accounts=string_to_service_account_match(
-                strings(src.get("notServiceAccounts")), rule_namespace),
+                strings(src.get("notServiceAccounts")) if release.service_accounts else [], rule_namespace),
             principals=string_to_match(strings(src.get("principals"))),
             not_principals=string_to_match(strings(src.get("notPrincipals"))),
         ))
@@ -392,7 +396,7 @@ def convert_authorization_policy(
     groups: list[Group] = []
     with_l7: set[str] = set()
     for i, rule in enumerate(spec.get("rules") or []):
-        clauses, found = handle_rule(action, _section(rule), policy.namespace)
+        clauses, found = handle_rule(action, _section(rule), policy.namespace, release)
         if clauses is not None:
             groups.append(Group(tuple(clauses), rule_index=i))
         with_l7.update(found)
