@@ -43,7 +43,6 @@ __all__ = [
     "GATEWAY_NAME_LABEL",
     "PEER_PRINCIPAL_KEY",
     "WAYPOINT_GATEWAY_CLASS",
-    "Release",
     "peer_authentication_mode",
     "select_policies",
     "select_waypoint_policies",
@@ -146,9 +145,9 @@ def _should_attach(
 
 def _attach_1_24(policy: Manifest, refs: Sequence[Mapping[str, Any]], workload_namespace: str,
                  gateway_name: str, is_waypoint: bool, services: Sequence[tuple[str, str]]) -> bool:
-    """ShouldAttachPolicy's targetRefs loop at 1.24 (policyattachment.go at 1.24.6): no GatewayClass, and
-    no "policy in the waypoint's namespace" check for a Gateway ref (ListAuthorizationPolicies only
-    searched the service's namespace then, see `_lookup_namespaces`)."""
+    """ShouldAttachPolicy's targetRefs loop at 1.24 (policyattachment.go at 1.24.6, after istio/istio#52760):
+    no GatewayClass, and no "policy in the waypoint's namespace" check for a Gateway ref (added by #54140
+    in 1.25; ListAuthorizationPolicies only searched the service's namespace, `_waypoint_lookup_namespaces`)."""
     for ref in refs:
         target = ref.get("name")
         if is_waypoint and _matches_group_kind(ref, "", "Service") and any(
@@ -165,7 +164,8 @@ def _attach_1_22(policy: Manifest, refs: Sequence[Mapping[str, Any]], workload_n
                  gateway_name: str, is_waypoint: bool, services: Sequence[tuple[str, str]]) -> bool:
     """ShouldAttachPolicy's targetRefs loop at 1.22 and 1.23 (policyattachment.go at 1.22.0 / 1.23.0):
     Gateway and Service refs attach by name alone, the targetRef's namespace empty or the waypoint's
-    (`p.Namespace`), whatever namespace the policy lives in; no GatewayClass."""
+    (`p.Namespace`), whatever namespace the policy lives in (so a root-namespace policy reaches every
+    waypoint of that name, or every waypoint serving a service of that name); no GatewayClass."""
     for ref in refs:
         target = ref.get("name")
         if ref.get("namespace") not in (None, "", workload_namespace):

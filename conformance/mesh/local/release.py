@@ -19,6 +19,7 @@ scenario at that release with a reason naming both (`authz.unemulated`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 from conformance.versions import IstioVersion
@@ -95,10 +96,12 @@ class Release:
     # ListAuthorizationPolicies and policyattachment.go ShouldAttachPolicy at each tag):
     # "1.22" (1.22-1.23): root and waypoint namespaces searched; Gateway and Service refs attach by name,
     #   the targetRef's own namespace empty or the waypoint's, whatever namespace the policy is in;
-    # "1.24": only the service's namespace searched (WithService); a Service ref needs the policy in the
-    #   service's namespace, a Gateway ref attaches by name;
-    # "1.25" (1.25+): root, waypoint and service namespaces searched; Service refs from the service's
-    #   namespace, Gateway refs from the waypoint's, GatewayClass refs from the root namespace.
+    # "1.24" (istio/istio#52760 "Test and improve cross-namespace waypoint", 1.24.0): only the service's
+    #   namespace searched (WithService); a Service ref needs the policy in the service's namespace, a
+    #   Gateway ref attaches by name;
+    # "1.25" (istio/istio#54140 "ambient: better selection criteria on targetRefs", 1.25.0): root, waypoint
+    #   and service namespaces searched; Service refs from the service's namespace, Gateway refs from the
+    #   waypoint's, GatewayClass refs from the root namespace.
     waypoint_attachment: Attachment
     # Attributes istiod's RBAC builder knows (pilot/pkg/security/authz/model/model.go New at each tag):
     # `serviceAccounts` / `notServiceAccounts` and the `when` key `source.serviceAccount` from 1.25.0
@@ -114,19 +117,8 @@ class Release:
     def of(cls, version: IstioVersion | str | None = None) -> Release:
         """The release `version` names (`1.29`, `1.29.2`, an IstioVersion; None: the default, 1.30's
         pinned patch). An unmodelled release raises UsageError (IstioVersion.parse)."""
-        v = version if isinstance(version, IstioVersion) else IstioVersion.parse(version)
-        triple = (v.major, v.minor, v.patch)
-        attachment: Attachment = "1.25" if triple >= (1, 25, 0) else "1.24" if triple >= (1, 24, 0) else "1.22"
-        return cls(
-            version=triple,
-            quotes_namespaces=carries(triple, FIX_59992),
-            quotes_service_accounts=carries(triple, FIX_59700),
-            ztunnel_receives_dry_run=not carries(triple, FIX_55414),
-            gateway_class_binds_waypoints=triple >= (1, 25, 0),
-            waypoint_attachment=attachment,
-            service_accounts=triple >= (1, 25, 0),
-            rbac_trust_domains=triple >= (1, 30, 2),
-        )
+        v = IstioVersion.parse(None if version is None else str(version))  # an IstioVersion is checked too
+        return _release((v.major, v.minor, v.patch))
 
     @classmethod
     def newest(cls) -> Release:
@@ -135,3 +127,19 @@ class Release:
 
     def __str__(self) -> str:
         return "Istio {}.{}.{}".format(*self.version)
+
+
+@cache
+def _release(triple: Triple) -> Release:
+    """Release.of for a parsed release; cached, since every compiler call without one asks for the newest."""
+    attachment: Attachment = "1.25" if triple >= (1, 25, 0) else "1.24" if triple >= (1, 24, 0) else "1.22"
+    return Release(
+        version=triple,
+        quotes_namespaces=carries(triple, FIX_59992),
+        quotes_service_accounts=carries(triple, FIX_59700),
+        ztunnel_receives_dry_run=not carries(triple, FIX_55414),
+        gateway_class_binds_waypoints=triple >= (1, 25, 0),
+        waypoint_attachment=attachment,
+        service_accounts=triple >= (1, 25, 0),
+        rbac_trust_domains=triple >= (1, 30, 2),
+    )
