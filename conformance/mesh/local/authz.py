@@ -417,7 +417,8 @@ def _unquoted_values(policy: Manifest, release: Release) -> Iterator[tuple[str, 
                     if value.startswith("*") and value != "*" and unquoted_hazard(value[1:]):
                         yield key, value, fix_59992
                 elif (key in ("serviceAccounts", "notServiceAccounts", "source.serviceAccount")
-                      and not release.quotes_service_accounts and unquoted_hazard(value)):
+                      and release.service_accounts and not release.quotes_service_accounts
+                      and unquoted_hazard(value)):
                     yield key, value, fix_59700
 
 
