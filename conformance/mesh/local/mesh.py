@@ -106,8 +106,8 @@ class LocalTarget:
 
         A version-keyed behaviour the local mesh cannot emulate (authz.unemulated) must never become a
         silent run of another release's semantics: the scenario is refused, naming the release and the
-        behaviour. Every step's policies are checked up front, so a refusal is a skip, not a failure
-        half-way through.
+        behaviour. Every step's policies are checked up front, so a refusal comes before anything runs
+        (start raises TargetUnavailable, which errors.py defines as a reason to skip), never half-way.
         """
         policies = [m for step in scenario.steps for m in step.policies]
         reason = _authz().unemulated(policies, mode, self.release)
