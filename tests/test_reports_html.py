@@ -85,7 +85,7 @@ def test_the_wrong_claim_page_shows_its_step_truth_table_and_category(report: di
     assert wrong["truthTable"] == {"rows": 1, "differing": 1}
     assert wrong["attachments"] == ["policies in force", "truth table: expected vs observed",
                                     "engine explanation: expect[0] default/frontend → default/backend:80 GET "
-                                    "/api/v1/data", "convergence record"]
+                                    "/api/v1/data", "convergence record", "scenario ≠ engine"]
     passing = [o for name, o in opened.items() if name.startswith("good · ")]
     assert passing and all(o["truthTable"]["differing"] == 0 and o["category"] is None for o in passing)
     assert report["found"]["classicCategories"] == {"policy verdict mismatch": 1}
