@@ -43,7 +43,25 @@ def scope_of(policy: AuthorizationPolicy, mesh: MeshConfig) -> str:
 def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoint, service: Workload,
                    mesh: MeshConfig, version: IstioVersion) -> bool:
     """policyattachment.go: Gateway (the waypoint itself, same namespace), Service (that service, in
-    its namespace, waypoints only), GatewayClass istio-waypoint from the root namespace (1.25+)."""
+    its namespace, waypoints only), GatewayClass istio-waypoint from the root namespace (1.25+).
+
+    Before 1.24.0 the policy's own namespace was not compared: of the policies istiod looks up for the
+    waypoint (the root namespace's and the waypoint's own, authorization.go ListAuthorizationPolicies),
+    a Gateway or Service targetRef attached by name, its namespace empty or the waypoint's
+    (istio/istio@1.23.0 pilot/pkg/model/policyattachment.go ShouldAttachPolicy; 1.24.0 added
+    `policyName.Namespace == p.ServiceNamespace`). So a root-namespace policy naming Gateway `waypoint`
+    bound every waypoint of that name.
+    """
+    if not version.at_least(1, 24):
+        if policy.namespace not in (mesh.root_namespace, waypoint.namespace):
+            return False
+        if ref.namespace and ref.namespace != waypoint.namespace:
+            return False
+        if ref.kind == "Gateway" and ref.group == GATEWAY_GROUP:
+            return ref.name == waypoint.name
+        if ref.kind == "Service" and ref.group in ("", "core"):
+            return ref.name == service.name
+        return False
     if ref.namespace and ref.namespace != policy.namespace:
         return False
     if ref.kind == "Gateway" and ref.group == GATEWAY_GROUP:
