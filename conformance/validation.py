@@ -40,6 +40,7 @@ from typing import Any, TypeGuard
 import jsonschema
 
 from conformance import crd
+from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
 
 ERROR = "error"
@@ -55,8 +56,6 @@ REQUEST_AUTHENTICATION = "RequestAuthentication"
 KINDS = (AUTHORIZATION_POLICY, PEER_AUTHENTICATION, REQUEST_AUTHENTICATION)
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")  # CRD enum, AuthorizationPolicy.action
 MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")  # CRD enum, PeerAuthentication mtls.mode
-DRY_RUN_ANNOTATION = "istio.io/dry-run"
-WAYPOINT_GATEWAY_CLASS = "istio-waypoint"  # constants.WaypointGatewayClassName
 
 
 @dataclass(frozen=True)
@@ -932,11 +931,11 @@ def _check_one_of_selector(spec: Mapping[Any, Any], out: _Out) -> None:
 
 def _allowed_target_refs(f: _Features) -> list[tuple[str, str]]:
     """allowedTargetRefs (validation.go:1326) at this version, as (canonical group, kind)."""
-    allowed = [("core", "Service"), ("gateway.networking.k8s.io", "Gateway")]
+    allowed = [("core", "Service"), (GATEWAY_API_GROUP, "Gateway")]
     if f.service_entry_ref:
         allowed.append(("networking.istio.io", "ServiceEntry"))
     if f.gateway_class_ref:
-        allowed.append(("gateway.networking.k8s.io", "GatewayClass"))
+        allowed.append((GATEWAY_API_GROUP, "GatewayClass"))
     return allowed
 
 

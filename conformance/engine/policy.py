@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from conformance.model import Manifest
+from conformance.names import DRY_RUN_ANNOTATION
 
 SOURCE_FIELDS = (
     "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
@@ -148,7 +149,7 @@ def compile_authorization_policy(manifest: Manifest) -> AuthorizationPolicy:
         selector=(dict(labels or {}) if selector is not None else None),
         target_refs=target_refs,
         rules=rules,
-        dry_run=parse_bool(manifest.annotations.get("istio.io/dry-run", "")),
+        dry_run=parse_bool(manifest.annotations.get(DRY_RUN_ANNOTATION, "")),
         origin=manifest.origin,
     )
 

@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 
 from conformance.engine.policy import AuthorizationPolicy, PeerAuthentication, TargetRef
 from conformance.model import MeshConfig, Waypoint, Workload
+from conformance.names import GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
 
-GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_GROUP = GATEWAY_API_GROUP
 
 
 def _subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -69,7 +70,7 @@ def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoi
     if ref.kind == "Service" and ref.group in ("", "core"):
         return policy.namespace == service.namespace and ref.name == service.name
     if ref.kind == "GatewayClass" and ref.group == GATEWAY_GROUP and version.at_least(1, 25):
-        return policy.namespace == mesh.root_namespace and ref.name == "istio-waypoint"
+        return policy.namespace == mesh.root_namespace and ref.name == WAYPOINT_GATEWAY_CLASS
     return False
 
 

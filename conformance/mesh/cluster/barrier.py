@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conformance.model import Manifest
-from conformance.validation import DRY_RUN_ANNOTATION
+from conformance.names import DRY_RUN_ANNOTATION, WAYPOINT_GATEWAY_CLASS
 
 ProxyKind = Literal["sidecar", "waypoint", "ztunnel"]
 _POLICY_ID = re.compile(r"ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]")
-WAYPOINT_CLASS = "istio-waypoint"
+WAYPOINT_CLASS = WAYPOINT_GATEWAY_CLASS
 
 
 @dataclass(frozen=True)

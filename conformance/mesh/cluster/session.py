@@ -64,6 +64,7 @@ from conformance.model import (
     Scenario,
     Workload,
 )
+from conformance.names import GATEWAY_NAME_LABEL
 from conformance.probe import Observation, classify
 from conformance.target import Applied
 from conformance.validation import has_errors, validate_manifest
@@ -74,7 +75,7 @@ PROXY_CONTAINER = "istio-proxy"
 ZTUNNEL_CONTAINER = "istio-proxy"
 LOG_ATTEMPTS = 3  # reads of one proxy log before it counts as unreadable (tenacity, exponential backoff)
 ISTIO_NAMESPACE = "istio-system"
-WAYPOINT_POD_LABEL = "gateway.networking.k8s.io/gateway-name"
+WAYPOINT_POD_LABEL = GATEWAY_NAME_LABEL
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 POLICY_API = {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
 

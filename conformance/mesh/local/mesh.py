@@ -49,6 +49,7 @@ from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_list
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
 from conformance.model import ALLOWED, Manifest, Mode, Port, Probe, Request, Scenario, Workload
+from conformance.names import GATEWAY_NAME_LABEL
 from conformance.probe import Observation, Proof, classify
 from conformance.target import Applied
 from conformance.versions import IstioVersion
@@ -203,7 +204,7 @@ class LocalMeshSession:
         ]
         waypoint_peers = {
             w.ref: config.Peer(
-                Workload(w.name, w.namespace, w.service_account, {"gateway.networking.k8s.io/gateway-name": w.name}),
+                Workload(w.name, w.namespace, w.service_account, {GATEWAY_NAME_LABEL: w.name}),
                 layout.address[w.ref], layout.app_address[w.ref], certs[w.ref].spiffe_id,
             )
             for w in waypoints
