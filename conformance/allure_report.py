@@ -75,7 +75,7 @@ class AllureReporter:
     def _describe(self, item: pytest.Item) -> None:
         import allure
 
-        from conformance.plugin import InvalidScenario, StepItem
+        from conformance.items import InvalidScenario, StepItem
 
         config = item.config
         version = str(IstioVersion.parse(config.getoption("istio_version")))

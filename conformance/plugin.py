@@ -2,7 +2,8 @@
 
 Thin glue, following pytest's "Working with non-python tests" pattern: a `pytest_collect_file` hook
 recognises scenario files by content, a `ScenarioFile` yields one `ModeRun` collector per mode, which
-yields one `StepItem` per step. The mesh for a scenario and mode lives exactly as long as its `ModeRun`
+yields one `StepItem` per step (the node classes live in items.py, which reports import without
+importing this plugin). The mesh for a scenario and mode lives exactly as long as its `ModeRun`
 node (pytest's SetupState calls its setup/teardown around the steps, also on failure and Ctrl-C); the
 target itself lives for the session. The work is done by runner.py; failures are rendered by report.py
 and sorted into categories by failures.py; Allure detail is added by allure_report.py, registered only
@@ -17,29 +18,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shlex
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import ReprFileLocation, TerminalRepr
 
-from conformance.errors import ConformanceError, ScenarioError, TargetError, UsageError
-from conformance.failures import Failure, InfrastructureFailure, InvalidScenarioFailure, step_failure
-from conformance.model import MODES, Expectation, Mode, Scenario, Step
-from conformance.repro import repro_command
-from conformance.runner import StepResult, run_step
-from conformance.scenario import load, sniff
-from conformance.target import MeshSession, Target
-from conformance.truthtable import Row
+from conformance.errors import UsageError
+from conformance.items import ScenarioFile, results_key, skips_key, target_key
+from conformance.model import MODES
+from conformance.scenario import sniff
 from conformance.versions import DEFAULT_VERSION, IstioVersion
 
 TARGETS = ("local", "kind", "cluster")
-_target_key = pytest.StashKey[Target]()
-_results_key = pytest.StashKey[list[tuple["StepItem", StepResult]]]()
-_skips_key = pytest.StashKey[dict[str, int]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,8 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for mode in MODES:
         config.addinivalue_line("markers", f"{mode}: scenario steps run in Istio {mode} mode")
     config.addinivalue_line("markers", "scenario(name): the scenario a step belongs to")
-    config.stash[_results_key] = []
-    config.stash[_skips_key] = {}
+    config.stash[results_key] = []
+    config.stash[skips_key] = {}
     from conformance import allure_report
 
     if allure_report.active(config):
@@ -102,177 +92,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-def _version(config: pytest.Config) -> IstioVersion:
-    return IstioVersion.parse(config.getoption("istio_version"))
-
-
-def _target(config: pytest.Config) -> Target:
-    if _target_key not in config.stash:
-        from conformance.mesh import make_target
-
-        config.stash[_target_key] = make_target(config.getoption("mesh"), config)
-    return config.stash[_target_key]
-
-
-class ScenarioFile(pytest.File):
-    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
-        try:
-            scenario = load(self.path, _version(self.config))
-        except ConformanceError as exc:
-            yield InvalidScenario.from_parent(self, name="invalid-scenario", error=exc)
-            return
-        only = self.config.getoption("mesh_mode")
-        for mode in scenario.modes:
-            if only and mode not in only:
-                continue
-            yield ModeRun.from_parent(self, name=mode, scenario=scenario, mode=mode)
-
-
-class InvalidScenario(pytest.Item):
-    """A scenario that cannot run fails as one item, its problems one per line, without a traceback."""
-
-    def __init__(self, *, error: ConformanceError, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.error = error
-
-    def runtest(self) -> None:
-        problems = getattr(self.error, "problems", None) or [self.error]
-        shown = self.config.invocation_params.dir
-        path = os.path.relpath(self.path, shown) if self.path.is_relative_to(shown) else str(self.path)
-        raise InvalidScenarioFailure(f"{self.path.name}: {len(problems)} problem(s)\n{self.error}\n"
-                                     f"reproduce: {shlex.join(['authz-conformance', 'validate', path])}")
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | FailureRepr:
-        if isinstance(excinfo.value, Failure):
-            text = str(excinfo.value).split("\n", 1)[1]
-            return FailureRepr(self.path, str(excinfo.value), f"invalid scenario:\n{text}")
-        return str(super().repr_failure(excinfo, style=style))
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.path.name}: invalid scenario"
-
-
-class ModeRun(pytest.Collector):
-    """One scenario in one mode: owns the mesh session its steps share."""
-
-    def __init__(self, *, scenario: Scenario, mode: Mode, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.scenario = scenario
-        self.mode = mode
-        self.mesh: MeshSession | None = None
-        self.skip_reason: str | None = None
-        self.failure: TargetError | None = None
-
-    def collect(self) -> Iterator[pytest.Item]:
-        for step in self.scenario.steps:
-            item = StepItem.from_parent(self, name=step.name, step=step)
-            item.add_marker(getattr(pytest.mark, self.mode))
-            item.add_marker(pytest.mark.scenario(self.scenario.name))
-            item.extra_keyword_matches.update({self.scenario.name, self.mode})
-            yield item
-
-    def setup(self) -> None:
-        target = _target(self.config)
-        reason = target.unavailable(self.mode)
-        if reason:
-            self.skip_reason = f"{target.name} target, {self.mode} mode: {reason}"
-            skips = self.config.stash[_skips_key]
-            skips[self.skip_reason] = skips.get(self.skip_reason, 0) + len(self.scenario.steps)
-            pytest.skip(self.skip_reason)
-        try:
-            self.mesh = target.start(self.scenario, self.mode)
-        except TargetError as exc:  # reported by each step as an infrastructure failure, not a traceback
-            self.failure = exc
-
-    def teardown(self) -> None:
-        if self.mesh is not None:
-            mesh, self.mesh = self.mesh, None
-            mesh.close()
-
-
-class FailureRepr(TerminalRepr):
-    """A failure report with a short message and a full body.
-
-    pytest reads `reprcrash.message` for the one-line summary (`FAILED id - message`) and the JUnit
-    `message` attribute, and `toterminal` / `str()` for the body (console, JUnit element text, Allure
-    trace), so each reader gets the part it can show. (`TerminalRepr` and `ReprFileLocation` are what
-    `repr_failure` is typed to return; pytest does not re-export them.)
-    """
-
-    def __init__(self, path: Path, message: str, text: str):
-        self.reprcrash = ReprFileLocation(str(path), 0, message)
-        self.text = text
-
-    def toterminal(self, tw: Any) -> None:
-        for line in self.text.rstrip("\n").split("\n"):
-            tw.line(line)
-
-
-class StepItem(pytest.Item):
-    def __init__(self, *, step: Step, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.step = step
-        self.result: StepResult | None = None  # set by runtest, read by reports (allure_report)
-
-    @property
-    def run(self) -> ModeRun:
-        assert isinstance(self.parent, ModeRun)
-        return self.parent
-
-    def runtest(self) -> None:
-        run = self.run
-        config = self.config
-        for name, value in (("scenario", run.scenario.name), ("mode", run.mode),
-                            ("istio_version", str(_version(config))), ("target", config.getoption("mesh"))):
-            self.user_properties.append((name, value))
-        where = f"{run.scenario.name} [{run.mode}] step {self.step.name}"
-        again = (f"\nreproduce: {self.repro_command(self.step.expectations[0])}" if self.step.expectations else "")
-        if run.failure is not None:
-            raise InfrastructureFailure(f"{where}: {run.failure}{again}") from run.failure
-        assert run.mesh is not None
-        deadline = config.getoption("converge_deadline")
-        if deadline is None:
-            deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
-        try:
-            result = run_step(run.mesh, run.scenario, self.step, _version(config),
-                              required=config.getoption("converge"), deadline=deadline)
-        except (TargetError, ScenarioError) as exc:
-            raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
-        self.result = result
-        config.stash[_results_key].append((self, result))
-        self.user_properties.append(("barrier_seconds", f"{result.applied.seconds:.4f}"))
-        for row in result.table.contradictions():  # JUnit <property>, whatever the outcome
-            self.user_properties.append((f"scenario_engine_disagreement[{row.expectation.index}]",
-                                         result.table.disagreement(row) or ""))
-        self.user_properties.append(("converge_seconds", f"{result.convergence.seconds:.4f}"))
-        if not result.passed:
-            raise step_failure(result, self.repro_command)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | FailureRepr:
-        from conformance.report import render_failure
-
-        exc = excinfo.value
-        if isinstance(exc, Failure) and exc.result is not None:
-            return FailureRepr(self.path, str(exc), render_failure(exc.result, self.repro_command))
-        if isinstance(exc, Failure):
-            return FailureRepr(self.path, str(exc), str(exc))
-        return str(super().repr_failure(excinfo, style=style))
-
-    def repro_command(self, probe: Row | Expectation) -> str:
-        """The copy-paste command that runs this probe alone on the same target (`authz-conformance repro`)."""
-        index = probe.expectation.index if isinstance(probe, Row) else probe.index
-        return repro_command(self.run.scenario.path, self.step.name, index, self.run.mode,
-                             _version(self.config), self.config.getoption("mesh"),
-                             cwd=self.config.invocation_params.dir)
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.run.scenario.name} [{self.run.mode}] step {self.step.name}"
-
-
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from conformance.report import render_summary, unconfirmed_denials
 
-    results = config.stash.get(_results_key, [])
+    results = config.stash.get(results_key, [])
     which = config.getoption("truth_tables")
     if results and which != "none" and (which == "all" or any(not r.passed for _, r in results)):
         terminalreporter.section("authz-conformance truth tables")
@@ -284,7 +107,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                                     "unconfirmed denials; they prove nothing about the policies:")
         for line in unconfirmed:
             terminalreporter.write_line(f"  ~ {line}")
-    skips = config.stash.get(_skips_key, {})
+    skips = config.stash.get(skips_key, {})
     if skips:
         terminalreporter.section("authz-conformance: not run on this target")
         for reason, count in skips.items():
@@ -297,13 +120,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    skips = config.stash.get(_skips_key, {})
-    if config.getoption("require_target") and skips and not config.stash.get(_results_key, []):
+    skips = config.stash.get(skips_key, {})
+    if config.getoption("require_target") and skips and not config.stash.get(results_key, []):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    target = config.stash.get(_target_key, None)
+    target = config.stash.get(target_key, None)
     if target is not None and hasattr(target, "close"):
         with contextlib.suppress(Exception):
             target.close()

@@ -69,3 +69,37 @@ def test_a_wrong_expectation_fails_with_tables_evidence_explanation_and_repro(sc
     assert "DENY is evaluated before ALLOW" in out
     assert ("reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
             "--istio-version 1.30.3") in out
+
+
+REFUSED = """\
+apiVersion: authz-conformance/v1
+kind: Scenario
+metadata: {name: refused-at-1-29-1}
+spec:
+  modes: [sidecar, ambient]
+  workloads:
+    - {name: api, namespace: shop, ports: [8080]}
+    - {name: web, namespace: shop}
+  steps:
+    - name: plus-in-a-service-account
+      policies:
+        - apiVersion: security.istio.io/v1
+          kind: AuthorizationPolicy
+          metadata: {name: allow-odd, namespace: shop}
+          spec:
+            selector: {matchLabels: {app: api}}
+            action: ALLOW
+            rules: [{from: [{source: {serviceAccounts: ["we+b"]}}]}]
+      expect:
+        - {from: shop/web, to: shop/api:8080, verdict: deny}
+"""
+
+
+def test_a_release_the_local_mesh_cannot_emulate_is_skipped_with_its_reason(pytester: pytest.Pytester) -> None:
+    """issue 9, honest versions: never a silent run of another release's semantics, never a traceback."""
+    (pytester.path / "refused.yaml").write_text(REFUSED)
+    result = pytester.runpytest_subprocess("refused.yaml", "--istio-version", "1.29.1", "-rs", "-p",
+                                           "no:cacheprovider")
+    result.assert_outcomes(skipped=1, passed=1)  # sidecar refused; ambient (ztunnel compares strings) runs
+    out = result.stdout.str()
+    assert "1.29.1 puts" in out and "we+b" in out and "Traceback" not in out
