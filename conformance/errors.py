@@ -6,7 +6,7 @@ field, on one line, so that the CLI and the pytest plugin can print it without a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -63,3 +63,25 @@ class TargetError(ConformanceError):
 
 class TargetUnavailable(ConformanceError):
     """A target cannot run here at all (missing Docker, kind, istioctl, curl ...): a reason to skip."""
+
+
+def yaml_type(value: object, article: bool = False) -> str:
+    """What a YAML value is, in the words of an error message ("must be a list, not a string"): shared by
+    the scenario loader and the policy validation so both say it the same way."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        name = "boolean"
+    elif isinstance(value, int):
+        name = "integer"
+    elif isinstance(value, float):
+        name = "number"
+    elif isinstance(value, str):
+        name = "string"
+    elif isinstance(value, Mapping):
+        name = "mapping"
+    elif isinstance(value, (list, tuple)):
+        name = "list"
+    else:
+        return type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name

@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from conformance.errors import Location, Problem, ScenarioError
+from conformance.errors import Location, Problem, ScenarioError, yaml_type
 from conformance.model import (
     ADDRESS_PLACEHOLDER,
     DEFAULT_MODES,
@@ -612,21 +612,7 @@ def _nouns(value: object) -> str:
 
 def _type_name(value: object) -> str:
     """What a YAML value is, in words, for "must be a list, not a string"."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
+    return yaml_type(value, article=True)
 
 
 def _locate(doc: Mapping[str, Any], path: list[Any]) -> tuple[str, str]:

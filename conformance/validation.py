@@ -40,6 +40,7 @@ from typing import Any, TypeGuard
 import jsonschema
 
 from conformance import crd
+from conformance.errors import yaml_type
 from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
 
@@ -212,21 +213,7 @@ class _Out:
 
 
 def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    return type(value).__name__
+    return yaml_type(value)
 
 
 def _yaml_scalar(value: object) -> str:
