@@ -8,6 +8,7 @@ leaves inline policies to validation.py, which checks them the way Istio does at
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from conformance import crd
@@ -206,3 +207,77 @@ SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+# What each field means, for editors' hover text and `authz-conformance schema` readers
+# (docs/scenario-format.md says the same at length). Keyed by the field's path: `[]` steps into a
+# list's items, `|N` into the N-th `oneOf` branch.
+DESCRIPTIONS: dict[str, str] = {
+    "apiVersion": "Always authz-conformance/v1.",
+    "kind": "Always Scenario.",
+    "metadata": "The scenario's name and what it shows.",
+    "metadata.name": "A DNS label; names the scenario in test ids, reports and repro commands.",
+    "metadata.description": "What the scenario shows and where its verdicts come from (Istio test, doc or source).",
+    "spec": "The world (mesh, workloads, waypoints), the modes and the steps.",
+    "spec.mesh": "Mesh-wide settings, as Istio's meshConfig holds them.",
+    "spec.mesh.rootNamespace": "Istio's root namespace (meshConfig.rootNamespace); default istio-system. A "
+                               "policy there without a selector applies mesh-wide.",
+    "spec.mesh.trustDomain": "The mesh trust domain (meshConfig.trustDomain); default cluster.local. Workload "
+                             "identities are spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.",
+    "spec.waypoints": "Waypoints (waypoint mode only): each serves the in-mesh services of its namespace.",
+    "spec.waypoints[].name": "The waypoint's Gateway name (what a Gateway targetRef names).",
+    "spec.waypoints[].namespace": "The namespace whose services the waypoint serves.",
+    "spec.workloads": "Every pod of the scenario, with its Service.",
+    "spec.workloads[].name": "Workload (and Service) name; also its `app` label unless labels say otherwise.",
+    "spec.workloads[].namespace": "The workload's namespace.",
+    "spec.workloads[].serviceAccount": "The service account, hence the identity; default: the workload's name.",
+    "spec.workloads[].labels": "Pod labels that selectors match; default {app: <name>}.",
+    "spec.workloads[].ports": "Service ports the workload serves (a number is an HTTP port); none: a client only.",
+    "spec.workloads[].ports[]|1.port": "The port number clients use (the Service port).",
+    "spec.workloads[].ports[]|1.protocol": "HTTP (default) or TCP: how Istio treats the port (L7 or L4 policy).",
+    "spec.workloads[].mesh": "false: outside the mesh (no proxy, no identity, plaintext). Default true.",
+    "spec.steps": "Steps run in order on one mesh; each sets the complete set of policies in force.",
+    "spec.steps[].name": "A DNS label naming the step (test ids, reports, `--step`).",
+    "spec.steps[].description": "What the step changes and why.",
+    "spec.steps[].policies": "Every policy in force during the step (the rest are deleted): inline documents, "
+                             "or {file: path} to a multi-document YAML file relative to the scenario.",
+    "spec.steps[].policies[]|0.file": "A YAML file of policies, relative to the scenario file.",
+    "spec.steps[].policies[]|1.apiVersion": "security.istio.io/v1 or v1beta1.",
+    "spec.steps[].policies[]|1.kind": "AuthorizationPolicy or PeerAuthentication.",
+    "spec.steps[].policies[]|1.metadata": "name, namespace, and annotations such as istio.io/dry-run.",
+    "spec.steps[].policies[]|1.spec": "The policy's spec, as Istio's CRD defines it (validated per Istio version).",
+    "spec.steps[].expect": "The probes of the step and what each must observe.",
+    "spec.steps[].expect[].from": "The source workload, <namespace>/<name>.",
+    "spec.steps[].expect[].to": "The destination, <namespace>/<name>[:port]; the port defaults to its only one.",
+    "spec.steps[].expect[].request": "The HTTP request (HTTP ports); default GET /.",
+    "spec.steps[].expect[].request.method": "HTTP method, upper case.",
+    "spec.steps[].expect[].request.path": "Request path, sent as written (curl --path-as-is): dot segments "
+                                          "and queries reach the proxy unnormalised.",
+    "spec.steps[].expect[].request.headers": "Request headers; x-authz-conformance-probe is the suite's own "
+                                             "and may not be set.",
+    "spec.steps[].expect[].verdict": "allow, deny or auto (the engine's prediction; also when omitted), or one "
+                                     "per mode: {sidecar: deny, ambient: allow}.",
+    "spec.steps[].expect[].verdict|1.sidecar": "The verdict in sidecar mode.",
+    "spec.steps[].expect[].verdict|1.ambient": "The verdict in ambient mode (ztunnel only).",
+    "spec.steps[].expect[].verdict|1.waypoint": "The verdict in ambient mode with a waypoint.",
+    "spec.steps[].expect[].note": "Why this verdict: the Istio test, doc or source line it comes from.",
+}
+
+
+def _describe(schema: dict[str, Any], descriptions: dict[str, str]) -> None:
+    """Put each description on its field (copying shared sub-schemas such as _VERDICT first)."""
+    for path, text in descriptions.items():
+        node: dict[str, Any] = schema
+        for part in path.split("."):
+            m = re.fullmatch(r"([^\[|]+)(\[\])?(?:\|(\d+))?", part)
+            assert m is not None, path
+            props = node["properties"]
+            props[m[1]] = node = dict(props[m[1]])
+            if m[2]:
+                node["items"] = node = dict(node["items"])
+            if m[3] is not None:
+                branches = node["oneOf"] = list(node["oneOf"])
+                branches[int(m[3])] = node = dict(branches[int(m[3])])
+        node["description"] = text
+
+
+_describe(SCHEMA, DESCRIPTIONS)
