@@ -13,8 +13,8 @@ from functools import total_ordering
 
 from conformance.errors import UsageError
 
-# The patch release each supported minor version resolves to. 1.30.3 is the release the golden data in
-# ../shared/istio-golden comes from; 1.29.6 is the last 1.29 patch (research/kind-istio-practicals.md §3).
+# The patch release each supported minor version resolves to. 1.30.3 is the release Istio's golden data in
+# tests/data/istio-golden comes from; 1.29.6 is the last 1.29 patch (clusters/versions.yaml installs both).
 PINNED_PATCH: dict[tuple[int, int], int] = {
     (1, 22): 8,
     (1, 23): 6,
