@@ -11,11 +11,16 @@ What it may and may not do on someone's cluster (DESIGN.md §7, issue 6):
   (predictions for the wrong release would prove nothing);
 - everything it creates lives in namespaces with a run-unique prefix (naming.py), mapped consistently
   inside policies, shown in reports, deleted afterwards;
-- it refuses policies in the root namespace and mesh-wide PeerAuthentication unless `--allow-mesh-wide`.
+- it refuses policies in the root namespace and mesh-wide PeerAuthentication unless `--allow-mesh-wide`;
+  with it, a session deletes them at its close (session.py), and this target's `close` (the plugin calls
+  it at the end of the run, `atexit` after a Ctrl-C that skipped the teardown) closes any session still
+  open, so nothing the run applied outlives it on someone's cluster.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +115,8 @@ class ExistingClusterTarget:
         self._installed: InstalledIstio | None = None
         self._problem: str | None = None
         self._checked = False
+        self._sessions: list[ClusterSession] = []  # started, maybe not closed yet: close() closes them
+        self._hooked = False
 
     @property
     def kube(self) -> Kube:
@@ -173,7 +180,16 @@ class ExistingClusterTarget:
             observations_out=self.settings.observations_out,
             accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="cluster",
         )
-        return ClusterSession(scenario, mode, ctx).start()
+        session = ClusterSession(scenario, mode, ctx)
+        self._sessions = [s for s in self._sessions if not s.closed] + [session]
+        if not self._hooked:
+            self._hooked = True
+            atexit.register(self.close)
+        return session.start()
 
     def close(self) -> None:
-        pass
+        """Close every session still open (each close is idempotent); one failing does not stop the others."""
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                session.close()

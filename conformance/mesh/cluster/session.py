@@ -21,7 +21,12 @@ does, in order:
    by one `RecordMatcher` for the whole session (logs.py). An unreadable log (after bounded retries) is
    a `problem` too, unless the user passed --accept-unconfirmed-denials: then the denial is
    `unconfirmed` and the reason is kept in `ClusterSession.unconfirmed` for the summary;
-4. `close`: the namespaces it created are deleted (also after a failure; the plugin tears down).
+4. `close`: first every object it applied outside its own namespaces (root-namespace policies, which
+   are never renamed: a mesh-wide STRICT PeerAuthentication left behind would make the next scenario on
+   the same cluster deny its plaintext clients), then the propagation barrier until the proxies no
+   longer hold them, then the namespaces it created. It runs after a failure too (start() calls it, the
+   plugin's teardown and the existing-cluster target's close call it), and a Ctrl-C during cleanup
+   still deletes everything before the interrupt goes on.
 """
 
 from __future__ import annotations
@@ -201,6 +206,11 @@ class ClusterSession:
         self._waypoint_pods: list[PodInfo] = []
         self._ztunnels: dict[str, PodInfo] = {}  # node -> ztunnel pod
         self._applied: dict[tuple[str, str, str], Manifest] = {}
+        # Objects applied (or being applied) outside the session's own namespaces: deleting the namespaces
+        # does not remove them, so close() must. Recorded *before* the API call, so an apply cut off by a
+        # failure or a Ctrl-C is still cleaned up (deleting something that never arrived is a harmless 404).
+        self._outside: dict[tuple[str, str, str], Manifest] = {}
+        self.cleanup: list[barrier.BarrierResult] = []  # close()'s barrier: the outside objects gone from proxies
         self._namespaces: list[str] = []
         self._step = -1
         self._closed = False
@@ -212,6 +222,10 @@ class ClusterSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def namespace_map(self) -> list[tuple[str, str]]:
@@ -245,20 +259,70 @@ class ClusterSession:
         return self
 
     def close(self) -> None:
+        """Delete what the session made: outside objects first (and wait until no proxy holds them), then
+        its namespaces. Idempotent. A KeyboardInterrupt during cleanup is held until everything was deleted,
+        then re-raised: an interrupted run must not leave a mesh-wide policy behind for the next one."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if self.ctx.keep_namespaces:
-            return
-        errors = []
-        for ns in self._namespaces:
-            try:
-                self.ctx.kube.delete("v1", "Namespace", ns)
-            except TargetError as exc:
-                errors.append(str(exc))
+        errors: list[str] = []
+        interrupted: BaseException | None = None
+        try:
+            self._withdraw_outside(errors)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+        if not self.ctx.keep_namespaces:
+            for ns in self._namespaces:
+                try:
+                    self.ctx.kube.delete("v1", "Namespace", ns)
+                except TargetError as exc:
+                    errors.append(str(exc))
+                except KeyboardInterrupt as exc:
+                    interrupted = interrupted or exc
         if errors:
             warnings.warn("cluster cleanup incomplete: " + "; ".join(errors), RuntimeWarning, stacklevel=2)
+        if interrupted is not None:
+            raise interrupted
+
+    def _withdraw_outside(self, errors: list[str]) -> None:
+        """Delete every object applied outside the session's namespaces, then wait (the apply barrier) until
+        the enforcing proxies no longer hold them.
+
+        Also with --keep-namespaces: kept namespaces only hold this scenario's objects, but a policy left in
+        the root namespace changes every later scenario's results. A Ctrl-C while deleting is held until the
+        remaining deletes were sent (each is one short request); one during the barrier skips the wait.
+        """
+        removed: list[Manifest] = []
+        interrupted: KeyboardInterrupt | None = None
+        for key, m in list(self._outside.items()):
+            try:
+                self.ctx.kube.delete(m.api_version, m.kind, m.name, m.namespace)
+            except TargetError as exc:
+                errors.append(str(exc))
+                continue
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                continue
+            removed.append(m)
+            self._outside.pop(key, None)
+            self._applied.pop(key, None)
+        if interrupted is not None:
+            raise interrupted
+        if not removed:
+            return
+        if not self._pods:  # start() failed before the pods were found: no proxy to ask
+            self.notes.append("cleanup: " + ", ".join(m.ref for m in removed) + " deleted; no proxy to wait for")
+            return
+        result = self._barrier([], removed)
+        self.cleanup.append(result)
+        if not result.reached:
+            errors.append(f"after {result.seconds:.1f} s some proxies still held deleted policies: "
+                          + "; ".join(result.pending[:6]))
+
+    def _own(self, namespace: str) -> bool:
+        """Whether `namespace` is one the session created (and so deletes, with everything in it)."""
+        return namespace in self._namespaces
 
     # -- readiness ------------------------------------------------------------------------------
     def _wait_ready(self) -> None:
@@ -377,18 +441,23 @@ class ClusterSession:
         kube = self.ctx.kube
         wanted = {m.key: m for m in self.cluster_policies(policies)}
         created, updated, deleted = [], [], []
+        previous = dict(self._applied)
         for key, m in wanted.items():
             doc = dict(m.body)
             doc.setdefault("apiVersion", m.api_version)
             doc.setdefault("kind", m.kind)
             doc["metadata"] = {**dict(doc.get("metadata") or {}), "name": m.name, "namespace": m.namespace}
+            if not self._own(m.namespace):
+                self._outside[key] = m  # before the request: a cut-off apply is cleaned up too
             kube.apply(doc)
-            (updated if key in self._applied else created).append(m.ref)
-        removed = [m for key, m in self._applied.items() if key not in wanted]
+            self._applied[key] = m
+            (updated if key in previous else created).append(m.ref)
+        removed = [m for key, m in previous.items() if key not in wanted]
         for m in removed:
             kube.delete(m.api_version, m.kind, m.name, m.namespace)
+            self._applied.pop(m.key, None)
+            self._outside.pop(m.key, None)
             deleted.append(m.ref)
-        self._applied = wanted
         barrier_start = time.monotonic()
         result = self._barrier(list(wanted.values()), removed)
         self.barriers.append(result)

@@ -1,0 +1,193 @@
+"""What a session applied outside its own namespaces does not outlive it (issue 10).
+
+Root-namespace policies are never renamed, so deleting the session's namespaces leaves them: the
+mtls-migration scenario ends with a mesh-wide STRICT PeerAuthentication, and plaintext-clients, run next
+on the same cluster, expects plaintext to be allowed. These tests run scenarios one after the other on
+one (fake) cluster, and break sessions off with failures and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from conformance.errors import TargetError
+from conformance.mesh.cluster.kube import ExecResult
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, IstioAnalyzeWarning
+from conformance.model import Manifest, Scenario
+from conformance.scenario import load
+from conformance.versions import IstioVersion
+from tests.cluster.test_session import ROOT, FakeKube, world  # noqa: F401  (the fixture, reused)
+
+POLICY_KINDS = {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
+V130 = IstioVersion.parse("1.30")
+
+
+def policies_in(kube: FakeKube) -> set[tuple[str, str, str]]:
+    return {key for key in kube.objects if key[0] in POLICY_KINDS}
+
+
+def outside(kube: FakeKube, prefix: str = "azt3st00-") -> set[tuple[str, str, str]]:
+    """Policies left outside the session's namespaces (the fake does not cascade namespace deletes)."""
+    return {key for key in policies_in(kube) if not key[1].startswith(prefix)}
+
+
+def run_all_steps(scenario: Scenario, ctx: ClusterContext, mode: str = "sidecar") -> ClusterSession:
+    session = ClusterSession(scenario, mode, ctx).start()  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        for step in scenario.steps:
+            session.apply(step.policies)
+    return session
+
+
+def root_deny_all(scenario: Scenario) -> Scenario:
+    """The scenario with a last step adding a mesh-wide deny-all AuthorizationPolicy (observable by the barrier)."""
+    policy = Manifest("AuthorizationPolicy", "security.istio.io/v1", "mesh-deny", "istio-system",
+                      {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                       "metadata": {"name": "mesh-deny", "namespace": "istio-system"},
+                       "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}},
+                      "test: step mesh-deny")
+    last = replace(scenario.steps[-1], name="mesh-deny", policies=(*scenario.steps[-1].policies, policy))
+    return replace(scenario, steps=(*scenario.steps, last))
+
+
+def test_the_next_scenario_sees_none_of_the_previous_ones_policies(world):  # noqa: F811
+    _scenario, kube, ctx = world
+    strict = load(ROOT / "policies" / "peer-authentication-strict.yaml", V130)
+    plaintext = load(ROOT / "policies" / "plaintext-clients.yaml", V130)
+    first = run_all_steps(strict, replace(ctx, prefix="aztest01-"))
+    mesh_wide = ("PeerAuthentication", "istio-system", "default")
+    assert mesh_wide in kube.objects  # the last step: STRICT for the whole mesh
+    first.close()
+    assert mesh_wide in kube.deleted and policies_in(kube) == set()
+
+    second = ClusterSession(plaintext, "sidecar", replace(ctx, prefix="aztest02-")).start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        second.apply(plaintext.steps[0].policies)
+    assert policies_in(kube) == {("PeerAuthentication", "aztest02-ns1", "ns-default")}
+    second.close()
+
+
+def test_close_waits_until_the_proxies_no_longer_hold_a_root_policy(world):  # noqa: F811
+    scenario, kube, ctx = world
+    lagging = {"reads": 0, "armed": False}
+    real_exec = kube.exec
+
+    def config_dump(namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> ExecResult:
+        """Envoy keeps a deleted root policy for two more config-dump reads (istiod's push is not instant)."""
+        if container == "istio-proxy" and lagging["armed"] and lagging["reads"] < 2:
+            lagging["reads"] += 1
+            return ExecResult("ns[istio-system]-policy[mesh-deny]-rule[0]", "", 0, 0.01)
+        return real_exec(namespace, pod, container, argv, timeout)
+
+    kube.exec = config_dump  # type: ignore[method-assign]
+    session = run_all_steps(root_deny_all(scenario), replace(ctx, sleep=lambda _s: None))
+    assert session.barriers[-1].reached
+    lagging["armed"] = True
+    session.close()
+    assert ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
+    (cleanup,) = session.cleanup
+    assert cleanup.reached and cleanup.polls == 3  # twice "still has", then gone
+    namespace_deletes = [i for i, key in enumerate(kube.deleted) if key[0] == "Namespace"]
+    assert min(namespace_deletes) > kube.deleted.index(("AuthorizationPolicy", "istio-system", "mesh-deny"))
+
+
+def test_a_step_that_drops_a_root_policy_deletes_it_then(world):  # noqa: F811
+    scenario, kube, ctx = world
+    session = run_all_steps(root_deny_all(scenario), ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        applied = session.apply(())
+    assert applied.deleted[-1] == "istio-system/mesh-deny"
+    assert ("AuthorizationPolicy", "istio-system", "mesh-deny") not in kube.objects
+    before = len(kube.deleted)
+    session.close()
+    assert all(key[0] == "Namespace" for key in kube.deleted[before:])  # nothing outside left to delete
+
+
+def test_keep_namespaces_still_removes_root_policies(world):  # noqa: F811
+    scenario, kube, ctx = world
+    session = run_all_steps(root_deny_all(scenario), replace(ctx, keep_namespaces=True))
+    session.close()
+    assert ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
+    assert not any(key[0] == "Namespace" for key in kube.deleted)
+
+
+class Interrupting:
+    """Wraps the fake: the apply of one object reaches the cluster, then the user presses Ctrl-C."""
+
+    def __init__(self, kube: FakeKube, name: str):
+        self.kube, self.name = kube, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.kube, attr)
+
+    def apply(self, doc: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
+        out = self.kube.apply(doc, field_manager)
+        if doc["metadata"]["name"] == self.name:
+            raise KeyboardInterrupt
+        return out
+
+
+def test_ctrl_c_in_the_middle_of_an_apply_still_cleans_up(world):  # noqa: F811
+    scenario, kube, ctx = world
+    scenario = root_deny_all(scenario)
+    session = ClusterSession(scenario, "sidecar", replace(ctx, kube=Interrupting(kube, "mesh-deny"))).start()
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore", IstioAnalyzeWarning)
+        session.apply(scenario.steps[-1].policies)
+    session.close()  # what the plugin's teardown does after the interrupt
+    assert outside(kube) == set() and ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
+
+
+def test_ctrl_c_during_cleanup_still_deletes_everything_then_goes_on(world):  # noqa: F811
+    scenario, kube, ctx = world
+    session = run_all_steps(root_deny_all(scenario), ctx)
+    real_delete = kube.delete
+    pressed = []
+
+    def delete(api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        out = real_delete(api_version, kind, name, namespace)
+        if not pressed:
+            pressed.append(kind)
+            raise KeyboardInterrupt
+        return out
+
+    kube.delete = delete  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        session.close()
+    assert outside(kube) == set()
+    assert {ns for kind, _, ns in kube.deleted if kind == "Namespace"} == {
+        "azt3st00-accounts", "azt3st00-finance", "azt3st00-legacy", "azt3st00-rogue"}
+
+
+def test_a_failed_delete_is_reported_and_the_rest_still_deleted(world):  # noqa: F811
+    scenario, kube, ctx = world
+    session = run_all_steps(root_deny_all(scenario), ctx)
+    real_delete = kube.delete
+
+    def delete(api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        if kind == "AuthorizationPolicy":
+            raise TargetError("deleting AuthorizationPolicy istio-system/mesh-deny failed: 500")
+        return real_delete(api_version, kind, name, namespace)
+
+    kube.delete = delete  # type: ignore[method-assign]
+    with pytest.warns(RuntimeWarning, match="cleanup incomplete: deleting AuthorizationPolicy"):
+        session.close()
+    assert any(kind == "Namespace" for kind, _, _ in kube.deleted)
+
+
+def test_the_existing_cluster_target_closes_sessions_left_open(world):  # noqa: F811
+    from conformance.mesh.cluster.existing import ExistingClusterTarget
+
+    scenario, kube, ctx = world
+    target = ExistingClusterTarget.__new__(ExistingClusterTarget)
+    session = run_all_steps(root_deny_all(scenario), ctx)
+    target._sessions = [session]
+    target.close()
+    assert session.closed and ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
