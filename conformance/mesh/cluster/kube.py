@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,15 +187,31 @@ class Kube:
 
     @property
     def dynamic(self) -> Any:
+        """The DynamicClient, its discovery kept in memory only.
+
+        Why not the client's default: `LazyDiscoverer` caches discovery in `<tmp>/osrcp-<md5 of the host>.json`
+        (kubernetes/dynamic/discovery.py, 37.0.2) and reads it back in every later process for the same
+        server address: after CRDs were installed, or on another cluster that got the same local port (kind
+        picks them), a new client would start from a stale list; and the file outlives the run.
+        """
         if self._dyn is None:
             from kubernetes.dynamic import DynamicClient
 
-            self._dyn = DynamicClient(self.api)
+            self._dyn = DynamicClient(self.api, cache_file=_NO_CACHE_FILE, discoverer=_memory_discoverer())
         return self._dyn
 
     def invalidate(self) -> None:
         """Forget discovered API resources (after CRDs were installed)."""
         self._dyn = None
+
+    def close(self) -> None:
+        """Close the long-lived API clients (their connection pools); the Kube can still be used afterwards."""
+        with self._lock:
+            clients, self._api, self._log_api, self._dyn = (self._api, self._log_api), None, None, None
+        for api in clients:
+            if api is not None:
+                with contextlib.suppress(Exception):
+                    api.close()
 
     def resource(self, api_version: str, kind: str) -> Any:
         try:
@@ -238,11 +257,16 @@ class Kube:
         return list(out.to_dict().get("items") or [])
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
-        """Delete one object (background propagation); False when it was already gone."""
+        """Delete one object; False when it was already gone (404).
+
+        `propagationPolicy=Background` as a query parameter (Kubernetes API reference, DELETE of any object;
+        the DynamicClient's `propagation_policy`): the object's dependents (a Deployment's ReplicaSets and
+        pods) are removed by the garbage collector after the call returns, so cleanup never waits on them.
+        """
         res = self.resource(api_version, kind)
         try:
             res.delete(name=name, namespace=namespace if res.namespaced else None,
-                       body={"propagationPolicy": "Background"}, _request_timeout=self.request_timeout)
+                       propagation_policy="Background", _request_timeout=self.request_timeout)
         except Exception as exc:
             if getattr(exc, "status", None) == 404:
                 return False
@@ -341,6 +365,21 @@ class Kube:
                 return str(client.CoreV1Api(self._log_api).read_namespaced_pod_log(pod, namespace, **kwargs))
         except Exception as exc:
             raise TargetError(f"reading logs of {namespace}/{pod} ({container}) failed: {_api_message(exc)}") from exc
+
+
+# Never created: the discoverer below does not write its cache, and reads it only when the file exists.
+_NO_CACHE_FILE = os.path.join(tempfile.gettempdir(), f"authz-conformance-no-discovery-cache-{uuid.uuid4().hex}.json")
+
+
+def _memory_discoverer() -> Any:
+    """`LazyDiscoverer` without its disk cache (see `Kube.dynamic`): discovery lives as long as the client."""
+    from kubernetes.dynamic.discovery import LazyDiscoverer
+
+    class MemoryDiscoverer(LazyDiscoverer):  # type: ignore[misc]
+        def _write_cache(self) -> None:
+            pass
+
+    return MemoryDiscoverer
 
 
 def _api_message(exc: BaseException) -> str:
