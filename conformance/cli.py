@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", required=True, choices=MODES, help="the mode to run it in")
     sp.add_argument("--mesh", choices=("local", "kind", "cluster"), default="local",
                     help="the target to run it on (default local: real Envoy processes on loopback)")
+    sp = sub.add_parser("plan", help="the cluster run plan: cluster, Istio, batches, CI shards and time estimates")
+    sp.add_argument("files", nargs="+", metavar="PATH", help="scenario files or directories (e.g. policies)")
+    sp.add_argument("--mesh", choices=("kind", "cluster"), default="kind", help="the cluster target (default kind)")
+    sp.add_argument("--mesh-mode", choices=MODES, action="append", help="only this mode (repeatable)")
+    sp.add_argument("--istio-version", default=None,
+                    help="Istio release (default: clusters/versions.yaml's default, e.g. 1.30.3)")
+    sp.add_argument("--kube-context", default=None, help="--mesh cluster: the context named in the plan")
+    sp.add_argument("--format", choices=("text", "github-e2e", "github-upgrade"), default="text",
+                    help="text (default), or the e2e / upgrade workflow job matrix as JSON")
     return p
 
 
@@ -70,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(SCHEMA, out, indent=2)
             out.write("\n")
             return 0
+        if args.command == "plan":
+            return _plan(args, out)
         if args.command == "compare":
             return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), out)
         version = IstioVersion.parse(args.istio_version)
@@ -92,6 +103,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 1
     return 2
+
+
+def _plan(args: argparse.Namespace, out: TextIO) -> int:
+    """`plan`: what a cluster run would do and how long it should take (conformance/mesh/cluster/plan.py)."""
+    from conformance.mesh.cluster import plan
+
+    if args.format == "github-e2e":
+        json.dump(plan.github_e2e(args.files), out)
+    elif args.format == "github-upgrade":
+        json.dump(plan.github_upgrade(args.files), out)
+    else:
+        version = args.istio_version
+        if version is not None:
+            IstioVersion.parse(version)
+        built = plan.build(args.files, args.mesh, args.mesh_mode, version, kube_context=args.kube_context)
+        out.write(plan.render(built))
+    out.write("\n")
+    return 0
 
 
 def _validate(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:

@@ -26,6 +26,13 @@ def test_matrix_is_pinned_and_consistent():
         major, minor, patch = map(int, version.split("."))
         assert PINNED_PATCH[(major, minor)] == patch, "versions.yaml and conformance/versions.py must agree"
     assert M.istio["1.30.3"].sha256 == "55ada076ba1b37af49e8a24e5e539b4abccabdb33894c923279edd293eea3993"
+    # sigs.k8s.io/gateway-api in istio/istio go.mod at each tag
+    assert M.istio["1.29.6"].gateway_api == "v1.4.1" and M.istio["1.30.3"].gateway_api == "v1.5.1"
+    assert M.gateway_api["v1.4.1"][0].endswith("/v1.4.1/standard-install.yaml")
+    # a node image built for kind v0.32.0 (one listed in its release notes), by digest
+    assert M.kind_version == "v0.32.0"
+    assert M.node_image == ("kindest/node:v1.35.5@sha256:"
+                            "ce977ae6d65918d0b58a5f8b5e940429c2ce42fa3a5619ec2bbc60b949c0ac95")
     assert M.kind_binaries["linux-amd64"][1] and len(M.kind_binaries["linux-amd64"][1]) == 64
     assert M.modes["sidecar"].profile == "default" and M.modes["ambient"].profile == "ambient"
     assert M.modes["waypoint"].gateway_api and M.modes["waypoint"].overlay.exists()
@@ -114,6 +121,43 @@ def test_install_extracts_istioctl_and_kind(tmp_path):
                               fetch=fake_fetcher({kind_url: kind, release.url: tarball}))
     assert [p.name for p in made] == ["kind", "istioctl-1.30.3", "istioctl"]
     assert (tmp_path / "bin" / "istioctl").read_bytes() == content
+
+
+def test_install_extracts_the_releases_helm_charts(tmp_path):
+    tar_bytes = io.BytesIO()
+    files = {"istio-1.30.3/bin/istioctl": b"#!/bin/sh\n",
+             "istio-1.30.3/manifests/charts/ztunnel/Chart.yaml": b"name: ztunnel\n",
+             "istio-1.30.3/manifests/charts/istio-control/istio-discovery/Chart.yaml": b"name: istiod\n",
+             "istio-1.30.3/samples/x.yaml": b"x"}
+    with tarfile.open(fileobj=tar_bytes, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    tarball = tar_bytes.getvalue()
+    release = M.istio["1.30.3"]
+    from dataclasses import replace
+
+    pinned = replace(M, istio={"1.30.3": matrix_mod.IstioRelease(
+        "1.30.3", release.url, hashlib.sha256(tarball).hexdigest(), release.gateway_api)})
+    made = matrix_mod.install(pinned, tmp_path, ["1.30.3"], with_kind=False,
+                              fetch=fake_fetcher({release.url: tarball}), charts=True)
+    charts = tmp_path / "charts-1.30.3"
+    assert charts in made
+    assert (charts / "ztunnel" / "Chart.yaml").read_bytes() == b"name: ztunnel\n"
+    assert (charts / "istio-control" / "istio-discovery" / "Chart.yaml").exists()
+    assert not (charts / "samples").exists() and not (tmp_path / "samples").exists()
+
+
+def test_chart_extraction_refuses_paths_outside(tmp_path):
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:gz") as tar:
+        info = tarfile.TarInfo("istio-1.30.3/manifests/charts/../../../evil")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    tar_bytes.seek(0)
+    with tarfile.open(fileobj=tar_bytes) as tar, pytest.raises(SystemExit, match="refusing"):
+        matrix_mod._extract_charts(tar, "1.30.3", tmp_path / "charts")
 
 
 def test_command_line(capsys):

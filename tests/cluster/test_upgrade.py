@@ -6,11 +6,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conformance.mesh.cluster.istioctl import Kubeconfig
+from conformance.errors import TargetError, UsageError
+from conformance.mesh.cluster import upgrade as upgrade_mod
+from conformance.mesh.cluster.istioctl import Kubeconfig, Result
+from conformance.mesh.cluster.kube import ExecLost
+from conformance.mesh.cluster.matrix import load as load_matrix
 from conformance.mesh.cluster.upgrade import Sample, Watcher, canary_commands, restart_body, summarize
 from conformance.model import Port, Probe, Workload
 
@@ -25,16 +31,238 @@ API = Workload("api", "shop", "api", {"app": "api"}, (Port(8080),))
 GOOD = Workload("good", "front", "good", {})
 BAD = Workload("bad", "rogue", "bad", {})
 PROBES = [Probe(GOOD, API, API.ports[0]), Probe(BAD, API, API.ports[0])]
+M = load_matrix()
 
 
 def test_canary_commands():
-    install, tag = canary_commands("istioctl-1.30.3", Kubeconfig("/k", "kind-u"), "ambient", Path("o.yaml"), "1-30-3")
+    install, tag = canary_commands("istioctl-1.30.3", Kubeconfig("/k", "kind-u"), "default", Path("o.yaml"), "1-30-3")
     assert install[:2] == ["istioctl-1.30.3", "install"] and install[-2:] == ["--set", "revision=1-30-3"]
-    assert "profile=ambient" in install and "-y" in install
+    assert "profile=default" in install and "-y" in install
     assert tag[:6] == ["istioctl-1.30.3", "tag", "set", "default", "--revision", "1-30-3"]
     body = restart_body("api", "ns", "2026-01-01T00:00:00Z")
-    assert body["spec"] == {"template": {"metadata": {"annotations": {
-        "kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"}}}}
+    assert body["spec"] == {
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"}}}}
+
+
+def test_istioctls_revision_canary_is_refused_for_ambient():
+    """`istioctl install --set revision=... --set profile=ambient` replaces ztunnel and istio-cni in place:
+    not a canary, and not Istio's documented ambient upgrade."""
+    with pytest.raises(UsageError, match="not Istio's ambient upgrade"):
+        canary_commands("istioctl", Kubeconfig("/k", "c"), "ambient", Path("o.yaml"), "1-30-3")
+    assert "Helm" in upgrade_mod.PROCEDURES["ambient"] and "in place" in upgrade_mod.PROCEDURES["ambient"]
+
+
+def test_ambient_upgrade_follows_istios_documented_helm_procedure():
+    """istio.io docs/ambient/upgrade/helm, "Revisioned upgrade": base, istiod-<rev> beside the old one,
+    istio-cni in place, ztunnel in place with the new revision, then the revision tags."""
+    cmds = upgrade_mod.ambient_upgrade_commands("helm", Kubeconfig("/k", "kind-u"), Path("/c"), "1-30-3")
+    assert list(cmds) == ["base", "istiod", "cni", "ztunnel", "tags"]
+    assert cmds["base"][:4] == ["helm", "upgrade", "istio-base", "/c/base"]
+    assert cmds["istiod"][:4] == ["helm", "install", "istiod-1-30-3", "/c/istio-control/istio-discovery"]
+    assert "revision=1-30-3" in cmds["istiod"] and "profile=ambient" in cmds["istiod"] and "--wait" in cmds["istiod"]
+    assert cmds["cni"][:4] == ["helm", "upgrade", "istio-cni", "/c/istio-cni"]
+    assert not any(a.startswith("revision=") for a in cmds["cni"])  # no canary of istio-cni exists
+    assert cmds["ztunnel"][:4] == ["helm", "upgrade", "ztunnel", "/c/ztunnel"] and "revision=1-30-3" in cmds["ztunnel"]
+    assert cmds["tags"][:3] == ["helm", "template", "istiod"] and "revisionTags={default}" in cmds["tags"]
+    for c in ("base", "istiod", "cni", "ztunnel"):
+        assert "--kube-context" in cmds[c] and "kind-u" in cmds[c] and "istio-system" in cmds[c]
+    install = upgrade_mod.helm_install_ambient_commands("helm", Kubeconfig("/k", "kind-u"), Path("/c"))
+    assert [c[2] for c in install] == ["istio-base", "istiod", "istio-cni", "ztunnel"]
+    assert all(c[1] == "install" and "--wait" in c for c in install)
+
+
+def test_helm_values_configure_the_same_access_log_as_the_istioctl_overlay():
+    overlay = yaml.safe_load(M.modes["ambient"].overlay.read_text())["spec"]["meshConfig"]
+    assert yaml.safe_load(upgrade_mod.HELM_VALUES.read_text())["meshConfig"] == overlay
+
+
+class FakeKube:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def apply(self, doc, field_manager="authz-conformance"):
+        self.log.append(("apply", doc["kind"], doc["metadata"]["name"], field_manager))
+        return dict(doc)
+
+    def wait_rollout(self, kind, name, namespace, timeout, **kw):
+        self.log.append(("wait", kind, name, namespace))
+        return 0.0
+
+
+class FakeNsMap:
+    def cluster_namespace(self, ns: str) -> str:
+        return f"az-{ns}"
+
+
+class FakeSession:
+    """What the upgrade touches of a ClusterSession: the watched workloads and refresh_pods."""
+
+    def __init__(self, log: list, watcher: Watcher | None = None) -> None:
+        self.log = log
+        self.watcher = watcher
+        self.scenario = type("S", (), {"workloads": (API, GOOD)})()
+        self.nsmap = FakeNsMap()
+        self.pods = {"shop/api": "api-1", "front/good": "good-1"}
+        self.generation = 1
+
+    def refresh_pods(self) -> None:
+        # what session.refresh_pods does: empty the map, then fill it again (slowly)
+        disruption = self.watcher._disruption if self.watcher else None
+        self.log.append(("refresh", disruption))
+        keys = list(self.pods)
+        self.pods.clear()
+        time.sleep(0.002)
+        self.generation += 1
+        for k in keys:
+            self.pods[k] = f"{k.split('/')[1]}-{self.generation}"
+
+    def probe_round(self) -> list[str]:
+        return ["allowed" if self.pods["front/good"] else "error", "denied-l4" if self.pods["shop/api"] else "x"]
+
+
+def fake_run(log: list, stdout: str = ""):
+    def run(argv, timeout, **kw):
+        log.append(("run", tuple(argv[:4])))
+        return Result(tuple(argv), 0, stdout, "", 0.0)
+    return run
+
+
+def test_sidecar_upgrade_restarts_one_by_one_and_refreshes_pods_during_a_disruption():
+    log: list = []
+    w = Watcher(lambda: ["allowed", "denied-l4"])
+    session = FakeSession(log, w)
+    phases: list[str] = []
+    upgrade_mod.sidecar_upgrade(FakeKube(log), Kubeconfig("/k", "c"), M, "1.30.3", "istioctl-1.30.3",
+                                session, w, phases.append, run=fake_run(log))  # type: ignore[arg-type]
+    assert log[0] == ("run", ("istioctl-1.30.3", "install", "-y", "--kubeconfig"))
+    assert log[1] == ("wait", "Deployment", "istiod-1-30-3", "istio-system")
+    assert log[2][0] == "run" and log[2][1][1:3] == ("tag", "set")
+    assert log[3:] == [
+        ("apply", "Deployment", "api", upgrade_mod.RESTART_MANAGER), ("wait", "Deployment", "api", "az-shop"),
+        ("refresh", "rolling restart shop/api"),
+        ("apply", "Deployment", "good", upgrade_mod.RESTART_MANAGER), ("wait", "Deployment", "good", "az-front"),
+        ("refresh", "rolling restart front/good")]
+    assert phases[-1] == "rolling restart front/good" and w._disruption is None
+
+
+def test_ambient_upgrade_runs_the_documented_steps_and_refreshes_ztunnel_pods():
+    log: list = []
+    w = Watcher(lambda: ["allowed", "denied-l4"])
+    session = FakeSession(log, w)
+    tags = ("apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\n"
+            "metadata: {name: istio-revision-tag-default}\n")
+    upgrade_mod.ambient_upgrade(FakeKube(log), Kubeconfig("/k", "c"), M, "1.30.3", Path("/charts"), session, w,
+                                lambda _: None, run=fake_run(log, tags))  # type: ignore[arg-type]
+    assert log == [
+        ("run", ("helm", "upgrade", "istio-base", "/charts/base")),
+        ("run", ("helm", "install", "istiod-1-30-3", "/charts/istio-control/istio-discovery")),
+        ("wait", "Deployment", "istiod-1-30-3", "istio-system"),
+        ("run", ("helm", "upgrade", "istio-cni", "/charts/istio-cni")),
+        ("wait", "DaemonSet", "istio-cni-node", "istio-system"),
+        ("refresh", "helm upgrade istio-cni (in place)"),
+        ("run", ("helm", "upgrade", "ztunnel", "/charts/ztunnel")),
+        ("wait", "DaemonSet", "ztunnel", "istio-system"),
+        ("refresh", "helm upgrade ztunnel (in place)"),
+        ("run", ("helm", "template", "istiod", "/charts/istio-control/istio-discovery")),
+        ("apply", "MutatingWebhookConfiguration", "istio-revision-tag-default", "authz-conformance")]
+
+
+def test_refresh_retries_while_pods_are_coming_up():
+    calls = []
+
+    class Flaky:
+        def refresh_pods(self) -> None:
+            calls.append(1)
+            if len(calls) < 3:
+                raise TargetError("workload shop/api: expected one ready pod in az-shop, found 2")
+
+    sleeps: list[float] = []
+    upgrade_mod.refresh(Flaky(), Watcher(lambda: []), sleep=sleeps.append)  # type: ignore[arg-type]
+    assert len(calls) == 3 and sleeps == [2.0, 2.0]
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    calls.clear()
+    with pytest.raises(TargetError):
+        upgrade_mod.refresh(type("Never", (), {"refresh_pods": lambda self: (_ for _ in ()).throw(
+            TargetError("gone"))})(), Watcher(lambda: []), timeout=5, sleep=sleep, clock=lambda: now[0])
+
+
+def test_the_pod_map_is_swapped_while_no_round_runs():
+    """A watcher thread probing while the upgrade refreshes the pods never sees the map half refilled."""
+    log: list = []
+    w = Watcher(lambda: [], interval=0.0)
+    session = FakeSession(log, w)
+    w.probe_round = session.probe_round
+    w.start()
+    try:
+        for _ in range(30):
+            upgrade_mod.refresh(session, w)  # type: ignore[arg-type]
+            time.sleep(0.001)
+    finally:
+        w.stop()
+    assert w.errors == [] and w.disruptions == [] and len(w.samples) > 0
+
+
+def test_a_round_that_raises_anything_is_reported_and_the_watch_goes_on():
+    now = [0.0]
+    rounds = iter([KeyError("front/good"), ["allowed", "denied-l4"], ["allowed"]])
+
+    def probe_round():
+        value = next(rounds)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    w = Watcher(probe_round, clock=lambda: now[0], expected=2)
+    for t in (0.0, 1.0, 2.0):
+        now[0] = t
+        w.run_once()
+    assert w.errors == ["0.0s: KeyError: 'front/good'", "2.0s: a probe round returned 1 outcomes for 2 probes"]
+    assert [s.time for s in w.samples] == [1.0, 1.0]
+
+
+def test_exec_loss_during_a_deliberate_restart_is_an_availability_gap_not_a_failure():
+    now = [0.0]
+    lost = [False]
+
+    def probe_round():
+        if lost[0]:
+            raise ExecLost("exec in az-front/good-1 (curl) failed: pod not found")
+        return ["allowed", "denied-l4"]
+
+    w = Watcher(probe_round, clock=lambda: now[0])
+    w.run_once()
+    with w.disruption("rolling restart front/good"):
+        lost[0] = True
+        for t in (1.0, 1.5, 2.0):
+            now[0] = t
+            w.run_once()
+        lost[0] = False
+        now[0] = 2.5
+        w.run_once()
+    assert w.errors == []
+    assert w.disruptions == [{"phase": "rolling restart front/good", "first": 1.0, "last": 2.0, "rounds": 3,
+                              "reasons": ["exec in az-front/good-1 (curl) failed: pod not found"]}]
+    rep = summarize(w.samples, PROBES, ["allow", "deny"], w.errors, (), w.disruptions, "revision canary")
+    assert not rep.failed and rep.disruptions[0]["rounds"] == 3 and rep.procedure == "revision canary"
+    now[0] = 3.0
+    lost[0] = True
+    w.run_once()  # outside a deliberate restart, the same loss is an infrastructure error
+    assert w.errors == ["3.0s: exec in az-front/good-1 (curl) failed: pod not found"]
+
+
+def test_a_dying_watcher_thread_leaves_its_reason():
+    def probe_round():
+        raise SystemExit("boom")  # not an Exception: escapes run_once, must not escape the thread silently
+
+    w = Watcher(probe_round, interval=0.0)
+    w.start()
+    w.stop()
+    assert len(w.errors) == 1 and "the watcher thread died" in w.errors[0] and "boom" in w.errors[0]
 
 
 def test_summarize_reports_fail_open_windows_and_availability_gaps():

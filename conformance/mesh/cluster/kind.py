@@ -20,8 +20,9 @@ profile (`default` for sidecar, `ambient` for ambient and waypoint) and the over
 the waypoint mode also gets the Gateway API CRDs. Readiness is waited on real conditions: the rollouts
 of CoreDNS, istiod, ztunnel and istio-cni-node.
 
-Time budget of one CI job (one mode x one Istio release, 4-vCPU runner; estimates to be replaced by
-the figures the workflow prints in its step timings):
+Time budget of one CI job (one mode x one Istio release x one shard, 4-vCPU runner; estimates to be
+replaced by the figures the workflow prints in its step timings). The same figures, as numbers, are
+the cost model of the run plan (plan.py `Costs`), which sizes the e2e shards and their timeouts:
 
     runner setup + pip install + tool download      ~1.5 min
     kind create (node image pull included)          ~1-1.5 min

@@ -7,6 +7,11 @@ small command line the workflows call:
 
     python -m conformance.mesh.cluster.matrix github            # the e2e job matrix, as JSON
     python -m conformance.mesh.cluster.matrix install --dest D  # kind + istioctl, checksums verified
+    python -m conformance.mesh.cluster.matrix install --dest D --charts  # + the release's Helm charts
+
+The e2e job matrix itself (modes x releases x shards, with timeouts) is computed from the scenario
+files by the plan (conformance/mesh/cluster/plan.py, `authz-conformance plan --format github-e2e`);
+`github` here is the unsharded one, kept for tools that only need the releases and modes.
 """
 
 from __future__ import annotations
@@ -210,8 +215,13 @@ def verified_download(url: str, pinned: str | None, dest: Path, fetch: Fetcher =
 
 
 def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind: bool = True,
-            fetch: Fetcher = _urlfetch, platform: str = "linux-amd64") -> list[Path]:
-    """Put `kind` and `istioctl-<version>` (plus `istioctl` for the first version) into `dest`."""
+            fetch: Fetcher = _urlfetch, platform: str = "linux-amd64", charts: bool = False) -> list[Path]:
+    """Put `kind` and `istioctl-<version>` (plus `istioctl` for the first version) into `dest`.
+
+    With `charts`, also `charts-<version>/`: the Helm charts inside the same verified tarball
+    (`istio-<v>/manifests/charts`), which Istio's ambient upgrade procedure installs and upgrades with
+    Helm (conformance/mesh/cluster/upgrade.py): no chart repository is ever consulted.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     if with_kind:
@@ -233,6 +243,8 @@ def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind
                 target = dest / f"istioctl-{release.version}"
                 with open(target, "wb") as out:
                     shutil.copyfileobj(source, out)
+                if charts:
+                    made.append(_extract_charts(tar, release.version, dest / f"charts-{release.version}"))
             target.chmod(0o755)
             made.append(target)
             if i == 0:
@@ -240,6 +252,33 @@ def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind
                 (dest / "istioctl").chmod(0o755)
                 made.append(dest / "istioctl")
     return made
+
+
+def _extract_charts(tar: tarfile.TarFile, version: str, target: Path) -> Path:
+    """`istio-<v>/manifests/charts/**` into `target`, refusing anything that is not a plain file or
+    directory inside it (links and `..` paths: the tarball is verified, but extraction stays strict)."""
+    prefix = f"istio-{version}/manifests/charts/"
+    found = False
+    for member in tar.getmembers():
+        if not member.name.startswith(prefix) or member.name == prefix:
+            continue
+        rel = Path(member.name[len(prefix):])
+        if rel.is_absolute() or ".." in rel.parts:
+            raise SystemExit(f"refusing tarball member {member.name}")
+        out = target / rel
+        if member.isdir():
+            out.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            with open(out, "wb") as fh:
+                shutil.copyfileobj(source, fh)
+            found = True
+    if not found:
+        raise SystemExit(f"{prefix} not found in the Istio {version} tarball")
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sp.add_argument("--dest", required=True, type=Path)
     sp.add_argument("--istio", action="append", default=None, help="Istio release (repeatable)")
     sp.add_argument("--no-kind", action="store_true")
+    sp.add_argument("--charts", action="store_true", help="also extract each release's Helm charts (charts-<v>/)")
     sp = sub.add_parser("get", help="print one value: node-image, kind-version, gateway-api-url VERSION, image NAME")
     sp.add_argument("what")
     sp.add_argument("arg", nargs="?")
@@ -259,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "github":
         print(json.dumps(matrix.github_matrix()))
     elif args.command == "install":
-        for path in install(matrix, args.dest, args.istio or [matrix.default_istio], with_kind=not args.no_kind):
+        for path in install(matrix, args.dest, args.istio or [matrix.default_istio], with_kind=not args.no_kind,
+                            charts=args.charts):
             print(path)
     elif args.command == "get":
         values = {
