@@ -8,7 +8,11 @@ upgrade (conformance/mesh/cluster/upgrade.py). Output (stdout, and Markdown for 
   * predicted: the verdict engine predicts that very change between the two releases (for example a
     dry-run policy in ambient before and after 1.25.2), so the upgrade does what Istio says it does;
   * regression: the engine predicts the same outcome at both releases, yet the cluster changed;
-- every fail-open window seen during the upgrade (a probe that must be denied observed allowed).
+- every fail-open window seen during the upgrade (a probe that must be denied observed allowed);
+- the upgrade procedure by its name (sidecar: istioctl revision canary; ambient: Istio's Helm procedure,
+  revisioned istiod then istio-cni and ztunnel in place), and its availability: probes that must be
+  allowed and were not, and the rounds that could not run while pods were deliberately replaced
+  (disruptions: measured, never a failure).
 
 Exit 1 on any regression or fail-open window. It lives outside the `conformance.mesh` package on
 purpose: it needs the verdict engine, and the targets must never import it (the import contract).
@@ -126,14 +130,18 @@ def render(changes: Sequence[Change], only_before: Sequence[Key], only_after: Se
     fail_open = []
     if upgrade is not None:
         fail_open = list(upgrade.get("fail_open") or [])
-        lines += ["", "### During the upgrade", "",
-                  f"{upgrade.get('samples', 0)} observations in {upgrade.get('rounds', 0)} rounds; "
+        lines += ["", "### During the upgrade", ""]
+        if upgrade.get("procedure"):
+            lines += [f"Procedure ({upgrade.get('mode', '?')} mode): {upgrade['procedure']}.", ""]
+        lines += [f"{upgrade.get('samples', 0)} observations in {upgrade.get('rounds', 0)} rounds; "
                   f"{len(fail_open)} fail-open window(s); {len(upgrade.get('unavailable') or [])} availability "
                   f"gap(s); {len(upgrade.get('errors') or [])} infrastructure error(s)."]
         lines += [f"- FAIL-OPEN {w['probe']}: allowed {w['count']}x between {w['first']}s and {w['last']}s"
                   for w in fail_open]
         lines += [f"- unavailable {w['probe']}: {', '.join(w['outcomes'])} {w['count']}x between {w['first']}s "
                   f"and {w['last']}s" for w in upgrade.get("unavailable") or []]
+        lines += [f"- availability: no probe round ran during {d['phase']}: {d['rounds']} round(s) between "
+                  f"{d['first']}s and {d['last']}s" for d in upgrade.get("disruptions") or []]
         lines += [f"- infrastructure: {e}" for e in upgrade.get("errors") or []]
     failed = bool(regressions or fail_open or (upgrade or {}).get("errors"))
     return "\n".join(lines) + "\n", failed

@@ -353,6 +353,26 @@ def test_report_command_line(tmp_path, capsys):
     assert rc == 1 and "FAIL-OPEN x" in out and (tmp_path / "s.md").read_text() == out
 
 
+def test_report_names_the_procedure_and_counts_disruptions_as_availability():
+    upgrade = {"mode": "ambient", "procedure": upgrade_mod.PROCEDURES["ambient"], "samples": 6, "rounds": 3,
+               "fail_open": [], "unavailable": [], "errors": [],
+               "disruptions": [{"phase": "helm upgrade ztunnel (in place)", "first": 4.0, "last": 5.0, "rounds": 2,
+                                "reasons": ["x"]}]}
+    text, failed = report.render([], [], [], "1.29.6", "1.30.3", upgrade)
+    assert not failed
+    assert "Procedure (ambient mode): Helm: revisioned istiod, then istio-cni and ztunnel upgraded in place" in text
+    assert "- availability: no probe round ran during helm upgrade ztunnel (in place): 2 round(s)" in text
+
+
+def test_ambient_needs_the_new_releases_charts(capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.mesh.cluster.upgrade import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--kubeconfig", "k", "--context", "c", "--mode", "ambient", "--from", "1.29", "--to", "1.30",
+              "--istioctl-to", "istioctl", "--out", "out.json"])
+    assert exit_info.value.code == 2 and "--charts-to" in capsys.readouterr().err
+
+
 def test_an_unmodelled_version_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     from conformance.mesh.cluster.upgrade import main
 
