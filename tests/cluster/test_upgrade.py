@@ -202,6 +202,9 @@ def test_the_pod_map_is_swapped_while_no_round_runs():
         for _ in range(30):
             upgrade_mod.refresh(session, w)  # type: ignore[arg-type]
             time.sleep(0.001)
+        deadline = time.monotonic() + 5
+        while not w.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         w.stop()
     assert w.errors == [] and w.disruptions == [] and len(w.samples) > 0
