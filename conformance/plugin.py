@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from conformance.errors import UsageError
-from conformance.items import ScenarioFile, results_key, skips_key, target_key
+from conformance.items import ScenarioFile, StepItem, results_key, skips_key, target_key
 from conformance.model import MODES
 from conformance.scenario import sniff
 from conformance.versions import DEFAULT_VERSION, IstioVersion
@@ -90,6 +90,27 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if file_path.suffix in (".yaml", ".yml") and sniff(file_path):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Cluster targets print their plan before anything starts (clusters, Istio, batches, estimated time),
+    the same plan `authz-conformance plan` prints without Docker, so a reader can check the job first."""
+    config = session.config
+    mesh = config.getoption("mesh")
+    if mesh == "local" or config.getoption("collectonly"):
+        return
+    files = sorted({str(item.path) for item in session.items if isinstance(item, StepItem)})
+    if not files:
+        return
+    from conformance.mesh.cluster.plan import session_plan_text
+
+    text = session_plan_text(files, mesh, config.getoption("mesh_mode"), config.getoption("istio_version"),
+                             config.getoption("kube_context"))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.section(f"authz-conformance plan ({mesh})")
+        for line in text.rstrip("\n").split("\n"):
+            reporter.write_line(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
