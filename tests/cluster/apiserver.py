@@ -421,13 +421,19 @@ class FakeApiServer:
         injected = (namespace.get("metadata") or {}).get("labels", {}).get("istio-injection") == "enabled" and \
             labels.get("sidecar.istio.io/inject") != "false"
         containers = [c["name"] for c in tspec.get("containers") or []] + (["istio-proxy"] if injected else [])
+        annotations = dict(tmeta.get("annotations") or {})
+        ns_labels = (namespace.get("metadata") or {}).get("labels", {})
+        if ns_labels.get("istio.io/dataplane-mode") == "ambient" and labels.get("istio.io/dataplane-mode") != "none":
+            # istio-cni marks a pod whose traffic it redirected to ztunnel (annotation
+            # `ambient.istio.io/redirection: enabled`, istio/istio cni/pkg/nodeagent); the session waits for it
+            annotations["ambient.istio.io/redirection"] = "enabled"
         owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"]}  # (a ReplicaSet, really)
         for key in [k for k, o in self.objects.items() if k[0] == "Pod" and k[1] == ns and
                     owner in ((o.get("metadata") or {}).get("ownerReferences") or [])]:
             del self.objects[key]
         self.put({"apiVersion": "v1", "kind": "Pod",
                   "metadata": {"name": f"{meta['name']}-7d9f8b6c5-x{next(self._ips)}", "namespace": ns,
-                               "labels": labels, "annotations": dict(tmeta.get("annotations") or {}),
+                               "labels": labels, "annotations": annotations,
                                "ownerReferences": [owner]},
                   "spec": {"nodeName": self.node, "containers": [{"name": c} for c in containers]},
                   "status": {"phase": "Running", "podIP": f"10.244.0.{next(self._ips)}",

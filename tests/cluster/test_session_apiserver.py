@@ -8,13 +8,22 @@ The pretend data plane behind the server: each Service port is a local HTTP serv
 one policy form, an ALLOW AuthorizationPolicy with no rules (`spec: {}`, which allows nothing: Envoy
 denies with `rbac_access_denied_matched_policy[none]`), in the workload's namespace or the root namespace,
 and looks it up in the API server's store at every request, so what the session applied is what it meets.
-A curl shim only maps Service names to those local ports, as cluster DNS would.
+In ambient mode the same policy makes the pretend ztunnel reset the connection and write what
+istio/ztunnel@1.30.3 writes (src/proxy/metrics.rs `access_log!`): for an in-mesh client the source
+ztunnel's outbound record of curl's connection ("http status: 401 Unauthorized", h2/client.rs) and the
+destination's inbound record from the pooled HBONE connection (src.addr = the source pod's IP, port 15008);
+for a plaintext client one inbound record with curl's own address. `istioctl ztunnel-config policies` is
+answered from the API server's store.
+A curl shim only maps Service names to those local ports, as cluster DNS would, and tells the pretend
+data plane which pod the exec ran in (a real ztunnel knows it from the connection).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -26,30 +35,57 @@ from typing import Any
 
 import pytest
 
-from conformance.mesh.cluster.istioctl import Kubeconfig
+from conformance.mesh.cluster.istioctl import Kubeconfig, Result
 from conformance.mesh.cluster.kube import Kube
-from conformance.mesh.cluster.manifests.render import WORKLOAD_LABEL
+from conformance.mesh.cluster.manifests.render import WORKLOAD_LABEL, enrollment_labels
 from conformance.mesh.cluster.session import BarrierWarning, ClusterContext, ClusterSession, Timeouts
 from conformance.mesh.local.app import EchoHandler, EchoServer
-from conformance.model import ALLOWED, DENIED_L7, Manifest, Scenario
+from conformance.model import ALLOWED, DENIED_L4, DENIED_L7, Manifest, Mode, Scenario
 from conformance.probe import NO_ALLOW_MATCHED, PROBE_HEADER
 from conformance.runner import run_step
 from conformance.scenario import load
 from conformance.versions import IstioVersion
-from tests.cluster.apiserver import ExecAnswer, FakeApiServer
-from tests.cluster.test_session import CURL, SHIM
+from tests.cluster.apiserver import ExecAnswer, FakeApiServer, kubelet_timestamp
+from tests.cluster.test_session import CURL
 
 pytest.importorskip("kubernetes")
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 ROOT = Path(__file__).resolve().parents[2]
 V130 = IstioVersion.parse("1.30")
 ROOT_NAMESPACE = "istio-system"
+SOURCE_HEADER = "x-pretend-source"
+ZTUNNEL = "ztunnel-6xq2v"
+SHIM = """#!{python}
+import json, os, sys
+routes = json.load(open({routes!r}))
+args = sys.argv[1:]
+for i, a in enumerate(args):
+    if a.startswith("http://"):
+        hostport, _, path = a[len("http://"):].partition("/")
+        host = hostport if ":" in hostport else hostport + ":80"
+        if host in routes:
+            args[i:i + 1] = ["-H", "host: " + hostport, "-H", {header!r} + ": " + os.environ["PRETEND_SOURCE"],
+                             "http://127.0.0.1:%d/%s" % (routes[host], path)]
+        break
+os.execv({curl!r}, [{curl!r}, *args])
+"""
+
+
+class Reset(Exception):
+    """The pretend ztunnel reset the connection: nothing more to write."""
 
 
 class SidecarHandler(EchoHandler):
-    """The app behind a pretend sidecar: 403 and an access-log record when a policy in force denies."""
+    """The app behind a pretend sidecar or ztunnel: when a policy in force denies, a 403 and an Envoy record
+    (sidecar) or a reset and ztunnel's records (ambient)."""
 
     server: PretendPod
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except Reset:
+            self.close_connection = True
 
     def _answer(self) -> None:
         pod = self.server
@@ -57,6 +93,14 @@ class SidecarHandler(EchoHandler):
             super()._answer()
             return
         self._drain_body()
+        if pod.world.mode != "sidecar":
+            pod.world.ztunnel_refusal(pod, f"{self.client_address[0]}:{self.client_address[1]}",
+                                      self.headers.get(SOURCE_HEADER, ""))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.wfile.close()
+            self.connection.close()  # with SO_LINGER 0: a reset, as ztunnel refuses a connection
+            raise Reset
         body = b"RBAC: access denied"
         self.send_response(403)
         self.send_header("content-length", str(len(body)))
@@ -81,15 +125,16 @@ class PretendPod(EchoServer):
 class World:
     """What answers the execs: the sidecars' config dumps, and the probe script run for real."""
 
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
+    def __init__(self, tmp: Path, mode: Mode = "sidecar"):
+        self.tmp, self.mode = tmp, mode
         self.api = FakeApiServer(exec_handler=self.exec)
         self.api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROOT_NAMESPACE}})
         self.pods: dict[tuple[str, str, int], PretendPod] = {}
         self.bindir = tmp / "bin"
         self.bindir.mkdir()
         self.routes = tmp / "routes.json"
-        (self.bindir / "curl").write_text(SHIM.format(python=sys.executable, routes=str(self.routes), curl=CURL))
+        (self.bindir / "curl").write_text(SHIM.format(python=sys.executable, routes=str(self.routes), curl=CURL,
+                                                      header=SOURCE_HEADER))
         (self.bindir / "curl").chmod(0o755)
         self.lock = threading.Lock()
         self.execs: list[tuple[str, str, str]] = []
@@ -101,11 +146,45 @@ class World:
         return any((p.get("spec") or {}).get("action", "ALLOW") == "ALLOW" and not (p.get("spec") or {}).get("rules")
                    for p in self.policies_for(namespace))
 
-    def access_log(self, pod: PretendPod, record: dict[str, Any]) -> None:
+    def pod_of(self, pod: PretendPod) -> dict[str, Any]:
         (info,) = [o for (k, ns, _), o in list(self.api.objects.items()) if k == "Pod" and ns == pod.namespace and
                    o["metadata"]["labels"].get(WORKLOAD_LABEL) == pod.name]
+        return info
+
+    def access_log(self, pod: PretendPod, record: dict[str, Any]) -> None:
+        info = self.pod_of(pod)
         record["local"] = f"{info['status']['podIP']}:{pod.port}"
         self.api.log(pod.namespace, info["metadata"]["name"], "istio-proxy", json.dumps(record))
+
+    def ztunnel_refusal(self, pod: PretendPod, curl: str, source: str) -> None:
+        """What the node's ztunnel logs when it refuses `curl`'s connection from the pod at `source` by policy."""
+        dst_ip = self.pod_of(pod)["status"]["podIP"]
+        source_pod = next(o for (k, _, _), o in list(self.api.objects.items())
+                          if k == "Pod" and o["status"].get("podIP") == source)
+        in_mesh = (source_pod["metadata"].get("annotations") or {}).get("ambient.istio.io/redirection") == "enabled"
+        base = (f'dst.service="{pod.name}.{pod.namespace}.svc.cluster.local" dst.workload="{pod.name}" '
+                'bytes_sent=0 bytes_recv=0 duration="0ms"')
+        error = "connection closed due to policy rejection: allow policies exist, but none allowed"
+        lines = []
+        if in_mesh:
+            lines.append(f'src.addr={curl} dst.addr={dst_ip}:15008 dst.hbone_addr={dst_ip}:{pod.port} '
+                         f'direction="outbound" {base} error="http status: 401 Unauthorized"')
+            lines.append(f'src.addr={source}:15008 dst.addr={dst_ip}:15008 dst.hbone_addr={dst_ip}:{pod.port} '
+                         f'direction="inbound" {base} error="{error}"')
+        else:
+            lines.append(f'src.addr={curl} dst.addr={dst_ip}:{pod.port} direction="inbound" {base} error="{error}"')
+        for fields in lines:
+            now = self.api.clock()
+            self.api.log(ROOT_NAMESPACE, ZTUNNEL, "istio-proxy",
+                         f"{kubelet_timestamp(now)}\terror\taccess\tconnection complete\t{fields}", when=now)
+
+    def istioctl(self, argv: list[str], timeout: float, ok: tuple[int, ...] = (0,)) -> Result:
+        """`istioctl ztunnel-config policies` from the store (every policy is pushed at once); analyze: clean."""
+        if argv[1:3] == ["ztunnel-config", "policies"]:
+            listed = [{"name": p["metadata"]["name"], "namespace": p["metadata"]["namespace"]}
+                      for p in self.api.policies() if p["kind"] == "AuthorizationPolicy"]
+            return Result(tuple(argv), 0, json.dumps(listed), "", 0.01)
+        return Result(tuple(argv), 0, "[]", "", 0.01)
 
     def exec(self, namespace: str, pod: str, container: str, command: list[str]) -> ExecAnswer:
         self.execs.append((namespace, pod, container))
@@ -114,7 +193,8 @@ class World:
                    for p in self.policies_for(namespace)]
             return ExecAnswer(json.dumps({"rbac": ids}).encode(), b"", 0)
         self._serve_services()
-        env = {"PATH": f"{self.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        source = self.api.objects[("Pod", namespace, pod)]["status"]["podIP"]
+        env = {"PATH": f"{self.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PRETEND_SOURCE": source}
         proc = subprocess.run(command, capture_output=True, env=env, timeout=60, check=False)
         return ExecAnswer(proc.stdout, proc.stderr, proc.returncode)
 
@@ -140,20 +220,44 @@ class World:
             srv.server_close()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[World, ClusterContext]]:
-    world = World(tmp_path)
+def make_world(tmp_path: Path, mode: Mode) -> tuple[World, ClusterContext]:
+    world = World(tmp_path, mode)
     world.api.start()
+    if mode != "sidecar":  # the ztunnel DaemonSet's pod on the node (istio/istio manifests/charts/ztunnel)
+        world.api.put({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": ZTUNNEL, "namespace": ROOT_NAMESPACE, "labels": {"app": "ztunnel"}},
+                       "spec": {"nodeName": world.api.node, "containers": [{"name": "istio-proxy"}]},
+                       "status": {"podIP": "10.244.0.2", "conditions": [{"type": "Ready", "status": "True"}],
+                                  "containerStatuses": [{"name": "istio-proxy", "restartCount": 0,
+                                                         "state": {"running": {}}}]}})
     kubeconfig = world.api.kubeconfig(tmp_path)
     kube = Kube(str(kubeconfig), "fake", request_timeout=10)
-    ctx = ClusterContext(kube=kube, kubeconfig=Kubeconfig(str(kubeconfig), "fake"), istioctl=None, version=V130,
+    ctx = ClusterContext(kube=kube, kubeconfig=Kubeconfig(str(kubeconfig), "fake"),
+                         istioctl=None if mode == "sidecar" else "istioctl", version=V130,
                          curl_image="c@sha256:1", app_image="a@sha256:2", prefix="azapi01-",
-                         enrollment={"istio-injection": "enabled"},
+                         enrollment=enrollment_labels(mode), run_command=world.istioctl,
                          timeouts=Timeouts(barrier=5.0, canary=5.0, probe=5.0, connect=2.0, proof_grace=2.0))
-    yield world, ctx
-    kube.close()
+    return world, ctx
+
+
+def tear_down(world: World, ctx: ClusterContext) -> None:
+    ctx.kube.close()
     world.api.stop()
     world.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[World, ClusterContext]]:
+    made = make_world(tmp_path, "sidecar")
+    yield made
+    tear_down(*made)
+
+
+@pytest.fixture
+def ambient(tmp_path: Path) -> Iterator[tuple[World, ClusterContext]]:
+    made = make_world(tmp_path, "ambient")
+    yield made
+    tear_down(*made)
 
 
 def good() -> Scenario:
@@ -236,3 +340,32 @@ def test_a_session_that_fails_to_start_leaves_nothing_over_the_api(world):
         ClusterSession(scenario, "sidecar", replace(ctx, timeouts=replace(ctx.timeouts, canary=0.5))).start()
     assert not [k for k in world.api.objects if k[1].startswith("azapi")]
     assert [p["metadata"]["name"] for p in world.api.policies()] == ["other-team"]  # never ours to delete
+
+
+def test_an_ambient_step_is_proved_by_ztunnel_records_served_by_the_logs_endpoint(ambient):
+    """HBONE client: the source ztunnel's outbound record of curl's connection ties the probe to the destination
+    ztunnel's policy rejection; a plaintext client is tied by curl's own address; both through the API."""
+    world, ctx = ambient
+    scenario = good()
+    session = ClusterSession(scenario, "ambient", ctx).start()
+    assert ("ambient.istio.io/redirection", "enabled") in world.api.objects[
+        ("Pod", "azapi01-accounts", session._pods["accounts/accounts"].name)]["metadata"]["annotations"].items()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BarrierWarning)
+        result = run_step(session, scenario, scenario.steps[1], V130, required=2, deadline=20)
+    assert result.passed, [(r.probe.describe(), r.last) for r in result.table.rows]
+    assert session.barriers[-1].reached  # `istioctl ztunnel-config policies` named the policy
+    obs = result.convergence.records[0].observations[-1]
+    assert obs.outcome == DENIED_L4 and obs.proof is not None, obs.notes
+    assert (obs.proof.kind, obs.proof.layer, obs.proof.proxy) == (NO_ALLOW_MATCHED, "ztunnel", "ztunnel:node1")
+    assert 'direction="inbound"' in obs.proof.line and ":15008" in obs.proof.line
+    reads = world.api.made("GET", f"/pods/{ZTUNNEL}/log")
+    assert reads and all(r.param("container") == "istio-proxy" and r.param("timestamps") == "true" for r in reads)
+
+    outsider = next(e.probe for e in scenario.steps[2].expectations if e.probe.source.ref == "legacy/outsider")
+    plain = replace(outsider, port=next(p for p in outsider.destination.ports if p.number == 8080))
+    (seen,) = session.probe([plain])
+    assert seen.outcome == DENIED_L4 and seen.proof is not None and seen.proof.kind == NO_ALLOW_MATCHED, seen.notes
+    assert "src.addr=127.0.0.1:" in seen.proof.line  # curl's own address: exact
+    session.close()
+    assert not [k for k in world.api.objects if k[1].startswith("azapi")]

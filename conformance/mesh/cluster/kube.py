@@ -104,7 +104,10 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     # initContainerStatuses (Kubernetes PodStatus API).
     statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
     restarts = {str(c.get("name", "")): int(c.get("restartCount") or 0) for c in statuses}
-    running = frozenset(str(c.get("name", "")) for c in statuses if (c.get("state") or {}).get("running"))
+    # ContainerState has exactly one of running / waiting / terminated set; `running` may be an empty object
+    # (startedAt is optional in the API), so its presence, not its content, says running.
+    running = frozenset(str(c.get("name", "")) for c in statuses
+                        if isinstance((c.get("state") or {}).get("running"), Mapping))
     return PodInfo(meta.get("name", ""), meta.get("namespace", ""), status.get("podIP") or "",
                    spec.get("nodeName") or "", dict(meta.get("labels") or {}), ready, tuple(names),
                    bool(meta.get("deletionTimestamp")), restarts, running, str(meta.get("uid") or ""))
