@@ -19,8 +19,9 @@ hold the request shapes against the API's:
   (IP, node, container statuses), so `wait_rollout` and `pods()` see what a cluster would show;
 - exec over the websocket subprotocol `v5.channel.k8s.io` (falls back to `v4.channel.k8s.io`): one binary
   frame per write, its first byte the channel (1 stdout, 2 stderr, 3 the status as a JSON `metav1.Status`:
-  `Success`, or `Failure` / `NonZeroExitCode` with `details.causes[{reason: ExitCode, message: "<code>"}]`,
-  kubelet pkg/kubelet/cri/streaming/remotecommand/httpstream.go `v4WriteStatusFunc`), then a websocket
+  `Success`, or `Failure` / `NonZeroExitCode` with `details.causes[{reason: ExitCode, message: "<code>"}]`:
+  kubernetes pkg/kubelet/cri/streaming/remotecommand/exec.go `ServeExec` builds it, httpstream.go
+  `v4WriteStatusFunc` writes it as JSON; StatusCause.Type is serialized as `reason`), then a websocket
   close frame; optionally v5's close signal (`255, <channel>`), which the client must tolerate;
 - logs (`/pods/<name>/log?container=&timestamps=true&sinceSeconds=`): recorded lines, filtered by
   `sinceSeconds` against the server's clock and prefixed with the kubelet's RFC 3339 nanosecond timestamp
@@ -127,7 +128,7 @@ def status_body(code: int, reason: str, message: str, details: Mapping[str, Any]
 
 
 def exec_status(exit_code: int) -> dict[str, Any]:
-    """The status the kubelet writes on channel 3 when the command ended (httpstream.go `v4WriteStatusFunc`)."""
+    """The status the kubelet writes on channel 3 when the command ended (exec.go `ServeExec`)."""
     if exit_code == 0:
         return {"metadata": {}, "status": "Success"}
     return {"metadata": {}, "status": "Failure",

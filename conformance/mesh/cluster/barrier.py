@@ -98,6 +98,12 @@ def _target_refs(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return refs
 
 
+def observable(m: Manifest) -> bool:
+    """Whether some proxy's configuration names `m` (an ALLOW or DENY AuthorizationPolicy), so the barrier can
+    wait for it to arrive or to go; anything else (PeerAuthentication, AUDIT, CUSTOM) is applied unobserved."""
+    return _observable(m)
+
+
 def _observable(m: Manifest) -> bool:
     if m.kind != "AuthorizationPolicy":
         return False

@@ -311,10 +311,18 @@ class ClusterSession:
             raise interrupted
         if not removed:
             return
+        unseen = [m.ref for m in removed if not barrier.observable(m)]
+        if unseen:
+            self.notes.append(f"cleanup: {', '.join(unseen)} deleted; no proxy configuration names such a policy, "
+                              "so its removal could not be waited for")
         if not self._pods:  # start() failed before the pods were found: no proxy to ask
             self.notes.append("cleanup: " + ", ".join(m.ref for m in removed) + " deleted; no proxy to wait for")
             return
-        result = self._barrier([], removed)
+        try:
+            result = self._barrier([], removed)
+        except Exception as exc:  # cleanup goes on; the reason is reported (a warning), never swallowed
+            errors.append(f"waiting for the proxies to drop {', '.join(m.ref for m in removed)} failed: {exc}")
+            return
         self.cleanup.append(result)
         if not result.reached:
             errors.append(f"after {result.seconds:.1f} s some proxies still held deleted policies: "
@@ -484,6 +492,8 @@ class ClusterSession:
         proxies: list[barrier.Proxy] = []
         ambient_ns = frozenset(self.nsmap.cluster_namespace(w.namespace) for w in self.scenario.workloads if w.in_mesh)
         servers = [w for w in self.scenario.workloads if w.ports and w.in_mesh]
+        # A workload whose pod is not known (a discovery cut off by a failure, then close()) has no proxy to ask.
+        servers = [w for w in servers if w.ref in self._pods]
         if self.mode == "sidecar":
             for w in servers:
                 pod = self._pods[w.ref]
