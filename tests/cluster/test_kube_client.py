@@ -262,3 +262,24 @@ def test_stop_closes_the_server_and_its_threads(tmp_path):
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
     assert json.loads(json.dumps(server.objects[("Namespace", "", "az1-x")]))["metadata"]["name"] == "az1-x"
+
+
+def test_a_ctrl_c_while_the_exec_connects_stays_a_ctrl_c(api, monkeypatch):
+    """ws_client.websocket_call wraps even KeyboardInterrupt in ApiException(status=0); Kube unwraps it."""
+    from kubernetes.stream import ws_client
+
+    _server, kube, _ = api
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ws_client.WSClient, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kube.exec("ns", "p", "curl", ["sh"], timeout=10)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(ws_client.WSClient, "__init__", refused)
+    with pytest.raises(ExecLost, match="Connection refused"):
+        kube.exec("ns", "p", "curl", ["sh"], timeout=10)

@@ -337,6 +337,11 @@ class Kube:
         except TargetError:
             raise
         except Exception as exc:
+            # kubernetes/stream/ws_client.py `websocket_call` turns *everything* raised while connecting,
+            # KeyboardInterrupt and SystemExit included, into ApiException(status=0): a Ctrl-C must stay one
+            # (the run stops and cleans up), never become a lost exec.
+            if isinstance(exc.__context__, (KeyboardInterrupt, SystemExit)):
+                raise exc.__context__ from None
             raise ExecLost(f"exec in {namespace}/{pod} ({container}) failed: {_api_message(exc)}") from exc
         finally:
             if ws is not None:
@@ -394,4 +399,10 @@ def _api_message(exc: BaseException) -> str:
                 return str(data["message"])
         except (TypeError, ValueError):
             pass
+    # ApiException's str() starts with "(<status>)" alone on its first line; the why is its `reason` (for a
+    # websocket that never connected, status 0 and the websocket error's text, ws_client.websocket_call).
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason.strip():
+        status = getattr(exc, "status", None)
+        return f"{status} {reason.strip()}" if status else reason.strip()
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
