@@ -120,3 +120,47 @@ def test_unavailable_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("PATH", str(tmp_path))  # no curl on it
     assert LocalTarget().unavailable("sidecar") == CURL_MISSING
     assert "apt-get install curl" in CURL_MISSING
+
+
+def test_a_reused_upstream_port_proves_only_the_connection_inside_its_lifetime(tmp_path: Path) -> None:
+    """The kernel may hand the source sidecar's freed upstream port to the next connection of a batch:
+    the enforcer's record is tied to a probe only within the lifetime of the source's own record of it
+    (issue 9: a record credited to the wrong probe; found by the differential test as "2 denial records")."""
+    import json
+
+    from conformance.mesh.local.curl import CurlResult
+    from conformance.mesh.local.logs import AccessLog
+    from conformance.mesh.local.mesh import LocalMeshSession, _Planned
+    from conformance.model import MeshConfig, Port, Probe, Request, Scenario, Workload
+    from conformance.probe import Evidence
+
+    src = Workload("web", "shop", "web", {"app": "web"})
+    dst = Workload("api", "shop", "api", {"app": "api"}, (Port(9000, "TCP"),))
+    world = Scenario("s", "", "s.yaml", ("sidecar",), MeshConfig(), (src, dst), (), ())
+    session = LocalMeshSession(world, "sidecar", LocalTarget())
+    deny = "rbac_access_denied_matched_policy[ns[shop]-policy[deny]-rule[0]]"
+    lines = {
+        src.ref: [  # curl A then curl B through web's sidecar: the same upstream port 50000 twice
+            {"tag": "outbound api:9000", "direct": "127.9.0.1:40001", "upstream_local": "127.9.0.1:50000",
+             "start": "100.000", "duration": "2"},
+            {"tag": "outbound api:9000", "direct": "127.9.0.1:40002", "upstream_local": "127.9.0.1:50000",
+             "start": "100.003", "duration": "4"},
+        ],
+        dst.ref: [
+            {"tag": "inbound 9000", "direct": "127.9.0.1:50000", "start": "100.001", "duration": "1", "term": deny},
+            {"tag": "inbound 9000", "direct": "127.9.0.1:50000", "start": "100.005", "duration": "1", "term": deny},
+        ],
+    }
+    for ref, records in lines.items():
+        path = tmp_path / f"{ref.replace('/', '_')}.log"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        session._logs[ref] = log = AccessLog(path)
+        log.refresh()
+    probe = Probe(src, dst, dst.ports[0], Request())
+    plan = _Planned(probe, CurlRequest("api.shop", 9000, "/", "GET", (), "127.9.0.1", 15100, probe_id="x"))
+    marks = {src.ref: 0, dst.ref: 0}
+    found = []
+    for local in ("127.9.0.1:40001", "127.9.0.1:40002"):  # both curls ran through the whole window
+        result = CurlResult(Evidence(56, 0, ""), local, started=99.9, ended=100.2)
+        found.append([r.get("start") for r in session._records_of(dst.ref, plan, result, marks)])
+    assert found == [["100.001"], ["100.005"]]

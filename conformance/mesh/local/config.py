@@ -78,6 +78,7 @@ LOG_FORMAT: dict[str, str] = {
     "request_id": "%REQ(X-REQUEST-ID)%",
     "probe": f"%REQ({PROBE_HEADER.upper()})%",  # the suite's own probe id (probe.PROBE_HEADER)
     "start": "%START_TIME(%s.%6f)%",  # when this proxy saw the connection or request start (epoch seconds)
+    "duration": "%DURATION%",  # how long it lasted (ms): a connection's upstream lives within it
     "client": "%REQ(X-CONFORMANCE-CLIENT)%",
     "http_rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
     "network_rbac": "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",

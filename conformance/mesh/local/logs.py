@@ -70,6 +70,15 @@ class LogRecord:
         except ValueError:
             return None
 
+    @property
+    def end(self) -> float | None:
+        """When it ended: start plus `%DURATION%` (whole milliseconds)."""
+        start = self.start
+        try:
+            return None if start is None else start + float(self.get("duration")) / 1000
+        except ValueError:
+            return None
+
 
 # Fields a probe's records are looked up by (mesh.py _records_of): the suite's probe id, curl's own
 # address as the enforcing proxy sees it. Indexed as records arrive, so that finding the records of a

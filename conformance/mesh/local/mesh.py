@@ -565,14 +565,21 @@ class LocalMeshSession:
         for name in ("direct", "client", "client_state"):
             positions |= inbound(log.lookup(name, local, since))
         if not positions and src.in_mesh and src.ref in self._logs:
+            # Through the source proxy's record of curl's connection: its upstream address is what the
+            # enforcing proxy saw, and that upstream connection began and ended within the source's
+            # record. The kernel may give the same upstream port to a later connection of the batch once
+            # this one is reset, so a record at the enforcer counts only inside that lifetime.
             source_log = self._logs[src.ref]
-            upstream = {
-                source_log.records[i].get("upstream_local")
-                for i in source_log.lookup("direct", local, marks[src.ref])
-                if source_log.records[i].get("upstream_local") and during(source_log.records[i])
-            }
-            for address in upstream:
-                positions |= inbound(log.lookup("direct", address, since))
+            for i in source_log.lookup("direct", local, marks[src.ref]):
+                outbound = source_log.records[i]
+                address, begin, end = outbound.get("upstream_local"), outbound.start, outbound.end
+                if not address or not during(outbound):
+                    continue
+                for j in inbound(log.lookup("direct", address, since)):
+                    t = log.records[j].start
+                    # same clock; %DURATION% is whole milliseconds, so the end gets one more
+                    if t is None or begin is None or end is None or begin <= t <= end + 0.001:
+                        positions.add(j)
         return [log.records[i] for i in sorted(positions)]
 
     def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
