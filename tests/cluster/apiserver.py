@@ -407,7 +407,24 @@ class FakeApiServer:
             self.put(obj)
             if res.kind == "Deployment":
                 self._roll_out(obj)
+            if res.kind == "Gateway" and (obj.get("spec") or {}).get("gatewayClassName") == "istio-waypoint":
+                self._deploy_waypoint(obj)
         return 200, obj
+
+    def _deploy_waypoint(self, gateway: dict[str, Any]) -> None:
+        """What istiod's gateway deployment controller does for an `istio-waypoint` Gateway (istio/istio
+        pilot/pkg/config/kube/gateway/deploymentcontroller.go): a Deployment of the Gateway's name whose pods
+        carry `gateway.networking.k8s.io/gateway-name`, then the Gateway's `Programmed` condition."""
+        meta = gateway["metadata"]
+        labels = {"gateway.networking.k8s.io/gateway-name": meta["name"]}
+        deployment = self.put({"apiVersion": "apps/v1", "kind": "Deployment",
+                               "metadata": {"name": meta["name"], "namespace": meta["namespace"], "generation": 1},
+                               "spec": {"selector": {"matchLabels": labels}, "template": {
+                                   "metadata": {"labels": {**labels, "istio.io/dataplane-mode": "none"}},
+                                   "spec": {"containers": [{"name": "istio-proxy"}]}}}})
+        self._roll_out(deployment)
+        gateway["status"] = {"conditions": [{"type": "Accepted", "status": "True"},
+                                            {"type": "Programmed", "status": "True"}]}
 
     def _roll_out(self, deployment: dict[str, Any]) -> None:
         """The Deployment controller and the kubelet, at once: rolled out, one Ready pod."""

@@ -89,11 +89,12 @@ class SidecarHandler(EchoHandler):
 
     def _answer(self) -> None:
         pod = self.server
-        if not pod.world.denies(pod.namespace):
+        where = pod.world.denies(pod.namespace)
+        if where is None:
             super()._answer()
             return
         self._drain_body()
-        if pod.world.mode != "sidecar":
+        if where == "ztunnel":
             pod.world.ztunnel_refusal(pod, f"{self.client_address[0]}:{self.client_address[1]}",
                                       self.headers.get(SOURCE_HEADER, ""))
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -106,7 +107,7 @@ class SidecarHandler(EchoHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        pod.world.access_log(pod, {
+        pod.world.access_log(pod, where, {
             "type": "DownstreamEnd", "method": self.command, "path": self.path, "authority": self.headers.get("host"),
             "code": "403", "flags": "-", "details": "rbac_access_denied_matched_policy[none]", "term": "-",
             "probe": self.headers.get(PROBE_HEADER), "src": f"{self.client_address[0]}:{self.client_address[1]}",
@@ -142,18 +143,40 @@ class World:
     def policies_for(self, namespace: str) -> list[dict[str, Any]]:
         return [p for p in self.api.policies({namespace, ROOT_NAMESPACE}) if p["kind"] == "AuthorizationPolicy"]
 
-    def denies(self, namespace: str) -> bool:
-        return any((p.get("spec") or {}).get("action", "ALLOW") == "ALLOW" and not (p.get("spec") or {}).get("rules")
-                   for p in self.policies_for(namespace))
+    def waypoint_of(self, namespace: str) -> str | None:
+        """The waypoint a namespace uses (its `istio.io/use-waypoint` label), in waypoint mode."""
+        ns = self.api.objects.get(("Namespace", "", namespace)) or {}
+        return (ns.get("metadata") or {}).get("labels", {}).get("istio.io/use-waypoint") if self.mode == "waypoint" \
+            else None
+
+    def denies(self, namespace: str) -> str | None:
+        """Which pretend proxy denies a request to `namespace` ("sidecar", "ztunnel", "waypoint"), or None."""
+        waypoint = self.waypoint_of(namespace)
+        for p in self.policies_for(namespace):
+            spec = p.get("spec") or {}
+            if spec.get("action", "ALLOW") != "ALLOW" or spec.get("rules"):
+                continue
+            refs = spec.get("targetRefs") or []
+            if not refs:
+                return "sidecar" if self.mode == "sidecar" else "ztunnel"
+            if waypoint and any(r.get("kind") == "Gateway" and r.get("name") == waypoint for r in refs):
+                return "waypoint"
+        return None
 
     def pod_of(self, pod: PretendPod) -> dict[str, Any]:
         (info,) = [o for (k, ns, _), o in list(self.api.objects.items()) if k == "Pod" and ns == pod.namespace and
                    o["metadata"]["labels"].get(WORKLOAD_LABEL) == pod.name]
         return info
 
-    def access_log(self, pod: PretendPod, record: dict[str, Any]) -> None:
+    def access_log(self, pod: PretendPod, where: str, record: dict[str, Any]) -> None:
+        """The Envoy record of a denial, in the sidecar's log or the namespace's waypoint's."""
         info = self.pod_of(pod)
         record["local"] = f"{info['status']['podIP']}:{pod.port}"
+        if where == "waypoint":
+            waypoint = self.waypoint_of(pod.namespace)
+            (info,) = [o for (k, ns, _), o in list(self.api.objects.items()) if k == "Pod" and ns == pod.namespace
+                       and o["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name") == waypoint]
+            record["local"] = f"{info['status']['podIP']}:15008"
         self.api.log(pod.namespace, info["metadata"]["name"], "istio-proxy", json.dumps(record))
 
     def ztunnel_refusal(self, pod: PretendPod, curl: str, source: str) -> None:
@@ -249,6 +272,13 @@ def tear_down(world: World, ctx: ClusterContext) -> None:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[World, ClusterContext]]:
     made = make_world(tmp_path, "sidecar")
+    yield made
+    tear_down(*made)
+
+
+@pytest.fixture
+def waypoint(tmp_path: Path) -> Iterator[tuple[World, ClusterContext]]:
+    made = make_world(tmp_path, "waypoint")
     yield made
     tear_down(*made)
 
@@ -367,5 +397,61 @@ def test_an_ambient_step_is_proved_by_ztunnel_records_served_by_the_logs_endpoin
     (seen,) = session.probe([plain])
     assert seen.outcome == DENIED_L4 and seen.proof is not None and seen.proof.kind == NO_ALLOW_MATCHED, seen.notes
     assert "src.addr=127.0.0.1:" in seen.proof.line  # curl's own address: exact
+    session.close()
+    assert not [k for k in world.api.objects if k[1].startswith("azapi")]
+
+
+WAYPOINT_SCENARIO = """
+apiVersion: authz-conformance/v1
+kind: Scenario
+metadata:
+  name: waypoint-over-the-api
+  description: An ALLOW bound to the namespace's waypoint, with no rules, allows nothing there.
+spec:
+  modes: [waypoint]
+  waypoints:
+    - {name: waypoint, namespace: shop}
+  workloads:
+    - {name: cart, namespace: shop, ports: [8080]}
+    - {name: client, namespace: front}
+  steps:
+    - name: baseline
+      policies: []
+      expect:
+        - {from: front/client, to: shop/cart:8080, verdict: allow}
+    - name: waypoint-allows-nothing
+      policies:
+        - apiVersion: security.istio.io/v1
+          kind: AuthorizationPolicy
+          metadata: {name: allow-nothing, namespace: shop}
+          spec:
+            targetRefs:
+              - {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}
+      expect:
+        - {from: front/client, to: shop/cart:8080, verdict: deny}
+"""
+
+
+def test_a_waypoint_step_is_proved_by_the_waypoints_record_served_by_the_logs_endpoint(waypoint, tmp_path):
+    """The Gateway applied over the API, Programmed, its Deployment rolled out; the policy reaches the waypoint's
+    config dump; the 403 is proved by the waypoint pod's Envoy record of that very probe."""
+    world, ctx = waypoint
+    path = tmp_path / "waypoint-over-the-api.yaml"
+    path.write_text(WAYPOINT_SCENARIO)
+    scenario = load(path, V130)
+    session = ClusterSession(scenario, "waypoint", ctx).start()
+    assert world.api.objects[("Namespace", "", "azapi01-shop")]["metadata"]["labels"]["istio.io/use-waypoint"] == \
+        "waypoint"
+    assert world.api.made("GET", "/apis/gateway.networking.k8s.io/v1/namespaces/azapi01-shop/gateways/waypoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BarrierWarning)
+        result = run_step(session, scenario, scenario.steps[1], V130, required=2, deadline=20)
+    assert result.passed, [(r.probe.describe(), r.last) for r in result.table.rows]
+    obs = result.convergence.records[0].observations[-1]
+    assert obs.outcome == DENIED_L7 and obs.proof is not None, obs.notes
+    assert (obs.proof.kind, obs.proof.layer, obs.proof.proxy) == (NO_ALLOW_MATCHED, "waypoint",
+                                                                  "waypoint:shop/waypoint")
+    (wp_pod,) = session._waypoint_pods
+    assert world.api.made("GET", f"/namespaces/azapi01-shop/pods/{wp_pod.name}/log")
     session.close()
     assert not [k for k in world.api.objects if k[1].startswith("azapi")]
