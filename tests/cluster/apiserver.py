@@ -84,6 +84,11 @@ RESOURCES = (
       for k, p in (("AuthorizationPolicy", "authorizationpolicies"), ("PeerAuthentication", "peerauthentications"),
                    ("RequestAuthentication", "requestauthentications"))),
     ResourceType("gateway.networking.k8s.io", "v1", "Gateway", "gateways", True),
+    ResourceType("gateway.networking.k8s.io", "v1", "GatewayClass", "gatewayclasses", False),
+    # what the existing-cluster target reads to detect Istio (existing.py `detect`)
+    ResourceType("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration",
+                 "mutatingwebhookconfigurations", False),
+    ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False),
 )
 
 
