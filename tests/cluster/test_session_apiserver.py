@@ -455,3 +455,25 @@ def test_a_waypoint_step_is_proved_by_the_waypoints_record_served_by_the_logs_en
     assert world.api.made("GET", f"/namespaces/azapi01-shop/pods/{wp_pod.name}/log")
     session.close()
     assert not [k for k in world.api.objects if k[1].startswith("azapi")]
+
+
+class InterruptedKube(Kube):
+    """The real client; the user presses Ctrl-C right after the API server accepted the root policy."""
+
+    def apply(self, doc: Any, field_manager: str = "authz-conformance") -> dict[str, Any]:
+        out = super().apply(doc, field_manager)
+        if doc["metadata"].get("namespace") == ROOT_NAMESPACE:
+            raise KeyboardInterrupt
+        return out
+
+
+def test_ctrl_c_after_a_root_policy_was_accepted_still_removes_it_over_the_api(world):
+    world, ctx = world
+    kube = InterruptedKube(ctx.kube.kubeconfig, ctx.kube.context, request_timeout=10)
+    session = ClusterSession(good(), "sidecar", replace(ctx, kube=kube)).start()
+    with pytest.raises(KeyboardInterrupt):
+        session.apply((mesh_deny_all(),))
+    assert world.api.policies({ROOT_NAMESPACE})  # it reached the cluster before the interrupt
+    session.close()  # the plugin's teardown, which pytest runs after a KeyboardInterrupt too
+    assert world.api.policies() == [] and not [k for k in world.api.objects if k[1].startswith("azapi")]
+    kube.close()

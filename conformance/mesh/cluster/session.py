@@ -25,8 +25,10 @@ does, in order:
    are never renamed: a mesh-wide STRICT PeerAuthentication left behind would make the next scenario on
    the same cluster deny its plaintext clients), then the propagation barrier until the proxies no
    longer hold them, then the namespaces it created. It runs after a failure too (start() calls it, the
-   plugin's teardown and the existing-cluster target's close call it), and a Ctrl-C during cleanup
-   still deletes everything before the interrupt goes on.
+   plugin's teardown and the existing-cluster target's close call it; pytest runs teardowns after a
+   KeyboardInterrupt as well: _pytest/main.py `wrap_session` -> `pytest_sessionfinish` ->
+   `SetupState.teardown_exact`), and a Ctrl-C during cleanup still deletes everything before the
+   interrupt goes on.
 """
 
 from __future__ import annotations
