@@ -190,6 +190,6 @@ def test_the_existing_cluster_target_closes_sessions_left_open(world):  # noqa: 
     scenario, kube, ctx = world
     target = ExistingClusterTarget.__new__(ExistingClusterTarget)
     session = run_all_steps(root_deny_all(scenario), ctx)
-    target._sessions = [session]
+    target._sessions, target._kube = [session], None
     target.close()
     assert session.closed and ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted

@@ -76,7 +76,6 @@ def test_the_targets_close_removes_what_an_open_session_applied_in_the_root_name
     target.close()
     assert session.closed and world.api.policies() == []
     assert not [k for k in world.api.objects if k[1].startswith("azex")]
-    target.kube.close()
 
 
 def test_the_target_refuses_a_root_policy_without_allow_mesh_wide(cluster):

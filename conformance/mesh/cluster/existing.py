@@ -188,8 +188,11 @@ class ExistingClusterTarget:
         return session.start()
 
     def close(self) -> None:
-        """Close every session still open (each close is idempotent); one failing does not stop the others."""
+        """Close every session still open (each close is idempotent; one failing does not stop the others),
+        then the API clients' connection pools."""
         sessions, self._sessions = self._sessions, []
         for session in sessions:
             with contextlib.suppress(Exception):
                 session.close()
+        if self._kube is not None:
+            self._kube.close()
