@@ -185,6 +185,9 @@ class KindTarget:
                 return
             self._closed = True
             clusters = list(self._clusters.values())
+        for cluster in clusters:  # the API clients first (their connection pools), kept cluster or not
+            with contextlib.suppress(Exception):
+                cluster.kube.close()
         if self.settings.keep_cluster:
             return
         for cluster in clusters:

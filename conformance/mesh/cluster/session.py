@@ -364,28 +364,35 @@ class ClusterSession:
 
     def _discover(self) -> None:
         """Find each workload's pod (and waypoint and ztunnel pods); check ambient enrollment."""
+        # New maps are built aside and swapped in at the end (one assignment each), so a thread reading
+        # them while pods are refreshed (the upgrade watcher) never sees one half filled.
         kube = self.ctx.kube
-        self._pods, self._waypoint_pods, self._ztunnels = {}, [], {}
+        pods_by_ref: dict[str, Any] = {}
+        waypoint_pods: list[Any] = []
+        ztunnels: dict[str, Any] = {}
+        addresses = dict(self.addresses)
         for w in self.scenario.workloads:
             ns = self.nsmap.cluster_namespace(w.namespace)
             pods = [p for p in kube.pods(ns, f"{WORKLOAD_LABEL}={w.name}") if not p.deleting and p.ready]
             if len(pods) != 1:
                 raise TargetError(f"workload {w.ref}: expected one ready pod in {ns}, found {len(pods)}")
-            self._pods[w.ref] = pods[0]
-            self.addresses[w.ref] = pods[0].ip
+            pods_by_ref[w.ref] = pods[0]
+            addresses[w.ref] = pods[0].ip
         if self.mode == "waypoint":
             for wp in self.scenario.waypoints:
                 ns = self.nsmap.cluster_namespace(wp.namespace)
                 pods = [p for p in kube.pods(ns, f"{WAYPOINT_POD_LABEL}={wp.name}") if p.ready and not p.deleting]
                 if not pods:
                     raise TargetError(f"waypoint {wp.ref}: no ready pod in {ns}")
-                self._waypoint_pods += pods
-                self.addresses[wp.ref] = pods[0].ip
+                waypoint_pods += pods
+                addresses[wp.ref] = pods[0].ip
+        self._pods, self._waypoint_pods, self.addresses = pods_by_ref, waypoint_pods, addresses
         if self.mode in ("ambient", "waypoint"):
             self._check_ambient_enrollment()
             for z in kube.pods(None, "app=ztunnel"):
                 if z.ready and not z.deleting:
-                    self._ztunnels[z.node] = z
+                    ztunnels[z.node] = z
+        self._ztunnels = ztunnels
         self._snapshot()
 
     def _check_ambient_enrollment(self) -> None:
@@ -545,7 +552,7 @@ class ClusterSession:
             argv = istioctl.analyze_argv(self.ctx.istioctl, self.ctx.kubeconfig, ns)
             try:
                 result = self.ctx.run_command(argv, self.ctx.timeouts.analyze,
-                                              ok=(0, istioctl.ANALYZE_FOUND_ISSUES))
+                                              ok=istioctl.ANALYZE_OK)
                 messages += istioctl.parse_analyze(result.stdout)
             except TargetError as exc:
                 warnings.warn(f"istioctl analyze -n {ns} failed: {exc}", IstioAnalyzeWarning, stacklevel=3)
