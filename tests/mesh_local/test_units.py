@@ -164,3 +164,45 @@ def test_a_reused_upstream_port_proves_only_the_connection_inside_its_lifetime(t
         result = CurlResult(Evidence(56, 0, ""), local, started=99.9, ended=100.2)
         found.append([r.get("start") for r in session._records_of(dst.ref, plan, result, marks)])
     assert found == [["100.001"], ["100.005"]]
+
+
+def test_source_ports_rest_past_time_wait_per_address() -> None:
+    """curl's address is the key at L4 proxies: a port is lent again only after TIME_WAIT (issue 9: the
+    kernel handed a reset port to the next curl of a batch, and two probes claimed each other's records)."""
+    from conformance.mesh.local.curl import SourcePorts
+
+    now = [0.0]
+    ports = SourcePorts(low=20000, high=20003, rest=61.0, clock=lambda: now[0])
+    taken = [ports.take("127.1.0.1", reserved={20001}) for _ in range(3)]
+    assert taken == [20000, 20002, 20003]  # the reserved listener port is never lent
+    assert ports.take("127.1.0.1", reserved={20001}) is None  # all resting or reserved: the kernel chooses
+    assert ports.take("127.1.0.2") == 20000  # another address has its own ports
+    for port in taken:
+        ports.give_back("127.1.0.1", port)
+    now[0] = 60.0
+    assert ports.take("127.1.0.1", reserved={20001}) is None  # still within TIME_WAIT
+    now[0] = 61.5
+    assert ports.take("127.1.0.1", reserved={20001}) == 20000
+
+
+def test_a_held_source_port_falls_back_to_the_kernels_choice() -> None:
+    """A port still held on the block (an earlier process's connection) makes curl fail to bind (exit 45):
+    the probe is run again with a port the kernel chooses, never reported as an error of the mesh."""
+    import socket
+
+    from conformance.mesh.local.curl import SourcePorts, curl_binary, run_curl_from_port
+
+    curl = curl_binary()
+    if curl is None:
+        pytest.skip(CURL_MISSING)
+    with socket.socket() as server, socket.socket() as holder:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        holder.bind(("127.0.0.1", 0))
+        held = holder.getsockname()[1]
+        ports = SourcePorts(low=held, high=held)
+        port = server.getsockname()[1]
+        request = CurlRequest("x.y", port, "/", "GET", (), "127.0.0.1", port, interface="127.0.0.1")
+        result = run_curl_from_port(request, curl, 0.5, 0.5, ports=ports)
+    assert result.local_address is not None and result.local_address != f"127.0.0.1:{held}"
+    assert result.evidence.exit_code != 45

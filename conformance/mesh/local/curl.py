@@ -15,8 +15,11 @@ Every probe is found again in the proxies' logs by keys the suite makes, never b
 set: the suite's own header (`probe.PROBE_HEADER`, a fresh id per probe) at HTTP-aware proxies, and
 curl's own address at L4 proxies. curl binds the source workload's address (`--interface`, an address
 of this run's own loopback block) and the kernel gives it a port no other socket on that address holds;
-a port can come back only after the connection is gone, so `CurlResult.started`/`ended` (wall clock,
-the clock Envoy's `%START_TIME%` uses) tell apart two probes that got the same port.
+so curl's address (the key at L4 proxies) must not repeat while a record of it may still be read. The
+kernel's own choice does repeat: a port freed by a reset is handed to the next curl of the same batch
+(found by the differential test). So every curl binds a port from `SourcePorts`, which lends a port only
+after it has rested longer than TCP's TIME_WAIT: within a minute no two probes of a run share an address.
+`CurlResult.started`/`ended` (wall clock, the clock Envoy's `%START_TIME%` uses) bound each record too.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Container
+from dataclasses import dataclass, replace
 
 from conformance.probe import CURL_WRITE_OUT, PROBE_HEADER, Evidence, evidence_from_curl, split_write_out
 
@@ -51,6 +57,7 @@ class CurlRequest:
     connect_port: int
     interface: str | None = None  # bind this source address (every probe binds its source workload's)
     probe_id: str = ""  # sent as probe.PROBE_HEADER: the key to this probe's records at HTTP proxies
+    local_port: int | None = None  # bind this source port (SourcePorts), else the kernel chooses
 
     def argv(self, curl: str, connect_timeout: float, max_time: float) -> list[str]:
         url = f"http://{self.url_host}{'' if self.port == 80 else f':{self.port}'}"
@@ -72,6 +79,8 @@ class CurlRequest:
             argv += ["-H", f"{PROBE_HEADER}: {self.probe_id}"]
         if self.interface:
             argv += ["--interface", self.interface]
+        if self.local_port:
+            argv += ["--local-port", str(self.local_port)]
         argv.append(url + path)
         return argv
 
@@ -86,6 +95,68 @@ class CurlResult:
     @property
     def connected(self) -> bool:
         return self.local_address is not None
+
+
+class SourcePorts:
+    """Source ports lent to curl, per source address, each one only after it rested past TIME_WAIT.
+
+    Linux keeps a closed connection's address in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), during which
+    binding it fails; a port is lent again only after `rest` seconds. One pool serves every session of
+    the process (a later session may get the same loopback block). The range lies below Linux's
+    ephemeral range (32768-60999 by default, where the proxies' own upstream ports come from); a session
+    skips the ports its listeners use. When every port of an address is resting (more than ~200 probes a
+    second from one source for a minute), or a port is still held by an earlier process on the same block
+    (curl then fails to bind: exit 45), the kernel chooses: a probe whose address then repeats is
+    reported without proof, never credited with another's record.
+    """
+
+    def __init__(self, low: int = 20000, high: int = 32767, rest: float = 61.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._range = range(low, high + 1)
+        self._rest = rest
+        self._clock = clock
+        self._free: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, address: str, reserved: Container[int] = ()) -> int | None:
+        with self._lock:
+            free = self._free.get(address)
+            if free is None:
+                free = self._free[address] = deque((0.0, p) for p in self._range)
+            now = self._clock()
+            for _ in range(len(free)):
+                ready, port = free[0]
+                if ready > now:
+                    return None
+                free.popleft()
+                if port not in reserved:
+                    return port
+                free.append((ready, port))  # a listener's port in this session: keep it for others
+            return None
+
+    def give_back(self, address: str, port: int | None) -> None:
+        if port is None:
+            return
+        with self._lock:
+            self._free[address].append((self._clock() + self._rest, port))
+
+
+SOURCE_PORTS = SourcePorts()
+CURL_BIND_FAILED = 45  # CURLE_INTERFACE_FAILED: the source port is held (an earlier process's TIME_WAIT)
+
+
+def run_curl_from_port(request: CurlRequest, curl: str, connect_timeout: float, max_time: float,
+                       reserved: Container[int] = (), ports: SourcePorts = SOURCE_PORTS) -> CurlResult:
+    """run_curl with a source port from `ports` (the kernel's choice when none is free or it is held)."""
+    address = request.interface or ""
+    port = ports.take(address, reserved) if address else None
+    try:
+        result = run_curl(replace(request, local_port=port), curl, connect_timeout, max_time)
+        if port is not None and result.evidence.exit_code == CURL_BIND_FAILED:
+            result = run_curl(replace(request, local_port=None), curl, connect_timeout, max_time)
+        return result
+    finally:
+        ports.give_back(address, port)
 
 
 def new_probe_id() -> str:

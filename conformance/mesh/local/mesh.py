@@ -44,7 +44,14 @@ from typing import Any
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import config, lifetime
 from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
-from conformance.mesh.local.curl import CURL_MISSING, CurlRequest, CurlResult, curl_binary, new_probe_id, run_curl
+from conformance.mesh.local.curl import (
+    CURL_MISSING,
+    CurlRequest,
+    CurlResult,
+    curl_binary,
+    new_probe_id,
+    run_curl_from_port,
+)
 from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_listeners, wait_ready
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
@@ -168,6 +175,7 @@ class LocalMeshSession:
         self._close_lock = threading.RLock()  # a signal handler may close while close() runs
         self._apply_lock = threading.Lock()
         self._curl = curl_binary() or "curl"
+        self._reserved: frozenset[int] = frozenset()
 
     # --- context manager ----------------------------------------------------------------------------
 
@@ -192,6 +200,8 @@ class LocalMeshSession:
         waypoints = self.scenario.waypoints if self.mode == "waypoint" else ()
         self.layout = layout = plan_layout(self._block, workloads, waypoints)
         self.addresses = dict(layout.address)
+        # curl's source ports (curl.SourcePorts): none a listener of this run uses on the workloads' addresses
+        self._reserved = frozenset({*layout.port_map, *layout.port_map.values(), *layout.outbound.values()})
         ca = CertificateAuthority(self.tmpdir / "pki", self.mesh.trust_domain)
         certs = {w.ref: ca.issue(w.ref.replace("/", "_"), w.namespace, w.service_account)
                  for w in workloads if w.in_mesh}
@@ -421,10 +431,12 @@ class LocalMeshSession:
         plans = [self._plan(p) for p in probes]
         t = self.target
         workers = min(t.parallel, len(plans))
+
+        def run(plan: _Planned) -> CurlResult:
+            return run_curl_from_port(plan.request, self._curl, t.connect_timeout, t.max_time, self._reserved)
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="authz-curl") as pool:
-            results = list(pool.map(
-                lambda plan: run_curl(plan.request, self._curl, t.connect_timeout, t.max_time), plans,
-            ))
+            results = list(pool.map(run, plans))
         proofs = self._find_proofs(plans, results, marks)
         dead = self._dead_proxies()
         observations = []
