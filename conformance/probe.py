@@ -10,7 +10,10 @@ mistake this suite exists to avoid.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from conformance.model import (
@@ -242,3 +245,47 @@ def evidence_from_curl(exit_code: int, stdout: str, stderr: str, seconds: float,
         exit_code=exit_code, status=status, body=body[:BODY_LIMIT], stderr=stderr.strip(),
         seconds=seconds, command=command,
     )
+
+
+class SourcePorts:
+    """Source ports lent to curl, per source address, each one only after it rested past TIME_WAIT.
+
+    Linux keeps a closed connection's address in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), during which
+    binding it fails; a port is lent again only after `rest` seconds. The local mesh keeps one pool for
+    every session of the process (a later session may get the same loopback block); a cluster session one
+    per session (each source pod has its own address). The range lies below Linux's
+    ephemeral range (32768-60999 by default, where the proxies' own upstream ports come from); a session
+    skips the ports its listeners use. When every port of an address is resting (more than ~200 probes a
+    second from one source for a minute) `take` gives None and the kernel chooses: a probe whose address
+    then repeats is reported without proof, never credited with another's record.
+    """
+
+    def __init__(self, low: int = 20000, high: int = 32767, rest: float = 61.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._range = range(low, high + 1)
+        self._rest = rest
+        self._clock = clock
+        self._free: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, address: str, reserved: Container[int] = ()) -> int | None:
+        with self._lock:
+            free = self._free.get(address)
+            if free is None:
+                free = self._free[address] = deque((0.0, p) for p in self._range)
+            now = self._clock()
+            for _ in range(len(free)):
+                ready, port = free[0]
+                if ready > now:
+                    return None
+                free.popleft()
+                if port not in reserved:
+                    return port
+                free.append((ready, port))  # a listener's port in this session: keep it for others
+            return None
+
+    def give_back(self, address: str, port: int | None) -> None:
+        if port is None:
+            return
+        with self._lock:
+            self._free[address].append((self._clock() + self._rest, port))

@@ -221,3 +221,25 @@ def test_an_empty_batch_still_completes(tmp_path):
     nonce = new_nonce()
     proc = run_script(build_script([], nonce), "sh", tmp_path)
     assert parse_output(proc.stdout, nonce, 0) == []
+
+
+@pytest.mark.parametrize("shell", ["sh", "busybox"])
+def test_each_probe_binds_its_source_port_and_a_held_one_falls_back(servers, shell, tmp_path):
+    """curl's source port is the key of an L4 record (ztunnel): the session lends each probe its own
+    (probe.SourcePorts); a port still held in the pod makes curl fail to bind (exit 45), and the script
+    then runs that probe again with the kernel's choice instead of reporting an error."""
+    with socket.socket() as free, socket.socket() as held:
+        free.bind(("127.0.0.1", 0))
+        wanted = free.getsockname()[1]
+        free.close()
+        held.bind(("0.0.0.0", 0))  # curl --local-port without --interface binds every address
+        taken = held.getsockname()[1]
+        calls = [CurlCall("id-0", f"http://127.0.0.1:{servers['echo']}/", local_port=wanted),
+                 CurlCall("id-1", f"http://127.0.0.1:{servers['echo']}/", local_port=taken)]
+        assert f"--local-port {wanted}" in calls[0].describe(2, 3)
+        nonce = new_nonce()
+        proc = run_script(build_script(calls, nonce, connect_timeout=2, max_time=3), shell, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first, second = parse_output(proc.stdout, nonce, 2)
+    assert first.exit_code == 0 and first.fields["local_port"] == str(wanted)
+    assert second.exit_code == 0 and second.fields["local_port"] != str(taken)

@@ -56,17 +56,22 @@ class CurlCall:
     url: str
     method: str = "GET"
     headers: tuple[tuple[str, str], ...] = ()
+    # curl's source port (probe.SourcePorts): the key of the probe at ztunnel must not repeat in a
+    # session, and the pod's kernel reuses a port freed by a reset within a round
+    local_port: int | None = None
 
     def __post_init__(self) -> None:
         # validation refuses the header in scenarios; a second value would make the probe's records ambiguous
         if any(name.lower() == PROBE_HEADER for name, _ in self.headers):
             raise ValueError(f"{PROBE_HEADER} is the suite's own probe id: a probe may not set it")
 
-    def argv(self, connect_timeout: float, max_time: float) -> list[str]:
+    def argv(self, connect_timeout: float, max_time: float, with_port: bool = True) -> list[str]:
         argv = ["curl", "-sS", "--connect-timeout", _num(connect_timeout), "--max-time", _num(max_time),
                 "-X", self.method, "-H", f"{PROBE_HEADER}: {self.probe_id}"]
         for name, value in self.headers:
             argv += ["-H", f"{name}: {value}"]
+        if self.local_port and with_port:
+            argv += ["--local-port", str(self.local_port)]
         return [*argv, self.url]
 
     def describe(self, connect_timeout: float, max_time: float) -> str:
@@ -92,17 +97,27 @@ def build_script(calls: Sequence[CurlCall], nonce: str, connect_timeout: float =
         'mkdir -p "$d" || exit 97',
         # One probe: curl writes the body and the -w fields to files; its exit code goes to a file too,
         # so every probe keeps its own, whatever the others do.
+        # Its source port ($2, may be empty): a port still held in the pod (exit 45, CURLE_INTERFACE_FAILED)
+        # makes it run again with the kernel's choice, never an error of the probe.
         "p() {",
-        '  i=$1; shift',
-        f'  curl "$@" -o "$d/$i.body" -w {shlex.quote(WRITE_OUT)} >"$d/$i.w" 2>"$d/$i.err"',
-        '  echo $? >"$d/$i.rc"',
+        '  i=$1; lp=$2; shift 2',
+        '  rc=45',
+        '  if [ -n "$lp" ]; then',
+        f'    curl "$@" --local-port "$lp" -o "$d/$i.body" -w {shlex.quote(WRITE_OUT)} >"$d/$i.w" 2>"$d/$i.err"',
+        '    rc=$?',
+        '  fi',
+        '  if [ "$rc" -eq 45 ]; then',
+        f'    curl "$@" -o "$d/$i.body" -w {shlex.quote(WRITE_OUT)} >"$d/$i.w" 2>"$d/$i.err"',
+        '    rc=$?',
+        '  fi',
+        '  echo "$rc" >"$d/$i.rc"',
         "}",
         # Hex of the first bytes of a file, on one line (POSIX dd + od + tr; busybox has all three).
         f'hx() {{ dd if="$1" bs={body_limit} count=1 2>/dev/null | od -An -v -tx1 | tr -d " \\n"; }}',
     ]
     for i, call in enumerate(calls):
-        args = call.argv(connect_timeout, max_time)[1:]  # `p` adds curl's output options
-        lines.append(f"p {i} {shlex.join(args)} &")
+        args = call.argv(connect_timeout, max_time, with_port=False)[1:]  # `p` adds output options and the port
+        lines.append(f"p {i} {shlex.quote(str(call.local_port or ''))} {shlex.join(args)} &")
         if (i + 1) % parallel == 0:
             lines.append("wait")
     lines.append("wait")

@@ -72,7 +72,7 @@ from conformance.model import (
     Workload,
 )
 from conformance.names import GATEWAY_NAME_LABEL
-from conformance.probe import Observation, classify
+from conformance.probe import Observation, SourcePorts, classify
 from conformance.target import Applied
 from conformance.validation import has_errors, validate_manifest
 from conformance.versions import IstioVersion
@@ -198,6 +198,8 @@ class ClusterSession:
         # Reasons of the denials passed as "unconfirmed" (only with --accept-unconfirmed-denials): the
         # summary reports every one, so a weakened run says how weak it was.
         self.unconfirmed: list[str] = []
+        # curl's source port per source pod, never two alike within TIME_WAIT (probe.SourcePorts)
+        self._source_ports = SourcePorts()
         self._matcher = RecordMatcher(self.nsmap.scenario_ref)  # one per session: a log line proves one probe
         self._baseline: dict[str, tuple[str, int]] = {}
         self._probe_lock = threading.Lock()
@@ -591,12 +593,17 @@ class ClusterSession:
         def run_source(ref: str, indices: list[int]) -> list[tuple[int, Observation, ProbeRun]]:
             pod = self._pods[ref]
             nonce = new_nonce()
+            ports = [self._source_ports.take(ref) for _ in indices]
             calls = [CurlCall(f"{nonce}-{i}", self._url(probes[i]), probes[i].request.method,
-                              self._headers(probes[i])) for i in indices]
+                              self._headers(probes[i]), port) for i, port in zip(indices, ports, strict=True)]
             script = build_script(calls, nonce, t.connect, t.probe)
             timeout = exec_timeout(len(calls), t.connect, t.probe)
             started = self.ctx.wall_clock()  # the kubelet's log timestamps are compared with this
-            result = self.ctx.kube.exec(pod.namespace, pod.name, CURL_CONTAINER, ["sh", "-c", script], timeout)
+            try:
+                result = self.ctx.kube.exec(pod.namespace, pod.name, CURL_CONTAINER, ["sh", "-c", script], timeout)
+            finally:
+                for port in ports:
+                    self._source_ports.give_back(ref, port)
             if result.returncode != 0:
                 raise TargetError(f"probe script in {pod.namespace}/{pod.name} exited {result.returncode}: "
                                   f"{result.stderr.strip()[:300]}")

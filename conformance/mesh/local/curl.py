@@ -28,14 +28,19 @@ import os
 import shlex
 import shutil
 import subprocess
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Container
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
-from conformance.probe import CURL_WRITE_OUT, PROBE_HEADER, Evidence, evidence_from_curl, split_write_out
+from conformance.probe import (
+    CURL_WRITE_OUT,
+    PROBE_HEADER,
+    Evidence,
+    SourcePorts,
+    evidence_from_curl,
+    split_write_out,
+)
 
 CURL_MISSING = "curl is not installed: install curl (Debian: apt-get install curl)"
 
@@ -95,50 +100,6 @@ class CurlResult:
     @property
     def connected(self) -> bool:
         return self.local_address is not None
-
-
-class SourcePorts:
-    """Source ports lent to curl, per source address, each one only after it rested past TIME_WAIT.
-
-    Linux keeps a closed connection's address in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), during which
-    binding it fails; a port is lent again only after `rest` seconds. One pool serves every session of
-    the process (a later session may get the same loopback block). The range lies below Linux's
-    ephemeral range (32768-60999 by default, where the proxies' own upstream ports come from); a session
-    skips the ports its listeners use. When every port of an address is resting (more than ~200 probes a
-    second from one source for a minute), or a port is still held by an earlier process on the same block
-    (curl then fails to bind: exit 45), the kernel chooses: a probe whose address then repeats is
-    reported without proof, never credited with another's record.
-    """
-
-    def __init__(self, low: int = 20000, high: int = 32767, rest: float = 61.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self._range = range(low, high + 1)
-        self._rest = rest
-        self._clock = clock
-        self._free: dict[str, deque[tuple[float, int]]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, address: str, reserved: Container[int] = ()) -> int | None:
-        with self._lock:
-            free = self._free.get(address)
-            if free is None:
-                free = self._free[address] = deque((0.0, p) for p in self._range)
-            now = self._clock()
-            for _ in range(len(free)):
-                ready, port = free[0]
-                if ready > now:
-                    return None
-                free.popleft()
-                if port not in reserved:
-                    return port
-                free.append((ready, port))  # a listener's port in this session: keep it for others
-            return None
-
-    def give_back(self, address: str, port: int | None) -> None:
-        if port is None:
-            return
-        with self._lock:
-            self._free[address].append((self._clock() + self._rest, port))
 
 
 SOURCE_PORTS = SourcePorts()
