@@ -247,20 +247,26 @@ def evidence_from_curl(exit_code: int, stdout: str, stderr: str, seconds: float,
     )
 
 
+# curl's source ports: above Linux's default ephemeral range (32768-60999, where the kernel picks the
+# proxies' own upstream ports), and never a listener's (the local mesh remaps scenario ports out of it,
+# addresses.build_port_map): a closed probe's TIME_WAIT must never keep a later listener from binding.
+SOURCE_PORT_RANGE = (61000, 65535)
+
+
 class SourcePorts:
     """Source ports lent to curl, per source address, each one only after it rested past TIME_WAIT.
 
     Linux keeps a closed connection's address in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), during which
     binding it fails; a port is lent again only after `rest` seconds. The local mesh keeps one pool for
     every session of the process (a later session may get the same loopback block); a cluster session one
-    per session (each source pod has its own address). The range lies below Linux's
-    ephemeral range (32768-60999 by default, where the proxies' own upstream ports come from); a session
+    per session (each source pod has its own address). The range (SOURCE_PORT_RANGE) lies
+    above Linux's default ephemeral range and holds no listener; a session
     skips the ports its listeners use. When every port of an address is resting (more than ~200 probes a
     second from one source for a minute) `take` gives None and the kernel chooses: a probe whose address
     then repeats is reported without proof, never credited with another's record.
     """
 
-    def __init__(self, low: int = 20000, high: int = 32767, rest: float = 61.0,
+    def __init__(self, low: int = SOURCE_PORT_RANGE[0], high: int = SOURCE_PORT_RANGE[1], rest: float = 61.0,
                  clock: Callable[[], float] = time.monotonic):
         self._range = range(low, high + 1)
         self._rest = rest

@@ -206,3 +206,15 @@ def test_a_held_source_port_falls_back_to_the_kernels_choice() -> None:
         result = run_curl_from_port(request, curl, 0.5, 0.5, ports=ports)
     assert result.local_address is not None and result.local_address != f"127.0.0.1:{held}"
     assert result.evidence.exit_code != 45
+
+
+def test_no_listener_port_is_one_of_curls_source_ports() -> None:
+    """A probe's connection in TIME_WAIT on a source port must never keep a later session's listener on
+    the same loopback block from binding (found in CI: `cannot bind ...:20080: Address already in use`)."""
+    from conformance.probe import SOURCE_PORT_RANGE
+
+    m = build_port_map([80, 8080, 61000, 62000, 65535], outbound_count=4)
+    low, high = SOURCE_PORT_RANGE
+    assert m[8080] == 8080 and m[80] == 20080
+    assert all(not low <= real <= high for real in m.values()), m
+    assert low > 60999  # above Linux's default ephemeral range (ip_local_port_range 32768-60999)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.model import Port, Waypoint, Workload
+from conformance.probe import SOURCE_PORT_RANGE
 
 ADMIN_PORT = 15000
 HBONE_PORT = 15008
@@ -96,7 +97,8 @@ def _block_is_free(prefix: str) -> bool:
 def build_port_map(ports: Iterable[int], outbound_count: int) -> dict[int, int]:
     """Scenario port -> the port really listened on; identity where the scenario's port is bindable.
 
-    Remapped: ports < 1024 (root only) and ports in the proxies' own range [15000, 15100 + outbound).
+    Remapped: ports < 1024 (root only), ports in the proxies' own range [15000, 15100 + outbound) and
+    curl's source ports (probe.SOURCE_PORT_RANGE, 61000-65535).
     A port p < 1024 goes to 20000 + p when free (80 -> 20080, readable in logs), others to 40000 +
     p % 10000; collisions with any scenario port move up by one.
     """
@@ -106,7 +108,8 @@ def build_port_map(ports: Iterable[int], outbound_count: int) -> dict[int, int]:
     mapping: dict[int, int] = {}
 
     def bad(p: int) -> bool:
-        return p < 1024 or ADMIN_PORT <= p < reserved_hi
+        # curl's source ports (probe.SOURCE_PORT_RANGE) too: a probe's TIME_WAIT must not block a listener
+        return p < 1024 or ADMIN_PORT <= p < reserved_hi or SOURCE_PORT_RANGE[0] <= p <= SOURCE_PORT_RANGE[1]
 
     for p in wanted:
         if not bad(p):
