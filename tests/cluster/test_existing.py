@@ -24,8 +24,10 @@ class Kube:
     def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None):
         if kind == "Deployment":
             return self.istiods
-        if kind == "DaemonSet":
-            return [{"metadata": {"name": "ztunnel"}}] if self.ztunnel else []
+        if kind == "DaemonSet":  # labelled as Istio's ztunnel chart labels it (daemonset.yaml: no `app` label)
+            ds = {"metadata": {"name": "ztunnel", "labels": {"app.kubernetes.io/name": "ztunnel"}}}
+            key, _, value = (label_selector or "").partition("=")
+            return [ds] if self.ztunnel and ds["metadata"]["labels"].get(key) == value else []
         return []
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None):

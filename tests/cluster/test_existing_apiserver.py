@@ -91,3 +91,22 @@ def test_the_target_refuses_a_root_policy_without_allow_mesh_wide(cluster):
         target.start(scenario, "sidecar")
     assert not world.api.made("PATCH")  # refused before anything was applied
     target.kube.close()
+
+
+def test_detect_finds_ztunnel_by_the_labels_istios_chart_gives_its_daemonset(cluster):
+    """The ztunnel DaemonSet carries `app.kubernetes.io/name: ztunnel` and the chart's istio.labels, never
+    `app: ztunnel` (only its pods do): istio/istio@1.30.3 manifests/charts/ztunnel/templates/daemonset.yaml.
+    Found by review: a selector on `app=ztunnel` saw no ambient mode on any real cluster."""
+    world, settings = cluster
+    world.api.put({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                   "metadata": {"name": "ztunnel", "namespace": ROOT_NAMESPACE,
+                                "labels": {"app.kubernetes.io/name": "ztunnel", "app.kubernetes.io/part-of": "istio",
+                                           "app.kubernetes.io/managed-by": "Helm"}},
+                   "spec": {"selector": {"matchLabels": {"app": "ztunnel"}},
+                            "template": {"metadata": {"labels": {"app": "ztunnel"}}}}})
+    kube = Kube(settings.kubeconfig, settings.kube_context)
+    try:
+        found = detect(kube)
+    finally:
+        kube.close()
+    assert "ambient" in found.modes()

@@ -85,7 +85,9 @@ def detect(kube: Kube) -> InstalledIstio:
     version = istiod_version(active)
     if version is None:
         raise TargetUnavailable("cannot tell the Istio release from the istiod image (not a pilot:<version> image)")
-    ztunnels = kube.list("apps/v1", "DaemonSet", None, "app=ztunnel")
+    # The DaemonSet's own labels: `app.kubernetes.io/name: ztunnel` plus the chart's istio.labels; `app: ztunnel`
+    # is only on its pods (istio/istio@1.29.6 and @1.30.3 manifests/charts/ztunnel/templates/daemonset.yaml).
+    ztunnels = kube.list("apps/v1", "DaemonSet", None, "app.kubernetes.io/name=ztunnel")
     gateway_crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", GATEWAY_CRD)
     waypoint_class = (kube.get("gateway.networking.k8s.io/v1", "GatewayClass", "istio-waypoint")
                       if gateway_crd is not None else None)
