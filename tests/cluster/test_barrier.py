@@ -103,3 +103,16 @@ def test_wait_times_out_and_says_what_is_missing():
 
 def test_nothing_to_wait_for():
     assert wait([], lambda proxy: set(), clock=Clock()).reached
+
+
+def test_only_the_active_listener_state_counts() -> None:
+    """A rejected or warming listener is not in force and a draining one no longer decides (review of the
+    barrier against Envoy's ListenersConfigDump.DynamicListener): only `active_state` is read."""
+    from conformance.mesh.cluster.barrier import active_policy_ids
+    from tests.cluster.envoy_dump import listeners_dump
+
+    dump = listeners_dump(["ns[a]-policy[on]-rule[0]"], warming=["ns[a]-policy[warm]-rule[0]"],
+                          draining=["ns[a]-policy[old]-rule[0]"], rejected=["ns[a]-policy[bad]-rule[0]"])
+    assert active_policy_ids(dump) == {"a/on"}
+    assert active_policy_ids("not json") is None
+    assert active_policy_ids('{"something": "else"}') is None

@@ -20,6 +20,7 @@ from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Ist
 from conformance.model import Manifest, Scenario
 from conformance.scenario import load
 from conformance.versions import IstioVersion
+from tests.cluster.envoy_dump import listeners_dump
 from tests.cluster.test_session import ROOT, FakeKube, world  # noqa: F401  (the fixture, reused)
 
 POLICY_KINDS = {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
@@ -84,7 +85,7 @@ def test_close_waits_until_the_proxies_no_longer_hold_a_root_policy(world):  # n
         """Envoy keeps a deleted root policy for two more config-dump reads (istiod's push is not instant)."""
         if container == "istio-proxy" and lagging["armed"] and lagging["reads"] < 2:
             lagging["reads"] += 1
-            return ExecResult("ns[istio-system]-policy[mesh-deny]-rule[0]", "", 0, 0.01)
+            return ExecResult(listeners_dump(["ns[istio-system]-policy[mesh-deny]-rule[0]"]), "", 0, 0.01)
         return real_exec(namespace, pod, container, argv, timeout)
 
     kube.exec = config_dump  # type: ignore[method-assign]

@@ -37,6 +37,7 @@ from conformance.model import ALLOWED, DENIED_L7, Manifest
 from conformance.probe import DENY_POLICY, PROBE_HEADER
 from conformance.scenario import load
 from conformance.versions import IstioVersion
+from tests.cluster.envoy_dump import listeners_dump
 
 ROOT = Path(__file__).resolve().parents[2]
 CURL = shutil.which("curl")
@@ -225,7 +226,7 @@ class FakeKube:
     def exec(self, namespace: str, pod: str, container: str, argv: list[str], timeout: float) -> ExecResult:
         if container == "istio-proxy":  # config dump: every applied policy's id, as istiod would push it
             ids = [f"ns[{ns}]-policy[{n}]-rule[0]" for (k, ns, n) in self.objects if k == "AuthorizationPolicy"]
-            return ExecResult(json.dumps({"policies": ids}), "", 0, 0.01)
+            return ExecResult(listeners_dump(ids), "", 0, 0.01)
         with self.lock:  # execs run in parallel (one per source pod): write the shim once, atomically
             routes = self.tmp / "routes.json"
             if not routes.exists() or json.loads(routes.read_text()) != self.routes:
@@ -355,7 +356,7 @@ def test_a_slow_push_is_reported_not_hidden(world):
 
     def stale_config(namespace, pod, container, argv, timeout):
         if container == "istio-proxy":
-            return ExecResult("{}", "", 0, 0.01)
+            return ExecResult(listeners_dump([]), "", 0, 0.01)  # the listener without the new policy
         return kube.exec_real(namespace, pod, container, argv, timeout)
 
     kube.exec = stale_config  # type: ignore[method-assign]

@@ -46,6 +46,7 @@ from conformance.runner import run_step
 from conformance.scenario import load
 from conformance.versions import IstioVersion
 from tests.cluster.apiserver import ExecAnswer, FakeApiServer, kubelet_timestamp
+from tests.cluster.envoy_dump import listeners_dump
 from tests.cluster.test_session import CURL
 
 pytest.importorskip("kubernetes")
@@ -214,7 +215,7 @@ class World:
         if container == "istio-proxy":  # pilot-agent request GET config_dump: the RBAC policy ids istiod pushed
             ids = [f"ns[{p['metadata']['namespace']}]-policy[{p['metadata']['name']}]-rule[0]"
                    for p in self.policies_for(namespace)]
-            return ExecAnswer(json.dumps({"rbac": ids}).encode(), b"", 0)
+            return ExecAnswer(listeners_dump(ids).encode(), b"", 0)
         self._serve_services()
         source = self.api.objects[("Pod", namespace, pod)]["status"]["podIP"]
         env = {"PATH": f"{self.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "PRETEND_SOURCE": source}

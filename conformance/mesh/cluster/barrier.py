@@ -21,6 +21,7 @@ the report names what never showed up: a slow push is a finding, not a reason to
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -70,6 +71,25 @@ class BarrierResult:
 def policy_ids_in(config_dump: str) -> set[str]:
     """`ns/name` of every RBAC policy id in an Envoy config dump."""
     return {f"{m.group(1)}/{m.group(2)}" for m in _POLICY_ID.finditer(config_dump)}
+
+
+def active_policy_ids(config_dump: str) -> set[str] | None:
+    """`ns/name` of the RBAC policy ids in the listeners Envoy is serving with, or None if unreadable.
+
+    `config_dump?resource=dynamic_listeners` gives one DynamicListener per listener, each with an
+    `active_state` and possibly a `warming_state`, `draining_state` and `error_state` (envoy
+    api/envoy/admin/v3/config_dump_shared.proto ListenersConfigDump.DynamicListener): a rejected or
+    warming listener must not count as in force, nor a draining one as still enforcing.
+    """
+    try:
+        dump = json.loads(config_dump)
+    except ValueError:
+        return None
+    configs = dump.get("configs") if isinstance(dump, dict) else None
+    if not isinstance(configs, list):
+        return None
+    return {pid for entry in configs if isinstance(entry, dict)
+            for pid in policy_ids_in(json.dumps(entry.get("active_state") or {}))}
 
 
 def ztunnel_policies(json_text: Any) -> set[str]:

@@ -542,7 +542,7 @@ class ClusterSession:
                                         timeout=30.0)
             if result.returncode != 0:
                 return None
-            return barrier.policy_ids_in(result.stdout)
+            return barrier.active_policy_ids(result.stdout)
         except (TargetError, ValueError):
             return None
 
