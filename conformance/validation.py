@@ -683,6 +683,17 @@ def _document_order(instance: object, segments: Iterable[Any]) -> list[int]:
     return order
 
 
+
+# The CRD's size and pattern limits, in the words a policy author reads (the rule and the value filled in).
+_CRD_LIMITS = {
+    "maxLength": "must be no more than {rule} characters (CRD maxLength)",
+    "minLength": "must not be empty (CRD minLength {rule})",
+    "maxItems": "must have at most {rule} items, has {size} (CRD maxItems)",
+    "maxProperties": "must have at most {rule} entries (CRD maxProperties)",
+    "minProperties": "must have at least {rule} entry (CRD minProperties)",
+    "pattern": "{value!r} does not match the CRD pattern {rule}",
+}
+
 def _check_structure(doc: Mapping[Any, Any], kind: str, out: _Out) -> None:
     """Gate 1: the API server's structural validation against Istio's CRD schema at this version.
 
@@ -710,18 +721,9 @@ def _check_structure(doc: Mapping[Any, Any], kind: str, out: _Out) -> None:
             hint = next((e for e in rule if isinstance(value, str) and e.lower() == value.lower()), None)
             extra = f"; did you mean {hint!r}?" if hint else ""
             out.structural(path, f"unsupported value {value!r}: must be one of {', '.join(rule)}{extra}")
-        elif err.validator == "maxLength":
-            out.structural(path, f"must be no more than {rule} characters (CRD maxLength)")
-        elif err.validator == "minLength":
-            out.structural(path, f"must not be empty (CRD minLength {rule})")
-        elif err.validator == "maxItems":
-            out.structural(path, f"must have at most {rule} items, has {len(value)} (CRD maxItems)")
-        elif err.validator == "maxProperties":
-            out.structural(path, f"must have at most {rule} entries (CRD maxProperties)")
-        elif err.validator == "minProperties":
-            out.structural(path, f"must have at least {rule} entry (CRD minProperties)")
-        elif err.validator == "pattern":
-            out.structural(path, f"{value!r} does not match the CRD pattern {rule}")
+        elif err.validator in _CRD_LIMITS:
+            size = len(value) if isinstance(value, (str, list, Mapping)) else 0
+            out.structural(path, _CRD_LIMITS[err.validator].format(rule=rule, value=value, size=size))
         else:
             out.structural(path, f"{err.message} (CRD {err.validator})".replace("\n", " "))
 
