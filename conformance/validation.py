@@ -694,6 +694,7 @@ _CRD_LIMITS = {
     "pattern": "{value!r} does not match the CRD pattern {rule}",
 }
 
+
 def _check_structure(doc: Mapping[Any, Any], kind: str, out: _Out) -> None:
     """Gate 1: the API server's structural validation against Istio's CRD schema at this version.
 
