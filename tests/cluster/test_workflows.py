@@ -209,3 +209,18 @@ def test_no_unpinned_downloads_in_workflows():
         text = path.read_text()
         assert "downloadIstio" not in text and "kind.sigs.k8s.io/dl" not in text and "curl -L" not in text, path
         assert ("@latest" not in text and "allure-commandline@2.46.1" in text) or path.name != "e2e.yml"
+
+
+def test_every_allure_result_reaches_the_merged_report():
+    """Every uploaded Allure results directory is an artifact the report job downloads (allure-results-*),
+    the upgrade jobs' before and after runs included (found by review: they were left out)."""
+    jobs = yaml.safe_load(E2E.read_text())["jobs"]
+    pattern = next(s["with"]["pattern"] for s in jobs["report"]["steps"]
+                   if "download-artifact" in str(s.get("uses", "")))
+    assert pattern == "allure-results-*"
+    uploads = [s["with"] for job in jobs.values() for s in job.get("steps", [])
+               if "upload-artifact" in str(s.get("uses", ""))]
+    carrying = [u for u in uploads if "allure-results" in str(u.get("path", ""))]
+    assert {str(u["path"]).strip() for u in carrying} >= {"allure-results", "allure-results-before",
+                                                          "allure-results-after"}
+    assert all(str(u["name"]).startswith("allure-results-") for u in carrying), carrying
