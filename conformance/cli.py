@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--istio-version", default=None,
                     help="Istio release (default: clusters/versions.yaml's default, e.g. 1.30.3)")
     sp.add_argument("--kube-context", default=None, help="--mesh cluster: the context named in the plan")
+    sp.add_argument("--cluster-name", default=None,
+                    help="--mesh kind: the base name the run passes as --cluster-name (CI: e2e, upgrade)")
     sp.add_argument("--format", choices=("text", "github-e2e", "github-upgrade"), default="text",
                     help="text (default), or the e2e / upgrade workflow job matrix as JSON")
     return p
@@ -117,7 +119,8 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         version = args.istio_version
         if version is not None:
             IstioVersion.parse(version)
-        built = plan.build(args.files, args.mesh, args.mesh_mode, version, kube_context=args.kube_context)
+        built = plan.build(args.files, args.mesh, args.mesh_mode, version, kube_context=args.kube_context,
+                           cluster_base=args.cluster_name)
         out.write(plan.render(built))
     out.write("\n")
     return 0

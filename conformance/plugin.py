@@ -102,10 +102,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     files = sorted({str(item.path) for item in session.items if isinstance(item, StepItem)})
     if not files:
         return
+    from conformance.mesh.cluster.options import PYTEST_KIND_DEFAULT_NAME
     from conformance.mesh.cluster.plan import session_plan_text
 
+    base = config.getoption("cluster_name", default=None)  # registered by pytest-kind or our options
     text = session_plan_text(files, mesh, config.getoption("mesh_mode"), config.getoption("istio_version"),
-                             config.getoption("kube_context"))
+                             config.getoption("kube_context"),
+                             None if base in (None, PYTEST_KIND_DEFAULT_NAME) else str(base))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.section(f"authz-conformance plan ({mesh})")

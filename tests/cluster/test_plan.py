@@ -111,3 +111,13 @@ def test_scenario_files_skips_what_is_not_a_scenario(tmp_path):
     (tmp_path / "x.yaml").write_text("apiVersion: v1\nkind: ConfigMap\n")
     buf = io.StringIO(str(plan.scenario_files([tmp_path, POLICIES / "hosts.yaml"])))
     assert "hosts.yaml" in buf.getvalue() and "x.yaml" not in buf.getvalue()
+
+
+def test_the_plan_names_the_clusters_the_run_will_create():
+    """The plan printed before a run, and CI's summary, name the clusters `--cluster-name` gives (review:
+    the plan printed default names CI never creates)."""
+    from conformance.mesh.cluster.plan import session_plan_text
+
+    text = session_plan_text([str(ROOT / "policies" / "explicit-deny-task.yaml")], "kind", ["sidecar"], "1.30.3",
+                             cluster_base="e2e")
+    assert "cluster e2e-sidecar-1-30-3," in text

@@ -198,7 +198,7 @@ def _fixed(mesh: str, gateway_api: bool, costs: Costs) -> tuple[float, float]:
 def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode] | None = None,
           istio_version: str | None = None, matrix: Matrix | None = None, budget: float = E2E_JOB_BUDGET,
           costs: Costs = COSTS, kube_context: str | None = None, extra: tuple[float, float] = (0.0, 0.0),
-          runs: int = 1) -> Plan:
+          runs: int = 1, cluster_base: str | None = None) -> Plan:
     """The plan of one run (`mesh` kind or cluster) of the scenario files under `paths`.
 
     `extra` and `runs` describe an upgrade job: its fixed cost gains the upgrade itself, and its
@@ -228,7 +228,8 @@ def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode]
         if mesh == "kind":
             from conformance.mesh.cluster.kind import cluster_name
 
-            cluster = cluster_name(None, mode, release.version if release else version)
+            # the name the kind target will give it (`--cluster-name` as the run passes it; CI's e2e, upgrade)
+            cluster = cluster_name(cluster_base, mode, release.version if release else version)
         else:
             cluster = f"existing (context {kube_context or 'current'})"
         plans.append(ModePlan(mode, install.profile if mesh == "kind" else "detected at start", cluster,
@@ -312,13 +313,14 @@ def github_upgrade(paths: Iterable[str | Path], matrix: Matrix | None = None, co
 
 
 def session_plan_text(paths: Iterable[str | Path], mesh: str, modes: Sequence[Mode] | None,
-                      istio_version: str, kube_context: str | None = None) -> str:
+                      istio_version: str, kube_context: str | None = None, cluster_base: str | None = None) -> str:
     """What `--mesh kind` / `--mesh cluster` print before they start (the plugin calls this).
 
     Never raises for a plan it cannot make: the run itself reports what is wrong, the plan only informs.
     """
     try:
-        plan = build(paths, mesh, modes, istio_version, budget=float("inf"), kube_context=kube_context)
+        plan = build(paths, mesh, modes, istio_version, budget=float("inf"), kube_context=kube_context,
+                     cluster_base=cluster_base)
     except Exception as exc: # informative only; the run reports the real error
         return f"Plan: not available ({type(exc).__name__}: {exc})"
     return render(plan)
