@@ -27,7 +27,9 @@ def test_scenario_cost_counts_steps_probes_and_waypoints():
     probes = [len(st.expectations) for st in s.steps]
     extra_high = sum(max(0, n - c.probe_beyond) for n in probes) * c.probe[1]
     assert cost.steps == 2 and cost.probes == sum(probes) and cost.waypoints == 0
-    assert cost.high == pytest.approx(c.scenario[1] + 2 * c.step[1] + extra_high)
+    namespaces = len({w.namespace for w in s.workloads})  # istioctl analyze runs once per namespace per step
+    analyze_high = 2 * (namespaces - 1) * c.analyze_namespace[1]
+    assert cost.high == pytest.approx(c.scenario[1] + 2 * c.step[1] + extra_high + analyze_high)
     assert cost.low < cost.high
     wp = POLICIES / "waypoint-l7-policy.yaml"
     in_waypoint = plan.scenario_cost(load(wp, V), str(wp), "waypoint")

@@ -65,6 +65,9 @@ class Costs:
     scenario: tuple[float, float] = (20.0, 40.0)
     waypoint: tuple[float, float] = (10.0, 20.0)  # per waypoint, waypoint mode only
     step: tuple[float, float] = (8.0, 15.0)
+    # `istioctl analyze -n <ns>` once per namespace per step (session.py _analyze), beyond the first one
+    # the `step` figure includes: each run starts istioctl and reads the cluster's configuration
+    analyze_namespace: tuple[float, float] = (1.5, 3.0)
     probe_beyond: int = 10  # probes per step included in `step`
     probe: tuple[float, float] = (0.3, 0.5)  # per probe beyond `probe_beyond`, for >= 3 rounds
     upgrade: tuple[float, float] = (150.0, 300.0)  # new control plane, data plane roll, restarts, settle
@@ -94,12 +97,15 @@ def scenario_cost(scenario: Scenario, path: str, mode: Mode, costs: Costs = COST
     low = costs.scenario[0] + waypoints * costs.waypoint[0]
     high = costs.scenario[1] + waypoints * costs.waypoint[1]
     probes = 0
+    namespaces = len({w.namespace for w in scenario.workloads}
+                     | ({w.namespace for w in scenario.waypoints} if mode == "waypoint" else set()))
+    more_analyze = max(0, namespaces - 1)
     for step in scenario.steps:
         n = len(step.expectations)
         probes += n
         extra = max(0, n - costs.probe_beyond)
-        low += costs.step[0] + extra * costs.probe[0]
-        high += costs.step[1] + extra * costs.probe[1]
+        low += costs.step[0] + extra * costs.probe[0] + more_analyze * costs.analyze_namespace[0]
+        high += costs.step[1] + extra * costs.probe[1] + more_analyze * costs.analyze_namespace[1]
     root = scenario.mesh.root_namespace
     mesh_wide = any(m.namespace == root for step in scenario.steps for m in step.policies)
     return ScenarioCost(path, scenario.name, mode, len(scenario.steps), probes, waypoints, mesh_wide, low, high)
