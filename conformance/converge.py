@@ -44,6 +44,12 @@ class ProbeRecord:
     def last(self) -> Judgement | None:
         return self.judgements[-1] if self.judgements else None
 
+    def add(self, observation: Observation, judgement: Judgement) -> None:
+        """One more observation and its judgement; the streak of right ones in a row follows."""
+        self.observations.append(observation)
+        self.judgements.append(judgement)
+        self.streak = self.streak + 1 if judgement.passed else 0
+
     @property
     def wrong(self) -> int:
         """Wrong judgements in all."""
@@ -114,10 +120,7 @@ def converge(
             indices = list(range(count))
             # After an exact barrier an allowed observation of a denied probe is a failure, not a gap.
             for i, (obs, judgement, _must_deny) in zip(indices, probe_round(indices), strict=True):
-                r = records[i]
-                r.observations.append(obs)
-                r.judgements.append(judgement)
-                r.streak = r.streak + 1 if judgement.passed else 0
+                records[i].add(obs, judgement)
         for r in records:
             if r.passed:
                 r.converged_after = len(r.observations)
@@ -131,12 +134,10 @@ def converge(
         rounds += 1
         for i, (obs, judgement, must_deny) in zip(pending, probe_round(pending), strict=True):
             r = records[i]
-            r.observations.append(obs)
-            r.judgements.append(judgement)
+            r.add(obs, judgement)
             if must_deny and obs.outcome == "allowed":
                 r.stale_allowed += 1
                 r.gap_seconds = clock() - start
-            r.streak = r.streak + 1 if judgement.passed else 0
             if r.streak >= required and r.converged_after is None:
                 r.converged_after = len(r.observations)
         return all(r.streak >= required or r.flaky for r in records)

@@ -71,14 +71,13 @@ class Evidence:
 
 
 # What decided, as the enforcing proxy recorded it (a proof's `kind`). The engine's reasons map onto
-# them one to one (verdicts.expected_kind), so a denial is compared by kind, not only by policy: a STRICT
+# them one to one (verdicts.EXPECTED_KIND), so a denial is compared by kind, not only by policy: a STRICT
 # rejection (`filter_chain_not_found`) and "no ALLOW policy matched" (`rbac_access_denied_matched_policy
 # [none]`) are different facts, and a broken listener must never pass as a policy denial.
 DENY_POLICY = "deny-policy"  # a named DENY policy matched: rbac_access_denied_matched_policy[ns[..]-policy[..]..]
 NO_ALLOW_MATCHED = "no-allow-matched"  # ALLOW policies exist, none matched: rbac_access_denied_matched_policy[none]
 STRICT_MTLS = "strict-mtls"  # PeerAuthentication STRICT refused plaintext (no filter chain / static strict DENY)
 PROXY_ALLOWED = "allowed"  # the proxy let it through (naming the ALLOW policy when one decided)
-PROOF_KINDS = (DENY_POLICY, NO_ALLOW_MATCHED, STRICT_MTLS, PROXY_ALLOWED)
 KIND_WORDS = {
     DENY_POLICY: "a DENY policy matched",
     NO_ALLOW_MATCHED: "no ALLOW policy matched",
@@ -86,8 +85,9 @@ KIND_WORDS = {
     PROXY_ALLOWED: "allowed",
 }
 
-# istiod's synthetic DENY sent to ztunnel for a STRICT PeerAuthentication (pilot/pkg/serviceregistry/kube/
-# controller/ambient/policies.go `staticStrictPolicyName`): a record naming it is a STRICT rejection.
+# istiod's synthetic DENY sent to ztunnel for a STRICT PeerAuthentication (istio/istio@1.30.3
+# pilot/pkg/serviceregistry/ambient/authorization.go `staticStrictPolicyName`): a record naming it is a
+# STRICT rejection.
 STATIC_STRICT_POLICY = "istio_converted_static_strict"
 
 # The suite's own probe id, a request header no scenario may set (validation refuses it): the key to a
@@ -134,7 +134,7 @@ def proof_of_rbac(policy_id: str, *, proxy: str, layer: str, serves: str | None,
     """The proof an Envoy RBAC denial gives (`rbac_access_denied_matched_policy[<policy_id>]`).
 
     `none` is "no ALLOW matched"; istiod's synthetic `istio_converted_static_strict` DENY (ambient
-    policies.go, sent to ztunnel for STRICT PeerAuthentication) is a STRICT rejection; any other id
+    authorization.go, sent to ztunnel for STRICT PeerAuthentication) is a STRICT rejection; any other id
     names a DENY policy (an ALLOW never denies by name: Envoy's ALLOW engine denies with `[none]`).
     """
     if policy_id in ("none", ""):

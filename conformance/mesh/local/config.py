@@ -465,7 +465,7 @@ def ztunnel_plaintext_listener(ctx: ProxyContext, port: Port,
 
 
 def static_strict_filter(root_namespace: str) -> dict[str, Any]:
-    """The DENY istiod sends ztunnel for STRICT PeerAuthentication (ambient policies.go,
+    """The DENY istiod sends ztunnel for STRICT PeerAuthentication (ambient authorization.go,
     `istio_converted_static_strict`: `notPrincipals: ["*"]`), as network RBAC on the plaintext path.
 
     Named like istiod's policy ids so the log record says which rule closed the connection.

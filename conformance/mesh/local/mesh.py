@@ -349,7 +349,7 @@ class LocalMeshSession:
                 for port in workload.ports:
                     if self._strict(authz, policies, workload, port.number):
                         # istiod sends ztunnel a synthetic DENY of connections without a principal
-                        # (ambient policies.go, istio_converted_static_strict): accepted, then closed.
+                        # (ambient authorization.go, istio_converted_static_strict): accepted, then closed.
                         filters = [config.static_strict_filter(self.mesh.root_namespace)]
                     else:
                         filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number,
