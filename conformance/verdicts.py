@@ -82,7 +82,7 @@ def _compare_proof(predicted: Decision, observation: Observation, probe: Probe) 
     enforcer = predicted.enforcer(probe)
     if enforcer is not None:
         layer, _, serves = enforcer.partition(":")
-        if proof.layer != layer or (proof.serves is not None and proof.serves != serves):
+        if (proof.layer, proof.serves) != (layer, serves):  # a record that names no proxy proves nothing
             return Judgement(False, MISMATCH, f"denied by {proof.proxy}, but the engine says {enforcer} decides")
     if want_kind == DENY_POLICY and proof.policy != predicted.policy and proof.policy not in predicted.candidates:
         want = predicted.policy + (f" (or {', '.join(c for c in predicted.candidates if c != predicted.policy)})"
