@@ -6,6 +6,7 @@ field, on one line, so that the CLI and the pytest plugin can print it without a
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -85,3 +86,9 @@ def yaml_type(value: object, article: bool = False) -> str:
     else:
         return type(value).__name__
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}" if article else name
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice a misspelt `word` most likely meant (difflib's ratio ≥ `cutoff`), for "did you mean"."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return found[0] if found else None

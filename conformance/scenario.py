@@ -12,7 +12,6 @@ all three pass.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from conformance.errors import Location, Problem, ScenarioError, yaml_type
+from conformance.errors import Location, Problem, ScenarioError, closest, yaml_type
 from conformance.model import (
     ADDRESS_PLACEHOLDER,
     DEFAULT_MODES,
@@ -567,8 +566,8 @@ def _schema_messages(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
         per_mode = bool(err.absolute_path) and err.absolute_path[-1] == "verdict"
         out = []
         for extra in extras:
-            close = difflib.get_close_matches(extra, allowed, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            close = closest(extra, allowed)
+            hint = f"did you mean '{close}'? " if close else ""
             if per_mode:  # verdict: {ambiant: allow}: name the key and the modes, not the whole mapping
                 out.append((f"unknown mode '{extra}' in a per-mode verdict ({hint}valid modes: "
                             f"{', '.join(MODES)})", extra))
@@ -584,17 +583,17 @@ def _schema_messages(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
     if err.validator in ("enum", "const"):
         choices = err.validator_value if err.validator == "enum" else [err.validator_value]
         valid = ", ".join(map(str, choices))
-        close = difflib.get_close_matches(str(err.instance), [str(c) for c in choices], n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close and close[0] != str(err.instance) else ""
+        close = closest(str(err.instance), map(str, choices))
+        hint = f"; did you mean '{close}'?" if close and close != str(err.instance) else ""
         one = f"must be {valid}" if len(choices) == 1 else f"valid values: {valid}"
         return [(f"{_short(err.instance)} is not a valid value ({one}){hint}", "")]
     if err.validator == "type":
-        return [(f"must be {_nouns(err.validator_value)}, not {_type_name(err.instance)}", "")]
+        return [(f"must be {_nouns(err.validator_value)}, not {yaml_type(err.instance, article=True)}", "")]
     if err.validator in ("oneOf", "anyOf"):
         types = [b.get("type") for b in err.validator_value if isinstance(b, Mapping) and "type" in b]
         if types:
             return [(f"must be {' or '.join(_nouns(t) for t in dict.fromkeys(map(str, types)))}, "
-                     f"not {_type_name(err.instance)}", "")]
+                     f"not {yaml_type(err.instance, article=True)}", "")]
         return [(f"{_short(err.instance)} is not a valid value here", "")]
     return [(err.message, "")]
 
@@ -608,11 +607,6 @@ def _nouns(value: object) -> str:
     if isinstance(value, list):
         return " or ".join(_NOUNS.get(str(v), str(v)) for v in value)
     return _NOUNS.get(str(value), str(value))
-
-
-def _type_name(value: object) -> str:
-    """What a YAML value is, in words, for "must be a list, not a string"."""
-    return yaml_type(value, article=True)
 
 
 def _locate(doc: Mapping[str, Any], path: list[Any]) -> tuple[str, str]:
@@ -661,8 +655,8 @@ def _strings(value: Any) -> str:
 
 
 def _suggest(ref: str, by_ref: Mapping[str, Workload]) -> str:
-    close = difflib.get_close_matches(ref, list(by_ref), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest(ref, by_ref)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

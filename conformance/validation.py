@@ -28,7 +28,6 @@ author meant ("warning", each saying so). It never raises: every malformed piece
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import re
@@ -40,7 +39,7 @@ from typing import Any, TypeGuard
 import jsonschema
 
 from conformance import crd
-from conformance.errors import yaml_type
+from conformance.errors import closest, yaml_type
 from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
 
@@ -210,10 +209,6 @@ class _Out:
 
 # --------------------------------------------------------------------------------------------------
 # Small typed accessors over untrusted YAML data
-
-
-def _type_name(value: object) -> str:
-    return yaml_type(value)
 
 
 def _yaml_scalar(value: object) -> str:
@@ -632,7 +627,7 @@ _NOUN = {"object": "a mapping", "array": "a list", "string": "a string", "intege
 def _type_message(expected: object, value: object) -> str:
     """A type error with the fix YAML authors need most: quoting a number, or writing a one-item list."""
     types = expected if isinstance(expected, list) else [expected]
-    message = f"must be {' or '.join(_NOUN.get(str(t), str(t)) for t in types)}, not {_type_name(value)}"
+    message = f"must be {' or '.join(_NOUN.get(str(t), str(t)) for t in types)}, not {yaml_type(value)}"
     if "string" in types and isinstance(value, (bool, int, float)):
         message += f' (quote it: "{_yaml_scalar(value)}")'
     elif "array" in types and isinstance(value, (str, bool, int, float)):
@@ -648,10 +643,10 @@ def _unknown_field_message(key: str, node: Mapping[str, Any], shape: str, kind: 
     if shape == "spec.rules.from.source" and key in _FIELD_SINCE:
         return (f"{message}: {key} exists from Istio {_FIELD_SINCE[key]}, this scenario targets Istio "
                 f"{f.version}, whose CRD rejects it (Kubernetes strict field validation)")
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    close = closest(key, known, cutoff=0.7)
     folded = [k for k in known if k.lower() == key.lower()]
     if folded or close:
-        return f"{message}: did you mean {(folded or close)[0]!r}?"
+        return f"{message}: did you mean {(folded[0] if folded else close)!r}?"
     return f"{message} (Kubernetes strict field validation rejects it); known fields: {', '.join(known)}"
 
 
@@ -752,15 +747,15 @@ def has_errors(findings: Iterable[Finding]) -> bool:
 
 def _validate_document(doc: object, out: _Out) -> None:
     if not isinstance(doc, Mapping):
-        out.error("", f"a policy document must be a mapping (apiVersion, kind, metadata, spec), not {_type_name(doc)}")
+        out.error("", f"a policy document must be a mapping (apiVersion, kind, metadata, spec), not {yaml_type(doc)}")
         return
     api_version, kind = _get(doc, "apiVersion"), _get(doc, "kind")
     if not isinstance(kind, str):
-        out.error("kind", "kind is required" if kind is None else f"kind must be a string, not {_type_name(kind)}")
+        out.error("kind", "kind is required" if kind is None else f"kind must be a string, not {yaml_type(kind)}")
         kind = None
     if not isinstance(api_version, str):
         out.error("apiVersion", "apiVersion is required" if api_version is None
-                  else f"apiVersion must be a string, not {_type_name(api_version)}")
+                  else f"apiVersion must be a string, not {yaml_type(api_version)}")
         api_version = None
     group, _, served = (api_version or "").rpartition("/")
 
@@ -1249,8 +1244,8 @@ def _attribute_problem(key: str, f: _Features) -> str | None:
     known = ["request.headers[]", "source.ip", "remote.ip", "source.namespace", "source.principal",
              "source.serviceAccount", "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
              "request.auth.claims[]", "destination.ip", "destination.port", "connection.sni"]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    return f"{message}; did you mean {close[0]!r}?" if close else message
+    close = closest(key, known, cutoff=0.75)
+    return f"{message}; did you mean {close!r}?" if close else message
 
 
 def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
