@@ -93,6 +93,10 @@ STATIC_STRICT_POLICY = "istio_converted_static_strict"
 # The suite's own probe id, a request header no scenario may set (validation refuses it): the key to a
 # probe's records at HTTP-aware proxies. A scenario's own x-request-id is only a header like any other.
 PROBE_HEADER = "x-authz-conformance-probe"
+# The local mesh's own header carrying curl's address through HBONE to the proof lookup: a scenario that
+# set it could plant a record keyed to another probe, so it is reserved as well.
+CLIENT_HEADER = "x-conformance-client"
+RESERVED_HEADERS = (PROBE_HEADER, CLIENT_HEADER)
 
 
 @dataclass(frozen=True)

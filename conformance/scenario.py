@@ -38,7 +38,7 @@ from conformance.model import (
     Workload,
     default_addresses,
 )
-from conformance.probe import PROBE_HEADER
+from conformance.probe import RESERVED_HEADERS
 from conformance.schema import SCHEMA
 from conformance.versions import IstioVersion
 
@@ -398,11 +398,11 @@ class _Loader:
             req = _map(raw_request)
             headers = _map(req.get("headers"))
             for key in headers:
-                if isinstance(key, str) and key.lower() == PROBE_HEADER:
-                    # The suite identifies each probe by this header (probe.py): a scenario setting it would
-                    # make the suite's own record of the probe ambiguous, so it is reserved.
-                    self.error(f"header '{key}' is reserved: the suite sets {PROBE_HEADER} on every probe to "
-                               "identify it", where, f"request.headers.{key}")
+                if isinstance(key, str) and key.lower() in RESERVED_HEADERS:
+                    # The suite finds each probe's records by these headers (probe.py): a scenario setting one
+                    # would make the suite's own record of a probe ambiguous, so they are reserved.
+                    self.error(f"header '{key}' is reserved: the suite sets {', '.join(RESERVED_HEADERS)} to "
+                               "identify probes", where, f"request.headers.{key}")
             request = Request(
                 method=_str(req.get("method")) or "GET", path=_str(req.get("path")) or "/",
                 headers=tuple((k, v) for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)),

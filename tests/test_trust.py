@@ -215,3 +215,20 @@ def test_each_probe_failure_keeps_its_own_category() -> None:
     for category in (MISMATCH, UNPROVEN, INCONCLUSIVE, INFRASTRUCTURE_CATEGORY):
         failure = probe_failure(Judgement(False, category.tag, "what happened"))
         assert failure.category is category and str(failure) == f"{category.tag}: what happened"
+
+
+def test_a_scenario_cannot_set_the_local_meshs_client_header(tmp_path: Path) -> None:
+    """x-conformance-client carries curl's address to the proof lookup: a scenario setting it could plant a
+    record keyed to another probe, so validation refuses it and curl never sends a scenario's value."""
+    from conformance.errors import ScenarioError
+    from conformance.mesh.local.curl import CurlRequest
+
+    bad = tmp_path / "planted.yaml"
+    planted = "X-Conformance-Client: '127.1.0.1:61000'}}}"
+    bad.write_text(SHARED_ID.read_text().replace("x-request-id: fixed}}}", planted, 1))
+    with pytest.raises(ScenarioError) as info:
+        load(bad, VERSION)
+    assert "X-Conformance-Client" in str(info.value) and "reserved" in str(info.value)
+    argv = CurlRequest("a.b", 80, "/", "GET", (("x-conformance-client", "127.1.0.1:61000"),), "127.0.0.1", 1,
+                       probe_id="p").argv("curl", 1, 1)
+    assert not any("127.1.0.1:61000" in a for a in argv)

@@ -34,7 +34,7 @@ from conformance.mesh.local.pki import CertFiles
 from conformance.mesh.local.rbac import NETWORK_RBAC_TYPE as NETWORK_RBAC  # one home: the compiler's
 from conformance.mesh.local.rbac import PEER_PRINCIPAL_KEY  # one home: the key the compiler's matchers read
 from conformance.model import MeshConfig, Port, Workload
-from conformance.probe import PROBE_HEADER, STATIC_STRICT_POLICY
+from conformance.probe import CLIENT_HEADER, PROBE_HEADER, STATIC_STRICT_POLICY
 
 _T = "type.googleapis.com/"
 HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -51,7 +51,6 @@ INTERNAL_UPSTREAM = _T + "envoy.extensions.transport_sockets.internal_upstream.v
 RAW_BUFFER = _T + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 
 CLUSTER_DOMAIN = "cluster.local"  # the Kubernetes DNS domain in SNI and FQDNs (not the trust domain)
-CLIENT_HEADER = "x-conformance-client"  # curl's own address, carried in the HBONE CONNECT for proof lookup
 CLIENT_STATE_KEY = "conformance.client"  # the same, carried through a waypoint's internal listeners
 CONNECT_TIMEOUT = "2s"
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from conformance.probe import (
     CURL_WRITE_OUT,
     PROBE_HEADER,
+    RESERVED_HEADERS,
     Evidence,
     SourcePorts,
     evidence_from_curl,
@@ -78,7 +79,7 @@ class CurlRequest:
         else:
             argv += ["-X", self.method]
         for name, value in self.headers:
-            if name.lower() != PROBE_HEADER:  # validation refuses it in scenarios; never let one through
+            if name.lower() not in RESERVED_HEADERS:  # validation refuses them in scenarios; never let one through
                 argv += ["-H", f"{name}: {value}"]
         if self.probe_id:
             argv += ["-H", f"{PROBE_HEADER}: {self.probe_id}"]
