@@ -48,13 +48,14 @@ def envoy(at: float, **fields: object) -> str:
 
 
 def ztunnel(at: float, error: str | None, src: str = "10.244.0.7:41234", dst: str = "10.244.0.9:8080",
-            hbone: bool = True, direction: str = "inbound") -> str:
+            hbone: bool = True, direction: str | None = "inbound") -> str:
     level = "error" if error else "info"
     dst_fields = f"dst.addr=10.244.0.9:15008 dst.hbone_addr={dst}" if hbone else f"dst.addr={dst}"
     fields = (f'src.addr={src} src.workload="curl-5d8" src.namespace="azq-finance" '
               f'src.identity="spiffe://cluster.local/ns/azq-finance/sa/curl" {dst_fields} '
               f'dst.service="accounts.azq-accounts.svc.cluster.local" dst.workload="accounts-7f9" '
-              f'dst.namespace="azq-accounts" direction="{direction}" bytes_sent=0 bytes_recv=0 duration="0ms"')
+              f'dst.namespace="azq-accounts" ' + (f'direction="{direction}" ' if direction else "") +
+              'bytes_sent=0 bytes_recv=0 duration="0ms"')
     if error:
         fields += f' error="{error}"'
     return f"{stamp(at)} 2026-11-23T10:00:00.200000Z\t{level}\taccess\tconnection complete\t{fields}"
@@ -288,3 +289,43 @@ def test_an_hbone_probe_whose_own_connection_was_not_refused_is_unproven():
     found = RecordMatcher(NSMAP.scenario_ref).match(
         [zt(0, pooled=pooled, src="10.244.0.7:41000", link=SOURCE_ZTUNNEL)], logs, final=True)
     assert found[0].proof is None and "503" in (found[0].note or "")
+
+
+def test_a_pooled_probe_is_counted_only_from_its_own_exec():
+    """Probes sharing a pooled key come from different execs (several waypoint pods, or several source pods
+    behind one key): a rejection written before a probe's own exec started can never be that probe's, even
+    when an earlier exec of the same group was already running then."""
+    pooled = frozenset({"10.244.0.7", "10.244.0.8"})
+    early, late = zt(0, pooled=pooled, after=T0), zt(1, pooled=pooled, after=T0 + 10)
+    # both rejections were written before the second exec started: neither can be its record
+    before = lines(ZTUNNEL, ztunnel(T0 + 1, NONE_ALLOWED, src="10.244.0.7:15008"),
+                   ztunnel(T0 + 2, NONE_ALLOWED, src="10.244.0.8:15008"))
+    matcher = RecordMatcher(NSMAP.scenario_ref)
+    assert matcher.match([early, late], before, final=False) == {}  # the second one's may still be on its way
+    found = matcher.match([early, late], before, final=True)
+    assert all(m.proof is None for m in found.values()), found
+    assert "started" in (found[1].note or "")
+    # one before it and one after it: each probe has a record written after its own exec started
+    spread = lines(ZTUNNEL, ztunnel(T0 + 21, NONE_ALLOWED, src="10.244.0.7:15008"),
+                   ztunnel(T0 + 32, NONE_ALLOWED, src="10.244.0.8:15008"))
+    again = [zt(0, pooled=pooled, after=T0 + 20), zt(1, pooled=pooled, after=T0 + 30)]
+    proven = RecordMatcher(NSMAP.scenario_ref).match(again, spread, final=False)
+    assert [proven[k].proof.kind for k in (0, 1)] == [NO_ALLOW_MATCHED] * 2  # type: ignore[union-attr]
+    assert k8s_timestamp(spread[ZTUNNEL][1].raw) == T0 + 32 and "10.244.0.8" in proven[1].proof.line  # type: ignore[union-attr]
+
+
+def test_a_ztunnel_line_without_a_direction_is_no_decision():
+    """Every access event ztunnel 1.29.6 and 1.30.3 writes names its direction (src/proxy/metrics.rs: the
+    "connection complete" record, "connection opened" and `log_early_deny` all set `direction`), so a line
+    without one is not ztunnel's record of a connection it accepted: never an inbound decision."""
+    no_direction = lines(ZTUNNEL, ztunnel(T0 + 0.1, EXPLICIT, src="10.244.0.50:40000", hbone=False,
+                                          direction=None))
+    exact = RecordMatcher(NSMAP.scenario_ref).match([zt(0, src="10.244.0.50:40000")], no_direction, final=True)[0]
+    assert exact.proof is None and "no record" in (exact.note or "")
+    pooled = lines(ZTUNNEL, ztunnel(T0 + 0.1, EXPLICIT, src="10.244.0.7:15008", direction=None))
+    counted = RecordMatcher(NSMAP.scenario_ref).match([zt(0, pooled=frozenset({"10.244.0.7"}))], pooled, final=True)
+    assert counted[0].proof is None and "0 policy rejection(s)" in (counted[0].note or "")
+    outbound = lines(ZTUNNEL, ztunnel(T0 + 0.1, EXPLICIT, src="10.244.0.50:40000", hbone=False,
+                                      direction="outbound"))
+    assert RecordMatcher(NSMAP.scenario_ref).match([zt(0, src="10.244.0.50:40000")], outbound,
+                                                   final=True)[0].proof is None

@@ -27,7 +27,9 @@ issue 9). What the proxies write, and how a record is tied to its probe:
   `src.addr` is curl's own address and port): exact. An in-mesh client reaches it over HBONE
   (inbound.rs: `src` is the peer of the pooled HBONE connection, shared by every stream the source
   ztunnel multiplexes on it, proxy/pool.rs), so its records are keyed by the source pod's address and
-  the destination: k probes sharing that key need exactly k rejection records (`Wanted.pooled`).
+  the destination: k probes sharing that key need exactly k rejection records, each written after its
+  own probe's exec started (probes of one key may come from several execs: `Wanted.pooled`). Only lines
+  with `direction="inbound"` are the destination's records (`ZtunnelRecord.direction`).
 
 Rules for every probe (issue 9): only lines whose kubelet timestamp (`timestamps=True`) is at or after
 the probe's exec started; each line proves at most one probe, across rounds and steps (one
@@ -188,6 +190,18 @@ class ZtunnelRecord:
         """The record written when the connection ended (not "connection opened")."""
         return self.message == "connection complete"
 
+    @property
+    def direction(self) -> str:
+        """`inbound` (the destination's ztunnel) or `outbound` (the source's); "" when the line has none.
+
+        ztunnel sets it on every access event it writes (istio/ztunnel@1.30.3 and @1.29.6
+        src/proxy/metrics.rs: `ConnectionResult::record_internal`'s "connection complete", the "connection
+        opened" event and `log_early_deny` all write `direction = if reporter == Reporter::source {"outbound"}
+        else {"inbound"}`; inbound.rs and inbound_passthrough.rs report as `Reporter::destination`), so a line
+        without it is no record of a connection ztunnel accepted, and never counts as an inbound decision.
+        """
+        return self.fields.get("direction", "")
+
 
 def parse_ztunnel_line(line: str) -> ZtunnelRecord | None:
     """ztunnel's plain format: `<time>\\t<level>\\t<target>\\t<message>\\t<k=v ...>` (src/telemetry.rs)."""
@@ -237,6 +251,12 @@ def ztunnel_proof(record: ZtunnelRecord, *, proxy: str, layer: str, serves: str 
     if reason == ZTUNNEL_NONE_ALLOWED:
         return Proof(proxy, NO_ALLOW_MATCHED, None, None, record.line, layer, serves)
     return None  # "workload not found", "workload mismatch": the proxy's state, not a policy
+
+
+def completed(line: str, direction: Literal["inbound", "outbound"]) -> ZtunnelRecord | None:
+    """The line as ztunnel's record of a finished connection in that direction, else None."""
+    rec = parse_ztunnel_line(line)
+    return rec if rec is not None and rec.complete and rec.direction == direction else None
 
 
 def host_of(addr: str) -> str:
@@ -396,8 +416,8 @@ class RecordMatcher:
             elif rec.get("probe") or rec.get("src") != src:
                 return None
             return envoy_proof(rec, proxy=w.proxy, layer=w.layer, serves=w.serves, to_scenario=self.to_scenario)
-        zrec = parse_ztunnel_line(ln.text)
-        if zrec is None or not zrec.complete or zrec.fields.get("direction", "inbound") != "inbound":
+        zrec = completed(ln.text, "inbound")
+        if zrec is None:
             return None
         if zrec.source != src or (w.dst is not None and zrec.destination != w.dst):
             return None
@@ -409,8 +429,8 @@ class RecordMatcher:
         (None: exactly one, saying the destination refused it; no lines: not there yet)."""
         hits: list[tuple[LogLine, ZtunnelRecord]] = []
         for ln in self._candidates(w, logs, w.link):
-            rec = parse_ztunnel_line(ln.text)
-            if rec is None or not rec.complete or rec.fields.get("direction") != "outbound":
+            rec = completed(ln.text, "outbound")
+            if rec is None:
                 continue
             if rec.source == w.src and rec.destination == w.dst:
                 hits.append((ln, rec))
@@ -449,17 +469,16 @@ class RecordMatcher:
 
     def _counted(self, members: Sequence[Wanted], logs: Mapping[str, Sequence[LogLine]], final: bool
                  ) -> dict[int, Match]:
-        """Rejections of the destination's ztunnel from the pooled sources, one per probe of the round."""
+        """Rejections of the destination's ztunnel from the pooled sources, one per probe of the round, each
+        written at or after its own probe's exec started (probes of one key may come from several execs)."""
         first = members[0]
-        after = min(w.after for w in members)
+        order = sorted(members, key=lambda w: w.after)
         hits: list[tuple[LogLine, Proof]] = []
         for ln in logs.get(first.log, ()):
-            if ln.time < after or ln.raw in self.used:
+            if ln.time < order[0].after or ln.raw in self.used:
                 continue
-            rec = parse_ztunnel_line(ln.text)
-            if rec is None or not rec.complete or rec.rejection is None:
-                continue
-            if rec.fields.get("direction", "inbound") != "inbound":
+            rec = completed(ln.text, "inbound")
+            if rec is None or rec.rejection is None:
                 continue
             if host_of(rec.source) not in first.pooled or rec.destination != first.dst:
                 continue
@@ -467,14 +486,21 @@ class RecordMatcher:
                                   to_scenario=self.to_scenario)
             if proof is not None:
                 hits.append((ln, proof))
+        hits.sort(key=lambda h: h[0].time)
+        # As many records as probes, both in time order: the k-th record can be the k-th probe's only if it was
+        # written after that probe's exec started (and if this pairing fails, every pairing does).
+        early = sum(1 for w, (ln, _) in zip(order, hits, strict=True) if ln.time < w.after) \
+            if len(hits) == len(members) else 0
         sources = ", ".join(sorted(first.pooled))
-        if len(hits) < len(members) and not final:
-            return {}
+        if (len(hits) < len(members) or early) and not final:
+            return {}  # a later probe's record may still be on its way
         for ln, _ in hits:
             self.used.add(ln.raw)
-        if len(hits) != len(members):
+        if len(hits) != len(members) or early:
             note = (f"{len(hits)} policy rejection(s) at {first.proxy} from {sources} to {first.dst} for "
                     f"{len(members)} denied probe(s) of this round sharing that connection key")
+            if early:
+                note += f", {early} of them written before the exec of the probe it would prove started"
             return {w.key: Match(None, note) for w in members}
         said = {(p.kind, p.policy) for _, p in hits}
         if len(said) > 1:
@@ -482,5 +508,4 @@ class RecordMatcher:
             note = (f"{len(hits)} rejections at {first.proxy} from {sources} to {first.dst} disagree ({what}): "
                     "which probe got which is unknown")
             return {w.key: Match(None, note) for w in members}
-        hits.sort(key=lambda h: h[0].time)
-        return {w.key: Match(proof) for w, (_, proof) in zip(members, hits, strict=True)}
+        return {w.key: Match(proof) for w, (_, proof) in zip(order, hits, strict=True)}
