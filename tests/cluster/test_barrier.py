@@ -7,6 +7,7 @@ import json
 from conformance.mesh.cluster.barrier import (
     Proxy,
     expectations,
+    observable,
     policy_ids_in,
     wait,
     ztunnel_policies,
@@ -116,3 +117,14 @@ def test_only_the_active_listener_state_counts() -> None:
     assert active_policy_ids(dump) == {"a/on"}
     assert active_policy_ids("not json") is None
     assert active_policy_ids('{"something": "else"}') is None
+
+
+def test_only_allow_and_deny_policies_are_observable():
+    """The barrier waits for ALLOW (the default) and DENY policies only (the module docstring says why); anything
+    else is applied unobserved, which session.py reports."""
+    assert observable(ap("allow", "a", {})) and observable(ap("deny", "a", {"action": "DENY"}))
+    assert not observable(ap("audit", "a", {"action": "AUDIT"})) and not observable(ap("c", "a", {"action": "CUSTOM"}))
+    peer = Manifest("PeerAuthentication", "security.istio.io/v1", "strict", "a",
+                    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                     "metadata": {"name": "strict", "namespace": "a"}, "spec": {"mtls": {"mode": "STRICT"}}}, "test")
+    assert not observable(peer)

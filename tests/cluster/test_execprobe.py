@@ -21,6 +21,7 @@ from conformance.mesh.cluster.execprobe import (
     PROBE_HEADER,
     CurlCall,
     ExecOutputError,
+    ProbeResult,
     build_script,
     exec_timeout,
     new_nonce,
@@ -243,3 +244,13 @@ def test_each_probe_binds_its_source_port_and_a_held_one_falls_back(servers, she
     first, second = parse_output(proc.stdout, nonce, 2)
     assert first.exit_code == 0 and first.fields["local_port"] == str(wanted)
     assert second.exit_code == 0 and second.fields["local_port"] != str(taken)
+
+
+def test_local_address_is_the_same_key_the_log_matcher_builds():
+    """One formatter of `ip:port` (logs.join_addr) for curl's address and the proxies' records, IPv6 bracketed."""
+    def result(ip: str, port: str) -> ProbeResult:
+        return ProbeResult(0, 0, {"local_ip": ip, "local_port": port}, "", "")
+
+    assert result("10.244.0.7", "41000").local_address == "10.244.0.7:41000"
+    assert result("fd00::7", "41000").local_address == "[fd00::7]:41000"
+    assert result("10.244.0.7", "0").local_address is None and result("", "41000").local_address is None

@@ -33,7 +33,6 @@ from conformance.names import DRY_RUN_ANNOTATION, WAYPOINT_GATEWAY_CLASS
 
 ProxyKind = Literal["sidecar", "waypoint", "ztunnel"]
 _POLICY_ID = re.compile(r"ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]")
-WAYPOINT_CLASS = WAYPOINT_GATEWAY_CLASS
 
 
 @dataclass(frozen=True)
@@ -121,10 +120,6 @@ def _target_refs(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def observable(m: Manifest) -> bool:
     """Whether some proxy's configuration names `m` (an ALLOW or DENY AuthorizationPolicy), so the barrier can
     wait for it to arrive or to go; anything else (PeerAuthentication, AUDIT, CUSTOM) is applied unobserved."""
-    return _observable(m)
-
-
-def _observable(m: Manifest) -> bool:
     if m.kind != "AuthorizationPolicy":
         return False
     action = (m.spec.get("action") or "ALLOW") if isinstance(m.spec, Mapping) else "ALLOW"
@@ -137,7 +132,7 @@ def _has_rules(m: Manifest) -> bool:
 
 def applies_to(m: Manifest, proxy: Proxy, root_namespace: str) -> bool:
     """Whether `proxy` enforces `m` (its configuration must name it)."""
-    if not _observable(m):
+    if not observable(m):
         return False
     refs = _target_refs(m.body)
     if proxy.kind == "waypoint":
@@ -148,7 +143,7 @@ def applies_to(m: Manifest, proxy: Proxy, root_namespace: str) -> bool:
                 return True
             if kind == "Service" and ns in proxy.serves_namespaces:
                 return True
-            if kind == "GatewayClass" and name == WAYPOINT_CLASS and m.namespace == root_namespace:
+            if kind == "GatewayClass" and name == WAYPOINT_GATEWAY_CLASS and m.namespace == root_namespace:
                 return True
         return False
     if refs:
@@ -170,7 +165,7 @@ def expectations(proxies: Sequence[Proxy], in_force: Iterable[Manifest], removed
     A ztunnel is expected to hold the policies of the ambient namespaces (and the root namespace).
     """
     in_force = list(in_force)
-    removed = [m for m in removed if _observable(m)]
+    removed = [m for m in removed if observable(m)]
     out = []
     for proxy in proxies:
         present = set()

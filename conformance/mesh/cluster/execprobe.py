@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conformance.errors import TargetError
+from conformance.mesh.cluster.logs import join_addr
 from conformance.probe import BODY_LIMIT, PROBE_HEADER, Evidence
 
 # curl's -w fields; `local_ip`/`local_port` are the connection's source as the destination's proxy sees it
@@ -161,7 +162,7 @@ class ProbeResult:
         ip, port = self.fields.get("local_ip", ""), self.fields.get("local_port", "")
         if not ip or not port.isdigit() or port == "0":
             return None
-        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return join_addr(ip, port)
 
     @property
     def seconds(self) -> float:
