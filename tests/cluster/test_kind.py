@@ -163,3 +163,46 @@ def test_run_reports_failures_and_timeouts(tmp_path):
         istioctl.run(["sleep", "5"], timeout=0.2)
     with pytest.raises(TargetError, match="cannot be run"):
         istioctl.run([str(tmp_path / "missing")], timeout=1)
+
+
+class RecordingKube:
+    """What `apply_crds` and the CRD wait are given (no API server: the documents are what matters)."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict] = []
+        self.waited: list[str] = []
+
+    def apply(self, doc: dict) -> dict:
+        self.applied.append(doc)
+        return doc
+
+    def invalidate(self) -> None:
+        pass
+
+    def wait_crds_established(self, names, timeout: float) -> float:
+        self.waited = list(names)
+        return 0.0
+
+
+def test_gateway_api_crds_come_from_the_vendored_pinned_copy(tmp_path, monkeypatch):
+    """The waypoint mode's Gateway API CRDs: the vendored file of the release Istio was built with (v1.5.1 for
+    1.30, v1.4.1 for 1.29), sha256 checked, nothing downloaded; `--gateway-api-crds` still overrides it."""
+    import urllib.request
+
+    from conformance.mesh.cluster.kind import KindCluster
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Gateway API CRDs must not be downloaded")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    for version, gateway_api in (("1.30", "v1.5.1"), ("1.29", "v1.4.1")):
+        target = KindTarget(ClusterSettings(version))
+        kube = RecordingKube()
+        target._install_gateway_api(KindCluster("c", tmp_path / "kc", None, kube))  # type: ignore[arg-type]
+        assert "gateways.gateway.networking.k8s.io" in kube.waited
+        assert "httproutes.gateway.networking.k8s.io" in kube.waited
+        assert {d["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
+                for d in kube.applied if d["kind"] == "CustomResourceDefinition"} == {gateway_api}
+    own = tmp_path / "crds.yaml"
+    own.write_text("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: x.y}\n")
+    assert KindTarget(ClusterSettings("1.30", gateway_api_crds=own)).gateway_api_crds() == own.read_text()

@@ -28,7 +28,8 @@ def test_matrix_is_pinned_and_consistent():
     assert M.istio["1.30.3"].sha256 == "55ada076ba1b37af49e8a24e5e539b4abccabdb33894c923279edd293eea3993"
     # sigs.k8s.io/gateway-api in istio/istio go.mod at each tag
     assert M.istio["1.29.6"].gateway_api == "v1.4.1" and M.istio["1.30.3"].gateway_api == "v1.5.1"
-    assert M.gateway_api["v1.4.1"][0].endswith("/v1.4.1/standard-install.yaml")
+    assert M.gateway_api["v1.4.1"].path == matrix_mod.CLUSTERS_DIR / "gateway-api" / "v1.4.1" / "standard-install.yaml"
+    assert M.gateway_api["v1.4.1"].release_url.endswith("/v1.4.1/standard-install.yaml")
     # a node image built for kind v0.32.0 (one listed in its release notes), by digest
     assert M.kind_version == "v0.32.0"
     assert M.node_image == ("kindest/node:v1.35.5@sha256:"
@@ -165,5 +166,56 @@ def test_command_line(capsys):
     assert '"include"' in capsys.readouterr().out
     assert matrix_mod.main(["get", "node-image"]) == 0
     assert capsys.readouterr().out.strip() == M.node_image
-    assert matrix_mod.main(["get", "gateway-api-url", "1.30"]) == 0
-    assert capsys.readouterr().out.strip().endswith("v1.5.1/standard-install.yaml")
+    assert matrix_mod.main(["get", "gateway-api-crds", "1.30"]) == 0
+    assert capsys.readouterr().out.strip() == str(matrix_mod.CLUSTERS_DIR / "gateway-api/v1.5.1/standard-install.yaml")
+
+
+# The sha256 of each vendored file, as clusters/gateway-api/PROVENANCE.md records it: independent public pins of
+# the release asset https://github.com/kubernetes-sigs/gateway-api/releases/download/<v>/standard-install.yaml
+# have the same digests, so the vendored files are byte-identical to what `kubectl apply` of the release takes.
+VENDORED_GATEWAY_API = {
+    "v1.4.1": "73b91b77f6be023a8c92c969fc664e5bd3b1a28aea59eac9ebc904607354dad2",
+    "v1.5.1": "751002b3b91a87f7ae3bd2517c79a47a8d7ed6702901808a1cf9bd97d284f9b8",
+}
+
+
+@pytest.mark.parametrize("version", sorted(VENDORED_GATEWAY_API))
+def test_vendored_gateway_api_crds_are_the_pinned_standard_channel(version):
+    crds = M.gateway_api[version]
+    assert crds.sha256 == VENDORED_GATEWAY_API[version]
+    text = crds.read()  # checks the sha256
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    defs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    # what a waypoint needs (Gateway, GatewayClass) and what the suite's routes would use (HTTPRoute)
+    assert {"gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io",
+            "httproutes.gateway.networking.k8s.io"} <= set(defs)
+    for crd in defs.values():
+        notes = crd["metadata"]["annotations"]
+        assert notes["gateway.networking.k8s.io/bundle-version"] == version
+        assert notes["gateway.networking.k8s.io/channel"] == "standard"
+        assert crd["spec"]["group"] == "gateway.networking.k8s.io"
+    gateway = defs["gateways.gateway.networking.k8s.io"]["spec"]
+    assert gateway["names"]["kind"] == "Gateway"
+    assert [v["name"] for v in gateway["versions"] if v["served"] and v["storage"]] == ["v1"]
+    assert {d["kind"] for d in docs} <= {"CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                                         "ValidatingAdmissionPolicyBinding"}
+
+
+def test_every_istio_release_has_its_vendored_gateway_api_and_a_changed_file_is_refused(tmp_path):
+    for version in M.istio:
+        assert M.gateway_api_for(version).path.is_file()
+    assert M.gateway_api_for("1.29").version == "v1.4.1" and M.gateway_api_for("1.30.3").version == "v1.5.1"
+    from dataclasses import replace
+
+    original = M.gateway_api["v1.5.1"]
+    changed = tmp_path / "standard-install.yaml"
+    changed.write_bytes(original.path.read_bytes() + b"# one more line\n")
+    with pytest.raises(matrix_mod.MatrixError, match=r"is not the one clusters/versions\.yaml pins"):
+        replace(original, path=changed).read()
+    with pytest.raises(TargetUnavailable, match="not found"):
+        replace(original, path=tmp_path / "missing.yaml").read()
+    raw = yaml.safe_load(matrix_mod.VERSIONS_FILE.read_text())
+    raw["gateway_api"]["v1.5.1"]["file"] = "gateway-api/v9.9.9/standard-install.yaml"
+    (tmp_path / "versions.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(matrix_mod.MatrixError, match="does not exist"):
+        matrix_mod.load(tmp_path / "versions.yaml")

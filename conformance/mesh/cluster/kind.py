@@ -17,7 +17,9 @@ only reused for the same mode and release), created on first use and deleted whe
 also after failures and Ctrl-C (the plugin closes the target in pytest_unconfigure; atexit and SIGTERM
 too), unless `--keep-cluster`. Istio is installed with istioctl at `--istio-version` with the mode's
 profile (`default` for sidecar, `ambient` for ambient and waypoint) and the overlay from clusters/istio;
-the waypoint mode also gets the Gateway API CRDs. Readiness is waited on real conditions: the rollouts
+the waypoint mode also gets the Gateway API CRDs of the release Istio was built with, from the copy
+vendored in clusters/gateway-api/ (sha256 checked against clusters/versions.yaml; `--gateway-api-crds`
+to override; nothing is downloaded). Readiness is waited on real conditions: the rollouts
 of CoreDNS, istiod, ztunnel and istio-cni-node.
 
 Time budget of one CI job (one mode x one Istio release x one shard, 4-vCPU runner; estimates to be
@@ -40,7 +42,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
-from conformance.mesh.cluster.matrix import Matrix, load, sha256_of
+from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.naming import SessionPrefixes
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
@@ -257,15 +258,16 @@ class KindTarget:
             cluster.gateway_api = True
         cluster.istio_ready = True
 
-    def _install_gateway_api(self, cluster: KindCluster) -> None:
+    def gateway_api_crds(self) -> str:
+        """The Gateway API CRDs to install: `--gateway-api-crds`, else the vendored copy pinned for this Istio
+        release (its go.mod's sigs.k8s.io/gateway-api), refused unless its sha256 is the pinned one."""
         path = self.settings.gateway_api_crds
         if path is not None:
-            text = path.read_text()
-        else:
-            version = self.matrix.release(self.version).gateway_api
-            url, sha = self.matrix.gateway_api[version]
-            text = download_text(url, sha)
-        names = apply_crds(cluster.kube, text)
+            return path.read_text()
+        return self.matrix.gateway_api_for(self.version).read()
+
+    def _install_gateway_api(self, cluster: KindCluster) -> None:
+        names = apply_crds(cluster.kube, self.gateway_api_crds())
         cluster.kube.wait_crds_established(names, timeout=120)
 
     def _install_hooks(self) -> None:
@@ -286,18 +288,6 @@ def _enrollment(mode: Mode) -> dict[str, str]:
     from conformance.mesh.cluster.manifests.render import enrollment_labels
 
     return enrollment_labels(mode)
-
-
-def download_text(url: str, sha256: str | None) -> str:  # pragma: no cover - network, CI only
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dest = Path(tmp) / "download"
-        with urllib.request.urlopen(url, timeout=120) as response:
-            dest.write_bytes(response.read())
-        if sha256 and sha256_of(dest) != sha256:
-            raise TargetError(f"checksum mismatch for {url}")
-        return dest.read_text()
 
 
 def apply_crds(kube: Kube, text: str) -> list[str]:

@@ -1,9 +1,9 @@
 """The tested matrix (clusters/versions.yaml): what the kind target and the workflows install, pinned.
 
 One file says which kind binary (sha256), node image (digest), Istio releases (tarball sha256), Gateway
-API CRDs and workload images (digests) the suite is tested with, so that the kind target, the GitHub
-Actions matrix and the tool installer can never disagree. This module reads it, and doubles as the
-small command line the workflows call:
+API CRDs (vendored in clusters/gateway-api/, sha256) and workload images (digests) the suite is tested
+with, so that the kind target, the GitHub Actions matrix and the tool installer can never disagree.
+This module reads it, and doubles as the small command line the workflows call:
 
     python -m conformance.mesh.cluster.matrix github            # the e2e job matrix, as JSON
     python -m conformance.mesh.cluster.matrix install --dest D  # kind + istioctl, checksums verified
@@ -54,6 +54,29 @@ class IstioRelease:
 
 
 @dataclass(frozen=True)
+class GatewayAPI:
+    """One Gateway API release's standard-channel CRDs, vendored (clusters/gateway-api/PROVENANCE.md)."""
+
+    version: str
+    path: Path
+    sha256: str
+    release_url: str  # the published release asset the vendored file is byte-identical to
+
+    def read(self) -> str:
+        """The vendored YAML, refused unless its sha256 is the pinned one (nothing is downloaded)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError as exc:
+            raise TargetUnavailable(f"Gateway API {self.version} CRDs not found at {self.path}: the cluster "
+                                    "targets run from a checkout of the project") from exc
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != self.sha256:
+            raise MatrixError(f"{self.path}: sha256 {actual} is not the one clusters/versions.yaml pins for "
+                              f"Gateway API {self.version} ({self.sha256})")
+        return data.decode("utf-8")
+
+
+@dataclass(frozen=True)
 class ModeInstall:
     """How Istio is installed for one mode: a profile, an IstioOperator overlay, Gateway API or not."""
 
@@ -72,7 +95,7 @@ class Matrix:
     kind_config: Path
     istio: Mapping[str, IstioRelease]
     default_istio: str
-    gateway_api: Mapping[str, tuple[str, str | None]]  # version -> (url, sha256)
+    gateway_api: Mapping[str, GatewayAPI]
     images: Mapping[str, str]
     modes: Mapping[Mode, ModeInstall]
     matrix_modes: tuple[Mode, ...]
@@ -90,6 +113,10 @@ class Matrix:
             return line[0]
         known = ", ".join(sorted(self.istio))
         raise TargetUnavailable(f"Istio {version} is not in the tested matrix (clusters/versions.yaml has {known})")
+
+    def gateway_api_for(self, istio_version: str) -> GatewayAPI:
+        """The vendored Gateway API CRDs of the release `istio_version` was built with (its go.mod)."""
+        return self.gateway_api[self.release(istio_version).gateway_api]
 
     def github_matrix(self) -> dict[str, Any]:
         """The e2e workflow's `strategy.matrix`: one job per mode and Istio release."""
@@ -129,7 +156,8 @@ def load(path: Path = VERSIONS_FILE) -> Matrix:
     for version, rel in _req(istio, "releases", "istio").items():
         releases[str(version)] = IstioRelease(str(version), _req(rel, "url", f"istio.releases.{version}"),
                                               rel.get("sha256"), str(_req(rel, "gateway_api", f"istio {version}")))
-    gateway = {str(v): (_req(g, "url", f"gateway_api.{v}"), g.get("sha256"))
+    gateway = {str(v): GatewayAPI(str(v), base / str(_req(g, "file", f"gateway_api.{v}")),
+                                  str(_req(g, "sha256", f"gateway_api.{v}")), str(g.get("release", "")))
                for v, g in _req(raw, "gateway_api", "top level").items()}
     images = {str(k): str(v) for k, v in _req(raw, "images", "top level").items()}
     modes: dict[Mode, ModeInstall] = {}
@@ -167,6 +195,10 @@ def _check(m: Matrix) -> None:
         if rel.gateway_api not in m.gateway_api:
             raise MatrixError(f"clusters/versions.yaml: Istio {rel.version}: Gateway API {rel.gateway_api} "
                               "is not in gateway_api")
+    for gw in m.gateway_api.values():
+        if not gw.path.is_file():
+            raise MatrixError(f"clusters/versions.yaml: gateway_api.{gw.version}: {gw.path} does not exist "
+                              "(the CRDs are vendored, see clusters/gateway-api/PROVENANCE.md)")
     for mode in (*m.matrix_modes, *m.upgrade_modes):
         if mode not in m.modes:
             raise MatrixError(f"clusters/versions.yaml: mode {mode!r} has no install settings in modes")
@@ -281,6 +313,12 @@ def _extract_charts(tar: tarfile.TarFile, version: str, target: Path) -> Path:
     return target
 
 
+def _checked(crds: GatewayAPI) -> GatewayAPI:
+    """`crds` once its file is the pinned one (read() refuses any other)."""
+    crds.read()
+    return crds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance.mesh.cluster.matrix",
                                      description="The tested matrix of clusters/versions.yaml")
@@ -291,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sp.add_argument("--istio", action="append", default=None, help="Istio release (repeatable)")
     sp.add_argument("--no-kind", action="store_true")
     sp.add_argument("--charts", action="store_true", help="also extract each release's Helm charts (charts-<v>/)")
-    sp = sub.add_parser("get", help="print one value: node-image, kind-version, gateway-api-url VERSION, image NAME")
+    sp = sub.add_parser("get", help="print one value: node-image, kind-version, gateway-api-crds ISTIO (the "
+                                    "vendored file), image NAME, upgrade")
     sp.add_argument("what")
     sp.add_argument("arg", nargs="?")
     args = parser.parse_args(argv)
@@ -306,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = {
             "node-image": lambda: matrix.node_image,
             "kind-version": lambda: matrix.kind_version,
-            "gateway-api-url": lambda: matrix.gateway_api[matrix.release(args.arg).gateway_api][0],
+            "gateway-api-crds": lambda: _checked(matrix.gateway_api_for(args.arg)).path,
             "image": lambda: matrix.images[args.arg],
             "upgrade": lambda: json.dumps({"from": matrix.upgrade_from, "to": matrix.upgrade_to,
                                            "modes": list(matrix.upgrade_modes)}),
