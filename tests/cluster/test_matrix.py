@@ -219,3 +219,59 @@ def test_every_istio_release_has_its_vendored_gateway_api_and_a_changed_file_is_
     (tmp_path / "versions.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(matrix_mod.MatrixError, match="does not exist"):
         matrix_mod.load(tmp_path / "versions.yaml")
+
+
+def helm_tarball(member: str = "linux-amd64/helm") -> bytes:
+    """A tarball laid out like Helm's (helm/helm@v3.21.0 Makefile `dist`: `tar -zcf helm-<v>-<os-arch>.tar.gz
+    <os-arch>`, so the binary is linux-amd64/helm beside LICENSE and README.md)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, content in ((member, b"#!/bin/sh\necho v3.21.0\n"), ("linux-amd64/LICENSE", b"Apache")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+def test_helm_is_pinned_to_the_release_istio_builds_with():
+    helm = M.helm["linux-amd64"]
+    # istio/istio 1.30.3 go.mod: helm.sh/helm/v3 v3.21.0; the digest from Helm's v3.21.0 release notes
+    assert helm.version == "v3.21.0"
+    assert helm.url == "https://get.helm.sh/helm-v3.21.0-linux-amd64.tar.gz"
+    assert helm.sha256 == "0093eb572e3d2380f094df162ddb525e219249de88957afe24cfbb19632acd36"
+    assert helm.member == "linux-amd64/helm"
+
+
+def test_install_puts_the_verified_pinned_helm_into_dest(tmp_path):
+    from dataclasses import replace
+
+    tarball = helm_tarball()
+    url = M.helm["linux-amd64"].url
+    digest = hashlib.sha256(tarball).hexdigest()
+    pinned = replace(M, helm={"linux-amd64": replace(M.helm["linux-amd64"], sha256=digest)})
+    made = matrix_mod.install(pinned, tmp_path / "a", [], with_kind=False, fetch=fake_fetcher({url: tarball}),
+                              helm=True)
+    assert made == [tmp_path / "a" / "helm"] and made[0].read_bytes().startswith(b"#!/bin/sh")
+    assert made[0].stat().st_mode & 0o111
+    # the real pin: a tarball with other bytes is refused and nothing is left behind
+    with pytest.raises(SystemExit, match="checksum mismatch"):
+        matrix_mod.install(M, tmp_path / "b", [], with_kind=False, fetch=fake_fetcher({url: tarball}), helm=True)
+    assert not (tmp_path / "b" / "helm").exists()
+    # unpinned: Helm's published `.sha256sum` ("<digest>  <file>") decides, with a warning to pin it
+    unpinned = replace(M, helm={"linux-amd64": replace(M.helm["linux-amd64"], sha256=None)})
+    sums = {url: tarball, url + ".sha256sum": f"{digest}  helm-v3.21.0-linux-amd64.tar.gz\n".encode()}
+    assert matrix_mod.install(unpinned, tmp_path / "c", [], with_kind=False, fetch=fake_fetcher(sums),
+                              helm=True) == [tmp_path / "c" / "helm"]
+    sums[url + ".sha256sum"] = f"{'0' * 64}  helm-v3.21.0-linux-amd64.tar.gz\n".encode()
+    with pytest.raises(SystemExit, match="checksum mismatch"):
+        matrix_mod.install(unpinned, tmp_path / "d", [], with_kind=False, fetch=fake_fetcher(sums), helm=True)
+    # a tarball without the binary where Helm puts it
+    other = helm_tarball("darwin-amd64/helm")
+    odd = replace(M, helm={"linux-amd64": replace(M.helm["linux-amd64"], sha256=hashlib.sha256(other).hexdigest())})
+    with pytest.raises(SystemExit, match="linux-amd64/helm not found"):
+        matrix_mod.install(odd, tmp_path / "e", [], with_kind=False, fetch=fake_fetcher({url: other}), helm=True)
+
+
+def test_helm_version_on_the_command_line(capsys):
+    assert matrix_mod.main(["get", "helm-version"]) == 0
+    assert capsys.readouterr().out.strip() == "v3.21.0"

@@ -384,3 +384,29 @@ def test_an_unmodelled_version_is_a_usage_error(capsys: pytest.CaptureFixture[st
               "--istioctl-to", "istioctl", "--out", "out.json"])
     assert exit_info.value.code == 2
     assert "Istio version '1.99' is not modelled" in capsys.readouterr().err
+
+
+def test_the_procedure_runs_only_the_pinned_helm(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`helm version --template {{.Version}}` must print the release clusters/versions.yaml pins; another
+    Helm (the runner's own) is refused before any Helm command touches the cluster."""
+    assert upgrade_mod.helm_version_argv("h") == ["h", "version", "--template", "{{.Version}}"]
+    log: list = []
+    assert upgrade_mod.check_helm("h", M, fake_run(log, "v3.21.0")) == "v3.21.0"
+    with pytest.raises(UsageError, match=r"Helm v3\.19\.0, not the pinned v3\.21\.0.*--helm"):
+        upgrade_mod.check_helm("h", M, fake_run(log, "v3.19.0\n"))
+    calls: list = []
+
+    def runner_helm(argv, timeout, **kw):
+        calls.append(list(argv))
+        return Result(tuple(argv), 0, "v3.19.0" if argv[1] == "version" else "", "", 0.0)
+
+    monkeypatch.setattr(upgrade_mod.istioctl, "run", runner_helm)
+    with pytest.raises(SystemExit) as exit_info:
+        upgrade_mod.main(["install-ambient", "--kubeconfig", "k", "--context", "c", "--charts", "/c",
+                          "--helm", "/usr/local/bin/helm"])
+    assert exit_info.value.code == 2 and "not the pinned v3.21.0" in capsys.readouterr().err
+    assert calls == [["/usr/local/bin/helm", "version", "--template", "{{.Version}}"]]  # nothing installed
+    with pytest.raises(SystemExit) as exit_info:
+        upgrade_mod.main(["--kubeconfig", "k", "--context", "c", "--mode", "ambient", "--from", "1.29", "--to",
+                          "1.30", "--istioctl-to", "istioctl", "--charts-to", "/c", "--out", "out.json"])
+    assert exit_info.value.code == 2 and "not the pinned v3.21.0" in capsys.readouterr().err

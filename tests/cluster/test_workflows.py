@@ -132,6 +132,19 @@ def test_e2e_runs_every_mode_and_release_of_the_matrix_with_pinned_tools():
         assert piece in upgrade
 
 
+def test_the_upgrade_job_runs_the_pinned_helm():
+    """Helm is installed by `matrix install --helm` (clusters/versions.yaml pin, tarball sha256 verified) and
+    every Helm use of the job names that binary, never the helm preinstalled on the runner."""
+    steps = yaml.safe_load(E2E.read_text())["jobs"]["upgrade"]["steps"]
+    runs = [str(s.get("run", "")) for s in steps]
+    install = next(r for r in runs if "conformance.mesh.cluster.matrix install" in r)
+    assert "--helm" in install.split() and install.index("matrix install") < install.index("--helm")
+    helm_uses = [r for r in runs if "install-ambient" in r or "conformance.mesh.cluster.upgrade --" in r]
+    assert len(helm_uses) == 2 and all('--helm "$BIN/helm"' in r for r in helm_uses)
+    assert not any(re.search(r"(^|\s)helm\s", r) for r in runs)  # no bare `helm ...` from the runner's PATH
+    assert matrix_mod.load().helm["linux-amd64"].sha256
+
+
 def test_every_job_timeout_comes_from_the_computed_estimate():
     """Each e2e job's high estimate stays within 10 minutes; its timeout is that estimate with the margin,
     and the workflow takes it from the plan's matrix (never a hand-written number that the suite outgrows)."""

@@ -1,13 +1,14 @@
 """The tested matrix (clusters/versions.yaml): what the kind target and the workflows install, pinned.
 
 One file says which kind binary (sha256), node image (digest), Istio releases (tarball sha256), Gateway
-API CRDs (vendored in clusters/gateway-api/, sha256) and workload images (digests) the suite is tested
-with, so that the kind target, the GitHub Actions matrix and the tool installer can never disagree.
+API CRDs (vendored in clusters/gateway-api/, sha256), Helm (tarball sha256) and workload images (digests)
+the suite is tested with, so that the kind target, the GitHub Actions matrix and the tool installer can never disagree.
 This module reads it, and doubles as the small command line the workflows call:
 
     python -m conformance.mesh.cluster.matrix github            # the e2e job matrix, as JSON
     python -m conformance.mesh.cluster.matrix install --dest D  # kind + istioctl, checksums verified
     python -m conformance.mesh.cluster.matrix install --dest D --charts  # + the release's Helm charts
+    python -m conformance.mesh.cluster.matrix install --dest D --no-kind --helm  # + helm (the ambient upgrade)
 
 The e2e job matrix itself (modes x releases x shards, with timeouts) is computed from the scenario
 files by the plan (conformance/mesh/cluster/plan.py, `authz-conformance plan --format github-e2e`);
@@ -77,6 +78,16 @@ class GatewayAPI:
 
 
 @dataclass(frozen=True)
+class Helm:
+    """The pinned Helm release (the ambient upgrade procedure's tool, upgrade.py) for one platform."""
+
+    version: str  # as `helm version --template {{.Version}}` prints it: v3.21.0
+    url: str
+    sha256: str | None
+    member: str  # the binary inside the tarball: linux-amd64/helm
+
+
+@dataclass(frozen=True)
 class ModeInstall:
     """How Istio is installed for one mode: a profile, an IstioOperator overlay, Gateway API or not."""
 
@@ -96,6 +107,7 @@ class Matrix:
     istio: Mapping[str, IstioRelease]
     default_istio: str
     gateway_api: Mapping[str, GatewayAPI]
+    helm: Mapping[str, Helm]  # platform -> the pinned release's tarball
     images: Mapping[str, str]
     modes: Mapping[Mode, ModeInstall]
     matrix_modes: tuple[Mode, ...]
@@ -159,6 +171,11 @@ def load(path: Path = VERSIONS_FILE) -> Matrix:
     gateway = {str(v): GatewayAPI(str(v), base / str(_req(g, "file", f"gateway_api.{v}")),
                                   str(_req(g, "sha256", f"gateway_api.{v}")), str(g.get("release", "")))
                for v, g in _req(raw, "gateway_api", "top level").items()}
+    helm_raw = _req(raw, "helm", "top level")
+    helm_version = str(_req(helm_raw, "version", "helm"))
+    helm = {str(plat): Helm(helm_version, str(_req(b, "url", f"helm.binaries.{plat}")), b.get("sha256"),
+                            str(_req(b, "member", f"helm.binaries.{plat}")))
+            for plat, b in _req(helm_raw, "binaries", "helm").items()}
     images = {str(k): str(v) for k, v in _req(raw, "images", "top level").items()}
     modes: dict[Mode, ModeInstall] = {}
     for name, m in _req(raw, "modes", "top level").items():
@@ -171,7 +188,8 @@ def load(path: Path = VERSIONS_FILE) -> Matrix:
     result = Matrix(
         kind_version=str(_req(kind, "version", "kind")), kind_binaries=binaries, node_image=node_image,
         kubernetes=str(kind.get("kubernetes", "")), kind_config=base / str(_req(kind, "config", "kind")),
-        istio=releases, default_istio=str(_req(istio, "default", "istio")), gateway_api=gateway, images=images,
+        istio=releases, default_istio=str(_req(istio, "default", "istio")), gateway_api=gateway, helm=helm,
+        images=images,
         modes=modes, matrix_modes=tuple(_req(matrix, "modes", "matrix")),
         matrix_istio=tuple(str(v) for v in _req(matrix, "istio", "matrix")),
         upgrade_from=str(_req(upgrade, "from", "upgrade")), upgrade_to=str(_req(upgrade, "to", "upgrade")),
@@ -225,21 +243,22 @@ def sha256_of(path: Path) -> str:
 
 
 def verified_download(url: str, pinned: str | None, dest: Path, fetch: Fetcher = _urlfetch,
-                      warn: Callable[[str], None] = print) -> str:
+                      warn: Callable[[str], None] = print, published: str = ".sha256") -> str:
     """Download `url` to `dest` and check its sha256 against the pin; returns the digest.
 
-    Without a pin, the digest published beside the artifact (`<url>.sha256`, as Istio publishes) is
-    used instead and a warning says what to pin; a mismatch is always fatal.
+    Without a pin, the digest published beside the artifact (`<url><published>`: Istio's `.sha256`, Helm's
+    `.sha256sum`, both starting with the hex digest) is used instead and a warning says what to pin; a
+    mismatch is always fatal.
     """
     fetch(url, dest)
     actual = sha256_of(dest)
     expected = pinned
     if not expected:
-        side = dest.with_name(dest.name + ".sha256")
-        fetch(url + ".sha256", side)
+        side = dest.with_name(dest.name + published)
+        fetch(url + published, side)
         expected = side.read_text().split()[0].strip()
         warn(f"::warning::{url} has no sha256 pin in clusters/versions.yaml; verified against the published "
-             f"{url}.sha256 instead. Pin it: sha256: {actual}")
+             f"{url}{published} instead. Pin it: sha256: {actual}")
     if actual != expected:
         dest.unlink(missing_ok=True)
         raise SystemExit(f"checksum mismatch for {url}: expected {expected}, got {actual}")
@@ -247,12 +266,15 @@ def verified_download(url: str, pinned: str | None, dest: Path, fetch: Fetcher =
 
 
 def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind: bool = True,
-            fetch: Fetcher = _urlfetch, platform: str = "linux-amd64", charts: bool = False) -> list[Path]:
+            fetch: Fetcher = _urlfetch, platform: str = "linux-amd64", charts: bool = False,
+            helm: bool = False) -> list[Path]:
     """Put `kind` and `istioctl-<version>` (plus `istioctl` for the first version) into `dest`.
 
     With `charts`, also `charts-<version>/`: the Helm charts inside the same verified tarball
     (`istio-<v>/manifests/charts`), which Istio's ambient upgrade procedure installs and upgrades with
-    Helm (conformance/mesh/cluster/upgrade.py): no chart repository is ever consulted.
+    Helm (conformance/mesh/cluster/upgrade.py): no chart repository is ever consulted. With `helm`, also
+    `helm`: the pinned Helm release, its tarball verified like Istio's (the pin, else Helm's published
+    `.sha256sum`), so the upgrade never runs whatever Helm the runner happens to have.
     """
     dest.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
@@ -267,23 +289,36 @@ def install(matrix: Matrix, dest: Path, istio_versions: Sequence[str], with_kind
         with tempfile.TemporaryDirectory() as tmp:
             tarball = Path(tmp) / Path(release.url).name
             verified_download(release.url, release.sha256, tarball, fetch)
-            member = f"istio-{release.version}/bin/istioctl"
+            target = dest / f"istioctl-{release.version}"
             with tarfile.open(tarball) as tar:
-                source = tar.extractfile(member)
-                if source is None:
-                    raise SystemExit(f"{release.url}: {member} not found in the tarball")
-                target = dest / f"istioctl-{release.version}"
-                with open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
+                _extract_binary(tar, f"istio-{release.version}/bin/istioctl", target, release.url)
                 if charts:
                     made.append(_extract_charts(tar, release.version, dest / f"charts-{release.version}"))
-            target.chmod(0o755)
             made.append(target)
             if i == 0:
                 shutil.copyfile(target, dest / "istioctl")
                 (dest / "istioctl").chmod(0o755)
                 made.append(dest / "istioctl")
+    if helm:
+        pinned = matrix.helm[platform]
+        with tempfile.TemporaryDirectory() as tmp:
+            tarball = Path(tmp) / Path(pinned.url).name
+            # get.helm.sh publishes `<tarball>.sha256sum` ("<digest>  <name>"; helm/helm Makefile `checksum`)
+            verified_download(pinned.url, pinned.sha256, tarball, fetch, published=".sha256sum")
+            with tarfile.open(tarball) as tar:
+                made.append(_extract_binary(tar, pinned.member, dest / "helm", pinned.url))
     return made
+
+
+def _extract_binary(tar: tarfile.TarFile, member: str, target: Path, url: str) -> Path:
+    """One regular file of a verified tarball, as an executable at `target`."""
+    source = tar.extractfile(member) if member in tar.getnames() else None
+    if source is None:
+        raise SystemExit(f"{url}: {member} not found in the tarball")
+    with open(target, "wb") as out:
+        shutil.copyfileobj(source, out)
+    target.chmod(0o755)
+    return target
 
 
 def _extract_charts(tar: tarfile.TarFile, version: str, target: Path) -> Path:
@@ -329,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sp.add_argument("--istio", action="append", default=None, help="Istio release (repeatable)")
     sp.add_argument("--no-kind", action="store_true")
     sp.add_argument("--charts", action="store_true", help="also extract each release's Helm charts (charts-<v>/)")
-    sp = sub.add_parser("get", help="print one value: node-image, kind-version, gateway-api-crds ISTIO (the "
-                                    "vendored file), image NAME, upgrade")
+    sp.add_argument("--helm", action="store_true", help="also the pinned helm (the ambient upgrade's tool)")
+    sp = sub.add_parser("get", help="print one value: node-image, kind-version, helm-version, gateway-api-crds "
+                                    "ISTIO (the vendored file), image NAME, upgrade")
     sp.add_argument("what")
     sp.add_argument("arg", nargs="?")
     args = parser.parse_args(argv)
@@ -339,12 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(matrix.github_matrix()))
     elif args.command == "install":
         for path in install(matrix, args.dest, args.istio or [matrix.default_istio], with_kind=not args.no_kind,
-                            charts=args.charts):
+                            charts=args.charts, helm=args.helm):
             print(path)
     elif args.command == "get":
         values = {
             "node-image": lambda: matrix.node_image,
             "kind-version": lambda: matrix.kind_version,
+            "helm-version": lambda: matrix.helm["linux-amd64"].version,
             "gateway-api-crds": lambda: _checked(matrix.gateway_api_for(args.arg)).path,
             "image": lambda: matrix.images[args.arg],
             "upgrade": lambda: json.dumps({"from": matrix.upgrade_from, "to": matrix.upgrade_to,

@@ -23,7 +23,9 @@ Two procedures, each named for what it is (`PROCEDURES`):
   upgrade ztunnel --set revision=<rev> --wait` (in place: nor of ztunnel, "even with the use of
   revisions"; it resets connections on the node), then the revision tags moved with the chart's
   revision-tags template. `istioctl install --set revision=... --set profile=ambient` is NOT this: it
-  replaces ztunnel and istio-cni in place under the cover of a "canary".
+  replaces ztunnel and istio-cni in place under the cover of a "canary". Helm itself is the release
+  clusters/versions.yaml pins (`matrix install --helm`, tarball sha256 verified); both commands refuse any
+  other (`check_helm`), so the procedure never depends on the Helm a runner happens to have.
 
 Why the watcher is built the way it is: the pod map the probes use is replaced only while no probe
 round runs (`Watcher.paused`, one lock), so a round never sees it half refilled; everything a round
@@ -236,6 +238,24 @@ def canary_commands(istioctl_to: str, kube: Kubeconfig, profile: str, overlay: P
     ]
 
 
+def helm_version_argv(helm: str) -> list[str]:
+    """`helm version --template {{.Version}}`: the bare release, `v3.21.0` (helm/helm@v3.21.0 cmd/helm/version.go
+    executes the template over version.Get(); internal/version/version.go's `version` is set from the git tag
+    by the Makefile's LDFLAGS, with no `+metadata` for a tagged build)."""
+    return [helm, "version", "--template", "{{.Version}}"]
+
+
+def check_helm(helm: str, matrix: Matrix, run: Runner | None = None, platform: str = "linux-amd64") -> str:
+    """The Helm release `helm` is, when it is the pinned one; a UsageError saying how to get it otherwise."""
+    want = matrix.helm[platform].version
+    got = (run or istioctl.run)(helm_version_argv(helm), timeout=60).stdout.strip()
+    if got != want:
+        raise UsageError(f"{helm} is Helm {got or '(no version printed)'}, not the pinned {want} "
+                         "(clusters/versions.yaml helm): install it with `python -m conformance.mesh.cluster.matrix "
+                         "install --dest DIR --no-kind --helm` (sha256 verified) and pass --helm DIR/helm")
+    return got
+
+
 def _helm_flags(kube: Kubeconfig) -> list[str]:
     out = ["-n", ISTIO_NAMESPACE]
     if kube.path:
@@ -374,8 +394,12 @@ def install_ambient_main(argv: Sequence[str]) -> int:
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--context", required=True)
     p.add_argument("--charts", type=Path, required=True, help="the release's charts (matrix install --charts)")
-    p.add_argument("--helm", default="helm")
+    p.add_argument("--helm", default="helm", help="the pinned Helm (matrix install --helm)")
     args = p.parse_args(argv)
+    try:
+        check_helm(args.helm, load())
+    except (UsageError, TargetError) as exc:
+        p.error(str(exc))
     for argv_ in helm_install_ambient_commands(args.helm, Kubeconfig(args.kubeconfig, args.context), args.charts):
         print("+ " + " ".join(argv_), flush=True)
         istioctl.run(argv_, timeout=600)
@@ -394,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--to", dest="new", required=True, type=_modelled_version)
     p.add_argument("--istioctl-to", required=True)
     p.add_argument("--charts-to", type=Path, default=None, help="ambient: the new release's Helm charts")
-    p.add_argument("--helm", default="helm")
+    p.add_argument("--helm", default="helm", help="ambient: the pinned Helm (matrix install --helm)")
     p.add_argument("--scenario", type=Path, default=WATCH_SCENARIO)
     p.add_argument("--settle", type=float, default=20.0, help="seconds to keep probing after the upgrade")
     p.add_argument("--out", type=Path, required=True)
@@ -403,6 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--mode ambient needs --charts-to (Istio's ambient upgrade is done with Helm)")
 
     matrix = load()
+    if args.mode == "ambient":
+        try:
+            check_helm(args.helm, matrix)
+        except (UsageError, TargetError) as exc:
+            p.error(str(exc))
     kube = Kube(args.kubeconfig, args.context)
     kcfg = Kubeconfig(args.kubeconfig, args.context)
     old = IstioVersion.parse(args.old)
