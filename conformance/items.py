@@ -22,11 +22,13 @@ from conformance.model import Expectation, Mode, Scenario, Step
 from conformance.repro import repro_command
 from conformance.runner import StepResult, run_step
 from conformance.scenario import load
+from conformance.schedule import Outcome, RunSpec, ScheduledRun, Scheduler, wait
 from conformance.target import MeshSession, Target
 from conformance.truthtable import Row
 from conformance.versions import IstioVersion
 
 target_key = pytest.StashKey[Target]()
+scheduler_key = pytest.StashKey[Scheduler]()
 results_key = pytest.StashKey[list[tuple["StepItem", StepResult]]]()
 skips_key = pytest.StashKey[dict[str, int]]()
 
@@ -100,13 +102,23 @@ class ModeRun(pytest.Collector):
             item.extra_keyword_matches.update({self.scenario.name, self.mode})
             yield item
 
+    @property
+    def scheduled(self) -> ScheduledRun | None:
+        """This run's futures when the scheduler runs it ahead in a worker thread (schedule.py), else None."""
+        scheduler = self.config.stash.get(scheduler_key, None)
+        return scheduler.run(self.nodeid) if scheduler is not None and self.nodeid in scheduler else None
+
     def setup(self) -> None:
         target = _target(self.config)
         reason = target.unavailable(self.mode)
         if reason:
             self._skip(target, reason)
+        scheduled = self.scheduled
         try:
-            self.mesh = target.start(self.scenario, self.mode)
+            if scheduled is not None:
+                self.mesh = _outcome(wait(scheduled.started))
+            else:
+                self.mesh = target.start(self.scenario, self.mode)
         except TargetUnavailable as exc:  # e.g. a release whose behaviour this target cannot emulate
             self._skip(target, str(exc))
         except TargetError as exc:  # reported by each step as an infrastructure failure, not a traceback
@@ -120,9 +132,63 @@ class ModeRun(pytest.Collector):
         pytest.skip(self.skip_reason)
 
     def teardown(self) -> None:
-        if self.mesh is not None:
+        scheduled = self.scheduled
+        if scheduled is not None:  # the worker closes the session after its last step; report how it went
+            self.mesh = None
+            _outcome(wait(scheduled.closed))
+        elif self.mesh is not None:
             mesh, self.mesh = self.mesh, None
             mesh.close()
+
+
+def _outcome(outcome: Outcome) -> Any:
+    """A worker's outcome on the reporting test's thread: its warnings and attachments, then its value or
+    its exception (raised here, so pytest sorts it exactly as if the work had run on this thread)."""
+    outcome.notices.replay()
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value
+
+
+def start_scheduler(session: pytest.Session) -> None:
+    """Run the selected scenarios side by side when the target can (`concurrency` > 1: the cluster targets,
+    `--cluster-concurrency`); each mode's runs only if the target is available for it. Runs are given in
+    the order pytest will report them, so the first ones to report are the first to start."""
+    config = session.config
+    steps: dict[str, list[StepItem]] = {}
+    for item in session.items:
+        if isinstance(item, StepItem):
+            steps.setdefault(item.run.nodeid, []).append(item)
+    if not steps or config.getoption("collectonly"):
+        return
+    target = _target(config)
+    workers = int(getattr(target, "concurrency", 1))
+    if workers <= 1:
+        return
+    alone = getattr(target, "runs_alone", lambda scenario, step: True)  # unknown: the safe answer
+    specs = []
+    for items in steps.values():
+        run = items[0].run
+        if target.unavailable(run.mode) is None:
+            selected = tuple(i.step for i in items)
+            first = next((n for n, step in enumerate(selected) if alone(run.scenario, step)), None)
+            specs.append(RunSpec(run.nodeid, run.scenario, run.mode, selected, alone_from=first))
+    if specs:
+        config.stash[scheduler_key] = Scheduler.for_version(target, specs, workers, _version(config),
+                                                            config.getoption("converge"), _deadline(config))
+
+
+def stop_scheduler(config: pytest.Config) -> None:
+    scheduler = config.stash.get(scheduler_key, None)
+    if scheduler is not None:
+        scheduler.shutdown()
+
+
+def _deadline(config: pytest.Config) -> float:
+    deadline = config.getoption("converge_deadline")
+    if deadline is None:
+        deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
+    return float(deadline)
 
 
 class FailureRepr(TerminalRepr):
@@ -165,12 +231,13 @@ class StepItem(pytest.Item):
         if run.failure is not None:
             raise InfrastructureFailure(f"{where}: {run.failure}{again}") from run.failure
         assert run.mesh is not None
-        deadline = config.getoption("converge_deadline")
-        if deadline is None:
-            deadline = 10.0 if config.getoption("mesh") == "local" else 90.0
+        scheduled = run.scheduled
         try:
-            result = run_step(run.mesh, run.scenario, self.step, _version(config),
-                              required=config.getoption("converge"), deadline=deadline)
+            if scheduled is not None:  # run ahead by a worker (schedule.py): the same run_step, earlier
+                result = _outcome(wait(scheduled.steps[self.step.name]))
+            else:
+                result = run_step(run.mesh, run.scenario, self.step, _version(config),
+                                  required=config.getoption("converge"), deadline=_deadline(config))
         except (TargetError, ScenarioError) as exc:
             raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
         self.result = result

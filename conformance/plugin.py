@@ -24,7 +24,15 @@ from typing import Any
 import pytest
 
 from conformance.errors import UsageError
-from conformance.items import ScenarioFile, StepItem, results_key, skips_key, target_key
+from conformance.items import (
+    ScenarioFile,
+    StepItem,
+    results_key,
+    skips_key,
+    start_scheduler,
+    stop_scheduler,
+    target_key,
+)
 from conformance.model import MODES
 from conformance.scenario import sniff
 from conformance.versions import DEFAULT_VERSION, IstioVersion
@@ -94,7 +102,13 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Cluster targets print their plan before anything starts (clusters, Istio, batches, estimated time),
-    the same plan `authz-conformance plan` prints without Docker, so a reader can check the job first."""
+    the same plan `authz-conformance plan` prints without Docker, so a reader can check the job first;
+    then the scenarios start, side by side where the target allows it (items.start_scheduler)."""
+    _print_plan(session)
+    start_scheduler(session)
+
+
+def _print_plan(session: pytest.Session) -> None:
     config = session.config
     mesh = config.getoption("mesh")
     if mesh == "local" or config.getoption("collectonly"):
@@ -144,6 +158,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    stop_scheduler(config)  # scenarios still running (Ctrl-C, -x) close before the target does (unconfigure)
     skips = config.stash.get(skips_key, {})
     if config.getoption("require_target") and skips and not config.stash.get(results_key, []):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -59,7 +59,12 @@ class MeshSession(Protocol):
 
 
 class Target(Protocol):
-    """A place where scenarios run."""
+    """A place where scenarios run.
+
+    Optional: `concurrency: int` (how many scenarios may run side by side, default 1) and
+    `runs_alone(scenario, step) -> bool` (from this step through its close, a scenario must not overlap any other's
+    step): the scheduler (schedule.py) runs scenarios ahead in worker threads where `concurrency` > 1.
+    """
 
     name: str
 

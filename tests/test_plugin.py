@@ -48,7 +48,7 @@ def test_unavailable_target_skips_with_its_reason_and_require_target_fails(scena
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
     # the plan is printed before anything starts, here as on a CI runner with Docker
     result.stdout.fnmatch_lines(["*authz-conformance plan (kind)*", "Plan: --mesh kind, Istio 1.30.3*",
-                                 "*batch 1 *good.yaml (3 step(s)*"])
+                                 "*side by side, 1 at once: good.yaml (3 step(s)*"])
 
 
 def test_invalid_scenario_is_one_failing_item_without_traceback(scenarios: pytest.Pytester) -> None:

@@ -8,6 +8,7 @@ one (fake) cluster, and break sessions off with failures and Ctrl-C.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import replace
 from typing import Any
@@ -191,6 +192,6 @@ def test_the_existing_cluster_target_closes_sessions_left_open(world):  # noqa: 
     scenario, kube, ctx = world
     target = ExistingClusterTarget.__new__(ExistingClusterTarget)
     session = run_all_steps(root_deny_all(scenario), ctx)
-    target._sessions, target._kube = [session], None
+    target._sessions, target._kube, target._lock = [session], None, threading.Lock()
     target.close()
     assert session.closed and ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted

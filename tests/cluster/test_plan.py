@@ -27,9 +27,8 @@ def test_scenario_cost_counts_steps_probes_and_waypoints():
     probes = [len(st.expectations) for st in s.steps]
     extra_high = sum(max(0, n - c.probe_beyond) for n in probes) * c.probe[1]
     assert cost.steps == 2 and cost.probes == sum(probes) and cost.waypoints == 0
-    namespaces = len({w.namespace for w in s.workloads})  # istioctl analyze runs once per namespace per step
-    analyze_high = 2 * (namespaces - 1) * c.analyze_namespace[1]
-    assert cost.high == pytest.approx(c.scenario[1] + 2 * c.step[1] + extra_high + analyze_high)
+    # istioctl analyze runs beside the barrier (session.py apply): no per-namespace term
+    assert cost.high == pytest.approx(c.scenario[1] + 2 * c.step[1] + extra_high + c.close[1])
     assert cost.low < cost.high
     wp = POLICIES / "waypoint-l7-policy.yaml"
     in_waypoint = plan.scenario_cost(load(wp, V), str(wp), "waypoint")
@@ -37,26 +36,80 @@ def test_scenario_cost_counts_steps_probes_and_waypoints():
     assert in_waypoint.waypoints == 1 and in_waypoint.high == in_ambient.high + c.waypoint[1]
 
 
-def test_root_namespace_policies_make_a_scenario_run_alone():
-    mesh_wide = {Path(c.path).name for c in (plan.scenario_cost(load(p, V), str(p), "sidecar")
-                                             for p in sorted(POLICIES.glob("*.yaml"))) if c.mesh_wide}
-    assert {"namespace-deny.yaml", "peer-authentication-strict.yaml", "principal-deny.yaml"} <= mesh_wide
-    assert "namespace-allow.yaml" not in mesh_wide
-    costs = [plan.ScenarioCost(f"{n}.yaml", n, "sidecar", 1, 1, 0, n.startswith("m"), 10, 20) for n in "abmn"]
-    batches = plan.Shard(1, 1, tuple(costs)).batches()
-    assert [[c.name for c in b] for b in batches] == [["a", "b", "n"], ["m"]]
+def test_a_scenario_runs_alone_from_its_first_step_with_a_root_namespace_policy():
+    alone = {Path(c.path).name: c.alone_from for c in (plan.scenario_cost(load(p, V), str(p), "sidecar")
+                                                        for p in sorted(POLICIES.glob("*.yaml")))}
+    assert alone["namespace-deny.yaml"] == 0 and alone["principal-deny.yaml"] == 0
+    assert alone["peer-authentication-strict.yaml"] == 2  # its mesh-wide STRICT comes in its third step
+    assert alone["namespace-allow.yaml"] is None
+
+
+def cost(name: str, steps: int = 2, alone_from: int | None = None, start: float = 30.0, step: float = 10.0,
+         close: float = 2.0) -> plan.ScenarioCost:
+    return plan.ScenarioCost(f"{name}.yaml", name, "sidecar", steps, steps, 0, alone_from, (start, start),
+                             tuple((step, step) for _ in range(steps)), (close, close))
+
+
+FLAT = plan.Costs(contention=(1.0, 1.0))
+
+
+def test_simulate_one_worker_is_the_sum_and_enough_workers_the_longest():
+    runs = [cost("a"), cost("b", steps=4), cost("c", steps=1)]
+    assert plan.simulate(runs, 1, 1, FLAT) == pytest.approx(sum(r.high for r in runs))
+    assert plan.simulate(runs, 3, 1, FLAT) == pytest.approx(max(r.high for r in runs))
+    stretched = plan.Costs(contention=(1.0, 1.5))
+    assert plan.simulate(runs, 3, 1, stretched) == pytest.approx(1.5 * max(r.high for r in runs))
+    assert plan.simulate(runs, 1, 1, stretched) == pytest.approx(sum(r.high for r in runs))  # no one to share with
+    assert plan.simulate([], 4, 1) == 0.0
+
+
+def test_simulate_runs_a_mesh_wide_scenario_alone_from_its_first_root_step_through_its_close():
+    # two shared runs start with it; its exclusive part (2 steps + close) waits for their steps and then
+    # holds everyone else back: 30 start, shared steps 30-50, its step 0 shared with theirs (30-40), then
+    # it waits for theirs to end (50), holds 50-72 (2 steps of 10, close 2), then nothing is left.
+    runs = [cost("a"), cost("b"), cost("m", steps=3, alone_from=1)]
+    assert plan.simulate(runs, 3, 1, FLAT) == pytest.approx(72.0)
+    # all shared: they would all be done at 30 + 3 steps + close = 62
+    assert plan.simulate([cost("a"), cost("b"), cost("m", steps=3)], 3, 1, FLAT) == pytest.approx(62.0)
+    # a queued exclusive claim holds back a shared step that would otherwise start (writer preference):
+    # c's steps (starting at 60) wait until m has closed
+    late = [cost("m", steps=2, alone_from=0, start=0.0), cost("c", start=5.0)]
+    assert plan.simulate(late, 2, 1, FLAT) == pytest.approx(0 + 20 + 2 + 20 + 2)
+
+
+def test_simulate_is_never_faster_than_the_exclusive_parts_nor_slower_than_one_by_one():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    run = st.builds(lambda n, a, s, t: cost(f"r{n}", steps=s, alone_from=(a if a is not None and a < s else None),
+                                            step=t),
+                    st.integers(0, 99), st.none() | st.integers(0, 3), st.integers(1, 4), st.floats(1.0, 20.0))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(run, min_size=1, max_size=8, unique_by=lambda r: r.name), st.integers(1, 6))
+    def check(runs: list[plan.ScenarioCost], workers: int) -> None:
+        t = plan.simulate(runs, workers, 1, FLAT)
+        exclusive = sum(sum(c[1] for c in r.step_costs[r.alone_from:]) + r.close[1]
+                        for r in runs if r.alone_from is not None)
+        assert t >= max(r.high for r in runs) - 1e-9
+        assert t >= exclusive - 1e-9
+        assert t <= sum(r.high for r in runs) + 1e-9
+
+    check()
 
 
 def test_shard_is_deterministic_and_fits_the_budget():
-    costs = [plan.ScenarioCost(f"s{i}.yaml", f"s{i}", "ambient", 1, 1, 0, False, 10, h)
-             for i, h in enumerate([100, 90, 80, 70, 60, 50, 40])]
-    bins = plan.shard(costs, 150)
+    costs = [cost(f"s{i}", steps=1, start=h - 12.0) for i, h in enumerate([100, 90, 80, 70, 60, 50, 40])]
+    bins = plan.shard(costs, 150, workers=1, model=FLAT)
     assert all(sum(c.high for c in b) <= 150 for b in bins)
     assert sorted(c.path for b in bins for c in b) == sorted(c.path for c in costs)
-    assert bins == plan.shard(list(reversed(costs)), 150)
-    assert len(bins) == 4  # 490 s in all: 4 bins of <= 150
-    alone = plan.shard([plan.ScenarioCost("big.yaml", "big", "ambient", 1, 1, 0, False, 10, 999)], 150)
-    assert len(alone) == 1 and alone[0][0].path == "big.yaml"
+    assert bins == plan.shard(list(reversed(costs)), 150, workers=1, model=FLAT)
+    assert len(bins) == 4  # 490 s in all, one at a time: 4 bins of <= 150
+    side_by_side = plan.shard(costs, 150, workers=4, model=FLAT)
+    assert len(side_by_side) == 1  # four at once: all seven within 150 s
+    assert plan.simulate(side_by_side[0], 4, 1, FLAT) <= 150
+    big = plan.shard([cost("big", start=999.0)], 150)
+    assert len(big) == 1 and big[0][0].path == "big.yaml"
     assert plan.shard([], 150) == []
 
 
@@ -90,7 +143,8 @@ def test_plan_command(capsys):
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert "Istio 1.29.6, kind v0.32.0" in out and "- ambient: cluster authz-ambient-1-29-6, profile ambient" in out
-    assert "shard 1/" in out and "alone (mesh-wide policy)" in out and "timeout" in out
+    assert "shard 1/" in out and "to close (mesh-wide policy): namespace-deny.yaml" in out and "timeout" in out
+    assert "side by side, " in out and "the whole mode in one job on one runner" in out
     assert "- sidecar:" not in out and "- waypoint:" not in out
     assert cli_main(["plan", str(POLICIES), "--format", "github-e2e"]) == 0
     assert json.loads(capsys.readouterr().out)["include"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +35,10 @@ from conformance.mesh.cluster.kind import istiod_version
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
-from conformance.model import Mode, Scenario
+from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
 DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
@@ -117,14 +118,23 @@ class ExistingClusterTarget:
         self._installed: InstalledIstio | None = None
         self._problem: str | None = None
         self._checked = False
+        self._given_kube = kube is not None  # a client handed in (tests): every session uses it
         self._sessions: list[ClusterSession] = []  # started, maybe not closed yet: close() closes them
         self._hooked = False
+        self._lock = threading.Lock()
 
     @property
     def kube(self) -> Kube:
         if self._kube is None:
             self._kube = Kube(self.settings.kubeconfig, self.settings.kube_context)
         return self._kube
+
+    def _session_kube(self) -> Kube:
+        """A client of the session's own: sessions run side by side (schedule.py) and a Kube is not
+        thread-safe (kube.py); the session closes it."""
+        if self._given_kube:
+            return self.kube
+        return Kube(self.settings.kubeconfig, self.settings.kube_context)
 
     def _check_once(self) -> None:
         if self._checked:
@@ -141,6 +151,13 @@ class ExistingClusterTarget:
             self._installed = detect(self.kube)
         except (TargetUnavailable, TargetError) as exc:
             self._problem = f"cluster target, context {self.settings.kube_context}: {exc}"
+
+    @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency
+
+    def runs_alone(self, scenario: Scenario, step: Step) -> bool:
+        return bool(mesh_wide_policies(scenario, step))
 
     def unavailable(self, mode: Mode) -> str | None:
         self._check_once()
@@ -172,7 +189,8 @@ class ExistingClusterTarget:
         assert installed is not None
         revision = None if installed.default_injection else installed.revision
         ctx = ClusterContext(
-            kube=self.kube, kubeconfig=Kubeconfig(self.settings.kubeconfig, self.settings.kube_context),
+            kube=self._session_kube(), owns_kube=not self._given_kube,
+            kubeconfig=Kubeconfig(self.settings.kubeconfig, self.settings.kube_context),
             istioctl=self._istioctl, version=IstioVersion.parse(installed.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
             prefix=self._prefixes.next(), enrollment=enrollment_labels(mode, revision),
@@ -183,16 +201,18 @@ class ExistingClusterTarget:
             accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="cluster",
         )
         session = ClusterSession(scenario, mode, ctx)
-        self._sessions = [s for s in self._sessions if not s.closed] + [session]
-        if not self._hooked:
-            self._hooked = True
-            atexit.register(self.close)
+        with self._lock:  # sessions start side by side (schedule.py)
+            self._sessions = [s for s in self._sessions if not s.closed] + [session]
+            if not self._hooked:
+                self._hooked = True
+                atexit.register(self.close)
         return session.start()
 
     def close(self) -> None:
         """Close every session still open (each close is idempotent; one failing does not stop the others),
         then the API clients' connection pools."""
-        sessions, self._sessions = self._sessions, []
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
         for session in sessions:
             with contextlib.suppress(Exception):
                 session.close()

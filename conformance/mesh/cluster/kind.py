@@ -54,10 +54,10 @@ from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
-from conformance.model import Mode, Scenario
+from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
 DEFAULT_BASE_NAME = "authz"
@@ -116,6 +116,8 @@ class KindTarget:
         self._kind: str | None = None
         self._istioctl: str | None = None
         self._clusters: dict[Mode, KindCluster] = {}
+        self._creating: dict[Mode, threading.Lock] = {}
+        self._failed: dict[Mode, TargetError] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._hooks_installed = False
@@ -132,6 +134,13 @@ class KindTarget:
         return str(IstioVersion.parse(self.settings.istio_version))
 
     # -- Target ---------------------------------------------------------------------------------
+    @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency
+
+    def runs_alone(self, scenario: Scenario, step: Step) -> bool:
+        return bool(mesh_wide_policies(scenario, step))
+
     def unavailable(self, mode: Mode) -> str | None:
         if mode not in self._reasons:
             self._reasons[mode] = self._check(mode)
@@ -169,7 +178,8 @@ class KindTarget:
             raise TargetError(reason)
         cluster = self._cluster(mode)
         ctx = ClusterContext(
-            kube=cluster.kube, kubeconfig=Kubeconfig(str(cluster.kubeconfig), cluster.context),
+            kube=Kube(str(cluster.kubeconfig), cluster.context), owns_kube=True,
+            kubeconfig=Kubeconfig(str(cluster.kubeconfig), cluster.context),
             istioctl=self._istioctl, version=IstioVersion.parse(self.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
             prefix=self._prefixes.next(),
@@ -210,6 +220,24 @@ class KindTarget:
         }
 
     def _cluster(self, mode: Mode) -> KindCluster:
+        """The mode's cluster with Istio installed, created on first use. Scenarios start side by side
+        (schedule.py): one creation per mode at a time, and a failed creation is not retried by every
+        scenario after it (each would spend minutes failing the same way)."""
+        with self._lock:
+            creating = self._creating.setdefault(mode, threading.Lock())
+        with creating:
+            with self._lock:
+                if mode in self._failed:
+                    raise TargetError(f"{self._failed[mode]} (the {mode} cluster failed to come up earlier in "
+                                      "this run)")
+            try:
+                return self._create(mode)
+            except TargetError as exc:
+                with self._lock:
+                    self._failed[mode] = exc
+                raise
+
+    def _create(self, mode: Mode) -> KindCluster:
         with self._lock:
             if mode in self._clusters and self._clusters[mode].istio_ready:
                 return self._clusters[mode]

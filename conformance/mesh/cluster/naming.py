@@ -25,12 +25,13 @@ from __future__ import annotations
 import copy
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from conformance.errors import TargetError
-from conformance.model import Manifest, Scenario
+from conformance.model import Manifest, Scenario, Step
 
 MAX_NAMESPACE = 63  # a DNS-1123 label
 PREFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?-$")
@@ -59,10 +60,26 @@ class SessionPrefixes:
     def __init__(self, base: str | None):
         self.base = base
         self.count = 0
+        self._lock = threading.Lock()  # sessions start side by side (schedule.py)
 
     def next(self) -> str:
-        self.count += 1
-        return session_prefix(self.base, self.count)
+        with self._lock:
+            self.count += 1
+            count = self.count
+        return session_prefix(self.base, count)
+
+
+def mesh_wide_policies(scenario: Scenario, step: Step) -> list[Manifest]:
+    """The step's policies in the mesh root namespace, where each one reaches every workload of the cluster.
+
+    istiod reads the root namespace (MeshConfig.rootNamespace) as mesh-wide for every policy kind it holds:
+    AuthorizationPolicy (pilot/pkg/model/authorization.go, `ListAuthorizationPolicies`: the root
+    namespace's policies are added for every workload, selector matched against its labels) and
+    Peer/RequestAuthentication (pilot/pkg/model/authentication.go, `getConfigsForWorkload` with the root
+    namespace), at 1.30.3. While one is in force, its scenario cannot share the cluster with another one:
+    it would change the other's verdicts (schedule.py runs it alone; plan.py estimates it so).
+    """
+    return [m for m in step.policies if m.namespace == scenario.mesh.root_namespace]
 
 
 @dataclass(frozen=True)

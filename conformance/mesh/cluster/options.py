@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Any
 
 PYTEST_KIND_DEFAULT_NAME = "pytest-kind"  # pytest-kind's --cluster-name default: means "not given"
+# Scenarios side by side on one cluster (schedule.py). Four on a 4-vCPU runner: a scenario's time is
+# mostly waiting (pushes, acknowledgements, execs, log flushes), and plan.py's estimate assumes this many.
+DEFAULT_CONCURRENCY = 4
+
+
+def _concurrency(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of scenarios, at least 1 (got {text!r})")
+    return value
 
 
 def add_cluster_options(group: Any, parser: Any) -> None:
@@ -45,6 +60,10 @@ def add_cluster_options(group: Any, parser: Any) -> None:
                          "infrastructure failure. Such a pass proves only that curl saw a reset/403/503, not that a "
                          "policy decided it (a dead proxy or a broken certificate look the same); every accepted "
                          "case is listed in the run's summary. Off by default")
+    group.addoption("--cluster-concurrency", type=_concurrency, default=DEFAULT_CONCURRENCY, metavar="N",
+                    help=f"cluster targets: scenarios run side by side on one cluster, each in its own prefixed "
+                         f"namespaces (default {DEFAULT_CONCURRENCY}; 1 runs them one after another). A scenario "
+                         "with a policy in the mesh root namespace always runs alone")
     group.addoption("--observations-out", default=None, metavar="FILE",
                     help="cluster targets: append every observation as a JSON line (the upgrade job diffs "
                          "two such files)")
@@ -64,6 +83,7 @@ class ClusterSettings:
     probe_timeout: float = 5.0
     gateway_api_crds: Path | None = None
     observations_out: Path | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
     # The user's explicit opt-in to passing denials whose proof cannot be read (see the option's help).
     accept_unconfirmed_denials: bool = False
     kube_context: str | None = None
@@ -105,6 +125,7 @@ class ClusterSettings:
             probe_timeout=float(opt("probe_timeout", 5.0)),
             gateway_api_crds=path("gateway_api_crds"),
             observations_out=path("observations_out"),
+            concurrency=int(opt("cluster_concurrency", DEFAULT_CONCURRENCY)),
             accept_unconfirmed_denials=bool(opt("accept_unconfirmed_denials", False)),
             kube_context=opt("kube_context"),
             cluster_name=None if name in (None, PYTEST_KIND_DEFAULT_NAME) else str(name),

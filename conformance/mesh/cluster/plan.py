@@ -17,11 +17,14 @@ waypoint in waypoint mode). These are estimates until the step timings of real r
 shards are sized on the HIGH figures so that every e2e job's estimate stays within `E2E_JOB_BUDGET`
 (10 minutes on a 4-vCPU runner), and each job's timeout is its high estimate times `TIMEOUT_MARGIN`.
 
-Batches: a scenario with a policy in the mesh root namespace (mesh-wide AuthorizationPolicy or
-PeerAuthentication) affects every workload of its cluster, so it must run alone; all other scenarios
-live in their own run-prefixed namespaces and may share a cluster concurrently. The suite runs the
-scenarios of one job one after another today, so the estimates add them up (a concurrent runner could
-only make a job shorter).
+Concurrency: the cluster targets run the scenarios of a job side by side (schedule.py,
+`--cluster-concurrency`, DEFAULT_CONCURRENCY at once), each in its own run-prefixed namespaces; a
+scenario with a policy in the mesh root namespace (naming.mesh_wide_policies) runs alone from the first
+step through its close. The estimate of a job is not a sum: `simulate` replays the scheduler's own rules
+(workers taking runs in order, a shared claim per step, the exclusive claim with writer preference) on
+the per-phase figures, with every phase stretched by `Costs.contention` while scenarios share the
+runner's 4 vCPUs. The contention figure is an assumption, stated as such, until step timings from real
+runs replace it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 from conformance.errors import ScenarioError
 from conformance.mesh.cluster.matrix import Matrix
 from conformance.mesh.cluster.matrix import load as load_matrix
+from conformance.mesh.cluster.naming import mesh_wide_policies
+from conformance.mesh.cluster.options import DEFAULT_CONCURRENCY
 from conformance.model import MODES, Mode, Scenario
 from conformance.scenario import load as load_scenario
 from conformance.scenario import sniff
@@ -51,10 +56,13 @@ class Costs:
 
     Sources: the budget kind.py's docstring and the README state (4-vCPU GitHub runner), which come
     from the phases each job runs (e2e.yml): runner setup + pip + tool download ~1.5 min, kind create
-    ~1-1.5 min, istioctl install + rollouts ~1.5-2 min, per scenario 20-40 s, per step 8-15 s,
-    teardown ~10 s. The per-probe and per-waypoint terms make a heavy scenario cost more than a light
-    one: one exec runs a source's probes one after another (execprobe.py), and a waypoint is a Gateway
-    to program plus a Deployment to roll out (session.py).
+    ~1-1.5 min, istioctl install + rollouts ~1.5-2 min, per scenario start (namespaces, workloads,
+    rollouts, canary) 20-40 s, per step 8-15 s, teardown ~10 s. The per-probe and per-waypoint terms
+    make a heavy scenario cost more than a light one: one exec runs a source's probes one after another
+    (execprobe.py), and a waypoint is a Gateway to program plus a Deployment to roll out (session.py).
+    `istioctl analyze` adds nothing per namespace: it runs beside the barrier, all namespaces at once
+    (session.py `apply`). A scenario's close deletes its namespaces without waiting for them to go; a
+    mesh-wide one also waits until no proxy holds its root-namespace objects (`close`).
     """
 
     runner_setup: tuple[float, float] = (60.0, 90.0)
@@ -62,23 +70,29 @@ class Costs:
     istio_install: tuple[float, float] = (90.0, 120.0)
     gateway_api: tuple[float, float] = (10.0, 20.0)
     teardown: tuple[float, float] = (5.0, 10.0)
-    scenario: tuple[float, float] = (20.0, 40.0)
+    scenario: tuple[float, float] = (20.0, 40.0)  # a scenario's start
     waypoint: tuple[float, float] = (10.0, 20.0)  # per waypoint, waypoint mode only
     step: tuple[float, float] = (8.0, 15.0)
-    # `istioctl analyze -n <ns>` once per namespace per step (session.py _analyze), beyond the first one
-    # the `step` figure includes: each run starts istioctl and reads the cluster's configuration
-    analyze_namespace: tuple[float, float] = (1.5, 3.0)
     probe_beyond: int = 10  # probes per step included in `step`
     probe: tuple[float, float] = (0.3, 0.5)  # per probe beyond `probe_beyond`, for >= 3 rounds
+    close: tuple[float, float] = (1.0, 3.0)  # deletes sent; namespaces go in the background
+    close_mesh_wide: tuple[float, float] = (3.0, 8.0)  # plus the barrier: the root objects gone from proxies
+    # Every phase's factor while scenarios run side by side on one 4-vCPU runner (istiod's pushes, the
+    # kubelet's execs and the API server are shared). ASSUMED, not measured: 1.0 (the phases are waits)
+    # to 1.5 (half again as long); real runs' step timings are to replace it.
+    contention: tuple[float, float] = (1.0, 1.5)
     upgrade: tuple[float, float] = (150.0, 300.0)  # new control plane, data plane roll, restarts, settle
 
 
 COSTS = Costs()
 
 
+Span = tuple[float, float]  # (low, high) seconds
+
+
 @dataclass(frozen=True)
 class ScenarioCost:
-    """One scenario in one mode: what it holds and what it is estimated to cost."""
+    """One scenario in one mode: what it holds and what each of its phases is estimated to cost."""
 
     path: str
     name: str
@@ -86,38 +100,129 @@ class ScenarioCost:
     steps: int
     probes: int
     waypoints: int
-    mesh_wide: bool
-    low: float
-    high: float
+    alone_from: int | None  # the first step with a mesh-wide policy: from it through close, alone
+    start: Span
+    step_costs: tuple[Span, ...]
+    close: Span
+
+    @property
+    def mesh_wide(self) -> bool:
+        return self.alone_from is not None
+
+    def _total(self, which: int) -> float:
+        return self.start[which] + sum(c[which] for c in self.step_costs) + self.close[which]
+
+    @property
+    def low(self) -> float:
+        """Alone on the cluster, one phase after another (no contention)."""
+        return self._total(0)
+
+    @property
+    def high(self) -> float:
+        return self._total(1)
 
 
 def scenario_cost(scenario: Scenario, path: str, mode: Mode, costs: Costs = COSTS) -> ScenarioCost:
-    """The estimate of one scenario in one mode, from its steps, probes and waypoints."""
+    """The estimate of one scenario in one mode, per phase, from its steps, probes and waypoints."""
     waypoints = len(scenario.waypoints) if mode == "waypoint" else 0
-    low = costs.scenario[0] + waypoints * costs.waypoint[0]
-    high = costs.scenario[1] + waypoints * costs.waypoint[1]
-    probes = 0
-    namespaces = len({w.namespace for w in scenario.workloads}
-                     | ({w.namespace for w in scenario.waypoints} if mode == "waypoint" else set()))
-    more_analyze = max(0, namespaces - 1)
+    start = (costs.scenario[0] + waypoints * costs.waypoint[0], costs.scenario[1] + waypoints * costs.waypoint[1])
+    steps = []
     for step in scenario.steps:
-        n = len(step.expectations)
-        probes += n
-        extra = max(0, n - costs.probe_beyond)
-        low += costs.step[0] + extra * costs.probe[0] + more_analyze * costs.analyze_namespace[0]
-        high += costs.step[1] + extra * costs.probe[1] + more_analyze * costs.analyze_namespace[1]
-    root = scenario.mesh.root_namespace
-    mesh_wide = any(m.namespace == root for step in scenario.steps for m in step.policies)
-    return ScenarioCost(path, scenario.name, mode, len(scenario.steps), probes, waypoints, mesh_wide, low, high)
+        extra = max(0, len(step.expectations) - costs.probe_beyond)
+        steps.append((costs.step[0] + extra * costs.probe[0], costs.step[1] + extra * costs.probe[1]))
+    alone_from = next((i for i, st in enumerate(scenario.steps) if mesh_wide_policies(scenario, st)), None)
+    close = costs.close if alone_from is None else costs.close_mesh_wide
+    return ScenarioCost(path, scenario.name, mode, len(scenario.steps),
+                        sum(len(st.expectations) for st in scenario.steps), waypoints, alone_from, start,
+                        tuple(steps), close)
+
+
+@dataclass
+class _Lane:
+    """One worker thread of the scheduler, in the simulation."""
+
+    ready: float = 0.0  # when its current phase ends
+    run: ScenarioCost | None = None
+    phase: str = "idle"  # idle, start, step, close
+    steps_done: int = 0
+    blocked: bool = False
+    queued_writer: bool = False
+    holds: str = ""  # "", "shared" (inside a step), "exclusive" (a mesh-wide run, first step to close)
+
+
+def simulate(scenarios: Sequence[ScenarioCost], workers: int, which: int, costs: Costs = COSTS) -> float:
+    """Seconds until the scheduler (schedule.py) would be done with `scenarios`, given in run order.
+
+    The same rules as `Scheduler` and `Exclusivity`: `workers` threads take runs in order; a run starts
+    (overlapping anything), then takes a shared claim per step; from its first step with a mesh-wide
+    policy (`alone_from`) a run takes the exclusive claim and keeps it through its close; a queued
+    exclusive claim blocks new shared ones.
+    `which` is 0 for the low figures, 1 for the high ones; with more than one worker every phase is
+    stretched by `costs.contention`.
+    """
+    factor = costs.contention[which] if workers > 1 else 1.0
+    pending = list(scenarios)
+    lanes = [_Lane() for _ in range(max(1, workers))]
+    readers, writer, queued = 0, False, 0
+    now = 0.0
+    while True:
+        active = [lane for lane in lanes if not lane.blocked and lane.ready != math.inf]
+        if not active:
+            if any(lane.blocked for lane in lanes):
+                raise RuntimeError("plan.simulate: every worker waits (a scheduling rule is wrong)")
+            return now
+        lane = min(active, key=lambda x: (x.ready, lanes.index(x)))
+        now = lane.ready
+        freed = False
+        # the phase that just ended
+        if lane.holds == "shared":
+            readers, lane.holds, freed = readers - 1, "", True
+        if lane.phase == "close":
+            if lane.holds == "exclusive":
+                writer, lane.holds, freed = False, "", True
+            lane.run, lane.phase = None, "idle"
+        # the next one
+        run = lane.run
+        if run is None:
+            if not pending:
+                lane.ready = math.inf
+            else:
+                lane.run = run = pending.pop(0)
+                lane.phase, lane.steps_done, lane.ready = "start", 0, now + run.start[which] * factor
+        elif lane.steps_done < run.steps:
+            alone = run.alone_from is not None and lane.steps_done >= run.alone_from
+            if alone and lane.holds != "exclusive":
+                if writer or readers:
+                    queued += 0 if lane.queued_writer else 1
+                    lane.queued_writer = lane.blocked = True
+                else:
+                    queued -= 1 if lane.queued_writer else 0
+                    lane.queued_writer, writer, lane.holds = False, True, "exclusive"
+            elif not alone:
+                if writer or queued:
+                    lane.blocked = True
+                else:
+                    readers, lane.holds = readers + 1, "shared"
+            if not lane.blocked:
+                lane.phase, lane.ready = "step", now + run.step_costs[lane.steps_done][which] * factor
+                lane.steps_done += 1
+        else:
+            lane.phase, lane.ready = "close", now + run.close[which] * factor
+        if freed:
+            for other in lanes:
+                if other.blocked:
+                    other.blocked, other.ready = False, now
 
 
 @dataclass(frozen=True)
 class Shard:
-    """The scenarios one CI job runs (pytest is given exactly these files)."""
+    """The scenarios one CI job runs (pytest is given exactly these files), side by side on one cluster."""
 
     index: int  # from 1
     count: int
     scenarios: tuple[ScenarioCost, ...]
+    workers: int = DEFAULT_CONCURRENCY
+    costs: Costs = COSTS
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -125,35 +230,43 @@ class Shard:
 
     @property
     def low(self) -> float:
-        return sum(s.low for s in self.scenarios)
+        return simulate(self.scenarios, self.workers, 0, self.costs)
 
     @property
     def high(self) -> float:
-        return sum(s.high for s in self.scenarios)
+        return simulate(self.scenarios, self.workers, 1, self.costs)
 
-    def batches(self) -> list[tuple[ScenarioCost, ...]]:
-        """Mesh-wide scenarios alone, one batch each; all the others together (own namespaces each)."""
-        shared = tuple(s for s in self.scenarios if not s.mesh_wide)
-        alone = [(s,) for s in self.scenarios if s.mesh_wide]
-        return ([shared] if shared else []) + alone
+    @property
+    def alone(self) -> tuple[ScenarioCost, ...]:
+        return tuple(s for s in self.scenarios if s.mesh_wide)
+
+    @property
+    def shared(self) -> tuple[ScenarioCost, ...]:
+        return tuple(s for s in self.scenarios if not s.mesh_wide)
 
 
-def shard(costs: Sequence[ScenarioCost], budget: float) -> list[tuple[ScenarioCost, ...]]:
-    """Fewest shards whose high estimates fit `budget`: longest first onto the least loaded shard.
+def shard(costs: Sequence[ScenarioCost], budget: float, workers: int = DEFAULT_CONCURRENCY,
+          model: Costs = COSTS) -> list[tuple[ScenarioCost, ...]]:
+    """Fewest shards whose simulated high estimates fit `budget`: longest first onto the least loaded one.
 
-    Deterministic (ties broken by path), so the plan job and the tests compute the same matrix. A
+    Deterministic (ties broken by path), so the plan job and the tests compute the same matrix. Each
+    shard's scenarios are in path order, the order pytest collects and the scheduler starts them. A
     scenario longer than the budget gets a shard of its own (and the tests flag it).
     """
     items = sorted(costs, key=lambda c: (-c.high, c.path))
     if not items:
         return []
-    n = max(1, math.ceil(sum(c.high for c in items) / budget))
+
+    def time(scenarios: Sequence[ScenarioCost]) -> float:
+        return simulate(sorted(scenarios, key=lambda c: c.path), workers, 1, model)
+
+    n = max(1, math.ceil(time(items) / budget))
     while True:
         bins: list[list[ScenarioCost]] = [[] for _ in range(n)]
         for c in items:
             target = min(range(n), key=lambda i: (sum(x.high for x in bins[i]), i))
             bins[target].append(c)
-        if max(sum(x.high for x in b) for b in bins) <= budget or n >= len(items):
+        if max(time(b) for b in bins) <= budget or n >= len(items):
             return [tuple(sorted(b, key=lambda c: c.path)) for b in bins if b]
         n += 1
 
@@ -166,9 +279,16 @@ class ModePlan:
     fixed: tuple[float, float]  # per job: runner, cluster, Istio, teardown
     scenarios: tuple[ScenarioCost, ...]
     shards: tuple[Shard, ...]
+    workers: int = DEFAULT_CONCURRENCY
+    costs: Costs = COSTS
 
     def job(self, shard: Shard) -> tuple[float, float]:
         return self.fixed[0] + shard.low, self.fixed[1] + shard.high
+
+    def whole(self) -> tuple[float, float]:
+        """The whole mode in one job on one runner, unsharded: fixed costs plus the simulated schedule."""
+        return (self.fixed[0] + simulate(self.scenarios, self.workers, 0, self.costs),
+                self.fixed[1] + simulate(self.scenarios, self.workers, 1, self.costs))
 
 
 @dataclass(frozen=True)
@@ -204,7 +324,7 @@ def _fixed(mesh: str, gateway_api: bool, costs: Costs) -> tuple[float, float]:
 def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode] | None = None,
           istio_version: str | None = None, matrix: Matrix | None = None, budget: float = E2E_JOB_BUDGET,
           costs: Costs = COSTS, kube_context: str | None = None, extra: tuple[float, float] = (0.0, 0.0),
-          runs: int = 1, cluster_base: str | None = None) -> Plan:
+          runs: int = 1, cluster_base: str | None = None, workers: int = DEFAULT_CONCURRENCY) -> Plan:
     """The plan of one run (`mesh` kind or cluster) of the scenario files under `paths`.
 
     `extra` and `runs` describe an upgrade job: its fixed cost gains the upgrade itself, and its
@@ -229,8 +349,9 @@ def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode]
         fixed = _fixed(mesh, install.gateway_api, costs)
         fixed = (fixed[0] + extra[0], fixed[1] + extra[1])
         room = max(60.0, (budget - fixed[1]) / runs)
-        bins = shard(costs_here, room) if mesh == "kind" else ([tuple(costs_here)] if costs_here else [])
-        shards = tuple(Shard(i + 1, len(bins), b) for i, b in enumerate(bins))
+        bins = shard(costs_here, room, workers, costs) if mesh == "kind" else \
+            ([tuple(costs_here)] if costs_here else [])
+        shards = tuple(Shard(i + 1, len(bins), b, workers, costs) for i, b in enumerate(bins))
         if mesh == "kind":
             from conformance.mesh.cluster.kind import cluster_name
 
@@ -239,7 +360,7 @@ def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode]
         else:
             cluster = f"existing (context {kube_context or 'current'})"
         plans.append(ModePlan(mode, install.profile if mesh == "kind" else "detected at start", cluster,
-                              fixed, tuple(sorted(costs_here, key=lambda c: c.path)), shards))
+                              fixed, tuple(sorted(costs_here, key=lambda c: c.path)), shards, workers, costs))
     return Plan(mesh, release.version if release else version, matrix.kind_version if mesh == "kind" else None,
                 matrix.node_image if mesh == "kind" else None, tuple(plans), budget, tuple(skipped))
 
@@ -254,29 +375,38 @@ def _m(seconds: float) -> str:
 
 
 def render(plan: Plan, runs: int = 1) -> str:
-    """The plan as text: cluster, Istio and profile per mode, batches, shards and per-job estimates."""
+    """The plan as text: cluster, Istio and profile per mode, what runs side by side and what alone, shards
+    and per-job estimates, and the whole mode on one runner."""
     lines = [f"Plan: --mesh {plan.mesh}, Istio {plan.istio}"
              + (f", kind {plan.kind}, node image {plan.node_image}" if plan.kind else "")]
     sizing = (f"shards sized so each job's high estimate is <= {_m(plan.budget)} min" if math.isfinite(plan.budget)
               else "one run, no shards")
-    lines.append(f"  estimates: low-high minutes (cost model: conformance/mesh/cluster/plan.py Costs); {sizing}")
+    workers = plan.modes[0].workers if plan.modes else DEFAULT_CONCURRENCY
+    contention = plan.modes[0].costs.contention if plan.modes else COSTS.contention
+    lines.append(f"  estimates: low-high minutes (cost model: conformance/mesh/cluster/plan.py Costs); {sizing}; "
+                 f"{workers} scenario(s) at once (--cluster-concurrency), each phase x{contention[0]:g}-"
+                 f"x{contention[1]:g} while they share the runner (assumed)")
     for mp in plan.modes:
-        total_low = sum(s.low for s in mp.scenarios)
-        total_high = sum(s.high for s in mp.scenarios)
+        serial_low = sum(s.low for s in mp.scenarios)
+        serial_high = sum(s.high for s in mp.scenarios)
+        whole_low, whole_high = mp.whole()
         lines.append(f"- {mp.mode}: cluster {mp.cluster}, profile {mp.profile}; {len(mp.scenarios)} scenarios, "
-                     f"{sum(s.steps for s in mp.scenarios)} steps, scenarios {_m(total_low)}-{_m(total_high)} min "
-                     f"in all; {len(mp.shards)} shard(s)")
+                     f"{sum(s.steps for s in mp.scenarios)} steps; one after another {_m(serial_low)}-"
+                     f"{_m(serial_high)} min; the whole mode in one job on one runner {_m(whole_low)}-"
+                     f"{_m(whole_high)} min (fixed {_m(mp.fixed[0])}-{_m(mp.fixed[1])} included); "
+                     f"{len(mp.shards)} shard(s)")
         for sh in mp.shards:
             low, high = mp.job(sh)
             low += (runs - 1) * sh.low
             high += (runs - 1) * sh.high
             lines.append(f"  shard {sh.index}/{sh.count}: job {_m(low)}-{_m(high)} min (fixed {_m(mp.fixed[1])}, "
                          f"scenarios {_m(sh.low)}-{_m(sh.high)} x{runs}), timeout {timeout_minutes(high)} min")
-            for i, batch in enumerate(sh.batches(), 1):
-                alone = batch[0].mesh_wide
-                what = "alone (mesh-wide policy)" if alone else "shared cluster, own namespaces"
-                lines.append(f"    batch {i} [{what}]: " + ", ".join(
-                    f"{Path(s.path).name} ({s.steps} step(s), {_m(s.high)} min)" for s in batch))
+            if sh.shared:
+                lines.append(f"    side by side, {min(sh.workers, len(sh.shared))} at once: " + ", ".join(
+                    f"{Path(s.path).name} ({s.steps} step(s), {_m(s.high)} min)" for s in sh.shared))
+            for s in sh.alone:
+                lines.append(f"    alone from step {(s.alone_from or 0) + 1} to close (mesh-wide policy): "
+                             f"{Path(s.path).name} ({s.steps} step(s), {_m(s.high)} min)")
     for s in plan.skipped:
         lines.append(f"  not planned: {s}")
     return "\n".join(lines)

@@ -33,12 +33,10 @@ does, in order:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -47,6 +45,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from conformance import notices
 from conformance.errors import TargetError
 from conformance.mesh.cluster import barrier, istioctl
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
@@ -125,6 +124,9 @@ class ClusterContext:
     trust_domain: str = "cluster.local"
     allow_mesh_wide: bool = True
     keep_namespaces: bool = False
+    # The session closes `kube` with itself: targets give each session its own client when sessions run
+    # side by side (schedule.py), since a Kube is not thread-safe (kube.py).
+    owns_kube: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
     observations_out: Path | None = None
     target_name: str = "cluster"
@@ -284,8 +286,10 @@ class ClusterSession:
                     errors.append(str(exc))
                 except KeyboardInterrupt as exc:
                     interrupted = interrupted or exc
+        if self.ctx.owns_kube:
+            self.ctx.kube.close()
         if errors:
-            warnings.warn("cluster cleanup incomplete: " + "; ".join(errors), RuntimeWarning, stacklevel=2)
+            notices.warn("cluster cleanup incomplete: " + "; ".join(errors), RuntimeWarning)
         if interrupted is not None:
             raise interrupted
 
@@ -456,7 +460,7 @@ class ClusterSession:
         self._step += 1
         self._refresh_baseline()
         if self._step == 0:
-            _allure_attach("namespace mapping (scenario → cluster)", self.nsmap.describe())
+            notices.attach("namespace mapping (scenario → cluster)", self.nsmap.describe())
         kube = self.ctx.kube
         wanted = {m.key: m for m in self.cluster_policies(policies)}
         created, updated, deleted = [], [], []
@@ -477,14 +481,22 @@ class ClusterSession:
             self._applied.pop(m.key, None)
             self._outside.pop(m.key, None)
             deleted.append(m.ref)
-        barrier_start = time.monotonic()
-        result = self._barrier(list(wanted.values()), removed)
+        # istioctl analyze reads the cluster's configuration, not the proxies': it runs beside the barrier
+        # (one process per namespace, all at once) so that it adds nothing to the step's critical path.
+        with ThreadPoolExecutor(max_workers=max(1, len(self._namespaces)),
+                                thread_name_prefix="authz-analyze") as pool:
+            analyses = [pool.submit(self._analyze_namespace, ns) for ns in self._namespaces] \
+                if self.ctx.istioctl else []
+            barrier_start = time.monotonic()
+            result = self._barrier(list(wanted.values()), removed)
+            analysed = [f.result() for f in analyses]
         self.barriers.append(result)
         acknowledged_at = barrier_start + result.seconds if result.reached else None
         if not result.reached:
-            warnings.warn(f"step {self._step}: after {result.seconds:.1f} s the policies had not reached every "
-                          f"enforcing proxy: {'; '.join(result.pending[:6])}", BarrierWarning, stacklevel=2)
-        self._analyze()
+            notices.warn(f"step {self._step}: after {result.seconds:.1f} s the policies had not reached every "
+                         f"enforcing proxy: {'; '.join(result.pending[:6])}", BarrierWarning)
+        if self.ctx.istioctl:
+            self._report_analysis(analysed)
         seconds = (acknowledged_at if acknowledged_at is not None else time.monotonic()) - start
         return Applied(seconds=seconds, created=tuple(created), updated=tuple(updated), deleted=tuple(deleted),
                        acknowledged_at=acknowledged_at)
@@ -546,23 +558,28 @@ class ClusterSession:
         except (TargetError, ValueError):
             return None
 
-    def _analyze(self) -> None:
-        if not self.ctx.istioctl:
-            return
+    def _analyze_namespace(self, ns: str) -> tuple[str, list[AnalyzeMessage] | TargetError]:
+        """`istioctl analyze -n ns` (runs in a helper thread: it returns, the caller reports)."""
+        assert self.ctx.istioctl
+        argv = istioctl.analyze_argv(self.ctx.istioctl, self.ctx.kubeconfig, ns)
+        try:
+            result = self.ctx.run_command(argv, self.ctx.timeouts.analyze, ok=istioctl.ANALYZE_OK)
+        except TargetError as exc:
+            return ns, exc
+        return ns, istioctl.parse_analyze(result.stdout)
+
+    def _report_analysis(self, analysed: Sequence[tuple[str, list[AnalyzeMessage] | TargetError]]) -> None:
         messages: list[AnalyzeMessage] = []
-        for ns in self._namespaces:
-            argv = istioctl.analyze_argv(self.ctx.istioctl, self.ctx.kubeconfig, ns)
-            try:
-                result = self.ctx.run_command(argv, self.ctx.timeouts.analyze,
-                                              ok=istioctl.ANALYZE_OK)
-                messages += istioctl.parse_analyze(result.stdout)
-            except TargetError as exc:
-                warnings.warn(f"istioctl analyze -n {ns} failed: {exc}", IstioAnalyzeWarning, stacklevel=3)
+        for ns, found in analysed:
+            if isinstance(found, TargetError):
+                notices.warn(f"istioctl analyze -n {ns} failed: {found}", IstioAnalyzeWarning)
+            else:
+                messages += found
         self.analysis.append((self._step, messages))
-        shown = [m for m in messages if m.level in ("Error", "Warning")]
-        for m in shown:
-            warnings.warn(f"istioctl analyze, step {self._step}: {m}", IstioAnalyzeWarning, stacklevel=3)
-        _allure_attach(f"istioctl analyze (step {self._step})",
+        for m in messages:
+            if m.level in ("Error", "Warning"):
+                notices.warn(f"istioctl analyze, step {self._step}: {m}", IstioAnalyzeWarning)
+        notices.attach(f"istioctl analyze (step {self._step})",
                        "\n".join(str(m) for m in messages) or "No validation issues found.")
 
     # -- probes ---------------------------------------------------------------------------------
@@ -864,12 +881,3 @@ class ClusterSession:
 
 def _jsonable(key: tuple[Any, ...]) -> list[Any]:
     return [list(map(list, k)) if isinstance(k, tuple) else k for k in key]
-
-
-def _allure_attach(name: str, text: str) -> None:
-    """Attach to the running test's Allure result when allure-pytest is in use; otherwise nothing."""
-    with contextlib.suppress(Exception):
-        import allure
-
-        allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
-
