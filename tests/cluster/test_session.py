@@ -265,7 +265,7 @@ def analyze_stub(argv: list[str], timeout: float, ok: tuple[int, ...] = (0,)) ->
     ns = argv[argv.index("-n") + 1]
     out = json.dumps([{"code": "IST0118", "level": "Warning", "message": "Port name x is not following convention",
                        "origin": f"Service {ns}/accounts"}])
-    return Result(tuple(argv), 79, out, "", 0.1)
+    return Result(tuple(argv), 0, out, "", 0.1)  # -o json: findings never exit 79 (istioctl analyze.go@1.30.3)
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def add_cluster_options(group: Any, parser: Any) -> None:
                     help="cluster targets: curl --max-time per probe (connect timeout: 2 s; default 5)")
     group.addoption("--gateway-api-crds", default=None, metavar="FILE",
                     help="--mesh kind, waypoint mode: Gateway API CRDs to install (default: the release "
-                         "pinned in clusters/versions.yaml for the Istio version, downloaded)")
+                         "clusters/versions.yaml pins for the Istio version, vendored in clusters/gateway-api/ and "
+                         "sha256-checked)")
     group.addoption("--accept-unconfirmed-denials", action="store_true",
                     help="cluster targets: WEAKENS THE SUITE. When a denial's enforcing proxy log cannot be read "
                          "(after retries), pass the denial as 'unconfirmed' instead of failing the probe as an "
