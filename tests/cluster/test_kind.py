@@ -4,6 +4,7 @@ disk records them), the cluster naming, reuse rules, and teardown (also when cre
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,55 @@ def test_gateway_api_crds_come_from_the_vendored_pinned_copy(tmp_path, monkeypat
     own = tmp_path / "crds.yaml"
     own.write_text("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: x.y}\n")
     assert KindTarget(ClusterSettings("1.30", gateway_api_crds=own)).gateway_api_crds() == own.read_text()
+
+
+def test_scenarios_starting_side_by_side_create_the_modes_cluster_once(tmp_path, monkeypatch):
+    """The scheduler starts scenarios from worker threads (schedule.py): the first creates the mode's
+    cluster, the others wait for it; a creation that failed is not retried by every scenario after it."""
+    pytest.importorskip("pytest_kind")
+    kind, log = fake_kind(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    target = KindTarget(ClusterSettings("1.30.3", pytest_kind_options=True, kind_bin=str(kind)))
+    target._kind = str(kind)
+    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode: setattr(cluster, "istio_ready", True))
+    with ThreadPoolExecutor(4) as pool:
+        clusters = list(pool.map(lambda _: target._cluster("sidecar"), range(4)))
+    assert len({id(c) for c in clusters}) == 1
+    creates = [c for c in map(json.loads, log.read_text().splitlines()) if c[:2] == ["create", "cluster"]]
+    assert len(creates) == 1
+    target.close()
+
+    broken = KindTarget(ClusterSettings("1.30.3", pytest_kind_options=True, kind_bin=str(kind)))
+    broken._kind = str(kind)
+
+    def fails(cluster, mode):
+        raise TargetError("istiod did not roll out")
+
+    monkeypatch.setattr(broken, "_install_istio", fails)
+    before = len(log.read_text().splitlines())
+    with pytest.raises(TargetError, match="istiod did not roll out"):
+        broken._cluster("ambient")
+    with pytest.raises(TargetError, match="failed to come up earlier in this run"):
+        broken._cluster("ambient")
+    creates = [c for c in map(json.loads, log.read_text().splitlines()[before:]) if c[:2] == ["create", "cluster"]]
+    assert len(creates) == 1
+    broken.close()
+
+
+def test_the_sigterm_handler_is_installed_on_the_main_thread_when_the_target_is_available(monkeypatch):
+    """signal.signal only works on the main thread; clusters are created from worker threads, so the hook
+    goes in when `unavailable()` (asked on the main thread before anything starts) says yes."""
+    import signal
+
+    target = KindTarget(ClusterSettings("1.30.3"))
+    monkeypatch.setattr(target, "_check", lambda mode: None)
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)
+    installed: list[int] = []
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.append(sig))
+    monkeypatch.setattr("atexit.register", lambda fn: None)
+    assert target.unavailable("sidecar") is None
+    assert installed == [signal.SIGTERM]
+    refused = KindTarget(ClusterSettings("1.30.3"))
+    monkeypatch.setattr(refused, "_check", lambda mode: "no Docker")
+    installed.clear()
+    assert refused.unavailable("sidecar") == "no Docker" and installed == []

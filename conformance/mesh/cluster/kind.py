@@ -144,6 +144,10 @@ class KindTarget:
     def unavailable(self, mode: Mode) -> str | None:
         if mode not in self._reasons:
             self._reasons[mode] = self._check(mode)
+            if self._reasons[mode] is None:
+                # Asked on the main thread before any scenario starts (items.py): the SIGTERM handler can only
+                # be installed there, and clusters are created from the scheduler's worker threads.
+                self._install_hooks()
         return self._reasons[mode]
 
     def _tools(self) -> list[availability.Missing]:
