@@ -38,7 +38,7 @@ from typing import Any, TypeGuard
 
 import jsonschema
 
-from conformance import crd
+from conformance import crd, versions
 from conformance.errors import closest, yaml_type
 from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
@@ -98,18 +98,18 @@ class _Features:
     def of(cls, v: IstioVersion) -> _Features:
         return cls(
             version=v,
-            cel=v.at_least(1, 23),
-            target_ref_kind_cel=v.at_least(1, 23) and not v.at_least(1, 25),
-            one_of_cel=v.at_least(1, 24),
-            target_refs_max=v.at_least(1, 24),
-            service_entry_ref=v.at_least(1, 24),
-            service_accounts=v.at_least(1, 25),
-            gateway_class_ref=v.at_least(1, 25),
-            rules_max=v.at_least(1, 25),
-            new_path_template=v.fixed_in((1, 23, 5), (1, 24, 3)),
-            internal_parent_annotations=v.at_least(1, 27),
-            trust_domains=v.at_least(1, 30),
-            trust_domain_checks=v.at_least(1, 30, 2),
+            cel=v.has(versions.CEL_RULES),
+            target_ref_kind_cel=v.has(versions.TARGET_REF_KIND_CEL) and not v.has(versions.TARGET_REF_KIND_CEL_DROPPED),
+            one_of_cel=v.has(versions.ONE_OF_CEL),
+            target_refs_max=v.has(versions.TARGET_REFS_MAX),
+            service_entry_ref=v.has(versions.SERVICE_ENTRY_TARGET_REF),
+            service_accounts=v.has(versions.SERVICE_ACCOUNTS),
+            gateway_class_ref=v.has(versions.GATEWAY_CLASS_TARGET_REF),
+            rules_max=v.has(versions.RULES_MAX),
+            new_path_template=v.has(versions.NEW_PATH_TEMPLATE_CHECK),
+            internal_parent_annotations=v.has(versions.INTERNAL_PARENT_ANNOTATIONS),
+            trust_domains=v.has(versions.TRUST_DOMAIN_FIELDS),
+            trust_domain_checks=v.has(versions.TRUST_DOMAINS_ENFORCED),
         )
 
 

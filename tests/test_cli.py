@@ -52,7 +52,7 @@ def test_explain_unknown_step_is_one_line() -> None:
 
 def test_lint_fails_on_contradiction_and_passes_policies() -> None:
     bad = cli("lint", str(DATA / "wrong-claim.yaml"))
-    assert bad.returncode == 1 and "expects allow in sidecar mode, but Istio 1.30.3 gives deny" in bad.stdout
+    assert bad.returncode == 1 and "expects allow in sidecar mode, but Istio 1.30.5 gives deny" in bad.stdout
     ok = cli("lint", *sorted(str(p) for p in (ROOT / "policies").glob("*.yaml")))
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
@@ -76,7 +76,7 @@ def test_compare_reports_the_dry_run_change_in_ambient(tmp_path: Path) -> None:
                      "spec": {"action": "DENY", "rules": [{}]}}]}]}}))
     r = cli("compare", str(scenario), "--from", "1.25.1", "--to", "1.30")
     assert r.returncode == 0, r.stderr
-    assert "[ambient]" in r.stdout and "1.25.1 deny" in r.stdout and "1.30.3 allow" in r.stdout
+    assert "[ambient]" in r.stdout and "1.25.1 deny" in r.stdout and "1.30.5 allow" in r.stdout
     assert "[sidecar]" not in r.stdout
     assert "compare: 1 probe(s) change" in r.stdout
 

@@ -71,7 +71,7 @@ def test_a_wrong_expectation_fails_with_tables_evidence_explanation_and_repro(sc
     assert "rbac_access_denied_matched_policy[ns[default]-policy[deny-all-backend]-rule[0]]" in out
     assert "DENY is evaluated before ALLOW" in out
     assert ("reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
-            "--istio-version 1.30.3") in out
+            "--istio-version 1.30.5") in out
 
 
 REFUSED = """\

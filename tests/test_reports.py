@@ -144,11 +144,11 @@ def test_wrong_claim_labels_and_parameters_group_by_scenario_mode_and_version(wr
     labels = _labels(result)
     assert labels["parentSuite"] == ["wrong-claim"]
     assert labels["suite"] == ["sidecar"]
-    assert labels["subSuite"] == ["Istio 1.30.3 · local"]
+    assert labels["subSuite"] == ["Istio 1.30.5 · local"]
     assert (labels["scenario"], labels["mode"], labels["target"], labels["istio_version"]) == (
-        ["wrong-claim"], ["sidecar"], ["local"], ["1.30.3"])
+        ["wrong-claim"], ["sidecar"], ["local"], ["1.30.5"])
     assert {p["name"]: p["value"] for p in result["parameters"]} == {
-        "mode": "'sidecar'", "Istio version": "'1.30.3'", "target": "'local'"}
+        "mode": "'sidecar'", "Istio version": "'1.30.5'", "target": "'local'"}
     assert result["name"] == "wrong-claim · deny-plus-allow [sidecar]"
 
 
@@ -167,7 +167,7 @@ def test_wrong_claim_has_one_failed_step_per_probe_with_its_evidence(wrong_claim
                  "engine (sidecar): default/deny-all-backend rule 0 (deny-matched)",
                  "rbac_access_denied_matched_policy[ns[default]-policy[deny-all-backend]-rule[0]]",
                  "reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 "
-                 "--mode sidecar --istio-version 1.30.3"):
+                 "--mode sidecar --istio-version 1.30.5"):
         assert text in evidence, text
 
 
@@ -202,7 +202,7 @@ def test_wrong_claim_session_files_categories_and_environment(wrong_claim_run: d
     alluredir = wrong_claim_run["alluredir"]
     assert json.loads((alluredir / "categories.json").read_text()) == allure_categories()
     env = read_properties(alluredir / "environment.properties")
-    assert (env["target"], env["modes"], env["istio.version"]) == ("local", "sidecar", "1.30.3")
+    assert (env["target"], env["modes"], env["istio.version"]) == ("local", "sidecar", "1.30.5")
     assert env["envoy.version"].startswith("1.40.0 (")
 
 
@@ -214,7 +214,7 @@ def test_wrong_claim_junit_failure_message_lists_the_failing_cells(wrong_claim_r
     assert failure.get("message") == (
         "policy verdict mismatch: wrong-claim [sidecar] step deny-plus-allow: 1 of 1 probe(s) did not conform\n"
         "reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
-        "--istio-version 1.30.3\n"
+        "--istio-version 1.30.5\n"
         f"✗ expect[0] {WRONG_PROBE} [sidecar]: expected allowed, observed denied-l7 "
         "(proxy: default/deny-all-backend rule 0; engine: default/deny-all-backend rule 0) [1/1 wrong] "
         "[≠ engine: deny]")
@@ -223,17 +223,17 @@ def test_wrong_claim_junit_failure_message_lists_the_failing_cells(wrong_claim_r
     assert f"  ✗ {WRONG_PROBE}  allowed" in body  # the side-by-side table, differing cell marked
     assert "deciding policy: proxy says default/deny-all-backend rule 0; engine says default/deny-all-backend" in body
     assert ("reproduce: authz-conformance repro wrong-claim.yaml --step deny-plus-allow --probe 0 --mode sidecar "
-            "--istio-version 1.30.3") in body
+            "--istio-version 1.30.5") in body
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert (props["scenario"], props["mode"], props["istio_version"], props["target"]) == (
-        "wrong-claim", "sidecar", "1.30.3", "local")
+        "wrong-claim", "sidecar", "1.30.5", "local")
     assert props["scenario_engine_disagreement[0]"].startswith("the scenario expects allow, the engine predicts deny")
 
 
 def test_wrong_claim_console_prints_the_compact_table_and_legend(wrong_claim_run: dict[str, Any]) -> None:
     out = wrong_claim_run["stdout"]
     assert "FAILED wrong-claim.yaml::sidecar::deny-plus-allow - policy verdict mismatch: " in out
-    assert re.search(r"FAIL wrong-claim · Istio 1\.30\.3\n.*step\s+#\s+probe\s+sidecar", out)
+    assert re.search(r"FAIL wrong-claim · Istio 1\.30\.5\n.*step\s+#\s+probe\s+sidecar", out)
     assert re.search(rf"deny-plus-allow\s+0\s+{re.escape(WRONG_PROBE)}\s+✗ L7≠A", out)
     assert "legend: ✓ observed as expected · ✗ observed≠expected · A allowed" in out
 
@@ -390,7 +390,7 @@ def test_each_failure_kind_has_its_category_in_junit(pytester: pytest.Pytester) 
         "invalid.yaml: step 'only': probe expect[0]: field from: unknown workload 'nowhere/x'\n"
         "reproduce: authz-conformance validate invalid.yaml")
     assert messages["broken.yaml.sidecar::only"].endswith(
-        "reproduce: authz-conformance repro broken.yaml --step only --probe 0 --mode sidecar --istio-version 1.30.3")
+        "reproduce: authz-conformance repro broken.yaml --step only --probe 0 --mode sidecar --istio-version 1.30.5")
 
 
 def _exconly(exc: BaseException) -> str:
@@ -538,7 +538,7 @@ def test_compact_table_has_a_column_per_mode_and_filters_failed_scenarios() -> N
         session.mode = mode
         results.append(run_step(session, scenario, step, IstioVersion.parse(None), deadline=30))  # type: ignore[arg-type]
     text = summary_tables(results, width=160)
-    assert re.search(r"PASS good · Istio 1\.30\.3\n.*step\s+#\s+probe\s+sidecar\s+ambient", text)
+    assert re.search(r"PASS good · Istio 1\.30\.5\n.*step\s+#\s+probe\s+sidecar\s+ambient", text)
     assert re.search(r"baseline\s+0\s+finance/curl → accounts/accounts:8080 GET /\s+✓ A\s+✓ A", text)
     assert summary_tables(results, width=160, only_failed=True) == ""
 
@@ -555,7 +555,7 @@ def test_skipped_modes_are_labelled_and_the_kind_environment_names_its_node_imag
     assert skipped["status"] == "skipped"
     labels = _labels(skipped)
     assert (labels["parentSuite"], labels["suite"], labels["subSuite"]) == (
-        ["wrong-claim"], ["sidecar"], ["Istio 1.30.3 · kind"])
+        ["wrong-claim"], ["sidecar"], ["Istio 1.30.5 · kind"])
     env = read_properties(pytester.path / "results" / "environment.properties")
     assert (env["target"], env["modes"], env["kind.node.image"]) == ("kind", "none ran", image)
 

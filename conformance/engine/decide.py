@@ -39,7 +39,7 @@ from conformance.model import (
     Waypoint,
     Workload,
 )
-from conformance.versions import IstioVersion
+from conformance.versions import DOT_SEGMENT_PARAMETERS, DRY_RUN_NOT_SENT_TO_ZTUNNEL, IstioVersion
 
 # Reasons, as codes (reports) and words (explain).
 NO_POLICY = "no-policy"
@@ -213,7 +213,7 @@ class _Compiled:
         found = self._zplans.get(w.ref)
         if found is not None:
             return found
-        sends_dry_run = not self.version.fixed_in((1, 25, 2))
+        sends_dry_run = not self.version.has(DRY_RUN_NOT_SENT_TO_ZTUNNEL)  # istio/istio#55414
         notes: list[str] = []
         enforced: list[Translated] = []
         for p in self.for_workload(w):
@@ -285,13 +285,14 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
 
 
 def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool,
-                sidecar_sni: bool = True) -> Attributes:
+                version: IstioVersion, sidecar_sni: bool = True, client_sidecar: bool = False) -> Attributes:
     """What the enforcing Envoy sees. `sidecar_sni`: the connection is the client sidecar's mTLS, whose SNI
     is Istio's outbound_.<port>_._.<svc>.<ns>.svc.cluster.local (plaintext has none). A waypoint's inner
     listener sees no SNI for the plaintext HTTP and TCP services modelled here: istiod enables the TLS
     inspector on `main_internal` only for ports of TLS services (listener_waypoint.go
     buildWaypointInternal, istio/istio#53588), so `connection.sni` there only ever matches the
-    application's own TLS, which the suite does not model."""
+    application's own TLS, which the suite does not model. The path is the one the enforcing Envoy matches
+    (`_request_path`)."""
     dst = probe.destination
     r = probe.request
     return Attributes(
@@ -302,7 +303,7 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
         sni=(f"outbound_.{probe.port.number}_._.{dst.name}.{dst.namespace}.svc.cluster.local"
              if identity is not None and sidecar_sni else None),
         method=r.method if http else None,
-        path=normalize_path(r.path) if http else None,
+        path=_request_path(r.path, version, client_sidecar) if http else None,
         headers=tuple((k.lower(), v) for k, v in r.headers if k.lower() != "host") if http else (),
         host=probe.authority if http else None,
     )
@@ -418,12 +419,40 @@ def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
         return Decision("deny", DENIED_L4, "sidecar", STRICT_MTLS, pa.ref if pa else None)
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain) if src.in_mesh else None,
-                        state.addresses.get(src.ref, ""), http=not tcp)
+                        state.addresses.get(src.ref, ""), http=not tcp, version=c.version, client_sidecar=src.in_mesh)
     if tcp:
         trace.on and trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
               "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
+    _trace_path(probe, attrs, c.version, trace)
     return _envoy_layer(c, f"sidecar:{dst.ref}", c.for_workload(dst), attrs, tcp, "sidecar",
                         DENIED_L4 if tcp else DENIED_L7, trace)
+
+
+def _request_path(raw: str, version: IstioVersion, client_sidecar: bool) -> str:
+    """The path the enforcing Envoy's RBAC filter matches: normalized (BASE) by that Envoy and, when the
+    client has a sidecar, first by the client sidecar, which forwards the path it normalized (istiod
+    builds every sidecar HCM, outbound too, with the mesh's normalization: listener_builder.go
+    buildHTTPConnectionManager@1.30.3). Without the DOT_SEGMENT_PARAMETERS fix a second pass changes
+    nothing; with it, `%2e%2e;x` becomes `..;x` in the first pass and `..` in the second."""
+    fixed = version.has(DOT_SEGMENT_PARAMETERS)
+    path = normalize_path(raw, fixed)
+    return normalize_path(path, fixed) if client_sidecar else path
+
+
+def _trace_path(probe: Probe, attrs: Attributes, version: IstioVersion, trace: _Trace) -> None:
+    """Say how the path was normalized when the release decides it (a `.;x` / `..;x` segment)."""
+    if not trace.on or attrs.path is None:
+        return
+    raw = probe.request.path
+    if normalize_path(normalize_path(raw, True), True) == normalize_path(raw, False):
+        return
+    if version.has(DOT_SEGMENT_PARAMETERS):
+        trace(f"  Path {raw!r} is matched as {attrs.path!r}: this release's Envoy cuts a `.;x` / `..;x` segment to "
+              "`.` / `..` when it normalizes (Envoy CVE-2026-73551 fix, Istio 1.29.7 / 1.30.4; not in 1.31.0), and a "
+              "client sidecar normalizes the path once before the server's Envoy does.")
+    else:
+        trace(f"  Path {raw!r} is matched as {attrs.path!r}: a `.;x` / `..;x` segment is an ordinary segment to Istio "
+              f"{version}'s Envoy (the Envoy CVE-2026-73551 fix is in Istio 1.29.7 / 1.30.4, not in 1.31.0).")
 
 
 # -- ztunnel ---------------------------------------------------------------------------------------
@@ -509,13 +538,14 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
           "(Gateway, Service, GatewayClass istio-waypoint); selector and namespace-wide policies are ignored there.")
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), WAYPOINT_DIRECT_REMOTE, http=not tcp,
-                        sidecar_sni=False)
+                        version=c.version, sidecar_sni=False)
     trace.on and trace("  At the waypoint, `ipBlocks` and `source.ip` see no client address: istiod compiles them to "
                        "Envoy's direct_remote_ip (generator.go srcIPGenerator), and the waypoint's inner listener "
                        f"only restores the remote address, so the direct one stays {WAYPOINT_DIRECT_REMOTE} "
                        "(istio/istio#46982): positive IP matches fail there, their not-forms hold. Nor is "
                        "there an SNI (`connection.sni`): the waypoint inspects TLS only for TLS services "
                        "(listener_waypoint.go, istio/istio#53588).")
+    _trace_path(probe, attrs, c.version, trace)
     bound = [p for p in state.authorization_policies
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
     at_waypoint = _envoy_layer(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, attrs, tcp, "waypoint",

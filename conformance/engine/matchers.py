@@ -131,8 +131,12 @@ def quote_meta(text: str) -> str:
 _UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
+# A segment that is `.` or `..` as sent, followed by `;parameters` (not `%2e`, not `...;`).
+_DOT_SEGMENT_WITH_PARAMETERS = re.compile(r"(?<=/)(\.\.?);[^/]*")
+
+
 @lru_cache(maxsize=65536)
-def normalize_path(raw: str) -> str:
+def normalize_path(raw: str, dot_segment_parameters: bool = False) -> str:
     """The path a sidecar's RBAC filter sees under Istio's default normalization, BASE.
 
     istio.io/latest/docs/reference/config/security/normalization/: BASE is RFC 3986 normalization
@@ -140,8 +144,16 @@ def normalize_path(raw: str) -> str:
     unreserved characters (and uppercase the remaining escapes), turn `\\` into `/`, remove `.` and
     `..` segments. Slashes are not merged, `%2F` is not decoded. The query is not part of the path that
     `paths` match (Envoy `url_path`), and the fragment never leaves curl.
+
+    `dot_segment_parameters` (versions.DOT_SEGMENT_PARAMETERS: Envoy CVE-2026-73551, Istio 1.30.4): a
+    segment sent as `.;x` or `..;x` is first cut to `.` / `..`, so `/public/..;x/admin` is `/admin`.
+    Before, it was an ordinary segment and the path stayed as sent. Only literal dots count: `%2e%2e;x` is
+    decoded to `..;x` afterwards and kept (checked against Envoy 1.40.0 with and without its runtime guard
+    `envoy.reloadable_features.strip_dotdot_segments_with_parameters`).
     """
     path = raw.split("#", 1)[0].split("?", 1)[0]
+    if dot_segment_parameters:
+        path = _DOT_SEGMENT_WITH_PARAMETERS.sub(r"\1", path)
     out: list[str] = []
     i = 0
     while i < len(path):

@@ -21,7 +21,7 @@ from conformance.engine.matchers import (
     quote_meta,
 )
 from conformance.engine.policy import Condition, Field, Rule
-from conformance.versions import IstioVersion
+from conformance.versions import QUOTED_NAMESPACE_REGEX, QUOTED_SERVICE_ACCOUNT_REGEX, IstioVersion
 
 SPIFFE = "spiffe://"
 
@@ -77,9 +77,9 @@ class EnvoySemantics:
         self.version = version
         # Regex metacharacters in namespaces and `*suffix` principals were inserted unescaped before
         # 1.28.7 / 1.29.3 / 1.30.0 (istio/istio#59992, releasenotes/notes/59992.yaml).
-        self.quotes_namespaces = version.fixed_in((1, 28, 7), (1, 29, 3), (1, 30, 0))
+        self.quotes_namespaces = version.has(QUOTED_NAMESPACE_REGEX)
         # serviceAccounts quoting fixed in 1.27.9 / 1.28.6 / 1.29.2 (istio/istio#59700).
-        self.quotes_service_accounts = version.fixed_in((1, 27, 9), (1, 28, 6), (1, 29, 2))
+        self.quotes_service_accounts = version.has(QUOTED_SERVICE_ACCOUNT_REGEX)
 
     # -- trust domain ------------------------------------------------------------------------
     def migrate_principal(self, value: str) -> str:

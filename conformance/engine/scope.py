@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from conformance.engine.policy import AuthorizationPolicy, PeerAuthentication, TargetRef
 from conformance.model import MeshConfig, Waypoint, Workload
 from conformance.names import GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
-from conformance.versions import IstioVersion
+from conformance.versions import GATEWAY_CLASS_TARGET_REF, WAYPOINT_SERVICE_NAMESPACE, IstioVersion
 
 GATEWAY_GROUP = GATEWAY_API_GROUP
 
@@ -53,7 +53,7 @@ def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoi
     `policyName.Namespace == p.ServiceNamespace`). So a root-namespace policy naming Gateway `waypoint`
     bound every waypoint of that name.
     """
-    if not version.at_least(1, 24):
+    if not version.has(WAYPOINT_SERVICE_NAMESPACE):  # istio/istio#52760, 1.24.0
         if policy.namespace not in (mesh.root_namespace, waypoint.namespace):
             return False
         if ref.namespace and ref.namespace != waypoint.namespace:
@@ -69,7 +69,7 @@ def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoi
         return policy.namespace == waypoint.namespace and ref.name == waypoint.name
     if ref.kind == "Service" and ref.group in ("", "core"):
         return policy.namespace == service.namespace and ref.name == service.name
-    if ref.kind == "GatewayClass" and ref.group == GATEWAY_GROUP and version.at_least(1, 25):
+    if ref.kind == "GatewayClass" and ref.group == GATEWAY_GROUP and version.has(GATEWAY_CLASS_TARGET_REF):
         return policy.namespace == mesh.root_namespace and ref.name == WAYPOINT_GATEWAY_CLASS
     return False
 

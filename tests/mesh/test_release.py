@@ -3,8 +3,9 @@
 Why: `--istio-version 1.29.2` on the local mesh must compile what istiod 1.29.2 generated (the unquoted
 regexes of #59992 and #59700, dry-run policies sent to ztunnel before 1.25.2, no GatewayClass binding
 before 1.25), and refuse what it cannot emulate, naming the release and the behaviour. The flags are
-the local mesh's own reading of Istio's release notes; they are checked here against the boundaries
-those notes give and, at every modelled release, against the verdict engine's independent reading.
+read from the one table of behaviour changes (conformance.versions.CHANGES); they are checked here
+against the boundaries the release notes give and, at every modelled release, against what the verdict
+engine makes of the same release.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from conformance.mesh.local import ztunnel
 from conformance.mesh.local.authz import select_waypoint_policies, sidecar_http_filters, unemulated
 from conformance.mesh.local.mesh import LocalTarget
 from conformance.mesh.local.rbac import service_account_regex, string_matcher_with_prefix
-from conformance.mesh.local.release import Release, carries, unquoted_hazard
+from conformance.mesh.local.release import Release, unquoted_hazard
 from conformance.model import MeshConfig, Scenario, Step, Waypoint, Workload
 from conformance.versions import MODELLED_VERSIONS, IstioVersion
 from tests.mesh.envoy_support import manifest
@@ -35,7 +36,7 @@ GW = "gateway.networking.k8s.io"
 
 @pytest.mark.parametrize(("version", "expected"), [
     ("1.28.6", False), ("1.28.7", True), ("1.29.2", False), ("1.29.3", True), ("1.30.0", True),
-    ("1.27.9", False), ("1.22.0", False), ("1.30.3", True),
+    ("1.27.9", False), ("1.22.0", False), ("1.30.3", True), ("1.31.0", True),
 ])
 def test_quotes_namespaces_from_1_28_7_1_29_3_1_30_0(version: str, expected: bool) -> None:
     """istio/istio#59992, releasenotes/notes/59992.yaml: backported to 1.28.7 and 1.29.3, in 1.30.0."""
@@ -53,7 +54,7 @@ def test_quotes_service_accounts_from_1_27_9_1_28_6_1_29_2(version: str, expecte
 
 @pytest.mark.parametrize(("version", "expected"), [
     ("1.22.0", True), ("1.24.6", True), ("1.25.0", True), ("1.25.1", True), ("1.25.2", False),
-    ("1.26.0", False), ("1.30.3", False),
+    ("1.26.0", False), ("1.30.3", False), ("1.31.0", False),
 ])
 def test_ztunnel_receives_dry_run_before_1_25_2(version: str, expected: bool) -> None:
     """istio/istio#55414, in 1.25.2 as #55709; 1.26.0 branched after it."""
@@ -62,7 +63,7 @@ def test_ztunnel_receives_dry_run_before_1_25_2(version: str, expected: bool) ->
 
 @pytest.mark.parametrize(("version", "binds", "attachment"), [
     ("1.22.0", False, "1.22"), ("1.23.6", False, "1.22"), ("1.24.0", False, "1.24"), ("1.24.6", False, "1.24"),
-    ("1.25.0", True, "1.25"), ("1.30.3", True, "1.25"),
+    ("1.25.0", True, "1.25"), ("1.30.3", True, "1.25"), ("1.31.0", True, "1.25"),
 ])
 def test_waypoint_binding_by_release(version: str, binds: bool, attachment: str) -> None:
     """releasenotes/notes/54780.yaml (1.25.0); policyattachment.go / authorization.go at each tag."""
@@ -70,25 +71,33 @@ def test_waypoint_binding_by_release(version: str, binds: bool, attachment: str)
     assert (release.gateway_class_binds_waypoints, release.waypoint_attachment) == (binds, attachment)
 
 
-def test_release_of_a_minor_is_its_pinned_patch_and_unmodelled_releases_are_refused() -> None:
+def test_release_of_a_minor_is_its_newest_patch_and_unmodelled_releases_are_refused() -> None:
     assert Release.of("1.29").version == (1, 29, 6)
-    assert Release.of(None) == Release.newest() == Release.of("1.30.3")
+    assert Release.of(None) == Release.newest() == Release.of("1.30.5")
+    assert Release.of("1.31").version == (1, 31, 0)
     assert str(Release.of("v1.25.1")) == "Istio 1.25.1"
-    for bad in ("1.31", "1.30.9", "1.21.0", "nonsense"):
+    for bad in ("1.31.1", "1.32", "1.30.9", "1.21.0", "nonsense"):
         with pytest.raises(UsageError):
             Release.of(bad)
 
 
-def test_carries_a_backported_fix() -> None:
-    fixes = ((1, 28, 7), (1, 29, 3), (1, 30, 0))
-    assert not carries((1, 27, 99), fixes) and carries((1, 31, 0), fixes)
-    assert not carries((1, 29, 2), fixes) and carries((1, 29, 3), fixes)
+def test_1_31_0_emulates_1_30_but_for_the_envoy_path_fix() -> None:
+    """1.31.0 keeps 1.30.3's istiod behaviour for every flag (docs/istio-versions.md); of 1.30.4's Envoy
+    fixes it lacks CVE-2026-73551 (its Envoy bee0843e is of 2026-08-20, Envoy 1.39.1 of 2026-08-26)."""
+    from dataclasses import asdict
+
+    old, new, patched = Release.of("1.30.3"), Release.of("1.31.0"), Release.of("1.30.4")
+    assert {**asdict(old), "version": None} == {**asdict(new), "version": None}
+    assert not old.strips_dot_segment_parameters and patched.strips_dot_segment_parameters
+    assert Release.of("1.30.5").strips_dot_segment_parameters and not Release.of("1.29.6").strips_dot_segment_parameters
+    guard = {"envoy.reloadable_features.strip_dotdot_segments_with_parameters": False}
+    assert new.runtime_layer() == old.runtime_layer() == guard and patched.runtime_layer() == {}
 
 
 @pytest.mark.parametrize("version", MODELLED_VERSIONS, ids=lambda v: "{}.{}.{}".format(*v))
 def test_flags_agree_with_the_engine_at_every_modelled_release(version: tuple[int, int, int]) -> None:
-    """Two independent readings of the same release notes: the local mesh's Release and the engine's
-    EnvoySemantics / scope.binds_waypoint (each would catch a typo in the other's boundary table)."""
+    """The local mesh's Release and the engine's EnvoySemantics / scope.binds_waypoint read the same
+    versions.CHANGES entries: each side must wire them to the same behaviour."""
     v = IstioVersion(*version)
     release, envoy = Release.of(v), EnvoySemantics("cluster.local", v)
     assert release.quotes_namespaces == envoy.quotes_namespaces
@@ -215,8 +224,9 @@ def test_the_version_reaches_the_local_target() -> None:
     from_repro = make_target("local", version=IstioVersion.parse("1.25.1"))
     assert isinstance(from_repro, LocalTarget) and from_repro.release == Release.of("1.25.1")
     assert isinstance(make_target("local"), LocalTarget) and make_target("local").release == Release.newest()
+    assert LocalTarget(version="1.31").release == Release.of("1.31.0")
     with pytest.raises(UsageError):
-        LocalTarget(version="1.31")
+        LocalTarget(version="1.31.1")
 
 
 @pytest.mark.parametrize(("version", "service_accounts", "trust_domains"), [

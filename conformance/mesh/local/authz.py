@@ -13,7 +13,7 @@ questions istiod answers for each proxy, the way istiod 1.30.3 answers them:
   `pilot/pkg/security/authz/builder`), and the filters that make an Envoy enforce what ztunnel
   enforces (`ztunnel.py`, istiod's ambient translation, then ztunnel's evaluation in Envoy form).
 
-Every function takes the `Release` to emulate (release.py; default: the newest, 1.30.3): what changed
+Every function takes the `Release` to emulate (release.py; default: 1.30's newest patch): what changed
 between the releases the suite models is honoured the way that release's istiod generated config, and
 what the local mesh cannot turn into real Envoy config is refused by `unemulated`, never approximated.
 
@@ -351,7 +351,7 @@ def waypoint_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_ma
 
 def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig,
                            release: Release | None = None) -> list[ztunnel.Authorization]:
-    """Step one of the ztunnel emulation: what istiod at `release` (default 1.30.3) sends ztunnel.
+    """Step one of the ztunnel emulation: what istiod at `release` (default: 1.30's newest patch) sends ztunnel.
 
     ALLOW rules with any HTTP attribute are dropped whole; DENY rules keep only their L4 content (an
     L7-only clause becomes an empty match, which never matches); a policy left without rules never

@@ -74,7 +74,7 @@ def _authz() -> Any:
 class LocalTarget:
     """Runs scenarios on a mesh of Envoy processes on this machine's loopback: no root, no Docker.
 
-    `version` is the Istio release to emulate (`--istio-version`; default: the newest modelled, 1.30.3):
+    `version` is the Istio release to emulate (`--istio-version`; default: 1.30's newest modelled patch):
     the compiler generates what that release's istiod generated (release.py), and refuses, with the
     reason, a scenario whose policies need a behaviour of that release it cannot emulate.
     """
@@ -253,6 +253,9 @@ class LocalMeshSession:
                 clusters = config.waypoint_clusters(ctx, served)
                 self._static_listeners[peer.ref] = config.waypoint_static_listeners(ctx, served)
                 extra = config.waypoint_bootstrap()
+            runtime = self.target.release.runtime_layer()
+            if runtime:  # the release's Envoy lacks a fix the local Envoy has (release.py)
+                extra["layered_runtime"] = {"layers": [{"name": "istio-release", "static_layer": runtime}]}
             env.write_clusters(clusters)
             env.write_listeners(self._listeners(peer.ref, ()))
             env.write_bootstrap(env.bootstrap(f"{kind}~{peer.ref}", extra, self._static_listeners[peer.ref]))

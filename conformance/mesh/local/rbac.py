@@ -19,7 +19,8 @@ it; an import-linter contract enforces that). Every rule cites the istiod functi
 
 What changed between the releases the suite models is read from a `Release` (release.py): the quoting
 of `namespaces` and `*suffix` principals (istio/istio#59992) and of `serviceAccounts` (#59700). The
-default is the newest release, 1.30.3, which the golden output comes from.
+default is 1.30's newest modelled patch, whose istiod builds what 1.30.3 builds (the golden output's
+release; docs/istio-versions.md).
 
 The output is JSON-able dicts in Envoy's snake_case field names, with proto3-JSON conventions (an
 enum at its default, ALLOW, and `ignore_case: false` are omitted), so that, after a camelCase →

@@ -1,4 +1,4 @@
-"""Which Istio release the local mesh emulates: one flag per behaviour that changed between 1.22 and 1.30.
+"""Which Istio release the local mesh emulates: one flag per behaviour that changed between 1.22 and 1.31.
 
 Why this exists: the local mesh's compiler is a port of istiod, and istiod's output changed inside the
 releases the suite models (some of it in patch releases). Running `--istio-version 1.29.2` on the local
@@ -7,9 +7,10 @@ version-dependent probe would otherwise fail as a policy mismatch, or worse, pas
 `Release.of(version)` turns a release into the flags the compiler (`rbac.py` generators, `authz.py`
 selection, `ztunnel.py` translation) reads.
 
-This is the local mesh's own reading of Istio's release notes and of istiod's source at each tag
-(istio/istio, cited per flag); it does not import the verdict engine, which keys the same behaviours on
-its own (an import-linter contract keeps the two apart, so a mistake in one is caught by the other).
+Which release has which behaviour comes from the one table of behaviour changes, `conformance.versions`
+(CHANGES, each citing its Istio issue or commit), which the engine reads too; what each flag makes the
+compiler generate is the local mesh's own port of istiod at each tag (cited per flag). The local mesh
+does not import the verdict engine (an import-linter contract keeps the two apart).
 
 A behaviour this module cannot turn into real Envoy config is refused, not approximated: `unquoted_hazard`
 says when an unquoted regex (the pre-fix forms) may be one Envoy rejects, and the target then refuses the
@@ -22,37 +23,26 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from conformance.versions import IstioVersion
+from conformance.versions import (
+    DOT_SEGMENT_PARAMETERS,
+    DRY_RUN_NOT_SENT_TO_ZTUNNEL,
+    GATEWAY_CLASS_TARGET_REF,
+    QUOTED_NAMESPACE_REGEX,
+    QUOTED_SERVICE_ACCOUNT_REGEX,
+    SERVICE_ACCOUNTS,
+    TRUST_DOMAINS_ENFORCED,
+    WAYPOINT_SELECTION_BY_KIND,
+    WAYPOINT_SERVICE_NAMESPACE,
+    IstioVersion,
+    Triple,
+)
 
-Triple = tuple[int, int, int]
 Attachment = Literal["1.22", "1.24", "1.25"]
-
-# The first patch of each minor that carries a fix backported to several minors, oldest minor first.
-# istio/istio#59992 (security fix, releasenotes/notes/59992.yaml; [release-1.29] #60054, in 1.29.3):
-# `namespaces` and `*suffix` principals are regexp.QuoteMeta'd in generator.go / matcher/string.go.
-FIX_59992: tuple[Triple, ...] = ((1, 28, 7), (1, 29, 3), (1, 30, 0))
-# istio/istio#59700 (releasenotes/notes/59700.yaml; [release-1.29] #59720, in 1.29.2): serviceAccountRegex
-# quotes the namespace and the service account (generator.go).
-FIX_59700: tuple[Triple, ...] = ((1, 27, 9), (1, 28, 6), (1, 29, 2))
-# istio/istio#55414 "ambient: do not process dry-run rules" ([release-1.25] #55709, in 1.25.2): PolicyCollections
-# (kube/controller/ambient/policies.go) drops dry-run policies before the ambient translation.
-FIX_55414: tuple[Triple, ...] = ((1, 25, 2),)
 
 # Go's regexp.QuoteMeta set minus `.`: an unquoted value holding one of these becomes a regex whose
 # acceptance by Envoy (RE2) the local target cannot vouch for (see `unquoted_hazard`). `.` is always a
 # valid regex (any character), which is exactly the #59992 / #59700 behaviour the local mesh emulates.
 _HAZARDS = frozenset("\\+*?()|[]{}^$")
-
-
-def carries(version: Triple, fixes: tuple[Triple, ...]) -> bool:
-    """Whether `version` has a fix whose first patch per minor is `fixes` (oldest minor first): a minor
-    newer than the newest listed has it, one older than the oldest listed does not."""
-    major, minor, patch = version
-    for f_major, f_minor, f_patch in fixes:
-        if (major, minor) == (f_major, f_minor):
-            return patch >= f_patch
-    newest = fixes[-1]
-    return (major, minor) > (newest[0], newest[1])
 
 
 def unquoted_hazard(text: str) -> bool:
@@ -70,8 +60,10 @@ def unquoted_hazard(text: str) -> bool:
 class Release:
     """The behaviours of one Istio release that the local mesh's compiler honours.
 
-    Each flag is what istiod at that release generated; `of` computes them, `newest` is the release
-    the compiler was ported from (1.30.3), the default wherever no version is given.
+    Each flag is what istiod (or its Envoy) at that release did; `of` computes them, `newest` is the
+    default release (the newest modelled 1.30 patch), used wherever no version is given. The compiler was
+    ported from istiod 1.30.3, whose AuthorizationPolicy output 1.30.4, 1.30.5 and 1.31.0 keep
+    (docs/istio-versions.md).
     """
 
     version: Triple
@@ -112,18 +104,33 @@ class Release:
     # generates what those istiods generated, so nothing silently gets the newer meaning.
     service_accounts: bool
     rbac_trust_domains: bool
+    # Envoy CVE-2026-73551 (Envoy 1.37.6 / 1.38.4, in Istio 1.29.7 / 1.30.4; 1.31.0's Envoy bee0843e of
+    # 2026-08-20 predates Envoy 1.39.1): with normalize_path, a `.;x` / `..;x` segment is cut to `.` / `..`.
+    # The local Envoy (1.40.0) has the fix; for a release without it, the proxies' bootstrap turns it off
+    # with Envoy's own runtime guard (`runtime_layer`).
+    strips_dot_segment_parameters: bool
 
     @classmethod
     def of(cls, version: IstioVersion | str | None = None) -> Release:
         """The release `version` names (`1.29`, `1.29.2`, an IstioVersion; None: the default, 1.30's
-        pinned patch). An unmodelled release raises UsageError (IstioVersion.parse)."""
+        newest modelled patch). An unmodelled release raises UsageError (IstioVersion.parse)."""
         v = IstioVersion.parse(None if version is None else str(version))  # an IstioVersion is checked too
         return _release((v.major, v.minor, v.patch))
 
     @classmethod
     def newest(cls) -> Release:
-        """The release the compiler was ported from and checked against istiod's golden output (1.30.3)."""
+        """The default release (versions.DEFAULT_VERSION's newest patch, 1.30.5)."""
         return cls.of(None)
+
+    def runtime_layer(self) -> dict[str, bool]:
+        """Envoy runtime guards that make the local Envoy (1.40.0, which has every fix below) behave as this
+        release's Envoy: an entry for each Envoy fix the release lacks (empty for the newest releases)."""
+        guards: dict[str, bool] = {}
+        if not self.strips_dot_segment_parameters:
+            # envoyproxy/envoy v1.38.4 CVE-2026-73551: "revert with
+            # envoy.reloadable_features.strip_dotdot_segments_with_parameters" (spelt with the final `s` in 1.40.0)
+            guards["envoy.reloadable_features.strip_dotdot_segments_with_parameters"] = False
+        return guards
 
     def __str__(self) -> str:
         return "Istio {}.{}.{}".format(*self.version)
@@ -132,14 +139,16 @@ class Release:
 @cache
 def _release(triple: Triple) -> Release:
     """Release.of for a parsed release; cached, since every compiler call without one asks for the newest."""
-    attachment: Attachment = "1.25" if triple >= (1, 25, 0) else "1.24" if triple >= (1, 24, 0) else "1.22"
+    attachment: Attachment = ("1.25" if WAYPOINT_SELECTION_BY_KIND.carried_by(triple)
+                              else "1.24" if WAYPOINT_SERVICE_NAMESPACE.carried_by(triple) else "1.22")
     return Release(
         version=triple,
-        quotes_namespaces=carries(triple, FIX_59992),
-        quotes_service_accounts=carries(triple, FIX_59700),
-        ztunnel_receives_dry_run=not carries(triple, FIX_55414),
-        gateway_class_binds_waypoints=triple >= (1, 25, 0),
+        quotes_namespaces=QUOTED_NAMESPACE_REGEX.carried_by(triple),
+        quotes_service_accounts=QUOTED_SERVICE_ACCOUNT_REGEX.carried_by(triple),
+        ztunnel_receives_dry_run=not DRY_RUN_NOT_SENT_TO_ZTUNNEL.carried_by(triple),
+        gateway_class_binds_waypoints=GATEWAY_CLASS_TARGET_REF.carried_by(triple),
         waypoint_attachment=attachment,
-        service_accounts=triple >= (1, 25, 0),
-        rbac_trust_domains=triple >= (1, 30, 2),
+        service_accounts=SERVICE_ACCOUNTS.carried_by(triple),
+        rbac_trust_domains=TRUST_DOMAINS_ENFORCED.carried_by(triple),
+        strips_dot_segment_parameters=DOT_SEGMENT_PARAMETERS.carried_by(triple),
     )
