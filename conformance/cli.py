@@ -1,4 +1,5 @@
-"""`authz-conformance`: validate, predict, explain, lint, compare and schema without a mesh; repro with one.
+"""`authz-conformance`: validate, predict, explain, lint, compare, schema and versions without a mesh; repro
+with one.
 
 Every user error is one line naming file, place and field, with exit code 1; nothing here prints a
 traceback for bad input (a bug still does, on purpose: it must be seen and fixed). `repro` also exits 1
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="old", required=True, help="older Istio version, e.g. 1.29")
     sp.add_argument("--to", dest="new", required=True, help="newer Istio version, e.g. 1.30")
     sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    sub.add_parser("versions", help="the Istio releases the engine models and the behaviour changes it keys on")
     sp = sub.add_parser("repro", help="run one probe of one step on a real target and print its evidence "
                                       "(exit 1 when it does not conform)")
     common(sp, many=False)
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "plan":
             return _plan(args, out)
+        if args.command == "versions":
+            return _versions(out)
         if args.command == "compare":
             return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), out)
         version = IstioVersion.parse(args.istio_version)
@@ -123,6 +127,26 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
                            cluster_base=args.cluster_name)
         out.write(plan.render(built))
     out.write("\n")
+    return 0
+
+
+def _versions(out: TextIO) -> int:
+    """`versions`: the modelled releases, and per release each behaviour change one line with its Istio
+    source (versions.table(); docs/istio-versions.md holds the same table, tests/test_versions.py checks)."""
+    from conformance import versions
+
+    default = IstioVersion.parse(None)
+    print(f"Modelled Istio releases (default {DEFAULT_VERSION} = {default}; a minor alone means its newest "
+          "modelled patch):", file=out)
+    rows = versions.table()
+    for text in versions.modelled_ranges():
+        print(text, file=out)
+        minor = tuple(int(n) for n in text.split("-")[0].split(".")[:2])
+        for row in rows:
+            if row.release[:2] == minor:
+                print(f"  {row.text}: {row.summary} [{row.source}]", file=out)
+    for release, why in sorted(versions.NOT_MODELLED.items()):
+        print("Not modelled: {}.{}.{}: {}".format(*release, why), file=out)
     return 0
 
 
