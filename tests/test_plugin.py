@@ -47,7 +47,7 @@ def test_unavailable_target_skips_with_its_reason_and_require_target_fails(scena
     strict = scenarios.runpytest_subprocess("good.yaml", "--mesh", "kind", "--require-target")
     assert strict.ret == pytest.ExitCode.TESTS_FAILED
     # the plan is printed before anything starts, here as on a CI runner with Docker
-    result.stdout.fnmatch_lines(["*authz-conformance plan (kind)*", "Plan: --mesh kind, Istio 1.30.3*",
+    result.stdout.fnmatch_lines(["*authz-conformance plan (kind)*", "Plan: --mesh kind, Istio 1.30.5*",
                                  "*side by side, 1 at once: good.yaml (3 step(s)*"])
 
 

@@ -39,7 +39,7 @@ def test_nothing_on_path_names_everything_missing(tmp_path):
     assert reason is not None and reason.startswith("cannot run here, missing: ")
     assert "Docker (no docker on PATH" in reason
     assert "kind (not on PATH" in reason
-    assert "istioctl (neither istioctl-1.30.3 nor istioctl on PATH" in reason
+    assert "istioctl (neither istioctl-1.30.5 nor istioctl on PATH" in reason  # 1.30: the newest modelled patch
     assert target.unavailable("sidecar") == reason.replace("ambient", "sidecar")
 
 
@@ -62,10 +62,10 @@ def test_everything_present(tmp_path):
     needs("kubernetes", "kubernetes")
     tool(tmp_path, "docker", "echo 27.0.0")
     tool(tmp_path, "kind")
-    tool(tmp_path, "istioctl-1.30.3")
+    tool(tmp_path, "istioctl-1.30.5")
     target = KindTarget(settings(), env={"PATH": str(tmp_path)})
     assert target.unavailable("waypoint") is None
-    assert target._istioctl == str(tmp_path / "istioctl-1.30.3")  # the release-named one first
+    assert target._istioctl == str(tmp_path / "istioctl-1.30.5")  # the release-named one first
 
 
 def test_explicit_binaries_must_exist(tmp_path):

@@ -72,12 +72,12 @@ def target(kube: Kube, version: str = "1.30", tmp_path=None) -> ExistingClusterT
 
 def test_unavailable_reasons():
     pytest.importorskip("kubernetes")
-    kube = Kube([istiod("docker.io/istio/pilot:1.30.3")])
+    kube = Kube([istiod("docker.io/istio/pilot:1.30.5")])
     t = target(kube)
     assert t.unavailable("sidecar") is None
     assert "cannot run the ambient mode: no ztunnel DaemonSet" in t.unavailable("ambient")
     assert "waypoints need ambient" in t.unavailable("waypoint")
     other = target(kube, "1.29")
-    assert "runs Istio 1.30.3 but --istio-version is 1.29.6" in other.unavailable("sidecar")
+    assert "runs Istio 1.30.5 but --istio-version is 1.29.6" in other.unavailable("sidecar")
     missing = target(Kube([]))
     assert "no Istio control plane" in missing.unavailable("sidecar")

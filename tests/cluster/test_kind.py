@@ -63,8 +63,8 @@ def test_what_pytest_kind_is_given(tmp_path):
     target = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, kind_bin=str(tmp_path / "kind")))
     target._kind = str(tmp_path / "kind")
     args = target.kind_cluster_args("ambient")
-    assert args == {"name": "authz-ambient-1-30-3",
-                    "kubeconfig": Path(".pytest-kind/authz-ambient-1-30-3/kubeconfig"),
+    assert args == {"name": "authz-ambient-1-30-5",  # 1.30: the newest pinned 1.30 patch
+                    "kubeconfig": Path(".pytest-kind/authz-ambient-1-30-5/kubeconfig"),
                     "image": M.node_image, "kind_path": tmp_path / "kind", "config_file": M.kind_config}
     own = KindTarget(ClusterSettings("1.29", cluster_name="ci", kubeconfig="/tmp/k", kind_image="img@sha256:1",
                                      kind_config=Path("/tmp/c.yaml")))
@@ -85,7 +85,7 @@ def test_pytest_kind_command_lines_with_a_fake_kind(tmp_path, monkeypatch):
     monkeypatch.setattr(target, "_install_istio", lambda cluster, mode: installed.append(cluster.name))
     cluster = target._cluster("sidecar")
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    name = "authz-sidecar-1-30-3"
+    name = "authz-sidecar-1-30-5"
     assert calls[0] == ["get", "clusters"]
     assert calls[1] == ["create", "cluster", f"--name={name}", f"--kubeconfig={kubeconfig}",
                         f"--image={M.node_image}", "--config", str(M.kind_config)]

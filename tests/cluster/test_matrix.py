@@ -21,13 +21,17 @@ def test_matrix_is_pinned_and_consistent():
     assert M.kind_version.startswith("v") and "@sha256:" in M.node_image
     assert all("@sha256:" in image for image in M.images.values())
     assert set(M.matrix_modes) == {"sidecar", "ambient", "waypoint"}
-    assert {v.rsplit(".", 1)[0] for v in M.matrix_istio} == {"1.30", "1.29"}
+    assert {v.rsplit(".", 1)[0] for v in M.matrix_istio} == {"1.31", "1.30"}  # issue 16: 1.30 and 1.31
     for version in M.matrix_istio:
         major, minor, patch = map(int, version.split("."))
         assert PINNED_PATCH[(major, minor)] == patch, "versions.yaml and conformance/versions.py must agree"
     assert M.istio["1.30.3"].sha256 == "55ada076ba1b37af49e8a24e5e539b4abccabdb33894c923279edd293eea3993"
     # sigs.k8s.io/gateway-api in istio/istio go.mod at each tag
     assert M.istio["1.29.6"].gateway_api == "v1.4.1" and M.istio["1.30.3"].gateway_api == "v1.5.1"
+    assert M.istio["1.30.5"].gateway_api == "v1.5.1" and M.istio["1.31.0"].gateway_api == "v1.6.0"  # release branches
+    # the upgrade teams face next is the main path; 1.29 -> 1.30 stays (issue 16)
+    assert [(u.source, u.target) for u in M.upgrades] == [("1.30.5", "1.31.0"), ("1.29.6", "1.30.5")]
+    assert M.upgrades[0].id == "1-30-5-to-1-31-0" and set(M.upgrade_modes) == {"sidecar", "ambient"}
     assert M.gateway_api["v1.4.1"].path == matrix_mod.CLUSTERS_DIR / "gateway-api" / "v1.4.1" / "standard-install.yaml"
     assert M.gateway_api["v1.4.1"].release_url.endswith("/v1.4.1/standard-install.yaml")
     # a node image built for kind v0.32.0 (one listed in its release notes), by digest
@@ -38,7 +42,7 @@ def test_matrix_is_pinned_and_consistent():
     assert M.modes["sidecar"].profile == "default" and M.modes["ambient"].profile == "ambient"
     assert M.modes["waypoint"].gateway_api and M.modes["waypoint"].overlay.exists()
     assert M.kind_config.exists()
-    assert M.release("1.30") == M.istio["1.30.3"] and M.release("1.30.3").revision == "1-30-3"
+    assert M.release("1.30") == M.istio["1.30.5"] and M.release("1.30.3").revision == "1-30-3"  # newest of the line
     assert str(IstioVersion.parse(M.default_istio)) == M.default_istio
     with pytest.raises(TargetUnavailable, match="not in the tested matrix"):
         M.release("1.27")

@@ -116,7 +116,7 @@ def test_e2e_runs_every_mode_and_release_of_the_matrix_with_pinned_tools():
     assert "plan policies --format github-e2e" in plan_run and "plan policies --format github-upgrade" in plan_run
     include = plan_mod.github_e2e([ROOT / "policies"])["include"]
     assert {(j["mode"], j["istio"]) for j in include} == {(mo, v) for mo in ("sidecar", "ambient", "waypoint")
-                                                            for v in ("1.30.3", "1.29.6")}
+                                                            for v in ("1.31.0", "1.30.5")}
     assert {(j["mode"], j["istio"]) for j in include} == {(j["mode"], j["istio"])
                                                           for j in m.github_matrix()["include"]}
     steps = "\n".join(str(s.get("run", "")) for s in jobs["e2e"]["steps"])
@@ -130,6 +130,12 @@ def test_e2e_runs_every_mode_and_release_of_the_matrix_with_pinned_tools():
     for piece in ("--keep-cluster", "conformance.mesh.cluster.upgrade", "--mesh cluster", "upgrade_report.py",
                   "install-ambient", "--charts-to", "--charts"):
         assert piece in upgrade
+    # each job's path comes from its own matrix entry (two upgrade paths run side by side)
+    env = jobs["upgrade"]["env"]
+    assert (env["FROM"], env["TO"]) == ("${{ matrix.from }}", "${{ matrix.to }}")
+    names = [str(s["with"]["name"]) for s in jobs["upgrade"]["steps"]
+             if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert names and all("matrix.path_id" in n and "matrix.shard_id" in n for n in names)
 
 
 def test_the_upgrade_job_runs_the_pinned_helm():
@@ -158,13 +164,16 @@ def test_every_job_timeout_comes_from_the_computed_estimate():
         assert job["timeout"] >= job["estimate_minutes"] * plan_mod.TIMEOUT_MARGIN, job
         assert job["timeout"] <= math.ceil((job["estimate_minutes"] + 0.05) * plan_mod.TIMEOUT_MARGIN), job
     upgrade = plan_mod.github_upgrade([ROOT / "policies"])["include"]
-    assert {j["mode"] for j in upgrade} == set(matrix_mod.load().upgrade_modes)
+    m = matrix_mod.load()
+    assert {(j["from"], j["to"], j["mode"]) for j in upgrade} == {(u.source, u.target, mode) for u in m.upgrades
+                                                                  for mode in u.modes}
+    assert len({(j["path_id"], j["mode"], j["shard_id"]) for j in upgrade}) == len(upgrade)  # artifact names
     for job in upgrade:
         assert job["estimate_minutes"] <= plan_mod.UPGRADE_JOB_BUDGET / 60, job
         assert job["timeout"] >= job["estimate_minutes"] * plan_mod.TIMEOUT_MARGIN, job
     # every scenario file runs in exactly one shard per mode and release
     for mode in ("sidecar", "ambient", "waypoint"):
-        for version in ("1.30.3", "1.29.6"):
+        for version in ("1.31.0", "1.30.5"):
             files = [f for j in e2e if (j["mode"], j["istio"]) == (mode, version) for f in j["files"].split()]
             assert len(files) == len(set(files)) and files
     # the other fixed timeouts are small jobs without a cluster

@@ -98,6 +98,21 @@ class ModeInstall:
 
 
 @dataclass(frozen=True)
+class UpgradePath:
+    """One upgrade the upgrade job validates: the suite at `source`, Istio's documented upgrade, the suite at
+    `target`."""
+
+    source: str
+    target: str
+    modes: tuple[Mode, ...]
+
+    @property
+    def id(self) -> str:
+        """A name for job and artifact names: `1-30-5-to-1-31-0`."""
+        return f"{self.source.replace('.', '-')}-to-{self.target.replace('.', '-')}"
+
+
+@dataclass(frozen=True)
 class Matrix:
     kind_version: str
     kind_binaries: Mapping[str, tuple[str, str | None]]  # platform -> (url, sha256)
@@ -112,17 +127,20 @@ class Matrix:
     modes: Mapping[Mode, ModeInstall]
     matrix_modes: tuple[Mode, ...]
     matrix_istio: tuple[str, ...]
-    upgrade_from: str
-    upgrade_to: str
-    upgrade_modes: tuple[Mode, ...]
+    upgrades: tuple[UpgradePath, ...]  # the first is the main path
+
+    @property
+    def upgrade_modes(self) -> tuple[Mode, ...]:
+        return tuple(dict.fromkeys(m for u in self.upgrades for m in u.modes))
 
     def release(self, version: str) -> IstioRelease:
-        """The pinned release for `1.30.3` (exact) or `1.30` (the one pinned for that line)."""
+        """The pinned release for `1.30.3` (exact) or `1.30` (the newest pinned for that line, as
+        `--istio-version 1.30` means the newest modelled 1.30 patch: conformance/versions.py)."""
         if version in self.istio:
             return self.istio[version]
         line = [r for v, r in self.istio.items() if v.rsplit(".", 1)[0] == version]
-        if len(line) == 1:
-            return line[0]
+        if line:
+            return max(line, key=lambda r: tuple(int(x) for x in r.version.split(".")))
         known = ", ".join(sorted(self.istio))
         raise TargetUnavailable(f"Istio {version} is not in the tested matrix (clusters/versions.yaml has {known})")
 
@@ -184,7 +202,10 @@ def load(path: Path = VERSIONS_FILE) -> Matrix:
         modes[name] = ModeInstall(name, str(_req(m, "profile", f"modes.{name}")),
                                   base / str(_req(m, "overlay", f"modes.{name}")), bool(m.get("gateway_api")))
     matrix = _req(raw, "matrix", "top level")
-    upgrade = _req(raw, "upgrade", "top level")
+    upgrades = tuple(
+        UpgradePath(str(_req(u, "from", f"upgrades[{i}]")), str(_req(u, "to", f"upgrades[{i}]")),
+                    tuple(_req(u, "modes", f"upgrades[{i}]")))
+        for i, u in enumerate(_req(raw, "upgrades", "top level") or ()))
     result = Matrix(
         kind_version=str(_req(kind, "version", "kind")), kind_binaries=binaries, node_image=node_image,
         kubernetes=str(kind.get("kubernetes", "")), kind_config=base / str(_req(kind, "config", "kind")),
@@ -192,8 +213,7 @@ def load(path: Path = VERSIONS_FILE) -> Matrix:
         images=images,
         modes=modes, matrix_modes=tuple(_req(matrix, "modes", "matrix")),
         matrix_istio=tuple(str(v) for v in _req(matrix, "istio", "matrix")),
-        upgrade_from=str(_req(upgrade, "from", "upgrade")), upgrade_to=str(_req(upgrade, "to", "upgrade")),
-        upgrade_modes=tuple(_req(upgrade, "modes", "upgrade")),
+        upgrades=upgrades,
     )
     _check(result)
     return result
@@ -206,7 +226,9 @@ def _check(m: Matrix) -> None:
     for key in ("curl", "app"):
         if key not in m.images:
             raise MatrixError(f"clusters/versions.yaml: images: missing {key!r}")
-    for version in (*m.matrix_istio, m.default_istio, m.upgrade_from, m.upgrade_to):
+    if not m.upgrades:
+        raise MatrixError("clusters/versions.yaml: upgrades: at least one upgrade path")
+    for version in (*m.matrix_istio, m.default_istio, *(v for u in m.upgrades for v in (u.source, u.target))):
         if version not in m.istio:
             raise MatrixError(f"clusters/versions.yaml: Istio {version} is used but not in istio.releases")
     for rel in m.istio.values():
@@ -366,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sp.add_argument("--charts", action="store_true", help="also extract each release's Helm charts (charts-<v>/)")
     sp.add_argument("--helm", action="store_true", help="also the pinned helm (the ambient upgrade's tool)")
     sp = sub.add_parser("get", help="print one value: node-image, kind-version, helm-version, gateway-api-crds "
-                                    "ISTIO (the vendored file), image NAME, upgrade")
+                                    "ISTIO (the vendored file), image NAME, upgrades")
     sp.add_argument("what")
     sp.add_argument("arg", nargs="?")
     args = parser.parse_args(argv)
@@ -384,8 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "helm-version": lambda: matrix.helm["linux-amd64"].version,
             "gateway-api-crds": lambda: _checked(matrix.gateway_api_for(args.arg)).path,
             "image": lambda: matrix.images[args.arg],
-            "upgrade": lambda: json.dumps({"from": matrix.upgrade_from, "to": matrix.upgrade_to,
-                                           "modes": list(matrix.upgrade_modes)}),
+            "upgrades": lambda: json.dumps([{"from": u.source, "to": u.target, "modes": list(u.modes), "id": u.id}
+                                            for u in matrix.upgrades]),
         }
         if args.what not in values:
             parser.error(f"unknown value {args.what!r}")

@@ -432,19 +432,22 @@ def github_e2e(paths: Iterable[str | Path], matrix: Matrix | None = None, costs:
 
 
 def github_upgrade(paths: Iterable[str | Path], matrix: Matrix | None = None, costs: Costs = COSTS) -> dict[str, Any]:
-    """The upgrade jobs: per upgrade mode and shard, the suite twice around one upgrade, each its own cluster."""
+    """The upgrade jobs: per upgrade path (clusters/versions.yaml `upgrades`), mode and shard, the suite twice
+    around one upgrade, each its own cluster."""
     matrix = matrix or load_matrix()
     files = scenario_files(paths)
-    plan = build(files, "kind", matrix.upgrade_modes, matrix.upgrade_from, matrix, UPGRADE_JOB_BUDGET, costs,
-                 extra=costs.upgrade, runs=2)
     include = []
-    for mp in plan.modes:
-        for sh in mp.shards:
-            _low, high = mp.job(sh)
-            high += sh.high  # the second run, after the upgrade
-            include.append({"mode": mp.mode, "shard": f"{sh.index}/{sh.count}", "shard_id": f"{sh.index}-of-{sh.count}",
-                            "files": " ".join(sh.files),
-                            "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high)})
+    for path in matrix.upgrades:
+        plan = build(files, "kind", path.modes, path.source, matrix, UPGRADE_JOB_BUDGET, costs,
+                     extra=costs.upgrade, runs=2)
+        for mp in plan.modes:
+            for sh in mp.shards:
+                _low, high = mp.job(sh)
+                high += sh.high  # the second run, after the upgrade
+                include.append({"from": path.source, "to": path.target, "path_id": path.id, "mode": mp.mode,
+                                "shard": f"{sh.index}/{sh.count}", "shard_id": f"{sh.index}-of-{sh.count}",
+                                "files": " ".join(sh.files),
+                                "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high)})
     return {"include": include}
 
 
