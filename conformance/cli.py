@@ -64,10 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--mesh", choices=("kind", "cluster"), default="kind", help="the cluster target (default kind)")
     sp.add_argument("--mesh-mode", choices=MODES, action="append", help="only this mode (repeatable)")
     sp.add_argument("--istio-version", default=None,
-                    help="Istio release (default: clusters/versions.yaml's default, e.g. 1.30.3)")
+                    help="Istio release (default: clusters/versions.yaml's default, e.g. 1.30.5)")
     sp.add_argument("--kube-context", default=None, help="--mesh cluster: the context named in the plan")
     sp.add_argument("--cluster-name", default=None,
                     help="--mesh kind: the base name the run passes as --cluster-name (CI: e2e, upgrade)")
+    sp.add_argument("--cluster-concurrency", type=int, default=None, metavar="N",
+                    help="scenarios side by side on one cluster, as the run's own option (default 4)")
     sp.add_argument("--format", choices=("text", "github-e2e", "github-upgrade"), default="text",
                     help="text (default), or the e2e / upgrade workflow job matrix as JSON")
     return p
@@ -123,8 +125,9 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         version = args.istio_version
         if version is not None:
             IstioVersion.parse(version)
+        workers = args.cluster_concurrency or plan.DEFAULT_CONCURRENCY
         built = plan.build(args.files, args.mesh, args.mesh_mode, version, kube_context=args.kube_context,
-                           cluster_base=args.cluster_name)
+                           cluster_base=args.cluster_name, workers=max(1, workers))
         out.write(plan.render(built))
     out.write("\n")
     return 0

@@ -122,7 +122,8 @@ def _print_plan(session: pytest.Session) -> None:
     base = config.getoption("cluster_name", default=None)  # registered by pytest-kind or our options
     text = session_plan_text(files, mesh, config.getoption("mesh_mode"), config.getoption("istio_version"),
                              config.getoption("kube_context"),
-                             None if base in (None, PYTEST_KIND_DEFAULT_NAME) else str(base))
+                             None if base in (None, PYTEST_KIND_DEFAULT_NAME) else str(base),
+                             config.getoption("cluster_concurrency"))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.section(f"authz-conformance plan ({mesh})")

@@ -15,7 +15,10 @@ How it stays honest:
   exclusively: it waits until no other scenario is inside a step, and no other step starts until its
   session is closed (its root-namespace objects deleted and gone from the proxies, session.py `close`).
   Its earlier steps, and every scenario's start (namespaces, workloads, rollouts: its own namespaces
-  only), overlap with anything. Other scenarios hold a shared claim only while inside a step: between
+  only), overlap with anything, except what a start probes: a target's canary ("with no policy in
+  force, does every port answer?") runs inside `quiet_mesh()`, a shared claim, so no other scenario's
+  mesh-wide policy is in force while it looks (found by review: an allow-nothing root policy made other
+  scenarios' canaries fail). Other scenarios hold a shared claim only while inside a step: between
   two of their steps an exclusive scenario may come and go, and the next step sees none of it (the
   close barrier). Writers are preferred, so an exclusive scenario cannot be starved.
 - Warnings and report attachments produced in a worker are captured (notices.py) and replayed by the
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance import notices
+from conformance.exclusion import Exclusivity, holding_claim
 from conformance.model import Mode, Scenario, Step
 from conformance.runner import StepResult, run_step
 from conformance.target import MeshSession, Target
@@ -52,50 +56,6 @@ class Outcome:
     value: Any = None  # the MeshSession after a start, the StepResult after a step
     error: BaseException | None = None
     notices: notices.Notices = field(default_factory=notices.Notices)
-
-
-class Exclusivity:
-    """A readers-writer lock with writer preference: steps of shared scenarios read, a mesh-wide scenario
-    writes (from its first step through its close)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-        # What held the lock, in order (for tests and for the report: proof that a mesh-wide scenario
-        # never overlapped another one's step).
-        self.history: list[tuple[str, str, str]] = []  # (event, kind, who)
-
-    @contextmanager
-    def shared(self, who: str) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer and not self._writers_waiting)
-            self._readers += 1
-            self.history.append(("enter", "shared", who))
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self.history.append(("leave", "shared", who))
-                self._cond.notify_all()
-
-    def acquire_exclusive(self, who: str) -> None:
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                self._cond.wait_for(lambda: not self._writer and not self._readers)
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-            self.history.append(("enter", "exclusive", who))
-
-    def release_exclusive(self, who: str) -> None:
-        with self._cond:
-            self._writer = False
-            self.history.append(("leave", "exclusive", who))
-            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -185,7 +145,7 @@ class Scheduler:
             if self._stop.is_set():
                 return
             scheduled.claimed = True
-        with notices.capture() as sink:
+        with holding_claim(lambda: self.lock.shared(f"{spec.key} (start)")), notices.capture() as sink:
             try:
                 session: MeshSession | None = self.target.start(spec.scenario, spec.mode)
                 started = Outcome(session, None, sink)
@@ -209,10 +169,13 @@ class Scheduler:
                     holding = True
                 claim = _nothing() if holding else self.lock.shared(spec.key)
                 with claim, notices.capture() as sink:
-                    try:
-                        outcome = Outcome(self._run_step(session, spec.scenario, step), None, sink)
-                    except BaseException as exc:
-                        outcome = Outcome(None, exc, sink)
+                    if self._stop.is_set():  # stopped while this run waited for its claim
+                        outcome = Outcome(error=Cancelled("the run was stopped before this step"))
+                    else:
+                        try:
+                            outcome = Outcome(self._run_step(session, spec.scenario, step), None, sink)
+                        except BaseException as exc:
+                            outcome = Outcome(None, exc, sink)
                 _settle(future, outcome)
         finally:
             with notices.capture() as sink:

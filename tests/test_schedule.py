@@ -254,3 +254,67 @@ def test_a_stop_lets_the_running_step_finish_skips_the_rest_closes_and_never_sta
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         Scheduler(FakeTarget(), [], workers=0, run=runner(lambda s, step: None))
+
+
+def test_a_start_probes_only_while_no_mesh_wide_policy_of_another_scenario_is_in_force():
+    """Found by review: an allow-nothing root policy of one scenario failed another's canary. A target
+    probes outside a step inside `quiet_mesh()`, which waits for a mesh-wide scenario to close."""
+    from conformance.exclusion import quiet_mesh
+
+    m_inside, about_to_probe = threading.Event(), threading.Event()
+
+    class CanaryTarget(FakeTarget):
+        def start(self, scenario: Scenario, mode: str) -> Session:
+            session = super().start(scenario, mode)
+            if scenario.name == "s":
+                assert m_inside.wait(WAIT)
+                about_to_probe.set()
+                with quiet_mesh():
+                    self.log.append("canary s")
+            return session
+
+    def body(session: Session, step: Step) -> None:
+        if session.name == "m":
+            m_inside.set()
+            assert about_to_probe.wait(WAIT)
+
+    target = CanaryTarget()
+    sched = Scheduler(target, [spec("m", ("1",), alone_from=0), spec("s", ("1",))], workers=2, run=runner(body))
+    try:
+        assert wait(sched.run("s").closed).error is None and wait(sched.run("m").closed).error is None
+    finally:
+        sched.shutdown()
+    assert target.log.index("close m") < target.log.index("canary s")
+    with quiet_mesh():  # outside the scheduler: nothing to wait for
+        pass
+
+
+def test_a_run_stopped_while_it_waited_for_its_claim_runs_no_further_step():
+    entered = threading.Event()
+    go_on = threading.Event()
+    ran: list[str] = []
+
+    def body(session: Session, step: Step) -> None:
+        ran.append(f"{session.name}/{step.name}")
+        if session.name == "m":
+            entered.set()
+            go_on.wait(WAIT)
+
+    class LateTarget(FakeTarget):
+        def start(self, scenario: Scenario, mode: str) -> Session:
+            if scenario.name == "s":
+                assert entered.wait(WAIT)  # s is up only once m holds the cluster
+            return super().start(scenario, mode)
+
+    target = LateTarget()
+    sched = Scheduler(target, [spec("m", ("1",), alone_from=0), spec("s", ("1", "2"))], workers=2,
+                      run=runner(body))
+    sched.run("m")
+    assert entered.wait(WAIT)  # m holds the cluster; s waits for its claim (or has not got there yet)
+    stopper = threading.Thread(target=sched.shutdown)
+    stopper.start()
+    go_on.set()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert ran == ["m/1"]
+    assert all(isinstance(wait(f).error, Cancelled) for f in sched.run("s").steps.values())

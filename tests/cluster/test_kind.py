@@ -134,6 +134,7 @@ def test_istioctl_command_lines():
     assert istioctl.ztunnel_policies_argv("i", kc, "ztunnel-abc") == [
         "i", "ztunnel-config", "policies", "ztunnel-abc.istio-system", "-o", "json", "--kubeconfig", "/k",
         "--context", "kind-x"]
+    assert istioctl.ztunnel_policies_argv("i", kc, "ztunnel-abc", "kube-system")[3] == "ztunnel-abc.kube-system"
     assert istioctl.tag_set_argv("i", kc, "1-30-3") == ["i", "tag", "set", "default", "--revision", "1-30-3",
                                                         "--overwrite", "-y", "--kubeconfig", "/k", "--context",
                                                         "kind-x"]

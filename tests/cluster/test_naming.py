@@ -161,6 +161,18 @@ def test_workloads_in_the_root_namespace_and_too_long_names_are_refused():
         NamespaceMap.for_scenario(scenario_with(["a" * 60]), "azqwertyu-")
 
 
+def test_a_waypoint_in_the_root_namespace_is_refused():
+    """Found by review: the root namespace is never renamed, so a waypoint there made the session label, then
+    delete, istio-system."""
+    from dataclasses import replace
+
+    from conformance.model import Waypoint
+
+    scenario = replace(scenario_with(["a"]), waypoints=(Waypoint("waypoint", "istio-system"),))
+    with pytest.raises(TargetError, match="waypoint istio-system/waypoint lives in the mesh root namespace"):
+        NamespaceMap.for_scenario(scenario, "azq-")
+
+
 @pytest.mark.parametrize("path", POLICIES, ids=lambda p: p.stem)
 def test_every_shipped_policy_stays_valid_istio_after_mapping(path):
     version = IstioVersion.parse("1.30")

@@ -71,10 +71,10 @@ def test_simulate_runs_a_mesh_wide_scenario_alone_from_its_first_root_step_throu
     assert plan.simulate(runs, 3, 1, FLAT) == pytest.approx(72.0)
     # all shared: they would all be done at 30 + 3 steps + close = 62
     assert plan.simulate([cost("a"), cost("b"), cost("m", steps=3)], 3, 1, FLAT) == pytest.approx(62.0)
-    # a queued exclusive claim holds back a shared step that would otherwise start (writer preference):
-    # c's steps (starting at 60) wait until m has closed
+    # an exclusive claim holds back what a start probes (its canary, the last 5 s of its start, under a
+    # shared claim) and every step: c's canary and steps wait until m has closed at 22
     late = [cost("m", steps=2, alone_from=0, start=0.0), cost("c", start=5.0)]
-    assert plan.simulate(late, 2, 1, FLAT) == pytest.approx(0 + 20 + 2 + 20 + 2)
+    assert plan.simulate(late, 2, 1, FLAT) == pytest.approx(22 + 5 + 20 + 2)
 
 
 def test_simulate_is_never_faster_than_the_exclusive_parts_nor_slower_than_one_by_one():
@@ -177,3 +177,12 @@ def test_the_plan_names_the_clusters_the_run_will_create():
     text = session_plan_text([str(ROOT / "policies" / "explicit-deny-task.yaml")], "kind", ["sidecar"], "1.30.3",
                              cluster_base="e2e")
     assert "cluster e2e-sidecar-1-30-3," in text
+
+
+def test_the_plan_a_run_prints_is_for_its_own_concurrency(capsys):
+    """Found by review: the plan printed before a run assumed 4 at once whatever --cluster-concurrency said."""
+    one = plan.session_plan_text([POLICIES / "conditions.yaml", POLICIES / "hosts.yaml"], "kind", ["sidecar"], "1.30",
+                                 workers=1)
+    assert "1 scenario(s) at once" in one and "side by side, 1 at once" in one
+    assert cli_main(["plan", str(POLICIES / "hosts.yaml"), "--cluster-concurrency", "2"]) == 0
+    assert "2 scenario(s) at once" in capsys.readouterr().out

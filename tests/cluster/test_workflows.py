@@ -189,7 +189,7 @@ def test_kind_logs_are_exported_before_the_cluster_is_deleted():
         export = next(i for i, r in enumerate(runs) if "kind export logs" in r)
         delete = next(i for i, r in enumerate(runs) if "kind delete cluster" in r)
         assert test_step < export < delete, name
-        assert steps[export]["if"] == "failure()" and steps[delete]["if"] == "always()"
+        assert steps[export]["if"] == "failure() || cancelled()" and steps[delete]["if"] == "always()"
 
 
 # The release each action is pinned to, and that release's commit (read from the actions' repositories:
@@ -246,3 +246,22 @@ def test_every_allure_result_reaches_the_merged_report():
     assert {str(u["path"]).strip() for u in carrying} >= {"allure-results", "allure-results-before",
                                                           "allure-results-after"}
     assert all(str(u["name"]).startswith("allure-results-") for u in carrying), carrying
+
+
+def test_the_test_steps_stop_before_the_job_so_the_logs_are_exported():
+    """Found by review: a job that hits `timeout-minutes` is cancelled and skips `if: failure()` steps, so the
+    kind logs of the likeliest first-run failure were lost. The test steps have their own, smaller limits,
+    and the export also runs when the job was cancelled."""
+    jobs = yaml.safe_load(E2E.read_text())["jobs"]
+    for name in ("e2e", "upgrade"):
+        export = next(s for s in jobs[name]["steps"] if "kind export logs" in str(s.get("run", "")))
+        assert export["if"] == "failure() || cancelled()"
+    tests = [s for s in jobs["e2e"]["steps"] if "pytest" in str(s.get("run", ""))]
+    assert tests and all(s["timeout-minutes"] == "${{ matrix.test_timeout }}" for s in tests)
+    for job in plan_mod.github_e2e([ROOT / "policies"])["include"]:
+        assert job["test_timeout"] <= job["timeout"] - plan_mod.STEP_RESERVE_MINUTES
+    phases = [s for s in jobs["upgrade"]["steps"] if "pytest" in str(s.get("run", ""))
+              or "conformance.mesh.cluster.upgrade --" in str(s.get("run", ""))]
+    assert len(phases) == 3 and all("timeout-minutes" in s for s in phases)
+    for job in plan_mod.github_upgrade([ROOT / "policies"])["include"]:
+        assert 2 * job["suite_timeout"] + job["upgrade_timeout"] < job["timeout"]

@@ -70,8 +70,11 @@ def analyze_argv(istioctl: str, kube: Kubeconfig, namespace: str) -> list[str]:
     return [istioctl, "analyze", *kube.flags(), "-n", namespace, "-o", "json"]
 
 
-def ztunnel_policies_argv(istioctl: str, kube: Kubeconfig, ztunnel_pod: str) -> list[str]:
-    return [istioctl, "ztunnel-config", "policies", f"{ztunnel_pod}.{ISTIO_NAMESPACE}", "-o", "json", *kube.flags()]
+def ztunnel_policies_argv(istioctl: str, kube: Kubeconfig, ztunnel_pod: str,
+                          namespace: str = ISTIO_NAMESPACE) -> list[str]:
+    """`<pod>.<namespace>`: ztunnel runs in istio-system on kind, wherever the installer put it elsewhere (some
+    platforms use kube-system); the session found the pod, so its namespace is known (review finding)."""
+    return [istioctl, "ztunnel-config", "policies", f"{ztunnel_pod}.{namespace}", "-o", "json", *kube.flags()]
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,12 @@ class NamespaceMap:
         root = scenario.mesh.root_namespace
         names = {w.namespace for w in scenario.workloads} | {w.namespace for w in scenario.waypoints}
         names |= {m.namespace for step in scenario.steps for m in step.policies}
-        for w in scenario.workloads:
+        for w in (*scenario.workloads, *scenario.waypoints):
             if w.namespace == root:
-                raise TargetError(f"workload {w.ref} lives in the mesh root namespace {root}: a cluster target "
-                                  "cannot place workloads there (every policy in it is mesh-wide)")
+                what = "waypoint" if w in scenario.waypoints else "workload"
+                raise TargetError(f"{what} {w.namespace}/{w.name} lives in the mesh root namespace {root}: a cluster "
+                                  "target cannot place it there (every policy in it is mesh-wide, and the run "
+                                  "would label, then delete, the namespace Istio runs in)")
         names.discard(root)
         for name in names:
             if len(prefix + name) > MAX_NAMESPACE:

@@ -47,6 +47,7 @@ from conformance.versions import IstioVersion
 
 E2E_JOB_BUDGET = 10 * 60.0  # seconds: the high estimate of one e2e job (one mode x release x shard)
 UPGRADE_JOB_BUDGET = 25 * 60.0  # seconds: an upgrade job runs its shard twice around the upgrade
+STEP_RESERVE_MINUTES = 2  # of a job's timeout, kept for the steps after the tests (log export, uploads)
 TIMEOUT_MARGIN = 1.5  # timeout-minutes = ceil(high estimate x margin): first real runs may be slower
 
 
@@ -60,9 +61,11 @@ class Costs:
     rollouts, canary) 20-40 s, per step 8-15 s, teardown ~10 s. The per-probe and per-waypoint terms
     make a heavy scenario cost more than a light one: one exec runs a source's probes one after another
     (execprobe.py), and a waypoint is a Gateway to program plus a Deployment to roll out (session.py).
-    `istioctl analyze` adds nothing per namespace: it runs beside the barrier, all namespaces at once
-    (session.py `apply`). A scenario's close deletes its namespaces without waiting for them to go; a
-    mesh-wide one also waits until no proxy holds its root-namespace objects (`close`).
+    `istioctl analyze` runs beside the barrier, all namespaces at once (session.py `apply`): a step waits
+    for the longer of the two, which `step` covers, so there is no per-namespace term; the analyze
+    processes of scenarios side by side share the runner's CPUs (part of `contention`). A scenario's
+    close deletes its namespaces without waiting for them to go; a mesh-wide one also waits until no
+    proxy holds its root-namespace objects (`close`).
     """
 
     runner_setup: tuple[float, float] = (60.0, 90.0)
@@ -70,7 +73,8 @@ class Costs:
     istio_install: tuple[float, float] = (90.0, 120.0)
     gateway_api: tuple[float, float] = (10.0, 20.0)
     teardown: tuple[float, float] = (5.0, 10.0)
-    scenario: tuple[float, float] = (20.0, 40.0)  # a scenario's start
+    scenario: tuple[float, float] = (20.0, 40.0)  # a scenario's start, its canary included
+    canary: tuple[float, float] = (2.0, 5.0)  # the start's last part: probes under a shared claim
     waypoint: tuple[float, float] = (10.0, 20.0)  # per waypoint, waypoint mode only
     step: tuple[float, float] = (8.0, 15.0)
     probe_beyond: int = 10  # probes per step included in `step`
@@ -143,7 +147,8 @@ class _Lane:
 
     ready: float = 0.0  # when its current phase ends
     run: ScenarioCost | None = None
-    phase: str = "idle"  # idle, start, step, close
+    phase: str = "idle"  # idle, start, canary, step, close
+    canaried: bool = False
     steps_done: int = 0
     blocked: bool = False
     queued_writer: bool = False
@@ -154,9 +159,9 @@ def simulate(scenarios: Sequence[ScenarioCost], workers: int, which: int, costs:
     """Seconds until the scheduler (schedule.py) would be done with `scenarios`, given in run order.
 
     The same rules as `Scheduler` and `Exclusivity`: `workers` threads take runs in order; a run starts
-    (overlapping anything), then takes a shared claim per step; from its first step with a mesh-wide
-    policy (`alone_from`) a run takes the exclusive claim and keeps it through its close; a queued
-    exclusive claim blocks new shared ones.
+    (overlapping anything) but for its canary, which takes a shared claim (`quiet_mesh`), then takes a
+    shared claim per step; from its first step with a mesh-wide policy (`alone_from`) a run takes the
+    exclusive claim and keeps it through its close; a queued exclusive claim blocks new shared ones.
     `which` is 0 for the low figures, 1 for the high ones; with more than one worker every phase is
     stretched by `costs.contention`.
     """
@@ -188,7 +193,15 @@ def simulate(scenarios: Sequence[ScenarioCost], workers: int, which: int, costs:
                 lane.ready = math.inf
             else:
                 lane.run = run = pending.pop(0)
-                lane.phase, lane.steps_done, lane.ready = "start", 0, now + run.start[which] * factor
+                deploy = max(0.0, run.start[which] - costs.canary[which])
+                lane.phase, lane.steps_done, lane.canaried = "start", 0, False
+                lane.ready = now + deploy * factor
+        elif not lane.canaried:
+            if writer or queued:
+                lane.blocked = True
+            else:
+                readers, lane.holds, lane.canaried = readers + 1, "shared", True
+                lane.phase, lane.ready = "canary", now + min(costs.canary[which], run.start[which]) * factor
         elif lane.steps_done < run.steps:
             alone = run.alone_from is not None and lane.steps_done >= run.alone_from
             if alone and lane.holds != "exclusive":
@@ -427,7 +440,10 @@ def github_e2e(paths: Iterable[str | Path], matrix: Matrix | None = None, costs:
                                 "node_image": matrix.node_image, "kind": matrix.kind_version,
                                 "shard": f"{sh.index}/{sh.count}", "shard_id": f"{sh.index}-of-{sh.count}",
                                 "files": " ".join(sh.files),
-                                "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high)})
+                                "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high),
+                                # the test step stops first: a job that hits its own limit is cancelled and
+                                # skips failure() steps (the kind log export); 2 min left for export and uploads
+                                "test_timeout": max(1, timeout_minutes(high) - STEP_RESERVE_MINUTES)})
     return {"include": include}
 
 
@@ -447,19 +463,24 @@ def github_upgrade(paths: Iterable[str | Path], matrix: Matrix | None = None, co
                 include.append({"from": path.source, "to": path.target, "path_id": path.id, "mode": mp.mode,
                                 "shard": f"{sh.index}/{sh.count}", "shard_id": f"{sh.index}-of-{sh.count}",
                                 "files": " ".join(sh.files),
-                                "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high)})
+                                "estimate_minutes": round(high / 60, 1), "timeout": timeout_minutes(high),
+                                # each phase stops below the job's limit, as the e2e test step does
+                                "suite_timeout": timeout_minutes(sh.high),
+                                "upgrade_timeout": timeout_minutes(costs.upgrade[1])})
     return {"include": include}
 
 
 def session_plan_text(paths: Iterable[str | Path], mesh: str, modes: Sequence[Mode] | None,
-                      istio_version: str, kube_context: str | None = None, cluster_base: str | None = None) -> str:
-    """What `--mesh kind` / `--mesh cluster` print before they start (the plugin calls this).
+                      istio_version: str, kube_context: str | None = None, cluster_base: str | None = None,
+                      workers: int = DEFAULT_CONCURRENCY) -> str:
+    """What `--mesh kind` / `--mesh cluster` print before they start (the plugin calls this), for the run's own
+    `--cluster-concurrency` (`workers`).
 
     Never raises for a plan it cannot make: the run itself reports what is wrong, the plan only informs.
     """
     try:
         plan = build(paths, mesh, modes, istio_version, budget=float("inf"), kube_context=kube_context,
-                     cluster_base=cluster_base)
+                     cluster_base=cluster_base, workers=workers)
     except Exception as exc: # informative only; the run reports the real error
         return f"Plan: not available ({type(exc).__name__}: {exc})"
     return render(plan)

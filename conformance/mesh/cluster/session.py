@@ -47,6 +47,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from conformance import notices
 from conformance.errors import TargetError
+from conformance.exclusion import quiet_mesh
 from conformance.mesh.cluster import barrier, istioctl
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
 from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
@@ -258,7 +259,8 @@ class ClusterSession:
                 ctx.kube.apply(doc)
             self._wait_ready()
             self._discover()
-            self._canary()
+            with quiet_mesh():  # another scenario's mesh-wide policy must not answer for this mesh (schedule.py)
+                self._canary()
         except BaseException:
             self.close()
             raise
@@ -280,6 +282,11 @@ class ClusterSession:
             interrupted = exc
         if not self.ctx.keep_namespaces:
             for ns in self._namespaces:
+                if not self.nsmap.prefix or not ns.startswith(self.nsmap.prefix) or ns == self.ctx.root_namespace:
+                    # only what this run named: never the root namespace, never one it did not create
+                    errors.append(f"namespace {ns} was not deleted: it does not carry this run's prefix "
+                                  f"{self.nsmap.prefix!r}")
+                    continue
                 try:
                     self.ctx.kube.delete("v1", "Namespace", ns)
                 except TargetError as exc:
@@ -481,8 +488,8 @@ class ClusterSession:
             self._applied.pop(m.key, None)
             self._outside.pop(m.key, None)
             deleted.append(m.ref)
-        # istioctl analyze reads the cluster's configuration, not the proxies': it runs beside the barrier
-        # (one process per namespace, all at once) so that it adds nothing to the step's critical path.
+        # istioctl analyze reads the cluster's configuration, not the proxies': it runs beside the barrier (one
+        # process per namespace, all at once), so a step waits for the longer of the two, not their sum.
         with ThreadPoolExecutor(max_workers=max(1, len(self._namespaces)),
                                 thread_name_prefix="authz-analyze") as pool:
             analyses = [pool.submit(self._analyze_namespace, ns) for ns in self._namespaces] \
@@ -546,7 +553,8 @@ class ClusterSession:
             if proxy.kind == "ztunnel":
                 if not self.ctx.istioctl:
                     return None
-                argv = istioctl.ztunnel_policies_argv(self.ctx.istioctl, self.ctx.kubeconfig, proxy.name)
+                argv = istioctl.ztunnel_policies_argv(self.ctx.istioctl, self.ctx.kubeconfig, proxy.name,
+                                                      proxy.namespace)
                 out = self.ctx.run_command(argv, 30.0)
                 return barrier.ztunnel_policies(json.loads(out.stdout or "[]"))
             result = self.ctx.kube.exec(proxy.namespace, proxy.name, PROXY_CONTAINER,
