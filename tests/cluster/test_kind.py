@@ -92,7 +92,12 @@ def test_pytest_kind_command_lines_with_a_fake_kind(tmp_path, monkeypatch):
     assert calls[2] == ["export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)]
     assert installed == [name] and cluster.context == f"kind-{name}"
     assert not any("download" in " ".join(c) for c in calls)
+    # sessions read a private copy, never the file kind rewrites when it makes another mode's cluster
+    private = cluster.session_kubeconfig
+    assert private is not None and private != kubeconfig and cluster.sessions_read == private
+    assert private.read_bytes() == kubeconfig.read_bytes()
     target.close()
+    assert not private.exists()
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert calls[-1] == ["delete", "cluster", f"--name={name}", f"--kubeconfig={kubeconfig}"]
 

@@ -118,6 +118,7 @@ class ExistingClusterTarget:
         self._installed: InstalledIstio | None = None
         self._problem: str | None = None
         self._checked = False
+        self._root_baseline: frozenset[str] = frozenset()
         self._given_kube = kube is not None  # a client handed in (tests): every session uses it
         self._sessions: list[ClusterSession] = []  # started, maybe not closed yet: close() closes them
         self._hooked = False
@@ -149,6 +150,11 @@ class ExistingClusterTarget:
             return
         try:
             self._installed = detect(self.kube)
+            root = self._installed.root_namespace
+            # the cluster's own mesh-wide policies, before this run applies any (ClusterContext.root_baseline)
+            self._root_baseline = frozenset(
+                f"{root}/{p['metadata']['name']}"
+                for p in self.kube.list("security.istio.io/v1", "AuthorizationPolicy", root))
         except (TargetUnavailable, TargetError) as exc:
             self._problem = f"cluster target, context {self.settings.kube_context}: {exc}"
 
@@ -199,6 +205,7 @@ class ExistingClusterTarget:
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
             observations_out=self.settings.observations_out,
             accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="cluster",
+            root_baseline=self._root_baseline if self.concurrency > 1 else None,
         )
         session = ClusterSession(scenario, mode, ctx)
         with self._lock:  # sessions start side by side (schedule.py)

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -94,6 +96,15 @@ class KindCluster:
     kube: Kube
     istio_ready: bool = False
     gateway_api: bool = False
+    # What sessions read: a private copy of `kubeconfig`, made once the cluster is up. kind rewrites the
+    # kubeconfig file in place (truncate, then write) whenever it creates or deletes a cluster, and one
+    # `--kubeconfig` serves every mode, so a session reading the shared file while another mode's cluster
+    # is made could read it half-written (review finding; kind v0.32.0 pkg/cluster/internal/kubeconfig).
+    session_kubeconfig: Path | None = None
+
+    @property
+    def sessions_read(self) -> Path:
+        return self.session_kubeconfig or self.kubeconfig
 
     @property
     def context(self) -> str:
@@ -116,7 +127,8 @@ class KindTarget:
         self._kind: str | None = None
         self._istioctl: str | None = None
         self._clusters: dict[Mode, KindCluster] = {}
-        self._creating: dict[Mode, threading.Lock] = {}
+        self._creating = threading.Lock()
+        self._private_dir: Path | None = None  # the sessions' kubeconfig copies, removed at close
         self._failed: dict[Mode, TargetError] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -182,8 +194,8 @@ class KindTarget:
             raise TargetError(reason)
         cluster = self._cluster(mode)
         ctx = ClusterContext(
-            kube=Kube(str(cluster.kubeconfig), cluster.context), owns_kube=True,
-            kubeconfig=Kubeconfig(str(cluster.kubeconfig), cluster.context),
+            kube=Kube(str(cluster.sessions_read), cluster.context), owns_kube=True,
+            kubeconfig=Kubeconfig(str(cluster.sessions_read), cluster.context),
             istioctl=self._istioctl, version=IstioVersion.parse(self.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
             prefix=self._prefixes.next(),
@@ -191,6 +203,9 @@ class KindTarget:
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),
             observations_out=self.settings.observations_out,
             accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="kind",
+            # a cluster this run made has no root-namespace policy of its own (a kept one with leftovers is
+            # reported by the barrier, which is right: they are in force)
+            root_baseline=frozenset() if self.concurrency > 1 else None,
         )
         return ClusterSession(scenario, mode, ctx).start()
 
@@ -203,6 +218,8 @@ class KindTarget:
         for cluster in clusters:  # the API clients first (their connection pools), kept cluster or not
             with contextlib.suppress(Exception):
                 cluster.kube.close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         if self.settings.keep_cluster:
             return
         for cluster in clusters:
@@ -227,9 +244,9 @@ class KindTarget:
         """The mode's cluster with Istio installed, created on first use. Scenarios start side by side
         (schedule.py): one creation per mode at a time, and a failed creation is not retried by every
         scenario after it (each would spend minutes failing the same way)."""
-        with self._lock:
-            creating = self._creating.setdefault(mode, threading.Lock())
-        with creating:
+        # One cluster made at a time, whatever its mode: kind writes the shared kubeconfig while it creates, and
+        # the private copy sessions read is taken under this lock (KindCluster.session_kubeconfig).
+        with self._creating:
             with self._lock:
                 if mode in self._failed:
                     raise TargetError(f"{self._failed[mode]} (the {mode} cluster failed to come up earlier in "
@@ -264,8 +281,23 @@ class KindTarget:
         # A kept cluster from another working directory: make sure our kubeconfig file has its context.
         istioctl.run([str(self._kind), "export", "kubeconfig", "--name", args["name"],
                       "--kubeconfig", str(args["kubeconfig"])], timeout=60)
+        cluster.session_kubeconfig = self._private_copy(cluster)
         self._install_istio(cluster, mode)
         return cluster
+
+    def _private_copy(self, cluster: KindCluster) -> Path:
+        """The kubeconfig as it is now, in a file of this run's own that nothing rewrites (sessions read it)."""
+        with self._lock:
+            if self._private_dir is None:
+                self._private_dir = Path(tempfile.mkdtemp(prefix="authz-kubeconfig-"))
+            path = self._private_dir / f"{cluster.name}.kubeconfig"
+        try:
+            shutil.copyfile(cluster.kubeconfig, path)
+        except OSError as exc:
+            raise TargetError(f"cannot read the kubeconfig of kind cluster {cluster.name} ({cluster.kubeconfig}): "
+                              f"{exc}") from exc
+        path.chmod(0o600)
+        return path
 
     def _install_istio(self, cluster: KindCluster, mode: Mode) -> None:
         kube = cluster.kube

@@ -132,6 +132,10 @@ class ClusterContext:
     observations_out: Path | None = None
     target_name: str = "cluster"
     run_command: Callable[..., istioctl.Result] = istioctl.run
+    # Scenarios side by side (schedule.py): the root-namespace policies ("ns/name") the cluster had before the
+    # run; a step's barrier then also waits until its proxies hold no other root-namespace policy (one another
+    # scenario withdrew). None: not checked (one scenario at a time).
+    root_baseline: frozenset[str] | None = None
     # --accept-unconfirmed-denials: an unreadable proxy log makes a denial "unconfirmed", not a failure
     accept_unconfirmed: bool = False
     wall_clock: Callable[[], float] = time.time  # compared with the kubelet's log timestamps
@@ -543,7 +547,8 @@ class ClusterSession:
 
     def _barrier(self, in_force: list[Manifest], removed: list[Manifest]) -> barrier.BarrierResult:
         proxies, ambient_ns = self._proxies()
-        expected = barrier.expectations(proxies, in_force, removed, self.ctx.root_namespace, ambient_ns)
+        expected = barrier.expectations(proxies, in_force, removed, self.ctx.root_namespace, ambient_ns,
+                                        self.ctx.root_baseline)
         if not expected:
             return barrier.BarrierResult(0.0, True)
         return barrier.wait(expected, self._read_proxy, timeout=self.ctx.timeouts.barrier)
