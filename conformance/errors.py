@@ -58,6 +58,12 @@ class ScenarioError(ConformanceError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class NotModelled(ScenarioError):
+    """A valid scenario that uses what the verdict engine does not model yet (JWT and CUSTOM while issue 11 is
+    under way): refused at prediction time, with file, step, document and field, instead of a prediction that
+    silently ignores the policy or the token."""
+
+
 class TargetError(ConformanceError):
     """A target (local mesh, kind, cluster) could not do what it was asked: infrastructure, not policy."""
 

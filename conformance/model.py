@@ -7,6 +7,7 @@ mesh's, and the two must stay independent (DESIGN.md §6), so nothing here decid
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,15 +19,60 @@ MODES: tuple[Mode, ...] = ("sidecar", "ambient", "waypoint")
 DEFAULT_MODES: tuple[Mode, ...] = ("sidecar", "ambient")
 Verdict = Literal["allow", "deny"]
 Protocol = Literal["HTTP", "TCP"]
+WorkloadKind = Literal["app", "ext-authz"]
+WORKLOAD_KINDS: tuple[WorkloadKind, ...] = ("app", "ext-authz")
+ExtAuthzKind = Literal["http", "grpc"]
+Signature = Literal["valid", "invalid"]
 
-# Outcome forms (DESIGN.md §2); the probe classifier produces them, the engine predicts them.
+# Outcome forms (DESIGN.md §2, §10); the probe classifier produces them, the engine predicts them.
 ALLOWED = "allowed"
-DENIED_L7 = "denied-l7"
-DENIED_L4 = "denied-l4"
-DENIED_UPSTREAM = "denied-upstream"
+DENIED_L7 = "denied-l7"  # 403 `RBAC: access denied` from a sidecar's or waypoint's RBAC filter
+DENIED_L4 = "denied-l4"  # connection reset / closed: ztunnel, a TCP chain, STRICT mTLS
+DENIED_UPSTREAM = "denied-upstream"  # 503 from a proxy whose upstream (ztunnel) refused
+# 401 from the proxy's JWT filter (envoy.filters.http.jwt_authn: invalid, expired, unknown-issuer or badly
+# signed token), or its 403 `Audiences in Jwt are not allowed`: RequestAuthentication rejected the token.
+DENIED_AUTHN = "denied-authn"
+# The external authorizer of a CUSTOM policy said no (its status and body), or could not be reached and
+# failOpen is false (statusOnError, default 403, empty body): envoy.filters.http.ext_authz denied.
+DENIED_CUSTOM = "denied-custom"
 TIMEOUT = "timeout"
 ERROR = "error"
-DENIAL_FORMS = (DENIED_L7, DENIED_L4, DENIED_UPSTREAM)
+DENIAL_FORMS = (DENIED_L7, DENIED_L4, DENIED_UPSTREAM, DENIED_AUTHN, DENIED_CUSTOM)
+
+# The DNS domain of the Services a target creates (`<name>.<namespace>.svc.<domain>`): kind's and the
+# suite's clusters use Kubernetes' default. Not the mesh trust domain, which only names identities.
+CLUSTER_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True)
+class ExtensionProvider:
+    """One `meshConfig.extensionProviders` entry of kind envoyExtAuthzHttp or envoyExtAuthzGrpc.
+
+    Fields as istio/api mesh/v1alpha1/config.proto (EnvoyExternalAuthorizationHttpProvider /
+    ...GrpcProvider) names them, in snake case, each as written (istiod interprets them: a CUSTOM policy
+    names the provider by `name`). `None` or empty means the field is unset and Istio's default applies;
+    the fields only the HTTP kind has are empty for a gRPC provider (the loader refuses them there).
+    """
+
+    name: str  # what a CUSTOM AuthorizationPolicy's provider.name refers to
+    kind: ExtAuthzKind  # "http": envoyExtAuthzHttp; "grpc": envoyExtAuthzGrpc
+    service: str  # `[<namespace>/]<hostname>`, e.g. ext-authz.ext-authz.svc.cluster.local
+    port: int  # the service port the proxies call
+    timeout: str | None = None  # protobuf Duration as written ("0.5s"); unset: 600s (extauthz.go timeoutOrDefault)
+    fail_open: bool = False  # failOpen: let the request through when the provider cannot be reached or answers 5xx
+    status_on_error: str | None = None  # statusOnError ("503"); unset: Envoy's default 403
+    include_request_headers_in_check: tuple[str, ...] = ()  # http: headers sent to the provider (exact, x*, *x)
+    headers_to_upstream_on_allow: tuple[str, ...] = ()  # http: provider headers added upstream on allow
+    headers_to_downstream_on_deny: tuple[str, ...] = ()  # http: provider headers returned on deny (unset: all)
+    headers_to_downstream_on_allow: tuple[str, ...] = ()  # http: provider headers returned on allow
+    include_additional_headers_in_check: tuple[tuple[str, str], ...] = ()  # http: fixed headers added to the check
+    path_prefix: str | None = None  # http: prefix of the check request's path ("/check")
+
+    def service_host(self) -> tuple[str | None, str]:
+        """`service` split as LookupCluster (pilot/pkg/model/telemetry_logging.go@1.30.3) splits it:
+        (namespace or None, hostname)."""
+        namespace, sep, host = self.service.partition("/")
+        return (namespace, host) if sep else (None, self.service)
 
 
 @dataclass(frozen=True)
@@ -35,6 +81,25 @@ class MeshConfig:
 
     root_namespace: str = "istio-system"
     trust_domain: str = "cluster.local"
+    extension_providers: tuple[ExtensionProvider, ...] = ()  # meshConfig.extensionProviders (ext_authz kinds)
+
+    def provider(self, name: str) -> ExtensionProvider | None:
+        """The extension provider named `name`, or None: a CUSTOM policy may name one that does not exist
+        (Istio accepts the policy and denies the requests its rules match)."""
+        return next((p for p in self.extension_providers if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """A JWT issuer the suite plays: a signing key made per run, its JWKS, the tokens probes carry.
+
+    `name` is the scenario's handle for it (`request.jwt.issuer`, `${jwks:<name>}`); `issuer` is the `iss`
+    claim its tokens carry, what a RequestAuthentication jwtRule's `issuer` and a request principal's
+    `<iss>/<sub>` match.
+    """
+
+    name: str
+    issuer: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +118,12 @@ class Workload:
     labels: Mapping[str, str]
     ports: tuple[Port, ...] = ()
     in_mesh: bool = True
+    # "app": the suite's echo app (answers `<ns>/<name> responding`). "ext-authz": the suite's external
+    # authorizer, with the behaviour of Istio's samples/extauthz: it allows a check iff the request carries
+    # `x-ext-authz: allow`, answering 403 and `denied by ext_authz for not found header ...` otherwise, and
+    # logs each decision. Its ports speak the ext_authz protocol of the providers naming them (gRPC for an
+    # envoyExtAuthzGrpc provider's port, HTTP for every other); it is no probe source or destination.
+    kind: WorkloadKind = "app"
 
     @cached_property
     def ref(self) -> str:
@@ -121,15 +192,51 @@ class Manifest:
         ann = meta.get("annotations") if isinstance(meta, Mapping) else None
         return ann if isinstance(ann, Mapping) else {}
 
-    def rendered(self, addresses: Mapping[str, str]) -> Manifest:
-        """This manifest with `${ip:ns/name}` placeholders replaced by the workloads' addresses."""
-        return Manifest(
-            self.kind, self.api_version, self.name, self.namespace,
-            fill_addresses(self.body, addresses), self.origin,
-        )
+    @property
+    def jwks_issuers(self) -> tuple[str, ...]:
+        """The issuer names of the `${jwks:<name>}` placeholders in this document, in order, each once."""
+        return tuple(dict.fromkeys(m.group(1) for m in JWKS_PLACEHOLDER.finditer(_text_of(self.body))))
+
+    def rendered(self, addresses: Mapping[str, str], jwks: Mapping[str, str] | None = None) -> Manifest:
+        """This manifest with `${ip:ns/name}` placeholders replaced by the workloads' addresses, and, when
+        `jwks` (issuer name -> JWKS JSON) is given, `${jwks:<name>}` placeholders by those JWKS.
+
+        The JWKS exist only once a target has made the issuers' keys, so the engine, which needs no key,
+        renders without `jwks` and reads the placeholders themselves (`jwks_issuers`, `JWKS_PLACEHOLDER`).
+        """
+        body = fill_addresses(self.body, addresses)
+        if jwks is not None:
+            body = fill_jwks(body, jwks)
+        return Manifest(self.kind, self.api_version, self.name, self.namespace, body, self.origin)
 
 
 ADDRESS_PLACEHOLDER = re.compile(r"\$\{ip:([a-z0-9.-]+/[a-z0-9.-]+)\}")
+# `${jwks:<issuer name>}`: the JWKS (public keys) of one of the scenario's issuers, as a RequestAuthentication
+# jwtRule's whole `jwks` value. The loader checks the name and the place; a target fills it in (fill_jwks).
+JWKS_PLACEHOLDER = re.compile(r"\$\{jwks:([a-z0-9]([-a-z0-9]*[a-z0-9])?)\}")
+
+
+def fill_jwks(value: Any, jwks: Mapping[str, str]) -> Any:
+    """Replace every `${jwks:<name>}` in strings nested in `value` with that issuer's JWKS (JSON text);
+    names missing from `jwks` are left as they are."""
+    if isinstance(value, str):
+        return JWKS_PLACEHOLDER.sub(lambda m: jwks.get(m.group(1), m.group(0)), value)
+    if isinstance(value, Mapping):
+        return {k: fill_jwks(v, jwks) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_jwks(v, jwks) for v in value]
+    return value
+
+
+def _text_of(value: Any) -> str:
+    """Every string nested in `value`, joined (to find placeholders)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return " ".join(_text_of(v) for v in value.values())
+    if isinstance(value, list):
+        return " ".join(_text_of(v) for v in value)
+    return ""
 
 
 def fill_addresses(value: Any, addresses: Mapping[str, str]) -> Any:
@@ -148,13 +255,117 @@ def fill_addresses(value: Any, addresses: Mapping[str, str]) -> Any:
 
 
 @dataclass(frozen=True)
+class TokenLocation:
+    """Where a probe carries its JWT: a request header (its value `prefix` + token) or a query parameter.
+
+    Exactly one of `header` and `param` is set. The default is Envoy's and Istio's default location,
+    `Authorization: Bearer <token>`; the others are where a jwtRule's fromHeaders / fromParams look.
+    """
+
+    header: str | None = "Authorization"
+    prefix: str = "Bearer "  # only with `header`; written `in: {header: NAME}` it defaults to "" (fromHeaders)
+    param: str | None = None  # `?<param>=<token>` appended to the request path
+
+    def describe(self) -> str:
+        if self.param is not None:
+            return f"?{self.param}="
+        return f"{self.header}: {self.prefix}" if self.prefix else f"{self.header}:"
+
+
+DEFAULT_TOKEN_LOCATION = TokenLocation()
+
+# The JWT claims `JwtSpec` sets through its own fields; `claims` may not set them.
+RESERVED_CLAIMS = ("iss", "sub", "aud", "azp", "exp")
+
+
+@dataclass(frozen=True)
+class JwtSpec:
+    """The JWT a probe carries, minted per probe by the target with the issuer's key (DESIGN.md §10).
+
+    Either a token made from claims (`issuer` and the rest), or `raw`, a literal string sent as the token
+    as it is (`deadbeef`, `invalidToken`: Istio's malformed-token cases), never both. A claim left None is
+    absent from the token (no `sub`, no `aud`); the target adds `iat` and an `exp` (in the past, beyond
+    Envoy's 60 s clock skew, when `expired`).
+    """
+
+    issuer: str | None = None  # the name of one of the scenario's `issuers` (its key signs, its `issuer` is iss)
+    sub: str | None = None
+    aud: str | tuple[str, ...] | None = None  # a string, a list (kept apart: the token says which), or absent
+    azp: str | None = None  # the presenter (`request.auth.presenter`)
+    claims_json: str = "{}"  # further claims, canonical JSON (sorted keys) of a mapping: nested maps and lists
+    expired: bool = False
+    signature: Signature = "valid"  # "invalid": signed by a key the issuer's JWKS does not hold
+    location: TokenLocation = DEFAULT_TOKEN_LOCATION  # `in`
+    raw: str | None = None  # a literal token; exclusive with issuer, sub, aud, azp, claims, expired, signature
+
+    @staticmethod
+    def canonical_claims(claims: Mapping[str, Any]) -> str:
+        """`claims_json` for a mapping of claims (what the loader stores)."""
+        return json.dumps(claims, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        """The further claims as a fresh JSON value (nested dicts and lists)."""
+        value: dict[str, Any] = json.loads(self.claims_json)
+        return value
+
+    def payload(self) -> dict[str, Any]:
+        """The claims this spec writes: `claims` plus sub, aud and azp when set. A target adds `iss` (the
+        issuer's `issuer`), `iat` and `exp` when it mints; meaningless for a `raw` token."""
+        out = dict(self.claims)
+        for name, value in (("sub", self.sub), ("azp", self.azp)):
+            if value is not None:
+                out[name] = value
+        if self.aud is not None:
+            out["aud"] = self.aud if isinstance(self.aud, str) else list(self.aud)
+        return out
+
+    @property
+    def canonical(self) -> str:
+        """One deterministic string for the whole spec: the probe's truth-table key part, JSON-safe."""
+        return json.dumps({
+            "issuer": self.issuer, "sub": self.sub,
+            "aud": self.aud if self.aud is None or isinstance(self.aud, str) else list(self.aud),
+            "azp": self.azp, "claims": self.claims, "expired": self.expired, "signature": self.signature,
+            "in": [self.location.header, self.location.prefix, self.location.param], "raw": self.raw,
+        }, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def describe(self) -> str:
+        """A short label: `jwt[example sub=alice aud=[a,b] expired]`, `jwt[raw 'deadbeef']`."""
+        parts: list[str] = []
+        if self.raw is not None:
+            parts.append(f"raw {self.raw!r}")
+        else:
+            parts.append(str(self.issuer))
+            if self.sub is not None:
+                parts.append(f"sub={self.sub}")
+            if self.aud is not None:
+                parts.append(f"aud={self.aud}" if isinstance(self.aud, str) else f"aud=[{','.join(self.aud)}]")
+            if self.azp is not None:
+                parts.append(f"azp={self.azp}")
+            if self.claims_json != "{}":
+                parts.append(f"claims={self.claims_json}")
+            if self.expired:
+                parts.append("expired")
+            if self.signature != "valid":
+                parts.append(f"signature={self.signature}")
+        if self.location != DEFAULT_TOKEN_LOCATION:
+            parts.append(f"in {self.location.describe()}")
+        return f"jwt[{' '.join(parts)}]"
+
+
+@dataclass(frozen=True)
 class Request:
     method: str = "GET"
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
+    jwt: JwtSpec | None = None  # the token the probe carries, if any (the target mints it and places it)
 
     def header(self, name: str) -> str | None:
-        """The value of a header (names are case-insensitive); repeated headers joined with commas."""
+        """The value of a header (names are case-insensitive); repeated headers joined with commas.
+
+        Only the scenario's `headers`: a token `jwt` puts in a header is minted by the target at run time.
+        """
         values = [v for k, v in self.headers if k.lower() == name.lower()]
         return ",".join(values) if values else None
 
@@ -178,16 +389,18 @@ class Probe:
         return base if self.port.number == 80 else f"{base}:{self.port.number}"
 
     @property
-    def key(self) -> tuple[str, str, int, str, str, tuple[tuple[str, str], ...]]:
-        """The truth-table key: the whole probe, not only source and destination."""
+    def key(self) -> tuple[str, str, int, str, str, tuple[tuple[str, str], ...], str | None]:
+        """The truth-table key: the whole probe, not only source and destination (its token included)."""
         r = self.request
-        return (self.source.ref, self.destination.ref, self.port.number, r.method, r.path, r.headers)
+        return (self.source.ref, self.destination.ref, self.port.number, r.method, r.path, r.headers,
+                r.jwt.canonical if r.jwt is not None else None)
 
     def describe(self) -> str:
         hdrs = "".join(f" -H '{k}: {v}'" for k, v in self.request.headers)
+        jwt = f" {self.request.jwt.describe()}" if self.request.jwt is not None else ""
         return (
             f"{self.source.ref} → {self.destination.ref}:{self.port.number} "
-            f"{self.request.method} {self.request.path}{hdrs}"
+            f"{self.request.method} {self.request.path}{hdrs}{jwt}"
         )
 
 
@@ -221,9 +434,23 @@ class Scenario:
     waypoints: tuple[Waypoint, ...]
     steps: tuple[Step, ...]
     waypoints_explicit: bool = False
+    issuers: tuple[Issuer, ...] = ()  # the JWT issuers the suite plays (`spec.issuers`)
 
     def workload(self, ref: str) -> Workload | None:
         return next((w for w in self.workloads if w.ref == ref), None)
+
+    def issuer(self, name: str) -> Issuer | None:
+        return next((i for i in self.issuers if i.name == name), None)
+
+    def provider_workload(self, provider: ExtensionProvider) -> Workload | None:
+        """The workload whose Service an extension provider's `service` names, as istiod finds it
+        (LookupCluster, pilot/pkg/model/telemetry_logging.go@1.30.3): `<ns>/<host>` or `<host>`, the host
+        being the Service's `<name>.<namespace>.svc.cluster.local`, exactly; None when it names none of the
+        scenario's (istiod then builds a deny for the CUSTOM rules naming the provider)."""
+        namespace, host = provider.service_host()
+        return next((w for w in self.workloads
+                     if f"{w.name}.{w.namespace}.svc.{CLUSTER_DOMAIN}" == host
+                     and (namespace is None or namespace == w.namespace)), None)
 
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
