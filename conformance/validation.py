@@ -1,4 +1,5 @@
-"""Istio's own validation of AuthorizationPolicy and PeerAuthentication documents, ported to Python.
+"""Istio's own validation of AuthorizationPolicy, PeerAuthentication and RequestAuthentication documents, and
+of the mesh config's ext_authz extension providers, ported to Python.
 
 Why this exists: a scenario states policies exactly as a user would `kubectl apply` them. A policy that
 Istio would refuse must fail the scenario before anything runs, with the field and the reason, instead of
@@ -13,10 +14,14 @@ accept it). So every document goes through the same three gates a real cluster p
 2. the decoding istiod's validation webhook does (`crd.ConvertObject` -> `protomarshal.ApplyJSON`,
    golang/protobuf `jsonpb`), which turns an empty JSON list into a nil Go slice;
 3. `pkg/config/validation/validation.go` (`ValidateAuthorizationPolicy`, `ValidatePeerAuthentication`,
-   `validateMetadata`, `checkDryRunAnnotation`, `validatePolicyTargetReference`,
-   `validateWorkloadSelector`, `validateOneOfSelectorType`) with the helpers of
-   `pkg/config/security/security.go` (`ValidateAttribute`, `ValidateIPs`, `ValidatePorts`,
-   `CheckEmptyValues`, `CheckServiceAccount`, `CheckValidPathTemplate`, `CheckTrustDomainValues`).
+   `ValidateRequestAuthentication`, `validateJwtRule`, `warnPrivateJwksKeys`, `validateMetadata`,
+   `checkDryRunAnnotation`, `validatePolicyTargetReference`, `validateWorkloadSelector`,
+   `validateOneOfSelectorType`) with the helpers of `pkg/config/security/security.go` (`ValidateAttribute`,
+   `ValidateIPs`, `ValidatePorts`, `CheckEmptyValues`, `CheckServiceAccount`, `CheckValidPathTemplate`,
+   `CheckTrustDomainValues`, `ParseJwksURI`).
+`validate_extension_provider` checks a scenario's `mesh.extensionProviders` entry the way
+`pkg/config/validation/agent/extensionprovider.go` (`validateExtensionProvider`) does, and warns where istiod
+would then treat the provider as invalid (`pilot/pkg/security/authz/builder/extauthz.go`).
 
 Citations ("validation.go:1497") are line numbers at tag 1.30.3 unless a version is named. Behaviour that
 changed between 1.22 and 1.30 is keyed on the version (see `_Features`).
@@ -33,6 +38,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any, TypeGuard
 
@@ -40,6 +46,7 @@ import jsonschema
 
 from conformance import crd, versions
 from conformance.errors import closest, yaml_type
+from conformance.model import ExtensionProvider
 from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import IstioVersion
 
@@ -93,6 +100,11 @@ class _Features:
     internal_parent_annotations: bool  # 1.27: validateMetadata bans internal.istio.io/parents, parent-namespace
     trust_domains: bool  # 1.30.0: CRD has trustDomains/notTrustDomains; ValidateAttribute knows source.trustDomain
     trust_domain_checks: bool  # 1.30.2: validation counts and checks trustDomains (backport of #59358)
+    jwt_rule_checks: bool  # 1.23: validateJwtRule checks timeout and outputClaimToHeaders header names (#51946, #51343)
+    issuer_optional: bool  # 1.27: a jwtRule needs issuer or jwksUri, the CRD no longer requires issuer (#56158)
+    space_delimited_claims: bool  # 1.28: jwtRules[].spaceDelimitedClaims in the CRD
+    provider_name_check: bool  # 1.30: istiod's validateProviderName (builder/extauthz.go)
+    private_jwks_warning: bool  # 1.30.3: warnPrivateJwksKeys (#60727)
 
     @classmethod
     def of(cls, v: IstioVersion) -> _Features:
@@ -110,6 +122,11 @@ class _Features:
             internal_parent_annotations=v.has(versions.INTERNAL_PARENT_ANNOTATIONS),
             trust_domains=v.has(versions.TRUST_DOMAIN_FIELDS),
             trust_domain_checks=v.has(versions.TRUST_DOMAINS_ENFORCED),
+            jwt_rule_checks=v.has(versions.JWT_RULE_CHECKS),
+            issuer_optional=v.has(versions.JWT_ISSUER_OPTIONAL),
+            space_delimited_claims=v.has(versions.SPACE_DELIMITED_CLAIMS),
+            provider_name_check=v.has(versions.EXT_AUTHZ_PROVIDER_NAME_CHECK),
+            private_jwks_warning=v.has(versions.PRIVATE_JWKS_WARNING),
         )
 
 
@@ -505,8 +522,11 @@ OBJECT_META_OTHER = (  # ObjectMeta fields a scenario has no use for (known to t
     "deletionGracePeriodSeconds", "ownerReferences", "finalizers", "managedFields", "selfLink",
 )
 # Fields the 1.30.3 CRD has that older releases' CRDs lack (crd-all.gen.yaml at each tag): unknown there.
-_FIELD_SINCE = {"serviceAccounts": "1.25", "notServiceAccounts": "1.25", "trustDomains": "1.30",
-                "notTrustDomains": "1.30"}
+_FIELD_SINCE = {("spec.rules.from.source", "serviceAccounts"): "1.25",
+                ("spec.rules.from.source", "notServiceAccounts"): "1.25",
+                ("spec.rules.from.source", "trustDomains"): "1.30",
+                ("spec.rules.from.source", "notTrustDomains"): "1.30",
+                ("spec.jwtRules", "spaceDelimitedClaims"): "1.28"}
 
 # ObjectMeta is validated by the API server's own Go types, not by the CRD: a string name and namespace,
 # string-to-string labels and annotations, and the other ObjectMeta fields (any shape: _check_metadata
@@ -527,6 +547,8 @@ _WHAT = {
     "spec.rules.when": "AuthorizationPolicy Condition", "spec.selector": "selector", "spec.provider": "provider",
     "spec.targetRef": "PolicyTargetReference", "spec.targetRefs": "PolicyTargetReference",
     "spec.mtls": "PeerAuthentication MutualTLS", "spec.portLevelMtls": "PeerAuthentication MutualTLS",
+    "spec.jwtRules": "RequestAuthentication JWTRule", "spec.jwtRules.fromHeaders": "JWTHeader",
+    "spec.jwtRules.outputClaimToHeaders": "ClaimToHeader",
 }
 
 
@@ -553,12 +575,13 @@ def _structural_for(f: _Features, kind: str) -> dict[str, Any]:
     - serviceAccounts / notServiceAccounts (maxItems 16, maxLength 320), rules and from maxItems 512: 1.25.0;
     - targetRefs maxItems 16: 1.24.0;
     - matchLabels maxProperties 4096 and value maxLength 63, targetRef(s) `required: [kind, name]` and the
-      group / kind / name length and pattern limits, portLevelMtls minProperties 1: 1.23.0.
+      group / kind / name length and pattern limits, portLevelMtls minProperties 1: 1.23.0;
+    - RequestAuthentication: jwtRules[].spaceDelimitedClaims from 1.28.0; jwtRules[] `required: [issuer]` before
+      1.27.0 (added back); before 1.23.0 no minLength on issuer, audiences, fromHeaders name, fromParams,
+      fromCookies and outputClaimToHeaders claim / header, no pattern and `required: [header, claim]` on
+      outputClaimToHeaders, no length limits on jwksUri / jwks_uri and no jwtRules maxItems 4096.
     (Their CEL rules, x-kubernetes-validations, are left to the Python checks below.)
     """
-    if kind not in crd.kinds():
-        # RequestAuthentication (reported as not supported yet): only the envelope is checked.
-        return {"type": "object", "properties": {"spec": {}, "status": {}}}
     schema = crd.crd_schema(kind, "v1")
     schema.setdefault("properties", {})["status"] = {}  # ignored on create (status subresource); warned about
     spec = _node(schema, "spec")
@@ -574,6 +597,26 @@ def _structural_for(f: _Features, kind: str) -> dict[str, Any]:
         if not f.rules_max:
             _drop(rules, "maxItems")
             _drop(froms, "maxItems")
+    if kind == REQUEST_AUTHENTICATION:
+        jwt_rules = _node(spec, "jwtRules")
+        rule = _node(jwt_rules, "items")
+        if not f.space_delimited_claims:
+            _drop(rule.get("properties", {}), "spaceDelimitedClaims")
+        if not f.issuer_optional:
+            rule["required"] = ["issuer"]
+        if not f.cel:
+            _drop(jwt_rules, "maxItems")
+            for name in ("audiences", "fromParams", "fromCookies"):
+                _drop(_node(rule, name, "items"), "minLength")
+            _drop(_node(rule, "fromHeaders", "items", "name"), "minLength")
+            _drop(_node(rule, "issuer"), "minLength")
+            for name in ("jwksUri", "jwks_uri"):
+                _drop(_node(rule, name), "maxLength", "minLength")
+            claim_to_header = _node(rule, "outputClaimToHeaders", "items")
+            _drop(claim_to_header, "required")
+            _drop(_node(claim_to_header, "claim"), "minLength")
+            _drop(_node(claim_to_header, "header"), "minLength", "pattern")
+    if kind in (AUTHORIZATION_POLICY, REQUEST_AUTHENTICATION):
         if not f.target_refs_max:
             _drop(_node(spec, "targetRefs"), "maxItems")
         if not f.cel:
@@ -640,8 +683,8 @@ def _unknown_field_message(key: str, node: Mapping[str, Any], shape: str, kind: 
     what = _WHAT.get(shape, "").format(kind=kind)
     message = f"unknown field {key!r}{f' in {what}' if what else ''}"
     known = sorted(node.get("properties", {}))
-    if shape == "spec.rules.from.source" and key in _FIELD_SINCE:
-        return (f"{message}: {key} exists from Istio {_FIELD_SINCE[key]}, this scenario targets Istio "
+    if (shape, key) in _FIELD_SINCE:
+        return (f"{message}: {key} exists from Istio {_FIELD_SINCE[shape, key]}, this scenario targets Istio "
                 f"{f.version}, whose CRD rejects it (Kubernetes strict field validation)")
     close = closest(key, known, cutoff=0.7)
     folded = [k for k in known if k.lower() == key.lower()]
@@ -763,8 +806,8 @@ def _validate_document(doc: object, out: _Out) -> None:
         if group == GROUP:
             out.error("kind", f"{GROUP} has no kind {kind!r}: it serves {', '.join(KINDS)}")
         else:
-            out.error("kind", f"kind {kind!r} cannot be a policy in a scenario: use {AUTHORIZATION_POLICY} or "
-                              f"{PEER_AUTHENTICATION} ({GROUP}/v1)")
+            out.error("kind", f"kind {kind!r} cannot be a policy in a scenario: use {AUTHORIZATION_POLICY}, "
+                              f"{PEER_AUTHENTICATION} or {REQUEST_AUTHENTICATION} ({GROUP}/v1)")
         return
     if api_version is not None and kind is not None and (group != GROUP or served not in SERVED_VERSIONS):
         if group == GROUP:
@@ -779,14 +822,13 @@ def _validate_document(doc: object, out: _Out) -> None:
         out.warn("status", "status is ignored when a policy is applied (status subresource); remove it")
     spec = _get(doc, "spec")
     _check_metadata(_get(doc, "metadata"), kind, spec, out)
-    if kind == REQUEST_AUTHENTICATION:
-        out.unsupported("kind", "RequestAuthentication is not supported yet (JWT authentication is not modelled)")
-        return
     if not _can_descend(spec):
         return  # the schema walk reported it
     spec_map: Mapping[Any, Any] = spec if isinstance(spec, Mapping) else {}
     if kind == AUTHORIZATION_POLICY:
         _check_authorization_policy(spec_map, out)
+    elif kind == REQUEST_AUTHENTICATION:
+        _check_request_authentication(spec_map, out)
     else:
         _check_peer_authentication(spec_map, out)
 
@@ -992,7 +1034,6 @@ def _check_authorization_policy(spec: Mapping[Any, Any], out: _Out) -> None:
 
     provider = _get(spec, "provider")
     if action == "CUSTOM":
-        out.unsupported("spec.action", "action CUSTOM is not supported yet (external authorizers are not modelled)")
         if not rules_set:  # validation.go:1421
             out.error("spec.rules", "CUSTOM action without rules is meaningless as it will never be triggered; "
                                     "add an empty rule {} if you want it triggered for every request")
@@ -1001,9 +1042,7 @@ def _check_authorization_policy(spec: Mapping[Any, Any], out: _Out) -> None:
             if pname is None or pname == "":  # validation.go:1426
                 out.error("spec.provider.name", "provider.name must not be empty with action CUSTOM")
         _check_custom_rules(rules, out)
-    if provider is not None and action == "CUSTOM":
-        out.unsupported("spec.provider", "provider is not supported yet (external authorizers are not modelled)")
-    elif provider is not None and action is not None:  # validation.go:1464
+    if provider is not None and action is not None and action != "CUSTOM":  # validation.go:1464
         out.error("spec.provider", f"provider must not be set with non CUSTOM action, found {action}")
     if action == "DENY" and not rules_set and (rules is None or _is_list(rules)):  # validation.go:1468
         out.error("spec.rules", "DENY action without rules is meaningless as it will never be triggered; add an "
@@ -1171,8 +1210,7 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
         _warn_mid_wildcards(values[name], f"{path}.{name}", name, out)
 
     for name in ("requestPrincipals", "notRequestPrincipals"):
-        if _set(values[name]):
-            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (JWT request principals are not modelled)")
+        _warn_request_principals(values[name], f"{path}.{name}", name, out)
     for name in ("remoteIpBlocks", "notRemoteIpBlocks"):
         if _set(values[name]):
             out.unsupported(f"{path}.{name}", f"{name} is not supported yet (X-Forwarded-For / proxy protocol "
@@ -1288,9 +1326,10 @@ def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
             _warn_mid_wildcards(items, ipath, key, out)
     if key_problem:
         return
-    if key.startswith("request.auth."):
-        out.unsupported(f"{path}.key", f"when key {key} is not supported yet (JWT claims are not modelled)")
-    elif key == "remote.ip":
+    if key in _REQUEST_PRINCIPAL_KEYS:
+        for field_name in ("values", "notValues"):
+            _warn_request_principals(_get(cond, field_name), f"{path}.{field_name}", key, out)
+    if key == "remote.ip":
         out.unsupported(f"{path}.key", "when key remote.ip is not supported yet (X-Forwarded-For / proxy protocol "
                                        "client addresses are not modelled)")
     elif key.startswith("experimental."):
@@ -1298,6 +1337,495 @@ def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
     elif key == "source.trustDomain" and not f.trust_domain_checks:
         out.unsupported(f"{path}.key", "when key source.trustDomain is not supported yet before Istio 1.30.2 (istiod's "
                                        "RBAC builder only uses it from 1.30.2)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Go parsers the JWT and ext_authz checks need (time.ParseDuration, net/url, lestrrat-go/jwx jwk.Parse)
+
+_GO_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                      "m": 60_000_000_000, "h": 3_600_000_000_000}
+_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]*)")
+_MAX_DURATION_NS = (1 << 63) - 1
+
+
+def _go_duration(text: str) -> int | str:
+    """time.ParseDuration: nanoseconds, or the reason it fails.
+
+    A protobuf Duration reaches istiod as JSON and golang/protobuf's jsonpb (protomarshal.ApplyJSON, Istio's
+    webhook and mesh config reader) decodes it with time.ParseDuration ("bad Duration: ..."); the CRD's CEL
+    `duration()` reads the same Go syntax: "1.5s", "500ms", "1h2m".
+    """
+    rest = text
+    negative = rest.startswith("-")
+    if rest[:1] in ("-", "+"):
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        return f"invalid duration {text!r}"
+    total = Fraction(0)
+    while rest:
+        m = _DURATION_PART.match(rest)
+        assert m is not None  # every group may be empty
+        whole, frac, unit = m.group(1), m.group(2), m.group(3)
+        if not whole and not frac:
+            return f"invalid duration {text!r}"
+        if not unit:
+            return f"missing unit in duration {text!r}"
+        if unit not in _GO_DURATION_UNITS:
+            return f"unknown unit {unit!r} in duration {text!r}"
+        value = Fraction(int(whole or "0")) + (Fraction(int(frac), 10 ** len(frac)) if frac else 0)
+        total += value * _GO_DURATION_UNITS[unit]
+        if total > _MAX_DURATION_NS:
+            return f"invalid duration {text!r}"
+        rest = rest[m.end():]
+    ns = int(total)
+    return -ns if negative else ns
+
+
+def _jwks_uri_problem(uri: str) -> str | None:
+    """security.ParseJwksURI (pkg/config/security/security.go:77): net/url parses it, the scheme must be http or
+    https, an explicit port must be a number. (The CRD's CEL `url(self).getScheme() in ["http", "https"]`, 1.23+,
+    refuses the same values; one message is enough.)"""
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    scheme = m.group(1).lower() if m else ""
+    if scheme not in ("http", "https"):
+        return f"URI scheme {scheme!r} is not supported (jwksUri must be http:// or https://)"
+    authority = uri[m.end():] if m else uri
+    if authority.startswith("//"):
+        host = re.split(r"[/?#]", authority[2:], maxsplit=1)[0].rpartition("@")[2]
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition("]")[2] else ""
+        if port and not port.isdigit():
+            return f"invalid port {':' + port!r} after host"
+    return None
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+_JWK_REQUIRED = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
+
+
+def _jwks_problem(text: str) -> tuple[str | None, list[int]]:
+    """lestrrat-go/jwx jwk.Parse (v1.2, what istiod 1.30 links), approximately: (why it fails, or None; the
+    indices of keys holding private material, for warnPrivateJwksKeys).
+
+    A JSON object that is a key set (`keys`) or a single key; each key needs a known `kty` and that type's
+    parameters, base64url-encoded. Symmetric (`oct`) keys and keys with `d` are private material.
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return f"failed to unmarshal JSON: {exc}", []
+    if not isinstance(doc, dict):
+        return "failed to unmarshal JSON into a key or a key set", []
+    keys = doc.get("keys") if "keys" in doc else [doc]
+    if not isinstance(keys, list):
+        return "failed to unmarshal JSON: keys must be an array", []
+    private: list[int] = []
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict):
+            return f"key {i}: failed to unmarshal JSON into a key", []
+        kty = key.get("kty")
+        if kty not in _JWK_REQUIRED:
+            return f"key {i}: invalid key type {kty!r} (kty must be RSA, EC, OKP or oct)", []
+        for name in _JWK_REQUIRED[kty]:
+            if name not in key:
+                return f"key {i}: required field {name} is missing", []
+        for name in ("n", "e", "x", "y", "k", "d"):
+            value = key.get(name)
+            if value is not None and (not isinstance(value, str) or not _B64URL.fullmatch(value)):
+                return f"key {i}: field {name} is not base64url-encoded", []
+        if kty == "oct" or "d" in key:
+            private.append(i)
+    return None, private
+
+
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+def _header_value_problem(value: str) -> str | None:
+    """ValidateHTTPHeaderValue (validation.go@1.22.0, with header_value_validator.go validateHeaderValue, a port
+    of Envoy's header_parser.cc): no control characters, and every unescaped '%' opens a %VARIABLE% that closes.
+    Istio 1.22 checks outputClaimToHeaders header *names* with it."""
+    if not _HEADER_VALUE.fullmatch(value):
+        return f"header value configuration {value} is invalid"
+    literal, variable, expect_array, expect_string, string, expect_delim, expect_args_end, expect_var_end = range(8)
+    state, pos = literal, 0
+    while pos < len(value):
+        ch, has_next = value[pos], pos + 1 < len(value)
+        if state == literal:
+            if ch == "%":
+                if not has_next:
+                    return "header value configuration: invalid header configuration. Un-escaped %"
+                if value[pos + 1] == "%":
+                    pos += 1
+                else:
+                    state = variable
+        elif state == variable:
+            state = literal if ch == "%" else expect_array if ch == "(" else variable
+        elif state == expect_array:
+            state = expect_string if ch == "[" else state if ch == " " else string
+        elif state == expect_delim:
+            if ch == ",":
+                state = expect_string
+            elif ch == "]":
+                state = expect_args_end
+            elif ch != " ":
+                return "header value configuration: invalid header configuration. Expecting ',', ']', or whitespace"
+        elif state == expect_string:
+            if ch == '"':
+                state = string
+            elif ch != " ":
+                return "header value configuration: invalid header configuration. Expecting '\"'"
+        elif state == string:
+            if ch == "\\":
+                if not has_next:
+                    return ("header value configuration: invalid header configuration. Un-terminated backslash in "
+                            "JSON string")
+                pos += 1
+            elif ch == ")":
+                state = expect_var_end
+            elif ch == '"':
+                state = expect_delim
+        elif state == expect_args_end:
+            if ch == ")":
+                state = expect_var_end
+            elif ch != " ":
+                return "header value configuration: invalid header configuration. Expecting ')' or whitespace"
+        elif state == expect_var_end:
+            if ch == "%":
+                state = literal
+            elif ch != " ":
+                return "header value configuration: invalid header configuration. Expecting '%' or whitespace after"
+        pos += 1
+    if state != literal:
+        return f"header value configuration: invalid header configuration. Un-terminated variable expression {value!r}"
+    return None
+
+
+_STRICT_HEADER_NAME = re.compile(r"[-_A-Za-z0-9]+")  # validStrictHeaderNameRegex (validation.go:81)
+
+
+# --------------------------------------------------------------------------------------------------
+# RequestAuthentication (ValidateRequestAuthentication, validation.go:1597; validateJwtRule, :1639)
+
+JWT_RULE_FIELDS = ("issuer", "audiences", "jwksUri", "jwks_uri", "jwks", "fromHeaders", "fromParams", "fromCookies",
+                   "outputPayloadToHeader", "outputClaimToHeaders", "forwardOriginalToken", "timeout",
+                   "spaceDelimitedClaims")
+
+
+def _check_request_authentication(spec: Mapping[Any, Any], out: _Out) -> None:
+    """ValidateRequestAuthentication: the selector / targetRef(s) checks shared with AuthorizationPolicy, then
+    validateJwtRule and (1.30.3+) warnPrivateJwksKeys per jwtRule, and the CRD's CEL rule on a jwtRule (1.23+)."""
+    _check_one_of_selector(spec, out)
+    _check_selector(spec, out)
+    _check_target_ref(_get(spec, "targetRef"), "spec.targetRef", out)
+    refs = _get(spec, "targetRefs")
+    for i, ref in enumerate(refs if _is_list(refs) else []):
+        _check_target_ref(ref, _item("spec.targetRefs", i), out)
+    rules = _get(spec, "jwtRules")
+    for i, rule in enumerate(rules if _is_list(rules) else []):
+        if isinstance(rule, Mapping):
+            _check_jwt_rule(rule, _item("spec.jwtRules", i), out)
+
+
+def _check_jwt_rule(rule: Mapping[Any, Any], path: str, out: _Out) -> None:
+    f = out.f
+    issuer, jwks, jwks_uri = _get(rule, "issuer"), _get(rule, "jwks"), _get(rule, "jwksUri")
+    jwks_uri_snake = _get(rule, "jwks_uri")  # the proto field's original name: jsonpb fills JwksUri from either
+    uri = jwks_uri if isinstance(jwks_uri, str) and jwks_uri else jwks_uri_snake
+    uri_field = f"{path}.jwksUri" if isinstance(jwks_uri, str) and jwks_uri else f"{path}.jwks_uri"
+
+    for k, audience in _strings(_get(rule, "audiences")):  # validateJwtRule: "audience must be non-empty string"
+        if audience == "":
+            out.error(_item(f"{path}.audiences", k), "audience must be non-empty string")
+    if not f.issuer_optional:
+        if not (isinstance(issuer, str) and issuer):
+            out.error(f"{path}.issuer", f"issuer must be set (Istio {f.version}; from 1.27 a jwksUri alone will do)")
+    elif not (isinstance(issuer, str) and issuer) and not (isinstance(uri, str) and uri):
+        out.error(f"{path}.issuer", "issuer or jwksUri must be non-empty string")
+    if isinstance(uri, str) and uri:
+        problem = _jwks_uri_problem(uri)
+        if problem:
+            out.error(uri_field, problem)
+    if f.cel and sum(_has(rule, n) for n in ("jwksUri", "jwks_uri", "jwks")) > 1:  # CRD CEL on JWTRule (1.23+)
+        out.error(path, "only one of jwks or jwksUri can be set")
+
+    private: list[int] = []
+    if isinstance(jwks, str) and jwks != "" and "${jwks:" not in jwks:
+        # A `${jwks:<issuer>}` placeholder is the JWKS the suite makes for that issuer (public keys only);
+        # the loader checks its name and that it is the whole value.
+        problem, private = _jwks_problem(jwks)
+        if problem:
+            out.error(f"{path}.jwks", f"jwks parse error: {problem}")
+    if f.private_jwks_warning:
+        for index in private:
+            out.warn(f"{path}.jwks", f"Istio warns: jwks key at index {index} contains private key material; only "
+                                     "public keys are used for verification")
+
+    headers = _get(rule, "fromHeaders")
+    for k, location in enumerate(headers if _is_list(headers) else []):
+        if location is None:
+            out.error(_item(f"{path}.fromHeaders", k), "location header name must be non-null")
+        elif isinstance(location, Mapping) and _get(location, "name") == "":
+            out.error(f"{_item(f'{path}.fromHeaders', k)}.name", "location header name must be non-empty string")
+    for name, message in (("fromParams", "location query must be non-empty string"),
+                          ("fromCookies", "cookie name must be non-empty string")):
+        for k, value in _strings(_get(rule, name)):
+            if value == "":
+                out.error(_item(f"{path}.{name}", k), message)
+
+    claims = _get(rule, "outputClaimToHeaders")
+    for k, entry in enumerate(claims if _is_list(claims) else []):
+        epath = _item(f"{path}.outputClaimToHeaders", k)
+        if entry is None:
+            out.error(epath, "outputClaimToHeaders must not be null")
+            continue
+        if not isinstance(entry, Mapping):
+            continue
+        claim, header = _get(entry, "claim"), _get(entry, "header")
+        if not claim or not header:  # reported at the empty one, where the CRD (1.23+) says it is required
+            out.error(f"{epath}.{'claim' if not claim else 'header'}",
+                      "outputClaimToHeaders header and claim value must be non-empty string")
+            continue
+        if not isinstance(header, str):
+            continue
+        if f.jwt_rule_checks:  # ValidateStrictHTTPHeaderName (ValidateHTTPHeaderName before 1.24.4, same regex)
+            if not _STRICT_HEADER_NAME.fullmatch(header):
+                out.error(f"{epath}.header", f"header name {header} is not a valid header name")
+        else:  # 1.22: ValidateHTTPHeaderValue on the header name
+            problem = _header_value_problem(header)
+            if problem:
+                out.error(f"{epath}.header", problem)
+
+    timeout = _get(rule, "timeout")
+    if isinstance(timeout, str):
+        parsed = _go_duration(timeout)
+        if isinstance(parsed, str):
+            out.error(f"{path}.timeout", f"bad Duration: time: {parsed}")
+        elif f.jwt_rule_checks and parsed < 1_000_000:  # agent.ValidateDuration; the CRD's CEL (1.23+) agrees
+            out.error(f"{path}.timeout", "duration must be greater than 1ms")
+        elif f.jwt_rule_checks and parsed % 1_000_000:
+            out.error(f"{path}.timeout", "only durations to ms precision are supported")
+
+    # What this suite does not model (valid Istio): the targets serve no JWKS endpoint, so a key set comes inline.
+    if isinstance(uri, str) and uri:
+        out.unsupported(uri_field, "jwksUri is not supported yet: the suite serves no JWKS endpoint (nothing is "
+                                   "fetched on any target); write jwks: \"${jwks:<issuer name>}\"")
+    elif not (isinstance(jwks, str) and jwks):
+        out.unsupported(path, "a jwtRule without jwks is not supported yet: istiod would fetch the key set from the "
+                              "issuer's OpenID discovery document; write jwks: \"${jwks:<issuer name>}\"")
+
+
+_REQUEST_PRINCIPAL_KEYS = ("request.auth.principal",)
+
+
+def _request_principal_matchers(value: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """How istiod matches one requestPrincipals value (requestPrincipalGenerator.extendedPrincipal,
+    pilot/pkg/security/authz/model/generator.go@1.30.3): the (kind, text) matchers of `iss` and `sub`, kind one of
+    exact, prefix, suffix, any (`.+`). The value is split at its LAST '/'."""
+    idx = value.rfind("/")
+    found = idx >= 0
+    iss, sub = (value[:idx], value[idx + 1:]) if found else (value, "")
+    if value == "*":
+        return ("any", ""), ("any", "")
+    if value.startswith("*"):
+        if found:
+            return (("any", "") if iss == "*" else ("suffix", iss[1:])), ("exact", sub)
+        return ("any", ""), ("suffix", value[1:])
+    if value.endswith("*"):
+        if found:
+            return ("exact", iss), (("any", "") if sub == "*" else ("prefix", sub[:-1]))
+        return ("prefix", value[:-1]), ("any", "")
+    return ("exact", iss), ("exact", sub)
+
+
+def _warn_request_principals(values: object, path: str, name: str, out: _Out) -> None:
+    """Warnings (Istio accepts them) for requestPrincipals values that do not match what they seem to."""
+    for k, value in _strings(values):
+        if value == "":
+            continue  # CheckEmptyValues reports it
+        (iss_kind, iss), (sub_kind, sub) = _request_principal_matchers(value)
+        where = _item(path, k)
+        if sub_kind == "exact" and sub == "" and "/" not in value:
+            out.warn(where, f"{value!r} has no '/': Istio reads it as iss {value!r} with an empty sub, which no "
+                            f"token with a sub matches; write '<iss>/<sub>' (or '{value}/*' for any sub)")
+        elif sub_kind == "exact" and sub == "":
+            out.warn(where, f"{value!r} ends with '/': it matches only tokens whose sub is empty; write "
+                            f"'{value}*' for any sub")
+        elif any(kind != "any" and "*" in text for kind, text in ((iss_kind, iss), (sub_kind, sub))):
+            out.warn(where, f"a '*' inside {value!r} is matched literally: {name} values take one leading or "
+                            "one trailing '*' (iss/sub split at the last '/', generator.go requestPrincipalGenerator)")
+
+
+# --------------------------------------------------------------------------------------------------
+# meshConfig.extensionProviders of the ext_authz kinds
+# (ValidateMeshConfig -> validateExtensionProvider, pkg/config/validation/agent/extensionprovider.go@1.30.3, which
+# istioctl and istiod apply to a mesh config; then what istiod does with each provider when it builds CUSTOM
+# filters, processExtensionProvider / buildExtAuthzHTTP, pilot/pkg/security/authz/builder/extauthz.go@1.30.3)
+
+EXT_AUTHZ_KINDS = {"envoyExtAuthzHttp": "http", "envoyExtAuthzGrpc": "grpc"}
+EXT_AUTHZ_HEADER_LISTS = ("includeRequestHeadersInCheck", "headersToUpstreamOnAllow", "headersToDownstreamOnDeny",
+                          "headersToDownstreamOnAllow")
+# envoy.type.v3.StatusCode (api/envoy/type/v3/http_status.proto): the values statusOnError may name
+# (validateExtensionProviderEnvoyExtAuthzStatusOnError looks the code up in StatusCode_name, 0 "Empty" included).
+ENVOY_STATUS_CODES = frozenset({
+    0, 100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401, 402,
+    403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426, 428, 429,
+    431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+})
+_ISTIO_DNS_LABEL = re.compile(r"[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?")  # labels.IsDNS1123Label (case-insensitive)
+_ISTIO_WILDCARD_LABEL = re.compile(r"\*|(?:\*|\*-)?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_INVALID_PROVIDER = ("istiod treats this provider as invalid: every CUSTOM policy naming it denies the requests "
+                     "its rules match with 403 RBAC: access denied")
+
+
+def _dns1123_labels_problem(domain: str) -> str | None:
+    """agent.ValidateDNS1123Labels: the TLD is not all-numeric, every label a DNS-1123 label (a trailing '.' ok)."""
+    parts = domain.split(".")
+    if re.fullmatch(r"[+-]?[0-9]+", parts[-1]):
+        return f"domain name {domain!r} invalid (top level domain {parts[-1]!r} cannot be all-numeric)"
+    for i, label in enumerate(parts):
+        if i == len(parts) - 1 and label == "":
+            return None
+        if len(label) > 63 or not _ISTIO_DNS_LABEL.fullmatch(label):
+            return f"domain name {domain!r} invalid (label {label!r} invalid)"
+    return None
+
+
+def _service_problem(service: str) -> str | None:
+    """validateExtensionProviderService: `<fqdn>` or an IP, or `<namespace>/<hostname>`
+    (ValidateNamespaceSlashWildcardHostname(service, false, false))."""
+    if service == "":
+        return "service must not be empty"
+    if "/" not in service:
+        fqdn = ("domain name too long (max 255)" if len(service) > 255 else _dns1123_labels_problem(service))
+        if fqdn is not None and isinstance(_parse_addr(service), str):
+            return f"invalid service fmt {service}: {service} is not a valid IP"
+        return None
+    namespace, _, host = service.partition("/")
+    problems = []
+    if not namespace or not host:
+        problems.append("config namespace and dnsName in host entry cannot be empty")
+    if namespace not in ("*", ".", "~") and not (len(namespace) <= 63 and _ISTIO_DNS_LABEL.fullmatch(namespace)):
+        problems.append(f"invalid namespace value {namespace!r} in sidecar")
+    if host != "*" and "." not in host:
+        problems.append("short names (non FQDN) are not allowed")
+    if len(host) > 255 or not host:
+        problems.append(f"domain name {host!r} invalid")
+    else:
+        first, _, rest = host.partition(".")
+        if len(first) > 63 or not _ISTIO_WILDCARD_LABEL.fullmatch(first):
+            problems.append(f"domain name {host!r} invalid (label {first!r} invalid)")
+        elif rest:
+            problem = _dns1123_labels_problem(rest)
+            if problem:
+                problems.append(problem)
+    if "*" in host and len(host) != 1 and not host.startswith("*."):
+        problems.append(f"partial wildcard {host!r} not allowed")
+    return "; ".join(problems) or None
+
+
+def _provider_name_problem(name: str) -> str | None:
+    """validateProviderName (builder/extauthz.go@1.30.0+)."""
+    if len(name) > 63:
+        return f"provider name too long (max 63 characters): {len(name)}"
+    for i, ch in enumerate(name):
+        if "a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-":
+            continue
+        if "A" <= ch <= "Z":
+            return f"uppercase letters not allowed (use lowercase): character {ch!r} at position {i}"
+        return f"invalid character {ch!r} at position {i} (only lowercase letters, digits, and hyphens allowed)"
+    if name.startswith("-") or name.endswith("-"):
+        return "provider name cannot start or end with hyphen"
+    return None
+
+
+def provider_defects(provider: ExtensionProvider, version: IstioVersion) -> list[str]:
+    """Why istiod at `version` treats an extension provider the loader accepted as invalid (processExtensionProvider,
+    buildExtAuthzHTTP), so that CUSTOM policies naming it deny what their rules match; empty when it does not.
+    (The service istiod cannot find, LookupCluster, depends on the workloads: Scenario.provider_workload.)"""
+    out = []
+    problem = _provider_name_problem(provider.name) if _Features.of(version).provider_name_check else None
+    if problem:
+        out.append(f"invalid provider name {provider.name!r}: {problem}")
+    for list_name, values in (("includeRequestHeadersInCheck", provider.include_request_headers_in_check),
+                              ("headersToUpstreamOnAllow", provider.headers_to_upstream_on_allow),
+                              ("headersToDownstreamOnDeny", provider.headers_to_downstream_on_deny),
+                              ("headersToDownstreamOnAllow", provider.headers_to_downstream_on_allow)):
+        if "*" in values:
+            out.append(f"a single wildcard (\"*\") in {list_name}")
+    return out
+
+
+def validate_extension_provider(doc: Mapping[Any, Any], version: IstioVersion) -> list[Finding]:
+    """Check one `meshConfig.extensionProviders` entry of an ext_authz kind the way Istio `version` does.
+
+    Errors: what ValidateMeshConfig rejects (`istioctl install` and istiod refuse the mesh config): an empty
+    name, a port outside 1..65535, a malformed service, an unknown statusOnError, a pathPrefix without a
+    leading '/', a malformed timeout. Warnings: what Istio accepts but turns into a broken provider, so that the
+    CUSTOM policies naming it deny (processExtensionProvider / buildExtAuthzHTTP): a name that is not a
+    lowercase DNS-1123 label (1.30+), a lone "*" in a header list. Field paths are relative to the entry
+    (`name`, `envoyExtAuthzHttp.port`). Types and unknown fields are the scenario schema's business.
+
+    (Research note correction, istio-authn-custom-gateways.md §3.1: the DNS-1123 name rule and the lone-"*" rule
+    are not mesh config validation but istiod's reading of the provider; Istio accepts the mesh config.)
+    """
+    f = _Features.of(version)
+    out = _Out(f)
+    name = _get(doc, "name")
+    if isinstance(name, str):
+        if name == "":
+            out.error("name", "empty extension provider name")
+        elif f.provider_name_check:
+            problem = _provider_name_problem(name)
+            if problem:
+                out.warn("name", f"invalid provider name {name!r}: {problem}; {_INVALID_PROVIDER} (Istio {f.version}, "
+                                 "validateProviderName)")
+    for field_name, kind in EXT_AUTHZ_KINDS.items():
+        config = _get(doc, field_name)
+        if not isinstance(config, Mapping):
+            continue
+        port = _get(config, "port")
+        if isinstance(port, int) and not isinstance(port, bool) and not 1 <= port <= 65535:
+            out.error(f"{field_name}.port", f"port number {port} must be in the range 1..65535")
+        elif port is None:
+            out.error(f"{field_name}.port", "port number 0 must be in the range 1..65535 (port is required)")
+        service = _get(config, "service")
+        if isinstance(service, str) or service is None:
+            problem = _service_problem(service or "")
+            if problem:
+                out.error(f"{field_name}.service", problem)
+        status = _get(config, "statusOnError")
+        if isinstance(status, str) and status != "":
+            code = _small_int(status.lstrip("+-")) if re.fullmatch(r"[+-]?[0-9]+", status) else None
+            if code is None:
+                out.error(f"{field_name}.statusOnError",
+                          f"invalid statusOnError value {status}: strconv.ParseInt: parsing {status!r}: invalid syntax")
+            elif status.startswith("-") or code not in ENVOY_STATUS_CODES:
+                out.error(f"{field_name}.statusOnError",
+                          f"unsupported statusOnError value {status}: must be an HTTP status Envoy knows "
+                          "(envoy.type.v3.StatusCode), e.g. 403, 500, 503")
+            elif code == 0:
+                out.unsupported(f"{field_name}.statusOnError",
+                                "statusOnError 0 passes Istio's validation but Envoy refuses HttpStatus code 0 "
+                                "(not_in: 0), so the proxies reject the configuration: not supported")
+        timeout = _get(config, "timeout")
+        if isinstance(timeout, str):
+            parsed = _go_duration(timeout)
+            if isinstance(parsed, str):
+                out.error(f"{field_name}.timeout", f"bad Duration: time: {parsed}")
+        if kind != "http":
+            continue
+        prefix = _get(config, "pathPrefix")
+        if isinstance(prefix, str) and prefix != "" and not prefix.startswith("/"):
+            out.error(f"{field_name}.pathPrefix", f"pathPrefix should begin with `/` but found {prefix!r}")
+        for list_name in (*EXT_AUTHZ_HEADER_LISTS, "includeHeadersInCheck"):
+            for k, value in _strings(_get(config, list_name)):
+                if value == "*":
+                    out.warn(_item(f"{field_name}.{list_name}", k),
+                             f"a single wildcard (\"*\") is not supported, change it to either prefix or suffix "
+                             f"match: {list_name[0].upper()}{list_name[1:]}; {_INVALID_PROVIDER} (buildExtAuthzHTTP)")
+    return out.result()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -143,6 +143,23 @@ TRUST_DOMAIN_FIELDS = Change(
 TRUST_DOMAINS_ENFORCED = Change(
     "trustDomains / notTrustDomains / source.trustDomain validated and enforced",
     "istio/istio#59358 ([release-1.30] #60528)", ((1, 30, 2),))
+JWT_RULE_CHECKS = Change(
+    "RequestAuthentication: a jwtRule's timeout must be >= 1ms at ms precision; outputClaimToHeaders header "
+    "names must match ^[-_A-Za-z0-9]+$ (before: checked as a header value)",
+    "istio/istio#51946, #51343 (validation.go validateJwtRule@1.23.0)", ((1, 23, 0),))
+JWT_ISSUER_OPTIONAL = Change(
+    "RequestAuthentication: a jwtRule needs an issuer or a jwksUri, no longer always an issuer (CRD and validation)",
+    "istio/istio#56158 (validation.go validateJwtRule@1.27.0, crd-all.gen.yaml@1.27.0)", ((1, 27, 0),))
+SPACE_DELIMITED_CLAIMS = Change(
+    "RequestAuthentication: jwtRules[].spaceDelimitedClaims (CRD field)",
+    "crd-all.gen.yaml@1.28.0 (istio/api bump, istio/istio#57758)", ((1, 28, 0),))
+EXT_AUTHZ_PROVIDER_NAME_CHECK = Change(
+    "istiod ignores an ext_authz extension provider whose name is not a lowercase DNS-1123 label of at most 63 "
+    "characters: CUSTOM policies naming it deny the requests their rules match",
+    "istio/istio#58082 (builder/extauthz.go validateProviderName@1.30.0)", ((1, 30, 0),))
+PRIVATE_JWKS_WARNING = Change(
+    "validation warns about private key material in a RequestAuthentication's inline jwks",
+    "istio/istio#60727 (validation.go warnPrivateJwksKeys@1.30.3)", ((1, 30, 3),))
 DOT_SEGMENT_PARAMETERS = Change(
     "sidecar/waypoint path normalization treats `.;x` and `..;x` segments as `.` and `..`",
     "Envoy CVE-2026-73551 (Envoy 1.37.6/1.38.4, in Istio 1.29.7/1.30.4; not in 1.31.0's Envoy)",
@@ -153,7 +170,8 @@ CHANGES: tuple[Change, ...] = (
     SERVICE_ENTRY_TARGET_REF, WAYPOINT_SERVICE_NAMESPACE, TARGET_REF_KIND_CEL_DROPPED, SERVICE_ACCOUNTS,
     GATEWAY_CLASS_TARGET_REF, WAYPOINT_SELECTION_BY_KIND, RULES_MAX, DRY_RUN_NOT_SENT_TO_ZTUNNEL,
     INTERNAL_PARENT_ANNOTATIONS, QUOTED_SERVICE_ACCOUNT_REGEX, QUOTED_NAMESPACE_REGEX, TRUST_DOMAIN_FIELDS,
-    TRUST_DOMAINS_ENFORCED, DOT_SEGMENT_PARAMETERS,
+    TRUST_DOMAINS_ENFORCED, DOT_SEGMENT_PARAMETERS, JWT_RULE_CHECKS, JWT_ISSUER_OPTIONAL, SPACE_DELIMITED_CLAIMS,
+    EXT_AUTHZ_PROVIDER_NAME_CHECK, PRIVATE_JWKS_WARNING,
 )
 
 

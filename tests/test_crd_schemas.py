@@ -24,7 +24,7 @@ from conformance.versions import PINNED_PATCH, IstioVersion
 
 WORK = Path(__file__).resolve().parents[2]
 RELEASES = Path(__file__).parent / "data" / "istio-crd"
-KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")
 
 
 def _without(node: Any, *keys: str) -> Any:

@@ -45,7 +45,7 @@ def source() -> dict[str, str]:
 
 
 def kinds() -> tuple[str, ...]:
-    """The kinds whose CRD schema is vendored (AuthorizationPolicy, PeerAuthentication)."""
+    """The kinds whose CRD schema is vendored (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)."""
     return tuple(sorted(_vendored()["schemas"]))
 
 

@@ -3,8 +3,8 @@
 Why: the structural check of policy documents must be Istio's own CRD schema, not a transcription of it,
 and a new Istio release must be one command away. This reads `manifests/charts/base/files/crd-all.gen.yaml`
 at the tag from a clone of istio/istio (1.22 and 1.23 kept it under `manifests/charts/base/crds/`), keeps
-the openAPIV3Schema of AuthorizationPolicy and PeerAuthentication (security.istio.io, every served version)
-verbatim, and writes `istio-<tag>-security.json` next to this file with where it came from.
+the openAPIV3Schema of AuthorizationPolicy, PeerAuthentication and RequestAuthentication (security.istio.io,
+every served version) verbatim, and writes `istio-<tag>-security.json` next to this file with where it came from.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")
 GROUP = "security.istio.io"
 CRD_PATHS = ("manifests/charts/base/files/crd-all.gen.yaml", "manifests/charts/base/crds/crd-all.gen.yaml")
 HERE = Path(__file__).parent

@@ -22,9 +22,11 @@ HERE = Path(__file__).resolve().parent
 REPOSITORY = "https://github.com/istio/istio"
 TAGS = ["1.22.8", "1.23.6", "1.24.6", "1.25.5", "1.26.8", "1.27.9", "1.28.10", "1.29.6", "1.30.0", "1.30.3"]
 FUNCS = {
-    "pkg/config/validation/validation_test.go": ["TestValidateAuthorizationPolicy", "TestValidatePeerAuthentication"],
+    "pkg/config/validation/validation_test.go": ["TestValidateAuthorizationPolicy", "TestValidatePeerAuthentication",
+                                                 "TestValidateRequestAuthentication"],
     "pkg/config/security/security_test.go": ["TestValidateCondition", "TestCheckValidPathTemplate",
                                              "TestCheckTrustDomainValues", "TestCheckWildcardValues"],
+    "pkg/config/validation/agent/extensionprovider_test.go": ["TestValidateExtensionProviderService"],
 }
 
 
