@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
 
-from conformance.errors import ConformanceError, ScenarioError, TargetError, TargetUnavailable
+from conformance.errors import ConformanceError, NotModelled, ScenarioError, TargetError, TargetUnavailable
 from conformance.failures import Failure, InfrastructureFailure, InvalidScenarioFailure, step_failure
 from conformance.model import Expectation, Mode, Scenario, Step
 from conformance.repro import repro_command
@@ -238,6 +238,8 @@ class StepItem(pytest.Item):
             else:
                 result = run_step(run.mesh, run.scenario, self.step, _version(config),
                                   required=config.getoption("converge"), deadline=_deadline(config))
+        except NotModelled as exc:  # valid, but the engine cannot predict it yet (issue 11): never ran
+            raise InvalidScenarioFailure(f"{where}: {len(exc.problems)} problem(s)\n{exc}") from exc
         except (TargetError, ScenarioError) as exc:
             raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
         self.result = result

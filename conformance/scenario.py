@@ -2,9 +2,11 @@
 
 A scenario is checked in three passes, each reporting every problem it finds, one line each:
 1. YAML and the JSON Schema (schema.py): shape, types, unknown fields;
-2. references: workloads, ports, steps, policy files, address placeholders, duplicates, reserved headers;
-3. every policy document the way Istio's validation checks it (validation.py), at the Istio version
-   in use, plus this suite's "not supported yet" list.
+2. references: workloads, ports, steps, policy files, address and JWKS placeholders, issuers, extension
+   providers, duplicates, reserved headers, the tokens probes carry;
+3. every policy document, and every ext_authz extension provider of the mesh config, the way Istio's
+   validation checks it (validation.py), at the Istio version in use, plus this suite's "not supported yet"
+   list.
 All three run on every file, whatever the others found (a part the schema rejects is skipped by the later
 passes, every other part is still checked), so one run lists every problem (issue 9). Nothing runs unless
 all three pass.
@@ -12,6 +14,7 @@ all three pass.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,8 +27,15 @@ from conformance.errors import Location, Problem, ScenarioError, closest, yaml_t
 from conformance.model import (
     ADDRESS_PLACEHOLDER,
     DEFAULT_MODES,
+    DEFAULT_TOKEN_LOCATION,
     MODES,
+    RESERVED_CLAIMS,
+    WORKLOAD_KINDS,
     Expectation,
+    ExtAuthzKind,
+    ExtensionProvider,
+    Issuer,
+    JwtSpec,
     Manifest,
     MeshConfig,
     Mode,
@@ -33,9 +43,12 @@ from conformance.model import (
     Probe,
     Request,
     Scenario,
+    Signature,
     Step,
+    TokenLocation,
     Waypoint,
     Workload,
+    WorkloadKind,
     default_addresses,
 )
 from conformance.probe import RESERVED_HEADERS
@@ -45,6 +58,13 @@ from conformance.versions import IstioVersion
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 _TO_RE = re.compile(r"^(?P<ref>[a-z0-9-]+/[a-z0-9-]+)(?::(?P<port>\d+))?$")
 _FROM_RE = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
+_ANY_JWKS_PLACEHOLDER = re.compile(r"\$\{jwks:([^}]*)\}")
+# MeshConfig fields of the ext_authz providers this suite does not model (valid Istio).
+_UNMODELLED_PROVIDER_FIELDS = {
+    "includeRequestBodyInCheck": "the request body is not sent to the provider in this suite",
+    "clearRouteCache": "istiod 1.30 ignores it for HTTP providers and routing is not modelled",
+    "includeHeadersInCheck": "deprecated by Istio: use includeRequestHeadersInCheck",
+}
 API_GROUP = "authz-conformance"
 API_VERSION = f"{API_GROUP}/v1"
 KIND = "Scenario"
@@ -221,13 +241,16 @@ class _Loader:
         mesh = MeshConfig(
             root_namespace=_str(mesh_doc.get("rootNamespace")) or MeshConfig.root_namespace,
             trust_domain=_str(mesh_doc.get("trustDomain")) or MeshConfig.trust_domain,
+            extension_providers=tuple(self._providers(_list(mesh_doc.get("extensionProviders")))),
         )
+        issuers = {i.name: i for i in self._issuers(_list(spec.get("issuers")))}
         name, description = _str(meta.get("name")) or "", _str(meta.get("description")) or ""
         workloads = self._workloads(_list(spec.get("workloads")))
         by_ref = {w.ref: w for w in workloads}
+        self._provider_ports(mesh, workloads)
         waypoints, explicit = self._waypoints(spec.get("waypoints"), workloads, by_ref)
         partial = Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints), (),
-                           explicit)
+                           explicit, tuple(issuers.values()))
         addresses = default_addresses(partial)
         steps: list[Step] = []
         seen_steps: set[str] = set()
@@ -239,11 +262,99 @@ class _Loader:
             if step_name is not None and step_name in seen_steps:
                 self.error(f"duplicate step name '{step_name}'", where, f"spec.steps[{i}].name")
             seen_steps.add(step_name or "")
-            policies = self._policies(_list(step_doc.get("policies")), where, mesh, by_ref, addresses)
-            expectations = self._expectations(_list(step_doc.get("expect")), where, i, by_ref, modes)
+            policies = self._policies(_list(step_doc.get("policies")), where, mesh, by_ref, addresses, issuers)
+            expectations = self._expectations(_list(step_doc.get("expect")), where, i, by_ref, modes, issuers)
             steps.append(Step(step_name or "", tuple(policies), tuple(expectations)))
         return Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints),
-                        tuple(steps), explicit)
+                        tuple(steps), explicit, tuple(issuers.values()))
+
+    def _providers(self, docs: Sequence[Any]) -> list[ExtensionProvider]:
+        """`mesh.extensionProviders`: each entry checked as Istio checks a mesh config (validation.py)."""
+        from conformance.validation import EXT_AUTHZ_KINDS, validate_extension_provider
+
+        out: list[ExtensionProvider] = []
+        seen: set[str] = set()
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, Mapping):
+                continue  # the schema reported it
+            name = _str(doc.get("name"))
+            where = f"extension provider '{name}'" if name else f"mesh.extensionProviders[{i}]"
+            base = f"spec.mesh.extensionProviders[{i}]"
+            for finding in validate_extension_provider(doc, self.version):
+                severity = "warning" if finding.severity == "warning" else "error"
+                message = finding.message
+                if finding.severity == "unsupported" and "not supported" not in message:
+                    message = f"{message} (not supported yet)"
+                self.error(message, where, f"{base}.{finding.field}" if finding.field else base, severity)
+            if name is not None and name in seen:  # validateExtensionProvider
+                self.error(f"duplicate extension provider name {name}", where, f"{base}.name")
+            if name:
+                seen.add(name)
+            kinds = [k for k in EXT_AUTHZ_KINDS if isinstance(doc.get(k), Mapping)]
+            if len([k for k in EXT_AUTHZ_KINDS if k in doc]) != 1:  # a proto oneof: exactly one provider kind
+                self.error("an extension provider needs exactly one of envoyExtAuthzHttp or envoyExtAuthzGrpc (the "
+                           "ext_authz kinds; this suite models no other provider kind)", where, base)
+            for field_name in kinds:
+                for extra, why in _UNMODELLED_PROVIDER_FIELDS.items():
+                    if _map(doc.get(field_name)).get(extra) is not None:
+                        self.error(f"{extra} is not supported yet ({why})", where, f"{base}.{field_name}.{extra}")
+            if not name or len(kinds) != 1 or self.damaged("spec", "mesh", "extensionProviders", i):
+                continue  # the schema or Istio's validation reported it
+            config = _map(doc.get(kinds[0]))
+            kind: ExtAuthzKind = "http" if EXT_AUTHZ_KINDS[kinds[0]] == "http" else "grpc"
+            port = config.get("port")
+            headers = _map(config.get("includeAdditionalHeadersInCheck"))
+            out.append(ExtensionProvider(
+                name=name, kind=kind, service=_str(config.get("service")) or "",
+                port=port if isinstance(port, int) and not isinstance(port, bool) else 0,
+                timeout=_str(config.get("timeout")),
+                fail_open=config.get("failOpen") is True,
+                status_on_error=_str(config.get("statusOnError")) or None,
+                include_request_headers_in_check=_strs(config.get("includeRequestHeadersInCheck")),
+                headers_to_upstream_on_allow=_strs(config.get("headersToUpstreamOnAllow")),
+                headers_to_downstream_on_deny=_strs(config.get("headersToDownstreamOnDeny")),
+                headers_to_downstream_on_allow=_strs(config.get("headersToDownstreamOnAllow")),
+                include_additional_headers_in_check=tuple(
+                    (k, v) for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)),
+                path_prefix=_str(config.get("pathPrefix")) or None,
+            ))
+        return out
+
+    def _provider_ports(self, mesh: MeshConfig, workloads: Sequence[Workload]) -> None:
+        """Each port of a `kind: ext-authz` workload speaks one protocol: an HTTP and a gRPC provider cannot both
+        name it; and the suite's provider serves checks on HTTP ports only."""
+        scenario = Scenario("", "", "", (), mesh, tuple(workloads), (), ())
+        kinds: dict[tuple[str, int], tuple[str, str]] = {}
+        for i, provider in enumerate(mesh.extension_providers):
+            w = scenario.provider_workload(provider)
+            if w is None or w.kind != "ext-authz":
+                continue  # lint says what istiod does with it
+            where = f"extension provider '{provider.name}'"
+            field = (f"spec.mesh.extensionProviders[{i}]."
+                     f"{'envoyExtAuthzHttp' if provider.kind == 'http' else 'envoyExtAuthzGrpc'}.port")
+            other = kinds.get((w.ref, provider.port))
+            if other is not None and other[0] != provider.kind:
+                self.error(f"port {provider.port} of '{w.ref}' is named by {other[0]} provider '{other[1]}' and by "
+                           f"{provider.kind} provider '{provider.name}': the suite's ext-authz server speaks one "
+                           "protocol per port; give them different ports", where, field)
+            kinds.setdefault((w.ref, provider.port), (provider.kind, provider.name))
+            port = w.port(provider.port)
+            if port is not None and port.protocol == "TCP":
+                self.error(f"port {provider.port} of '{w.ref}' is declared TCP: an ext_authz provider is called over "
+                           "HTTP (HTTP/2 for gRPC); declare it an HTTP port (not supported yet)", where, field)
+
+    def _issuers(self, docs: Sequence[Any]) -> list[Issuer]:
+        """`spec.issuers`: the JWT issuers the suite plays, unique by name."""
+        out: list[Issuer] = []
+        for i, doc in enumerate(docs):
+            name, issuer = _str(_map(doc).get("name")), _str(_map(doc).get("issuer"))
+            if name is None or issuer is None or self.damaged("spec", "issuers", i):
+                continue  # the schema reported it
+            if any(o.name == name for o in out):
+                self.error(f"duplicate issuer name '{name}'", f"issuer '{name}'", f"spec.issuers[{i}].name")
+                continue
+            out.append(Issuer(name, issuer))
+        return out
 
     def _workloads(self, docs: Sequence[Any]) -> list[Workload]:
         out: list[Workload] = []
@@ -266,6 +377,13 @@ class _Loader:
                 self.error(
                     "an out-of-mesh workload (mesh: false) is a client only; server ports on it are not "
                     "supported yet", where, f"spec.workloads[{i}].ports")
+            raw_kind = w.get("kind", "app")
+            kind: WorkloadKind = "ext-authz" if raw_kind == "ext-authz" else "app"
+            if raw_kind in WORKLOAD_KINDS and kind == "ext-authz" and not ports \
+                    and not self.damaged("spec", "workloads", i, "ports"):
+                self.error("a workload of kind ext-authz is the suite's external authorizer: give it the port(s) "
+                           "its providers name (Istio's sample serves HTTP on 8000, gRPC on 9000)",
+                           where, f"spec.workloads[{i}].ports")
             labels = w.get("labels")
             workload = Workload(
                 name=name, namespace=namespace,
@@ -273,7 +391,7 @@ class _Loader:
                 labels=dict(labels) if isinstance(labels, Mapping) and not self.damaged("spec", "workloads", i,
                                                                                          "labels")
                 else {"app": name},
-                ports=tuple(ports), in_mesh=in_mesh,
+                ports=tuple(ports), in_mesh=in_mesh, kind=kind,
             )
             if self.damaged("spec", "workloads", i, "ports"):
                 self.unsure_ports.add(workload.ref)
@@ -315,7 +433,7 @@ class _Loader:
 
     def _policies(
         self, items: Sequence[Any], step: str, mesh: MeshConfig,
-        by_ref: Mapping[str, Workload], addresses: Mapping[str, str],
+        by_ref: Mapping[str, Workload], addresses: Mapping[str, str], issuers: Mapping[str, Issuer],
     ) -> list[Manifest]:
         from conformance.validation import validate_manifest
 
@@ -331,6 +449,7 @@ class _Loader:
                 bad_refs = sorted({m.group(1) for m in ADDRESS_PLACEHOLDER.finditer(_strings(doc))} - set(addresses))
                 for ref in bad_refs:
                     self.error(f"address placeholder ${{ip:{ref}}} names no workload or waypoint", where)
+                self._jwks_placeholders(doc, kind, where, issuers)
                 manifest = Manifest(kind, str(doc.get("apiVersion", "")), name, ns, doc, origin)
                 for finding in validate_manifest(manifest.rendered(addresses).body, self.version):
                     severity = "warning" if finding.severity == "warning" else "error"
@@ -344,6 +463,31 @@ class _Loader:
                 seen[manifest.key] = origin
                 out.append(manifest)
         return out
+
+    def _jwks_placeholders(self, doc: Mapping[str, Any], kind: str, where: str, issuers: Mapping[str, Issuer]) -> None:
+        """`${jwks:<issuer name>}`: a name from spec.issuers, as the whole value of a RequestAuthentication
+        jwtRule's `jwks` (a target puts that issuer's JWKS there); and a warning when the jwtRule's `issuer` is
+        not that issuer's `iss`, so its tokens are never checked against the keys it names."""
+        for field, text in _string_fields(doc):
+            for m in _ANY_JWKS_PLACEHOLDER.finditer(text):
+                name = m.group(1)
+                if name not in issuers:
+                    close = closest(name, issuers)
+                    hint = f" (did you mean '{close}'?)" if close else (
+                        "" if issuers else "; declare it in spec.issuers")
+                    self.error(f"JWKS placeholder ${{jwks:{name}}} names no issuer of spec.issuers{hint}", where, field)
+                placed = (kind == "RequestAuthentication" and re.fullmatch(r"spec\.jwtRules\[\d+\]\.jwks", field)
+                          and text == m.group(0))
+                if not placed:
+                    self.error(f"a ${{jwks:{name}}} placeholder must be the whole value of a RequestAuthentication "
+                               "jwtRule's jwks (spec.jwtRules[].jwks)", where, field)
+                    continue
+                rule = _list(_map(doc.get("spec")).get("jwtRules"))[int(field.split("[")[1].split("]")[0])]
+                rule_issuer, issuer = _map(rule).get("issuer"), issuers.get(name)
+                if issuer is not None and isinstance(rule_issuer, str) and rule_issuer != issuer.issuer:
+                    self.error(f"this jwtRule's issuer is {rule_issuer!r} but issuer '{name}' signs tokens with iss "
+                               f"{issuer.issuer!r}: its tokens never meet these keys (Envoy picks the rule by iss)",
+                               where, field.rsplit(".", 1)[0] + ".issuer", "warning")
 
     def _expand(self, item: Mapping[str, Any], step: str, k: int) -> Iterable[tuple[dict[str, Any], str]]:
         if "file" not in item:
@@ -380,7 +524,8 @@ class _Loader:
             yield dict(doc), origin
 
     def _expectations(
-        self, items: Sequence[Any], step: str, i: int, by_ref: Mapping[str, Workload], modes: Sequence[Mode]
+        self, items: Sequence[Any], step: str, i: int, by_ref: Mapping[str, Workload], modes: Sequence[Mode],
+        issuers: Mapping[str, Issuer],
     ) -> list[Expectation]:
         out: list[Expectation] = []
         for j, e in enumerate(items):
@@ -403,10 +548,17 @@ class _Loader:
                     # would make the suite's own record of a probe ambiguous, so they are reserved.
                     self.error(f"header '{key}' is reserved: the suite sets {', '.join(RESERVED_HEADERS)} to "
                                "identify probes", where, f"request.headers.{key}")
+            jwt = self._jwt(req.get("jwt"), where, issuers, headers,
+                            bad=self.damaged("spec", "steps", i, "expect", j, "request", "jwt"))
             request = Request(
                 method=_str(req.get("method")) or "GET", path=_str(req.get("path")) or "/",
                 headers=tuple((k, v) for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)),
+                jwt=jwt,
             )
+            for field, w in (("from", source), ("to", dest)):
+                if w is not None and w.kind == "ext-authz":
+                    self.error(f"workload '{w.ref}' is of kind ext-authz, the suite's external authorizer: it is no "
+                               "probe source or destination (its answers are authorization decisions)", where, field)
             if port is not None and dest is not None and port.protocol == "TCP" and raw_request is not None:
                 self.error(
                     f"port {port.number} of '{dest.ref}' is raw TCP: a probe to it cannot carry an HTTP "
@@ -416,6 +568,74 @@ class _Loader:
                 continue
             out.append(Expectation(j, Probe(source, dest, port, request), verdicts))
         return out
+
+    def _jwt(self, value: object, where: str, issuers: Mapping[str, Issuer], headers: Mapping[Any, Any],
+             bad: bool) -> JwtSpec | None:
+        """`request.jwt`: the token a probe carries (JwtSpec), or None when absent or unusable."""
+        if not isinstance(value, Mapping):
+            return None  # absent, or the schema reported it
+        doc = value
+        raw = doc.get("raw")
+        minted = [k for k in ("issuer", "sub", "aud", "azp", "claims", "expired", "signature") if k in doc]
+        if raw is not None and minted:
+            self.error(f"raw is a literal token and excludes {', '.join(minted)}: write either raw or the claims",
+                       where, "request.jwt.raw")
+            return None
+        issuer_name = _str(doc.get("issuer"))
+        if raw is None and issuer_name is None and "issuer" not in doc:
+            self.error("a token needs an issuer (a name from spec.issuers), or raw for a literal token",
+                       where, "request.jwt.issuer")
+            return None
+        if issuer_name is not None and issuer_name not in issuers:
+            close = closest(issuer_name, issuers)
+            hint = f" (did you mean '{close}'?)" if close else ("" if issuers else "; declare it in spec.issuers")
+            self.error(f"unknown issuer '{issuer_name}'{hint}", where, "request.jwt.issuer")
+            bad = True
+        claims = doc.get("claims", {})
+        for key in _map(claims):
+            if key in RESERVED_CLAIMS:
+                field = {"iss": "issuer", "exp": "expired"}.get(key, key)
+                self.error(f"claim {key!r} is set by request.jwt.{field}, not by claims", where,
+                           f"request.jwt.claims.{key}")
+                bad = True
+        problem = _json_problem(claims) if isinstance(claims, Mapping) else None
+        if problem:
+            self.error(f"claims must be JSON: {problem}", where, "request.jwt.claims")
+            bad = True
+        location = self._token_location(doc.get("in"), where, headers)
+        if bad or location is None:
+            return None
+        aud = doc.get("aud")
+        signature: Signature = "invalid" if doc.get("signature") == "invalid" else "valid"
+        return JwtSpec(
+            issuer=issuer_name, sub=_str(doc.get("sub")),
+            aud=aud if isinstance(aud, str) else tuple(a for a in aud if isinstance(a, str)) if isinstance(aud, list)
+            else None,
+            azp=_str(doc.get("azp")), claims_json=JwtSpec.canonical_claims(_map(claims)),
+            expired=doc.get("expired") is True, signature=signature, location=location, raw=_str(raw),
+        )
+
+    def _token_location(self, value: object, where: str, headers: Mapping[Any, Any]) -> TokenLocation | None:
+        """`request.jwt.in`: absent or `header` (Authorization: Bearer), {header: NAME, prefix: P} or {param: NAME}."""
+        if value is None or value == "header":
+            location = DEFAULT_TOKEN_LOCATION
+        elif isinstance(value, Mapping) and isinstance(value.get("header"), str):
+            location = TokenLocation(header=value["header"], prefix=_str(value.get("prefix")) or "")
+        elif isinstance(value, Mapping) and isinstance(value.get("param"), str):
+            location = TokenLocation(header=None, prefix="", param=value["param"])
+        else:
+            return None  # the schema reported it
+        if location.header is not None:
+            name = location.header.lower()
+            if name in RESERVED_HEADERS:
+                self.error(f"header '{location.header}' is reserved: the suite sets {', '.join(RESERVED_HEADERS)} to "
+                           "identify probes", where, "request.jwt.in.header")
+                return None
+            if any(isinstance(k, str) and k.lower() == name for k in headers):
+                self.error(f"request.headers sets {location.header} and the token is carried in it too: drop one "
+                           "(or carry the token elsewhere with request.jwt.in)", where, "request.jwt.in")
+                return None
+        return location
 
     def _destination(
         self, to: object, where: str, by_ref: Mapping[str, Workload]
@@ -497,6 +717,42 @@ def _alias_problem(value: object) -> str | None:
         stack.append((node, True))
         stack.extend((child, False) for child in children)
     return None
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    """The string items of a list (the schema has reported any other item)."""
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _json_problem(value: object, path: str = "") -> str | None:
+    """Why a YAML value cannot be a JWT claim (JSON): a non-string key, a date, NaN; None when it can."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"key {k!r}{' in ' + path if path else ''} is not a string (quote it)"
+            problem = _json_problem(v, f"{path}.{k}" if path else k)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        return next((p for n, v in enumerate(value) if (p := _json_problem(v, f"{path}[{n}]"))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'value'} is {value}, which JSON cannot hold"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return None
+    return f"{path or 'value'} is {yaml_type(value, article=True)} (quote it to make it a string)"
+
+
+def _string_fields(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    """Every string nested in a policy document with its field path (`spec.jwtRules[0].jwks`)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _string_fields(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for n, v in enumerate(value):
+            yield from _string_fields(v, f"{path}[{n}]")
 
 
 def _map(value: object) -> Mapping[Any, Any]:
@@ -629,6 +885,16 @@ def _locate(doc: Mapping[str, Any], path: list[Any]) -> tuple[str, str]:
             w = items[path[2]] if path[2] < len(items) else {}
             if isinstance(w, Mapping) and isinstance(w.get("name"), str):
                 return f"{label} '{w.get('namespace', '?')}/{w['name']}'", _dotted(path[3:])
+    for parts, label in ((("issuers",), "issuer"), (("mesh", "extensionProviders"), "extension provider")):
+        n = len(parts) + 1
+        if len(path) >= n + 1 and tuple(path[1:n]) == parts and path[0] == "spec" and isinstance(path[n], int):
+            node: Any = spec
+            for part in parts:
+                node = _map(node).get(part)
+            items = _list(node)
+            item = items[path[n]] if path[n] < len(items) else {}
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str) and item["name"]:
+                return f"{label} '{item['name']}'", _dotted(path)
     return "", _dotted(path)
 
 

@@ -33,6 +33,39 @@ def _policy_specs() -> list[dict[str, Any]]:
 
 _POLICY_SPECS = _policy_specs()
 _VERDICT = {"type": "string", "enum": ["allow", "deny", "auto"]}  # typed: a oneOf branch is chosen by type
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an HTTP token (RFC 9110 field-name)
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_REQUEST_BODY = {  # MeshConfig EnvoyExternalAuthorizationRequestBody (accepted by the schema, not modelled)
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"maxRequestBytes": {"type": "integer", "minimum": 0}, "allowPartialMessage": {"type": "boolean"},
+                   "packAsBytes": {"type": "boolean"}},
+}
+# The fields both ext_authz provider kinds have (istio/api mesh/v1alpha1/config.proto), camelCase as MeshConfig.
+_EXT_AUTHZ_COMMON: dict[str, Any] = {
+    "service": {"type": "string"},
+    "port": {"type": "integer"},
+    "timeout": {"type": "string"},
+    "failOpen": {"type": "boolean"},
+    "clearRouteCache": {"type": "boolean"},
+    "statusOnError": {"type": "string"},
+    "includeRequestBodyInCheck": _REQUEST_BODY,
+}
+_EXT_AUTHZ_HTTP = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **_EXT_AUTHZ_COMMON,
+        "pathPrefix": {"type": "string"},
+        "includeRequestHeadersInCheck": _STRINGS,
+        "includeHeadersInCheck": _STRINGS,
+        "includeAdditionalHeadersInCheck": {"type": "object", "additionalProperties": {"type": "string"}},
+        "headersToUpstreamOnAllow": _STRINGS,
+        "headersToDownstreamOnDeny": _STRINGS,
+        "headersToDownstreamOnAllow": _STRINGS,
+    },
+}
+_EXT_AUTHZ_GRPC = {"type": "object", "additionalProperties": False, "properties": dict(_EXT_AUTHZ_COMMON)}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -72,6 +105,31 @@ SCHEMA: dict[str, Any] = {
                     "properties": {
                         "rootNamespace": {"type": "string", "pattern": DNS_LABEL},
                         "trustDomain": {"type": "string", "minLength": 1, "pattern": r"^[^/\s]+$"},
+                        "extensionProviders": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "envoyExtAuthzHttp": _EXT_AUTHZ_HTTP,
+                                    "envoyExtAuthzGrpc": _EXT_AUTHZ_GRPC,
+                                },
+                            },
+                        },
+                    },
+                },
+                "issuers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "issuer"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63},
+                            "issuer": {"type": "string", "minLength": 1},
+                        },
                     },
                 },
                 "waypoints": {
@@ -119,6 +177,7 @@ SCHEMA: dict[str, Any] = {
                                 },
                             },
                             "mesh": {"type": "boolean"},
+                            "kind": {"enum": ["app", "ext-authz"]},
                         },
                     },
                 },
@@ -176,8 +235,48 @@ SCHEMA: dict[str, Any] = {
                                                 "path": {"type": "string", "pattern": r"^/[^\s]*$"},
                                                 "headers": {
                                                     "type": "object",
-                                                    "propertyNames": {"pattern": r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"},
+                                                    "propertyNames": {"pattern": _HEADER_NAME},
                                                     "additionalProperties": {"type": "string"},
+                                                },
+                                                "jwt": {
+                                                    "type": "object",
+                                                    "additionalProperties": False,
+                                                    "properties": {
+                                                        "issuer": {"type": "string"},
+                                                        "sub": {"type": "string"},
+                                                        "aud": {"oneOf": [
+                                                            {"type": "string"},
+                                                            {"type": "array", "items": {"type": "string"}},
+                                                        ]},
+                                                        "azp": {"type": "string"},
+                                                        "claims": {"type": "object"},
+                                                        "expired": {"type": "boolean"},
+                                                        "signature": {"enum": ["valid", "invalid"]},
+                                                        "in": {"oneOf": [
+                                                            {"type": "string", "enum": ["header"]},
+                                                            {
+                                                                "type": "object",
+                                                                "additionalProperties": False,
+                                                                "required": ["header"],
+                                                                "properties": {
+                                                                    "header": {"type": "string",
+                                                                               "pattern": _HEADER_NAME},
+                                                                    "prefix": {"type": "string"},
+                                                                },
+                                                            },
+                                                            {
+                                                                "type": "object",
+                                                                "additionalProperties": False,
+                                                                "required": ["param"],
+                                                                "properties": {
+                                                                    "param": {"type": "string", "minLength": 1,
+                                                                              "pattern": r"^[^&=#\s]+$"},
+                                                                },
+                                                            },
+                                                        ]},
+                                                        "raw": {"type": "string", "minLength": 1,
+                                                                "pattern": r"^[\x21-\x7e]+$"},
+                                                    },
                                                 },
                                             },
                                         },
@@ -223,6 +322,78 @@ DESCRIPTIONS: dict[str, str] = {
                                "policy there without a selector applies mesh-wide.",
     "spec.mesh.trustDomain": "The mesh trust domain (meshConfig.trustDomain); default cluster.local. Workload "
                              "identities are spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.",
+    "spec.mesh.extensionProviders": "meshConfig.extensionProviders of the ext_authz kinds: the external "
+                                    "authorizers CUSTOM AuthorizationPolicies name (validated as Istio validates a "
+                                    "mesh config).",
+    "spec.mesh.extensionProviders[].name": "What a CUSTOM policy's provider.name refers to; from Istio 1.30 a "
+                                           "lowercase DNS-1123 label of at most 63 characters, or istiod ignores "
+                                           "the provider and CUSTOM policies naming it deny.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp": "An HTTP ext_authz server (Envoy's HTTP check protocol).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.service":
+        "[<namespace>/]<hostname> of its Service, e.g. ext-authz.ext-authz.svc.cluster.local; one that names no "
+        "Service makes istiod deny the requests CUSTOM rules naming the provider match.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.port": "The Service port the proxies call (1-65535).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.timeout": "How long a proxy waits for a decision, a duration "
+                                                                "(0.5s, 200ms); default 600s.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.pathPrefix": "A prefix of the check request's path "
+                                                                   "(/check makes /admin /check/admin); starts "
+                                                                   "with /.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.failOpen": "true: let the request through when the provider "
+                                                                 "cannot be reached or answers 5xx; default false.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.clearRouteCache": "MeshConfig's clearRouteCache; not "
+                                                                        "supported yet.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.statusOnError": "The status (a string, \"503\") a client "
+                                                                      "gets when the provider cannot be reached; "
+                                                                      "default 403.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeRequestBodyInCheck": "Send the request body to the "
+                                                                                  "provider; not supported yet.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeRequestBodyInCheck.maxRequestBytes":
+        "The most body bytes held for the check (not supported yet).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeRequestBodyInCheck.allowPartialMessage":
+        "Send a partial body past maxRequestBytes instead of 413 (not supported yet).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeRequestBodyInCheck.packAsBytes":
+        "gRPC only: the body as raw bytes (not supported yet).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeRequestHeadersInCheck":
+        "Client headers sent to the provider besides Host, Method, Path and Content-Length: exact, prefix (x*) or "
+        "suffix (*x); a lone * makes istiod ignore the provider.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeHeadersInCheck": "Deprecated by Istio for "
+                                                                              "includeRequestHeadersInCheck; not "
+                                                                              "supported yet.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.includeAdditionalHeadersInCheck":
+        "Fixed headers (name: value) added to every check request.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.headersToUpstreamOnAllow":
+        "Provider response headers added to the request sent upstream when it allows (exact, x*, *x).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.headersToDownstreamOnDeny":
+        "Provider response headers returned to the client when it denies; unset: all but Host.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzHttp.headersToDownstreamOnAllow":
+        "Provider response headers returned to the client when it allows.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc": "A gRPC ext_authz server (envoy.service.auth.v3); also "
+                                                        "checks TCP connections.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.service": "[<namespace>/]<hostname> of its Service, as for "
+                                                                "envoyExtAuthzHttp.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.port": "The Service port the proxies call (1-65535); the "
+                                                             "suite's ext-authz workload speaks gRPC on it.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.timeout": "How long a proxy waits for a decision; default "
+                                                                "600s.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.failOpen": "true: let the request (or connection) through "
+                                                                 "when the provider cannot be reached.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.clearRouteCache": "MeshConfig's clearRouteCache; not "
+                                                                        "supported yet.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.statusOnError": "The status (a string) a client gets when "
+                                                                      "the provider cannot be reached; default 403.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.includeRequestBodyInCheck": "Send the request body to the "
+                                                                                  "provider; not supported yet.",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.includeRequestBodyInCheck.maxRequestBytes":
+        "The most body bytes held for the check (not supported yet).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.includeRequestBodyInCheck.allowPartialMessage":
+        "Send a partial body past maxRequestBytes instead of 413 (not supported yet).",
+    "spec.mesh.extensionProviders[].envoyExtAuthzGrpc.includeRequestBodyInCheck.packAsBytes":
+        "The body as raw bytes (not supported yet).",
+    "spec.issuers": "JWT issuers the suite plays: it makes each one's keys at run time, fills ${jwks:<name>} "
+                    "with its JWKS and signs the tokens probes carry (request.jwt).",
+    "spec.issuers[].name": "A DNS label naming the issuer in request.jwt.issuer and ${jwks:<name>}.",
+    "spec.issuers[].issuer": "The iss claim of its tokens: what a jwtRule's issuer and a request principal's "
+                             "<iss>/<sub> match (testing@secure.istio.io).",
     "spec.waypoints": "Waypoints (waypoint mode only): each serves the in-mesh services of its namespace.",
     "spec.waypoints[].name": "The waypoint's Gateway name (what a Gateway targetRef names).",
     "spec.waypoints[].namespace": "The namespace whose services the waypoint serves.",
@@ -235,6 +406,9 @@ DESCRIPTIONS: dict[str, str] = {
     "spec.workloads[].ports[]|1.port": "The port number clients use (the Service port).",
     "spec.workloads[].ports[]|1.protocol": "HTTP (default) or TCP: how Istio treats the port (L7 or L4 policy).",
     "spec.workloads[].mesh": "false: outside the mesh (no proxy, no identity, plaintext). Default true.",
+    "spec.workloads[].kind": "app (default): the suite's echo app. ext-authz: the suite's external authorizer "
+                             "(Istio's samples/extauthz behaviour: allows iff the request has x-ext-authz: allow), "
+                             "serving the ports its providers name; never a probe source or destination.",
     "spec.steps": "Steps run in order on one mesh; each sets the complete set of policies in force.",
     "spec.steps[].name": "A DNS label naming the step (test ids, reports, `--step`).",
     "spec.steps[].description": "What the step changes and why.",
@@ -242,7 +416,8 @@ DESCRIPTIONS: dict[str, str] = {
                              "or {file: path} to a multi-document YAML file relative to the scenario.",
     "spec.steps[].policies[]|0.file": "A YAML file of policies, relative to the scenario file.",
     "spec.steps[].policies[]|1.apiVersion": "security.istio.io/v1 or v1beta1.",
-    "spec.steps[].policies[]|1.kind": "AuthorizationPolicy or PeerAuthentication.",
+    "spec.steps[].policies[]|1.kind": "AuthorizationPolicy, PeerAuthentication or RequestAuthentication (whose "
+                                      "jwtRules take jwks: \"${jwks:<issuer name>}\").",
     "spec.steps[].policies[]|1.metadata": "name, namespace, and annotations such as istio.io/dry-run.",
     "spec.steps[].policies[]|1.spec": "The policy's spec, as Istio's CRD defines it (validated per Istio version).",
     "spec.steps[].expect": "The probes of the step and what each must observe.",
@@ -254,6 +429,24 @@ DESCRIPTIONS: dict[str, str] = {
                                           "and queries reach the proxy unnormalised.",
     "spec.steps[].expect[].request.headers": "Request headers; x-authz-conformance-probe is the suite's own "
                                              "and may not be set.",
+    "spec.steps[].expect[].request.jwt": "A JWT the probe carries, minted per probe with an issuer's key: "
+                                         "issuer and claims, or raw.",
+    "spec.steps[].expect[].request.jwt.issuer": "A name from spec.issuers: its key signs, its issuer is iss.",
+    "spec.steps[].expect[].request.jwt.sub": "The sub claim; absent when not given.",
+    "spec.steps[].expect[].request.jwt.aud": "The aud claim: a string or a list; absent when not given.",
+    "spec.steps[].expect[].request.jwt.azp": "The azp claim (request.auth.presenter).",
+    "spec.steps[].expect[].request.jwt.claims": "Further claims, nested maps and lists allowed (groups: [admin]); "
+                                                "not iss, sub, aud, azp or exp.",
+    "spec.steps[].expect[].request.jwt.expired": "true: exp lies well before now, beyond Envoy's 60 s clock skew.",
+    "spec.steps[].expect[].request.jwt.signature": "valid (default), or invalid: signed by a key the issuer's JWKS "
+                                                   "does not hold.",
+    "spec.steps[].expect[].request.jwt.in": "Where the token goes: header (default, Authorization: Bearer "
+                                            "<token>), {header: NAME, prefix: P} or {param: NAME}.",
+    "spec.steps[].expect[].request.jwt.in|1.header": "The header name.",
+    "spec.steps[].expect[].request.jwt.in|1.prefix": "Written before the token (\"Bearer \"); default none.",
+    "spec.steps[].expect[].request.jwt.in|2.param": "The parameter name: ?<param>=<token> is added to the path.",
+    "spec.steps[].expect[].request.jwt.raw": "A literal token sent as it is (deadbeef, invalidToken); excludes "
+                                             "every other field but in.",
     "spec.steps[].expect[].verdict": "allow, deny or auto (the engine's prediction; also when omitted), or one "
                                      "per mode: {sidecar: deny, ambient: allow}.",
     "spec.steps[].expect[].verdict|1.sidecar": "The verdict in sidecar mode.",
