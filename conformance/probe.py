@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from conformance.model import (
     ALLOWED,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
     DENIED_L4,
     DENIED_L7,
     DENIED_UPSTREAM,
@@ -34,6 +36,12 @@ CURL_GOT_NOTHING = 52  # "Empty reply from server": the peer closed without a re
 CURL_RECV_ERROR = 56  # "Recv failure: Connection reset by peer"
 
 RBAC_DENIED_BODY = "RBAC: access denied"  # Envoy rbac_filter.cc sendLocalReply(Forbidden, ...)
+# Envoy's JWT filter (jwt_authn filter.cc onComplete) answers with its verification status as text/plain: 401 with
+# "Jwt is expired", "Jwt verification fails", "Jwt issuer is not configured", "Jwks doesn't have key ..." (every
+# jwt_verify_lib status but the audience one starts with "Jwt" or "Jwks"), and 403 for a wrong audience.
+JWT_AUDIENCE_DENIED_BODY = "Audiences in Jwt are not allowed"
+# Istio's samples/extauthz server (cmd/extauthz/main.go denyBody), which `kind: ext-authz` workloads behave as.
+EXT_AUTHZ_DENIED_BODY = "denied by ext_authz for not found header `x-ext-authz: allow` in the request"
 
 # What an Envoy access log says when its RBAC filter denied (%RESPONSE_CODE_DETAILS% for HTTP,
 # %CONNECTION_TERMINATION_DETAILS% for network RBAC), and how istiod names a rule in Envoy's config
@@ -179,6 +187,11 @@ def classify(evidence: Evidence, destination_ref: str) -> str:
     - `allowed` only when the destination app answered: 2xx with a body naming the destination
       workload (a body from another workload is an `error`: mis-routing is never a pass);
     - `denied-l7`: HTTP 403 with Envoy's RBAC body;
+    - `denied-authn`: HTTP 401 with the JWT filter's status text (`Jwt ...`, `Jwks ...`), or its 403
+      `Audiences in Jwt are not allowed`;
+    - `denied-custom`: a non-2xx answer with the suite's external authorizer's denial body (a provider that
+      cannot be reached gives statusOnError with an empty body: only the proxy's access log tells that apart,
+      so the target classifies it with its proof);
     - `denied-upstream`: a 503 from a client-side proxy or waypoint whose upstream connection was
       refused or reset (the form a ztunnel denial takes behind a waypoint or a sidecar client);
     - `denied-l4`: curl exit 56 (reset) or 52 (closed with no response);
@@ -193,6 +206,11 @@ def classify(evidence: Evidence, destination_ref: str) -> str:
         return ERROR
     if status == 403 and body.strip() == RBAC_DENIED_BODY:
         return DENIED_L7
+    text = body.strip()
+    if (status == 401 and text.startswith(("Jwt", "Jwks"))) or (status == 403 and text == JWT_AUDIENCE_DENIED_BODY):
+        return DENIED_AUTHN
+    if not 200 <= status < 300 and text == EXT_AUTHZ_DENIED_BODY:
+        return DENIED_CUSTOM
     if status == 503 and _upstream_refused(body):
         return DENIED_UPSTREAM
     if 200 <= status < 300 and names_workload(body, destination_ref):

@@ -28,7 +28,17 @@ from rich.text import Text
 from conformance.converge import ProbeRecord
 from conformance.engine import Decision
 from conformance.engine.decide import ALLOW_MATCHED, ALLOW_UNMATCHED, DENY_MATCHED, NO_ALLOW, NO_POLICY, STRICT_MTLS
-from conformance.model import ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, ERROR, TIMEOUT
+from conformance.model import (
+    ALLOWED,
+    DENIAL_FORMS,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
+    DENIED_L4,
+    DENIED_L7,
+    DENIED_UPSTREAM,
+    ERROR,
+    TIMEOUT,
+)
 from conformance.probe import DENY_POLICY, NO_ALLOW_MATCHED, Observation, Proof
 from conformance.probe import STRICT_MTLS as PROOF_STRICT
 from conformance.runner import StepResult
@@ -36,14 +46,16 @@ from conformance.truthtable import Row, TruthTable
 from conformance.verdicts import UNPROVEN, Judgement
 
 LEGEND = ("allowed = the app answered; denied-l7 = 403 RBAC: access denied; denied-l4 = connection reset/closed; "
-          "denied-upstream = 503 from a proxy whose upstream was refused")
+          "denied-upstream = 503 from a proxy whose upstream was refused; denied-authn = 401 (or 403 for a wrong "
+          "audience) from the JWT filter; denied-custom = the external authorizer's denial")
 
 # The compact table's cell codes, one per outcome form (DESIGN.md §2).
-CODES = {ALLOWED: "A", DENIED_L7: "L7", DENIED_L4: "L4", DENIED_UPSTREAM: "UP", TIMEOUT: "T/O", ERROR: "ERR",
-         "denied": "D"}
+CODES = {ALLOWED: "A", DENIED_L7: "L7", DENIED_L4: "L4", DENIED_UPSTREAM: "UP", DENIED_AUTHN: "JWT",
+         DENIED_CUSTOM: "EXT", TIMEOUT: "T/O", ERROR: "ERR", "denied": "D"}
 COMPACT_LEGEND = (
     "legend: ✓ observed as expected · ✗ observed≠expected · A allowed (the app answered) · L7 403 RBAC: access "
-    "denied · L4 reset / closed, no response · UP 503, upstream refused · D any denial · T/O timeout · ERR error",
+    "denied · L4 reset / closed, no response · UP 503, upstream refused · JWT 401 from the JWT filter · EXT denied "
+    "by the external authorizer · D any denial · T/O timeout · ERR error",
     "        ? a denial the enforcing proxy did not record · ~ denial unconfirmed (accepted only because the run "
     "opted in) · ! the scenario and the engine disagree · k/n: k of n observations wrong · gap×N: a probe that "
     "must be denied was seen allowed N times after the barrier",
@@ -148,7 +160,7 @@ def cell_line(table: TruthTable, row: Row, rec: ProbeRecord) -> str:
     said = judgement.message if judgement is not None else "never observed"
     if not said.startswith("expected"):
         said = f"expected {table.expected_outcome(row)}; {said}"
-    if last is not None and last.outcome in (DENIED_L7, DENIED_L4, DENIED_UPSTREAM) and last.proof is not None:
+    if last is not None and last.outcome in DENIAL_FORMS and last.proof is not None:
         said += f" (proxy: {proxy_decision(last.proof)}; engine: {_engine_short(row.predicted)})"
     # short, for a JUnit message attribute (pytest keeps ~500 characters); the full sentences are in the
     # failure text (render_failure)
@@ -370,7 +382,7 @@ def html_truth_table(result: StepResult) -> str:
         last, _ = shown_observation(rec)
         proof = last.proof if last is not None else None
         proxy, engine = proxy_decision(proof), _engine_short(row.predicted)
-        denial = last is not None and last.outcome in (DENIED_L7, DENIED_L4, DENIED_UPSTREAM)
+        denial = last is not None and last.outcome in DENIAL_FORMS
         policy_differs = denial and proof is not None and proof.denied and proxy != engine
         proxy_html = f"<span class='diff'>{e(proxy)}</span>" if policy_differs else e(proxy)
         cls = "diff" if bad else "ok"

@@ -17,6 +17,8 @@ from conformance.converge import converge
 from conformance.engine import Decision
 from conformance.model import (
     ALLOWED,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
     DENIED_L4,
     DENIED_L7,
     DENIED_UPSTREAM,
@@ -54,6 +56,13 @@ OK_BODY = 'accounts/accounts responding\n{"method": "GET"}'
     (56, 0, "", DENIED_L4), (52, 0, "", DENIED_L4),
     (28, 0, "", TIMEOUT), (7, 0, "", ERROR), (6, 0, "", ERROR),
     (0, 404, "not found", ERROR),
+    # JWT and CUSTOM (issue 11): the JWT filter's status text, the sample ext_authz server's denial body
+    (0, 401, "Jwt is expired", DENIED_AUTHN), (0, 401, "Jwt issuer is not configured", DENIED_AUTHN),
+    (0, 401, "Jwks doesn't have key to match kid or alg from Jwt", DENIED_AUTHN),
+    (0, 403, "Audiences in Jwt are not allowed", DENIED_AUTHN),
+    (0, 401, "Unauthorized", ERROR),  # a 401 from something else than Envoy's JWT filter
+    (0, 403, "denied by ext_authz for not found header `x-ext-authz: allow` in the request", DENIED_CUSTOM),
+    (0, 403, "", ERROR),  # statusOnError has no body: only the access log can say it was ext_authz
 ])
 def test_classify_from_curl_output(exit_code: int, status: int, body: str, outcome: str) -> None:
     assert classify(Evidence(exit_code, status, body), "accounts/accounts") == outcome
@@ -62,7 +71,7 @@ def test_classify_from_curl_output(exit_code: int, status: int, body: str, outco
 @given(st.integers(0, 100), st.integers(0, 599), st.text(max_size=40))
 def test_classify_is_total_and_allowed_needs_the_destinations_answer(code: int, status: int, body: str) -> None:
     outcome = classify(Evidence(code, status, body), "accounts/accounts")
-    assert outcome in (ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, TIMEOUT, ERROR)
+    assert outcome in (ALLOWED, DENIED_L4, DENIED_L7, DENIED_UPSTREAM, DENIED_AUTHN, DENIED_CUSTOM, TIMEOUT, ERROR)
     if outcome == ALLOWED:
         assert code == 0 and 200 <= status < 300 and body.split("\n", 1)[0].strip() == "accounts/accounts responding"
 
