@@ -55,6 +55,7 @@ def find_probe(scenario: Scenario, step_name: str, index: int) -> tuple[Step, Ex
 def run_repro(file: str, step_name: str, index: int, mode: Mode, version: IstioVersion, target_name: str,
               out: TextIO) -> int:
     """Run one probe on a fresh mesh and print what happened; 0 when it conforms, 1 when it does not."""
+    from conformance.engine import state_for_step
     from conformance.mesh import make_target
     from conformance.report import evidence_text, explanation_text, probe_label
     from conformance.scenario import load
@@ -66,6 +67,7 @@ def run_repro(file: str, step_name: str, index: int, mode: Mode, version: IstioV
     if mode not in scenario.modes:
         raise UsageError(f"{file}: the scenario runs in {', '.join(scenario.modes)} mode, not {mode} "
                          "(spec.modes)")
+    state_for_step(scenario, step)  # what the engine cannot predict yet (NotModelled) is refused before any mesh
     target = make_target(target_name, version=version)  # the local mesh emulates this release
     reason = target.unavailable(mode)
     if reason:

@@ -470,6 +470,16 @@ def test_scenarios_without_jwt_or_custom_still_predict() -> None:
     assert [row.predicted.verdict for row in table] == ["allow"]
 
 
+def test_repro_refuses_before_starting_a_mesh() -> None:
+    # repro applies before it predicts: the refusal must come first, so no target ever sees a ${jwks:...}.
+    result = subprocess.run([sys.executable, "-m", "conformance.cli", "repro", str(SCENARIO), "--step", "custom",
+                             "--probe", "0", "--mode", "sidecar", "--mesh", "kind"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "field spec.action: action CUSTOM" in result.stderr and "not modelled yet" in result.stderr
+    assert "repro:" not in result.stdout
+
+
 def test_cli_predict_refuses_with_the_locations() -> None:
     result = subprocess.run([sys.executable, "-m", "conformance.cli", "predict", str(SCENARIO)],
                             capture_output=True, text=True, timeout=60, check=False)
