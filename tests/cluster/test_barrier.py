@@ -147,3 +147,12 @@ def test_side_by_side_a_step_waits_until_another_scenarios_mesh_wide_policy_is_g
     stuck = wait([e], lambda proxy: {"istio-system/mine", "istio-system/mesh-deny"}, timeout=1, clock=clock,
                  sleep=clock.sleep)
     assert stuck.pending == ["sidecar:a/accounts-1: still has another scenario's mesh-wide istio-system/mesh-deny"]
+
+
+def test_the_steps_own_root_policies_are_never_foreign_even_where_not_predicted():
+    """Review finding: an AUDIT root policy is named in a sidecar's RBAC though the barrier does not wait for it;
+    it is the step's own, not another scenario's."""
+    audit = ap("audit", "istio-system", {"action": "AUDIT", "rules": [{}]})
+    (e,) = expectations([SIDECAR], [audit], [], "istio-system", root_baseline=frozenset())
+    assert e.present == frozenset() and e.foreign({"istio-system/audit"}) == []
+    assert e.foreign({"istio-system/audit", "istio-system/other"}) == ["istio-system/other"]

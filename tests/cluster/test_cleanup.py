@@ -195,3 +195,58 @@ def test_the_existing_cluster_target_closes_sessions_left_open(world):  # noqa: 
     target._sessions, target._kube, target._lock = [session], None, threading.Lock()
     target.close()
     assert session.closed and ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
+
+
+class Blocking:
+    """Wraps the fake: the apply of one object waits (a worker thread mid-write) until released."""
+
+    def __init__(self, kube: FakeKube, name: str):
+        self.kube, self.name = kube, name
+        self.writing, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.kube, attr)
+
+    def apply(self, doc: dict[str, Any], field_manager: str = "") -> dict[str, Any]:
+        if doc["metadata"]["name"] == self.name:
+            self.writing.set()
+            assert self.release.wait(10)
+        return self.kube.apply(doc, field_manager)
+
+
+def test_a_close_from_another_thread_waits_for_the_write_in_flight_and_stops_the_rest(world):  # noqa: F811
+    """Review finding: after a second Ctrl-C the target closes sessions while their worker threads still run;
+    an apply in flight then re-created a root-namespace policy after the cleanup. Now close() waits for the
+    write in flight (recorded as outside before it was sent), withdraws it, and the apply's next write fails."""
+    scenario, kube, ctx = world
+    scenario = root_deny_all(scenario)
+    blocking = Blocking(kube, "mesh-deny")
+    session = ClusterSession(scenario, "sidecar", replace(ctx, kube=blocking)).start()
+    policies = (*scenario.steps[-1].policies, Manifest(
+        "AuthorizationPolicy", "security.istio.io/v1", "after", "istio-system",
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "after", "namespace": "istio-system"}, "spec": {"action": "DENY", "rules": [{}]}},
+        "test: step mesh-deny"))
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                session.apply(policies)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert blocking.writing.wait(10)
+    closer = threading.Thread(target=session.close)
+    closer.start()
+    blocking.release.set()
+    closer.join(10)
+    thread.join(10)
+    assert not closer.is_alive() and not thread.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], TargetError) and "closed" in str(failures[0])
+    assert outside(kube) == set()
+    assert ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
+    assert ("AuthorizationPolicy", "istio-system", "after") not in kube.objects

@@ -261,7 +261,24 @@ def test_the_test_steps_stop_before_the_job_so_the_logs_are_exported():
     for job in plan_mod.github_e2e([ROOT / "policies"])["include"]:
         assert job["test_timeout"] <= job["timeout"] - plan_mod.STEP_RESERVE_MINUTES
     phases = [s for s in jobs["upgrade"]["steps"] if "pytest" in str(s.get("run", ""))
-              or "conformance.mesh.cluster.upgrade --" in str(s.get("run", ""))]
-    assert len(phases) == 3 and all("timeout-minutes" in s for s in phases)
+              or "conformance.mesh.cluster.upgrade " in str(s.get("run", ""))]
+    assert [s["timeout-minutes"] for s in phases] == ["${{ matrix.create_timeout }}", "${{ matrix.before_timeout }}",
+                                                      "${{ matrix.upgrade_timeout }}", "${{ matrix.after_timeout }}"]
+    costs = plan_mod.COSTS
+    cluster = costs.kind_create[1] + costs.istio_install[1]
+    built = {(p.source, m): plan_mod.build([ROOT / "policies"], "kind", [m], p.source,
+                                           budget=plan_mod.UPGRADE_JOB_BUDGET, extra=costs.upgrade, runs=2)
+             for p in matrix_mod.load().upgrades for m in p.modes}
     for job in plan_mod.github_upgrade([ROOT / "policies"])["include"]:
-        assert 2 * job["suite_timeout"] + job["upgrade_timeout"] < job["timeout"]
+        (mp,) = built[(job["from"], job["mode"])].modes
+        (sh,) = [s for s in mp.shards if f"{s.index}/{s.count}" == job["shard"]]
+        # each phase's limit covers its own high estimate with the margin (the sidecar cluster is made inside
+        # the first suite run), and together they fit in the job's limit
+        before = sh.high + (cluster if job["mode"] == "sidecar" else 0)
+        assert job["before_timeout"] >= before * plan_mod.TIMEOUT_MARGIN / 60
+        assert job["after_timeout"] >= sh.high * plan_mod.TIMEOUT_MARGIN / 60
+        assert job["upgrade_timeout"] >= costs.upgrade[1] * plan_mod.TIMEOUT_MARGIN / 60
+        assert job["create_timeout"] >= cluster * plan_mod.TIMEOUT_MARGIN / 60
+        used = job["before_timeout"] + job["upgrade_timeout"] + job["after_timeout"] + (
+            job["create_timeout"] if job["mode"] == "ambient" else 0)
+        assert used + plan_mod.STEP_RESERVE_MINUTES < job["timeout"]

@@ -185,6 +185,9 @@ def expectations(proxies: Sequence[Proxy], in_force: Iterable[Manifest], removed
     """
     in_force = list(in_force)
     removed = [m for m in removed if observable(m)]
+    # the step's own root-namespace policies are never foreign, also where `applies_to` does not predict them
+    # in a proxy (AUDIT rules are named in sidecar RBAC too; review finding)
+    own_root = frozenset(m.ref for m in in_force if m.namespace == root_namespace)
     out = []
     for proxy in proxies:
         present = set()
@@ -196,7 +199,8 @@ def expectations(proxies: Sequence[Proxy], in_force: Iterable[Manifest], removed
             present.add(m.ref)
         absent = {m.ref for m in removed} - present
         if root_baseline is not None:
-            out.append(Expectation(proxy, frozenset(present), frozenset(absent), root_namespace, root_baseline))
+            out.append(Expectation(proxy, frozenset(present), frozenset(absent), root_namespace,
+                                   root_baseline | own_root))
         elif present or absent:
             out.append(Expectation(proxy, frozenset(present), frozenset(absent)))
     return out

@@ -31,7 +31,7 @@ import yaml
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.cluster import availability
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
-from conformance.mesh.cluster.kind import istiod_version
+from conformance.mesh.cluster.kind import istiod_version, sigterm_interrupts
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
@@ -169,6 +169,9 @@ class ExistingClusterTarget:
         self._check_once()
         if self._problem:
             return self._problem
+        # asked on the main thread before anything starts (items.py): a `kill` must clean up like Ctrl-C, or a
+        # mesh-wide policy could outlive the run on someone's cluster (review finding)
+        sigterm_interrupts()
         installed = self._installed
         assert installed is not None
         wanted = str(IstioVersion.parse(self.settings.istio_version))

@@ -339,9 +339,16 @@ class KindTarget:
             return
         self._hooks_installed = True
         atexit.register(self.close)
-        with contextlib.suppress(ValueError):  # not the main thread
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        sigterm_interrupts()
+
+
+def sigterm_interrupts() -> None:
+    """SIGTERM (CI cancelling a step, `kill`) becomes a KeyboardInterrupt, so pytest's teardown and the targets'
+    cleanup run as on Ctrl-C. Only from the main thread (signal.signal refuses others), and only where nobody
+    installed a handler of their own."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -33,11 +33,12 @@ does, in order:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -226,8 +227,18 @@ class ClusterSession:
         self._step = -1
         self._closed = False
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one write to the cluster at a time versus close()
 
     # -- lifecycle ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write to the cluster, never after close() began: a closed session makes nothing more."""
+        with self._write_lock:
+            if self._closed:
+                raise TargetError(f"{self.scenario.name} [{self.mode}]: the session was closed (the run is "
+                                  "stopping); nothing more is applied")
+            yield
+
     def __enter__(self) -> ClusterSession:
         return self
 
@@ -260,7 +271,8 @@ class ClusterSession:
         self._namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
         try:
             for doc in docs:
-                ctx.kube.apply(doc)
+                with self._writing():
+                    ctx.kube.apply(doc)
             self._wait_ready()
             self._discover()
             with quiet_mesh():  # another scenario's mesh-wide policy must not answer for this mesh (schedule.py)
@@ -278,6 +290,10 @@ class ClusterSession:
             if self._closed:
                 return
             self._closed = True
+        # An apply from another thread (a scheduler worker the run stopped waiting for) finishes the write it is
+        # in, then refuses the next (`_writing`): nothing is created behind the cleanup's back (review finding).
+        self._write_lock.acquire()
+        self._write_lock.release()
         errors: list[str] = []
         interrupted: BaseException | None = None
         try:
@@ -481,9 +497,10 @@ class ClusterSession:
             doc.setdefault("apiVersion", m.api_version)
             doc.setdefault("kind", m.kind)
             doc["metadata"] = {**dict(doc.get("metadata") or {}), "name": m.name, "namespace": m.namespace}
-            if not self._own(m.namespace):
-                self._outside[key] = m  # before the request: a cut-off apply is cleaned up too
-            kube.apply(doc)
+            with self._writing():
+                if not self._own(m.namespace):
+                    self._outside[key] = m  # before the request: a cut-off apply is cleaned up too
+                kube.apply(doc)
             self._applied[key] = m
             (updated if key in previous else created).append(m.ref)
         removed = [m for key, m in previous.items() if key not in wanted]
