@@ -86,11 +86,20 @@ DENY_POLICY = "deny-policy"  # a named DENY policy matched: rbac_access_denied_m
 NO_ALLOW_MATCHED = "no-allow-matched"  # ALLOW policies exist, none matched: rbac_access_denied_matched_policy[none]
 STRICT_MTLS = "strict-mtls"  # PeerAuthentication STRICT refused plaintext (no filter chain / static strict DENY)
 PROXY_ALLOWED = "allowed"  # the proxy let it through (naming the ALLOW policy when one decided)
+# JWT and CUSTOM (issue 11). Envoy's %RESPONSE_CODE_DETAILS% for each: the JWT filter's
+# `jwt_authn_access_denied{<message, spaces as _>}` (envoy jwt_authn filter.cc generateRcDetails), and the
+# ext_authz filter's `ext_authz_denied` / `ext_authz_error` (envoy common/ext_authz/ext_authz.h).
+JWT_REJECTED = "jwt-rejected"  # RequestAuthentication's JWT filter refused the token (Proof.detail: its message)
+EXT_AUTHZ_DENIED = "ext-authz-denied"  # the CUSTOM policy's provider said no (Proof.policy: the CUSTOM policy)
+EXT_AUTHZ_ERROR = "ext-authz-error"  # the provider could not be asked or failed (5xx, unreachable, timeout)
 KIND_WORDS = {
     DENY_POLICY: "a DENY policy matched",
     NO_ALLOW_MATCHED: "no ALLOW policy matched",
     STRICT_MTLS: "STRICT mTLS rejected plaintext",
     PROXY_ALLOWED: "allowed",
+    JWT_REJECTED: "the JWT filter rejected the token",
+    EXT_AUTHZ_DENIED: "the external authorizer denied it",
+    EXT_AUTHZ_ERROR: "the external authorizer could not decide (error)",
 }
 
 # istiod's synthetic DENY sent to ztunnel for a STRICT PeerAuthentication (istio/istio@1.30.3
@@ -125,6 +134,10 @@ class Proof:
     line: str
     layer: str = ""
     serves: str | None = None
+    # what the proxy said beyond kind and policy, where the judge compares it: the JWT filter's message
+    # ("Jwt is expired", "Audiences in Jwt are not allowed"...), as `jwt_authn_access_denied{...}` spells it
+    # with the underscores turned back into spaces
+    detail: str | None = None
 
     @property
     def denied(self) -> bool:
@@ -136,6 +149,10 @@ class Proof:
             what = f"DENY {self.policy}" + (f" rule {self.rule}" if self.rule is not None else "")
         elif self.kind == PROXY_ALLOWED and self.policy:
             what = f"allowed by {self.policy}" + (f" rule {self.rule}" if self.rule is not None else "")
+        elif self.kind in (EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR) and self.policy:
+            what = f"{KIND_WORDS[self.kind]} (CUSTOM {self.policy})"
+        elif self.kind == JWT_REJECTED and self.detail:
+            what = f"{KIND_WORDS[self.kind]}: {self.detail}"
         else:
             what = KIND_WORDS.get(self.kind, self.kind)
         return f"{what} at {self.proxy}"

@@ -18,9 +18,21 @@ from dataclasses import dataclass
 
 from conformance.engine import Decision
 from conformance.engine.decide import ALLOW_UNMATCHED, DENY_MATCHED
+from conformance.engine.decide import EXT_AUTHZ_DENIED as ENGINE_EXT_DENIED
+from conformance.engine.decide import EXT_AUTHZ_ERROR as ENGINE_EXT_ERROR
+from conformance.engine.decide import JWT_REJECTED as ENGINE_JWT
 from conformance.engine.decide import STRICT_MTLS as ENGINE_STRICT
 from conformance.model import ALLOWED, DENIAL_FORMS, ERROR, TIMEOUT, Probe
-from conformance.probe import DENY_POLICY, KIND_WORDS, NO_ALLOW_MATCHED, STRICT_MTLS, Observation
+from conformance.probe import (
+    DENY_POLICY,
+    EXT_AUTHZ_DENIED,
+    EXT_AUTHZ_ERROR,
+    JWT_REJECTED,
+    KIND_WORDS,
+    NO_ALLOW_MATCHED,
+    STRICT_MTLS,
+    Observation,
+)
 
 MISMATCH = "policy verdict mismatch"
 INCONCLUSIVE = "inconclusive probe"
@@ -28,7 +40,12 @@ UNPROVEN = "denial without proof"
 INFRASTRUCTURE = "infrastructure failure"
 
 # The engine's reason for a denial -> the kind of record that proves it (probe.py's proof kinds).
-EXPECTED_KIND = {DENY_MATCHED: DENY_POLICY, ALLOW_UNMATCHED: NO_ALLOW_MATCHED, ENGINE_STRICT: STRICT_MTLS}
+EXPECTED_KIND = {DENY_MATCHED: DENY_POLICY, ALLOW_UNMATCHED: NO_ALLOW_MATCHED, ENGINE_STRICT: STRICT_MTLS,
+                 ENGINE_JWT: JWT_REJECTED, ENGINE_EXT_DENIED: EXT_AUTHZ_DENIED, ENGINE_EXT_ERROR: EXT_AUTHZ_ERROR}
+# Kinds whose record names the deciding policy, compared with the engine's: a DENY by its policy id, a CUSTOM
+# denial by the shadow RBAC's effective policy id the access log carries (istiod builder.go, the
+# `istio_ext_authz_shadow_effective_policy_id` dynamic metadata).
+NAMES_POLICY = {DENY_POLICY, EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR}
 
 
 @dataclass(frozen=True)
@@ -84,9 +101,13 @@ def _compare_proof(predicted: Decision, observation: Observation, probe: Probe) 
         layer, _, serves = enforcer.partition(":")
         if (proof.layer, proof.serves) != (layer, serves):  # a record that names no proxy proves nothing
             return Judgement(False, MISMATCH, f"denied by {proof.proxy}, but the engine says {enforcer} decides")
-    if want_kind == DENY_POLICY and proof.policy != predicted.policy and proof.policy not in predicted.candidates:
-        want = predicted.policy + (f" (or {', '.join(c for c in predicted.candidates if c != predicted.policy)})"
-                                   if len(predicted.candidates) > 1 else "")
-        return Judgement(False, MISMATCH, f"denied, but the proxy says the decision came from DENY {proof.policy}; "
-                                          f"the engine says DENY {want}")
+    if want_kind in NAMES_POLICY and proof.policy != predicted.policy and proof.policy not in predicted.candidates:
+        action = "DENY" if want_kind == DENY_POLICY else "CUSTOM"
+        want = f"{predicted.policy}" + (f" (or {', '.join(c for c in predicted.candidates if c != predicted.policy)})"
+                                        if len(predicted.candidates) > 1 else "")
+        return Judgement(False, MISMATCH, f"denied, but the proxy says the decision came from {action} "
+                                          f"{proof.policy}; the engine says {action} {want}")
+    if want_kind == JWT_REJECTED and predicted.detail and proof.detail != predicted.detail:
+        return Judgement(False, MISMATCH, f"the JWT filter rejected the token with {proof.detail!r}; the engine "
+                                          f"says {predicted.detail!r}")
     return Judgement(True)

@@ -121,6 +121,29 @@ def test_the_kind_of_proof_must_be_the_engines_reason() -> None:
     assert j.category == MISMATCH and "a DENY policy matched" in j.message
 
 
+def test_jwt_and_custom_denials_are_judged_by_kind_message_and_custom_policy() -> None:
+    """issue 11: a JWT rejection is proved by the JWT filter's record with the engine's message; a CUSTOM
+    denial by the ext_authz record naming the CUSTOM policy the engine says matched."""
+    from dataclasses import replace as swap
+
+    from conformance.engine.decide import EXT_AUTHZ_DENIED as ENGINE_EXT
+    from conformance.engine.decide import JWT_REJECTED as ENGINE_JWT
+    from conformance.probe import EXT_AUTHZ_DENIED, JWT_REJECTED
+
+    jwt = Decision("deny", DENIED_AUTHN, "sidecar", ENGINE_JWT, detail="Jwt is expired")
+    record = obs(DENIED_AUTHN, None, JWT_REJECTED)
+    assert swap(record.proof, detail="Jwt is expired").describe().endswith("Jwt is expired at sidecar:ns/b")
+    assert judge("deny", jwt, swap(record, proof=swap(record.proof, detail="Jwt is expired")), PROBE).passed
+    j = judge("deny", jwt, swap(record, proof=swap(record.proof, detail="Jwt verification fails")), PROBE)
+    assert j.category == MISMATCH and "Jwt verification fails" in j.message and "Jwt is expired" in j.message
+    j = judge("deny", jwt, obs(DENIED_AUTHN, None, NO_ALLOW_MATCHED), PROBE)
+    assert j.category == MISMATCH and "the JWT filter rejected the token" in j.message
+    custom = Decision("deny", DENIED_CUSTOM, "sidecar", ENGINE_EXT, policy="ns/ext")
+    assert judge("deny", custom, obs(DENIED_CUSTOM, "ns/ext", EXT_AUTHZ_DENIED), PROBE).passed
+    j = judge("deny", custom, obs(DENIED_CUSTOM, "ns/other", EXT_AUTHZ_DENIED), PROBE)
+    assert j.category == MISMATCH and "CUSTOM ns/other" in j.message
+
+
 def test_the_proof_must_come_from_the_proxy_the_engine_names() -> None:
     j = judge("deny", DENY_BY_POLICY, obs(DENIED_L7, layer="waypoint", serves="ns/wp"), PROBE)
     assert j.category == MISMATCH and "waypoint:ns/wp" in j.message and "sidecar:ns/b" in j.message

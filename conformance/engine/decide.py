@@ -48,6 +48,10 @@ ALLOW_MATCHED = "allow-matched"
 ALLOW_UNMATCHED = "allow-unmatched"
 NO_ALLOW = "no-allow-policy"
 STRICT_MTLS = "strict-mtls"
+# JWT and CUSTOM (issue 11): the contract with verdicts.EXPECTED_KIND and the targets' proof kinds.
+JWT_REJECTED = "jwt-rejected"  # RequestAuthentication's JWT filter refused the token (Decision.detail: its message)
+EXT_AUTHZ_DENIED = "ext-authz-denied"  # a CUSTOM policy matched and its provider denied (Decision.policy: it)
+EXT_AUTHZ_ERROR = "ext-authz-error"  # ... and the provider failed or was unreachable, failOpen false
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class Decision:
     # the waypoint (`ns/name`) whose proxy decided, when a waypoint did; a sidecar or ztunnel decision is
     # always the destination's own proxy (the one a proof of it must come from)
     waypoint: str | None = None
+    # for JWT_REJECTED: the JWT filter's message the proof must carry ("Jwt is expired"...), as Proof.detail
+    detail: str | None = None
 
     def enforcer(self, probe: Probe) -> str | None:
         """`layer:ns/name` of the proxy that makes this decision (None when no proxy is involved)."""
