@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conformance.mesh.local.authz import select_policies
+from conformance.mesh.local.extauthz import CustomBuilder
 from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
 from conformance.mesh.local.ztunnel import convert_authorization_policy
 from conformance.model import Manifest, MeshConfig, Workload
@@ -57,9 +58,33 @@ class Case:
     want: tuple[str, ...]
     trust_domains: tuple[str, ...] = ()  # trustdomain.NewBundle(td, aliases); () is the zero Bundle
     unsupported: str | None = None
+    # meshConfig.extensionProviders (builder_test.go meshConfig*): set, the case runs the CUSTOM builder
+    # (Option{IsCustomBuilder: tc.meshConfig != nil})
+    mesh_config: tuple[dict[str, Any], ...] | None = None
 
 
-CUSTOM = "CUSTOM action (ext_authz providers from meshConfig) is not supported by the local mesh"
+# builder_test.go's mesh configs, in meshConfig's own form (durations as protobuf JSON spells them).
+MESH_GRPC_NO_NAMESPACE = ({"name": "default", "envoyExtAuthzGrpc": {
+    "service": "my-custom-ext-authz.foo.svc.cluster.local", "port": 9000, "failOpen": True, "statusOnError": "403"}},)
+MESH_GRPC = ({"name": "default", "envoyExtAuthzGrpc": {
+    "service": "foo/my-custom-ext-authz.foo.svc.cluster.local", "port": 9000, "timeout": "0.002s", "failOpen": True,
+    "statusOnError": "403", "includeRequestBodyInCheck": {"maxRequestBytes": 4096, "allowPartialMessage": True}}},)
+MESH_HTTP = ({"name": "default", "envoyExtAuthzHttp": {
+    "service": "foo/my-custom-ext-authz.foo.svc.cluster.local", "port": 9000, "timeout": "10s", "failOpen": True,
+    "statusOnError": "403", "pathPrefix": "/check",
+    "includeRequestHeadersInCheck": ["x-custom-id", "x-prefix-*", "*-suffix"],
+    "includeHeadersInCheck": ["should-not-include-when-IncludeRequestHeadersInCheck-is-set"],
+    "includeAdditionalHeadersInCheck": {"x-header-1": "value-1", "x-header-2": "value-2"},
+    "includeRequestBodyInCheck": {"maxRequestBytes": 2048, "allowPartialMessage": True, "packAsBytes": True},
+    "headersToUpstreamOnAllow": ["Authorization", "x-prefix-*", "*-suffix"],
+    "headersToDownstreamOnDeny": ["Set-cookie", "x-prefix-*", "*-suffix"],
+    "headersToDownstreamOnAllow": ["Set-cookie", "x-prefix-*", "*-suffix"]}},)
+MESH_INVALID = ({"name": "default", "envoyExtAuthzHttp": {
+    "service": "foo/my-custom-ext-authz", "port": 999999, "pathPrefix": "check", "statusOnError": "999"}},)
+# builder_test.go push(): the one Service of the registry LookupCluster searches.
+GOLDEN_SERVICES = {"my-custom-ext-authz.foo.svc.cluster.local": {"foo": "my-custom-ext-authz.foo.svc.cluster.local"}}
+
+
 HTTP_CASES = [
     Case("allow-empty-rule", "allow-empty-rule-in.yaml", ("allow-empty-rule-out.yaml",)),
     Case("allow-full-rule", "allow-full-rule-in.yaml", ("allow-full-rule-out.yaml",)),
@@ -68,15 +93,16 @@ HTTP_CASES = [
     Case("audit-full-rule", "audit-full-rule-in.yaml", ("audit-full-rule-out.yaml",)),
     Case("custom-grpc-provider-no-namespace", "custom-simple-http-in.yaml",
          ("custom-grpc-provider-no-namespace-out1.yaml", "custom-grpc-provider-no-namespace-out2.yaml"),
-         unsupported=CUSTOM),
+         mesh_config=MESH_GRPC_NO_NAMESPACE),
     Case("custom-grpc-provider", "custom-simple-http-in.yaml",
-         ("custom-grpc-provider-out1.yaml", "custom-grpc-provider-out2.yaml"), unsupported=CUSTOM),
+         ("custom-grpc-provider-out1.yaml", "custom-grpc-provider-out2.yaml"), mesh_config=MESH_GRPC),
     Case("custom-http-provider", "custom-simple-http-in.yaml",
-         ("custom-http-provider-out1.yaml", "custom-http-provider-out2.yaml"), unsupported=CUSTOM),
+         ("custom-http-provider-out1.yaml", "custom-http-provider-out2.yaml"), mesh_config=MESH_HTTP),
     Case("custom-bad-multiple-providers", "custom-bad-multiple-providers-in.yaml",
          ("custom-bad-multiple-providers-out1.yaml", "custom-bad-multiple-providers-out2.yaml"),
-         unsupported=CUSTOM),
-    Case("custom-bad-invalid-config", "custom-simple-http-in.yaml", ("custom-bad-out.yaml",), unsupported=CUSTOM),
+         mesh_config=MESH_HTTP),
+    Case("custom-bad-invalid-config", "custom-simple-http-in.yaml", ("custom-bad-out.yaml",),
+         mesh_config=MESH_INVALID),
     Case("deny-and-allow", "deny-and-allow-in.yaml", ("deny-and-allow-out1.yaml", "deny-and-allow-out2.yaml")),
     Case("deny-empty-rule", "deny-empty-rule-in.yaml", ("deny-empty-rule-out.yaml",)),
     Case("dry-run-allow-and-deny", "dry-run-allow-and-deny-in.yaml",
@@ -104,8 +130,8 @@ TCP_CASES = [
     Case("allow-only-http", "allow-only-http-in.yaml", ("allow-only-http-out.yaml",)),
     Case("audit-both-http-tcp", "audit-both-http-tcp-in.yaml", ("audit-both-http-tcp-out.yaml",)),
     Case("custom-both-http-tcp", "custom-both-http-tcp-in.yaml",
-         ("custom-both-http-tcp-out1.yaml", "custom-both-http-tcp-out2.yaml"), unsupported=CUSTOM),
-    Case("custom-only-http", "custom-only-http-in.yaml", (), unsupported=CUSTOM),
+         ("custom-both-http-tcp-out1.yaml", "custom-both-http-tcp-out2.yaml"), mesh_config=MESH_GRPC),
+    Case("custom-only-http", "custom-only-http-in.yaml", (), mesh_config=MESH_HTTP),
     Case("deny-both-http-tcp", "deny-both-http-tcp-in.yaml", ("deny-both-http-tcp-out.yaml",)),
     Case("dry-run-mix", "dry-run-mix-in.yaml", ("dry-run-mix-out.yaml",)),
 ]
@@ -124,6 +150,9 @@ def _inputs(case: Case, for_tcp: bool) -> list[Manifest]:
 
 def _build(case: Case, for_tcp: bool) -> list[dict[str, Any]]:
     policies = _inputs(case, for_tcp)
+    if case.mesh_config is not None:
+        custom = CustomBuilder(TrustDomainBundle(case.trust_domains), case.mesh_config, GOLDEN_SERVICES)
+        return custom.build_tcp(policies) if for_tcp else custom.build_http(policies)
     builder = RbacBuilder(TrustDomainBundle(case.trust_domains), stat_prefixes=False)
     return builder.build_tcp(policies) if for_tcp else builder.build_http(policies)
 
@@ -190,10 +219,15 @@ def test_envoy_accepts_generated_http_filters(case: Case, tmp_path: Path) -> Non
     policies = _inputs(case, for_tcp=False)
     listeners = []
     for i, (use_filter_state, prefixes) in enumerate([(False, True), (True, True), (False, False)]):
-        builder = RbacBuilder(TrustDomainBundle(case.trust_domains), use_filter_state=use_filter_state,
-                              stat_prefixes=prefixes)
-        listeners.append(http_listener(f"l{i}", 10000 + i, builder.build_http(policies)))
-    ok, output = validate(ENVOY, {"static_resources": {"listeners": listeners}}, tmp_path)
+        if case.mesh_config is not None:
+            filters = CustomBuilder(TrustDomainBundle(case.trust_domains), case.mesh_config, GOLDEN_SERVICES,
+                                    use_filter_state=use_filter_state).build_http(policies)
+        else:
+            filters = RbacBuilder(TrustDomainBundle(case.trust_domains), use_filter_state=use_filter_state,
+                                  stat_prefixes=prefixes).build_http(policies)
+        listeners.append(http_listener(f"l{i}", 10000 + i, filters))
+    ok, output = validate(ENVOY, {"static_resources": {"listeners": listeners, "clusters": _provider_clusters()}},
+                          tmp_path)
     assert ok, output
 
 
@@ -203,9 +237,18 @@ def test_envoy_accepts_generated_tcp_filters(case: Case, tmp_path: Path) -> None
     assert ENVOY is not None
     filters = _build(case, for_tcp=True)
     config = {"static_resources": {"listeners": [tcp_listener("tcp", 10000, filters, "up")],
-                                   "clusters": [static_cluster("up", 10001)]}}
+                                   "clusters": [static_cluster("up", 10001), *_provider_clusters()]}}
     ok, output = validate(ENVOY, config, tmp_path)
     assert ok, output
+
+
+def _provider_clusters() -> list[dict[str, Any]]:
+    """The cluster istiod's ext_authz configs name (`outbound|9000||my-custom-ext-authz...`), as HTTP/2 (gRPC)."""
+    cluster = static_cluster("outbound|9000||my-custom-ext-authz.foo.svc.cluster.local", 10009)
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    return [cluster]
 
 
 # Requests (method, path, headers, host) that exercise the golden cases' methods, paths, hosts, headers.

@@ -951,10 +951,8 @@ class RbacBuilder:
             if policy.kind != "AuthorizationPolicy":
                 continue
             action = policy_action(policy)
-            if action == "CUSTOM":
-                raise NotImplementedError(
-                    f"AuthorizationPolicy {policy.ref}: CUSTOM (ext_authz) is not supported by the local mesh"
-                )
+            # CUSTOM policies are the CUSTOM builder's (extauthz.py), as istiod keeps them apart
+            # (AuthorizationPoliciesResult.Custom, authz.NewBuilder(authz.Custom, ...)).
             if action in by_action:
                 by_action[action].append(policy)
         return by_action

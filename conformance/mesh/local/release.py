@@ -26,6 +26,7 @@ from typing import Literal
 from conformance.versions import (
     DOT_SEGMENT_PARAMETERS,
     DRY_RUN_NOT_SENT_TO_ZTUNNEL,
+    EXT_AUTHZ_PROVIDER_NAME_CHECK,
     GATEWAY_CLASS_TARGET_REF,
     QUOTED_NAMESPACE_REGEX,
     QUOTED_SERVICE_ACCOUNT_REGEX,
@@ -33,9 +34,21 @@ from conformance.versions import (
     TRUST_DOMAINS_ENFORCED,
     WAYPOINT_SELECTION_BY_KIND,
     WAYPOINT_SERVICE_NAMESPACE,
+    Change,
     IstioVersion,
     Triple,
 )
+
+# Not (yet) in versions.CHANGES, which the engine's side keeps; the local mesh's own record until it moves
+# there. istio/istio 1.30.0 builder.go (multiple CUSTOM providers, PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS):
+# CUSTOM rules grouped per provider, policy names `istio-ext-authz-<provider>-ns[..]..`, one shadow RBAC +
+# ext_authz pair per provider enabled by the prefix `istio-ext-authz-<provider>`, dry-run CUSTOM policies
+# in the pair's enforcing `rules`. Before (builder.go@1.29.0): one pair, names `istio-ext-authz-ns[..]..`,
+# prefix `istio-ext-authz`, dry-run CUSTOM policies dropped, a second provider fails getExtAuthz.
+CUSTOM_PER_PROVIDER = Change(
+    "CUSTOM: one shadow RBAC + ext_authz pair per provider, provider in the rule names; dry-run CUSTOM rules enforce "
+    "as a DENY (before: one pair, dry-run CUSTOM policies ignored)",
+    "istio/istio builder.go@1.30.0 (PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS)", ((1, 30, 0),))
 
 Attachment = Literal["1.22", "1.24", "1.25"]
 
@@ -109,6 +122,11 @@ class Release:
     # The local Envoy (1.40.0) has the fix; for a release without it, the proxies' bootstrap turns it off
     # with Envoy's own runtime guard (`runtime_layer`).
     strips_dot_segment_parameters: bool
+    # CUSTOM_PER_PROVIDER above (1.30.0): the CUSTOM builder's shape (extauthz.py).
+    custom_per_provider: bool
+    # EXT_AUTHZ_PROVIDER_NAME_CHECK (1.30.0, istio/istio#58082): processExtensionProvider runs
+    # validateProviderName, so a provider whose name is not a lowercase DNS-1123 label is unusable.
+    validates_provider_names: bool
 
     @classmethod
     def of(cls, version: IstioVersion | str | None = None) -> Release:
@@ -151,4 +169,6 @@ def _release(triple: Triple) -> Release:
         service_accounts=SERVICE_ACCOUNTS.carried_by(triple),
         rbac_trust_domains=TRUST_DOMAINS_ENFORCED.carried_by(triple),
         strips_dot_segment_parameters=DOT_SEGMENT_PARAMETERS.carried_by(triple),
+        custom_per_provider=CUSTOM_PER_PROVIDER.carried_by(triple),
+        validates_provider_names=EXT_AUTHZ_PROVIDER_NAME_CHECK.carried_by(triple),
     )
