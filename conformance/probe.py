@@ -47,7 +47,18 @@ EXT_AUTHZ_DENIED_BODY = "denied by ext_authz for not found header `x-ext-authz: 
 # %CONNECTION_TERMINATION_DETAILS% for network RBAC), and how istiod names a rule in Envoy's config
 # (builder.go): read the same way by the local mesh and the cluster targets.
 RBAC_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(.*)\]")
-_POLICY_ID = re.compile(r"^ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]-rule\[(?P<rule>\d+)\]$")
+# A CUSTOM policy's rule as istiod names it in the shadow RBAC before its ext_authz filter (builder.go policyName
+# with IsCustomBuilder): `istio-ext-authz-<provider>-ns[..]-policy[..]-rule[i]` from 1.30, `istio-ext-authz-ns[..]..`
+# before; `-deny-due-to-bad-CUSTOM-action` appended when the provider is unusable and istiod made it an RBAC DENY.
+_POLICY_ID = re.compile(r"^(?:istio-ext-authz-(?:(?P<provider>.*?)-)?)?ns\[(?P<ns>[^\]]*)\]-policy\[(?P<name>[^\]]*)\]"
+                        r"-rule\[(?P<rule>\d+)\](?:-deny-due-to-bad-CUSTOM-action)?$")
+# Envoy's JWT filter (jwt_authn filter.cc onComplete, generateRcDetails): `jwt_authn_access_denied{<the verification
+# status message, spaces and other whitespace as _>}`.
+JWT_DENIED = re.compile(r"^jwt_authn_access_denied\{(.*)\}$")
+# Envoy's ext_authz filter (filters/common/ext_authz/ext_authz.h ResponseCodeDetails): the server said no, or the
+# check failed (unreachable, timeout, a 5xx answer) and failure_mode_allow is off.
+EXT_AUTHZ_DENIED_DETAILS = "ext_authz_denied"
+EXT_AUTHZ_ERROR_DETAILS = "ext_authz_error"
 
 
 def rbac_denial(text: str) -> str | None:
@@ -56,8 +67,25 @@ def rbac_denial(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def jwt_denial(details: str) -> str | None:
+    """The JWT filter's message in `jwt_authn_access_denied{Jwt_is_expired}` ("Jwt is expired"), or None.
+
+    Envoy writes the message with every space as `_` (StringUtil::replaceAllEmptySpace); the messages of
+    jwt_verify_lib's statuses have no underscores of their own, so turning them back is exact."""
+    m = JWT_DENIED.match(details.strip())
+    return m.group(1).replace("_", " ") if m else None
+
+
+def ext_authz_result(details: str) -> str | None:
+    """`ext_authz_denied` or `ext_authz_error` as the proof kind it is (EXT_AUTHZ_DENIED / EXT_AUTHZ_ERROR)."""
+    return {EXT_AUTHZ_DENIED_DETAILS: EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR_DETAILS: EXT_AUTHZ_ERROR}.get(details.strip())
+
+
 def parse_policy_id(policy_id: str) -> tuple[str | None, int | None]:
-    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None)."""
+    """istiod's `ns[<ns>]-policy[<name>]-rule[<i>]` -> ("ns/name", i); `none` -> (None, None).
+
+    A CUSTOM policy's rule names (`istio-ext-authz-[<provider>-]ns[..]-policy[..]-rule[i]`, with
+    `-deny-due-to-bad-CUSTOM-action` when istiod turned it into an RBAC DENY) name that CUSTOM policy."""
     if policy_id in ("none", ""):
         return None, None
     m = _POLICY_ID.match(policy_id)

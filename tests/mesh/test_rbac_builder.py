@@ -307,7 +307,12 @@ def test_cidr_kept_as_written() -> None:
     ]}}]
 
 
-def test_custom_action_is_refused() -> None:
-    with pytest.raises(NotImplementedError, match="CUSTOM"):
-        sidecar_http_filters([manifest("c", "foo", {"action": "CUSTOM", "provider": {"name": "x"}, "rules": [{}]})],
-                             MESH, {})
+def test_custom_action_with_an_undefined_provider_is_istiods_rbac_deny() -> None:
+    """CUSTOM goes to the CUSTOM builder (extauthz.py), in front of the local RBAC filters; a provider the mesh
+    config does not define becomes istiod's RBAC DENY `...-deny-due-to-bad-CUSTOM-action` (builder.go)."""
+    custom = manifest("c", "foo", {"action": "CUSTOM", "provider": {"name": "x"}, "rules": [{}]})
+    filters = sidecar_http_filters([custom, manifest("d", "foo", {"action": "DENY", "rules": [{}]})], MESH, {})
+    assert [f["typed_config"]["rules"]["action"] for f in filters] == ["DENY", "DENY"]
+    assert list(filters[0]["typed_config"]["rules"]["policies"]) == [
+        "istio-ext-authz-x-ns[foo]-policy[c]-rule[0]-deny-due-to-bad-CUSTOM-action"]
+    assert list(filters[1]["typed_config"]["rules"]["policies"]) == ["ns[foo]-policy[d]-rule[0]"]

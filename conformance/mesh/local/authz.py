@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
-from conformance.mesh.local import ztunnel
+from conformance.mesh.local import authn, ztunnel
+from conformance.mesh.local.extauthz import CustomBuilder, ServiceIndex, mesh_config_entry
 from conformance.mesh.local.rbac import (
     PEER_PRINCIPAL_KEY,
     Json,
@@ -43,6 +44,7 @@ __all__ = [
     "GATEWAY_NAME_LABEL",
     "PEER_PRINCIPAL_KEY",
     "WAYPOINT_GATEWAY_CLASS",
+    "custom_builder",
     "peer_authentication_mode",
     "select_policies",
     "select_waypoint_policies",
@@ -310,43 +312,75 @@ def _builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_state: bo
                        release=release or Release.newest())
 
 
-def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
-                         release: Release | None = None) -> list[Json]:
-    """The RBAC HTTP filters of a sidecar's inbound HTTP chain, in order (AUDIT, DENY, ALLOW).
+def custom_builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_state: bool,
+                   release: Release | None, services: ServiceIndex | None) -> CustomBuilder:
+    """The CUSTOM builder (extauthz.py) with the mesh's extension providers and the service registry."""
+    return CustomBuilder(_bundle(mesh), [mesh_config_entry(p) for p in mesh.extension_providers], services or {},
+                         use_filter_state=use_filter_state, port_map=dict(port_map),
+                         release=release or Release.newest())
 
-    `policies` are the ones `select_policies` chose for the workload. Principals match the mTLS peer
-    (`authenticated`); `port_map` moves scenario ports to the listener's real ports; each filter has
-    `rules_stat_prefix` audit_ / deny_ / allow_; identity regexes as `release`'s istiod wrote them.
+
+def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                         release: Release | None = None, *, request_authentications: Sequence[Manifest] = (),
+                         services: ServiceIndex | None = None) -> list[Json]:
+    """The authn/authz HTTP filters of a sidecar's inbound HTTP chain, in istiod's order
+    (listener_builder.go buildHTTPConnectionManager): CUSTOM pairs (shadow RBAC + ext_authz per provider),
+    the JWT filter, then RBAC AUDIT, DENY, ALLOW.
+
+    `policies` are the ones `select_policies` chose for the workload, `request_authentications` the ones
+    `authn.select_request_authentications` chose (their `${jwks:...}` filled), `services` the registry CUSTOM
+    providers are looked up in (`extauthz.service_index`). Principals match the mTLS peer (`authenticated`);
+    `port_map` moves scenario ports to the listener's real ports; each RBAC filter has `rules_stat_prefix`
+    audit_ / deny_ / allow_; identity regexes as `release`'s istiod wrote them.
     """
-    return _builder(mesh, port_map, False, release).build_http(policies)
+    return [
+        *custom_builder(mesh, port_map, False, release, services).build_http(policies),
+        *authn.jwt_filters(request_authentications, waypoint=False),
+        *_builder(mesh, port_map, False, release).build_http(policies),
+    ]
 
 
 def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
-                        release: Release | None = None) -> list[Json]:
-    """The network RBAC filters of a sidecar's inbound TCP chain (istiod's BuildTCP, stat_prefix `tcp.`).
+                        release: Release | None = None, *, services: ServiceIndex | None = None) -> list[Json]:
+    """The network filters of a sidecar's inbound TCP chain: CUSTOM pairs (gRPC providers only: an HTTP
+    provider is skipped on TCP chains), then istiod's BuildTCP (network RBAC, stat_prefix `tcp.`).
 
     HTTP-only attributes make ALLOW rules vanish and are dropped from DENY / AUDIT rules (checkError).
     """
-    return _builder(mesh, port_map, False, release).build_tcp(policies)
+    return [
+        *custom_builder(mesh, port_map, False, release, services).build_tcp(policies),
+        *_builder(mesh, port_map, False, release).build_tcp(policies),
+    ]
 
 
 def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
-                     release: Release | None = None) -> list[Json]:
-    """The RBAC HTTP filters of the waypoint's inner HTTP listener for one service.
+                     release: Release | None = None, *, request_authentications: Sequence[Manifest] = (),
+                     services: ServiceIndex | None = None) -> list[Json]:
+    """The authn/authz HTTP filters of the waypoint's inner HTTP listener for one service
+    (listener_waypoint.go buildWaypointHTTPFilters): CUSTOM pairs, the JWT filter (`clear_route_cache`),
+    RBAC.
 
-    `policies` are the ones `select_waypoint_policies` chose. As sidecar HTTP, but identity matchers
-    read the filter-state object `PEER_PRINCIPAL_KEY` (istiod's UseFilterState), which the waypoint's
-    HBONE termination must set from `%DOWNSTREAM_PEER_URI_SAN%`.
+    `policies` are the ones `select_waypoint_policies` chose, `request_authentications` the ones
+    `authn.select_waypoint_request_authentications` chose. As sidecar HTTP, but identity matchers read the
+    filter-state object `PEER_PRINCIPAL_KEY` (istiod's UseFilterState), which the waypoint's HBONE
+    termination must set from `%DOWNSTREAM_PEER_URI_SAN%`.
     """
-    return _builder(mesh, port_map, True, release).build_http(policies)
+    return [
+        *custom_builder(mesh, port_map, True, release, services).build_http(policies),
+        *authn.jwt_filters(request_authentications, waypoint=True),
+        *_builder(mesh, port_map, True, release).build_http(policies),
+    ]
 
 
 def waypoint_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
-                         release: Release | None = None) -> list[Json]:
-    """The network RBAC filters of a waypoint's TCP service port: istiod's BuildTCP with identities read
-    from the waypoint's filter state (listener_waypoint.go buildWaypointNetworkFilters →
-    networkfilter.go buildCompleteNetworkFilters with useFilterState)."""
-    return _builder(mesh, port_map, True, release).build_tcp(policies)
+                         release: Release | None = None, *, services: ServiceIndex | None = None) -> list[Json]:
+    """The network filters of a waypoint's TCP service port: CUSTOM pairs (gRPC providers), then istiod's
+    BuildTCP with identities read from the waypoint's filter state (listener_waypoint.go
+    buildWaypointNetworkFilters → networkfilter.go buildCompleteNetworkFilters with useFilterState)."""
+    return [
+        *custom_builder(mesh, port_map, True, release, services).build_tcp(policies),
+        *_builder(mesh, port_map, True, release).build_tcp(policies),
+    ]
 
 
 def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig,
@@ -432,9 +466,17 @@ def unemulated(policies: Sequence[Manifest], mode: Mode, release: Release) -> st
     the scenario at such a release, in the modes where Envoy RBAC carries those regexes (sidecar; a
     waypoint's targetRefs policies). ztunnel compares strings, never regexes, so ambient mode without a
     waypoint is unaffected.
+
+    A RequestAuthentication the proxies apply (sidecar mode; targetRefs ones in waypoint mode) must hold its
+    keys inline (`authn.unemulated_rule`): istiod would fetch a jwksUri's keys, the local mesh fetches nothing.
     """
     if mode == "ambient":
-        return None
+        return None  # ztunnel applies no RequestAuthentication and compares identities as strings
+    for policy in policies:
+        if policy.kind == authn.REQUEST_AUTHENTICATION and (mode == "sidecar" or target_refs(policy.spec)):
+            reason = authn.unemulated_rule(policy)
+            if reason:
+                return reason
     for policy in policies:
         if policy.kind != AUTHORIZATION_POLICY:
             continue

