@@ -383,18 +383,30 @@ class LocalMeshSession:
     def _canary(self) -> None:
         """With no policy in force every destination port must answer through the mesh. A failure here
         is an infrastructure error with the evidence, never a policy outcome later."""
-        apps = [w for w in self.scenario.workloads if w.kind != "ext-authz"]  # the ext-authz server answers checks
+        apps = [w for w in self.scenario.workloads if w.kind != "ext-authz"]
         sources = [w for w in apps if w.in_mesh] or list(apps)
         probes = []
-        for dest in apps:
-            src = next((s for s in sources if s.ref != dest.ref), sources[0])
-            probes += [Probe(src, dest, port, Request()) for port in dest.ports]
+        for dest in self.scenario.workloads:
+            src = next((s for s in sources if s.ref != dest.ref), sources[0] if sources else None)
+            if src is None:
+                continue
+            if dest.kind != "ext-authz":
+                probes += [Probe(src, dest, port, Request()) for port in dest.ports]
+            else:  # its HTTP check ports answer an allowed check with 200 (gRPC ones speak only gRPC)
+                probes += [Probe(src, dest, port, Request(headers=(("x-ext-authz", "allow"),))) for port in dest.ports
+                           if (dest.ref, port.number) not in self._grpc_ports]
         if not probes:
             return
+
+        def answered(probe: Probe, obs: Observation) -> bool:
+            if probe.destination.kind == "ext-authz":
+                return obs.evidence.exit_code == 0 and obs.evidence.status == 200
+            return obs.outcome == ALLOWED
+
         failed: list[tuple[Probe, Observation]] = []
         for _attempt in range(3):
             observations = self.probe(probes)
-            failed = [(p, o) for p, o in zip(probes, observations, strict=True) if o.outcome != ALLOWED]
+            failed = [(p, o) for p, o in zip(probes, observations, strict=True) if not answered(p, o)]
             if not failed:
                 return
             probes = [p for p, _ in failed]
