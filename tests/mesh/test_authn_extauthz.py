@@ -245,3 +245,14 @@ def test_details_parsing() -> None:
     bad = "istio-ext-authz-ns[foo]-policy[bar]-rule[0]-deny-due-to-bad-CUSTOM-action"
     assert parse_policy_id(bad) == ("foo/bar", 0)
     assert json.dumps(parse_policy_id("ns[a]-policy[b]-rule[1]")) == '["a/b", 1]'
+
+
+def test_space_delimited_claims_before_1_28_are_the_fixed_pair() -> None:
+    rule = {"issuer": "i", "jwks": "k", "spaceDelimitedClaims": ["roles"]}
+    old = authn.jwt_authn_config([rule], False, Release.of("1.27"))
+    new = authn.jwt_authn_config([rule], False, Release.of("1.28"))
+    assert old is not None and new is not None
+    assert old["providers"]["origins-0"]["normalize_payload_in_metadata"] == {
+        "space_delimited_claims": ["scope", "permission"]}
+    assert new["providers"]["origins-0"]["normalize_payload_in_metadata"] == {
+        "space_delimited_claims": ["permission", "roles", "scope"]}

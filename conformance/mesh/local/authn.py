@@ -32,7 +32,8 @@ from conformance.names import GATEWAY_NAME_LABEL
 REQUEST_AUTHENTICATION = "RequestAuthentication"
 JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 DEFAULT_SPACE_DELIMITED = ("permission", "scope")  # buildSpaceDelimitedClaims defaultClaims
-DEFAULT_JWKS_TIMEOUT = "5s"  # convertToEnvoyJwtConfig: `timeout := &durationpb.Duration{Seconds: 5}`
+# Before 1.28 (no jwtRules[].spaceDelimitedClaims; policy_applier.go@1.27.0): the fixed list, in this order.
+SPACE_DELIMITED_BEFORE_1_28 = ("scope", "permission")
 
 
 def select_request_authentications(policies: Sequence[Manifest], workload: Workload,
@@ -80,15 +81,17 @@ def jwt_rules(policies: Sequence[Manifest]) -> list[Mapping[str, Any]]:
     return sorted(rules, key=lambda r: str(r.get("issuer") or ""))
 
 
-def _space_delimited(rule: Mapping[str, Any]) -> list[str]:
-    """buildSpaceDelimitedClaims: the defaults, plus the rule's own, deduplicated and sorted."""
+def _space_delimited(rule: Mapping[str, Any], release: Release) -> list[str]:
+    """buildSpaceDelimitedClaims: the defaults, plus the rule's own, deduplicated and sorted (1.28+)."""
+    if release.version < (1, 28, 0):
+        return list(SPACE_DELIMITED_BEFORE_1_28)
     extra = rule.get("spaceDelimitedClaims")
     if extra is None:
         return list(DEFAULT_SPACE_DELIMITED)
     return sorted({*strings(extra), *DEFAULT_SPACE_DELIMITED})
 
 
-def _provider(rule: Mapping[str, Any], clear_route_cache: bool) -> Json:
+def _provider(rule: Mapping[str, Any], clear_route_cache: bool, release: Release) -> Json:
     """One JwtProvider, fields in convertToEnvoyJwtConfig's order, proto3-JSON (unset fields omitted)."""
     provider: Json = {}
     if rule.get("issuer"):
@@ -100,7 +103,7 @@ def _provider(rule: Mapping[str, Any], clear_route_cache: bool) -> Json:
     if rule.get("outputPayloadToHeader"):
         provider["forward_payload_header"] = str(rule["outputPayloadToHeader"])
     provider["payload_in_metadata"] = JWT_PAYLOAD
-    provider["normalize_payload_in_metadata"] = {"space_delimited_claims": _space_delimited(rule)}
+    provider["normalize_payload_in_metadata"] = {"space_delimited_claims": _space_delimited(rule, release)}
     if clear_route_cache:
         provider["clear_route_cache"] = True
     claim_headers = [{"header_name": str(c.get("header", "")), "claim_name": str(c.get("claim", ""))}
@@ -130,7 +133,8 @@ def _provider_name(i: int) -> str:
     return f"origins-{i}"
 
 
-def jwt_authn_config(rules: Sequence[Mapping[str, Any]], clear_route_cache: bool) -> Json | None:
+def jwt_authn_config(rules: Sequence[Mapping[str, Any]], clear_route_cache: bool,
+                     release: Release | None = None) -> Json | None:
     """convertToEnvoyJwtConfig: the JwtAuthentication for `rules` (already sorted), None without rules.
 
     One provider: requires_any[origins-0, allow_missing]. Several: requires_any[origins-0, ..., origins-N-1,
@@ -140,12 +144,13 @@ def jwt_authn_config(rules: Sequence[Mapping[str, Any]], clear_route_cache: bool
     """
     if not rules:
         return None
+    release = release or Release.newest()
     providers: Json = {}
     inner_and: list[Json] = []
     outer_or: list[Json] = []
     for i, rule in enumerate(rules):
         name = _provider_name(i)
-        providers[name] = _provider(rule, clear_route_cache)
+        providers[name] = _provider(rule, clear_route_cache, release)
         inner_and.append({"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}})
         outer_or.append({"provider_name": name})
     if len(inner_and) == 1:
@@ -160,12 +165,14 @@ def jwt_authn_config(rules: Sequence[Mapping[str, Any]], clear_route_cache: bool
     }
 
 
-def jwt_filters(policies: Sequence[Manifest], *, waypoint: bool) -> list[Json]:
+def jwt_filters(policies: Sequence[Manifest], *, waypoint: bool, release: Release | None = None) -> list[Json]:
     """authn Builder.BuildHTTP: the JWT filter for the selected RequestAuthentications, or nothing.
 
     `clear_route_cache` is `proxy.Type != SidecarProxy`: true at waypoints (and gateways), false at sidecars.
+    (At 1.22-1.27 istiod built the same filter for proxies of its own release, SupportsEnvoyExtendedJwt, with
+    the fixed space-delimited claims `scope`, `permission`.)
     """
-    config = jwt_authn_config(jwt_rules(policies), clear_route_cache=waypoint)
+    config = jwt_authn_config(jwt_rules(policies), clear_route_cache=waypoint, release=release)
     return [] if config is None else [{"name": JWT_FILTER, "typed_config": config}]
 
 

@@ -335,7 +335,7 @@ def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_ma
     """
     return [
         *custom_builder(mesh, port_map, False, release, services).build_http(policies),
-        *authn.jwt_filters(request_authentications, waypoint=False),
+        *authn.jwt_filters(request_authentications, waypoint=False, release=release),
         *_builder(mesh, port_map, False, release).build_http(policies),
     ]
 
@@ -367,7 +367,7 @@ def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: M
     """
     return [
         *custom_builder(mesh, port_map, True, release, services).build_http(policies),
-        *authn.jwt_filters(request_authentications, waypoint=True),
+        *authn.jwt_filters(request_authentications, waypoint=True, release=release),
         *_builder(mesh, port_map, True, release).build_http(policies),
     ]
 
