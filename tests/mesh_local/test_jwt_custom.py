@@ -263,6 +263,19 @@ def test_waypoint_custom_provider(waypoint: LocalMeshSession) -> None:
         EXT_AUTHZ_DENIED, "default/ext-http", "waypoint:default/waypoint")
 
 
+def test_waypoint_custom_grpc_provider_on_a_tcp_port(waypoint: LocalMeshSession) -> None:
+    """The waypoint's TCP chain gets the network ext_authz (gRPC providers only); the sample finds no source
+    principal there (the waypoint's inner listener has no TLS peer), so it denies a TCP connection."""
+    tcp = policy("ext-grpc-tcp", {"action": "CUSTOM", "provider": {"name": "grpc"},
+                                  "rules": [{"to": [{"operation": {"ports": ["9100"]}}]}]}, TO_WAYPOINT)
+    waypoint.apply([tcp])
+    tcp_obs, http_obs = waypoint.probe([probe(port=9100), probe()])
+    assert tcp_obs.outcome == DENIED_L4 and tcp_obs.proof is not None, tcp_obs
+    assert (tcp_obs.proof.kind, tcp_obs.proof.policy, tcp_obs.proof.proxy) == (
+        EXT_AUTHZ_DENIED, "default/ext-grpc-tcp", "waypoint:default/waypoint")
+    assert http_obs.outcome == ALLOWED, http_obs
+
+
 # --- ambient (ztunnel only) -----------------------------------------------------------------------
 
 def test_ztunnel_ignores_request_authentication_and_custom(ambient: LocalMeshSession) -> None:
