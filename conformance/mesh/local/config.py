@@ -16,6 +16,10 @@ inside come from `authz`, the policy compiler, which is the only part that inter
   filter state (`io.istio.peer_principal`, `envoy.hashable_string`), an internal listener per service
   port with the targetRefs policies, then HBONE again to the destination, as the waypoint.
 
+CUSTOM providers: every sidecar has an outbound cluster per workload port, so the `outbound|<port>||<fqdn>`
+cluster istiod's ext_authz config names exists (HTTP/2 for a gRPC provider's port, `ProxyContext.codec`); a
+waypoint reaches the provider through an internal listener of that name, HBONE to the provider's ztunnel.
+
 Every listener sets `enable_reuse_port: false` (a stale Envoy must make a bind fail, never share a port)
 and logs in JSON (`logs.py` reads it back into proofs). Outbound connections are never reused across
 requests (`max_requests_per_connection: 1`) so no pooled connection carries an old decision past a
