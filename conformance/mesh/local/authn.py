@@ -83,7 +83,7 @@ def jwt_rules(policies: Sequence[Manifest]) -> list[Mapping[str, Any]]:
 
 def _space_delimited(rule: Mapping[str, Any], release: Release) -> list[str]:
     """buildSpaceDelimitedClaims: the defaults, plus the rule's own, deduplicated and sorted (1.28+)."""
-    if release.version < (1, 28, 0):
+    if not release.space_delimited_claims:
         return list(SPACE_DELIMITED_BEFORE_1_28)
     extra = rule.get("spaceDelimitedClaims")
     if extra is None:

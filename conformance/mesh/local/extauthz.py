@@ -19,8 +19,8 @@ apart):
 - `pilot/pkg/model/telemetry_logging.go` LookupCluster (`[<ns>/]<hostname>` in the service registry,
   here the scenario's workloads, each a Service `<name>.<ns>.svc.cluster.local`).
 
-Before 1.30 (`Release.custom_per_provider` false: builder.go and extauthz.go at 1.29.x) there is one pair
-for all CUSTOM policies, policy names without the provider (`istio-ext-authz-ns[..]-policy[..]-rule[..]`),
+Before 1.30 (`Release.custom_per_provider` false, istio/istio#58082: builder.go and extauthz.go at 1.29.x) there
+is one pair for all CUSTOM policies, policy names without the provider (`istio-ext-authz-ns[..]-policy[..]-rule[..]`),
 the filter enabled by the prefix `istio-ext-authz`, and any second provider makes getExtAuthz fail (one
 deny filter for all CUSTOM rules); provider names are not checked (validateProviderName is 1.30's).
 """

@@ -31,24 +31,13 @@ from conformance.versions import (
     QUOTED_NAMESPACE_REGEX,
     QUOTED_SERVICE_ACCOUNT_REGEX,
     SERVICE_ACCOUNTS,
+    SPACE_DELIMITED_CLAIMS,
     TRUST_DOMAINS_ENFORCED,
     WAYPOINT_SELECTION_BY_KIND,
     WAYPOINT_SERVICE_NAMESPACE,
-    Change,
     IstioVersion,
     Triple,
 )
-
-# Not (yet) in versions.CHANGES, which the engine's side keeps; the local mesh's own record until it moves
-# there. istio/istio 1.30.0 builder.go (multiple CUSTOM providers, PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS):
-# CUSTOM rules grouped per provider, policy names `istio-ext-authz-<provider>-ns[..]..`, one shadow RBAC +
-# ext_authz pair per provider enabled by the prefix `istio-ext-authz-<provider>`, dry-run CUSTOM policies
-# in the pair's enforcing `rules`. Before (builder.go@1.29.0): one pair, names `istio-ext-authz-ns[..]..`,
-# prefix `istio-ext-authz`, dry-run CUSTOM policies dropped, a second provider fails getExtAuthz.
-CUSTOM_PER_PROVIDER = Change(
-    "CUSTOM: one shadow RBAC + ext_authz pair per provider, provider in the rule names; dry-run CUSTOM rules enforce "
-    "as a DENY (before: one pair, dry-run CUSTOM policies ignored)",
-    "istio/istio builder.go@1.30.0 (PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS)", ((1, 30, 0),))
 
 Attachment = Literal["1.22", "1.24", "1.25"]
 
@@ -122,11 +111,19 @@ class Release:
     # The local Envoy (1.40.0) has the fix; for a release without it, the proxies' bootstrap turns it off
     # with Envoy's own runtime guard (`runtime_layer`).
     strips_dot_segment_parameters: bool
-    # CUSTOM_PER_PROVIDER above (1.30.0): the CUSTOM builder's shape (extauthz.py).
+    # istio/istio#58082 "support multiple CUSTOM authorization providers per workload" (1.30.0), the change
+    # versions.EXT_AUTHZ_PROVIDER_NAME_CHECK cites: CUSTOM rules grouped per provider, policy names
+    # `istio-ext-authz-<provider>-ns[..]..`, one shadow RBAC + ext_authz pair per provider enabled by the prefix
+    # `istio-ext-authz-<provider>`, dry-run CUSTOM policies in the pair's enforcing `rules` (builder.go@1.30.0).
+    # Before (builder.go@1.29.0): one pair, names `istio-ext-authz-ns[..]..`, prefix `istio-ext-authz`, dry-run
+    # CUSTOM policies dropped, a second provider fails getExtAuthz. The CUSTOM builder's shape (extauthz.py).
     custom_per_provider: bool
     # EXT_AUTHZ_PROVIDER_NAME_CHECK (1.30.0, istio/istio#58082): processExtensionProvider runs
     # validateProviderName, so a provider whose name is not a lowercase DNS-1123 label is unusable.
     validates_provider_names: bool
+    # versions.SPACE_DELIMITED_CLAIMS (1.28.0): the JWT filter's space-delimited claims are buildSpaceDelimitedClaims
+    # (the defaults plus jwtRules[].spaceDelimitedClaims, sorted); before, the fixed `scope`, `permission` (authn.py).
+    space_delimited_claims: bool
 
     @classmethod
     def of(cls, version: IstioVersion | str | None = None) -> Release:
@@ -169,6 +166,7 @@ def _release(triple: Triple) -> Release:
         service_accounts=SERVICE_ACCOUNTS.carried_by(triple),
         rbac_trust_domains=TRUST_DOMAINS_ENFORCED.carried_by(triple),
         strips_dot_segment_parameters=DOT_SEGMENT_PARAMETERS.carried_by(triple),
-        custom_per_provider=CUSTOM_PER_PROVIDER.carried_by(triple),
+        custom_per_provider=EXT_AUTHZ_PROVIDER_NAME_CHECK.carried_by(triple),  # the same PR, #58082
         validates_provider_names=EXT_AUTHZ_PROVIDER_NAME_CHECK.carried_by(triple),
+        space_delimited_claims=SPACE_DELIMITED_CLAIMS.carried_by(triple),
     )
