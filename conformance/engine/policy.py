@@ -19,8 +19,9 @@ SOURCE_FIELDS = (
     "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
     "ipBlocks", "notIpBlocks",
     "trustDomains", "notTrustDomains",  # Istio 1.30.2+ (istio/istio#59358, backported in #60528)
-    # L7 sources: scenarios reject them as not supported yet, but the ztunnel translation must see them
-    # to drop or strip the rule the way istiod does (ambient/authorization.go httpSources).
+    # L7 sources: Envoy matches request principals on the JWT filter's metadata (proxy.py); remote IPs are not
+    # supported by the scenarios yet. The ztunnel translation must see both to drop or strip the rule the way
+    # istiod does (ambient/authorization.go httpSources).
     "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",
 )
 OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
@@ -66,11 +67,46 @@ class TargetRef:
 class AuthorizationPolicy:
     namespace: str
     name: str
-    action: str  # ALLOW | DENY | AUDIT
+    action: str  # ALLOW | DENY | AUDIT | CUSTOM
     selector: Mapping[str, str] | None  # None: no selector (namespace-wide, or mesh-wide in the root namespace)
     target_refs: tuple[TargetRef, ...]
     rules: tuple[Rule, ...] | None  # None: `rules` absent (never matches)
     dry_run: bool
+    origin: str
+    provider: str | None = None  # CUSTOM: `provider.name` as written (the mesh config may have no such provider)
+
+    @cached_property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class JwtRule:
+    """One `jwtRules` entry of a RequestAuthentication (istio/api security/v1beta1/request_authentication.proto
+    JWTRule), the fields istiod copies into an Envoy JwtProvider (authn/policy_applier.go@1.30.3
+    convertToEnvoyJwtConfig)."""
+
+    index: int
+    issuer: str | None
+    audiences: tuple[str, ...]
+    jwks: str | None  # as written: `${jwks:<issuer name>}` in the suite's scenarios
+    jwks_uri: str | None
+    from_headers: tuple[tuple[str, str], ...]  # (name, prefix)
+    from_params: tuple[str, ...]
+    from_cookies: tuple[str, ...]
+    forward_original_token: bool
+    output_payload_to_header: str | None
+    output_claim_to_headers: tuple[tuple[str, str], ...]  # (header, claim)
+    space_delimited_claims: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RequestAuthentication:
+    namespace: str
+    name: str
+    selector: Mapping[str, str] | None
+    target_refs: tuple[TargetRef, ...]
+    jwt_rules: tuple[JwtRule, ...]
     origin: str
 
     @cached_property
@@ -111,16 +147,25 @@ def _fields(block: Mapping[str, Any], names: Sequence[str]) -> tuple[Field, ...]
     return tuple(out)
 
 
-def compile_authorization_policy(manifest: Manifest) -> AuthorizationPolicy:
-    spec = manifest.spec
+def _selector(spec: Mapping[str, Any]) -> Mapping[str, str] | None:
     selector = spec.get("selector")
     labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+    return dict(labels or {}) if selector is not None else None
+
+
+def _target_refs(spec: Mapping[str, Any]) -> tuple[TargetRef, ...]:
+    """`targetRefs`, or the older single `targetRef` (model.GetTargetRefs, policyattachment.go@1.30.3)."""
     refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
-    target_refs = tuple(
+    return tuple(
         TargetRef(str(r.get("group", "")), str(r.get("kind", "")), str(r.get("name", "")),
                   str(r.get("namespace", "") or ""))
         for r in refs if isinstance(r, Mapping)
     )
+
+
+def compile_authorization_policy(manifest: Manifest) -> AuthorizationPolicy:
+    spec = manifest.spec
+    target_refs = _target_refs(spec)
     rules: tuple[Rule, ...] | None = None
     if "rules" in spec and spec["rules"] is not None:
         compiled: list[Rule] = []
@@ -142,26 +187,66 @@ def compile_authorization_policy(manifest: Manifest) -> AuthorizationPolicy:
             )
             compiled.append(Rule(i, sources, operations, conditions))
         rules = tuple(compiled)
+    provider = spec.get("provider")
+    provider_name = provider.get("name") if isinstance(provider, Mapping) else None
     return AuthorizationPolicy(
         namespace=manifest.namespace,
         name=manifest.name,
         action=str(spec.get("action", "ALLOW")),
-        selector=(dict(labels or {}) if selector is not None else None),
+        selector=_selector(spec),
         target_refs=target_refs,
         rules=rules,
         dry_run=parse_bool(manifest.annotations.get(DRY_RUN_ANNOTATION, "")),
+        origin=manifest.origin,
+        provider=str(provider_name) if provider_name is not None else None,
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value != "" else None
+
+
+def compile_request_authentication(manifest: Manifest) -> RequestAuthentication:
+    """A RequestAuthentication as the API has it; which proxies use it is scope.py's business, what Envoy
+    does with it jwt.py's."""
+    spec = manifest.spec
+    rules: list[JwtRule] = []
+    for i, r in enumerate(spec.get("jwtRules") or []):
+        r = r if isinstance(r, Mapping) else {}
+        headers = tuple((str(h.get("name", "")), str(h.get("prefix", "") or ""))
+                        for h in (r.get("fromHeaders") or []) if isinstance(h, Mapping))
+        claims = tuple((str(c.get("header", "")), str(c.get("claim", "")))
+                       for c in (r.get("outputClaimToHeaders") or []) if isinstance(c, Mapping))
+        rules.append(JwtRule(
+            index=i,
+            issuer=_opt_str(r.get("issuer")),
+            audiences=_strs(r.get("audiences")),
+            jwks=_opt_str(r.get("jwks")),
+            jwks_uri=_opt_str(r.get("jwksUri")),
+            from_headers=headers,
+            from_params=_strs(r.get("fromParams")),
+            from_cookies=_strs(r.get("fromCookies")),
+            forward_original_token=r.get("forwardOriginalToken") is True,
+            output_payload_to_header=_opt_str(r.get("outputPayloadToHeader")),
+            output_claim_to_headers=claims,
+            space_delimited_claims=_strs(r.get("spaceDelimitedClaims")),
+        ))
+    return RequestAuthentication(
+        namespace=manifest.namespace,
+        name=manifest.name,
+        selector=_selector(spec),
+        target_refs=_target_refs(spec),
+        jwt_rules=tuple(rules),
         origin=manifest.origin,
     )
 
 
 def compile_peer_authentication(manifest: Manifest) -> PeerAuthentication:
     spec = manifest.spec
-    selector = spec.get("selector")
-    labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
     mtls = spec.get("mtls") or {}
     return PeerAuthentication(
         namespace=manifest.namespace,
         name=manifest.name,
-        selector=(dict(labels or {}) if selector is not None else None),
+        selector=_selector(spec),
         mode=str(mtls.get("mode", "UNSET")) if isinstance(mtls, Mapping) else "UNSET",
     )

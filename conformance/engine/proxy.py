@@ -9,8 +9,9 @@ match plaintext and their `not` forms always do (research note §3.3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from conformance.engine.matchers import (
     envoy_header,
@@ -26,12 +27,57 @@ from conformance.versions import QUOTED_NAMESPACE_REGEX, QUOTED_SERVICE_ACCOUNT_
 SPIFFE = "spiffe://"
 
 # HTTP-only attributes: on a TCP filter chain istiod's generators fail for them (`"%q is HTTP only"`),
-# and model.go checkError drops the whole rule for ALLOW, only the attribute for DENY/AUDIT.
-HTTP_ONLY_FIELDS = frozenset({"hosts", "methods", "paths"})
+# and model.go checkError drops the whole rule for ALLOW, only the attribute for DENY/AUDIT (and for CUSTOM,
+# whose rules the builder generates as a DENY: builder.go build(customPolicies, RBAC_DENY)). The JWT ones are
+# generator.go requestPrincipalGenerator / requestAudiencesGenerator / requestPresenterGenerator /
+# requestClaimGenerator, each `if forTCP { return nil, fmt.Errorf("%q is HTTP only", key) }`.
+HTTP_ONLY_FIELDS = frozenset({"hosts", "methods", "paths", "requestPrincipals"})
+
+# Where the JWT filter puts the verified payload, and the RBAC metadata matchers read it
+# (policy_applier.go@1.30.3 convertToEnvoyJwtConfig PayloadInMetadata; model/util.go MetadataValueMatcherForJWTClaim).
+REQUEST_PRINCIPAL_KEY = "request.auth.principal"
+REQUEST_AUDIENCES_KEY = "request.auth.audiences"
+REQUEST_PRESENTER_KEY = "request.auth.presenter"
+REQUEST_CLAIMS_PREFIX = "request.auth.claims"
 
 
 def http_only_condition(key: str) -> bool:
-    return key.startswith("request.headers")
+    return key.startswith("request.headers") or key.startswith("request.auth.")
+
+
+def claim_path(key: str) -> list[str] | None:
+    """model/util.go extractNameInNestedBrackets on what follows `request.auth.claims`: `[a][b]` is the path
+    [a, b]; a name holding `[` falls back to extractNameInBrackets (`[a[b]]` is the one claim `a[b]`); None
+    where Istio's generator returns an error (the rule is then dropped for ALLOW, the condition for DENY)."""
+    s = key[len(REQUEST_CLAIMS_PREFIX):]
+
+    def end_bracket(begin: int) -> int:
+        if begin >= len(s) or s[begin] != "[":
+            return -1
+        for i in range(begin + 1, len(s)):
+            if s[i] == "[":
+                return -1
+            if s[i] == "]":
+                return i
+        return -1
+
+    claims: list[str] = []
+    begin = 0
+    while begin < len(s):
+        end = end_bracket(begin)
+        if end == -1:
+            if not (s.startswith("[") and s.endswith("]")):
+                return None
+            return [s[1:-1]]
+        claims.append(s[begin + 1 : end])
+        begin = end + 1
+    return claims
+
+
+def generatable(key: str) -> bool:
+    """Whether istiod's generator can build a matcher for this `when` key at all (a claims key it cannot
+    parse fails like an HTTP-only attribute on a TCP chain, model.go checkError)."""
+    return not key.startswith(REQUEST_CLAIMS_PREFIX) or claim_path(key) is not None
 
 
 @dataclass(frozen=True)
@@ -47,6 +93,9 @@ class Attributes:
     path: str | None = None  # normalized, without the query
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names
     host: str | None = None
+    # the payload the JWT filter verified, normalized (space-delimited claims as lists), as Envoy's dynamic
+    # metadata `envoy.filters.http.jwt_authn` / `payload` holds it; None: no verified token
+    payload: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     uri: str | None = field(init=False, default=None, compare=False)  # `spiffe://` + principal
 
@@ -169,6 +218,18 @@ class EnvoySemantics:
             header = name[len("request.headers[") : -1]
             hm = envoy_header(value)
             return lambda a: hm(a.header(header))
+        if name == "requestPrincipals" or name == REQUEST_PRINCIPAL_KEY:
+            rp = request_principal(value)
+            return lambda a: a.payload is not None and rp(a.payload)
+        if name == REQUEST_AUDIENCES_KEY:
+            return _claim_check(["aud"], value)
+        if name == REQUEST_PRESENTER_KEY:
+            return _claim_check(["azp"], value)
+        if name.startswith(REQUEST_CLAIMS_PREFIX):
+            path = claim_path(name)
+            if path is None:
+                raise ValueError(f"attribute {name!r} cannot be generated")  # rule_parts never asks (generatable)
+            return _claim_check(path, value)
         raise ValueError(f"attribute {name!r} is not modelled")
 
     def field_check(self, name: str, values: tuple[str, ...], not_values: tuple[str, ...], ns: str) -> Check:
@@ -193,7 +254,7 @@ class EnvoySemantics:
         parts: list[tuple[str, Check]] = []
 
         def keep(name: str) -> bool:
-            return not (for_tcp and (name in HTTP_ONLY_FIELDS or http_only_condition(name)))
+            return generatable(name) and not (for_tcp and (name in HTTP_ONLY_FIELDS or http_only_condition(name)))
 
         def group(label: str, blocks: tuple[tuple[Field, ...], ...]) -> tuple[str, Check] | None:
             alternatives: list[Check] = []
@@ -228,6 +289,90 @@ class EnvoySemantics:
 
     def condition_check(self, cond: Condition, ns: str) -> Check:
         return self.field_check(cond.key, cond.values, cond.not_values, ns)
+
+
+# -- JWT attributes (generator.go@1.30.3 requestPrincipalGenerator, requestClaimGenerator; model/util.go) ---------
+
+_ANY = envoy_regex(".+")  # generator.go matchAny: StringMatcherRegex(".+")
+
+
+def _exact(v: str) -> Callable[[str], bool]:
+    return lambda s: s == v
+
+
+def _prefix(v: str) -> Callable[[str], bool]:
+    return lambda s: s.startswith(v)
+
+
+def _suffix(v: str) -> Callable[[str], bool]:
+    return lambda s: s.endswith(v)
+
+
+def request_principal(value: str) -> Callable[[Mapping[str, Any]], bool]:
+    """requestPrincipalGenerator.extendedPrincipal for one value: split at the LAST `/` (an issuer may be a
+    URL) into iss and sub, each matched on the payload's string claim of that name
+    (MetadataStringMatcherForJWTClaim):
+
+    `*` both `.+`; `*x/sub` iss suffix `x` (`*/sub`: iss `.+`), sub exact; `*sub` (no `/`) iss `.+`, sub suffix;
+    `iss/x*` iss exact, sub prefix `x` (`iss/*`: sub `.+`); `iss*` (no `/`) iss prefix, sub `.+`; anything else
+    both exact, a value without `/` meaning iss exact and sub exact "" (which no token with a `sub` matches).
+    """
+    idx = value.rfind("/")
+    found = idx >= 0
+    iss, sub = (value[:idx], value[idx + 1:]) if found else (value, "")
+    match_iss: Callable[[str], bool]
+    match_sub: Callable[[str], bool]
+    if value == "*":
+        match_iss = match_sub = _ANY
+    elif value.startswith("*"):
+        if found:
+            match_iss = _ANY if iss == "*" else _suffix(iss[1:])
+            match_sub = _exact(sub)
+        else:
+            match_iss, match_sub = _ANY, _suffix(value[1:])
+    elif value.endswith("*"):
+        if found:
+            match_iss = _exact(iss)
+            match_sub = _ANY if sub == "*" else _prefix(sub[:-1])
+        else:
+            match_iss, match_sub = _prefix(value[:-1]), _ANY
+    else:
+        match_iss, match_sub = _exact(iss), _exact(sub)
+
+    def check(payload: Mapping[str, Any]) -> bool:
+        i, s = payload.get("iss"), payload.get("sub")
+        return isinstance(i, str) and isinstance(s, str) and match_iss(i) and match_sub(s)
+
+    return check
+
+
+def metadata_value(payload: Mapping[str, Any] | None, path: list[str]) -> Any:
+    """Envoy's MetadataMatcher path walk over the payload struct: None where a key is missing or a step is not
+    a struct (a list cannot be walked into)."""
+    value: Any = payload
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def claim_matches(value: Any, match: Callable[[str], bool]) -> bool:
+    """MetadataListValueMatcher(..., useExtendedJwt=true): or_match[list_match{one_of: V}, V], V a string
+    matcher: a string claim that matches, or a list holding a string that does; numbers, booleans, maps and
+    nested lists never match a string matcher."""
+    if isinstance(value, str):
+        return match(value)
+    if isinstance(value, list):
+        return any(isinstance(v, str) and match(v) for v in value)
+    return False
+
+
+def _claim_check(path: list[str], value: str) -> Check:
+    """request.auth.audiences (`aud`), .presenter (`azp`) and .claims[a][b] (`a.b`): Istio's string forms
+    (matcher.StringMatcher: exact, `x*` prefix, `*x` suffix, `*` `.+`) on the claim as a string or a list."""
+    match = envoy_string(value)
+    return lambda a: claim_matches(metadata_value(a.payload, path), match)
 
 
 def _all(checks: list[Check]) -> Check:

@@ -11,8 +11,9 @@ WORKLOAD_SELECTOR), and `authn/policy_applier.go` ComposePeerAuthentication for 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-from conformance.engine.policy import AuthorizationPolicy, PeerAuthentication, TargetRef
+from conformance.engine.policy import PeerAuthentication, TargetRef
 from conformance.model import MeshConfig, Waypoint, Workload
 from conformance.names import GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import GATEWAY_CLASS_TARGET_REF, WAYPOINT_SERVICE_NAMESPACE, IstioVersion
@@ -20,11 +21,26 @@ from conformance.versions import GATEWAY_CLASS_TARGET_REF, WAYPOINT_SERVICE_NAME
 GATEWAY_GROUP = GATEWAY_API_GROUP
 
 
+class Attachable(Protocol):
+    """What ShouldAttachPolicy reads of a policy (policyattachment.go@1.30.3 TargetablePolicy): an
+    AuthorizationPolicy or a RequestAuthentication, which istiod attaches the same way
+    (authentication.go getConfigsForWorkload calls ShouldAttachPolicy for RequestAuthentication)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def selector(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def target_refs(self) -> tuple[TargetRef, ...]: ...
+
+
 def _subset(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def applies_to_workload(policy: AuthorizationPolicy, workload: Workload, mesh: MeshConfig) -> bool:
+def applies_to_workload(policy: Attachable, workload: Workload, mesh: MeshConfig) -> bool:
     """A policy enforced by the sidecar or ztunnel of `workload`."""
     if policy.target_refs:
         return False  # ShouldAttachPolicy: targetRefs policies only attach to gateways and waypoints
@@ -33,7 +49,7 @@ def applies_to_workload(policy: AuthorizationPolicy, workload: Workload, mesh: M
     return policy.selector is None or _subset(policy.selector, workload.labels)
 
 
-def scope_of(policy: AuthorizationPolicy, mesh: MeshConfig) -> str:
+def scope_of(policy: Attachable, mesh: MeshConfig) -> str:
     if policy.target_refs:
         return "targetRefs"
     if policy.selector is not None:
@@ -41,7 +57,7 @@ def scope_of(policy: AuthorizationPolicy, mesh: MeshConfig) -> str:
     return "mesh-wide (root namespace)" if policy.namespace == mesh.root_namespace else "namespace-wide"
 
 
-def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoint, service: Workload,
+def binds_waypoint(ref: TargetRef, policy: Attachable, waypoint: Waypoint, service: Workload,
                    mesh: MeshConfig, version: IstioVersion) -> bool:
     """policyattachment.go: Gateway (the waypoint itself, same namespace), Service (that service, in
     its namespace, waypoints only), GatewayClass istio-waypoint from the root namespace (1.25+).
@@ -74,7 +90,7 @@ def binds_waypoint(ref: TargetRef, policy: AuthorizationPolicy, waypoint: Waypoi
     return False
 
 
-def applies_at_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, service: Workload, mesh: MeshConfig,
+def applies_at_waypoint(policy: Attachable, waypoint: Waypoint, service: Workload, mesh: MeshConfig,
                         version: IstioVersion) -> bool:
     """Waypoints never use selector or namespace-wide policies (API: "selector policies will be
     ignored"); only policies whose targetRefs bind this waypoint or this service."""
