@@ -8,6 +8,13 @@ The algorithm (API reference, authorization_policy.proto; concepts/security "imp
 CUSTOM, then DENY, then ALLOW; no ALLOW policy → allow; an ALLOW policy matches → allow; else deny.
 AUDIT never decides. Sidecars (builder.go: DENY filter before ALLOW filter), waypoints and ztunnel
 (state.rs assert_rbac) all follow it; what differs is which policies each one sees and how it matches.
+
+An Envoy proxy (sidecar inbound, waypoint) runs its HTTP filters in the order istiod builds them
+(istio/istio@1.30.3 pilot/pkg/networking/core/listener_builder.go buildHTTPConnectionManager; waypoints:
+listener_waypoint.go buildWaypointHTTPFilters): the CUSTOM pairs (shadow RBAC + ext_authz, custom.py), then
+RequestAuthentication's JWT filter (jwt.py), then RBAC (AUDIT, DENY, ALLOW). On a TCP chain
+(networkfilter.go buildCompleteNetworkFilters) CUSTOM (gRPC providers only) then RBAC; there is no JWT. ztunnel
+has neither JWT nor CUSTOM.
 """
 
 from __future__ import annotations
@@ -16,21 +23,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from conformance.engine import custom as ext
+from conformance.engine import jwt
 from conformance.engine.matchers import normalize_path
 from conformance.engine.policy import (
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     compile_authorization_policy,
     compile_peer_authentication,
+    compile_request_authentication,
 )
 from conformance.engine.proxy import Attributes, Check, EnvoySemantics
 from conformance.engine.scope import applies_at_waypoint, applies_to_workload, peer_authentication, scope_of
 from conformance.engine.ztunnel import Connection, Translated, first_matching_rule, translate
 from conformance.model import (
     ALLOWED,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
     DENIED_L4,
     DENIED_L7,
     DENIED_UPSTREAM,
+    Issuer,
     Manifest,
     MeshConfig,
     Mode,
@@ -39,7 +53,13 @@ from conformance.model import (
     Waypoint,
     Workload,
 )
-from conformance.versions import DOT_SEGMENT_PARAMETERS, DRY_RUN_NOT_SENT_TO_ZTUNNEL, IstioVersion
+from conformance.versions import (
+    DOT_SEGMENT_PARAMETERS,
+    DRY_RUN_NOT_SENT_TO_ZTUNNEL,
+    EXT_AUTHZ_PROVIDER_NAME_CHECK,
+    SPACE_DELIMITED_CLAIMS,
+    IstioVersion,
+)
 
 # Reasons, as codes (reports) and words (explain).
 NO_POLICY = "no-policy"
@@ -63,10 +83,19 @@ class State:
     waypoints: tuple[Waypoint, ...]
     policies: tuple[Manifest, ...]  # addresses already filled in
     addresses: Mapping[str, str]
+    issuers: tuple[Issuer, ...] = ()  # the JWT issuers the suite plays (their `iss`, for minted tokens)
 
     @cached_property
     def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
         return tuple(compile_authorization_policy(m) for m in self.policies if m.kind == "AuthorizationPolicy")
+
+    @cached_property
+    def request_authentications(self) -> tuple[RequestAuthentication, ...]:
+        return tuple(compile_request_authentication(m) for m in self.policies if m.kind == "RequestAuthentication")
+
+    @cached_property
+    def issuer_map(self) -> dict[str, Issuer]:
+        return {i.name: i for i in self.issuers}
 
     @cached_property
     def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
@@ -92,10 +121,14 @@ class Decision:
     """Istio's decision for one probe: verdict, where it was made, by what, and what a client sees."""
 
     verdict: Verdict
-    outcome: str  # "allowed", or the denial form: "denied-l7", "denied-l4", "denied-upstream"
+    # "allowed", or the denial form: "denied-l7", "denied-l4", "denied-upstream", "denied-authn", "denied-custom"
+    outcome: str
     layer: str | None  # "sidecar" | "ztunnel" | "waypoint"; None when nothing enforces anything
     reason: str
-    policy: str | None = None  # "ns/name" of the deciding policy (DENY or ALLOW that matched; PeerAuthentication)
+    # "ns/name" of the deciding policy: the DENY or ALLOW that matched; the PeerAuthentication; the CUSTOM policy
+    # whose rule sent the request to the provider (or, with a broken provider, whose rule denied); the
+    # RequestAuthentication whose jwtRule's check became the JWT filter's reply
+    policy: str | None = None
     rule: int | None = None
     # every policy of the deciding action that matched: ztunnel walks its policies in no defined order
     # (state.rs assert_rbac chains namespace, global and workload sets), so any of them may be the one named
@@ -104,7 +137,8 @@ class Decision:
     # the waypoint (`ns/name`) whose proxy decided, when a waypoint did; a sidecar or ztunnel decision is
     # always the destination's own proxy (the one a proof of it must come from)
     waypoint: str | None = None
-    # for JWT_REJECTED: the JWT filter's message the proof must carry ("Jwt is expired"...), as Proof.detail
+    # for JWT_REJECTED: the JWT filter's message the proof must carry ("Jwt is expired"...), as Proof.detail;
+    # None when the engine knows the token fails but not in which words (jwt.UNWORDED)
     detail: str | None = None
 
     def enforcer(self, probe: Probe) -> str | None:
@@ -170,6 +204,33 @@ class _Compiled:
         self._plans: dict[str, _EnvoyPlan] = {}
         self._mtls: dict[str, tuple[str, PeerAuthentication | None]] = {}
         self._zplans: dict[str, _ZtunnelPlan] = {}
+        self._jwt: dict[str, tuple[jwt.Provider, ...]] = {}
+        self._providers: dict[str, ext.ProviderView] = {}
+
+    def ras_for_workload(self, w: Workload) -> tuple[RequestAuthentication, ...]:
+        """The RequestAuthentications a sidecar applies (authentication.go getConfigsForWorkload: the workload's
+        namespace and the root namespace, ShouldAttachPolicy: selector subset, never targetRefs)."""
+        return tuple(r for r in self.state.request_authentications if applies_to_workload(r, w, self.state.mesh))
+
+    def ras_at_waypoint(self, waypoint: Waypoint, service: Workload) -> tuple[RequestAuthentication, ...]:
+        """The RequestAuthentications a waypoint applies for a service (listener_waypoint.go
+        buildWaypointHTTPFilters: authn.NewBuilderForService; ShouldAttachPolicy: targetRefs only, selector
+        RequestAuthentications ignored, TestL7JWT)."""
+        return tuple(r for r in self.state.request_authentications
+                     if applies_at_waypoint(r, waypoint, service, self.state.mesh, self.version))
+
+    def jwt_providers(self, key: str, ras: Sequence[RequestAuthentication]) -> tuple[jwt.Provider, ...]:
+        found = self._jwt.get(key)
+        if found is None:
+            found = self._jwt[key] = jwt.providers(ras, self.version.has(SPACE_DELIMITED_CLAIMS))
+        return found
+
+    def provider_view(self, name: str) -> ext.ProviderView:
+        found = self._providers.get(name)
+        if found is None:
+            found = self._providers[name] = ext.resolve(
+                name, self.state.mesh.extension_providers, self.state.workloads, self.version)
+        return found
 
     def for_workload(self, w: Workload) -> tuple[AuthorizationPolicy, ...]:
         found = self._per_workload.get(w.ref)
@@ -310,9 +371,21 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
              if identity is not None and sidecar_sni else None),
         method=r.method if http else None,
         path=_request_path(r.path, version, client_sidecar) if http else None,
-        headers=tuple((k.lower(), v) for k, v in r.headers if k.lower() != "host") if http else (),
+        headers=_visible_headers(jwt.carried_headers(r)) if http else (),
         host=probe.authority if http else None,
     )
+
+
+def _visible_headers(
+    headers: Sequence[tuple[str, jwt.Carried]] | Sequence[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    """The request headers RBAC's `request.headers[...]` reads (Host is `hosts`): the probe's own, and the one
+    its token rides in (the minted token shown as jwt.MINTED_TEXT)."""
+    out = []
+    for k, v in headers:
+        if k != "host":
+            out.append((k, v.text() if isinstance(v, jwt.Carried) else v))
+    return tuple(out)
 
 
 # -- Envoy layers (sidecar, waypoint) -------------------------------------------------------------------
@@ -414,6 +487,183 @@ def _trace_policy_shape(ep: _EnvoyPolicy, tcp: bool, trace: _Trace) -> None:
                   "ALLOW rules that cannot be generated are skipped (model.go checkError).")
 
 
+def _envoy_proxy(
+    c: _Compiled, key: str, policies: Sequence[AuthorizationPolicy], ras: Sequence[RequestAuthentication],
+    attrs: Attributes, probe: Probe, tcp: bool, layer: str, trace: _Trace,
+) -> Decision:
+    """One Envoy proxy's filters in istiod's order: CUSTOM (shadow RBAC + ext_authz), the JWT filter (HTTP only),
+    then RBAC DENY and ALLOW (listener_builder.go@1.30.3 buildHTTPConnectionManager; networkfilter.go
+    buildCompleteNetworkFilters for TCP)."""
+    decided = _custom_step(c, key, policies, attrs, probe, tcp, layer, trace)
+    if isinstance(decided, Decision):
+        return decided
+    attrs = decided
+    if tcp:
+        if trace.on and ras:
+            trace(f"  RequestAuthentication ({', '.join(r.ref for r in ras)}) applies, but a TCP chain has no JWT "
+                  "filter (it is an HTTP filter): nothing is checked and no request.auth attribute exists here.")
+    else:
+        checked = _jwt_step(c, key, ras, attrs, probe, layer, trace)
+        if isinstance(checked, Decision):
+            return checked
+        attrs = checked
+    trace.on and trace("  RBAC (AuthorizationPolicy DENY, then ALLOW):")
+    return _envoy_layer(c, key, policies, attrs, tcp, layer, DENIED_L4 if tcp else DENIED_L7, trace)
+
+
+def _custom_rules(
+    c: _Compiled, policies: Sequence[AuthorizationPolicy], tcp: bool, prefix: str,
+) -> tuple[_EnvoyRule, ...]:
+    """The rules of CUSTOM policies as istiod generates them (as a DENY: builder.go build(customPolicies,
+    RBAC_DENY)), in the order of the RBAC filter's policy map,
+    `istio-ext-authz-[<provider>-]ns[..]-policy[..]-rule[i]` (policyName)."""
+    rules = []
+    for p in policies:
+        ep = c.envoy_policy(p)
+        for index, parts in (ep.rules_tcp if tcp else ep.rules_http):
+            rules.append(_EnvoyRule(prefix + envoy_policy_id(p, index), ep, index, parts, p.ref))
+    return tuple(sorted(rules, key=lambda r: r.pid))
+
+
+def _custom_step(
+    c: _Compiled, key: str, policies: Sequence[AuthorizationPolicy], attrs: Attributes, probe: Probe, tcp: bool,
+    layer: str, trace: _Trace,
+) -> Decision | Attributes:
+    """builder.go@1.30.3 buildHTTP / buildTCP with IsCustomBuilder (custom.py): a Decision when CUSTOM decides,
+    else what the JWT filter and RBAC see afterwards."""
+    customs = [p for p in policies if p.action == "CUSTOM"]
+    if not customs:
+        return attrs
+    enforced = [p for p in customs if not p.dry_run]
+    if trace.on:
+        trace("  CUSTOM (external authorization) comes first: " + ", ".join(
+            f"{p.ref} (provider {p.provider!r}{', dry-run: not modelled, left out' if p.dry_run else ''})"
+            for p in customs) + ".")
+    names = sorted({p.provider or "" for p in enforced})
+    if not names:
+        return attrs
+    denial = DENIED_L4 if tcp else DENIED_L7
+    per_provider = c.version.has(EXT_AUTHZ_PROVIDER_NAME_CHECK)  # istio/istio#58082: one filter pair per provider
+
+    def prefix(name: str) -> str:
+        return f"istio-ext-authz-{name}-" if per_provider else "istio-ext-authz-"
+
+    def bad_deny(groups: Sequence[tuple[str, Sequence[AuthorizationPolicy]]], why: str) -> Decision | Attributes:
+        trace.on and trace(f"    {why}: istiod replaces the ext_authz filter by an RBAC filter that DENIES the "
+                           "requests these rules match (getBadCustomDenyRules, `...-deny-due-to-bad-CUSTOM-action`), "
+                           "whatever failOpen says.")
+        for name, group in groups:
+            found = _envoy_decider(_custom_rules(c, group, tcp, prefix(name)), attrs, trace, every=True)
+            if found is not None:
+                rule, matching = found
+                shown = "connection closed" if tcp else "403 RBAC: access denied"
+                trace.on and trace(f"    CUSTOM {rule.ref} rule {rule.index} matches → denied ({shown}).")
+                return Decision("deny", denial, layer, DENY_MATCHED, rule.ref, rule.index, candidates=matching)
+        trace.on and trace("    no CUSTOM rule matches this request → it goes on.")
+        return attrs
+
+    if len(names) > 1:
+        why = (f"several providers ({', '.join(repr(n) for n in names)}) on one proxy: without "
+               "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (default false) istiod refuses them all"
+               if per_provider else
+               f"several providers ({', '.join(repr(n) for n in names)}) on one proxy: getExtAuthz allows one "
+               "(Istio < 1.30)")
+        groups = ([(n, [p for p in enforced if (p.provider or "") == n]) for n in names] if per_provider
+                  else [("", enforced)])
+        return bad_deny(groups, why)
+    name = names[0]
+    view = c.provider_view(name)
+    if not view.usable:
+        return bad_deny([(name, enforced)], f"provider {name!r} is unusable ({'; '.join(view.defects)})")
+    provider = view.provider
+    assert provider is not None
+    if tcp and provider.kind == "http":
+        trace.on and trace(f"    provider {name!r} is an HTTP ext_authz server: istiod builds no CUSTOM filter for a "
+                           "TCP chain (\"ignored CUSTOM action with HTTP provider on TCP filter chain\"): not checked.")
+        return attrs
+    found = _envoy_decider(_custom_rules(c, enforced, tcp, prefix(name)), attrs, trace, every=True)
+    if found is None:
+        trace.on and trace("    no CUSTOM rule matches: the shadow RBAC filter sets no `istio-ext-authz` policy id, so "
+                           "ext_authz is not called (filter_enabled_metadata) and the request goes on.")
+        return attrs
+    rule, matching = found
+    trace.on and trace(f"    CUSTOM {rule.ref} rule {rule.index} matches: ext_authz asks provider {name!r} "
+                       f"({provider.kind}, {provider.service}:{provider.port}).")
+    answer = ext.ask(view, probe, attrs.uri, tcp)
+    trace.on and trace(f"    {answer.why}.")
+    if answer.verdict == "allow":
+        trace.on and trace("    the provider allows: the request goes on (a CUSTOM allow does not skip DENY or ALLOW).")
+        if not answer.upstream:
+            return attrs
+        trace.on and trace("    Envoy adds the provider's response headers to the request: "
+                           + ", ".join(f"{k}: {v}" for k, v in answer.upstream) + ".")
+        added = {k for k, _ in answer.upstream}
+        return replace(attrs, headers=tuple((k, v) for k, v in attrs.headers if k not in added) + answer.upstream)
+    if answer.verdict == "deny":
+        trace.on and trace("    → denied by the external authorizer"
+                           + (" (the network ext_authz filter closes the connection)." if tcp else
+                              ": the client gets its status and body (ext_authz_denied, flag UAEX)."))
+        return Decision("deny", DENIED_L4 if tcp else DENIED_CUSTOM, layer, EXT_AUTHZ_DENIED, rule.ref, rule.index,
+                        candidates=matching)
+    if provider.fail_open:
+        trace.on and trace("    the check failed and failOpen is true (failure_mode_allow): the request goes on.")
+        return attrs
+    trace.on and trace(f"    the check failed and failOpen is false: the client gets {ext.status_on_error(provider)} "
+                       "with an empty body (statusOnError; ext_authz_error, flag UAEX).")
+    return Decision("deny", DENIED_L4 if tcp else DENIED_CUSTOM, layer, EXT_AUTHZ_ERROR, rule.ref, rule.index,
+                    candidates=matching)
+
+
+def _jwt_step(
+    c: _Compiled, key: str, ras: Sequence[RequestAuthentication], attrs: Attributes, probe: Probe, layer: str,
+    trace: _Trace,
+) -> Decision | Attributes:
+    """The JWT filter (jwt.py): a Decision when it rejects the token, else what RBAC sees afterwards."""
+    provs = c.jwt_providers(key, ras)
+    token = probe.request.jwt
+    if not provs:
+        if trace.on and token is not None:
+            trace(f"  No RequestAuthentication applies here: there is no JWT filter, the token "
+                  f"({token.describe()}) is not checked, and no request.auth attribute is set.")
+        return attrs
+    outcome = jwt.authenticate(provs, probe.request, c.state.issuer_map)
+    if trace.on:
+        trace(f"  RequestAuthentication: the JWT filter checks tokens for {len(provs)} jwtRule(s) "
+              "(policy_applier.go convertToEnvoyJwtConfig, sorted by issuer):")
+        for p in provs:
+            aud = f", audiences {list(p.rule.audiences)}" if p.rule.audiences else ""
+            trace(f"    {p.name} from {p.ra.ref} jwtRules[{p.rule.index}]: issuer {p.rule.issuer!r}{aud}; "
+                  f"looks in {p.describe_locations()}")
+        if outcome.cors_preflight:
+            trace("    a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method): bypass_cors_preflight "
+                  "lets it through unchecked.")
+        for r in outcome.results:
+            if r.status == jwt.MISSED:
+                trace(f"    {r.provider.name}: no token in its locations.")
+            elif r.status.ok:
+                trace(f"    {r.provider.name}: the token is valid.")
+            else:
+                words = r.status.message or "the token fails (in words that depend on the keys made at run time)"
+                trace(f"    {r.provider.name}: {words}.")
+    if outcome.rejected:
+        status = outcome.status
+        if trace.on:
+            words = f"{status.http_status} `{status.message}`" if status.message else f"{status.http_status}"
+            trace(f"  → rejected by the JWT filter: {words} (jwt_authn_access_denied). It runs before RBAC, so no "
+                  "AuthorizationPolicy is consulted, not even an ALLOW that would let everyone in.")
+        return Decision("deny", DENIED_AUTHN, layer, JWT_REJECTED, outcome.by.ra.ref if outcome.by else None,
+                        detail=status.message)
+    if trace.on:
+        if outcome.payload is not None:
+            p = outcome.payload
+            trace(f"  The JWT filter accepts the token: RBAC sees request principal {p.get('iss')}/{p.get('sub')} and "
+                  "its claims (space-delimited claims as lists).")
+        elif not outcome.cors_preflight:
+            trace("  No token in any location a jwtRule looks at: the JWT filter lets the request through "
+                  "(allow_missing) with no request principal; only an AuthorizationPolicy can require one.")
+    return replace(attrs, payload=outcome.payload, headers=_visible_headers(outcome.headers))
+
+
 def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     state, src, dst = c.state, probe.source, probe.destination
     mode, pa = c.peer_authentication(dst)
@@ -430,8 +680,8 @@ def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
         trace.on and trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
               "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
     _trace_path(probe, attrs, c.version, trace)
-    return _envoy_layer(c, f"sidecar:{dst.ref}", c.for_workload(dst), attrs, tcp, "sidecar",
-                        DENIED_L4 if tcp else DENIED_L7, trace)
+    return _envoy_proxy(c, f"sidecar:{dst.ref}", c.for_workload(dst), c.ras_for_workload(dst), attrs, probe, tcp,
+                        "sidecar", trace)
 
 
 def _request_path(raw: str, version: IstioVersion, client_sidecar: bool) -> str:
@@ -477,6 +727,10 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
         identity = src.identity(td) if src.in_mesh else None
         source_ip = state.addresses.get(src.ref, "")
         trace.on and trace("The destination's ztunnel enforces (L4 only, per connection).")
+        if trace.on:
+            for ra in c.ras_for_workload(dst):
+                trace(f"  RequestAuthentication {ra.ref} selects {dst.ref}, but ztunnel has no JWT filter (nothing in "
+                      "ambient/ or ztunnel's rbac.rs reads RequestAuthentication): the token is not checked.")
     denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
     mode, pa = c.peer_authentication(dst)
     if identity is None and mode == "STRICT":
@@ -554,8 +808,14 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     _trace_path(probe, attrs, c.version, trace)
     bound = [p for p in state.authorization_policies
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
-    at_waypoint = _envoy_layer(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, attrs, tcp, "waypoint",
-                               DENIED_L4 if tcp else DENIED_L7, trace)
+    if trace.on:
+        for ra in state.request_authentications:
+            if applies_to_workload(ra, dst, state.mesh):
+                trace(f"  RequestAuthentication {ra.ref} selects {dst.ref} by {scope_of(ra, state.mesh)}: a waypoint "
+                      "ignores such RequestAuthentications (policyattachment.go ShouldAttachPolicy: waypoints use "
+                      "targetRefs only; TestL7JWT), and ztunnel has no JWT filter: no effect.")
+    at_waypoint = _envoy_proxy(c, f"waypoint:{waypoint.ref}:{dst.ref}", bound, c.ras_at_waypoint(waypoint, dst),
+                               attrs, probe, tcp, "waypoint", trace)
     at_waypoint = replace(at_waypoint, waypoint=waypoint.ref)
     if at_waypoint.verdict == "deny":
         return at_waypoint
