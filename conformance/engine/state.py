@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 
+from conformance.engine import custom as ext
 from conformance.engine.decide import State
+from conformance.engine.jwt import unmodelled_claims
+from conformance.engine.policy import (
+    AuthorizationPolicy,
+    compile_authorization_policy,
+    compile_request_authentication,
+)
+from conformance.engine.scope import applies_at_waypoint, applies_to_workload
 from conformance.errors import Location, NotModelled, Problem
-from conformance.model import Scenario, Step, default_addresses
+from conformance.model import Manifest, Scenario, Step, default_addresses
+from conformance.versions import IstioVersion
 
 
 def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] | None = None) -> State:
     """The policies of `step` in force over the scenario's world; `${ip:...}` placeholders filled with
     `addresses` (a target's real ones, or synthetic ones when only predicting).
 
-    Raises NotModelled when the step uses JWT or CUSTOM, which the format has (issue 11) and the engine does
-    not model yet: every prediction, explanation and run goes through here first, so none can go on as if
-    a RequestAuthentication, a CUSTOM policy or a probe's token were absent.
+    Raises NotModelled for the few JWT and CUSTOM uses whose outcome depends on what the engine cannot know
+    (`_not_modelled`): every prediction, explanation and run goes through here first, so none goes on with a
+    guess.
     """
     problems = list(_not_modelled(scenario, step))
     if problems:
@@ -28,48 +36,81 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
         waypoints=scenario.waypoints,
         policies=tuple(m.rendered(addrs) for m in step.policies),
         addresses=addrs,
+        issuers=scenario.issuers,
     )
 
 
-# -- narrow guard: JWT and CUSTOM are in the scenario format before the engine models them (issue 11) ----------
+# -- narrow guard: what the engine refuses to predict ---------------------------------------------------------
 
-_NOT_MODELLED = "not modelled yet by the verdict engine (issue 11): the scenario is valid, but no verdict can be " \
-                "predicted or judged for it"
+_NOT_MODELLED = "not modelled by the verdict engine: the scenario is valid, but no verdict can be predicted or " \
+                "judged for it"
+
+
+def _modes_using(scenario: Scenario, target_refs: bool) -> bool:
+    """Whether some mode of the scenario applies a policy of this attachment: selector and namespace policies
+    at sidecars (ztunnel ignores JWT and CUSTOM), targetRefs ones at waypoints."""
+    return ("waypoint" in scenario.modes) if target_refs else ("sidecar" in scenario.modes)
 
 
 def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
-    """One problem per use of JWT or CUSTOM in `step`, each naming the step, the document and the field."""
+    """One problem per refused use, each naming the step, the document and the field."""
     def problem(where: str, field: str, what: str) -> Problem:
-        return Problem(Location(scenario.path, f"step '{step.name}': {where}", field), f"{what} is {_NOT_MODELLED}")
+        return Problem(Location(scenario.path, f"step '{step.name}': {where}", field), f"{what}: {_NOT_MODELLED}")
 
+    def where_of(m: Manifest) -> str:
+        return f"{m.origin} ({m.kind} {m.ref})"
+
+    customs: list[tuple[Manifest, AuthorizationPolicy]] = []
     for m in step.policies:
-        where = f"{m.origin} ({m.kind} {m.ref})"
-        if m.kind == "RequestAuthentication":
-            yield problem(where, "kind", "RequestAuthentication (JWT authentication)")
+        if m.kind == "AuthorizationPolicy" and m.spec.get("action") == "CUSTOM":
+            customs.append((m, compile_authorization_policy(m)))
+    # the provider's own defects before 1.30 (no name check: more providers usable, more refusals below); which
+    # policies bind where, as at the default release
+    before_name_check, version = IstioVersion.parse("1.29"), IstioVersion.parse("1.30")
+    for m, p in customs:
+        if not _modes_using(scenario, bool(p.target_refs)):
             continue
-        if m.kind != "AuthorizationPolicy":
-            continue
-        if m.spec.get("action") == "CUSTOM":
-            yield problem(where, "spec.action", "action CUSTOM (external authorization)")
-            continue
-        for field, what in _jwt_fields(m.spec.get("rules")):
-            yield problem(where, field, what)
+        if p.dry_run:
+            yield problem(where_of(m), "metadata.annotations", "a dry-run CUSTOM policy (istiod 1.30 puts its rules in "
+                          "the RBAC filter's enforced rules with action DENY, builder.go buildHTTP, while its comment "
+                          "says they only trigger ext_authz; Istio tests neither)")
+        view = ext.resolve(p.provider or "", scenario.mesh.extension_providers, scenario.workloads,
+                           before_name_check)
+        provider, workload = view.provider, view.workload
+        if provider is None or workload is None or view.defects:
+            continue  # a broken provider is an RBAC deny istiod builds: modelled
+        if workload.kind != "ext-authz":
+            yield problem(where_of(m), "spec.provider.name", f"provider {provider.name!r} names {workload.ref}, which "
+                          "is not a workload of kind ext-authz (only the suite's ext_authz server's answers are "
+                          "modelled)")
+        if provider.kind == "grpc" and p.target_refs:
+            yield problem(where_of(m), "spec.provider.name", f"a gRPC provider ({provider.name!r}) at a waypoint (the "
+                          "sample gRPC server decides on the check's source principal when the request has no "
+                          "x-ext-authz header, and what a waypoint's internal connection presents there is not "
+                          "modelled)")
+        if provider.kind == "grpc" and not view.reachable:
+            yield problem(where_of(m), "spec.provider.name", f"a gRPC provider ({provider.name!r}) whose port "
+                          f"{provider.port} its Service does not serve (whether Envoy accepts an envoy_grpc cluster "
+                          "that does not exist is not modelled)")
+        for q in (compile_authorization_policy(x) for x in step.policies
+                  if x.kind == "AuthorizationPolicy" and workload.in_mesh):
+            if applies_to_workload(q, workload, scenario.mesh) or any(
+                    applies_at_waypoint(q, w, workload, scenario.mesh, version)
+                    for w in scenario.waypoints if w.namespace == workload.namespace):
+                yield problem(where_of(m), "spec.provider.name", f"AuthorizationPolicy {q.ref} applies to the "
+                              f"provider {workload.ref} itself (whether it lets the proxies' check requests "
+                              "through is not modelled)")
+                break
+    ras = [(m, compile_request_authentication(m)) for m in step.policies if m.kind == "RequestAuthentication"]
+    relevant = [(m, ra) for m, ra in ras if _modes_using(scenario, bool(ra.target_refs))]
+    cookies = [(m, ra, r) for m, ra in relevant for r in ra.jwt_rules if r.from_cookies]
     for e in step.expectations:
-        if e.probe.request.jwt is not None:
-            yield problem(f"probe expect[{e.index}]", "request.jwt", "a probe's JWT (request.jwt)")
-
-
-def _jwt_fields(rules: Any) -> Iterator[tuple[str, str]]:
-    """(field, what) of each requestPrincipals / notRequestPrincipals and `request.auth.*` when key in `rules`."""
-    for i, rule in enumerate(rules if isinstance(rules, list) else []):
-        if not isinstance(rule, Mapping):
-            continue
-        for j, entry in enumerate(rule.get("from") or []):
-            source = entry.get("source") if isinstance(entry, Mapping) else None
-            for name in ("requestPrincipals", "notRequestPrincipals"):
-                if isinstance(source, Mapping) and source.get(name):
-                    yield f"spec.rules[{i}].from[{j}].source.{name}", f"{name} (JWT request principals)"
-        for j, cond in enumerate(rule.get("when") or []):
-            key = cond.get("key") if isinstance(cond, Mapping) else None
-            if isinstance(key, str) and key.startswith("request.auth."):
-                yield f"spec.rules[{i}].when[{j}].key", f"the when key {key} (JWT claims)"
+        jwt = e.probe.request.jwt
+        if relevant and jwt is not None and jwt.raw is None:
+            for claim in unmodelled_claims(jwt):
+                yield problem(f"probe expect[{e.index}]", f"request.jwt.claims.{claim}", f"the claim {claim!r} in a "
+                              "minted token (the target sets iat itself; nbf is compared with the proxy's clock)")
+        if cookies and e.probe.request.header("cookie") is not None:
+            m, ra, r = cookies[0]
+            yield problem(f"probe expect[{e.index}]", "request.headers.cookie", "a Cookie header where "
+                          f"{ra.ref} jwtRules[{r.index}] reads fromCookies (token extraction from cookies)")
