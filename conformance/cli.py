@@ -252,7 +252,8 @@ def _explain(file: str, version: IstioVersion, step_name: str, index: int, only:
     for mode in modes:
         d = explain(state, expectation.probe, mode, version)
         expected = expectation.verdict(mode)
-        print(f"[{mode}] {d.verdict.upper()} ({d.outcome})"
+        detail = f": `{d.detail}`" if d.detail else ""  # the JWT filter's reply (Decision.detail)
+        print(f"[{mode}] {d.verdict.upper()} ({d.outcome}{detail})"
               + (f" — the scenario expects {expected}" if expected and expected != d.verdict else ""), file=out)
         for line in d.trace:
             print(f"  {line}", file=out)
