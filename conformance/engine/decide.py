@@ -205,12 +205,17 @@ class _Compiled:
         self._mtls: dict[str, tuple[str, PeerAuthentication | None]] = {}
         self._zplans: dict[str, _ZtunnelPlan] = {}
         self._jwt: dict[str, tuple[jwt.Provider, ...]] = {}
+        self._ras: dict[str, tuple[RequestAuthentication, ...]] = {}
         self._providers: dict[str, ext.ProviderView] = {}
 
     def ras_for_workload(self, w: Workload) -> tuple[RequestAuthentication, ...]:
         """The RequestAuthentications a sidecar applies (authentication.go getConfigsForWorkload: the workload's
         namespace and the root namespace, ShouldAttachPolicy: selector subset, never targetRefs)."""
-        return tuple(r for r in self.state.request_authentications if applies_to_workload(r, w, self.state.mesh))
+        found = self._ras.get(w.ref)
+        if found is None:
+            found = self._ras[w.ref] = tuple(r for r in self.state.request_authentications
+                                             if applies_to_workload(r, w, self.state.mesh))
+        return found
 
     def ras_at_waypoint(self, waypoint: Waypoint, service: Workload) -> tuple[RequestAuthentication, ...]:
         """The RequestAuthentications a waypoint applies for a service (listener_waypoint.go
