@@ -194,9 +194,12 @@ def test_compare_does_report_a_change_where_one_exists() -> None:
     """The checks above could fail: the same comparison finds the dry-run change of 1.25.2 in the held-out
     scenarios, and the CVE-2026-73551 change between 1.30.5 and 1.31.0 in its regression scenario."""
     old, new = IstioVersion.parse("1.25.1"), IstioVersion.parse("1.25.2")
-    before, after = _decisions(HELD_OUT, old), _decisions(HELD_OUT, new)
+    # only scenarios Istio 1.25 accepts (jwt-claims.yaml uses spaceDelimitedClaims, a 1.28 field)
+    held_out = [p for p in HELD_OUT if not any(check(p, v)[1] for v in (old, new))]
+    assert len(held_out) < len(HELD_OUT) and len(held_out) > 20
+    before, after = _decisions(held_out, old), _decisions(held_out, new)
     assert [k for k in before if before[k] != after[k]]
-    r = cli("compare", *map(str, HELD_OUT), "--from", "1.25.1", "--to", "1.25.2")
+    r = cli("compare", *map(str, held_out), "--from", "1.25.1", "--to", "1.25.2")
     assert r.returncode == 0 and "compare: 0 probe(s)" not in r.stdout
     dots = DATA / "regressions" / "dot-segment-parameters@1.30.3.yaml"
     r = cli("compare", str(dots), "--from", "1.30", "--to", "1.31")

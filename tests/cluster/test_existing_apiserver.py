@@ -16,9 +16,13 @@ from conformance.mesh.cluster.existing import ExistingClusterTarget, detect
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import IstioAnalyzeWarning
+from conformance.scenario import load
+from conformance.versions import IstioVersion
 from tests.cluster.test_session_apiserver import ROOT_NAMESPACE, World, good, mesh_deny_all
 
 pytest.importorskip("kubernetes")
+ROOT = Path(__file__).resolve().parents[2]
+V130 = IstioVersion.parse("1.30.3")
 
 FAKE_ISTIOCTL = """#!/bin/sh
 # analyze: no findings (JSON); nothing else is asked of istioctl in sidecar mode
@@ -110,3 +114,17 @@ def test_detect_finds_ztunnel_by_the_labels_istios_chart_gives_its_daemonset(clu
     finally:
         kube.close()
     assert "ambient" in found.modes()
+
+
+def test_jwt_and_custom_scenarios_are_skipped_on_clusters_with_the_reason(cluster):
+    """Issue 11: JWT and CUSTOM run on the engine and the local mesh; the cluster targets refuse them before
+    anything is applied (a skip naming what is missing), never apply a RequestAuthentication with ${jwks:...}."""
+    from conformance.errors import TargetUnavailable
+
+    world, settings = cluster
+    target = ExistingClusterTarget(settings)
+    scenario = load(ROOT / "tests" / "data" / "jwt" / "jwt-custom.yaml", V130)
+    with pytest.raises(TargetUnavailable, match=r"uses JWT .*RequestAuthentication, CUSTOM .*do not run yet"):
+        target.start(scenario, "sidecar")
+    assert not world.api.made("PATCH")
+    target.kube.close()

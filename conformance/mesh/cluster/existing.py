@@ -37,7 +37,7 @@ from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
-from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts, not_built_for_clusters
 from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
@@ -194,6 +194,9 @@ class ExistingClusterTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
+        missing = not_built_for_clusters(scenario)
+        if missing:
+            raise TargetUnavailable(missing)
         installed = self._installed
         assert installed is not None
         revision = None if installed.default_injection else installed.revision

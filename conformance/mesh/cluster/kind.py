@@ -58,7 +58,7 @@ from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
-from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts, not_built_for_clusters
 from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
@@ -192,6 +192,9 @@ class KindTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
+        missing = not_built_for_clusters(scenario)
+        if missing:
+            raise TargetUnavailable(missing)
         cluster = self._cluster(mode)
         ctx = ClusterContext(
             kube=Kube(str(cluster.sessions_read), cluster.context), owns_kube=True,
