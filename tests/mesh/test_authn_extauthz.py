@@ -256,3 +256,39 @@ def test_space_delimited_claims_before_1_28_are_the_fixed_pair() -> None:
         "space_delimited_claims": ["scope", "permission"]}
     assert new["providers"]["origins-0"]["normalize_payload_in_metadata"] == {
         "space_delimited_claims": ["permission", "roles", "scope"]}
+
+
+def test_an_issuers_key_is_made_once_when_apply_and_the_gap_loop_ask_at_the_same_time(monkeypatch):
+    """Found running two JWT scenarios in one run: apply() rendered the JWKS while the enforcement-gap loop
+    (gap.py) minted a token in another thread; both made a key for the issuer, Envoy got one and the tokens
+    the other ("Jwks doesn't have key to match kid"). The first caller makes it; the other waits for it."""
+    import contextlib
+    import threading
+
+    from conformance.mesh.local import tokens
+    from conformance.model import Issuer, JwtSpec
+
+    made: list[object] = []
+    meet = threading.Barrier(2, timeout=0.5)  # two makers at once meet here; one maker alone gives up
+    real = tokens._new_key
+
+    def slow_new_key():  # type: ignore[no-untyped-def]
+        made.append(object())
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()
+        return real()
+
+    monkeypatch.setattr(tokens, "_new_key", slow_new_key)
+    keys = IssuerKeys((Issuer("example", "https://example.com"),))
+    out: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda: out.update(jwks=keys.jwks("example"))),
+               threading.Thread(target=lambda: out.update(token=keys.mint(JwtSpec(issuer="example", sub="a"))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(made) == 1
+    import jwt as pyjwt
+
+    kid = pyjwt.get_unverified_header(out["token"])["kid"]
+    assert [k["kid"] for k in jwks_keys(out["jwks"])] == [kid]

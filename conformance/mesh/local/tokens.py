@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,8 +73,16 @@ class IssuerKeys:
         self._issuers = {i.name: i for i in issuers}
         self._signers: dict[str, _Signer] = {}
         self._stranger: rsa.RSAPrivateKey | None = None
+        # apply() renders the JWKS while the enforcement-gap loop (gap.py) already mints tokens in another
+        # thread: without the lock both made a key for the same issuer, Envoy got one, tokens the other, and
+        # every token was refused "Jwks doesn't have key to match kid" (found running two JWT scenarios)
+        self._lock = threading.Lock()
 
     def _signer(self, name: str) -> _Signer:
+        with self._lock:
+            return self._signer_locked(name)
+
+    def _signer_locked(self, name: str) -> _Signer:
         signer = self._signers.get(name)
         if signer is None:
             issuer = self._issuers.get(name)
@@ -112,9 +121,10 @@ class IssuerKeys:
         claims.update(spec.payload())
         key = signer.key
         if spec.signature == "invalid":
-            if self._stranger is None:
-                self._stranger = _new_key()
-            key = self._stranger
+            with self._lock:
+                if self._stranger is None:
+                    self._stranger = _new_key()
+                key = self._stranger
         return str(pyjwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": signer.kid}))
 
 
