@@ -247,8 +247,9 @@ def filter_matcher(filter_name: str, prefix: str) -> Json:
             "value": {"string_match": {"prefix": prefix}}}
 
 
-def _build_http(services: ServiceIndex, config: Mapping[str, Any]) -> BuiltExtAuthz:
-    """buildExtAuthzHTTP + generateHTTPConfig."""
+def _service_checks(services: ServiceIndex, config: Mapping[str, Any]) -> tuple[list[str], Any, Any, Any]:
+    """What buildExtAuthzHTTP and buildExtAuthzGRPC both check first: the port, the service (LookupCluster),
+    statusOnError; their errors, the hostname, the cluster and the status."""
     errs: list[str] = []
     port, err = _port(config)
     if err:
@@ -259,6 +260,12 @@ def _build_http(services: ServiceIndex, config: Mapping[str, Any]) -> BuiltExtAu
     status, err = _status_on_error(config)
     if err:
         errs.append(err)
+    return errs, hostname, cluster, status
+
+
+def _build_http(services: ServiceIndex, config: Mapping[str, Any]) -> BuiltExtAuthz:
+    """buildExtAuthzHTTP + generateHTTPConfig."""
+    errs, hostname, cluster, status = _service_checks(services, config)
     prefix = config.get("pathPrefix")
     if prefix and not str(prefix).startswith("/"):
         errs.append(f"pathPrefix must begin with `/`, found: {prefix!r}")
@@ -308,16 +315,7 @@ def _build_http(services: ServiceIndex, config: Mapping[str, Any]) -> BuiltExtAu
 
 def _build_grpc(services: ServiceIndex, config: Mapping[str, Any]) -> BuiltExtAuthz:
     """buildExtAuthzGRPC + generateGRPCConfig: an HTTP and a network ext_authz sharing one gRPC service."""
-    errs: list[str] = []
-    port, err = _port(config)
-    if err:
-        errs.append(err)
-    hostname, cluster, err = lookup_cluster(services, str(config.get("service") or ""), port)
-    if err:
-        errs.append(err)
-    status, err = _status_on_error(config)
-    if err:
-        errs.append(err)
+    errs, hostname, cluster, status = _service_checks(services, config)
     if errs:
         return BuiltExtAuthz(err="; ".join(errs))
     grpc = {"envoy_grpc": {"cluster_name": cluster, "authority": hostname}, "timeout": duration(config.get("timeout"))}
