@@ -336,7 +336,7 @@ def test_diff_separates_predicted_changes_from_regressions():
 
 def test_engine_predictions_for_a_shipped_scenario():
     path = str(ROOT / "clusters" / "upgrade" / "watch.yaml")
-    probe = ["rogue/bad", "shop/api", 8080, "GET", "/", []]
+    probe = ["rogue/bad", "shop/api", 8080, "GET", "/", [], None]  # Probe.key: its token (none) is part of it
     assert report.predicted_outcome(path, "ambient", 0, probe, "1.30.3") == "denied-l4"
     assert report.predicted_outcome(path, "sidecar", 0, probe, "1.29.6") == "denied-l7"
     assert report.predicted_outcome(path, "sidecar", 5, probe, "1.29.6") is None
