@@ -186,3 +186,13 @@ def test_the_plan_a_run_prints_is_for_its_own_concurrency(capsys):
     assert "1 scenario(s) at once" in one and "side by side, 1 at once" in one
     assert cli_main(["plan", str(POLICIES / "hosts.yaml"), "--cluster-concurrency", "2"]) == 0
     assert "2 scenario(s) at once" in capsys.readouterr().out
+
+
+def test_scenarios_the_cluster_targets_cannot_run_yet_get_no_shard_and_say_why():
+    """JWT and CUSTOM (issue 11) run on the engine and the local mesh only: the targets skip them at once, so
+    the plan gives them no job and no estimate, and lists them as not planned with the reason."""
+    built = plan.build([POLICIES], "kind", ["sidecar"], "1.30")
+    planned = {Path(f).name for mp in built.modes for sh in mp.shards for f in sh.files}
+    assert "jwt-claims.yaml" not in planned and "ext-authz-task.yaml" not in planned
+    assert "conditions.yaml" in planned
+    assert any(s.startswith(str(POLICIES / "jwt-claims.yaml")) and "do not run yet" in s for s in built.skipped)

@@ -35,9 +35,9 @@ from conformance.mesh.cluster.kind import istiod_version, sigterm_interrupts
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
 from conformance.mesh.cluster.options import ClusterSettings
-from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts, not_built_for_clusters
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 

@@ -56,9 +56,9 @@ from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
 from conformance.mesh.cluster.options import ClusterSettings
-from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts, not_built_for_clusters
+from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 

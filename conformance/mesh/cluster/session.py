@@ -173,28 +173,6 @@ def mesh_wide(manifest: Manifest, root_namespace: str) -> bool:
     return manifest.namespace == root_namespace
 
 
-def not_built_for_clusters(scenario: Scenario) -> str | None:
-    """Why the cluster targets cannot run this scenario yet, or None.
-
-    JWT and CUSTOM (issue 11) run on the engine and the local mesh; on clusters the keys would have to reach
-    the RequestAuthentication (`${jwks:...}`), tokens curl, the ext_authz provider a Deployment and the mesh
-    config its `extensionProviders`: not built yet. Refused before any cluster is made, as a skip naming it.
-    """
-    uses = []
-    if scenario.issuers or any(e.probe.request.jwt is not None for st in scenario.steps for e in st.expectations):
-        uses.append("JWT (issuers, tokens)")
-    if any(m.kind == "RequestAuthentication" for st in scenario.steps for m in st.policies):
-        uses.append("RequestAuthentication")
-    if scenario.mesh.extension_providers or any(w.kind == "ext-authz" for w in scenario.workloads) or any(
-            m.kind == "AuthorizationPolicy" and m.spec.get("action") == "CUSTOM"
-            for st in scenario.steps for m in st.policies):
-        uses.append("CUSTOM (ext_authz)")
-    if not uses:
-        return None
-    return (f"{scenario.name} uses {', '.join(uses)}, which the cluster targets do not run yet (issue 11: the "
-            "keys, tokens, ext_authz provider and mesh config are not deployed on clusters); the local mesh runs it")
-
-
 def check_shared_cluster(scenario: Scenario, root_namespace: str, allow: bool) -> None:
     """On a shared cluster, refuse root-namespace policies and mesh-wide PeerAuthentication (opt in)."""
     if allow:
