@@ -27,9 +27,11 @@ istiod (istio/istio@1.30.3 `pilot/pkg/security/authz/builder/`):
   anything else denies with the server's status and body.
 
 The suite's provider is Istio's sample (samples/extauthz/cmd/extauthz/main.go@1.30.3): over HTTP it allows iff
-the check carries `x-ext-authz: allow` (Go's Header.Get: the first value); over gRPC the same when the header is
-present (the map value Envoy builds, repeated headers joined with `,`), and when it is absent iff the source
-principal ends in `/sa/a` (`-allow_service_account`, default `a`): that is how Istio tests CUSTOM on TCP.
+the check carries `x-ext-authz: allow` (Go's Header.Get: the first value, but Envoy sends a repeated header as one,
+its values joined with `,`: CheckRequestUtils::setHttpRequest coalesces them into the CheckRequest's header map, from
+which the HTTP client copies the check's headers); over gRPC the same when the header is present (the same map),
+and when it is absent iff the source principal ends in `/sa/a` (`-allow_service_account`, default `a`): that is how
+Istio tests CUSTOM on TCP.
 """
 
 from __future__ import annotations
@@ -179,7 +181,11 @@ def ask(view: ProviderView, probe: Probe, source_principal: str | None, tcp: boo
             value: str | None = override
             sent = f"includeAdditionalHeadersInCheck sets `{CHECK_HEADER}: {override}`"
         elif _header_allowed(CHECK_HEADER, provider.include_request_headers_in_check):
-            value = next((v for k, v in probe.request.headers if k.lower() == CHECK_HEADER), None)
+            # the check is built from CheckRequest's header map, where repeated headers are coalesced into one
+            # value joined with `,` (check_request_utils.cc setHttpRequest; ext_authz_http_impl.cc copies the map):
+            # `x-ext-authz: allow` twice reaches the server as `allow,allow`, which the sample denies
+            repeated = [v for k, v in probe.request.headers if k.lower() == CHECK_HEADER]
+            value = ",".join(repeated) if repeated else None
             sent = (f"the request's `{CHECK_HEADER}: {value}` is sent (includeRequestHeadersInCheck)"
                     if value is not None else f"the request has no `{CHECK_HEADER}` header")
         else:
