@@ -23,3 +23,8 @@ if settings is not None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.function_scoped_fixture],
     )
+    # ... and its JWT/CUSTOM world (one world, three modes; tokens minted per probe): ~1 min on 2 cores
+    settings.register_profile(
+        "differential-jwt", parent=settings.get_profile("differential"),
+        max_examples=int(os.environ.get("AUTHZ_DIFFERENTIAL_JWT_EXAMPLES", "120")),
+    )

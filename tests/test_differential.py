@@ -12,6 +12,14 @@ and the deciding policy named in that proxy's access log.
 Coverage is recorded with `hypothesis.event()` (run with `--hypothesis-show-statistics` to see it) and
 summed up at the end of the session (tests/conftest.py prints the summary). The number of examples is
 the `differential` settings profile (conftest.py): 55 per world, 220 in all, by default.
+
+A second test runs the same comparison in a world with JWT issuers and the suite's ext-authz provider
+(differential_world.JWT_WORLDS): RequestAuthentications (selector, namespace-wide, waypoint targetRefs; 1-2
+issuers, audiences, fromHeaders, fromParams), tokens of every kind (valid, expired, badly signed, malformed,
+unknown issuer, audiences matching or not, elsewhere than where a rule looks), request principals and
+request.auth.* keys in rules, and CUSTOM policies (working, header-less, unreachable with failOpen /
+statusOnError, and undefined providers) with `x-ext-authz` headers. Its examples are the `differential-jwt`
+profile: 120 by default (~1 min), AUTHZ_DIFFERENTIAL_JWT_EXAMPLES=N for more.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from conformance.probe import Observation
 from conformance.validation import ERROR, UNSUPPORTED, validate_manifest
 from conformance.verdicts import judge
 from conformance.versions import IstioVersion
-from tests.differential_world import WORLDS, Pools, World, features, policy_set, probes
+from tests.differential_world import JWT_WORLDS, WORLDS, Pools, World, features, policy_set, probes
 
 VERSION = IstioVersion.parse("1.30")
 
@@ -64,10 +72,8 @@ class Meshes:
         self.sessions.clear()
 
 
-@pytest.fixture(params=WORLDS, ids=[w.name for w in WORLDS])
-def meshes(request: pytest.FixtureRequest) -> Iterator[Meshes]:
-    world: World = request.param
-    reason = LocalTarget().unavailable("waypoint")
+def _meshes(world: World) -> Iterator[Meshes]:
+    reason = LocalTarget().unavailable("waypoint") or LocalTarget().refusal(world.scenario(), "sidecar")
     if reason:
         pytest.skip(reason)
     m = Meshes(world)
@@ -75,6 +81,16 @@ def meshes(request: pytest.FixtureRequest) -> Iterator[Meshes]:
         yield m
     finally:
         m.close()
+
+
+@pytest.fixture(params=WORLDS, ids=[w.name for w in WORLDS])
+def meshes(request: pytest.FixtureRequest) -> Iterator[Meshes]:
+    yield from _meshes(request.param)
+
+
+@pytest.fixture(params=JWT_WORLDS, ids=[w.name for w in JWT_WORLDS])
+def jwt_meshes(request: pytest.FixtureRequest) -> Iterator[Meshes]:
+    yield from _meshes(request.param)
 
 
 def _yaml(policies: Sequence[Manifest]) -> str:
@@ -122,6 +138,19 @@ def _check_valid(policies: Sequence[Manifest], addresses: dict[str, str]) -> Non
 @given(data=st.data())
 @settings(settings.get_profile("differential"))
 def test_engine_and_envoy_mesh_agree(meshes: Meshes, data: st.DataObject) -> None:
+    _compare(meshes, data)
+
+
+@given(data=st.data())
+@settings(settings.get_profile("differential-jwt"))
+def test_engine_and_envoy_mesh_agree_on_jwt_and_custom(jwt_meshes: Meshes, data: st.DataObject) -> None:
+    """The same comparison in a world with JWT issuers and the suite's ext-authz provider: generated
+    RequestAuthentications, tokens (valid, expired, badly signed, malformed, of an unknown issuer, with
+    and without audiences, in other locations), JWT fields in rules, and CUSTOM policies."""
+    _compare(jwt_meshes, data)
+
+
+def _compare(meshes: Meshes, data: st.DataObject) -> None:
     world = meshes.world
     pools = Pools(world)
     policies = data.draw(policy_set(pools), label="policies")

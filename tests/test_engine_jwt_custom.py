@@ -713,6 +713,9 @@ def test_guard_models_jwt_and_custom_now() -> None:
         annotations={"istio.io/dry-run": "true"}), "metadata.annotations"),
     (custom("g", "ext-authz-grpc", [{}], targetRefs=GATEWAY_REF), "spec.provider.name"),
     (custom("c", "ext-authz-http", [{}]) + ap("lock", {}, ns="ext-authz"), "spec.provider.name"),
+    # a RequestAuthentication at the provider's own sidecar checks the check requests (found by the differential
+    # test: a mesh-wide jwtRule with audiences made the provider's sidecar answer 403 and ext_authz relayed it)
+    (custom("c", "ext-authz-http", [{}]) + ra("mesh", [rule(ISS1)], ns="istio-system"), "spec.provider.name"),
 ])
 def test_guard_refuses_what_depends_on_the_unknown(docs: str, field: str) -> None:
     s, step = _scenario(docs)
