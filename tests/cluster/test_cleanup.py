@@ -250,3 +250,32 @@ def test_a_close_from_another_thread_waits_for_the_write_in_flight_and_stops_the
     assert outside(kube) == set()
     assert ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted
     assert ("AuthorizationPolicy", "istio-system", "after") not in kube.objects
+
+
+class InterruptedLock:
+    """A lock whose first wait is cut by Ctrl-C (a second SIGINT, or SIGTERM made an interrupt)."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def acquire(self, timeout: float = -1) -> bool:
+        self.waits += 1
+        if self.waits == 1:
+            raise KeyboardInterrupt
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_ctrl_c_while_close_waits_for_a_write_in_flight_still_cleans_up(world):  # noqa: F811
+    """Third review: the wait for another thread's write let an interrupt escape before anything was deleted,
+    and the session already counted as closed. The interrupt is held, the cleanup done, then it is raised."""
+    scenario, kube, ctx = world
+    session = run_all_steps(root_deny_all(scenario), ctx)
+    lock = InterruptedLock()
+    session._write_lock = lock  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        session.close()
+    assert lock.waits == 2 and outside(kube) == set()
+    assert ("AuthorizationPolicy", "istio-system", "mesh-deny") in kube.deleted

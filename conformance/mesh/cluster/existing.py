@@ -20,7 +20,6 @@ What it may and may not do on someone's cluster (DESIGN.md §7, issue 6):
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -226,8 +225,15 @@ class ExistingClusterTarget:
         then the API clients' connection pools."""
         with self._lock:
             sessions, self._sessions = self._sessions, []
+        interrupted: KeyboardInterrupt | None = None
         for session in sessions:
-            with contextlib.suppress(Exception):
+            try:
                 session.close()
+            except KeyboardInterrupt as exc:  # held: every other session is still closed (review finding)
+                interrupted = interrupted or exc
+            except Exception:  # reported by the session's own warning; the others go on
+                pass
         if self._kube is not None:
             self._kube.close()
+        if interrupted is not None:
+            raise interrupted
