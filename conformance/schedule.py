@@ -31,9 +31,9 @@ How it stays honest:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +167,7 @@ class Scheduler:
                 if spec.alone_from is not None and index >= spec.alone_from and not holding:
                     self.lock.acquire_exclusive(spec.key)
                     holding = True
-                claim = _nothing() if holding else self.lock.shared(spec.key)
+                claim = nullcontext() if holding else self.lock.shared(spec.key)
                 with claim, notices.capture() as sink:
                     if self._stop.is_set():  # stopped while this run waited for its claim
                         outcome = Outcome(error=Cancelled("the run was stopped before this step"))
@@ -187,11 +187,6 @@ class Scheduler:
             if holding:
                 self.lock.release_exclusive(spec.key)
             _settle(scheduled.closed, closed)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _settle(future: Future[Outcome], outcome: Outcome) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from conformance.engine import custom as ext
 from conformance.engine.decide import State
@@ -14,7 +15,7 @@ from conformance.engine.policy import (
 )
 from conformance.engine.scope import applies_at_waypoint, applies_to_workload
 from conformance.errors import Location, NotModelled, Problem
-from conformance.model import Manifest, Scenario, Step, default_addresses
+from conformance.model import Manifest, Scenario, Step, Workload, default_addresses
 from conformance.versions import IstioVersion
 
 
@@ -50,6 +51,13 @@ def _modes_using(scenario: Scenario, target_refs: bool) -> bool:
     """Whether some mode of the scenario applies a policy of this attachment: selector and namespace policies
     at sidecars (ztunnel ignores JWT and CUSTOM), targetRefs ones at waypoints."""
     return ("waypoint" in scenario.modes) if target_refs else ("sidecar" in scenario.modes)
+
+
+def _at_proxy_of(policy: Any, workload: Workload, scenario: Scenario, version: IstioVersion) -> bool:
+    """Whether `policy` binds at `workload`'s own proxy: its sidecar, or its namespace's waypoint."""
+    return workload.in_mesh and (applies_to_workload(policy, workload, scenario.mesh) or any(
+        applies_at_waypoint(policy, w, workload, scenario.mesh, version)
+        for w in scenario.waypoints if w.namespace == workload.namespace))
 
 
 def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
@@ -92,29 +100,25 @@ def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
             yield problem(where_of(m), "spec.provider.name", f"a gRPC provider ({provider.name!r}) whose port "
                           f"{provider.port} its Service does not serve (whether Envoy accepts an envoy_grpc cluster "
                           "that does not exist is not modelled)")
-        for q in (compile_authorization_policy(x) for x in step.policies
-                  if x.kind == "AuthorizationPolicy" and workload.in_mesh):
-            if applies_to_workload(q, workload, scenario.mesh) or any(
-                    applies_at_waypoint(q, w, workload, scenario.mesh, version)
-                    for w in scenario.waypoints if w.namespace == workload.namespace):
-                yield problem(where_of(m), "spec.provider.name", f"AuthorizationPolicy {q.ref} applies to the "
-                              f"provider {workload.ref} itself (whether it lets the proxies' check requests "
-                              "through is not modelled)")
-                break
+        q = next((q for q in map(compile_authorization_policy,
+                                 (x for x in step.policies if x.kind == "AuthorizationPolicy"))
+                  if _at_proxy_of(q, workload, scenario, version)), None)
+        if q is not None:
+            yield problem(where_of(m), "spec.provider.name", f"AuthorizationPolicy {q.ref} applies to the "
+                          f"provider {workload.ref} itself (whether it lets the proxies' check requests "
+                          "through is not modelled)")
         # A RequestAuthentication at the provider's own proxy (a mesh-wide one, say) checks the check requests: the
         # token of a probe reaches it in the check's Authorization header or path (query) and is validated there;
         # one it rejects comes back as the authorizer's answer (ext_authz relays the 401/403 and its body).
         # Found by tests/test_differential.py; the engine does not model the provider's proxy, so it refuses.
-        for r in (compile_request_authentication(x) for x in step.policies
-                  if x.kind == "RequestAuthentication" and workload.in_mesh):
-            if applies_to_workload(r, workload, scenario.mesh) or any(
-                    applies_at_waypoint(r, w, workload, scenario.mesh, version)
-                    for w in scenario.waypoints if w.namespace == workload.namespace):
-                yield problem(where_of(m), "spec.provider.name", f"RequestAuthentication {r.ref} applies to the "
-                              f"provider {workload.ref} itself (its JWT filter checks the proxies' check requests, "
-                              "which carry the probe's Authorization header and query, and ext_authz relays a "
-                              "rejection as the authorizer's answer: not modelled)")
-                break
+        r = next((r for r in map(compile_request_authentication,
+                                 (x for x in step.policies if x.kind == "RequestAuthentication"))
+                  if _at_proxy_of(r, workload, scenario, version)), None)
+        if r is not None:
+            yield problem(where_of(m), "spec.provider.name", f"RequestAuthentication {r.ref} applies to the "
+                          f"provider {workload.ref} itself (its JWT filter checks the proxies' check requests, "
+                          "which carry the probe's Authorization header and query, and ext_authz relays a "
+                          "rejection as the authorizer's answer: not modelled)")
     ras = [(m, compile_request_authentication(m)) for m in step.policies if m.kind == "RequestAuthentication"]
     relevant = [(m, ra) for m, ra in ras if _modes_using(scenario, bool(ra.target_refs))]
     cookies = [(m, ra, r) for m, ra in relevant for r in ra.jwt_rules if r.from_cookies]
