@@ -19,7 +19,6 @@ from conformance.mesh.local import authn, authz
 from conformance.mesh.local.extauthz import STATUS_CODES, CustomBuilder, duration, lookup_cluster, service_index
 from conformance.mesh.local.rbac import TrustDomainBundle
 from conformance.mesh.local.release import Release
-from conformance.mesh.local.tokens import IssuerKeys, carry, jwks_keys
 from conformance.model import (
     ExtensionProvider,
     Issuer,
@@ -31,6 +30,7 @@ from conformance.model import (
     Workload,
 )
 from conformance.probe import ext_authz_result, jwt_denial, parse_policy_id
+from conformance.tokens import IssuerKeys, carry, jwks_keys
 from tests.mesh.envoy_support import envoy_binary, http_listener, manifest, validate
 
 ENVOY = envoy_binary()
@@ -265,7 +265,7 @@ def test_an_issuers_key_is_made_once_when_apply_and_the_gap_loop_ask_at_the_same
     import contextlib
     import threading
 
-    from conformance.mesh.local import tokens
+    from conformance import tokens
     from conformance.model import Issuer, JwtSpec
 
     made: list[object] = []

@@ -59,7 +59,6 @@ from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_list
 from conformance.mesh.local.extauthz import service_index
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
-from conformance.mesh.local.tokens import IssuerKeys, carry
 from conformance.model import (
     ALLOWED,
     DENIED_AUTHN,
@@ -76,6 +75,7 @@ from conformance.model import (
 from conformance.names import GATEWAY_NAME_LABEL
 from conformance.probe import EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR, JWT_REJECTED, Observation, Proof, classify
 from conformance.target import Applied
+from conformance.tokens import IssuerKeys, carry
 from conformance.versions import IstioVersion
 
 _APP_SCRIPT = Path(__file__).with_name("app.py")

@@ -1,4 +1,4 @@
-"""JWT issuers the local mesh plays: a signing key per issuer made at run time, its JWKS, a token per probe.
+"""JWT issuers a run plays, on every target: a signing key per issuer made at run time, its JWKS, a token per probe.
 
 A scenario names issuers (`spec.issuers`: a handle and the `iss` its tokens carry), puts their public keys
 into RequestAuthentications as `${jwks:<handle>}`, and gives probes a `request.jwt` (model.JwtSpec). The
