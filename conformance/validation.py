@@ -1855,9 +1855,5 @@ def _check_peer_authentication(spec: Mapping[Any, Any], out: _Out) -> None:
                 out.error(path, "port must be in range 1..65535")
             elif not f.cel and port == 0:  # 1.22: only 0 is rejected
                 out.error(path, "port cannot be 0")
-        if entries:
-            out.unsupported("spec.portLevelMtls", "portLevelMtls is not supported yet")
-    mode = _get(_get(spec, "mtls"), "mode")
-    if mode == "DISABLE":
-        out.unsupported("spec.mtls.mode", "mtls mode DISABLE is not supported yet (plaintext between mesh "
-                                          "workloads is not modelled)")
+    # DISABLE and portLevelMtls are modelled (engine/mtls.py; the local mesh's plaintext-only chains, per-port
+    # modes and ztunnel's converted DENYs): nothing here beyond Istio's own rules.

@@ -26,6 +26,7 @@ from functools import cached_property
 from conformance.engine import custom as ext
 from conformance.engine import jwt
 from conformance.engine.matchers import normalize_path
+from conformance.engine.mtls import STATIC_STRICT, SidecarMtls, ZtunnelMtls, sidecar_mtls, ztunnel_mtls
 from conformance.engine.policy import (
     AuthorizationPolicy,
     PeerAuthentication,
@@ -35,7 +36,7 @@ from conformance.engine.policy import (
     compile_request_authentication,
 )
 from conformance.engine.proxy import Attributes, Check, EnvoySemantics
-from conformance.engine.scope import applies_at_waypoint, applies_to_workload, peer_authentication, scope_of
+from conformance.engine.scope import applies_at_waypoint, applies_to_workload, scope_of
 from conformance.engine.ztunnel import Connection, Translated, first_matching_rule, translate
 from conformance.model import (
     ALLOWED,
@@ -202,7 +203,8 @@ class _Compiled:
         self._ztunnel: dict[str, Translated] = {}
         self._per_workload: dict[str, tuple[AuthorizationPolicy, ...]] = {}
         self._plans: dict[str, _EnvoyPlan] = {}
-        self._mtls: dict[str, tuple[str, PeerAuthentication | None]] = {}
+        self._mtls: dict[tuple[str, int], SidecarMtls] = {}
+        self._zmtls: dict[str, ZtunnelMtls] = {}
         self._zplans: dict[str, _ZtunnelPlan] = {}
         self._jwt: dict[str, tuple[jwt.Provider, ...]] = {}
         self._ras: dict[str, tuple[RequestAuthentication, ...]] = {}
@@ -270,10 +272,18 @@ class _Compiled:
             )
         return found
 
-    def peer_authentication(self, w: Workload) -> tuple[str, PeerAuthentication | None]:
-        found = self._mtls.get(w.ref)
+    def sidecar_mtls(self, w: Workload, port: int) -> SidecarMtls:
+        """The mTLS mode of `w`'s sidecar on `port` (mtls.py, ComposePeerAuthentication + portLevelMtls)."""
+        found = self._mtls.get((w.ref, port))
         if found is None:
-            found = self._mtls[w.ref] = peer_authentication(self.state.peer_authentications, w, self.state.mesh)
+            found = self._mtls[(w.ref, port)] = sidecar_mtls(self.state.peer_authentications, w, self.state.mesh, port)
+        return found
+
+    def ztunnel_mtls(self, w: Workload) -> ZtunnelMtls:
+        """The PeerAuthentication DENYs istiod sends `w`'s ztunnel (mtls.py, ambient authorization.go)."""
+        found = self._zmtls.get(w.ref)
+        if found is None:
+            found = self._zmtls[w.ref] = ztunnel_mtls(self.state.peer_authentications, w, self.state.mesh)
         return found
 
     def ztunnel_plan(self, w: Workload) -> _ZtunnelPlan:
@@ -671,16 +681,28 @@ def _jwt_step(
 
 def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     state, src, dst = c.state, probe.source, probe.destination
-    mode, pa = c.peer_authentication(dst)
-    trace.on and trace(f"The destination's sidecar enforces. PeerAuthentication mode: {mode}"
-          f"{f' (from {pa.ref})' if pa else ' (default)'}.")
-    if not src.in_mesh and mode == "STRICT":
+    mtls = c.sidecar_mtls(dst, probe.port.number)
+    pa = mtls.decided_by
+    if trace.on:
+        origin = (f" (from {pa.ref}, its portLevelMtls entry for port {probe.port.number})" if mtls.port_level
+                  else f" (from {pa.ref})" if pa else " (default)")
+        trace(f"The destination's sidecar enforces. PeerAuthentication mode on port {probe.port.number}: "
+              f"{mtls.mode}{origin}.")
+    if not src.in_mesh and mtls.mode == "STRICT":
         trace.on and trace("  STRICT accepts only mTLS: the plaintext connection finds no filter chain and is reset "
               "(curl exit 56; Envoy logs filter_chain_not_found).")
         return Decision("deny", DENIED_L4, "sidecar", STRICT_MTLS, pa.ref if pa else None)
+    identity = src.identity(state.mesh.trust_domain) if src.in_mesh else None
+    if src.in_mesh and mtls.mode == "DISABLE":
+        identity = None
+        trace.on and trace("  DISABLE: the server has only a plaintext filter chain (filterchain_options.go "
+                           "getFilterChainMatchOptions), and the client sidecar's auto-mTLS sends plaintext to a "
+                           "DISABLE port (endpoints/mtls_checker.go checkMtlsEnabled; no DestinationRule). So the "
+                           "request carries no peer certificate: no principal, namespace or serviceAccount can "
+                           "match (their not-forms do), and there is no SNI.")
     tcp = probe.port.protocol == "TCP"
-    attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain) if src.in_mesh else None,
-                        state.addresses.get(src.ref, ""), http=not tcp, version=c.version, client_sidecar=src.in_mesh)
+    attrs = _attributes(state, probe, identity, state.addresses.get(src.ref, ""), http=not tcp, version=c.version,
+                        client_sidecar=src.in_mesh)
     if tcp:
         trace.on and trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
               "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
@@ -737,12 +759,6 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
                 trace(f"  RequestAuthentication {ra.ref} selects {dst.ref}, but ztunnel has no JWT filter (nothing in "
                       "ambient/ or ztunnel's rbac.rs reads RequestAuthentication): the token is not checked.")
     denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
-    mode, pa = c.peer_authentication(dst)
-    if identity is None and mode == "STRICT":
-        trace.on and trace(f"  PeerAuthentication STRICT (from {pa.ref if pa else '?'}): istiod sends ztunnel a "
-                           "DENY of connections without a principal (istio_converted_static_strict) → the "
-                           "plaintext connection is dropped.")
-        return Decision("deny", denial, "ztunnel", STRICT_MTLS, pa.ref if pa else None)
     conn = Connection(identity, source_ip, state.addresses.get(dst.ref, ""), probe.port.number)
     plan = c.ztunnel_plan(dst)
     if trace.on:
@@ -762,6 +778,9 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
                                "first matching DENY), so no ALLOW policy can let it through.")
             matching = tuple(o.policy.ref for o in plan.denies if first_matching_rule(o, conn) is not None)
             return Decision("deny", denial, "ztunnel", DENY_MATCHED, ref, index, candidates=matching)
+    strict = _ztunnel_peer_authentication(c, probe, identity is not None, trace)
+    if strict is not None:
+        return Decision("deny", denial, "ztunnel", STRICT_MTLS, strict or None)
     if not plan.allows:
         trace.on and trace("  no ALLOW policy → allowed.")
         return Decision("allow", ALLOWED, "ztunnel", NO_ALLOW if plan.any_enforced else NO_POLICY)
@@ -773,6 +792,36 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
     trace.on and trace("  ALLOW policies exist, but none allowed → denied (ztunnel: allow policies exist, but "
                        "none allowed).")
     return Decision("deny", denial, "ztunnel", ALLOW_UNMATCHED)
+
+
+def _ztunnel_peer_authentication(c: _Compiled, probe: Probe, has_identity: bool, trace: _Trace) -> str | None:
+    """The PeerAuthentication DENYs at the destination ztunnel (mtls.py): the PeerAuthentication behind the one
+    that denies this connection ("" when istiod's policy stands for none), or None.
+
+    They come after every AuthorizationPolicy DENY: state.rs assert_rbac walks the namespace's policies, the
+    global ones, then the workload's list, in which workloads.go buildWorkloadPolicies puts the selector
+    AuthorizationPolicies (sorted) before the PeerAuthentication keys; the first DENY that matches is the
+    one ztunnel names."""
+    zm = c.ztunnel_mtls(probe.destination)
+    if trace.on:
+        for note in zm.notes:
+            trace(f"  PeerAuthentication: {note}.")
+        for p in zm.policies:
+            by = f" for {p.source.ref}" if p.source is not None else ""
+            trace(f"  PeerAuthentication{by}: istiod refers the workload to DENY {p.key} (ambient authorization.go), "
+                  "which matches only connections without a peer identity"
+                  + ("." if p.name == STATIC_STRICT else ", on the ports its rules name."))
+    if has_identity or not zm.policies:
+        if trace.on and zm.policies:
+            trace("    the connection is HBONE (mTLS, with a peer identity): they do not match.")
+        return None
+    denying = zm.denying(False, probe.port.number)
+    if denying is None:
+        trace.on and trace(f"    port {probe.port.number} is not STRICT for them: the plaintext connection goes on.")
+        return None
+    trace.on and trace(f"  DENY {denying.key} matches the plaintext connection on port {probe.port.number} → "
+                       f"dropped (ztunnel: explicitly denied by {denying.key}).")
+    return denying.source.ref if denying.source is not None else ""
 
 
 def _trace_translation(t: Translated, trace: _Trace) -> None:

@@ -118,8 +118,10 @@ class RequestAuthentication:
 class PeerAuthentication:
     namespace: str
     name: str
-    selector: Mapping[str, str] | None
-    mode: str  # UNSET | PERMISSIVE | STRICT
+    selector: Mapping[str, str] | None  # None: no `selector` at all ({}: one without labels)
+    mode: str  # UNSET | PERMISSIVE | STRICT | DISABLE
+    # portLevelMtls as (workload port, mode), in the order written; an entry without a mode is UNSET
+    port_level: tuple[tuple[int, str], ...] = ()
 
     @property
     def ref(self) -> str:
@@ -241,12 +243,21 @@ def compile_request_authentication(manifest: Manifest) -> RequestAuthentication:
     )
 
 
+def _mtls_mode(section: Any) -> str:
+    """`mtls.mode` as written; no section, no mode or null is UNSET (proto default; isMtlsModeUnset)."""
+    return str(section.get("mode") or "UNSET") if isinstance(section, Mapping) else "UNSET"
+
+
 def compile_peer_authentication(manifest: Manifest) -> PeerAuthentication:
+    """The fields istiod reads. `portLevelMtls` keys are uint32 workload ports (the map key of the proto;
+    validation has refused anything else)."""
     spec = manifest.spec
-    mtls = spec.get("mtls") or {}
+    per_port = spec.get("portLevelMtls")
+    port_level = tuple((int(k), _mtls_mode(v)) for k, v in per_port.items()) if isinstance(per_port, Mapping) else ()
     return PeerAuthentication(
         namespace=manifest.namespace,
         name=manifest.name,
         selector=_selector(spec),
-        mode=str(mtls.get("mode", "UNSET")) if isinstance(mtls, Mapping) else "UNSET",
+        mode=_mtls_mode(spec.get("mtls")),
+        port_level=port_level,
     )

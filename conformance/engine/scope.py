@@ -5,15 +5,15 @@ namespace and the workload's own namespace; a selector must be a subset of the w
 `policyattachment.go` (ShouldAttachPolicy: a policy with targetRefs never attaches to a sidecar or any
 workload that is not a Gateway API gateway; a waypoint uses targetRefs only), the ambient translation
 (`convertAuthorizationPolicy`: targetRefs policies are never sent to ztunnel; scopes GLOBAL, NAMESPACE,
-WORKLOAD_SELECTOR), and `authn/policy_applier.go` ComposePeerAuthentication for mTLS modes.
+WORKLOAD_SELECTOR). PeerAuthentication's own selection and composition is in mtls.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Protocol
 
-from conformance.engine.policy import PeerAuthentication, TargetRef
+from conformance.engine.policy import TargetRef
 from conformance.model import MeshConfig, Waypoint, Workload
 from conformance.names import GATEWAY_API_GROUP, WAYPOINT_GATEWAY_CLASS
 from conformance.versions import GATEWAY_CLASS_TARGET_REF, WAYPOINT_SERVICE_NAMESPACE, IstioVersion
@@ -95,27 +95,3 @@ def applies_at_waypoint(policy: Attachable, waypoint: Waypoint, service: Workloa
     """Waypoints never use selector or namespace-wide policies (API: "selector policies will be
     ignored"); only policies whose targetRefs bind this waypoint or this service."""
     return any(binds_waypoint(r, policy, waypoint, service, mesh, version) for r in policy.target_refs)
-
-
-def peer_authentication(
-    policies: Sequence[PeerAuthentication], workload: Workload, mesh: MeshConfig
-) -> tuple[str, PeerAuthentication | None]:
-    """ComposePeerAuthentication: mesh (root namespace, no selector) < namespace < workload selector
-    (never from the root namespace); UNSET inherits; default PERMISSIVE. With several at one level
-    Istio takes the oldest; a scenario has no creation times, so the first listed wins."""
-    mesh_pa = ns_pa = wl_pa = None
-    for pa in policies:
-        if pa.namespace not in (workload.namespace, mesh.root_namespace):
-            continue
-        if not pa.selector:
-            if pa.namespace == mesh.root_namespace:
-                mesh_pa = mesh_pa or pa
-            else:
-                ns_pa = ns_pa or pa
-        elif pa.namespace != mesh.root_namespace and _subset(pa.selector, workload.labels):
-            wl_pa = wl_pa or pa
-    mode, decided_by = "PERMISSIVE", None
-    for pa in (mesh_pa, ns_pa, wl_pa):
-        if pa is not None and pa.mode != "UNSET":
-            mode, decided_by = pa.mode, pa
-    return mode, decided_by
