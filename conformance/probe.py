@@ -134,6 +134,10 @@ KIND_WORDS = {
 # pilot/pkg/serviceregistry/ambient/authorization.go `staticStrictPolicyName`): a record naming it is a
 # STRICT rejection.
 STATIC_STRICT_POLICY = "istio_converted_static_strict"
+# ... and the DENY it sends for a workload PeerAuthentication whose portLevelMtls differs from the workload's
+# mode (`converted_peer_authentication_<name>`, model/authentication.go GetAmbientPolicyConfigName): a record
+# naming one is a STRICT rejection on that port.
+CONVERTED_PEER_AUTHENTICATION_PREFIX = "converted_peer_authentication_"
 
 # The suite's own probe id, a request header no scenario may set (validation refuses it): the key to a
 # probe's records at HTTP-aware proxies. A scenario's own x-request-id is only a header like any other.
@@ -191,12 +195,16 @@ def proof_of_rbac(policy_id: str, *, proxy: str, layer: str, serves: str | None,
     """The proof an Envoy RBAC denial gives (`rbac_access_denied_matched_policy[<policy_id>]`).
 
     `none` is "no ALLOW matched"; istiod's synthetic `istio_converted_static_strict` DENY (ambient
-    authorization.go, sent to ztunnel for STRICT PeerAuthentication) is a STRICT rejection; any other id
-    names a DENY policy (an ALLOW never denies by name: Envoy's ALLOW engine denies with `[none]`).
+    authorization.go, sent to ztunnel for STRICT PeerAuthentication) and its `converted_peer_authentication_*`
+    DENYs (port-level modes) are STRICT rejections; any other id names a DENY policy (an ALLOW never denies
+    by name: Envoy's ALLOW engine denies with `[none]`).
     """
     if policy_id in ("none", ""):
         return Proof(proxy, NO_ALLOW_MATCHED, None, None, line, layer, serves)
     if f"policy[{STATIC_STRICT_POLICY}]" in policy_id or policy_id == STATIC_STRICT_POLICY:
+        return Proof(proxy, STRICT_MTLS, None, None, line, layer, serves)
+    if (f"policy[{CONVERTED_PEER_AUTHENTICATION_PREFIX}" in policy_id
+            or policy_id.rpartition("/")[2].startswith(CONVERTED_PEER_AUTHENTICATION_PREFIX)):
         return Proof(proxy, STRICT_MTLS, None, None, line, layer, serves)
     policy, rule = parse_policy_id(policy_id)
     if policy is not None and to_scenario is not None:

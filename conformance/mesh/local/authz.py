@@ -7,8 +7,11 @@ questions istiod answers for each proxy, the way istiod 1.30.3 answers them:
 - which policies a proxy applies (`select_policies`, `select_waypoint_policies`: ports of
   `pilot/pkg/model/authorization.go` ListAuthorizationPolicies and `policyattachment.go`
   ShouldAttachPolicy);
-- which mTLS mode its inbound listener has (`peer_authentication_mode`: `pilot/pkg/security/authn/
-  policy_applier.go` ComposePeerAuthentication with `pilot/pkg/model/authentication.go` selection);
+- which mTLS mode a sidecar's inbound port has, and so which mode its clients use to reach it
+  (`peer_authentication_mode`: `pilot/pkg/security/authn/policy_applier.go` ComposePeerAuthentication and
+  GetMutualTLSModeForPort with `pilot/pkg/model/authentication.go` selection; the client side is
+  `pilot/pkg/xds/endpoints/mtls_checker.go` checkMtlsEnabled on the same composition), and which
+  PeerAuthentication DENYs a ztunnel applies (`ztunnel_peer_authentication`, ambient authorization.go);
 - the Envoy RBAC filters of a sidecar HTTP or TCP chain and of a waypoint (`rbac.py`, a port of
   `pilot/pkg/security/authz/builder`), and the filters that make an Envoy enforce what ztunnel
   enforces (`ztunnel.py`, istiod's ambient translation, then ztunnel's evaluation in Envoy form).
@@ -55,6 +58,7 @@ __all__ = [
     "waypoint_tcp_filters",
     "ztunnel_authorizations",
     "ztunnel_filters",
+    "ztunnel_peer_authentication",
     "ztunnel_plaintext_filters",
 ]
 
@@ -255,15 +259,17 @@ def _mtls_mode(section: Any) -> str:
 def peer_authentication_mode(
     policies: Sequence[Manifest], workload: Workload, mesh: MeshConfig, port: int | None = None,
 ) -> MtlsMode:
-    """The effective mTLS mode of `workload`'s inbound listener: "STRICT" or "PERMISSIVE".
+    """The effective mTLS mode of `workload`'s inbound listener: "STRICT", "PERMISSIVE" or "DISABLE".
 
     getConfigsForWorkload: PeerAuthentications in the workload's and the root namespace whose selector
     (if any) is a subset of the workload's labels. ComposePeerAuthentication: one mesh-level (root
     namespace, no selector), one namespace-level and one workload-level (selector, not in the root
     namespace) policy, the oldest of each (input order stands for creation order); PERMISSIVE, then
     mesh, namespace and workload each override unless UNSET. With `port`, the workload policy's
-    `portLevelMtls` entry for it (UNSET inherits). "DISABLE" is returned as such, for the caller to
-    refuse or handle: it is neither of the two modes the local mesh builds.
+    `portLevelMtls` entry for it (UNSET inherits). A sidecar's inbound listener has the chains of that mode
+    (filterchain_options.go getFilterChainMatchOptions: STRICT TLS only, PERMISSIVE both, DISABLE plaintext
+    only), and a client's sidecar sends plaintext to a DISABLE port (mtls_checker.go checkMtlsEnabled: auto-
+    mTLS, no DestinationRule in the suite).
     """
     mesh_cfg = ns_cfg = workload_cfg = None
     for p in policies:
@@ -407,16 +413,26 @@ def ztunnel_filters(policies: Sequence[Manifest], mesh: MeshConfig, destination_
     return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh, release), destination_ip)
 
 
+def ztunnel_peer_authentication(policies: Sequence[Manifest], workload: Workload,
+                                mesh: MeshConfig) -> list[ztunnel.Authorization]:
+    """The DENYs istiod sends `workload`'s ztunnel for PeerAuthentication (`policies`: every policy in force,
+    unselected: istiod merges namespace and root policies it finds itself). See ztunnel.py."""
+    return ztunnel.peer_authentication_policies(policies, workload.namespace, workload.labels, mesh.root_namespace)
+
+
 def ztunnel_plaintext_filters(
     policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str, port: int, release: Release | None = None,
+    peer_authentication: Sequence[ztunnel.Authorization] = (),
 ) -> list[Json]:
     """Network RBAC filters for plaintext connections at an ambient workload's inbound passthrough.
 
     The same translated policies, with no identity: positive identity matchers never match, their
     `not` forms always do; the destination (`destination_ip`, scenario `port`) is known statically.
-    STRICT is the caller's business (it does not offer this path).
+    `peer_authentication` (`ztunnel_peer_authentication`) are the PeerAuthentication DENYs, after the
+    AuthorizationPolicy ones (the order ztunnel walks them).
     """
-    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh, release), destination_ip, port)
+    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh, release), destination_ip, port,
+                                     peer_authentication)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,11 +4,14 @@ This module lays out the plumbing the way Istio's proxies are laid out (research
 and envoy-waypoint.md record the shapes that were measured to work with Envoy 1.40); the RBAC filters
 inside come from `authz`, the policy compiler, which is the only part that interprets policies.
 
-- sidecar: inbound listener per server port with `tls_inspector` and an mTLS chain (identity from the
-  peer certificate) plus, under PERMISSIVE, a plaintext chain; HTTP ports get Istio's HCM settings
-  (path normalization BASE, XFCC) with the RBAC filters before the router, TCP ports network RBAC
-  before `tcp_proxy`. Outbound: one listener per destination port (HTTP proxy or `tcp_proxy`),
-  originating mTLS with the workload's certificate, Istio's SNI, and the destination's SAN checked.
+- sidecar: inbound listener per server port with `tls_inspector` and the filter chains of the port's
+  PeerAuthentication mode (filterchain_options.go getFilterChainMatchOptions: STRICT an mTLS chain with the
+  identity from the peer certificate, PERMISSIVE that and a plaintext chain, DISABLE the plaintext chain
+  only); HTTP ports get Istio's HCM settings (path normalization BASE, XFCC) with the RBAC filters before
+  the router, TCP ports network RBAC before `tcp_proxy`. Outbound: one listener per destination port
+  (HTTP proxy or `tcp_proxy`), originating mTLS with the workload's certificate, Istio's SNI, and the
+  destination's SAN checked, or plaintext to a port whose mode is DISABLE (auto-mTLS, mtls_checker.go):
+  both clusters exist from the start, and the listener, re-rendered with the policies, picks one.
 - ztunnel: outbound `tcp_proxy` listeners tunnelling HTTP/2 CONNECT over mTLS (HBONE) to the
   destination's :15008 with `:authority` `<dest-ip>:<port>`; inbound :15008 terminating CONNECT, with
   the L4-only RBAC filters; a plaintext listener per port for out-of-mesh clients.
@@ -35,10 +38,9 @@ from typing import Any
 
 from conformance.mesh.local.addresses import HBONE_PORT, Layout
 from conformance.mesh.local.pki import CertFiles
-from conformance.mesh.local.rbac import NETWORK_RBAC_TYPE as NETWORK_RBAC  # one home: the compiler's
 from conformance.mesh.local.rbac import PEER_PRINCIPAL_KEY  # one home: the key the compiler's matchers read
 from conformance.model import MeshConfig, Port, Workload
-from conformance.probe import CLIENT_HEADER, PROBE_HEADER, STATIC_STRICT_POLICY
+from conformance.probe import CLIENT_HEADER, PROBE_HEADER
 
 _T = "type.googleapis.com/"
 HCM = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -327,6 +329,13 @@ def outbound_cluster_name(peer: Peer, port: int) -> str:
     return f"outbound|{port}||{peer.fqdn}"
 
 
+def plaintext_cluster_name(peer: Peer, port: int) -> str:
+    """The same destination without TLS: what Istio's one cluster does (transport_socket_matches on the
+    endpoint's `tlsMode` label, which EDS drops for a DISABLE port) as a second static cluster, so that a
+    policy change is an LDS change only."""
+    return f"outbound-plaintext|{port}||{peer.fqdn}"
+
+
 # --- sidecar ----------------------------------------------------------------------------------------
 
 def sidecar_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
@@ -341,6 +350,11 @@ def sidecar_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
                 outbound_cluster_name(peer, port.number), peer.address, ctx.layout.real(port.number),
                 bind=ctx.me.address, tls=tls, http=ctx.codec(peer.ref, port), one_request_per_connection=True,
             ))
+            if tls is not None:
+                clusters.append(static_cluster(
+                    plaintext_cluster_name(peer, port.number), peer.address, ctx.layout.real(port.number),
+                    bind=ctx.me.address, http=ctx.codec(peer.ref, port), one_request_per_connection=True,
+                ))
     for port in ctx.me.workload.ports:
         clusters.append(_inbound_app_cluster(ctx, port))
     return clusters
@@ -354,11 +368,17 @@ def _inbound_app_cluster(ctx: ProxyContext, port: Port) -> dict[str, Any]:
     )
 
 
-def sidecar_outbound_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
+def sidecar_outbound_listeners(ctx: ProxyContext,
+                               plaintext: frozenset[tuple[str, int]] = frozenset()) -> list[dict[str, Any]]:
+    """One listener per destination port; `plaintext` holds the (workload ref, port) whose mode is DISABLE,
+    which the client sidecar reaches without TLS (mtls_checker.go checkMtlsEnabled)."""
     listeners: list[dict[str, Any]] = []
     for peer in ctx.peers:
         for port in peer.workload.ports:
             cluster = outbound_cluster_name(peer, port.number)
+            name = cluster
+            if peer.spiffe and (peer.ref, port.number) in plaintext:
+                cluster = plaintext_cluster_name(peer, port.number)
             tag = f"outbound {peer.ref}:{port.number}"
             lport = ctx.layout.outbound[(peer.ref, port.number)]
             if port.protocol == "HTTP":
@@ -367,22 +387,27 @@ def sidecar_outbound_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
                 )]}
             else:
                 chain = {"filters": [tcp_proxy(f"outbound_{lport}", cluster, access_log(ctx.log_path, tag))]}
-            listeners.append(listener(f"{cluster}", ctx.me.address, lport, [chain]))
+            listeners.append(listener(name, ctx.me.address, lport, [chain]))
     return listeners
 
 
 def sidecar_inbound_listener(ctx: ProxyContext, port: Port, filters: Sequence[Mapping[str, Any]],
-                             strict: bool) -> dict[str, Any]:
-    """The inbound listener of one server port: mTLS chain, plus a plaintext chain unless STRICT.
+                             mode: str) -> dict[str, Any]:
+    """The inbound listener of one server port with the chains of its mTLS `mode`
+    (filterchain_options.go getFilterChainMatchOptions@1.30.3): STRICT the mTLS chain only, PERMISSIVE the
+    mTLS and the plaintext chain, DISABLE the plaintext chain only (`inboundPlainText*FilterChainMatchOptions`:
+    raw_buffer, no TLS context), so a DISABLE port never learns a peer identity.
 
     `filters` are the RBAC filters from `authz` (HTTP filters for HTTP ports, network filters for TCP
     ports), the same on both chains, as istiod builds them.
     """
+    if mode not in ("STRICT", "PERMISSIVE", "DISABLE"):
+        raise ValueError(f"unknown mTLS mode {mode!r}")
     real = ctx.layout.real(port.number)
     cluster = f"inbound|{port.number}"
     chains = []
     for chain_name, tls in (("inbound-tls", True), ("inbound-plaintext", False)):
-        if strict and not tls:
+        if (mode == "STRICT" and not tls) or (mode == "DISABLE" and tls):
             continue
         prefix = f"inbound_{port.number}" + ("" if tls else "_plaintext")
         if port.protocol == "HTTP":
@@ -475,25 +500,6 @@ def ztunnel_plaintext_listener(ctx: ProxyContext, port: Port,
     chain = {"name": "plaintext", "filters": [*filters, proxy]}
     return listener(f"plaintext|{port.number}", ctx.me.address, ctx.layout.real(port.number), [chain],
                     log=access_log(ctx.log_path, f"plaintext {port.number}"))
-
-
-def static_strict_filter(root_namespace: str) -> dict[str, Any]:
-    """The DENY istiod sends ztunnel for STRICT PeerAuthentication (ambient authorization.go,
-    `istio_converted_static_strict`: `notPrincipals: ["*"]`), as network RBAC on the plaintext path.
-
-    Named like istiod's policy ids so the log record says which rule closed the connection.
-    """
-    any_principal = {"authenticated": {"principal_name": {"safe_regex": {"regex": ".+"}}}}
-    return {"name": "envoy.filters.network.rbac", "typed_config": {
-        "@type": NETWORK_RBAC,
-        "stat_prefix": "tcp.",
-        "rules": {"action": "DENY", "policies": {
-            f"ns[{root_namespace}]-policy[{STATIC_STRICT_POLICY}]-rule[0]": {
-                "permissions": [{"any": True}],
-                "principals": [{"not_id": any_principal}],
-            },
-        }},
-    }}
 
 
 # --- waypoint ---------------------------------------------------------------------------------------

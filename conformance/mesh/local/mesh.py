@@ -150,7 +150,8 @@ class LocalTarget:
         (start raises TargetUnavailable, which errors.py defines as a reason to skip), never half-way.
         """
         policies = [m for step in scenario.steps for m in step.policies]
-        reason = _authz().unemulated(policies, mode, self.release) or _missing_packages(scenario)
+        reason = (_authz().unemulated(policies, mode, self.release) or _missing_packages(scenario)
+                  or (disabled_provider_port(scenario) if mode == "sidecar" else None))
         return f"{self.name} target: {reason}" if reason else None
 
     def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
@@ -166,6 +167,25 @@ class LocalTarget:
             session.close()
             raise
         return session
+
+
+_DISABLED_PROVIDER = ("PeerAuthentication DISABLE on the ext-authz provider port {} (sidecar mode): Istio's "
+                      "proxies would call it in plaintext (auto-mTLS), the local mesh's ext_authz clusters are mTLS "
+                      "only (extauthz.py); not emulated")
+
+
+def disabled_provider_port(scenario: Scenario) -> str | None:
+    """Why a scenario's PeerAuthentications cannot be built for its ext-authz provider in sidecar mode, or None:
+    a DISABLE port of the provider needs the ext_authz cluster in plaintext, which the local mesh does not build."""
+    authz = _authz()
+    for step in scenario.steps:
+        for w in scenario.workloads:
+            if w.kind != "ext-authz":
+                continue
+            for port in w.ports:
+                if authz.peer_authentication_mode(step.policies, w, scenario.mesh, port.number) == "DISABLE":
+                    return _DISABLED_PROVIDER.format(f"{w.ref}:{port.number}") + f" (step '{step.name}')"
+    return None
 
 
 def _missing_packages(scenario: Scenario) -> str | None:
@@ -311,7 +331,8 @@ class LocalMeshSession:
             extra: dict[str, Any] = {}
             if kind == "sidecar":
                 clusters = config.sidecar_clusters(ctx)
-                self._static_listeners[peer.ref] = config.sidecar_outbound_listeners(ctx)
+                # outbound listeners are LDS, re-rendered with the policies: auto-mTLS follows PeerAuthentication
+                self._static_listeners[peer.ref] = []
             elif kind == "ztunnel":
                 clusters = config.ztunnel_clusters(ctx)
                 self._static_listeners[peer.ref] = config.ztunnel_outbound_listeners(ctx)
@@ -440,20 +461,24 @@ class LocalMeshSession:
                 tcp = authz.sidecar_tcp_filters(selected, self.mesh, port_map, release, services=self._services)
                 for port in workload.ports:
                     filters = http if port.protocol == "HTTP" else tcp
-                    strict = self._strict(authz, policies, workload, port.number)
-                    listeners.append(config.sidecar_inbound_listener(ctx, port, filters, strict))
+                    mode = self._sidecar_mode(authz, policies, workload, port.number)
+                    listeners.append(config.sidecar_inbound_listener(ctx, port, filters, mode))
+                # the client side of auto-mTLS: plaintext to every in-mesh destination port whose mode is DISABLE
+                plaintext = frozenset(
+                    (peer.ref, port.number) for peer in ctx.peers if peer.spiffe for port in peer.workload.ports
+                    if self._sidecar_mode(authz, policies, peer.workload, port.number) == "DISABLE")
+                listeners += config.sidecar_outbound_listeners(ctx, plaintext)
             else:
                 if workload.ports:
                     filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address, release)
                     listeners.append(config.ztunnel_hbone_listener(ctx, filters))
+                # istiod's PeerAuthentication DENYs (the static strict one, converted port-level ones) match
+                # only connections without a principal: on HBONE they never do, so only the plaintext
+                # passthrough carries them, after the AuthorizationPolicy DENYs (ambient authorization.go)
+                peer_authn = authz.ztunnel_peer_authentication(policies, workload, self.mesh)
                 for port in workload.ports:
-                    if self._strict(authz, policies, workload, port.number):
-                        # istiod sends ztunnel a synthetic DENY of connections without a principal
-                        # (ambient authorization.go, istio_converted_static_strict): accepted, then closed.
-                        filters = [config.static_strict_filter(self.mesh.root_namespace)]
-                    else:
-                        filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number,
-                                                                  release)
+                    filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number,
+                                                              release, peer_authentication=peer_authn)
                     listeners.append(config.ztunnel_plaintext_listener(ctx, port, filters))
         except TargetError:
             raise
@@ -487,14 +512,13 @@ class LocalMeshSession:
             raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc
         return listeners
 
-    def _strict(self, authz: Any, policies: Sequence[Manifest], workload: Workload, port: int) -> bool:
-        mode = authz.peer_authentication_mode(policies, workload, self.mesh, port)
-        if mode == "DISABLE":
-            raise TargetError(
-                f"PeerAuthentication mTLS mode DISABLE for {workload.ref} port {port} is not supported by "
-                "the local target yet (only PERMISSIVE and STRICT)"
-            )
-        return bool(mode == "STRICT")
+    def _sidecar_mode(self, authz: Any, policies: Sequence[Manifest], workload: Workload, port: int) -> str:
+        """The mTLS mode of `workload`'s sidecar on `port`; DISABLE on an ext-authz provider's port is refused
+        (`disabled_provider_port`)."""
+        mode = str(authz.peer_authentication_mode(policies, workload, self.mesh, port))
+        if mode == "DISABLE" and workload.kind == "ext-authz":
+            raise TargetError(_DISABLED_PROVIDER.format(f"{workload.ref}:{port}"))
+        return mode
 
     def apply(self, policies: Sequence[Manifest]) -> Applied:
         """Make exactly `policies` be in force; returns once every changed proxy acknowledged it."""

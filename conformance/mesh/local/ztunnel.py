@@ -420,6 +420,158 @@ def translate(policies: Sequence[Manifest], root_namespace: str, release: Releas
 
 
 # ---------------------------------------------------------------------------------------------------
+# Step 1b: PeerAuthentication, as istiod turns it into ztunnel DENYs (ambient authorization.go at 1.30.3,
+# convertedSelectorPeerAuthentications and convertPeerAuthentication; policies.go PeerAuthDerivedPolicies;
+# workloads.go buildWorkloadPolicies). ztunnel has no mTLS modes: a workload is referred to these DENYs by
+# name, and they match only connections without a peer identity.
+
+STATIC_STRICT_NAME = "istio_converted_static_strict"  # authorization.go staticStrictPolicyName
+CONVERTED_PA_PREFIX = "converted_peer_authentication_"  # model/authentication.go GetAmbientPolicyConfigName
+_NO_PRINCIPAL = Match(not_principals=(StringMatch("presence"),))
+
+
+def _pa_mode(section: Any) -> str:
+    """`PeerAuthentication_MutualTLS.GetMode()`: a missing section or mode is UNSET."""
+    return str(section.get("mode") or "UNSET") if isinstance(section, Mapping) else "UNSET"
+
+
+def _pa_ports(policy: Manifest) -> list[tuple[int, str]]:
+    """portLevelMtls as (port, mode), ascending ports (maps.SeqStable); the keys are uint32 workload ports."""
+    raw = policy.spec.get("portLevelMtls")
+    if not isinstance(raw, Mapping):
+        return []
+    return sorted((int(k), _pa_mode(v)) for k, v in raw.items())
+
+
+def _pa_labels(policy: Manifest) -> Mapping[str, Any] | None:
+    """The selector's matchLabels: None without a `selector` (GetSelector() == nil), {} with one but no labels."""
+    selector = policy.spec.get("selector")
+    if selector is None:
+        return None
+    labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def static_strict_policy(root_namespace: str) -> Authorization:
+    """policies.go DefaultPolicy: the DENY of every connection without a principal."""
+    return Authorization(STATIC_STRICT_NAME, root_namespace, "WORKLOAD_SELECTOR", "DENY",
+                         (Group((Clause((_NO_PRINCIPAL,)),)),))
+
+
+def convert_peer_authentication(policy: Manifest, ns_policy: Manifest | None, root_policy: Manifest | None,
+                                root_namespace: str) -> Authorization | None:
+    """authorization.go convertPeerAuthentication, as written (its Go operator precedence included)."""
+    if policy.namespace == root_namespace or policy.spec.get("selector") is None or not _pa_ports(policy):
+        return None  # "it isn't a workload policy with port level mTLS"
+    mode = _pa_mode(policy.spec.get("mtls"))
+    ns_mode = _pa_mode(ns_policy.spec.get("mtls")) if ns_policy is not None else None
+    root_mode = _pa_mode(root_policy.spec.get("mtls")) if root_policy is not None else None
+    rules: list[Clause] = []
+    groups: list[Group] = []
+    if mode == "STRICT":
+        rules.append(Clause((_NO_PRINCIPAL,)))
+    found_non_strict = False
+    for port, port_mode in _pa_ports(policy):
+        if port_mode == "STRICT":
+            parent_strict = (mode == "STRICT"
+                             or (mode == "UNSET" and ns_mode == "STRICT")
+                             or (ns_mode in (None, "UNSET") and root_mode == "STRICT"))
+            if parent_strict:
+                continue
+            groups.append(Group((Clause((Match(not_principals=(StringMatch("presence"),),
+                                               destination_ports=(port,)),)),)))
+        elif port_mode in ("PERMISSIVE", "DISABLE"):
+            if mode in ("PERMISSIVE", "DISABLE"):
+                continue
+            if mode == "UNSET" and ((ns_mode is not None and ns_mode != "STRICT")
+                                    or (ns_mode is None and root_mode is not None and root_mode != "STRICT")
+                                    or (ns_mode is None and root_mode is None)):
+                continue
+            found_non_strict = True
+            rules.append(Clause((Match(not_destination_ports=(port,)),)))
+    if mode == "STRICT" and not found_non_strict:
+        return None
+    if not rules and not groups:
+        return None
+    merge = ((root_mode == "STRICT" and ns_mode in (None, "UNSET", "STRICT")) or ns_mode == "STRICT")
+    if merge and found_non_strict:
+        rules.append(Clause((_NO_PRINCIPAL,)))
+    if rules:
+        groups.append(Group(tuple(rules)))
+    numbered = tuple(Group(g.rules, rule_index=i) for i, g in enumerate(groups))
+    return Authorization(CONVERTED_PA_PREFIX + policy.name, policy.namespace, "WORKLOAD_SELECTOR", "DENY", numbered)
+
+
+def _oldest(policies: Sequence[Manifest]) -> Manifest | None:
+    """getOldestPeerAuthn; input order stands for creation order."""
+    return policies[0] if policies else None
+
+
+def peer_authentication_policies(policies: Sequence[Manifest], namespace: str, labels: Mapping[str, str],
+                                 root_namespace: str) -> list[Authorization]:
+    """The PeerAuthentication DENYs a workload's ztunnel applies, in the order of its policy list.
+
+    workloads.go fetchPeerAuthentications (root-namespace policies without a selector; the workload's
+    namespace's whose selector, if any, is a subset of its labels), convertedSelectorPeerAuthentications
+    (which keys the workload refers to: the static strict policy when the effective mode is STRICT; the
+    converted workload policy when its port modes differ from it), and policies.go PeerAuthDerivedPolicies
+    (the converted policy, merged with the oldest namespace and root policies that have no selector at all).
+    A key istiod builds no policy for is skipped by ztunnel (state.rs assert_rbac: "skipping unknown policy").
+    """
+    peer = [p for p in policies if p.kind == "PeerAuthentication"]
+
+    def fetched(p: Manifest) -> bool:
+        if p.namespace == root_namespace and p.spec.get("selector") is None:
+            return True
+        if p.namespace != namespace:
+            return False
+        selector = _pa_labels(p)
+        return selector is None or all(k in labels and str(labels[k]) == str(v) for k, v in selector.items())
+
+    mesh_cfg = ns_cfg = workload_cfg = None
+    for p in filter(fetched, peer):
+        if not _pa_labels(p):
+            if p.namespace == root_namespace:
+                mesh_cfg = mesh_cfg or p
+            else:
+                ns_cfg = ns_cfg or p
+        elif p.namespace != root_namespace:
+            workload_cfg = workload_cfg or p
+    strict = mesh_cfg is not None and _pa_mode(mesh_cfg.spec.get("mtls")) == "STRICT"
+    if ns_cfg is not None and _pa_mode(ns_cfg.spec.get("mtls")) != "UNSET":
+        strict = _pa_mode(ns_cfg.spec.get("mtls")) == "STRICT"
+    refer_workload = False
+    if workload_cfg is not None:
+        mode = _pa_mode(workload_cfg.spec.get("mtls"))
+        if mode == "STRICT":
+            strict = True
+        elif mode in ("PERMISSIVE", "DISABLE"):
+            strict = False
+        if isinstance(workload_cfg.spec.get("portLevelMtls"), Mapping):
+            port_modes = [m for _, m in _pa_ports(workload_cfg)]
+            if mode == "STRICT":
+                if any(m in ("PERMISSIVE", "DISABLE") for m in port_modes):
+                    refer_workload, strict = True, False
+            elif mode in ("PERMISSIVE", "DISABLE"):
+                refer_workload = "STRICT" in port_modes
+            elif strict:
+                if "PERMISSIVE" in port_modes:  # DISABLE is not looked for here (authorization.go@1.30.3)
+                    refer_workload, strict = True, False
+            else:
+                refer_workload = "STRICT" in port_modes
+    out: list[Authorization] = []
+    if strict:
+        out.append(static_strict_policy(root_namespace))
+    if refer_workload and workload_cfg is not None:
+        ns_nil = _oldest([p for p in peer if p.namespace == workload_cfg.namespace and p.spec.get("selector") is None])
+        root_nil = _oldest([p for p in peer if p.namespace == root_namespace and p.spec.get("selector") is None])
+        converted = convert_peer_authentication(workload_cfg, ns_nil, root_nil, root_namespace)
+        if converted is not None:
+            out.append(converted)
+    return sorted(out, key=lambda a: a.ref)  # effectivePeerAuthenticationKeys: sets.SortedList
+
+
+# ---------------------------------------------------------------------------------------------------
 # Step 2: Envoy RBAC principals that evaluate like rbac.rs Authorization::matches.
 
 _TRUE: Json = {"any": True}
@@ -591,14 +743,26 @@ def hbone_filters(authorizations: Sequence[Authorization], destination_ip: str) 
     ]
 
 
-def plaintext_filters(authorizations: Sequence[Authorization], destination_ip: str, port: int) -> list[Json]:
-    """Network RBAC filters for plaintext connections at ztunnel's inbound passthrough (no identity)."""
+def plaintext_filters(authorizations: Sequence[Authorization], destination_ip: str, port: int,
+                      peer_authentication: Sequence[Authorization] = ()) -> list[Json]:
+    """Network RBAC filters for plaintext connections at ztunnel's inbound passthrough (no identity).
+
+    `peer_authentication` (`peer_authentication_policies`) goes in a DENY filter of its own after the
+    AuthorizationPolicy DENYs: state.rs assert_rbac walks the namespace's policies, the global ones, then the
+    workload's list, where the PeerAuthentication keys come after the AuthorizationPolicies, and names the
+    first DENY that matches (one Envoy filter would name the smallest policy id instead).
+    """
     conn = _Connection(destination_ip, identity=False, port=port)
-    return [
-        {"name": NETWORK_RBAC_FILTER, "typed_config": {
+
+    def network_rbac(action: Action, selected: Sequence[Authorization]) -> Json:
+        return {"name": NETWORK_RBAC_FILTER, "typed_config": {
             "@type": NETWORK_RBAC_TYPE,
             "rules": _rbac(action, _policies(selected, conn)),
             "stat_prefix": RBAC_TCP_FILTER_STAT_PREFIX,
         }}
-        for action, selected in _by_action(authorizations)
-    ]
+
+    layers = _by_action(authorizations)
+    out = [network_rbac(action, selected) for action, selected in layers if action == "DENY"]
+    if peer_authentication:
+        out.append(network_rbac("DENY", peer_authentication))
+    return out + [network_rbac(action, selected) for action, selected in layers if action == "ALLOW"]
