@@ -74,9 +74,13 @@ def ap(name: str, spec: dict[str, Any], ns: str = "default", annotations: dict[s
                            "metadata": meta, "spec": spec}) + "---\n"
 
 
-def pa(name: str, mode: str, ns: str = "default", selector: dict[str, str] | None = None) -> str:
-    spec: dict[str, Any] = {"mtls": {"mode": mode}}
+def pa(name: str, mode: str | None, ns: str = "default", selector: dict[str, str] | None = None,
+       ports: dict[int, str] | None = None) -> str:
+    """A PeerAuthentication; `mode` None leaves `mtls` out (UNSET), `ports` is its portLevelMtls."""
+    spec: dict[str, Any] = {"mtls": {"mode": mode}} if mode is not None else {}
     if selector:
         spec["selector"] = {"matchLabels": selector}
+    if ports:
+        spec["portLevelMtls"] = {port: {"mode": m} for port, m in ports.items()}
     return yaml.safe_dump({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                            "metadata": {"name": name, "namespace": ns}, "spec": spec}) + "---\n"

@@ -23,7 +23,7 @@ import yaml
 from conformance.mesh.local.authz import select_policies
 from conformance.mesh.local.extauthz import CustomBuilder
 from conformance.mesh.local.rbac import RbacBuilder, TrustDomainBundle
-from conformance.mesh.local.ztunnel import convert_authorization_policy
+from conformance.mesh.local.ztunnel import convert_authorization_policy, convert_peer_authentication
 from conformance.model import Manifest, MeshConfig, Workload
 from tests.mesh.envoy_support import (
     envoy_binary,
@@ -201,6 +201,41 @@ def test_ambient_translation_matches_istiod(case: str) -> None:
     assert authz is not None
     want = yaml.safe_load((_golden() / "ambient" / f"{case}.yaml").read_text())
     assert authz.to_dict() == want
+
+
+PEER_AUTHN_CASES = sorted(p.name[:-len("-in.yaml")] for p in (GOLDEN / "ambient").glob("peer-authn-*-in.yaml"))
+
+
+def split_like_test_rbac_convert(docs: list[Manifest]) -> tuple[Manifest, Manifest | None, Manifest | None]:
+    """(policy, namespace policy, root policy) as TestRBACConvert picks them from one file: a lone document is
+    the policy; else root = istio-system, the one with a selector = workload, the others = namespace; with
+    no workload policy the namespace one is passed as the policy (ambientindex_test.go@1.30.3)."""
+    if len(docs) == 1:
+        return docs[0], None, None
+    root = next((d for d in docs if d.namespace == "istio-system"), None)
+    workload = next((d for d in docs if d.namespace != "istio-system" and d.spec.get("selector") is not None), None)
+    namespace = next((d for d in docs if d.namespace != "istio-system" and d.spec.get("selector") is None), None)
+    if workload is None:
+        assert namespace is not None
+        return namespace, None, root
+    return workload, namespace, root
+
+
+@pytest.mark.parametrize("case", PEER_AUTHN_CASES)
+def test_peer_authentication_translation_matches_istiod(case: str) -> None:
+    """TestRBACConvert, PeerAuthentication half: convertPeerAuthentication(systemNS, workload, ns, root) equals
+    the expected Authorization, or nothing where istiod sends nothing (an empty golden file)."""
+    docs = load_manifests(GOLDEN / "ambient" / f"{case}-in.yaml")
+    policy, ns_policy, root_policy = split_like_test_rbac_convert(docs)
+    authz = convert_peer_authentication(policy, ns_policy, root_policy, "istio-system")
+    want = yaml.safe_load((GOLDEN / "ambient" / f"{case}.yaml").read_text())
+    assert (authz.to_dict() if authz is not None else None) == want
+
+
+def test_peer_authentication_golden_cases_are_all_there() -> None:
+    """The 19 PeerAuthentication cases of TestRBACConvert at 1.30.3 are vendored, inputs and outputs."""
+    assert len(PEER_AUTHN_CASES) == 19
+    assert all((GOLDEN / "ambient" / f"{c}.yaml").is_file() for c in PEER_AUTHN_CASES)
 
 
 # ---------------------------------------------------------------------------------------------------
