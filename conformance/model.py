@@ -452,6 +452,16 @@ class Scenario:
                      if f"{w.name}.{w.namespace}.svc.{CLUSTER_DOMAIN}" == host
                      and (namespace is None or namespace == w.namespace)), None)
 
+    def grpc_check_ports(self) -> frozenset[tuple[str, int]]:
+        """(workload ref, port) of the ext-authz ports a gRPC provider calls (every other ext-authz port speaks the
+        HTTP check protocol): the ext_authz protocol of a port is the provider's that names it."""
+        out = set()
+        for provider in self.mesh.extension_providers:
+            target = self.provider_workload(provider)
+            if provider.kind == "grpc" and target is not None and target.port(provider.port) is not None:
+                out.add((target.ref, provider.port))
+        return frozenset(out)
+
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
 

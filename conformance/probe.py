@@ -13,8 +13,9 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from conformance.model import (
     ALLOWED,
@@ -210,6 +211,57 @@ def proof_of_rbac(policy_id: str, *, proxy: str, layer: str, serves: str | None,
     if policy is not None and to_scenario is not None:
         policy = to_scenario(policy)
     return Proof(proxy, DENY_POLICY, policy, rule, line, layer, serves)
+
+
+# The dynamic metadata key under which the CUSTOM shadow RBAC in front of an ext_authz filter writes the rule it
+# matched (istiod model.go RBACExtAuthzShadowRulesStatPrefix + RBACShadowEffectivePolicyID): what names the CUSTOM
+# policy of an ext_authz denial. Both targets log `%DYNAMIC_METADATA(envoy.filters.http.rbac)%` as `http_rbac`.
+EXT_AUTHZ_POLICY_KEY = "istio_ext_authz_shadow_effective_policy_id"
+# The access-log fields both targets write, by name: `details` (%RESPONSE_CODE_DETAILS%), `term`
+# (%CONNECTION_TERMINATION_DETAILS%), `flags` (%RESPONSE_FLAGS%), `http_rbac` / `network_rbac`
+# (%DYNAMIC_METADATA(envoy.filters.http.rbac)% / (envoy.filters.network.rbac)%).
+FILTER_CHAIN_NOT_FOUND = "filter_chain_not_found"
+
+
+def envoy_denial_proof(fields: Mapping[str, Any], *, proxy: str, layer: str, serves: str | None, line: str,
+                       to_scenario: Callable[[str], str] | None = None) -> Proof | None:
+    """The denial an Envoy access-log record (`fields`, parsed JSON) proves, or None when it records none.
+
+    One reading for the local mesh and the clusters, in the order Envoy's filters run (istiod puts the JWT
+    filter before ext_authz and RBAC, pilot/pkg/networking/core/listener.go buildInboundHTTPFilters / the
+    authn and authz plugins): the JWT filter's `jwt_authn_access_denied{<message>}` (the message in
+    `detail`); ext_authz's `ext_authz_denied` / `ext_authz_error`, naming the CUSTOM policy whose rule the
+    shadow RBAC matched (it is what enabled the filter, filter_enabled_metadata, so a denial always has one);
+    an RBAC denial (`rbac_access_denied_matched_policy[...]`); a STRICT listener finding no filter chain for
+    plaintext (`flags=NR`, `details=filter_chain_not_found`).
+    """
+    def get(key: str) -> str:
+        value = fields.get(key)
+        return "" if value is None or value == "-" else str(value)
+
+    message = jwt_denial(get("details"))
+    if message is not None:
+        return Proof(proxy, JWT_REJECTED, None, None, line, layer, serves, detail=message)
+    ext_authz = ext_authz_result(get("details")) or ext_authz_result(get("term"))
+    if ext_authz is not None:
+        named = ""
+        for key in ("http_rbac", "network_rbac"):
+            meta = fields.get(key)
+            if isinstance(meta, Mapping) and meta.get(EXT_AUTHZ_POLICY_KEY):
+                named = str(meta[EXT_AUTHZ_POLICY_KEY])
+                break
+        policy, rule = parse_policy_id(named) if named else (None, None)
+        if policy is not None and to_scenario is not None:
+            policy = to_scenario(policy)
+        return Proof(proxy, ext_authz, policy, rule, line, layer, serves)
+    for key in ("details", "term"):
+        policy_id = rbac_denial(get(key))
+        if policy_id is not None:
+            return proof_of_rbac(policy_id, proxy=proxy, layer=layer, serves=serves, line=line,
+                                 to_scenario=to_scenario)
+    if "NR" in get("flags").split(",") and get("details") == FILTER_CHAIN_NOT_FOUND:
+        return Proof(proxy, STRICT_MTLS, None, None, line, layer, serves)
+    return None
 
 
 @dataclass(frozen=True)

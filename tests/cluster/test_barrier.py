@@ -119,11 +119,12 @@ def test_only_the_active_listener_state_counts() -> None:
     assert active_policy_ids('{"something": "else"}') is None
 
 
-def test_only_allow_and_deny_policies_are_observable():
-    """The barrier waits for ALLOW (the default) and DENY policies only (the module docstring says why); anything
-    else is applied unobserved, which session.py reports."""
+def test_allow_deny_and_custom_policies_are_observable_audit_and_peer_authentication_are_not():
+    """The barrier waits for ALLOW (the default), DENY and CUSTOM policies (the module docstring says how each
+    shows in a proxy); AUDIT and PeerAuthentication are applied unobserved, which session.py reports."""
     assert observable(ap("allow", "a", {})) and observable(ap("deny", "a", {"action": "DENY"}))
-    assert not observable(ap("audit", "a", {"action": "AUDIT"})) and not observable(ap("c", "a", {"action": "CUSTOM"}))
+    assert observable(ap("c", "a", {"action": "CUSTOM", "provider": {"name": "p"}}))
+    assert not observable(ap("audit", "a", {"action": "AUDIT"}))
     peer = Manifest("PeerAuthentication", "security.istio.io/v1", "strict", "a",
                     {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                      "metadata": {"name": "strict", "namespace": "a"}, "spec": {"mtls": {"mode": "STRICT"}}}, "test")
@@ -156,3 +157,65 @@ def test_the_steps_own_root_policies_are_never_foreign_even_where_not_predicted(
     (e,) = expectations([SIDECAR], [audit], [], "istio-system", root_baseline=frozenset())
     assert e.present == frozenset() and e.foreign({"istio-system/audit"}) == []
     assert e.foreign({"istio-system/audit", "istio-system/other"}) == ["istio-system/other"]
+
+
+def ra(name: str, ns: str, spec: dict) -> Manifest:
+    return Manifest("RequestAuthentication", "security.istio.io/v1", name, ns,
+                    {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                     "metadata": {"name": name, "namespace": ns}, "spec": spec}, "test")
+
+
+def test_custom_policies_show_as_their_shadow_rules_or_istiods_bad_provider_deny():
+    """builder.go policyName with IsCustomBuilder (`istio-ext-authz-<provider>-ns[..]..`) and badCustomActionSuffix:
+    a CUSTOM policy is in force with its provider only in the first form; the plain ids stay plain."""
+    dump = json.dumps({"policies": {
+        "istio-ext-authz-az1-sample-ns[a]-policy[ext]-rule[0]": {},
+        "istio-ext-authz-az1-gone-ns[a]-policy[bad]-rule[0]-deny-due-to-bad-CUSTOM-action": {},
+        "ns[a]-policy[deny-all]-rule[0]": {}}})
+    assert policy_ids_in(dump) == {"custom:a/ext", "custom-bad:a/bad", "a/deny-all"}
+
+
+def test_jwt_issuers_are_read_from_the_jwt_filter_of_the_active_listeners():
+    """pilot/pkg/security/authn policy_applier.go: one provider per jwtRule, each with its issuer."""
+    from conformance.mesh.cluster.barrier import active_policy_ids
+
+    filt = {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"origins-0": {"issuer": "testing@secure.istio.io"}, "origins-1": {"issuer": "other"}}}}
+    dump = json.dumps({"configs": [{"active_state": {"listener": {"filter_chains": [{"filters": [filt]}]}}},
+                                   {"warming_state": {"listener": {"issuer": "not-active"}}}]})
+    assert active_policy_ids(dump) == {"jwt:testing@secure.istio.io", "jwt:other"}
+
+
+def test_custom_and_request_authentication_expectations_per_proxy():
+    """Which proxy must show a CUSTOM policy or a RequestAuthentication, and in which form."""
+    http_provider = ap("ext", "a", {"action": "CUSTOM", "provider": {"name": "p-http"}, "rules": [{}]})
+    grpc_provider = ap("extg", "a", {"action": "CUSTOM", "provider": {"name": "p-grpc"}, "rules": [{}]})
+    unknown = ap("bad", "a", {"action": "CUSTOM", "provider": {"name": "nowhere"}, "rules": [{}]})
+    at_waypoint = ap("wp", "a", {"action": "CUSTOM", "provider": {"name": "p-http"}, "rules": [{}],
+                                 "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                 "name": "waypoint"}]})
+    jwt = ra("jwt", "a", {"jwtRules": [{"issuer": "iss-1"}]})
+    providers = {"p-http": "http", "p-grpc": "grpc"}
+    tcp_only = Proxy("sidecar", "db-1", "a", {"app": "db"}, http=False)
+    exp = {e.proxy.label: e for e in expectations(
+        [SIDECAR, tcp_only, ZTUNNEL, WAYPOINT], [http_provider, grpc_provider, unknown, at_waypoint, jwt], [],
+        "istio-system", frozenset({"a"}), providers=providers)}
+    assert exp[SIDECAR.label].present == {"custom:a/ext", "custom:a/extg", "custom-bad:a/bad", "jwt:iss-1"}
+    # a TCP chain: no JWT filter, no HTTP provider's ext_authz; a gRPC provider's network filter and the deny are there
+    assert exp[tcp_only.label].present == {"custom:a/extg", "custom-bad:a/bad"}
+    assert ZTUNNEL.label not in exp  # ztunnel gets no CUSTOM and does no JWT (ambient authorization.go)
+    assert exp[WAYPOINT.label].present == {"custom:a/wp"}
+    # removing a CUSTOM policy waits until neither of its forms is left
+    gone = expectations([SIDECAR], [], [http_provider, jwt], "istio-system", providers=providers)
+    assert gone[0].absent == {"custom:a/ext", "custom-bad:a/ext", "jwt:iss-1"}
+
+
+def test_a_custom_policy_in_the_bad_form_is_not_yet_in_force():
+    """Before istiod loaded the provider it built the RBAC DENY; the barrier keeps waiting for the real form."""
+    custom = ap("ext", "a", {"action": "CUSTOM", "provider": {"name": "p"}, "rules": [{}]})
+    expected = expectations([SIDECAR], [custom], [], "istio-system", providers={"p": "http"})
+    states = iter([{"custom-bad:a/ext"}, {"custom:a/ext"}])
+    clock = iter(range(100))
+    result = wait(expected, lambda proxy: next(states), clock=lambda: float(next(clock)), sleep=lambda s: None)
+    assert result.reached and result.polls == 2

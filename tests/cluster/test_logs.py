@@ -329,3 +329,25 @@ def test_a_ztunnel_line_without_a_direction_is_no_decision():
                                       direction="outbound"))
     assert RecordMatcher(NSMAP.scenario_ref).match([zt(0, src="10.244.0.50:40000")], outbound,
                                                    final=True)[0].proof is None
+
+
+def test_jwt_and_ext_authz_denials_are_proved_by_the_filters_own_details():
+    """Issue 11: the JWT filter's `jwt_authn_access_denied{...}` (envoy jwt_authn filter.cc) and ext_authz's
+    `ext_authz_denied`, naming the CUSTOM policy from the shadow RBAC's dynamic metadata (the `http_rbac` field
+    of clusters/istio/*.yaml), read as the local mesh reads them (probe.envoy_denial_proof), names mapped back."""
+    from conformance.probe import EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR, EXT_AUTHZ_POLICY_KEY, JWT_REJECTED
+
+    custom = "istio-ext-authz-azq-sample-ns[azq-accounts]-policy[ext-authz]-rule[0]"
+    logs = lines(SIDECAR,
+                 envoy(T0 + 0.1, probe="r1-0", code=401, details="jwt_authn_access_denied{Jwt_is_expired}"),
+                 envoy(T0 + 0.2, probe="r1-1", code=403, details="ext_authz_denied",
+                       http_rbac={EXT_AUTHZ_POLICY_KEY: custom, "istio_ext_authz_shadow_engine_result": "allowed"}),
+                 envoy(T0 + 0.3, probe="r1-2", code=403, details="ext_authz_error",
+                       http_rbac={EXT_AUTHZ_POLICY_KEY: custom}))
+    found = RecordMatcher(NSMAP.scenario_ref).match([http(0, "r1-0"), http(1, "r1-1"), http(2, "r1-2")], logs,
+                                                    final=True)
+    jwt, denied, error = (found[k].proof for k in range(3))
+    assert jwt is not None and (jwt.kind, jwt.detail, jwt.policy) == (JWT_REJECTED, "Jwt is expired", None)
+    assert denied is not None and (denied.kind, denied.policy, denied.rule) == (EXT_AUTHZ_DENIED,
+                                                                                "accounts/ext-authz", 0)
+    assert error is not None and (error.kind, error.policy) == (EXT_AUTHZ_ERROR, "accounts/ext-authz")

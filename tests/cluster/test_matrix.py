@@ -63,6 +63,8 @@ def test_overlays_enable_json_access_logs_with_the_proof_fields():
         assert fmt["probe"] == f"%REQ({PROBE_HEADER.upper()})%"
         assert fmt["src"] == "%DOWNSTREAM_REMOTE_ADDRESS%" and fmt["local"] == "%DOWNSTREAM_LOCAL_ADDRESS%"
         assert fmt["upstream_local"] == "%UPSTREAM_LOCAL_ADDRESS%" and fmt["flags"] == "%RESPONSE_FLAGS%"
+        # the CUSTOM policy of an ext_authz denial, from the shadow RBAC's dynamic metadata (probe.EXT_AUTHZ_POLICY_KEY)
+        assert fmt["http_rbac"] == "%DYNAMIC_METADATA(envoy.filters.http.rbac)%"
 
 
 def test_github_matrix():

@@ -193,3 +193,18 @@ def test_session_prefixes():
 
     assert session_prefix("ci-", 3) == "ci3-" and session_prefix("ci", 4) == "ci4-"
     assert PREFIX_RE.match(session_prefix(None, 1)) and session_prefix(None, 1) != session_prefix(None, 1)
+
+
+def test_a_custom_policys_provider_is_the_sessions_own():
+    """meshconfig.py registers each session's providers under its prefix; CUSTOM policies name them so, and
+    nothing else is touched (an ALLOW policy has no provider)."""
+    from conformance.model import Manifest
+
+    nsmap = NamespaceMap("az1-", frozenset({"foo"}))
+    body = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "c", "namespace": "foo"},
+            "spec": {"action": "CUSTOM", "provider": {"name": "sample"}, "rules": [{}]}}
+    mapped = nsmap.manifest(Manifest("AuthorizationPolicy", "security.istio.io/v1", "c", "foo", body, "t"))
+    assert mapped.body["spec"]["provider"] == {"name": "az1-sample"} and mapped.namespace == "az1-foo"
+    assert body["spec"]["provider"] == {"name": "sample"}  # the scenario's own document is not changed
+    assert nsmap.provider_name("sample") == "az1-sample"

@@ -188,11 +188,16 @@ def test_the_plan_a_run_prints_is_for_its_own_concurrency(capsys):
     assert "2 scenario(s) at once" in capsys.readouterr().out
 
 
-def test_scenarios_the_cluster_targets_cannot_run_yet_get_no_shard_and_say_why():
-    """JWT and CUSTOM (issue 11) run on the engine and the local mesh only: the targets skip them at once, so
-    the plan gives them no job and no estimate, and lists them as not planned with the reason."""
+def test_jwt_and_custom_scenarios_are_planned_and_a_provider_costs_the_mesh_config_wait():
+    """Issue 11: JWT and CUSTOM scenarios run on the cluster targets, so they get a shard; a scenario with CUSTOM
+    providers waits at its start until istiod serves its mesh config change (meshconfig.py), which its
+    estimate carries (Costs.mesh_config)."""
     built = plan.build([POLICIES], "kind", ["sidecar"], "1.30")
     planned = {Path(f).name for mp in built.modes for sh in mp.shards for f in sh.files}
-    assert "jwt-claims.yaml" not in planned and "ext-authz-task.yaml" not in planned
-    assert "conditions.yaml" in planned
-    assert any(s.startswith(str(POLICIES / "jwt-claims.yaml")) and "do not run yet" in s for s in built.skipped)
+    assert {"jwt-claims.yaml", "ext-authz-task.yaml", "conditions.yaml"} <= planned
+    assert not any("jwt-claims" in s or "ext-authz-task" in s for s in built.skipped)
+    costs = {s.name: s for s in built.modes[0].scenarios}
+    jwt, custom = costs["jwt-claims"], costs["ext-authz-task"]
+    assert jwt.start == plan.COSTS.scenario  # no provider: no mesh config wait
+    assert custom.start == (plan.COSTS.scenario[0] + plan.COSTS.mesh_config[0],
+                            plan.COSTS.scenario[1] + plan.COSTS.mesh_config[1])

@@ -84,6 +84,8 @@ def test_services_name_their_protocol_and_select_only_their_workload(path):
         assert svc["spec"]["selector"] == {WORKLOAD_LABEL: w.name}
         for port, sp in zip(w.ports, svc["spec"]["ports"], strict=True):
             proto = "http" if port.protocol == "HTTP" else "tcp"
+            if (w.ref, port.number) in scenario.grpc_check_ports():
+                proto = "grpc"  # a gRPC provider's port: Istio gives it an HTTP/2 cluster only when named so
             assert sp["name"] == f"{proto}-{port.number}" and sp["appProtocol"] == proto
             assert sp["port"] == port.number == sp["targetPort"]
 
@@ -167,3 +169,78 @@ def test_waypoint_gateway():
                                              "authz-conformance/run": "azt3st00"}}
     assert not [d for d in render(ROOT / "policies" / "waypoint-getting-started.yaml", "ambient")[2]
                 if d["kind"] == "Gateway"]
+
+
+def _ext_authz_parts(path: Path) -> tuple[dict, dict, dict]:
+    scenario, nsmap, docs = render(path, "sidecar")
+    (w,) = [w for w in scenario.workloads if w.kind == "ext-authz"]
+    ns = nsmap.cluster_namespace(w.namespace)
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == w.name)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["namespace"] == ns)
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == w.name)
+    return dep, cm, svc
+
+
+def test_an_http_ext_authz_workload_runs_the_local_meshs_own_server_from_the_stdlib():
+    """Issue 11: the provider is extauthz_server.py itself (Istio's samples/extauthz behaviour), in the pinned
+    app image, answering on every port with the HTTP check protocol, its decisions in the pod's log."""
+    import json
+
+    from conformance.mesh.cluster.manifests.render import EXT_AUTHZ_SCRIPT
+
+    dep, cm, svc = _ext_authz_parts(ROOT / "policies" / "ext-authz-task.yaml")
+    app = dep["spec"]["template"]["spec"]["containers"][1]
+    assert app["command"] == ["python3", "-P", "-u", "/app/extauthz_server.py"]
+    assert app["args"] == ["/app/ext-authz.json"]
+    assert cm["data"]["extauthz_server.py"] == EXT_AUTHZ_SCRIPT.read_text()
+    assert "ext-authz-grpc-requirements.txt" not in cm["data"]  # no gRPC port: nothing to install
+    spec = json.loads(cm["data"]["ext-authz.json"])
+    assert spec["log"] == "/dev/stdout" and {i["protocol"] for i in spec["items"]} == {"http"}
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http-8000"]
+
+
+def test_a_grpc_provider_port_is_named_grpc_and_its_packages_are_installed_hash_pinned():
+    """A gRPC provider needs an HTTP/2 cluster, which Istio gives a port named or appProtocol'd `grpc` (the
+    sample's Service names port 9000 `grpc`); the server then needs grpcio and Envoy's protos, installed at
+    start with --require-hashes from clusters/workloads/ext-authz-grpc-requirements.txt."""
+    import json
+
+    path = ROOT / "policies" / "ext-authz-custom-server.yaml"
+    scenario, _, _ = render(path, "sidecar")
+    grpc = scenario.grpc_check_ports()
+    assert grpc
+    dep, cm, svc = _ext_authz_parts(path)
+    app = dep["spec"]["template"]["spec"]["containers"][1]
+    assert app["command"][:2] == ["sh", "-c"] and "--require-hashes" in app["command"][2]
+    assert "--no-deps" in app["command"][2] and "exec python3 -P -u /app/extauthz_server.py" in app["command"][2]
+    assert "ext-authz-grpc-requirements.txt" in cm["data"]
+    ports = {p["port"]: p for p in svc["spec"]["ports"]}
+    for _ref, number in grpc:
+        assert ports[number]["name"] == f"grpc-{number}" and ports[number]["appProtocol"] == "grpc"
+    items = {i["port"]: i["protocol"] for i in json.loads(cm["data"]["ext-authz.json"])["items"]}
+    assert {n for n, proto in items.items() if proto == "grpc"} == {n for _, n in grpc}
+
+
+def test_the_grpc_requirements_are_hash_pinned_within_the_projects_own_bounds():
+    """The cluster's gRPC check service needs what the local mesh's needs (pyproject.toml's grpcio and xds-protos
+    bounds, and what xds-protos requires), every line pinned to one version with its wheel's hash (pip
+    --require-hashes --no-deps refuses anything else)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from conformance.mesh.cluster.manifests.render import EXT_AUTHZ_REQUIREMENTS
+
+    pins = {}
+    for line in EXT_AUTHZ_REQUIREMENTS.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        requirement, _, digest = line.partition(" --hash=sha256:")
+        name, _, pinned = requirement.partition("==")
+        assert len(digest) == 64 and int(digest, 16) >= 0, line
+        pins[name] = pinned
+    assert set(pins) == {"grpcio", "protobuf", "xds-protos", "typing-extensions"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for spec in map(Requirement, project):
+        if spec.name in pins:
+            assert spec.specifier.contains(pins[spec.name]), f"{spec.name}=={pins[spec.name]} is outside {spec}"

@@ -11,7 +11,9 @@ What it may and may not do on someone's cluster (DESIGN.md §7, issue 6):
   (predictions for the wrong release would prove nothing);
 - everything it creates lives in namespaces with a run-unique prefix (naming.py), mapped consistently
   inside policies, shown in reports, deleted afterwards;
-- it refuses policies in the root namespace and mesh-wide PeerAuthentication unless `--allow-mesh-wide`;
+- it refuses policies in the root namespace and mesh-wide PeerAuthentication unless `--allow-mesh-wide`,
+  and a scenario's CUSTOM extension providers (which go into istiod's mesh config ConfigMap for the
+  scenario's run, meshconfig.py) unless `--allow-mesh-config-update`;
   with it, a session deletes them at its close (session.py), and this target's `close` (the plugin calls
   it at the end of the run, `atexit` after a Ctrl-C that skipped the teardown) closes any session still
   open, so nothing the run applied outlives it on someone's cluster.
@@ -34,7 +36,8 @@ from conformance.mesh.cluster.kind import istiod_version, sigterm_interrupts
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
+from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
@@ -193,11 +196,15 @@ class ExistingClusterTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
-        missing = not_built_for_clusters(scenario)
-        if missing:
-            raise TargetUnavailable(missing)
         installed = self._installed
         assert installed is not None
+        if scenario.mesh.extension_providers and not self.settings.allow_mesh_config_update:
+            names = ", ".join(p.name for p in scenario.mesh.extension_providers)
+            raise TargetUnavailable(
+                f"{scenario.name} defines meshConfig.extensionProviders ({names}) for its CUSTOM policies: on an "
+                f"existing cluster the suite adds them to istiod's mesh config (ConfigMap {installed.root_namespace}"
+                f"/{mesh_configmap_name(installed.revision)}) for the scenario's run only with "
+                "--allow-mesh-config-update")
         revision = None if installed.default_injection else installed.revision
         ctx = ClusterContext(
             kube=self._session_kube(), owns_kube=not self._given_kube,
@@ -211,6 +218,9 @@ class ExistingClusterTarget:
             observations_out=self.settings.observations_out,
             accept_unconfirmed=self.settings.accept_unconfirmed_denials, target_name="cluster",
             root_baseline=self._root_baseline if self.concurrency > 1 else None,
+            mesh_config=MeshConfigAccess(ISTIO_NAMESPACE, (mesh_configmap_name(installed.revision),),
+                                         istiod_selector(installed.revision))
+            if self.settings.allow_mesh_config_update else None,
         )
         session = ClusterSession(scenario, mode, ctx)
         with self._lock:  # sessions start side by side (schedule.py)

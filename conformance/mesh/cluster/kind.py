@@ -56,7 +56,8 @@ from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
+from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
@@ -192,9 +193,6 @@ class KindTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
-        missing = not_built_for_clusters(scenario)
-        if missing:
-            raise TargetUnavailable(missing)
         cluster = self._cluster(mode)
         ctx = ClusterContext(
             kube=Kube(str(cluster.sessions_read), cluster.context), owns_kube=True,
@@ -209,6 +207,9 @@ class KindTarget:
             # a cluster this run made has no root-namespace policy of its own (a kept one with leftovers is
             # reported by the barrier, which is right: they are in force)
             root_baseline=frozenset() if self.concurrency > 1 else None,
+            # the cluster is the run's own: a scenario's CUSTOM providers go into its (revisionless) istiod's
+            # mesh config for the scenario's run (meshconfig.py says why not at install)
+            mesh_config=MeshConfigAccess(ISTIO_NAMESPACE, (mesh_configmap_name(None),), istiod_selector(None)),
         )
         return ClusterSession(scenario, mode, ctx).start()
 

@@ -40,6 +40,10 @@ class ExecLost(TargetError):
     """An exec timed out or lost its status channel: the probes it carried observed nothing."""
 
 
+class ReplaceConflict(TargetError):
+    """A replace (PUT) refused with 409 Conflict: the object changed since it was read."""
+
+
 @dataclass(frozen=True)
 class ExecResult:
     stdout: str
@@ -275,6 +279,36 @@ class Kube:
                 return False
             raise TargetError(f"deleting {kind} {namespace or ''}/{name} failed: {_api_message(exc)}") from exc
         return True
+
+    def replace(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT one object as read, its `metadata.resourceVersion` kept: the API server refuses it (409) when the
+        object changed since it was read (optimistic concurrency, Kubernetes API concepts), raised as
+        `ReplaceConflict` so the caller reads again."""
+        res = self.resource(doc["apiVersion"], doc["kind"])
+        meta = doc.get("metadata") or {}
+        try:
+            out = res.replace(body=dict(doc), name=meta.get("name"),
+                              namespace=meta.get("namespace") if res.namespaced else None,
+                              _request_timeout=self.request_timeout)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 409:
+                raise ReplaceConflict(f"{doc['kind']} {meta.get('namespace', '')}/{meta.get('name')} changed since it "
+                                      f"was read: {_api_message(exc)}") from exc
+            raise TargetError(f"replacing {doc['kind']} {meta.get('namespace', '')}/{meta.get('name')} failed: "
+                              f"{_api_message(exc)}") from exc
+        return out.to_dict() if hasattr(out, "to_dict") else dict(out)
+
+    def proxy_get(self, namespace: str, pod: str, port: int, path: str) -> str:
+        """GET `path` on a pod's port through the API server's pod proxy (`pods/<name>:<port>/proxy/<path>`),
+        so nothing is port-forwarded and nothing runs in the pod."""
+        from kubernetes import client as kclient
+
+        try:
+            out = kclient.CoreV1Api(self.api).connect_get_namespaced_pod_proxy_with_path(
+                f"{pod}:{port}", namespace, path, _request_timeout=self.request_timeout, _preload_content=False)
+            return bytes(out.data).decode(errors="replace")
+        except Exception as exc:
+            raise TargetError(f"GET {path} on pod {namespace}/{pod}:{port} failed: {_api_message(exc)}") from exc
 
     def pods(self, namespace: str | None, label_selector: str | None = None) -> list[PodInfo]:
         return [pod_info(p) for p in self.list("v1", "Pod", namespace, label_selector)]

@@ -53,8 +53,7 @@ from conformance.probe import (
     STATIC_STRICT_POLICY,
     STRICT_MTLS,
     Proof,
-    proof_of_rbac,
-    rbac_denial,
+    envoy_denial_proof,
 )
 
 ZTUNNEL_REJECTION = "connection closed due to policy rejection: "
@@ -64,7 +63,6 @@ ZTUNNEL_NONE_ALLOWED = "allow policies exist, but none allowed"
 # an `assert_rbac` failure with 401, and h2/client.rs turns a non-200 answer into `Error::HttpStatus`
 # ("http status: {0}", src/proxy.rs).
 HBONE_REFUSED = "http status: 401 Unauthorized"
-FILTER_CHAIN_NOT_FOUND = "filter_chain_not_found"
 _KV = re.compile(r'(?P<key>[A-Za-z_][\w.]*)=(?P<value>"(?:[^"\\]|\\.)*"|\S*)')
 # The kubelet's timestamp (RFC 3339 with up to nanoseconds) and one space, in front of every line read
 # with timestamps=True (kubelet pkg/kubelet/kuberuntime/logs: RFC3339Nano).
@@ -119,20 +117,6 @@ class EnvoyRecord:
         value = self.fields.get(key)
         return "" if value is None or value == "-" else str(value)
 
-    @property
-    def decision(self) -> str | None:
-        """The RBAC policy id of a denial (`none` included), or None."""
-        for key in ("details", "term"):
-            policy_id = rbac_denial(self.get(key))
-            if policy_id is not None:
-                return policy_id
-        return None
-
-    @property
-    def strict_rejection(self) -> bool:
-        """No filter chain for this connection: a STRICT listener refusing plaintext."""
-        return "NR" in self.get("flags").split(",") and self.get("details") == FILTER_CHAIN_NOT_FOUND
-
 
 def parse_envoy_line(line: str) -> EnvoyRecord | None:
     """One JSON access-log line (anything else a proxy prints is not a record: None)."""
@@ -148,14 +132,11 @@ def parse_envoy_line(line: str) -> EnvoyRecord | None:
 
 def envoy_proof(record: EnvoyRecord, *, proxy: str, layer: str, serves: str | None,
                 to_scenario: Callable[[str], str]) -> Proof:
-    """What an Envoy record says: a DENY, no ALLOW matched, a STRICT rejection, or allowed."""
-    decision = record.decision
-    if decision is not None:
-        return proof_of_rbac(decision, proxy=proxy, layer=layer, serves=serves, line=record.line,
-                             to_scenario=to_scenario)
-    if record.strict_rejection:
-        return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
-    return Proof(proxy, PROXY_ALLOWED, None, None, record.line, layer, serves)
+    """What an Envoy record says: the JWT filter's or ext_authz's denial, a DENY, no ALLOW matched, a STRICT
+    rejection (probe.envoy_denial_proof, the local mesh's reading too), or allowed."""
+    denial = envoy_denial_proof(record.fields, proxy=proxy, layer=layer, serves=serves, line=record.line,
+                                to_scenario=to_scenario)
+    return denial if denial is not None else Proof(proxy, PROXY_ALLOWED, None, None, record.line, layer, serves)
 
 
 # -- ztunnel ---------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ names a namespace is rewritten the same way, and the proxies' records are mapped
 - `principals` / `notPrincipals` and `when: source.principal`: the namespace segment after `/ns/`;
 - `serviceAccounts` / `notServiceAccounts` and `when: source.serviceAccount` (`ns/sa`): the namespace;
 - `hosts` / `notHosts`: `<svc>.<ns>[.svc...][:port]` host names;
-- `targetRefs[].namespace` / `targetRef.namespace`.
+- `targetRefs[].namespace` / `targetRef.namespace`;
+- a CUSTOM policy's `provider.name`: each session adds its providers to the mesh config under its own
+  prefix (meshconfig.py), so concurrent sessions never share one.
 
 Selectors (`matchLabels`) are left as written: workloads keep their labels, so a selector keeps
 selecting the same pods. The map is shown in reports and reversible (`scenario_namespace`).
@@ -67,28 +69,6 @@ class SessionPrefixes:
             self.count += 1
             count = self.count
         return session_prefix(self.base, count)
-
-
-def not_built_for_clusters(scenario: Scenario) -> str | None:
-    """Why the cluster targets cannot run this scenario yet, or None.
-
-    JWT and CUSTOM (issue 11) run on the engine and the local mesh; on clusters the keys would have to reach
-    the RequestAuthentication (`${jwks:...}`), tokens curl, the ext_authz provider a Deployment and the mesh
-    config its `extensionProviders`: not built yet. Refused before any cluster is made, as a skip naming it.
-    """
-    uses = []
-    if scenario.issuers or any(e.probe.request.jwt is not None for st in scenario.steps for e in st.expectations):
-        uses.append("JWT (issuers, tokens)")
-    if any(m.kind == "RequestAuthentication" for st in scenario.steps for m in st.policies):
-        uses.append("RequestAuthentication")
-    if scenario.mesh.extension_providers or any(w.kind == "ext-authz" for w in scenario.workloads) or any(
-            m.kind == "AuthorizationPolicy" and m.spec.get("action") == "CUSTOM"
-            for st in scenario.steps for m in st.policies):
-        uses.append("CUSTOM (ext_authz)")
-    if not uses:
-        return None
-    return (f"{scenario.name} uses {', '.join(uses)}, which the cluster targets do not run yet (issue 11: the "
-            "keys, tokens, ext_authz provider and mesh config are not deployed on clusters); the local mesh runs it")
 
 
 def mesh_wide_policies(scenario: Scenario, step: Step) -> list[Manifest]:
@@ -156,6 +136,10 @@ class NamespaceMap:
 
     def describe(self) -> str:
         return ", ".join(f"{a} → {b}" for a, b in self.table()) or "(no namespaces)"
+
+    def provider_name(self, name: str) -> str:
+        """An extension provider's name as the session registers it in the mesh config (meshconfig.py)."""
+        return self.prefix + name
 
     # -- values inside policies ---------------------------------------------------------------------
     def namespace_value(self, value: str) -> str:
@@ -225,6 +209,9 @@ class NamespaceMap:
         for ref in _refs(spec):
             if isinstance(ref.get("namespace"), str):
                 ref["namespace"] = self.cluster_namespace(ref["namespace"])
+        provider = spec.get("provider")
+        if spec.get("action") == "CUSTOM" and isinstance(provider, dict) and isinstance(provider.get("name"), str):
+            provider["name"] = self.provider_name(provider["name"])
         for rule in spec.get("rules") or []:
             if not isinstance(rule, dict):
                 continue

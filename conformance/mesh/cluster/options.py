@@ -41,6 +41,10 @@ def add_cluster_options(group: Any, parser: Any) -> None:
     group.addoption("--allow-mesh-wide", action="store_true",
                     help="--mesh cluster: allow policies in the mesh root namespace and mesh-wide "
                          "PeerAuthentication, which affect every workload of a shared cluster (refused by default)")
+    group.addoption("--allow-mesh-config-update", action="store_true",
+                    help="--mesh cluster: let a scenario's CUSTOM extension providers be added to istiod's mesh "
+                         "config ConfigMap for the scenario's run, and taken out after it (refused by default; "
+                         "--mesh kind always may)")
     group.addoption("--namespace-prefix", default=None, metavar="PREFIX",
                     help="cluster targets: prefix of the namespaces a run creates (default: az + 6 random "
                          "characters + '-', fresh per scenario and mode); they are deleted afterwards")
@@ -78,6 +82,7 @@ class ClusterSettings:
     istioctl: str | None = None
     kind_config: Path | None = None
     allow_mesh_wide: bool = False
+    allow_mesh_config_update: bool = False
     namespace_prefix: str | None = None
     keep_namespaces: bool = False
     barrier_timeout: float = 30.0
@@ -120,6 +125,7 @@ class ClusterSettings:
             istioctl=opt("istioctl"),
             kind_config=path("kind_config"),
             allow_mesh_wide=bool(opt("allow_mesh_wide", False)),
+            allow_mesh_config_update=bool(opt("allow_mesh_config_update", False)),
             namespace_prefix=opt("namespace_prefix"),
             keep_namespaces=bool(opt("keep_namespaces", False)),
             barrier_timeout=float(opt("barrier_timeout", 30.0)),

@@ -7,14 +7,17 @@ does, in order:
 1. `start`: map the scenario's namespaces (naming.py), refuse what a shared cluster must not get
    (root-namespace policies, mesh-wide PeerAuthentication) unless allowed, render the workloads
    (manifests/render.py), server-side apply them, wait for rollouts, ambient enrollment and waypoints,
+   the scenario's CUSTOM providers added to the mesh config and waited for in istiod (meshconfig.py),
    then a canary probe to every destination port, so a broken mesh fails here, plainly, and never
    later as a "denial";
-2. `apply`: the step's policies, with `${ip:...}` filled and namespaces mapped, validated as Istio
-   would, server-side applied; removed ones deleted; then the propagation barrier (barrier.py) and
+2. `apply`: the step's policies, with `${ip:...}` and `${jwks:...}` filled (the run's own issuer keys,
+   conformance/tokens.py) and namespaces mapped, validated as Istio would, server-side applied;
+   removed ones deleted; then the propagation barrier (barrier.py) and
    `istioctl analyze` of the scenario's namespaces (warnings are raised as `IstioAnalyzeWarning`,
    attached to Allure when it is installed, and kept in `analysis`);
 3. `probe`: one exec per source pod (execprobe.py), in parallel, each with its own API client, every
-   curl carrying the suite's own probe header (probe.PROBE_HEADER) and reporting its local address;
+   curl carrying the suite's own probe header (probe.PROBE_HEADER) and reporting its local address, and
+   a probe's JWT, minted for it, where its `request.jwt` says (tokens.carry);
    outcomes by the shared classifier; then, for each denial, first whether its enforcing proxy is alive
    and the same one as when the step started (else the observation's `problem`: infrastructure, never
    a verdict), then exactly one record of it in that proxy's log, written after its exec started, found
@@ -24,7 +27,8 @@ does, in order:
 4. `close`: first every object it applied outside its own namespaces (root-namespace policies, which
    are never renamed: a mesh-wide STRICT PeerAuthentication left behind would make the next scenario on
    the same cluster deny its plaintext clients), then the propagation barrier until the proxies no
-   longer hold them, then the namespaces it created. It runs after a failure too (start() calls it, the
+   longer hold them, then its providers out of the mesh config, then the namespaces it created. It
+   runs after a failure too (start() calls it, the
    plugin's teardown and the existing-cluster target's close call it; pytest runs teardowns after a
    KeyboardInterrupt as well: _pytest/main.py `wrap_session` -> `pytest_sessionfinish` ->
    `SetupState.teardown_exact`), and a Ctrl-C during cleanup still deletes everything before the
@@ -49,7 +53,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from conformance import notices
 from conformance.errors import TargetError
 from conformance.exclusion import quiet_mesh
-from conformance.mesh.cluster import barrier, istioctl
+from conformance.mesh.cluster import barrier, istioctl, meshconfig
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
 from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
 from conformance.mesh.cluster.kube import Kube, PodInfo
@@ -64,17 +68,21 @@ from conformance.mesh.cluster.naming import NamespaceMap
 from conformance.model import (
     ALLOWED,
     DENIAL_FORMS,
+    DENIED_AUTHN,
+    DENIED_CUSTOM,
     DENIED_L7,
     DENIED_UPSTREAM,
     Manifest,
     Mode,
     Probe,
+    Request,
     Scenario,
     Workload,
 )
 from conformance.names import GATEWAY_NAME_LABEL
 from conformance.probe import Observation, SourcePorts, classify
 from conformance.target import Applied
+from conformance.tokens import IssuerKeys, carry
 from conformance.validation import has_errors, validate_manifest
 from conformance.versions import IstioVersion
 
@@ -86,6 +94,11 @@ ISTIO_NAMESPACE = "istio-system"
 WAYPOINT_POD_LABEL = GATEWAY_NAME_LABEL
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 POLICY_API = {"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"}
+# The outcomes an HTTP-aware proxy answers itself (its RBAC's 403, the JWT filter's 401, ext_authz's denial): each
+# has the probe's own header in its record
+HTTP_DENIALS = (DENIED_L7, DENIED_AUTHN, DENIED_CUSTOM)
+# the ext-authz sample's HTTP check answers 200 to a request carrying this (extauthz_server.py)
+EXT_AUTHZ_ALLOW = (("x-ext-authz", "allow"),)
 
 
 class IstioAnalyzeWarning(UserWarning):
@@ -104,6 +117,9 @@ class Timeouts:
     connect: float = 2.0
     probe: float = 5.0
     analyze: float = 60.0
+    # istiod loading a changed mesh config: kubelet refreshes the mounted ConfigMap within its sync period
+    # (1 min by default, plus its cache TTL), then istiod reloads the file
+    mesh_config: float = 180.0
     # How long to keep reading logs for a denial's record after the exec: pilot-agent starts Envoy with
     # --file-flush-interval-msec 1000 (istio/istio pkg/envoy/proxy.go, ProxyConfig.fileFlushInterval), so
     # a sidecar's or waypoint's record can take a second to reach the log.
@@ -139,6 +155,9 @@ class ClusterContext:
     root_baseline: frozenset[str] | None = None
     # --accept-unconfirmed-denials: an unreadable proxy log makes a denial "unconfirmed", not a failure
     accept_unconfirmed: bool = False
+    # Where the session may add its CUSTOM providers to the mesh config (meshconfig.py); None: it may not (an
+    # existing cluster without --allow-mesh-config-update), and a scenario with providers is refused.
+    mesh_config: meshconfig.MeshConfigAccess | None = None
     wall_clock: Callable[[], float] = time.time  # compared with the kubelet's log timestamps
     sleep: Callable[[float], None] = time.sleep
 
@@ -224,6 +243,11 @@ class ClusterSession:
         self._outside: dict[tuple[str, str, str], Manifest] = {}
         self.cleanup: list[barrier.BarrierResult] = []  # close()'s barrier: the outside objects gone from proxies
         self._namespaces: list[str] = []
+        self._keys = IssuerKeys(scenario.issuers)  # the run's issuer keys: JWKS into policies, tokens into curl
+        # The session's CUSTOM providers in the mesh config: name -> kind (what the barrier's CUSTOM forms need),
+        # recorded before the write, so a cut-off write is taken back at close() too
+        self._providers: dict[str, str] = {}
+        self._grpc_ports = scenario.grpc_check_ports()
         self._step = -1
         self._closed = False
         self._lock = threading.Lock()
@@ -273,8 +297,10 @@ class ClusterSession:
             for doc in docs:
                 with self._writing():
                     ctx.kube.apply(doc)
+            self._add_providers()
             self._wait_ready()
             self._discover()
+            self._wait_providers()
             with quiet_mesh():  # another scenario's mesh-wide policy must not answer for this mesh (schedule.py)
                 self._canary()
         except BaseException:
@@ -294,6 +320,10 @@ class ClusterSession:
         interrupted: BaseException | None = self._await_write_in_flight(errors)
         try:
             self._withdraw_outside(errors)
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or exc
+        try:
+            self._remove_providers(errors)
         except KeyboardInterrupt as exc:
             interrupted = interrupted or exc
         if not self.ctx.keep_namespaces:
@@ -383,6 +413,67 @@ class ClusterSession:
         """Whether `namespace` is one the session created (and so deletes, with everything in it)."""
         return namespace in self._namespaces
 
+    # -- the mesh config's providers (meshconfig.py) -------------------------------------------------
+    def _mesh_config_writer(self) -> meshconfig.MeshConfigWriter:
+        access = self.ctx.mesh_config
+        if access is None:
+            raise TargetError(f"{self.scenario.path}: the scenario defines meshConfig.extensionProviders, which this "
+                              "target may not add to the cluster's mesh config")
+        kube = self.ctx.kube
+        return meshconfig.MeshConfigWriter(access, lambda ns, name: kube.get("v1", "ConfigMap", name, ns),
+                                           kube.replace)
+
+    def _add_providers(self) -> None:
+        providers = self.scenario.mesh.extension_providers
+        if not providers:
+            return
+        writer = self._mesh_config_writer()
+        entries = meshconfig.session_providers(providers, self.nsmap)
+        with self._writing():
+            self._providers = {self.nsmap.provider_name(p.name): p.kind for p in providers}
+            changed = writer.add(entries)
+        self.notes.append(f"mesh config: extension providers {', '.join(sorted(self._providers))} added to "
+                          f"{', '.join(changed) or '(no ConfigMap)'}")
+
+    def _wait_providers(self) -> None:
+        """Until every ready istiod of the revision serves the session's providers (`/debug/mesh`)."""
+        access = self.ctx.mesh_config
+        if not self._providers or access is None:
+            return
+        from conformance.mesh.cluster.kube import poll_until
+
+        kube, wanted = self.ctx.kube, set(self._providers)
+
+        def check() -> tuple[bool, str]:
+            pods = [p for p in kube.pods(access.namespace, access.istiod_selector) if p.ready and not p.deleting]
+            if not pods:
+                return False, f"no ready istiod pod ({access.istiod_selector})"
+            lacking = []
+            for pod in pods:
+                try:
+                    answer = kube.proxy_get(pod.namespace, pod.name, meshconfig.ISTIOD_DEBUG_PORT,
+                                            meshconfig.DEBUG_MESH_PATH)
+                except TargetError as exc:
+                    return False, str(exc)
+                active = meshconfig.active_provider_names(answer)
+                if not wanted <= active:
+                    lacking.append(f"{pod.name} lacks {', '.join(sorted(wanted - active))}")
+            return not lacking, "; ".join(lacking)
+
+        waited = poll_until(check, self.ctx.timeouts.mesh_config, "istiod loading the extension providers")
+        self.notes.append(f"mesh config: istiod serves the providers after {waited:.1f} s")
+
+    def _remove_providers(self, errors: list[str]) -> None:
+        if not self._providers:
+            return
+        try:
+            self._mesh_config_writer().remove(list(self._providers))
+        except TargetError as exc:
+            errors.append(f"the extension providers {', '.join(sorted(self._providers))} could not be taken out of "
+                          f"the mesh config: {exc}")
+            return
+        self._providers = {}
+
     # -- readiness ------------------------------------------------------------------------------
     def _wait_ready(self) -> None:
         kube, t = self.ctx.kube, self.ctx.timeouts
@@ -471,11 +562,20 @@ class ClusterSession:
         if not servers or not sources:
             return
         source = sources[0]
-        probes = [Probe(source, w, p) for w in servers for p in w.ports]
+        probes = [Probe(source, w, p) for w in servers if w.kind != "ext-authz" for p in w.ports]
+        # an ext-authz workload's HTTP check ports answer an allowed check with 200 (its gRPC ones only gRPC)
+        probes += [Probe(source, w, p, Request(headers=EXT_AUTHZ_ALLOW)) for w in servers if w.kind == "ext-authz"
+                   for p in w.ports if (w.ref, p.number) not in self._grpc_ports]
         deadline = time.monotonic() + self.ctx.timeouts.canary
+
+        def answered(probe: Probe, obs: Observation) -> bool:
+            if probe.destination.kind == "ext-authz":
+                return obs.evidence.exit_code == 0 and obs.evidence.status == 200
+            return obs.outcome == ALLOWED
+
         while True:
             observations = self._run_probes(probes, prove=False)
-            bad = [(p, o) for p, o in zip(probes, observations, strict=True) if o.outcome != ALLOWED]
+            bad = [(p, o) for p, o in zip(probes, observations, strict=True) if not answered(p, o)]
             if not bad:
                 return
             if time.monotonic() >= deadline:
@@ -489,8 +589,9 @@ class ClusterSession:
     def cluster_policies(self, policies: Sequence[Manifest]) -> list[Manifest]:
         """The step's policies as applied: addresses filled, namespaces mapped, validated as Istio would."""
         out = []
+        jwks = self._keys.all_jwks() if self.scenario.issuers else None
         for m in policies:
-            mapped = self.nsmap.manifest(m.rendered(self.addresses))
+            mapped = self.nsmap.manifest(m.rendered(self.addresses, jwks))
             findings = validate_manifest(mapped.body, self.ctx.version)
             if has_errors(findings):
                 text = "; ".join(str(f) for f in findings if getattr(f, "severity", "error") == "error")
@@ -581,7 +682,7 @@ class ClusterSession:
     def _barrier(self, in_force: list[Manifest], removed: list[Manifest]) -> barrier.BarrierResult:
         proxies, ambient_ns = self._proxies()
         expected = barrier.expectations(proxies, in_force, removed, self.ctx.root_namespace, ambient_ns,
-                                        self.ctx.root_baseline)
+                                        self.ctx.root_baseline, self._providers)
         if not expected:
             return barrier.BarrierResult(0.0, True)
         return barrier.wait(expected, self._read_proxy, timeout=self.ctx.timeouts.barrier)
@@ -636,14 +737,18 @@ class ClusterSession:
         self._record(probes, observations)
         return observations
 
-    def _url(self, probe: Probe) -> str:
+    def _request(self, probe: Probe) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        """The probe's URL, method and headers: Host values mapped to the cluster's namespaces, and its JWT,
+        minted now by the run's issuer key, where its `request.jwt` says (a header or a query parameter)."""
+        request = probe.request
+        path, headers = request.path, request.headers
+        if request.jwt is not None:
+            path, headers = carry(request, self._keys.mint(request.jwt))
         ns = self.nsmap.cluster_namespace(probe.destination.namespace)
         port = "" if probe.port.number == 80 else f":{probe.port.number}"
-        path = probe.request.path if probe.request.path.startswith("/") else "/" + probe.request.path
-        return f"http://{probe.destination.name}.{ns}{port}{path}"
-
-    def _headers(self, probe: Probe) -> tuple[tuple[str, str], ...]:
-        return tuple((k, self.nsmap.host_value(v) if k.lower() == "host" else v) for k, v in probe.request.headers)
+        path = path if path.startswith("/") else "/" + path
+        return (f"http://{probe.destination.name}.{ns}{port}{path}", request.method,
+                tuple((k, self.nsmap.host_value(v) if k.lower() == "host" else v) for k, v in headers))
 
     def _run_probes(self, probes: Sequence[Probe], prove: bool) -> list[Observation]:
         by_source: dict[str, list[int]] = {}
@@ -657,8 +762,8 @@ class ClusterSession:
             pod = self._pods[ref]
             nonce = new_nonce()
             ports = [self._source_ports.take(ref) for _ in indices]
-            calls = [CurlCall(f"{nonce}-{i}", self._url(probes[i]), probes[i].request.method,
-                              self._headers(probes[i]), port) for i, port in zip(indices, ports, strict=True)]
+            calls = [CurlCall(f"{nonce}-{i}", *self._request(probes[i]), port)
+                     for i, port in zip(indices, ports, strict=True)]
             script = build_script(calls, nonce, t.connect, t.probe)
             timeout = exec_timeout(len(calls), t.connect, t.probe)
             started = self.ctx.wall_clock()  # the kubelet's log timestamps are compared with this
@@ -816,14 +921,14 @@ class ClusterSession:
         if self.mode == "sidecar":
             sidecar = Wanted(key, f"{dst_pod.namespace}/{dst_pod.name}", "envoy", run.started, f"sidecar:{dest.ref}",
                              "sidecar", dest.ref, dst=dst, local_host=dst_pod.ip)
-            if outcome == DENIED_L7:
+            if outcome in HTTP_DENIALS:
                 return replace(sidecar, probe_id=run.call.probe_id)
             if curl_addr is None:
                 return "curl reported no local address for this connection: its record cannot be found"
             # a client sidecar opens its own connection: the destination sees that one's address
             via = f"{run.pod.namespace}/{run.pod.name}" if source.in_mesh else None
             return replace(sidecar, src=curl_addr, via=via)
-        if outcome == DENIED_L7:
+        if outcome in HTTP_DENIALS:
             waypoint = self._waypoint_for(dest) if self.mode == "waypoint" else None
             if waypoint is None:
                 return "a 403 in ambient mode without a waypoint: no proxy here answers that way"
@@ -867,7 +972,7 @@ class ClusterSession:
                                         f"the sidecar of {dest.ref}")
             return cache[key]
         problem = None
-        if self.mode == "waypoint" and outcome in (DENIED_L7, DENIED_UPSTREAM):
+        if self.mode == "waypoint" and outcome in (*HTTP_DENIALS, DENIED_UPSTREAM):
             waypoint = self._waypoint_for(dest)
             if waypoint is not None:
                 problem = self._waypoint_problem(waypoint, cache)

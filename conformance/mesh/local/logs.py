@@ -22,20 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from conformance.probe import (
-    JWT_REJECTED,
+    EXT_AUTHZ_POLICY_KEY,
     PROXY_ALLOWED,
-    STRICT_MTLS,
     Proof,
+    envoy_denial_proof,
     ext_authz_result,
     jwt_denial,
     parse_policy_id,
-    proof_of_rbac,
     rbac_denial,
 )
-
-# The dynamic metadata key the CUSTOM shadow RBAC writes the matched rule's name under (extauthz.py
-# EFFECTIVE_POLICY_KEY; istiod model.go RBACExtAuthzShadowRulesStatPrefix + RBACShadowEffectivePolicyID).
-EXT_AUTHZ_POLICY_KEY = "istio_ext_authz_shadow_effective_policy_id"
 
 
 @dataclass(frozen=True)
@@ -180,20 +175,9 @@ def proof_from(record: LogRecord, layer: str, serves: str) -> Proof:
     RBAC filters' dynamic metadata (`..._effective_policy_id` with engine result `allowed`).
     """
     proxy = f"{layer}:{serves}"
-    message = record.jwt_rejection
-    if message is not None:
-        return Proof(proxy, JWT_REJECTED, None, None, record.line, layer, serves, detail=message)
-    ext_authz = record.ext_authz
-    if ext_authz is not None:
-        # The CUSTOM policy is the rule the shadow RBAC in front of this ext_authz filter matched: the filter
-        # runs only then (filter_enabled_metadata), so a denial or an error always has one.
-        policy, rule = parse_policy_id(record.custom_policy) if record.custom_policy else (None, None)
-        return Proof(proxy, ext_authz, policy, rule, record.line, layer, serves)
-    decision = record.decision
-    if decision is not None:
-        return proof_of_rbac(rbac_denial(decision) or "", proxy=proxy, layer=layer, serves=serves, line=record.line)
-    if record.strict_rejection:
-        return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
+    denial = envoy_denial_proof(record.fields, proxy=proxy, layer=layer, serves=serves, line=record.line)
+    if denial is not None:
+        return denial
     policy, rule = _allowing_policy(record)
     return Proof(proxy, PROXY_ALLOWED, policy, rule, record.line, layer, serves)
 

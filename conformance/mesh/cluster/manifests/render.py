@@ -13,6 +13,9 @@ is always well-formed. The rules it encodes (DESIGN.md §7, issue 6):
   selector label `authz-conformance/workload=<name>`, and, when it serves ports, a Service selecting
   only that label, with port names `http-<port>` / `tcp-<port>` and `appProtocol`;
 - the app is conformance/mesh/local/app.py itself, in a ConfigMap, run by a digest-pinned python image;
+  a `kind: ext-authz` workload runs conformance/mesh/local/extauthz_server.py the same way (Istio's
+  samples/extauthz behaviour, HTTP and gRPC: ext-authz-container.yaml), the ext_authz protocol of each
+  port being that of the provider naming it (`Scenario.grpc_check_ports`);
 - in waypoint mode a Gateway of class `istio-waypoint` per scenario waypoint.
 """
 
@@ -33,6 +36,14 @@ from conformance.model import Mode, Scenario, Workload
 
 TEMPLATES = CLUSTERS_DIR / "workloads"
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "local" / "app.py"
+EXT_AUTHZ_SCRIPT = APP_SCRIPT.with_name("extauthz_server.py")
+EXT_AUTHZ_REQUIREMENTS = TEMPLATES / "ext-authz-grpc-requirements.txt"
+# pip in the app image, for the gRPC check service's packages: wheels only, each hash-pinned, nothing else
+# pulled in, nothing cached, into a directory of the container's own
+GRPC_DEPS = "/tmp/ext-authz-deps"
+PIP_INSTALL = ("python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore "
+               f"--no-deps --only-binary=:all: --require-hashes --target {GRPC_DEPS} "
+               "-r /app/ext-authz-grpc-requirements.txt")
 WORKLOAD_LABEL = "authz-conformance/workload"
 APP_CONFIGMAP = "authz-conformance-app"
 CURL_CONTAINER = "curl"
@@ -79,7 +90,15 @@ def _load_template(name: str) -> Any:
 
 
 def port_name(protocol: str, number: int) -> str:
-    return f"{'http' if protocol == 'HTTP' else 'tcp'}-{number}"
+    return f"{protocol.lower() if protocol in ('HTTP', 'GRPC') else 'tcp'}-{number}"
+
+
+def service_protocol(workload: Workload, port: int, protocol: str, grpc_ports: frozenset[tuple[str, int]]) -> str:
+    """HTTP, TCP, or GRPC for an ext-authz port a gRPC provider calls: Istio takes a port's protocol from its
+    name or appProtocol (pilot/pkg/serviceregistry/kube/conversion.go, protocol.Parse), and only an HTTP/2
+    protocol (grpc) gives the ext_authz gRPC client the HTTP/2 cluster it needs, as the sample's Service names
+    its port 9000 `grpc` (samples/extauthz/ext-authz.yaml)."""
+    return "GRPC" if (workload.ref, port) in grpc_ports else protocol
 
 
 def selector_labels(workload: Workload) -> dict[str, str]:
@@ -99,6 +118,17 @@ def app_spec(workload: Workload, nsmap: NamespaceMap) -> list[dict[str, Any]]:
     return [{"ref": ref, "address": "0.0.0.0", "port": p.number} for p in workload.ports]
 
 
+def ext_authz_spec(workload: Workload, nsmap: NamespaceMap, grpc_ports: frozenset[tuple[str, int]]
+                   ) -> dict[str, Any]:
+    """extauthz_server.py's spec: one item per port, its protocol that of the provider naming it; decisions to
+    stdout (the pod's log)."""
+    ref = nsmap.cluster_ref(workload.ref)
+    return {"items": [{"ref": ref, "address": "0.0.0.0", "port": p.number,
+                       "protocol": "grpc" if (workload.ref, p.number) in grpc_ports else "http"}
+                      for p in workload.ports],
+            "log": "/dev/stdout"}
+
+
 def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSettings) -> list[dict[str, Any]]:
     """Every object a scenario needs in `settings.mode`, in apply order (namespaces first)."""
     mode = settings.mode
@@ -113,6 +143,7 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
                                      *(wp.namespace for wp in scenario.waypoints if mode == "waypoint")]))
     docs: list[dict[str, Any]] = []
     app_script = APP_SCRIPT.read_text()
+    grpc_ports = scenario.grpc_check_ports()
 
     for ns in namespaces:
         doc = _template("namespace.yaml")
@@ -134,7 +165,12 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
         doc["metadata"]["labels"] = dict(base_labels)
         doc["data"] = {"app.py": app_script}
         for w in servers:
-            doc["data"][f"{w.name}.json"] = json.dumps(app_spec(w, nsmap))
+            spec: Any = ext_authz_spec(w, nsmap, grpc_ports) if w.kind == "ext-authz" else app_spec(w, nsmap)
+            doc["data"][f"{w.name}.json"] = json.dumps(spec)
+        if any(w.kind == "ext-authz" for w in servers):
+            doc["data"]["extauthz_server.py"] = EXT_AUTHZ_SCRIPT.read_text()
+        if any(ref == w.ref for w in servers for ref, _ in grpc_ports):
+            doc["data"]["ext-authz-grpc-requirements.txt"] = EXT_AUTHZ_REQUIREMENTS.read_text()
         docs.append(doc)
 
     seen_sa: set[tuple[str, str]] = set()
@@ -149,9 +185,9 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
 
     for w in scenario.workloads:
         if w.ports:
-            docs.append(_service(w, nsmap, base_labels))
+            docs.append(_service(w, nsmap, base_labels, grpc_ports))
     for w in scenario.workloads:
-        docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns))
+        docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns, grpc_ports))
 
     if mode == "waypoint":
         for wp in scenario.waypoints:
@@ -163,20 +199,22 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
     return docs
 
 
-def _service(w: Workload, nsmap: NamespaceMap, base_labels: Mapping[str, str]) -> dict[str, Any]:
+def _service(w: Workload, nsmap: NamespaceMap, base_labels: Mapping[str, str],
+             grpc_ports: frozenset[tuple[str, int]] = frozenset()) -> dict[str, Any]:
     doc = _template("service.yaml")
     doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
     doc["spec"]["selector"] = selector_labels(w)
-    doc["spec"]["ports"] = [
-        {"name": port_name(p.protocol, p.number), "port": p.number, "targetPort": p.number, "protocol": "TCP",
-         "appProtocol": "http" if p.protocol == "HTTP" else "tcp"}
-        for p in w.ports
-    ]
+    ports = []
+    for p in w.ports:
+        protocol = service_protocol(w, p.number, p.protocol, grpc_ports)
+        ports.append({"name": port_name(protocol, p.number), "port": p.number, "targetPort": p.number,
+                      "protocol": "TCP", "appProtocol": protocol.lower() if protocol != "TCP" else "tcp"})
+    doc["spec"]["ports"] = ports
     return doc
 
 
 def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base_labels: Mapping[str, str],
-                namespace_in_mesh: bool) -> dict[str, Any]:
+                namespace_in_mesh: bool, grpc_ports: frozenset[tuple[str, int]] = frozenset()) -> dict[str, Any]:
     doc = _template("deployment.yaml")
     mode = settings.mode
     doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
@@ -196,11 +234,17 @@ def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base
     pod["serviceAccountName"] = w.service_account
     pod["containers"][0]["image"] = settings.curl_image
     if w.ports:
-        app = _template("app-container.yaml")
+        app = _template("ext-authz-container.yaml" if w.kind == "ext-authz" else "app-container.yaml")
         app["image"] = settings.app_image
         app["args"] = [f"/app/{w.name}.json"]
-        app["ports"] = [{"name": port_name(p.protocol, p.number)[:15], "containerPort": p.number, "protocol": "TCP"}
-                        for p in w.ports]
+        if w.kind == "ext-authz" and any((w.ref, p.number) in grpc_ports for p in w.ports):
+            # the gRPC check service's packages first (hash-pinned, ext-authz-grpc-requirements.txt)
+            server = " ".join(app["command"][1:])
+            app["command"] = ["sh", "-c", f"{PIP_INSTALL} && PYTHONPATH={GRPC_DEPS} exec python3 {server} \"$0\"",
+                              f"/app/{w.name}.json"]
+            app["args"] = []
+        app["ports"] = [{"name": port_name(service_protocol(w, p.number, p.protocol, grpc_ports), p.number)[:15],
+                         "containerPort": p.number, "protocol": "TCP"} for p in w.ports]
         app["readinessProbe"]["tcpSocket"]["port"] = w.ports[0].number
         pod["containers"].append(app)
         pod["volumes"] = [{"name": "app", "configMap": {"name": APP_CONFIGMAP}}]
