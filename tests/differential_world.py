@@ -400,18 +400,33 @@ def authorization_policy(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
     return Manifest("AuthorizationPolicy", api, name, namespace, body, f"generated {name}")
 
 
+PA_MODES = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
+
+
 @st.composite
 def peer_authentication(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
+    """A mesh-, namespace- or workload-level PeerAuthentication in any mode (or none: UNSET), a workload one
+    sometimes with portLevelMtls on its target's ports (and a port it does not serve). Never DISABLE where
+    it would reach the suite's ext-authz provider: the local mesh's ext_authz clusters are mTLS only
+    (mesh.disabled_provider_port), so such a world keeps mesh-wide DISABLE out."""
     world = pools.world
-    level = draw(st.sampled_from(["mesh", "namespace", "workload"]))
-    mode = draw(st.sampled_from(["STRICT", "STRICT", "PERMISSIVE", "UNSET"]))
-    spec: dict[str, Any] = {"mtls": {"mode": mode}}
+    has_provider = any(w.kind == "ext-authz" for w in world.workloads)
+    level = draw(st.sampled_from(["mesh", "namespace", "workload", "workload"]))
+    modes = [m for m in PA_MODES if not (m == "DISABLE" and level == "mesh" and has_provider)]
+    mode = draw(st.sampled_from([*modes, "STRICT", None]))
+    spec: dict[str, Any] = {"mtls": {"mode": mode}} if mode is not None else {}
     namespace = world.root
     if level != "mesh":
         namespace = draw(st.sampled_from([w.namespace for w in world.servers if w.in_mesh]))
     if level == "workload":
         target = draw(st.sampled_from([w for w in world.servers if w.namespace == namespace]))
         spec["selector"] = {"matchLabels": {"app": target.labels["app"]}}
+        if draw(st.booleans()):
+            ports = [p.number for p in target.ports] + [1234]
+            chosen = draw(st.lists(st.sampled_from(ports), min_size=1, max_size=3, unique=True))
+            # keys as YAML writes them: ints, or the canonical string form (both decode to a uint32)
+            spec["portLevelMtls"] = {draw(st.sampled_from([p, str(p)])): {"mode": draw(st.sampled_from(PA_MODES))}
+                                     for p in chosen}
     body = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
     return Manifest("PeerAuthentication", "security.istio.io/v1", name, namespace, body, f"generated {name}")
@@ -419,12 +434,12 @@ def peer_authentication(draw: st.DrawFn, pools: Pools, name: str) -> Manifest:
 
 @st.composite
 def policy_set(draw: st.DrawFn, pools: Pools) -> tuple[Manifest, ...]:
-    """0-4 AuthorizationPolicies and 0-1 PeerAuthentications, unique names; in a JWT world also 0-2
-    RequestAuthentications."""
+    """0-4 AuthorizationPolicies and 0-3 PeerAuthentications (levels combine: mesh, namespace, workload
+    with port levels), unique names; in a JWT world also 0-2 RequestAuthentications."""
     count = draw(st.sampled_from([1, 2, 2, 3, 3, 4, 0]))  # rarely none: the baseline is cheap to cover
     out = [draw(authorization_policy(pools, f"p{i}")) for i in range(count)]
-    if draw(st.integers(0, 3)) == 0:
-        out.append(draw(peer_authentication(pools, "pa")))
+    if draw(st.integers(0, 2)) == 0:
+        out += [draw(peer_authentication(pools, f"pa{i}")) for i in range(draw(st.sampled_from([1, 1, 2, 3])))]
     if pools.world.issuers:
         out += [draw(request_authentication(pools, f"ra{i}")) for i in range(draw(st.sampled_from([1, 1, 2, 0])))]
     return tuple(out)
@@ -641,7 +656,9 @@ def features(policies: Sequence[Manifest], batch: Sequence[Probe], root: str = R
             continue
         if m.kind == "PeerAuthentication":
             level = "workload" if m.spec.get("selector") else "mesh" if m.namespace == root else "namespace"
-            out.add(f"PeerAuthentication: {level} {m.spec['mtls']['mode']}")
+            out.add(f"PeerAuthentication: {level} {(m.spec.get('mtls') or {}).get('mode') or 'UNSET'}")
+            for section in (m.spec.get("portLevelMtls") or {}).values():
+                out.add(f"PeerAuthentication: port level {section['mode']}")
             continue
         actions.add(str(m.spec.get("action", "ALLOW")))
         out |= _policy_features(m, root)
