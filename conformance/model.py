@@ -68,6 +68,31 @@ class ExtensionProvider:
     include_additional_headers_in_check: tuple[tuple[str, str], ...] = ()  # http: fixed headers added to the check
     path_prefix: str | None = None  # http: prefix of the check request's path ("/check")
 
+    def mesh_config_entry(self, name: str | None = None, service: str | None = None) -> dict[str, Any]:
+        """This provider back in meshConfig's own form (`{name, envoyExtAuthzHttp|envoyExtAuthzGrpc: {...}}`, the
+        field names of istio/api mesh/v1alpha1 config.proto), unset fields left out so istiod's defaults apply;
+        `name` and `service` replace the scenario's (a cluster session registers its own, meshconfig.py)."""
+        config: dict[str, Any] = {"service": self.service if service is None else service, "port": self.port}
+        if self.timeout is not None:
+            config["timeout"] = self.timeout
+        if self.fail_open:
+            config["failOpen"] = True
+        if self.status_on_error is not None:
+            config["statusOnError"] = self.status_on_error
+        if self.kind == "http":
+            for key, value in (("includeRequestHeadersInCheck", self.include_request_headers_in_check),
+                               ("headersToUpstreamOnAllow", self.headers_to_upstream_on_allow),
+                               ("headersToDownstreamOnDeny", self.headers_to_downstream_on_deny),
+                               ("headersToDownstreamOnAllow", self.headers_to_downstream_on_allow)):
+                if value:
+                    config[key] = list(value)
+            if self.include_additional_headers_in_check:
+                config["includeAdditionalHeadersInCheck"] = dict(self.include_additional_headers_in_check)
+            if self.path_prefix:
+                config["pathPrefix"] = self.path_prefix
+        kind = "envoyExtAuthzHttp" if self.kind == "http" else "envoyExtAuthzGrpc"
+        return {"name": self.name if name is None else name, kind: config}
+
     def service_host(self) -> tuple[str | None, str]:
         """`service` split as LookupCluster (pilot/pkg/model/telemetry_logging.go@1.30.3) splits it:
         (namespace or None, hostname)."""

@@ -55,31 +55,6 @@ def istiod_selector(revision: str | None) -> str:
     return "app=istiod,istio.io/rev=" + (revision or "default")
 
 
-def provider_entry(provider: ExtensionProvider, name: str, service: str) -> dict[str, Any]:
-    """One `extensionProviders` entry in the mesh config's own (camelCase) form, as istio/api mesh/v1alpha1
-    config.proto spells EnvoyExternalAuthorizationHttpProvider / ...GrpcProvider; unset fields are left out,
-    so istiod applies its defaults exactly as for the scenario's own words."""
-    body: dict[str, Any] = {"service": service, "port": provider.port}
-    if provider.timeout is not None:
-        body["timeout"] = provider.timeout
-    if provider.fail_open:
-        body["failOpen"] = True
-    if provider.status_on_error is not None:
-        body["statusOnError"] = provider.status_on_error
-    if provider.kind == "http":
-        lists = {"includeRequestHeadersInCheck": provider.include_request_headers_in_check,
-                 "headersToUpstreamOnAllow": provider.headers_to_upstream_on_allow,
-                 "headersToDownstreamOnDeny": provider.headers_to_downstream_on_deny,
-                 "headersToDownstreamOnAllow": provider.headers_to_downstream_on_allow}
-        body.update({k: list(v) for k, v in lists.items() if v})
-        if provider.include_additional_headers_in_check:
-            body["includeAdditionalHeadersInCheck"] = dict(provider.include_additional_headers_in_check)
-        if provider.path_prefix is not None:
-            body["pathPrefix"] = provider.path_prefix
-        return {"name": name, "envoyExtAuthzHttp": body}
-    return {"name": name, "envoyExtAuthzGrpc": body}
-
-
 def mapped_service(service: str, nsmap: NamespaceMap) -> str:
     """A provider's `[<namespace>/]<hostname>` with the scenario's namespaces renamed (LookupCluster reads both
     parts, pilot/pkg/model/telemetry_logging.go@1.30.3)."""
@@ -91,7 +66,7 @@ def mapped_service(service: str, nsmap: NamespaceMap) -> str:
 
 def session_providers(providers: Iterable[ExtensionProvider], nsmap: NamespaceMap) -> list[dict[str, Any]]:
     """The session's providers as mesh config entries: names prefixed, services in its namespaces."""
-    return [provider_entry(p, nsmap.provider_name(p.name), mapped_service(p.service, nsmap)) for p in providers]
+    return [p.mesh_config_entry(nsmap.provider_name(p.name), mapped_service(p.service, nsmap)) for p in providers]
 
 
 def with_providers(mesh_text: str, entries: Sequence[Mapping[str, Any]]) -> str:

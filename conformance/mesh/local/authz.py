@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 from conformance.mesh.local import authn, ztunnel
-from conformance.mesh.local.extauthz import CustomBuilder, ServiceIndex, mesh_config_entry
+from conformance.mesh.local.extauthz import CustomBuilder, ServiceIndex
 from conformance.mesh.local.rbac import (
     PEER_PRINCIPAL_KEY,
     Json,
@@ -321,7 +321,7 @@ def _builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_state: bo
 def custom_builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_state: bool,
                    release: Release | None, services: ServiceIndex | None) -> CustomBuilder:
     """The CUSTOM builder (extauthz.py) with the mesh's extension providers and the service registry."""
-    return CustomBuilder(_bundle(mesh), [mesh_config_entry(p) for p in mesh.extension_providers], services or {},
+    return CustomBuilder(_bundle(mesh), [p.mesh_config_entry() for p in mesh.extension_providers], services or {},
                          use_filter_state=use_filter_state, port_map=dict(port_map),
                          release=release or Release.newest())
 

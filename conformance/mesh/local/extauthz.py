@@ -48,7 +48,7 @@ from conformance.mesh.local.rbac import (
     rbac_policy_match_never,
 )
 from conformance.mesh.local.release import Release
-from conformance.model import CLUSTER_DOMAIN, ExtensionProvider, Manifest, Workload
+from conformance.model import CLUSTER_DOMAIN, Manifest, Workload
 
 EXT_AUTHZ_MATCH_PREFIX = "istio-ext-authz"  # extauthz.go extAuthzMatchPrefix
 BAD_CUSTOM_ACTION_SUFFIX = "-deny-due-to-bad-CUSTOM-action"  # extauthz.go badCustomActionSuffix
@@ -95,29 +95,6 @@ def service_index(workloads: Sequence[Workload]) -> dict[str, dict[str, str]]:
         host = f"{w.name}.{w.namespace}.svc.{CLUSTER_DOMAIN}"
         index.setdefault(host, {})[w.namespace] = host
     return index
-
-
-def mesh_config_entry(provider: ExtensionProvider) -> dict[str, Any]:
-    """A model ExtensionProvider back in meshConfig's own form (`{name, envoyExtAuthzHttp: {...}}`)."""
-    config: dict[str, Any] = {"service": provider.service, "port": provider.port}
-    if provider.timeout is not None:
-        config["timeout"] = provider.timeout
-    if provider.fail_open:
-        config["failOpen"] = True
-    if provider.status_on_error is not None:
-        config["statusOnError"] = provider.status_on_error
-    if provider.kind == "http":
-        for key, value in (("includeRequestHeadersInCheck", provider.include_request_headers_in_check),
-                           ("headersToUpstreamOnAllow", provider.headers_to_upstream_on_allow),
-                           ("headersToDownstreamOnDeny", provider.headers_to_downstream_on_deny),
-                           ("headersToDownstreamOnAllow", provider.headers_to_downstream_on_allow)):
-            if value:
-                config[key] = list(value)
-        if provider.include_additional_headers_in_check:
-            config["includeAdditionalHeadersInCheck"] = dict(provider.include_additional_headers_in_check)
-        if provider.path_prefix:
-            config["pathPrefix"] = provider.path_prefix
-    return {"name": provider.name, HTTP_KIND if provider.kind == "http" else GRPC_KIND: config}
 
 
 @dataclass
@@ -415,8 +392,8 @@ class _Rules:
 class CustomBuilder:
     """builder.go Builder with IsCustomBuilder: the CUSTOM policies of one proxy (or waypoint service).
 
-    `providers` are meshConfig.extensionProviders in meshConfig's form (`mesh_config_entry`), `services` the
-    service registry LookupCluster reads; the rest as RbacBuilder (`use_filter_state` for waypoints,
+    `providers` are meshConfig.extensionProviders in meshConfig's form (`ExtensionProvider.mesh_config_entry`),
+    `services` the service registry LookupCluster reads; the rest as RbacBuilder (`use_filter_state` for waypoints,
     `port_map` for the local mesh's remapped ports).
     """
 
