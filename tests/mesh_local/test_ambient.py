@@ -100,3 +100,20 @@ def test_policy_change_is_enforced_on_the_very_next_probe(ambient_mesh: LocalMes
         assert [o.outcome for o in ambient_mesh.probe(probes)] == [DENIED_L4, DENIED_L4]
         ambient_mesh.apply([])
         assert [o.outcome for o in ambient_mesh.probe(probes)] == [ALLOWED, ALLOWED]
+
+
+def test_port_level_exception_is_istiods_converted_deny(ambient_mesh: LocalMeshSession) -> None:
+    # ambient authorization.go convertPeerAuthentication: STRICT with a DISABLE port becomes the DENY
+    # converted_peer_authentication_backend (no principal AND not port 9000); its record proves a STRICT
+    # rejection. In-mesh (HBONE) callers carry an identity and never match it.
+    per_port = policy("backend", "default", {"selector": {"matchLabels": {"app": "backend"}},
+                                             "mtls": {"mode": "STRICT"}, "portLevelMtls": {9000: {"mode": "DISABLE"}}},
+                      kind="PeerAuthentication")
+    ambient_mesh.apply([per_port])
+    http, tcp, mesh_http = ambient_mesh.probe([probe(OUTSIDER, BACKEND, 80), probe(OUTSIDER, BACKEND, 9000),
+                                               probe(FRONTEND, BACKEND, 80)])
+    assert http.outcome == DENIED_L4, http
+    assert http.proof is not None and http.proof.kind == "strict-mtls"
+    assert "converted_peer_authentication_backend" in http.proof.line
+    assert tcp.outcome == ALLOWED, tcp
+    assert mesh_http.outcome == ALLOWED, mesh_http

@@ -156,3 +156,33 @@ def test_a_rejected_config_fails_naming_the_proxy_and_envoys_reason(
     sidecar_mesh.apply([])  # the mesh recovers: the next apply rewrites what was rejected
     [obs] = sidecar_mesh.probe([probe(FRONTEND, BACKEND, 80)])
     assert obs.outcome == ALLOWED, obs
+
+
+def test_disable_is_plaintext_end_to_end_and_hides_the_identity(sidecar_mesh: LocalMeshSession) -> None:
+    # issue 12: DISABLE = the plaintext chain only (filterchain_options.go), and the client sidecar sends
+    # plaintext to it (mtls_checker.go auto-mTLS): the server sees no certificate, so the ALLOW by principal
+    # denies frontend; the out-of-mesh client gets the same plaintext chain.
+    disable = policy("off", "default", {"mtls": {"mode": "DISABLE"}}, kind="PeerAuthentication")
+    sidecar_mesh.apply([disable])
+    frontend, outsider = sidecar_mesh.probe([probe(FRONTEND, BACKEND, 80), probe(OUTSIDER, BACKEND, 80)])
+    assert frontend.outcome == ALLOWED, frontend
+    assert "x-forwarded-client-cert" not in echo(frontend.evidence.body)["headers"]
+    assert frontend.proof is not None and '"chain":"inbound-plaintext"' in frontend.proof.line
+    assert outsider.outcome == ALLOWED, outsider
+    sidecar_mesh.apply([disable, ALLOW_FRONTEND])
+    [denied] = sidecar_mesh.probe([probe(FRONTEND, BACKEND, 80)])
+    assert denied.outcome == DENIED_L7, denied
+    assert denied.proof is not None and denied.proof.kind == "no-allow-matched"
+
+
+def test_port_level_modes_pick_the_chains_per_port(sidecar_mesh: LocalMeshSession) -> None:
+    # ComposePeerAuthentication: the workload policy's portLevelMtls entry overrides its mode on that port.
+    per_port = policy("backend", "default", {"selector": {"matchLabels": {"app": "backend"}},
+                                             "mtls": {"mode": "STRICT"}, "portLevelMtls": {9000: {"mode": "DISABLE"}}},
+                      kind="PeerAuthentication")
+    sidecar_mesh.apply([per_port])
+    http, tcp, mesh_tcp = sidecar_mesh.probe([probe(OUTSIDER, BACKEND, 80), probe(OUTSIDER, BACKEND, 9000),
+                                              probe(FRONTEND, BACKEND, 9000)])
+    assert http.outcome == DENIED_L4 and http.proof is not None and http.proof.kind == "strict-mtls", http
+    assert tcp.outcome == ALLOWED, tcp
+    assert mesh_tcp.outcome == ALLOWED, mesh_tcp

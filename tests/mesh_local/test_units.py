@@ -218,3 +218,26 @@ def test_no_listener_port_is_one_of_curls_source_ports() -> None:
     assert m[8080] == 8080 and m[80] == 20080
     assert all(not low <= real <= high for real in m.values()), m
     assert low > 60999  # above Linux's default ephemeral range (ip_local_port_range 32768-60999)
+
+
+def test_disable_on_the_ext_authz_provider_is_refused_in_sidecar_mode_only() -> None:
+    # issue 12: Istio's proxies would call a DISABLE provider port in plaintext (auto-mTLS); the local mesh's
+    # ext_authz clusters are mTLS only, so it refuses rather than approximates. Ambient applies no CUSTOM and a
+    # waypoint reaches the provider over HBONE, whatever the mode.
+    from dataclasses import replace
+
+    from conformance.mesh.local.mesh import disabled_provider_port
+    from conformance.model import Step, Workload
+    from tests.mesh_local.world import FRONTEND, policy, scenario
+
+    provider = replace(Workload("ext-authz", "ext-authz", "ext-authz", {"app": "ext-authz"}, FRONTEND.ports),
+                       kind="ext-authz")
+    off = policy("default", "istio-system", {"mtls": {"mode": "DISABLE"}}, kind="PeerAuthentication")
+    elsewhere = policy("default", "default", {"mtls": {"mode": "DISABLE"}}, kind="PeerAuthentication")
+    world = scenario(FRONTEND, provider)
+    assert disabled_provider_port(replace(world, steps=(Step("s", (elsewhere,), ()),))) is None
+    refused = replace(world, steps=(Step("s", (off,), ()),))
+    reason = disabled_provider_port(refused)
+    assert reason is not None and "ext-authz/ext-authz:8080" in reason and "step 's'" in reason
+    assert LocalTarget().refusal(refused, "sidecar") is not None
+    assert LocalTarget().refusal(refused, "ambient") is None
