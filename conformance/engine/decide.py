@@ -353,7 +353,8 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
     td = state.mesh.trust_domain
     trace.on and trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
     if src.in_mesh:
-        trace.on and trace(f"The source is in the mesh: it connects with mTLS as {src.identity(td)}.")
+        trace.on and trace(f"The source is in the mesh, as {src.identity(td)}: its proxy uses mTLS (at a sidecar, "
+                           "unless the destination port's PeerAuthentication mode is DISABLE).")
     else:
         trace.on and trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
               "principal, namespace or serviceAccount can match it (their not-forms do).")
