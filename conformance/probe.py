@@ -202,7 +202,7 @@ def proof_of_rbac(policy_id: str, *, proxy: str, layer: str, serves: str | None,
     """
     if policy_id in ("none", ""):
         return Proof(proxy, NO_ALLOW_MATCHED, None, None, line, layer, serves)
-    if f"policy[{STATIC_STRICT_POLICY}]" in policy_id or policy_id == STATIC_STRICT_POLICY:
+    if f"policy[{STATIC_STRICT_POLICY}]" in policy_id or policy_id.rpartition("/")[2] == STATIC_STRICT_POLICY:
         return Proof(proxy, STRICT_MTLS, None, None, line, layer, serves)
     if (f"policy[{CONVERTED_PEER_AUTHENTICATION_PREFIX}" in policy_id
             or policy_id.rpartition("/")[2].startswith(CONVERTED_PEER_AUTHENTICATION_PREFIX)):

@@ -351,3 +351,13 @@ def test_jwt_and_ext_authz_denials_are_proved_by_the_filters_own_details():
     assert denied is not None and (denied.kind, denied.policy, denied.rule) == (EXT_AUTHZ_DENIED,
                                                                                 "accounts/ext-authz", 0)
     assert error is not None and (error.kind, error.policy) == (EXT_AUTHZ_ERROR, "accounts/ext-authz")
+
+
+def test_ztunnel_naming_a_converted_peer_authentication_is_a_strict_rejection():
+    """Issue 12: istiod's `converted_peer_authentication_<name>` DENY (ambient authorization.go, port-level
+    modes) is a STRICT rejection on that port, read by probe.proof_of_rbac as on the local mesh."""
+    logs = lines(ZTUNNEL, ztunnel(T0 + 0.1, "connection closed due to policy rejection: explicitly denied by: "
+                                            "azq-accounts/converted_peer_authentication_ports",
+                                  src="10.244.0.50:40000", hbone=False))
+    proof = RecordMatcher(NSMAP.scenario_ref).match([zt(0, src="10.244.0.50:40000")], logs, final=True)[0].proof
+    assert proof is not None and proof.kind == STRICT_MTLS and proof.policy is None

@@ -47,13 +47,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from conformance.probe import (
-    DENY_POLICY,
     NO_ALLOW_MATCHED,
     PROXY_ALLOWED,
-    STATIC_STRICT_POLICY,
-    STRICT_MTLS,
     Proof,
     envoy_denial_proof,
+    proof_of_rbac,
 )
 
 ZTUNNEL_REJECTION = "connection closed due to policy rejection: "
@@ -225,10 +223,10 @@ def ztunnel_proof(record: ZtunnelRecord, *, proxy: str, layer: str, serves: str 
             return None
         return Proof(proxy, PROXY_ALLOWED, None, None, record.line, layer, serves)
     if reason.startswith(ZTUNNEL_EXPLICIT):
-        named = reason[len(ZTUNNEL_EXPLICIT):].strip()
-        if named.rpartition("/")[2] == STATIC_STRICT_POLICY:
-            return Proof(proxy, STRICT_MTLS, None, None, record.line, layer, serves)
-        return Proof(proxy, DENY_POLICY, to_scenario(named), None, record.line, layer, serves)
+        # istiod's own DENYs for PeerAuthentication (static strict, converted_peer_authentication_*) are STRICT
+        # rejections, any other name a DENY policy: probe.proof_of_rbac decides, as for the local mesh
+        return proof_of_rbac(reason[len(ZTUNNEL_EXPLICIT):].strip(), proxy=proxy, layer=layer, serves=serves,
+                             line=record.line, to_scenario=to_scenario)
     if reason == ZTUNNEL_NONE_ALLOWED:
         return Proof(proxy, NO_ALLOW_MATCHED, None, None, record.line, layer, serves)
     return None  # "workload not found", "workload mismatch": the proxy's state, not a policy
