@@ -14,9 +14,35 @@ hold the request shapes against the API's:
   another manager's object is a 409 Conflict, as kube-apiserver answers a conflicting apply;
 - GET / LIST (with `labelSelector` equality terms) / DELETE (the `propagationPolicy` query parameter or a
   DeleteOptions body); a Namespace delete removes everything in it (the namespace controller, done at once);
+- PUT (replace, what the DynamicClient's `replace` sends: the whole object as JSON) with optimistic
+  concurrency: a body whose `metadata.resourceVersion` is set and differs from the stored one is refused
+  with `409 Conflict`, "Operation cannot be fulfilled on <resource> "<name>": the object has been modified;
+  please apply your changes to the latest version and try again" (apiserver pkg/registry/generic/registry
+  store.go `Update` -> apimachinery pkg/api/errors `NewConflict` with storage `OptimisticLockErrorMsg`); an
+  empty resourceVersion is an unconditional update; a missing object is `404` (ConfigMaps and the other
+  types here do not allow create-on-update); a body whose name or namespace is not the URL's is `400`
+  (apiserver pkg/endpoints/handlers/update.go). Every accepted write gets a new resourceVersion.
+  `race_next_put` makes another client write the object just before the next PUT of it is looked at, so
+  that PUT meets a real resourceVersion mismatch;
+- the pod proxy subresource, `/api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy/<path>` (also
+  `<scheme>:<name>:<port>`; Kubernetes API "pods/proxy", kubectl's "Manually constructing apiserver proxy
+  URLs"): answered by `proxy_handler` as if the pod's port had answered, status and body passed through;
+  an unknown pod is `404`; nothing listening (no handler, or it answers None) is `503 ServiceUnavailable`
+  "error trying to reach service: dial tcp <ip>:<port>: connect: connection refused" (apimachinery
+  pkg/util/proxy/transport.go `RoundTrip` wraps the dial error so). Paths are percent-decoded before
+  routing, as Go's net/http gives kube-apiserver `URL.Path`: the Python client quotes path parameters
+  with no safe characters (`pod:15014` -> `pod%3A15014`, `debug/mesh` -> `debug%2Fmesh`,
+  kubernetes/client/api_client.py), and `Request.path` is that decoded form (`raw_path` as sent);
 - `404 NotFound` and `409 Conflict` as `metav1.Status` bodies (apimachinery pkg/api/errors);
 - a tiny Deployment controller + kubelet: an applied Deployment gets a rolled-out status and one Ready pod
-  (IP, node, container statuses), so `wait_rollout` and `pods()` see what a cluster would show;
+  (IP, node, container statuses), so `wait_rollout` and `pods()` see what a cluster would show; the pod
+  gets an `istio-proxy` container where a sidecar injector would add one (namespace label
+  `istio-injection=enabled`, or `istio.io/rev=<rev>` naming the revision of an istiod Deployment in
+  istio-system, which the revision's injector webhook selects);
+- `install_istiod`: what an Istio install leaves in istio-system for a revision: the istiod Deployment and
+  its Ready pod, labelled `app=istiod`, `istio.io/rev=<rev>` as the istiod chart labels them, and the mesh
+  config ConfigMap `istio` (`istio-<rev>` for a revision other than default) with its `mesh` key
+  (istio/istio pilot/pkg/bootstrap/mesh.go `getMeshConfigMapName`);
 - exec over the websocket subprotocol `v5.channel.k8s.io` (falls back to `v4.channel.k8s.io`): one binary
   frame per write, its first byte the channel (1 stdout, 2 stderr, 3 the status as a JSON `metav1.Status`:
   `Success`, or `Failure` / `NonZeroExitCode` with `details.causes[{reason: ExitCode, message: "<code>"}]`:
@@ -49,7 +75,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -97,10 +123,11 @@ class Request:
     """One request as the server received it."""
 
     method: str
-    path: str
+    path: str  # percent-decoded, as Go's net/http gives kube-apiserver URL.Path
     query: Mapping[str, list[str]]
     headers: Mapping[str, str]  # lower-case names
     body: bytes
+    raw_path: str = ""  # as the client sent it
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -121,6 +148,20 @@ class ExecAnswer:
 
 
 ExecHandler = Callable[[str, str, str, list[str]], ExecAnswer]  # namespace, pod, container, command
+
+
+@dataclass(frozen=True)
+class ProxyAnswer:
+    """What the pod's port answered a request the API server proxied to it (passed through as it is)."""
+
+    body: str | bytes = b""
+    status: int = 200
+    content_type: str = "application/json"
+
+
+# namespace, pod, port, path (no leading slash, query string not included), the request: an answer, or None when
+# nothing listens there
+ProxyHandler = Callable[[str, str, int, str, Request], ProxyAnswer | None]
 
 
 def status_body(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -181,6 +222,7 @@ class FakeApiServer:
     """See the module docstring. Thread-safe: the client's requests come from several threads."""
 
     exec_handler: ExecHandler | None = None
+    proxy_handler: ProxyHandler | None = None
     clock: Callable[[], float] = time.time
     requests: list[Request] = field(default_factory=list)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
@@ -194,6 +236,8 @@ class FakeApiServer:
     _ips: Any = field(default_factory=lambda: itertools.count(10))
     _versions: Any = field(default_factory=lambda: itertools.count(1))
     _sockets: set[socket.socket] = field(default_factory=set)
+    # (kind, namespace, name) -> another client's edit, made just before the next PUT of that object is looked at
+    _races: dict[tuple[str, str, str], Callable[[dict[str, Any]], None]] = field(default_factory=dict)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> FakeApiServer:
@@ -249,6 +293,42 @@ class FakeApiServer:
         """The next `method` request whose path contains `path_part` gets this error instead."""
         with self.lock:
             self.failures.append((method, path_part, code, reason, message))
+
+    def race_next_put(self, kind: str, namespace: str, name: str,
+                      edit: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Another client writes this object (`edit` changes it in place; None: a write changing nothing but its
+        resourceVersion) just before the next PUT of it is looked at: that PUT, read before, conflicts."""
+        with self.lock:
+            self._races[(kind, namespace, name)] = edit or (lambda obj: None)
+
+    def install_istiod(self, revision: str = "default", mesh: str = "", namespace: str = "istio-system",
+                       version: str = "1.30.3") -> dict[str, Any]:
+        """An installed istiod of `revision` (see the module docstring): its Deployment, its Ready pod, its mesh
+        ConfigMap with `mesh` as the `mesh` key. Returns the pod."""
+        suffix = "" if revision == "default" else f"-{revision}"
+        labels = {"app": "istiod", "istio": "pilot", "istio.io/rev": revision}
+        if ("Namespace", "", namespace) not in self.objects:
+            self.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        self.put({"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": f"istiod{suffix}", "namespace": namespace, "labels": dict(labels),
+                               "generation": 1},
+                  "spec": {"selector": {"matchLabels": {"app": "istiod", "istio.io/rev": revision}},
+                           "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [
+                               {"name": "discovery", "image": f"docker.io/istio/pilot:{version}"}]}}},
+                  "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                             "availableReplicas": 1}})
+        self.put({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": f"istio{suffix}", "namespace": namespace,
+                               "labels": {"istio.io/rev": revision}},
+                  "data": {"mesh": mesh, "meshNetworks": "networks: {}"}})
+        return self.put({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": f"istiod{suffix}-5d8f7c9b4-q{next(self._ips)}", "namespace": namespace,
+                                      "labels": dict(labels)},
+                         "spec": {"nodeName": self.node, "containers": [{"name": "discovery"}]},
+                         "status": {"phase": "Running", "podIP": f"10.244.0.{next(self._ips)}",
+                                    "conditions": [{"type": "Ready", "status": "True"}],
+                                    "containerStatuses": [{"name": "discovery", "ready": True, "restartCount": 0,
+                                                           "state": {"running": {}}}]}})
 
     def log(self, namespace: str, pod: str, container: str, line: str, when: float | None = None) -> None:
         """A line written by a container, stamped now (or at `when`)."""
@@ -329,11 +409,11 @@ class FakeApiServer:
             return None
         return res, namespace, rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None
 
-    def handle(self, req: Request) -> tuple[int, dict[str, Any] | str]:
-        """An ordinary (non-websocket) request: (status code, JSON body or plain text)."""
+    def handle(self, req: Request) -> tuple[int, dict[str, Any] | str | ProxyAnswer]:
+        """An ordinary (non-websocket) request: (status code, JSON body, plain text or a proxied answer)."""
         with self.lock:
             for i, (method, part, code, reason, message) in enumerate(self.failures):
-                if method == req.method and part in req.path:
+                if method == req.method and (part in req.path or part in req.raw_path):
                     del self.failures[i]
                     return code, status_body(code, reason, message)
         found = self.discovery(req.path)
@@ -343,6 +423,8 @@ class FakeApiServer:
         if routed is None:
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         res, namespace, name, sub = routed
+        if res.kind == "Pod" and sub == "proxy" and namespace is not None and name is not None:
+            return self._proxy(namespace, name, req)
         if sub == "log" and req.method == "GET":
             return self._read_log(namespace or "", name or "", req)
         if name is None and req.method == "GET":
@@ -358,6 +440,8 @@ class FakeApiServer:
             return self._delete(res, key)
         if req.method == "PATCH":
             return self._apply(res, key, req)
+        if req.method == "PUT" and sub is None:
+            return self._replace(res, key, req)
         return 405, status_body(405, "MethodNotAllowed", f"{req.method} is not served here")
 
     def _list(self, res: ResourceType, namespace: str | None, selector: str | None) -> dict[str, Any]:
@@ -416,6 +500,87 @@ class FakeApiServer:
                 self._deploy_waypoint(obj)
         return 200, obj
 
+    def _replace(self, res: ResourceType, key: tuple[str, str, str], req: Request) -> tuple[int, dict[str, Any]]:
+        """PUT: the whole object, with optimistic concurrency on metadata.resourceVersion (module docstring)."""
+        content_type = req.headers.get("content-type", "").split(";")[0].strip()
+        if content_type not in ("application/json", "application/yaml"):
+            return 415, status_body(415, "UnsupportedMediaType", "the body of the request was in an unknown format "
+                                    "- accepted media types include: application/json, application/yaml")
+        try:
+            body = yaml.safe_load(req.body or b"{}")  # JSON is YAML
+        except yaml.YAMLError as exc:
+            return 400, status_body(400, "BadRequest", f"the body of the request could not be decoded: {exc}")
+        if not isinstance(body, dict):
+            return 400, status_body(400, "BadRequest", "the body of the request is not an object")
+        meta = body.get("metadata") or {}
+        if body.get("kind") != res.kind or body.get("apiVersion") != res.group_version:
+            return 400, status_body(400, "BadRequest", f"the API version and kind in the data ({body.get('apiVersion')}"
+                                    f", {body.get('kind')}) do not match the URL ({res.group_version}, {res.kind})")
+        if meta.get("name") != key[2]:
+            return 400, status_body(400, "BadRequest", f"the name of the object ({meta.get('name')}) does not match "
+                                    f"the name on the URL ({key[2]})")
+        if res.namespaced and meta.get("namespace", key[1]) != key[1]:
+            return 400, status_body(400, "BadRequest", "the namespace of the provided object does not match the "
+                                    "namespace sent on the request")
+        group = f".{res.group}" if res.group else ""
+        with self.lock:
+            race = self._races.pop(key, None)
+            if race is not None and key in self.objects:  # another client's write lands first
+                other = json.loads(json.dumps(self.objects[key]))
+                race(other)
+                self.put(other)
+            old = self.objects.get(key)
+            if old is None:
+                return 404, _not_found(res, key[2])
+            stored = old["metadata"]["resourceVersion"]
+            sent = meta.get("resourceVersion")
+            if sent and sent != stored:
+                return 409, status_body(409, "Conflict", f'Operation cannot be fulfilled on {res.plural}{group} '
+                                        f'"{key[2]}": the object has been modified; please apply your changes to '
+                                        "the latest version and try again",
+                                        {"name": key[2], "group": res.group, "kind": res.plural})
+            obj = json.loads(json.dumps(body))
+            new_meta = obj.setdefault("metadata", {})
+            if res.namespaced:
+                new_meta["namespace"] = key[1]
+            new_meta["uid"] = old["metadata"].get("uid")
+            if "generation" in old["metadata"]:
+                changed = obj.get("spec") != old.get("spec")
+                new_meta["generation"] = old["metadata"]["generation"] + (1 if changed else 0)
+            manager = req.param("fieldManager") or req.headers.get("user-agent", "unknown").split("/")[0]
+            fields = [f for f in old["metadata"].get("managedFields") or []
+                      if (f.get("manager"), f.get("operation")) != (manager, "Update")]
+            new_meta["managedFields"] = [*fields, {"manager": manager, "operation": "Update",
+                                                   "apiVersion": res.group_version}]
+            if "status" in old and res.kind != "ConfigMap":
+                obj["status"] = old["status"]  # the main resource's PUT never writes status
+            self.put(obj)
+            if res.kind == "Deployment":
+                self._roll_out(obj)
+        return 200, obj
+
+    def _proxy(self, namespace: str, target: str, req: Request) -> tuple[int, dict[str, Any] | ProxyAnswer]:
+        """`pods/<[scheme:]name[:port]>/proxy/<path>`: the pod's answer, as the API server relays it."""
+        parts = target.split(":")
+        if len(parts) == 3:
+            parts = parts[1:]  # <scheme>:<name>:<port>
+        name, port_text = parts[0], parts[1] if len(parts) > 1 else ""
+        with self.lock:
+            pod = self.objects.get(("Pod", namespace, name))
+        if pod is None:
+            return 404, status_body(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        if port_text and not port_text.isdigit():
+            return 503, status_body(503, "ServiceUnavailable", f"error trying to reach service: no port {port_text}")
+        port = int(port_text) if port_text else 80
+        marker = f"/pods/{target}/proxy"
+        path = req.path.split(marker, 1)[1].lstrip("/") if marker in req.path else ""
+        answer = self.proxy_handler(namespace, name, port, path, req) if self.proxy_handler else None
+        if answer is None:
+            ip = (pod.get("status") or {}).get("podIP", "")
+            return 503, status_body(503, "ServiceUnavailable", f"error trying to reach service: dial tcp {ip}:{port}: "
+                                    "connect: connection refused")
+        return answer.status, answer
+
     def _deploy_waypoint(self, gateway: dict[str, Any]) -> None:
         """What istiod's gateway deployment controller does for an `istio-waypoint` Gateway (istio/istio
         pilot/pkg/config/kube/gateway/deploymentcontroller.go): a Deployment of the Gateway's name whose pods
@@ -441,11 +606,14 @@ class FakeApiServer:
         labels = dict(tmeta.get("labels") or {})
         ns = meta["namespace"]
         namespace = self.objects.get(("Namespace", "", ns)) or {}
-        injected = (namespace.get("metadata") or {}).get("labels", {}).get("istio-injection") == "enabled" and \
-            labels.get("sidecar.istio.io/inject") != "false"
+        ns_labels = (namespace.get("metadata") or {}).get("labels", {})
+        revisions = {((o.get("metadata") or {}).get("labels") or {}).get("istio.io/rev", "default")
+                     for (k, ns2, _), o in self.objects.items() if k == "Deployment" and ns2 == "istio-system"
+                     and ((o.get("metadata") or {}).get("labels") or {}).get("app") == "istiod"}
+        injected = (ns_labels.get("istio-injection") == "enabled" or ns_labels.get("istio.io/rev") in revisions) \
+            and labels.get("sidecar.istio.io/inject") != "false"
         containers = [c["name"] for c in tspec.get("containers") or []] + (["istio-proxy"] if injected else [])
         annotations = dict(tmeta.get("annotations") or {})
-        ns_labels = (namespace.get("metadata") or {}).get("labels", {})
         if ns_labels.get("istio.io/dataplane-mode") == "ambient" and labels.get("istio.io/dataplane-mode") != "none":
             # istio-cni marks a pod whose traffic it redirected to ztunnel (annotation
             # `ambient.istio.io/redirection: enabled`, istio/istio cni/pkg/nodeagent); the session waits for it
@@ -504,16 +672,21 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        req = Request(self.command, split.path, parse_qs(split.query, keep_blank_values=True),
-                      {k.lower(): v for k, v in self.headers.items()}, body)
+        req = Request(self.command, unquote(split.path), parse_qs(split.query, keep_blank_values=True),
+                      {k.lower(): v for k, v in self.headers.items()}, body, split.path)
         with self.server_api.lock:
             self.server_api.requests.append(req)
         return req
 
-    def _send(self, code: int, body: dict[str, Any] | str) -> None:
-        data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+    def _send(self, code: int, body: dict[str, Any] | str | ProxyAnswer) -> None:
+        if isinstance(body, ProxyAnswer):
+            data = body.body.encode() if isinstance(body.body, str) else body.body
+            content_type = body.content_type
+        else:
+            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            content_type = "application/json" if isinstance(body, dict) else "text/plain"
         self.send_response(code)
-        self.send_header("content-type", "application/json" if isinstance(body, dict) else "text/plain")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
