@@ -143,3 +143,21 @@ def test_the_writer_gives_up_with_the_reason_when_the_configmap_keeps_changing_o
                                           store.get, store.replace)
     with pytest.raises(TargetError, match="istio-system/istio-canary does not exist"):
         missing.add([])
+
+
+def test_taking_the_providers_out_restores_the_original_text_comments_included():
+    """Review finding: a GitOps or Helm owner of the ConfigMap must see no drift once the session is over."""
+    original = "# managed by the platform team\naccessLogFile: /dev/stdout   # keep\n"
+    store = FakeConfigMaps(original)
+    writer = meshconfig.MeshConfigWriter(ACCESS, store.get, store.replace)
+    writer.add(meshconfig.session_providers([HTTP], NSMAP))
+    assert store.cm["data"]["mesh"] != original
+    writer.remove(["az1-sample-http"])
+    assert store.cm["data"]["mesh"] == original
+    # someone else changed the mesh config meanwhile: their change is kept, only our entry goes
+    writer.add(meshconfig.session_providers([HTTP], NSMAP))
+    changed = yaml.safe_load(store.cm["data"]["mesh"])
+    changed["trustDomain"] = "changed.local"
+    store.cm["data"]["mesh"] = yaml.safe_dump(changed)
+    writer.remove(["az1-sample-http"])
+    assert yaml.safe_load(store.cm["data"]["mesh"]) == {"accessLogFile": "/dev/stdout", "trustDomain": "changed.local"}

@@ -202,7 +202,7 @@ class ExistingClusterTarget:
             names = ", ".join(p.name for p in scenario.mesh.extension_providers)
             raise TargetUnavailable(
                 f"{scenario.name} defines meshConfig.extensionProviders ({names}) for its CUSTOM policies: on an "
-                f"existing cluster the suite adds them to istiod's mesh config (ConfigMap {installed.root_namespace}"
+                f"existing cluster the suite adds them to istiod's mesh config (ConfigMap {ISTIO_NAMESPACE}"
                 f"/{mesh_configmap_name(installed.revision)}) for the scenario's run only with "
                 "--allow-mesh-config-update")
         revision = None if installed.default_injection else installed.revision

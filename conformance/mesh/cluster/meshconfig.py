@@ -132,7 +132,7 @@ class MeshConfigWriter:
     get: Callable[[str, str], dict[str, Any] | None]  # (namespace, name) -> ConfigMap
     replace: Callable[[dict[str, Any]], Any]  # PUT with metadata.resourceVersion; ReplaceConflict on 409
 
-    def _update(self, edit: Callable[[str], str | None]) -> list[str]:
+    def _update(self, edit: Callable[[str, str], str | None]) -> list[str]:
         changed = []
         for name in self.access.configmaps:
             for _attempt in range(CONFLICT_ATTEMPTS):
@@ -140,7 +140,7 @@ class MeshConfigWriter:
                 if cm is None:
                     raise TargetError(f"the mesh config ConfigMap {self.access.namespace}/{name} does not exist")
                 data = dict(cm.get("data") or {})
-                new = edit(str(data.get(MESH_KEY) or ""))
+                new = edit(name, str(data.get(MESH_KEY) or ""))
                 if new is None:
                     break
                 data[MESH_KEY] = new
@@ -155,11 +155,26 @@ class MeshConfigWriter:
                                   f"us ({CONFLICT_ATTEMPTS} conflicting writes)")
         return changed
 
+    def __post_init__(self) -> None:
+        self._originals: dict[str, str] = {}  # the text each ConfigMap had before our first change
+
     def add(self, entries: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add the entries to every mesh ConfigMap; returns the ConfigMaps changed."""
-        return self._update(lambda text: with_providers(text, entries))
+        def edit(name: str, text: str) -> str:
+            self._originals.setdefault(name, text)
+            return with_providers(text, entries)
+        return self._update(edit)
 
     def remove(self, names: Iterable[str]) -> list[str]:
-        """Take the named providers out of every mesh ConfigMap (nothing to do is fine)."""
+        """Take the named providers out of every mesh ConfigMap (nothing to do is fine). When nothing else changed
+        meanwhile, the ConfigMap gets its original text back, comments and layout included (a GitOps or Helm
+        owner sees no drift; review finding), else the re-serialised mesh config without our entries."""
         drop = list(names)
-        return self._update(lambda text: without_providers(text, drop))
+
+        def edit(name: str, text: str) -> str | None:
+            new = without_providers(text, drop)
+            original = self._originals.get(name)
+            if new is not None and original is not None and _parse(new) == _parse(original):
+                return original
+            return new
+        return self._update(edit)

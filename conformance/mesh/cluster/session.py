@@ -287,6 +287,8 @@ class ClusterSession:
             raise TargetError(f"{scenario.path}: the scenario's trust domain is {mesh.trust_domain}, the cluster's "
                               f"is {ctx.trust_domain}: identities would not match")
         check_shared_cluster(scenario, ctx.root_namespace, ctx.allow_mesh_wide)
+        if scenario.mesh.extension_providers:
+            self._mesh_config_writer()  # refused before anything is written when the target may not change it
         for step in scenario.steps:
             self.nsmap.check_consistent(scenario, step.policies)
         self.notes.append(f"namespaces: {self.nsmap.describe()}")
