@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from conformance.pilotenv import PilotFlag
+from conformance.pilotenv import value as pilot_flag_value
+
 Mode = Literal["sidecar", "ambient", "waypoint"]
 MODES: tuple[Mode, ...] = ("sidecar", "ambient", "waypoint")
 DEFAULT_MODES: tuple[Mode, ...] = ("sidecar", "ambient")
@@ -107,6 +110,12 @@ class MeshConfig:
     root_namespace: str = "istio-system"
     trust_domain: str = "cluster.local"
     extension_providers: tuple[ExtensionProvider, ...] = ()  # meshConfig.extensionProviders (ext_authz kinds)
+    # `mesh.pilotEnv`: istiod's environment (feature flags, pilotenv.py), as written; absent flags take Istio's default
+    pilot_env: tuple[tuple[str, str], ...] = ()
+
+    def pilot_flag(self, flag: PilotFlag) -> bool:
+        """The value istiod runs `flag` with for this scenario (its `pilotEnv` entry, else Istio's default)."""
+        return pilot_flag_value(self.pilot_env, flag)
 
     def provider(self, name: str) -> ExtensionProvider | None:
         """The extension provider named `name`, or None: a CUSTOM policy may name one that does not exist

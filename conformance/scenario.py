@@ -242,6 +242,7 @@ class _Loader:
             root_namespace=_str(mesh_doc.get("rootNamespace")) or MeshConfig.root_namespace,
             trust_domain=_str(mesh_doc.get("trustDomain")) or MeshConfig.trust_domain,
             extension_providers=tuple(self._providers(_list(mesh_doc.get("extensionProviders")))),
+            pilot_env=self._pilot_env(mesh_doc.get("pilotEnv")),
         )
         issuers = {i.name: i for i in self._issuers(_list(spec.get("issuers")))}
         name, description = _str(meta.get("name")) or "", _str(meta.get("description")) or ""
@@ -267,6 +268,23 @@ class _Loader:
             steps.append(Step(step_name or "", tuple(policies), tuple(expectations)))
         return Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints),
                         tuple(steps), explicit, tuple(issuers.values()))
+
+    def _pilot_env(self, doc: Any) -> tuple[tuple[str, str], ...]:
+        """`mesh.pilotEnv`: istiod feature flags (pilotenv.py). Every problem is an error: a flag the suite does
+        not model, a value istiod cannot parse (it would silently keep the default) or a flag this release's
+        istiod does not have would all make the run's istiod differ from the one the scenario was written for."""
+        from conformance.pilotenv import problem
+
+        if not isinstance(doc, Mapping):
+            return ()  # absent, or the schema reported it
+        out: list[tuple[str, str]] = []
+        for name, value in doc.items():
+            why = problem(str(name), value, self.version)
+            if why is None:
+                out.append((str(name), str(value)))
+            elif not self.damaged("spec", "mesh", "pilotEnv", name):  # else the schema said it
+                self.error(why, "", f"spec.mesh.pilotEnv.{name}")
+        return tuple(sorted(out))
 
     def _providers(self, docs: Sequence[Any]) -> list[ExtensionProvider]:
         """`mesh.extensionProviders`: each entry checked as Istio checks a mesh config (validation.py)."""

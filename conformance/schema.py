@@ -105,6 +105,7 @@ SCHEMA: dict[str, Any] = {
                     "properties": {
                         "rootNamespace": {"type": "string", "pattern": DNS_LABEL},
                         "trustDomain": {"type": "string", "minLength": 1, "pattern": r"^[^/\s]+$"},
+                        "pilotEnv": {"type": "object", "additionalProperties": {"type": "string"}},
                         "extensionProviders": {
                             "type": "array",
                             "items": {
@@ -322,6 +323,19 @@ DESCRIPTIONS: dict[str, str] = {
                                "policy there without a selector applies mesh-wide.",
     "spec.mesh.trustDomain": "The mesh trust domain (meshConfig.trustDomain); default cluster.local. Workload "
                              "identities are spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.",
+    "spec.mesh.pilotEnv": (
+        "istiod feature flags that change authorization, as istiod's environment (the cluster "
+        "targets set them at install, values.pilot.env): a map of variable name to string value, "
+        "read as Go's strconv.ParseBool reads it (true, false, 1, 0, ...). Absent flags keep "
+        "Istio's default (false for every one). Modelled: PILOT_AUTO_ALLOW_WAYPOINT_POLICY "
+        "(ztunnel allows each workload's waypoint identity), "
+        "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES (1.25+: policies selecting a waypoint's "
+        "pod enforced as L4 at its HBONE termination), "
+        "AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY (1.29+: dry-run policies sent to ztunnel, "
+        "logged only), PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (1.30+: several CUSTOM "
+        "providers on one workload). Any other name, or a flag the Istio version lacks, is an "
+        "error."
+    ),
     "spec.mesh.extensionProviders": "meshConfig.extensionProviders of the ext_authz kinds: the external "
                                     "authorizers CUSTOM AuthorizationPolicies name (validated as Istio validates a "
                                     "mesh config).",

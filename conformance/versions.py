@@ -164,6 +164,19 @@ DOT_SEGMENT_PARAMETERS = Change(
     "sidecar/waypoint path normalization treats `.;x` and `..;x` segments as `.` and `..`",
     "Envoy CVE-2026-73551 (Envoy 1.37.6/1.38.4, in Istio 1.29.7/1.30.4; not in 1.31.0's Envoy)",
     ((1, 29, 7), (1, 30, 4), (1, 31, None)))
+# istiod feature flags (conformance/pilotenv.py): the first release whose istiod registers each one; a scenario
+# setting one in mesh.pilotEnv is refused at a release without it (pilot/pkg/features at each tag).
+LAYERED_WAYPOINT_FLAG = Change(
+    "istiod flag ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES (default false): L4 policies at a waypoint's HBONE "
+    "termination", "pilot/pkg/features/ambient.go@1.25.0 (listener_waypoint.go buildConnectTerminateListener)",
+    ((1, 25, 0),))
+AMBIENT_DRY_RUN_FLAG = Change(
+    "istiod flag AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY (default false): dry-run policies sent to ztunnel, "
+    "logged only", "pilot/pkg/features/ambient.go@1.29.0 (ambient/authorization.go, ztunnel state.rs@1.29.0)",
+    ((1, 29, 0),))
+MULTIPLE_CUSTOM_PROVIDERS_FLAG = Change(
+    "istiod flag PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (default false): one ext_authz pair per CUSTOM "
+    "provider on a workload", "pilot/pkg/features/security.go@1.30.0 (istio/istio#58082, builder.go)", ((1, 30, 0),))
 
 CHANGES: tuple[Change, ...] = (
     CEL_RULES, TARGET_REF_KIND_CEL, NEW_PATH_TEMPLATE_CHECK, ONE_OF_CEL, TARGET_REFS_MAX,
@@ -171,7 +184,8 @@ CHANGES: tuple[Change, ...] = (
     GATEWAY_CLASS_TARGET_REF, WAYPOINT_SELECTION_BY_KIND, RULES_MAX, DRY_RUN_NOT_SENT_TO_ZTUNNEL,
     INTERNAL_PARENT_ANNOTATIONS, QUOTED_SERVICE_ACCOUNT_REGEX, QUOTED_NAMESPACE_REGEX, TRUST_DOMAIN_FIELDS,
     TRUST_DOMAINS_ENFORCED, DOT_SEGMENT_PARAMETERS, JWT_RULE_CHECKS, JWT_ISSUER_OPTIONAL, SPACE_DELIMITED_CLAIMS,
-    EXT_AUTHZ_PROVIDER_NAME_CHECK, PRIVATE_JWKS_WARNING,
+    EXT_AUTHZ_PROVIDER_NAME_CHECK, PRIVATE_JWKS_WARNING, LAYERED_WAYPOINT_FLAG, AMBIENT_DRY_RUN_FLAG,
+    MULTIPLE_CUSTOM_PROVIDERS_FLAG,
 )
 
 

@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from conformance import pilotenv
 from conformance.engine import custom as ext
-from conformance.engine import jwt
+from conformance.engine import flags, jwt
 from conformance.engine.matchers import normalize_path
 from conformance.engine.mtls import STATIC_STRICT, SidecarMtls, ZtunnelMtls, sidecar_mtls, ztunnel_mtls
 from conformance.engine.policy import (
@@ -110,7 +111,7 @@ class State:
         key = (mode, version)
         found = self._compiled.get(key)
         if found is None:
-            found = self._compiled[key] = _Compiled(self, version)
+            found = self._compiled[key] = _Compiled(self, version, mode)
         return found
 
     def waypoint_for(self, workload: Workload) -> Waypoint | None:
@@ -195,9 +196,10 @@ class _ZtunnelPlan:
 
 
 class _Compiled:
-    def __init__(self, state: State, version: IstioVersion):
+    def __init__(self, state: State, version: IstioVersion, mode: Mode | None = None):
         self.state = state
         self.version = version
+        self.mode = mode  # which waypoints are deployed (PILOT_AUTO_ALLOW_WAYPOINT_POLICY reads it)
         self.envoy = EnvoySemantics(state.mesh.trust_domain, version)
         self._envoy: dict[str, _EnvoyPolicy] = {}
         self._ztunnel: dict[str, Translated] = {}
@@ -286,30 +288,47 @@ class _Compiled:
             found = self._zmtls[w.ref] = ztunnel_mtls(self.state.peer_authentications, w, self.state.mesh)
         return found
 
-    def ztunnel_plan(self, w: Workload) -> _ZtunnelPlan:
+    def ztunnel_plan(self, w: Workload, waypoint: Waypoint | None = None) -> _ZtunnelPlan:
         """What istiod sends the destination ztunnel of `w`, translated, split into DENY and ALLOW.
 
         ambient/authorization.go: only ALLOW and DENY reach ztunnel (CUSTOM and AUDIT get a status
-        message); dry-run policies are not sent from 1.25.2 (#55414; 1.29 adds an opt-in, off by
-        default), and before that they were sent and enforced."""
-        found = self._zplans.get(w.ref)
+        message); dry-run policies are not sent from 1.25.2 (#55414), and before that they were sent and
+        enforced; from 1.29 AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY sends them marked dryRun, which
+        ztunnel only logs. `waypoint`: the deployed waypoint `w` uses, whose synthetic ALLOW
+        PILOT_AUTO_ALLOW_WAYPOINT_POLICY appends to `w`'s policies (flags.py)."""
+        key = f"{w.ref}|{waypoint.ref if waypoint is not None else ''}"
+        found = self._zplans.get(key)
         if found is not None:
             return found
         sends_dry_run = not self.version.has(DRY_RUN_NOT_SENT_TO_ZTUNNEL)  # istio/istio#55414
+        # authorization.go@1.30.3 l.409: `dryRun && !features.EnableWdsDryRunAuthzPol` → not sent
+        dry_run_flag = self.state.mesh.pilot_flag(pilotenv.AMBIENT_DRY_RUN)
         notes: list[str] = []
         enforced: list[Translated] = []
         for p in self.for_workload(w):
             if p.action not in ("ALLOW", "DENY"):
                 notes.append(f"  {p.action} {p.ref}: ztunnel does not support the {p.action} action; not enforced.")
+            elif p.dry_run and not sends_dry_run and dry_run_flag:
+                # ztunnel src/state.rs@1.30.3 assert_rbac l.576-617: dry-run DENYs and ALLOWs are partitioned out and
+                # only logged ("dry-run: deny policy match"); they neither deny nor count as ALLOW policies
+                notes.append(f"  {p.action} {p.ref}: dry-run; AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY is on, so "
+                             "istiod sends it to ztunnel marked dryRun, and ztunnel only logs whether it matches "
+                             "(\"dry-run: ... policy match\"): no effect on the verdict.")
             elif p.dry_run and not sends_dry_run:
                 notes.append(f"  {p.action} {p.ref}: dry-run; istiod does not send dry-run policies to ztunnel "
-                             "(Istio ≥ 1.25.2): no effect.")
+                             "(Istio ≥ 1.25.2, AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY off): no effect.")
             else:
                 if p.dry_run:
                     notes.append(f"  {p.action} {p.ref}: dry-run, but Istio < 1.25.2 sends it to ztunnel, which "
                                  "enforces it.")
                 enforced.append(self.ztunnel_policy(p))
-        found = self._zplans[w.ref] = _ZtunnelPlan(
+        if waypoint is not None and self.state.mesh.pilot_flag(pilotenv.AUTO_ALLOW_WAYPOINT):
+            implicit = flags.implicit_waypoint_policy(waypoint, self.state.mesh)
+            notes.append(f"  ALLOW {implicit.ref}: PILOT_AUTO_ALLOW_WAYPOINT_POLICY is on, so istiod adds this "
+                         f"synthetic policy to {w.ref}, which uses waypoint {waypoint.ref} (ambient policies.go "
+                         f"implicitWaypointPolicy): it allows {waypoint.identity(self.state.mesh.trust_domain)}.")
+            enforced.append(self.ztunnel_policy(implicit))
+        found = self._zplans[key] = _ZtunnelPlan(
             tuple(t for t in enforced if t.policy.action == "DENY"),
             tuple(t for t in enforced if t.policy.action == "ALLOW"),
             bool(enforced), tuple(notes))
@@ -558,26 +577,28 @@ def _custom_step(
     names = sorted({p.provider or "" for p in enforced})
     if not names:
         return attrs
-    denial = DENIED_L4 if tcp else DENIED_L7
     per_provider = c.version.has(EXT_AUTHZ_PROVIDER_NAME_CHECK)  # istio/istio#58082: one filter pair per provider
 
     def prefix(name: str) -> str:
         return f"istio-ext-authz-{name}-" if per_provider else "istio-ext-authz-"
 
     def bad_deny(groups: Sequence[tuple[str, Sequence[AuthorizationPolicy]]], why: str) -> Decision | Attributes:
-        trace.on and trace(f"    {why}: istiod replaces the ext_authz filter by an RBAC filter that DENIES the "
-                           "requests these rules match (getBadCustomDenyRules, `...-deny-due-to-bad-CUSTOM-action`), "
-                           "whatever failOpen says.")
-        for name, group in groups:
-            found = _envoy_decider(_custom_rules(c, group, tcp, prefix(name)), attrs, trace, every=True)
-            if found is not None:
-                rule, matching = found
-                shown = "connection closed" if tcp else "403 RBAC: access denied"
-                trace.on and trace(f"    CUSTOM {rule.ref} rule {rule.index} matches → denied ({shown}).")
-                return Decision("deny", denial, layer, DENY_MATCHED, rule.ref, rule.index, candidates=matching)
-        trace.on and trace("    no CUSTOM rule matches this request → it goes on.")
-        return attrs
+        return _bad_custom_deny(c, [(prefix(n), g) for n, g in groups], why, attrs, tcp, layer, trace)
 
+    if len(names) > 1 and per_provider and c.state.mesh.pilot_flag(pilotenv.MULTIPLE_CUSTOM_PROVIDERS):
+        trace.on and trace(f"    several providers ({', '.join(repr(n) for n in names)}) and "
+                           "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS is on: one shadow RBAC + ext_authz pair per "
+                           "provider, in provider-name order, each enabled only by its own rules "
+                           "(builder.go@1.30.3 buildHTTP l.365+, generateFilterMatcherForProvider): every provider "
+                           "whose rules match must allow.")
+        for name in names:
+            trace.on and trace(f"    provider {name!r}:")
+            group = [p for p in enforced if (p.provider or "") == name]
+            decided = _one_provider(c, name, group, attrs, probe, tcp, layer, prefix(name), trace)
+            if isinstance(decided, Decision):
+                return decided
+            attrs = decided
+        return attrs
     if len(names) > 1:
         why = (f"several providers ({', '.join(repr(n) for n in names)}) on one proxy: without "
                "PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (default false) istiod refuses them all"
@@ -587,17 +608,46 @@ def _custom_step(
         groups = ([(n, [p for p in enforced if (p.provider or "") == n]) for n in names] if per_provider
                   else [("", enforced)])
         return bad_deny(groups, why)
-    name = names[0]
+    return _one_provider(c, names[0], enforced, attrs, probe, tcp, layer, prefix(names[0]), trace)
+
+
+def _bad_custom_deny(
+    c: _Compiled, groups: Sequence[tuple[str, Sequence[AuthorizationPolicy]]], why: str, attrs: Attributes, tcp: bool,
+    layer: str, trace: _Trace,
+) -> Decision | Attributes:
+    """builder.go getBadCustomDenyRules: the CUSTOM rules of each (name prefix, policies) group as an enforcing DENY."""
+    trace.on and trace(f"    {why}: istiod replaces the ext_authz filter by an RBAC filter that DENIES the "
+                       "requests these rules match (getBadCustomDenyRules, `...-deny-due-to-bad-CUSTOM-action`), "
+                       "whatever failOpen says.")
+    for prefix, group in groups:
+        found = _envoy_decider(_custom_rules(c, group, tcp, prefix), attrs, trace, every=True)
+        if found is not None:
+            rule, matching = found
+            shown = "connection closed" if tcp else "403 RBAC: access denied"
+            trace.on and trace(f"    CUSTOM {rule.ref} rule {rule.index} matches → denied ({shown}).")
+            return Decision("deny", DENIED_L4 if tcp else DENIED_L7, layer, DENY_MATCHED, rule.ref, rule.index,
+                            candidates=matching)
+    trace.on and trace("    no CUSTOM rule matches this request → it goes on.")
+    return attrs
+
+
+def _one_provider(
+    c: _Compiled, name: str, enforced: Sequence[AuthorizationPolicy], attrs: Attributes, probe: Probe, tcp: bool,
+    layer: str, prefix: str, trace: _Trace,
+) -> Decision | Attributes:
+    """One provider's shadow RBAC + ext_authz pair (or istiod's deny when the provider is unusable): `prefix` starts
+    its rules' names (`istio-ext-authz-[<provider>-]`)."""
     view = c.provider_view(name)
     if not view.usable:
-        return bad_deny([(name, enforced)], f"provider {name!r} is unusable ({'; '.join(view.defects)})")
+        return _bad_custom_deny(c, [(prefix, enforced)], f"provider {name!r} is unusable "
+                                f"({'; '.join(view.defects)})", attrs, tcp, layer, trace)
     provider = view.provider
     assert provider is not None
     if tcp and provider.kind == "http":
         trace.on and trace(f"    provider {name!r} is an HTTP ext_authz server: istiod builds no CUSTOM filter for a "
                            "TCP chain (\"ignored CUSTOM action with HTTP provider on TCP filter chain\"): not checked.")
         return attrs
-    found = _envoy_decider(_custom_rules(c, enforced, tcp, prefix(name)), attrs, trace, every=True)
+    found = _envoy_decider(_custom_rules(c, enforced, tcp, prefix), attrs, trace, every=True)
     if found is None:
         trace.on and trace("    no CUSTOM rule matches: the shadow RBAC filter sets no `istio-ext-authz` policy id, so "
                            "ext_authz is not called (filter_enabled_metadata) and the request goes on.")
@@ -761,7 +811,7 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
                       "ambient/ or ztunnel's rbac.rs reads RequestAuthentication): the token is not checked.")
     denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
     conn = Connection(identity, source_ip, state.addresses.get(dst.ref, ""), probe.port.number)
-    plan = c.ztunnel_plan(dst)
+    plan = c.ztunnel_plan(dst, _serving_waypoint(c, dst, via))
     if trace.on:
         for line in plan.notes:
             trace(line)
@@ -825,6 +875,45 @@ def _ztunnel_peer_authentication(c: _Compiled, probe: Probe, has_identity: bool,
     return denying.source.ref if denying.source is not None else ""
 
 
+def _serving_waypoint(c: _Compiled, dst: Workload, via: Waypoint | None) -> Waypoint | None:
+    """The deployed waypoint `dst` uses (whether or not this probe went through it): waypoint mode, or a `waypoint`
+    namespace of mode mixed. None in ambient and sidecar modes, where no waypoint exists."""
+    if via is not None:
+        return via
+    if c.mode == "waypoint" or (c.mode == "mixed" and getattr(c.state, "dataplanes", {}).get(dst.namespace)
+                                == "waypoint"):
+        return c.state.waypoint_for(dst) if dst.in_mesh else None
+    return None
+
+
+def _layered_termination(c: _Compiled, probe: Probe, waypoint: Waypoint, trace: _Trace) -> Decision | None:
+    """ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES (flags.py): the RBAC filter on the waypoint's connect_terminate
+    HCM, TCP rules over the HBONE CONNECT (listener_waypoint.go@1.30.3 l.276-281). It sees the client's certificate
+    and its address (the direct peer of the HBONE connection), and the waypoint's own address and port 15008 as the
+    destination. A denial is a 403 to the CONNECT: the client's ztunnel resets the connection (denied-l4)."""
+    state = c.state
+    policies = flags.termination_policies(state.authorization_policies, waypoint, state.mesh)
+    trace.on and trace(f"ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES is on: at its HBONE termination, waypoint "
+                       f"{waypoint.ref} first enforces, as L4 rules, the policies that select its own pod "
+                       f"({', '.join(f'{k}={v}' for k, v in flags.waypoint_labels(waypoint).items())}; namespace- and "
+                       "mesh-wide ones too) or target its Gateway (NewWaypointTerminationBuilder, "
+                       "BuildTCPRulesAsHTTPFilter): HTTP attributes drop ALLOW rules and are ignored in DENY rules; "
+                       f"the destination is the waypoint itself on port {flags.HBONE_PORT}.")
+    if not policies:
+        trace.on and trace("  no policy selects the waypoint: nothing is checked there.")
+        return None
+    attrs = Attributes(principal=probe.source.identity(state.mesh.trust_domain),
+                       source_ip=state.addresses.get(probe.source.ref, ""),
+                       destination_ip=state.addresses.get(waypoint.ref, ""), destination_port=flags.HBONE_PORT,
+                       sni=None, method=None, path=None, headers=(), host=None)
+    decided = _envoy_layer(c, f"termination:{waypoint.ref}", policies, attrs, True, "waypoint", DENIED_L4, trace)
+    decided = replace(decided, waypoint=waypoint.ref)
+    if decided.verdict == "deny":
+        trace.on and trace("  → the CONNECT is refused with 403: the client's ztunnel closes the connection.")
+        return decided
+    return None
+
+
 def _trace_translation(t: Translated, trace: _Trace) -> None:
     p = t.policy
     if t.dropped_rules:
@@ -861,6 +950,10 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
                        "there an SNI (`connection.sni`): the waypoint inspects TLS only for TLS services "
                        "(listener_waypoint.go, istio/istio#53588).")
     _trace_path(probe, attrs, c.version, trace)
+    if state.mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT):
+        refused = _layered_termination(c, probe, waypoint, trace)
+        if refused is not None:
+            return refused
     bound = [p for p in state.authorization_policies
              if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
     if trace.on:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
+from conformance import pilotenv
 from conformance.mesh.local import authn, ztunnel
 from conformance.mesh.local.extauthz import CustomBuilder, ServiceIndex
 from conformance.mesh.local.rbac import (
@@ -245,6 +246,23 @@ def select_waypoint_policies(
     ]
 
 
+def select_waypoint_termination_policies(policies: Sequence[Manifest], waypoint: Waypoint, mesh: MeshConfig,
+                                         release: Release | None = None) -> list[Manifest]:
+    """ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES: the policies of the waypoint's HBONE termination layer
+    (plugin/authz/authorization.go@1.30.3 NewWaypointTerminationBuilder: ListAuthorizationPolicies for the waypoint's
+    own pod with IsWaypoint false and no service, "the standard workload selector policy semantics"). The pod is a
+    Gateway API gateway, so ShouldAttachPolicy takes selector (and namespace- / mesh-wide) policies and targetRefs
+    to its own Gateway; Service and GatewayClass refs need IsWaypoint."""
+    labels = {GATEWAY_NAME_LABEL: waypoint.name}
+    namespaces = _lookup_namespaces(mesh, waypoint.namespace)
+    return [
+        p for p in policies
+        if p.kind == AUTHORIZATION_POLICY and p.namespace in namespaces and _should_attach(
+            p, workload_namespace=waypoint.namespace, labels=labels, is_waypoint=False, services=(),
+            root_namespace=mesh.root_namespace, release=release)
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # PeerAuthentication: authentication.go getConfigsForWorkload + policy_applier.go ComposePeerAuthentication.
 
@@ -323,7 +341,8 @@ def custom_builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_sta
     """The CUSTOM builder (extauthz.py) with the mesh's extension providers and the service registry."""
     return CustomBuilder(_bundle(mesh), [p.mesh_config_entry() for p in mesh.extension_providers], services or {},
                          use_filter_state=use_filter_state, port_map=dict(port_map),
-                         release=release or Release.newest())
+                         release=release or Release.newest(),
+                         multiple_providers=mesh.pilot_flag(pilotenv.MULTIPLE_CUSTOM_PROVIDERS))
 
 
 def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
@@ -378,6 +397,18 @@ def waypoint_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: M
     ]
 
 
+def waypoint_termination_filters(policies: Sequence[Manifest], mesh: MeshConfig,
+                                 release: Release | None = None) -> list[Json]:
+    """The RBAC filters istiod puts first on a waypoint's connect_terminate HCM when
+    ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES is on (listener_waypoint.go@1.30.3 l.276-281): `policies` from
+    `select_waypoint_termination_policies`, BuildTCPRulesAsHTTPFilter, identities from the HBONE peer certificate
+    (`authenticated`: the builder has no UseFilterState), ports as the listener sees them (no remapping: the
+    connection's local port is 15008, which a scenario's `ports` never name). Empty when the flag is off."""
+    if not mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT):
+        return []
+    return _builder(mesh, {}, False, release).build_tcp_rules_as_http(policies)
+
+
 def waypoint_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
                          release: Release | None = None, *, services: ServiceIndex | None = None) -> list[Json]:
     """The network filters of a waypoint's TCP service port: CUSTOM pairs (gRPC providers), then istiod's
@@ -390,7 +421,8 @@ def waypoint_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_ma
 
 
 def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig,
-                           release: Release | None = None) -> list[ztunnel.Authorization]:
+                           release: Release | None = None,
+                           waypoint: Waypoint | None = None) -> list[ztunnel.Authorization]:
     """Step one of the ztunnel emulation: what istiod at `release` (default: 1.30's newest patch) sends ztunnel.
 
     ALLOW rules with any HTTP attribute are dropped whole; DENY rules keep only their L4 content (an
@@ -398,19 +430,30 @@ def ztunnel_authorizations(policies: Sequence[Manifest], mesh: MeshConfig,
     matches but is still an ALLOW; AUDIT, CUSTOM and targetRef(s) policies are not sent, nor are
     dry-run ones from 1.25.2 (before, they were sent as ordinary policies and enforced, #55414);
     principals are compared literally (no `cluster.local` or alias rewriting).
+
+    istiod's feature flags (`mesh.pilotEnv`, read here, never from the engine): with
+    AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY (1.29+) dry-run policies are sent marked dryRun, which ztunnel only
+    logs; with PILOT_AUTO_ALLOW_WAYPOINT_POLICY, a workload that uses `waypoint` (a deployed one) also gets the
+    waypoint's synthetic ALLOW (ztunnel.implicit_waypoint_policy), appended after the user's policies as
+    workloads.go@1.30.3 appends its key (l.730).
     """
-    return ztunnel.translate(policies, mesh.root_namespace, release)
+    out = ztunnel.translate(policies, mesh.root_namespace, release,
+                            dry_run_enabled=mesh.pilot_flag(pilotenv.AMBIENT_DRY_RUN))
+    if waypoint is not None and mesh.pilot_flag(pilotenv.AUTO_ALLOW_WAYPOINT):
+        identity = f"{mesh.trust_domain}/ns/{waypoint.namespace}/sa/{waypoint.service_account}"
+        out.append(ztunnel.implicit_waypoint_policy(waypoint.namespace, waypoint.name, [identity]))
+    return out
 
 
 def ztunnel_filters(policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str,
-                    release: Release | None = None) -> list[Json]:
+                    release: Release | None = None, waypoint: Waypoint | None = None) -> list[Json]:
     """HTTP RBAC filters (DENY, ALLOW) for the ztunnel stand-in's HBONE listener on :15008.
 
     Principals, namespaces and service accounts come from the mTLS peer certificate (`authenticated`),
     source IPs are `direct_remote_ip`; destination ports and IPs are matched on the CONNECT
     `:authority` (`<ip>:<port>`, the scenario port, not remapped), since the local port is 15008.
     """
-    return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh, release), destination_ip)
+    return ztunnel.hbone_filters(ztunnel_authorizations(policies, mesh, release, waypoint), destination_ip)
 
 
 def ztunnel_peer_authentication(policies: Sequence[Manifest], workload: Workload,
@@ -422,7 +465,7 @@ def ztunnel_peer_authentication(policies: Sequence[Manifest], workload: Workload
 
 def ztunnel_plaintext_filters(
     policies: Sequence[Manifest], mesh: MeshConfig, destination_ip: str, port: int, release: Release | None = None,
-    peer_authentication: Sequence[ztunnel.Authorization] = (),
+    peer_authentication: Sequence[ztunnel.Authorization] = (), waypoint: Waypoint | None = None,
 ) -> list[Json]:
     """Network RBAC filters for plaintext connections at an ambient workload's inbound passthrough.
 
@@ -431,7 +474,7 @@ def ztunnel_plaintext_filters(
     `peer_authentication` (`ztunnel_peer_authentication`) are the PeerAuthentication DENYs, after the
     AuthorizationPolicy ones (the order ztunnel walks them).
     """
-    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh, release), destination_ip, port,
+    return ztunnel.plaintext_filters(ztunnel_authorizations(policies, mesh, release, waypoint), destination_ip, port,
                                      peer_authentication)
 
 

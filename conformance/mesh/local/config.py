@@ -524,13 +524,16 @@ def _state(key: str, value: str, shared: str, factory: str | None = None) -> dic
     }
 
 
-def waypoint_terminate_listener(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) -> dict[str, Any]:
+def waypoint_terminate_listener(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]],
+                                rbac: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """:15008 of the waypoint: mTLS (its own certificate), CONNECT terminated, routed by `:authority`.
 
     `envoy.hashable_string` for the identity, never `envoy.string`: non-hashable filter state does not
     partition upstream connection pools, and concurrent clients then swap identities (research
     pitfall 1). The original destination and source are restored in the internal listener by the
-    original_dst listener filter from the well-known filter-state keys.
+    original_dst listener filter from the well-known filter-state keys. `rbac`: the layered termination filters
+    (ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES), first in the chain as istiod puts them (listener_waypoint.go
+    @1.30.3 l.274-290: authz filters, then the metadata and connect-authority ones).
     """
     state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
         _state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
@@ -543,7 +546,7 @@ def waypoint_terminate_listener(ctx: ProxyContext, served: Sequence[tuple[Peer, 
     chain = {
         "name": "hbone",
         "transport_socket": downstream_tls(ctx.certs, ctx.root_cert, ctx.mesh.trust_domain, alpn=("h2",)),
-        "filters": [http_connection_manager("connect_terminate", routes, [state],
+        "filters": [http_connection_manager("connect_terminate", routes, [*rbac, state],
                                             access_log(ctx.log_path, "waypoint connect"), connect=True)],
     }
     return listener("connect_terminate", ctx.me.address, HBONE_PORT, [chain],
@@ -671,9 +674,11 @@ def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) ->
     return clusters
 
 
-def waypoint_static_listeners(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) -> list[dict[str, Any]]:
-    """The listeners that never change with policies: HBONE termination and origination."""
-    listeners = [waypoint_terminate_listener(ctx, served)]
+def waypoint_static_listeners(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]],
+                              layered: bool = False) -> list[dict[str, Any]]:
+    """The listeners that never change with policies: HBONE termination (unless `layered`: then it carries policies
+    and is LDS, mesh.py) and origination."""
+    listeners = [] if layered else [waypoint_terminate_listener(ctx, served)]
     listeners += [waypoint_originate_listener(ctx, peer, port) for peer, port in served]
     listeners += [_provider_origination(ctx, peer, port) for peer, port in ctx.providers if peer.spiffe]
     return listeners

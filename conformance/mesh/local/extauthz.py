@@ -403,6 +403,8 @@ class CustomBuilder:
     use_filter_state: bool = False
     port_map: Mapping[int, int] = field(default_factory=dict)
     release: Release = field(default_factory=Release.newest)
+    # istiod's PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS (1.30+, default false; features/security.go@1.30.3 l.97)
+    multiple_providers: bool = False
 
     def _extensions(self) -> dict[str, BuiltExtAuthz]:
         return process_extension_providers(self.providers, self.services, self.release)
@@ -462,7 +464,9 @@ class CustomBuilder:
         if not self.release.custom_per_provider:
             return self._filters_before_1_30(enforce[""], extensions, named, for_tcp)
         providers = sorted(enforce)
-        if len(providers) > 1:  # PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS: false (its default)
+        # builder.go@1.30.3 l.350 `len(uniqueProviders) > 1 && !features.EnableMultipleCustomAuthzProviders`: a deny per
+        # provider; with the flag, the loop below builds one pair per provider (l.365+), sorted by name
+        if len(providers) > 1 and not self.multiple_providers:
             return [self._bad_deny(enforce[p], for_tcp) for p in providers]
         out: list[Json] = []
         for provider in providers:

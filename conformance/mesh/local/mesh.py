@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conformance import pilotenv
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import authn, config, lifetime
 from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
@@ -339,7 +340,8 @@ class LocalMeshSession:
             else:
                 served = self._served.get(peer.ref, [])
                 clusters = config.waypoint_clusters(ctx, served)
-                self._static_listeners[peer.ref] = config.waypoint_static_listeners(ctx, served)
+                self._static_listeners[peer.ref] = config.waypoint_static_listeners(
+                    ctx, served, layered=self.mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT))
                 extra = config.waypoint_bootstrap()
             runtime = self.target.release.runtime_layer()
             if runtime:  # the release's Envoy lacks a fix the local Envoy has (release.py)
@@ -469,8 +471,11 @@ class LocalMeshSession:
                     if self._sidecar_mode(authz, policies, peer.workload, port.number) == "DISABLE")
                 listeners += config.sidecar_outbound_listeners(ctx, plaintext)
             else:
+                # the deployed waypoint this workload uses (PILOT_AUTO_ALLOW_WAYPOINT_POLICY's synthetic ALLOW)
+                via = ctx.waypoint_for.get(ref)
+                waypoint = next((w for w in self.scenario.waypoints if via is not None and w.ref == via.ref), None)
                 if workload.ports:
-                    filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address, release)
+                    filters = authz.ztunnel_filters(selected, self.mesh, ctx.me.address, release, waypoint)
                     listeners.append(config.ztunnel_hbone_listener(ctx, filters))
                 # istiod's PeerAuthentication DENYs (the static strict one, converted port-level ones) match
                 # only connections without a principal: on HBONE they never do, so only the plaintext
@@ -478,7 +483,8 @@ class LocalMeshSession:
                 peer_authn = authz.ztunnel_peer_authentication(policies, workload, self.mesh)
                 for port in workload.ports:
                     filters = authz.ztunnel_plaintext_filters(selected, self.mesh, ctx.me.address, port.number,
-                                                              release, peer_authentication=peer_authn)
+                                                              release, peer_authentication=peer_authn,
+                                                              waypoint=waypoint)
                     listeners.append(config.ztunnel_plaintext_listener(ctx, port, filters))
         except TargetError:
             raise
@@ -508,6 +514,11 @@ class LocalMeshSession:
                     filters = authz.waypoint_tcp_filters(selected, self.mesh, identity, release,
                                                          services=self._services)
                 listeners.append(config.waypoint_inner_listener(ctx, peer, port, filters))
+            if self.mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT):
+                # ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES: connect_terminate carries policies, so it is LDS
+                layered = authz.select_waypoint_termination_policies(policies, waypoint, self.mesh, release)
+                listeners.append(config.waypoint_terminate_listener(
+                    ctx, self._served.get(ref, []), authz.waypoint_termination_filters(layered, self.mesh, release)))
         except Exception as exc:
             raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc
         return listeners

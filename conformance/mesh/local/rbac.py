@@ -965,6 +965,11 @@ class RbacBuilder:
         """builder.go BuildTCP."""
         return [self._tcp_filter(b) for b in self._build_all(policies, for_tcp=True)]
 
+    def build_tcp_rules_as_http(self, policies: Sequence[Manifest]) -> list[Json]:
+        """builder.go@1.30.3 BuildTCPRulesAsHTTPFilter: the TCP rules (HTTP-only attributes drop ALLOW rules and
+        leave DENY rules) in HTTP RBAC filters (the waypoint's layered termination, listener_waypoint.go l.276)."""
+        return [self._http_filter(b) for b in self._build_all(policies, for_tcp=True)]
+
     def _build_all(self, policies: Sequence[Manifest], for_tcp: bool) -> list[BuiltRule]:
         by_action = self._partition(policies)
         built = [self.build(by_action[a], ENVOY_ACTION[a], for_tcp) for a in ("AUDIT", "DENY", "ALLOW")]

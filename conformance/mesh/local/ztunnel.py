@@ -406,17 +406,31 @@ def convert_authorization_policy(
     return authz, None
 
 
-def translate(policies: Sequence[Manifest], root_namespace: str, release: Release | None = None) -> list[Authorization]:
+def translate(policies: Sequence[Manifest], root_namespace: str, release: Release | None = None, *,
+              dry_run_enabled: bool = False) -> list[Authorization]:
     """What istiod at `release` (default: the newest) sends ztunnel for these (already selected) policies,
-    in order."""
+    in order. `dry_run_enabled`: istiod's AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY (pilotenv.py)."""
     out: list[Authorization] = []
     for policy in policies:
         if policy.kind != "AuthorizationPolicy":
             continue
-        authz, _ = convert_authorization_policy(policy, root_namespace, release=release)
+        authz, _ = convert_authorization_policy(policy, root_namespace, release=release,
+                                                dry_run_enabled=dry_run_enabled)
         if authz is not None:
             out.append(authz)
     return out
+
+
+def implicit_waypoint_policy(waypoint_namespace: str, waypoint_name: str, identities: Sequence[str]) -> Authorization:
+    """PILOT_AUTO_ALLOW_WAYPOINT_POLICY: istiod's synthetic ALLOW for a waypoint (serviceregistry/ambient/policies.go
+    @1.30.3 implicitWaypointPolicyName l.299-305, implicitWaypointPolicy l.307-341): named
+    `istio_allow_waypoint_<ns>_<name>` ("use '_' character since those are illegal in k8s names"), in the
+    waypoint's namespace, WORKLOAD_SELECTOR scope (referred to by name from each workload that uses the waypoint,
+    workloads.go implicitWaypointPolicies), one group with one Match of exact principals: each waypoint service
+    account's SPIFFE identity without `spiffe://`."""
+    principals = tuple(StringMatch("exact", i.removeprefix(SPIFFE_PREFIX)) for i in identities)
+    return Authorization(f"istio_allow_waypoint_{waypoint_namespace}_{waypoint_name}", waypoint_namespace,
+                         "WORKLOAD_SELECTOR", "ALLOW", (Group((Clause((Match(principals=principals),)),)),))
 
 
 # ---------------------------------------------------------------------------------------------------
