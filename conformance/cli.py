@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TextIO, cast
 
 from conformance.errors import ConformanceError, ScenarioError, UsageError
-from conformance.model import MODES, Mode, Scenario
+from conformance.model import DATAPLANES, MODES, DataPlane, Mode, Scenario, Waypoint
 from conformance.scenario import check, load
 from conformance.versions import DEFAULT_VERSION, IstioVersion
 
@@ -45,10 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (default: the scenario's)")
     sp = sub.add_parser("lint", help="expectations contradicting the engine (errors) and policy warnings")
     common(sp)
-    sp = sub.add_parser("compare", help="probes whose predicted verdict or denial form differs between versions")
+    sp = sub.add_parser("compare", help="probes whose predicted verdict or denial form differs between versions "
+                                         "(--from/--to) or when namespaces move to another data plane (--dataplanes)")
     sp.add_argument("files", nargs="+", metavar="FILE")
-    sp.add_argument("--from", dest="old", required=True, help="older Istio version, e.g. 1.29")
-    sp.add_argument("--to", dest="new", required=True, help="newer Istio version, e.g. 1.30")
+    sp.add_argument("--from", dest="old", help="older Istio version, e.g. 1.29")
+    sp.add_argument("--to", dest="new", help="newer Istio version, e.g. 1.30")
+    sp.add_argument("--dataplanes", action="append", metavar="NS=PLANE",
+                    help="move namespace NS to data plane PLANE (sidecar, ambient, waypoint), from the scenario's "
+                         "spec.dataplanes (unlisted: sidecar), and print what changes in mode mixed; repeatable, "
+                         "or comma-separated (exit 1 when anything changes)")
+    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                    help=f"with --dataplanes: the Istio version whose semantics to use (default {DEFAULT_VERSION})")
+    sp.add_argument("--json", action="store_true", help="with --dataplanes: one JSON object per changed probe")
     sub.add_parser("schema", help="print the JSON Schema of scenario files")
     sub.add_parser("versions", help="the Istio releases the engine models and the behaviour changes it keys on")
     sp = sub.add_parser("repro", help="run one probe of one step on a real target and print its evidence "
@@ -90,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "versions":
             return _versions(out)
         if args.command == "compare":
+            if args.dataplanes:
+                if args.old or args.new:
+                    raise UsageError("compare: give either --from/--to (versions) or --dataplanes (a migration), "
+                                     "not both")
+                return _compare_dataplanes(args.files, IstioVersion.parse(args.istio_version),
+                                           _parse_moves(args.dataplanes), args.json, out)
+            if not (args.old and args.new):
+                raise UsageError("compare: give --from and --to (two Istio versions), or --dataplanes NS=PLANE")
             return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), out)
         version = IstioVersion.parse(args.istio_version)
         if args.command == "validate":
@@ -291,6 +308,79 @@ def _compare(files: Sequence[str], old: IstioVersion, new: IstioVersion, out: Te
                         print(f"    {line}", file=out)
     print(f"compare: {changes} probe(s) change between Istio {old} and {new}", file=out)
     return 0
+
+
+def _parse_moves(values: Sequence[str]) -> dict[str, DataPlane]:
+    """`--dataplanes shop=ambient --dataplanes a=sidecar,b=waypoint` as {namespace: plane}."""
+    moves: dict[str, DataPlane] = {}
+    for value in values:
+        for item in value.split(","):
+            ns, sep, plane = item.strip().partition("=")
+            if not sep or not ns or plane not in DATAPLANES:
+                raise UsageError(f"--dataplanes {item!r}: expected NAMESPACE=PLANE with PLANE one of "
+                                 f"{', '.join(DATAPLANES)}")
+            moves[ns] = cast(DataPlane, plane)
+    return moves
+
+
+def _moved(scenario: Scenario, moves: Mapping[str, DataPlane]) -> Scenario:
+    """`scenario` with `moves` applied to its data planes; a namespace moved to waypoint gets the default
+    waypoint (`<ns>/waypoint`) when the scenario names none there. Refuses a namespace with no in-mesh workload,
+    as spec.dataplanes does."""
+    meshed = {w.namespace for w in scenario.workloads if w.in_mesh}
+    waypoints = list(scenario.waypoints)
+    for ns, plane in moves.items():
+        if ns not in meshed:
+            raise UsageError(f"{scenario.path}: --dataplanes {ns}={plane}: namespace '{ns}' has no in-mesh workload "
+                             f"(namespaces: {', '.join(sorted(meshed)) or 'none'})")
+        if plane == "waypoint" and not any(w.namespace == ns for w in waypoints):
+            if scenario.workload(f"{ns}/waypoint") is not None:
+                raise UsageError(f"{scenario.path}: --dataplanes {ns}=waypoint: no waypoint named in '{ns}', and the "
+                                 "default name 'waypoint' is a workload's")
+            waypoints.append(Waypoint("waypoint", ns))
+    return replace(scenario, dataplanes={**scenario.dataplanes, **moves}, waypoints=tuple(waypoints))
+
+
+def _compare_dataplanes(files: Sequence[str], version: IstioVersion, moves: Mapping[str, DataPlane], as_json: bool,
+                        out: TextIO) -> int:
+    """`compare --dataplanes`: every probe whose verdict, denial form, enforcer or deciding policy changes when the
+    namespaces move, old and new side by side and why in one line (engine/migrate.py); exit 1 when any does."""
+    from conformance.engine import state_for_step
+    from conformance.engine.migrate import change, moved_namespaces
+
+    changes = 0
+    for scenario in _load_all(files, version):
+        after = _moved(scenario, moves)
+        moved = moved_namespaces(scenario.dataplanes, after.dataplanes)
+        if not as_json:
+            what = ", ".join(f"{ns} {o} → {n}" for ns, (o, n) in moved.items()) or "nothing moves"
+            print(f"{scenario.path}: {what} (Istio {version}, mode mixed)", file=out)
+        for step in scenario.steps:
+            s_before, s_after = state_for_step(scenario, step), state_for_step(after, step)
+            for e in step.expectations:
+                c = change(s_before, s_after, e.probe, version)
+                if c is None:
+                    continue
+                changes += 1
+                a, b = c.before.decision, c.after.decision
+                if as_json:
+                    p = e.probe
+                    print(json.dumps({
+                        "scenario": scenario.name, "file": scenario.path, "step": step.name, "probe": e.index,
+                        "from": p.source.ref, "to": p.destination.ref, "port": p.port.number,
+                        "method": p.request.method, "path": p.request.path, "headers": dict(p.request.headers),
+                        "moved": {ns: {"from": o, "to": n} for ns, (o, n) in moved.items()},
+                        "before": c.before.as_json(), "after": c.after.as_json(), "why": c.why,
+                    }), file=out)
+                    continue
+                print(f"  step '{step.name}' expect[{e.index}] {e.probe.describe()}:", file=out)
+                for label, side, d in (("before", c.before, a), ("after ", c.after, b)):
+                    by = f" by {d.policy}" if d.policy else f" ({d.reason})"
+                    print(f"    {label} {d.verdict} ({d.outcome}) at {side.enforcer or 'no proxy'}{by}", file=out)
+                print(f"    why: {c.why}", file=out)
+    if not as_json:
+        print(f"compare: {changes} probe(s) change when {', '.join(f'{k}={v}' for k, v in moves.items())}", file=out)
+    return 1 if changes else 0
 
 
 if __name__ == "__main__":

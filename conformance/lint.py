@@ -101,10 +101,11 @@ def warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Problem]:
 
 def _selects_anything(p: AuthorizationPolicy, scenario: Scenario, version: IstioVersion) -> bool:
     if p.target_refs:
-        if "waypoint" not in scenario.modes:
-            return False
+        # the waypoints some mode deploys: all of them in waypoint mode, those of `waypoint` namespaces in mixed
+        deployed = [wp for wp in scenario.waypoints if "waypoint" in scenario.modes
+                    or ("mixed" in scenario.modes and scenario.dataplane(wp.namespace) == "waypoint")]
         return any(applies_at_waypoint(p, wp, w, scenario.mesh, version)
-                   for wp in scenario.waypoints for w in scenario.workloads if w.namespace == wp.namespace)
+                   for wp in deployed for w in scenario.workloads if w.namespace == wp.namespace)
     return any(applies_to_workload(p, w, scenario.mesh) for w in scenario.workloads if w.in_mesh and w.ports)
 
 

@@ -17,9 +17,14 @@ from typing import Any, Literal
 from conformance.pilotenv import PilotFlag
 from conformance.pilotenv import value as pilot_flag_value
 
-Mode = Literal["sidecar", "ambient", "waypoint"]
-MODES: tuple[Mode, ...] = ("sidecar", "ambient", "waypoint")
+Mode = Literal["sidecar", "ambient", "waypoint", "mixed"]
+MODES: tuple[Mode, ...] = ("sidecar", "ambient", "waypoint", "mixed")
 DEFAULT_MODES: tuple[Mode, ...] = ("sidecar", "ambient")
+# Mode `mixed` (DESIGN.md §10): one mesh in which each namespace runs the data plane `spec.dataplanes` gives
+# it; a namespace it does not list runs sidecars. "waypoint" is ambient capture plus its namespace's waypoint.
+DataPlane = Literal["sidecar", "ambient", "waypoint"]
+DATAPLANES: tuple[DataPlane, ...] = ("sidecar", "ambient", "waypoint")
+DEFAULT_DATAPLANE: DataPlane = "sidecar"
 Verdict = Literal["allow", "deny"]
 Protocol = Literal["HTTP", "TCP"]
 WorkloadKind = Literal["app", "ext-authz"]
@@ -469,6 +474,12 @@ class Scenario:
     steps: tuple[Step, ...]
     waypoints_explicit: bool = False
     issuers: tuple[Issuer, ...] = ()  # the JWT issuers the suite plays (`spec.issuers`)
+    # `spec.dataplanes` (mode mixed only): namespace -> its data plane; unlisted namespaces run sidecars
+    dataplanes: Mapping[str, DataPlane] = field(default_factory=dict)
+
+    def dataplane(self, namespace: str) -> DataPlane:
+        """The data plane of `namespace` in mode mixed (`spec.dataplanes`, default sidecar)."""
+        return self.dataplanes.get(namespace, DEFAULT_DATAPLANE)
 
     def workload(self, ref: str) -> Workload | None:
         return next((w for w in self.workloads if w.ref == ref), None)

@@ -26,11 +26,13 @@ import yaml
 from conformance.errors import Location, Problem, ScenarioError, closest, yaml_type
 from conformance.model import (
     ADDRESS_PLACEHOLDER,
+    DATAPLANES,
     DEFAULT_MODES,
     DEFAULT_TOKEN_LOCATION,
     MODES,
     RESERVED_CLAIMS,
     WORKLOAD_KINDS,
+    DataPlane,
     Expectation,
     ExtAuthzKind,
     ExtensionProvider,
@@ -250,6 +252,7 @@ class _Loader:
         by_ref = {w.ref: w for w in workloads}
         self._provider_ports(mesh, workloads)
         waypoints, explicit = self._waypoints(spec.get("waypoints"), workloads, by_ref)
+        dataplanes = self._dataplanes(spec.get("dataplanes"), modes, workloads, waypoints, explicit)
         partial = Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints), (),
                            explicit, tuple(issuers.values()))
         addresses = default_addresses(partial)
@@ -267,7 +270,46 @@ class _Loader:
             expectations = self._expectations(_list(step_doc.get("expect")), where, i, by_ref, modes, issuers)
             steps.append(Step(step_name or "", tuple(policies), tuple(expectations)))
         return Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints),
-                        tuple(steps), explicit, tuple(issuers.values()))
+                        tuple(steps), explicit, tuple(issuers.values()), dataplanes)
+
+    def _dataplanes(self, value: object, modes: Sequence[Mode], workloads: Sequence[Workload],
+                    waypoints: Sequence[Waypoint], explicit: bool) -> dict[str, DataPlane]:
+        """`spec.dataplanes` (DESIGN.md §10): only with mode mixed, each namespace holding an in-mesh workload.
+
+        A namespace with no workload is an error, not a warning: a misspelt namespace would otherwise leave the
+        real one on sidecars and every verdict of the run would be about another mesh than the one meant.
+        """
+        if value is None:
+            return {}
+        out: dict[str, DataPlane] = {}
+        if "mixed" not in modes:
+            self.error("dataplanes only applies to mode mixed: add mixed to spec.modes, or remove spec.dataplanes "
+                       "(every other mode puts every namespace on one data plane)", "", "spec.dataplanes")
+        meshed = {w.namespace for w in workloads if w.in_mesh}
+        outside = {w.namespace for w in workloads if not w.in_mesh}
+        wp_namespaces = {w.namespace for w in waypoints}
+        for namespace, plane in _map(value).items():
+            if (not isinstance(namespace, str) or plane not in DATAPLANES
+                    or self.damaged("spec", "dataplanes", namespace)):
+                continue  # the schema reported it
+            where = f"namespace '{namespace}'"
+            field = f"spec.dataplanes.{namespace}"
+            if namespace in outside:
+                self.error(f"namespace '{namespace}' holds out-of-mesh workloads only: it has no data plane "
+                           "(mesh: false means no sidecar and no ambient capture)", where, field)
+                continue
+            if namespace not in meshed:
+                known = ", ".join(sorted(meshed)) or "none"
+                self.error(f"namespace '{namespace}' has no workload (namespaces with in-mesh workloads: {known})",
+                           where, field)
+                continue
+            if plane == "waypoint" and namespace not in wp_namespaces:
+                self.error(f"namespace '{namespace}' has the waypoint data plane but "
+                           + ("spec.waypoints names no waypoint there" if explicit else
+                              f"no default waypoint (it serves no port, or a workload is named "
+                              f"'{namespace}/waypoint')"), where, field)
+            out[namespace] = plane
+        return out
 
     def _pilot_env(self, doc: Any) -> tuple[tuple[str, str], ...]:
         """`mesh.pilotEnv`: istiod feature flags (pilotenv.py). Every problem is an error: a flag the suite does

@@ -96,8 +96,14 @@ SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "minItems": 1,
                     "uniqueItems": True,
-                    "items": {"enum": ["sidecar", "ambient", "waypoint"]},
-                    "description": "Modes the scenario runs in; default [sidecar, ambient]; waypoint is opt-in.",
+                    "items": {"enum": ["sidecar", "ambient", "waypoint", "mixed"]},
+                    "description": "Modes the scenario runs in; default [sidecar, ambient]; waypoint and mixed are "
+                                   "opt-in.",
+                },
+                "dataplanes": {
+                    "type": "object",
+                    "propertyNames": {"pattern": DNS_LABEL, "maxLength": 63},
+                    "additionalProperties": {"enum": ["sidecar", "ambient", "waypoint"]},
                 },
                 "mesh": {
                     "type": "object",
@@ -292,6 +298,7 @@ SCHEMA: dict[str, Any] = {
                                                         "sidecar": _VERDICT,
                                                         "ambient": _VERDICT,
                                                         "waypoint": _VERDICT,
+                                                        "mixed": _VERDICT,
                                                     },
                                                 },
                                             ]
@@ -408,7 +415,11 @@ DESCRIPTIONS: dict[str, str] = {
     "spec.issuers[].name": "A DNS label naming the issuer in request.jwt.issuer and ${jwks:<name>}.",
     "spec.issuers[].issuer": "The iss claim of its tokens: what a jwtRule's issuer and a request principal's "
                              "<iss>/<sub> match (testing@secure.istio.io).",
-    "spec.waypoints": "Waypoints (waypoint mode only): each serves the in-mesh services of its namespace.",
+    "spec.dataplanes": "Mode mixed only: the data plane of each namespace, `{<namespace>: sidecar | ambient | "
+                       "waypoint}` (waypoint: ambient capture with the namespace's waypoint). A namespace not "
+                       "listed runs sidecars. Each namespace listed must hold an in-mesh workload.",
+    "spec.waypoints": "Waypoints (waypoint mode, and in mode mixed the namespaces whose data plane is waypoint): "
+                      "each serves the in-mesh services of its namespace.",
     "spec.waypoints[].name": "The waypoint's Gateway name (what a Gateway targetRef names).",
     "spec.waypoints[].namespace": "The namespace whose services the waypoint serves.",
     "spec.workloads": "Every pod of the scenario, with its Service.",
@@ -466,6 +477,8 @@ DESCRIPTIONS: dict[str, str] = {
     "spec.steps[].expect[].verdict|1.sidecar": "The verdict in sidecar mode.",
     "spec.steps[].expect[].verdict|1.ambient": "The verdict in ambient mode (ztunnel only).",
     "spec.steps[].expect[].verdict|1.waypoint": "The verdict in ambient mode with a waypoint.",
+    "spec.steps[].expect[].verdict|1.mixed": "The verdict in mode mixed: each namespace on its spec.dataplanes data "
+                                             "plane.",
     "spec.steps[].expect[].note": "Why this verdict: the Istio test, doc or source line it comes from.",
 }
 

@@ -188,7 +188,7 @@ def test_per_mode_verdict_with_a_bad_key_names_the_key_and_the_modes(tmp_path: P
         verdict={"ambiant": "allow", "sidecar": "permit"})))
     err = result.stderr
     assert ("probe expect[0]: field verdict.ambiant: unknown mode 'ambiant' in a per-mode verdict (did you mean "
-            "'ambient'? valid modes: sidecar, ambient, waypoint)") in err
+            "'ambient'? valid modes: sidecar, ambient, waypoint, mixed)") in err
     assert "field verdict.sidecar: 'permit' is not a valid value (valid values: allow, deny, auto)" in err
     assert "{'ambiant'" not in err  # the mapping is not dumped
 

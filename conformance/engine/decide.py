@@ -28,6 +28,15 @@ from conformance.engine import custom as ext
 from conformance.engine import flags, jwt
 from conformance.engine.matchers import normalize_path
 from conformance.engine.mtls import STATIC_STRICT, SidecarMtls, ZtunnelMtls, sidecar_mtls, ztunnel_mtls
+from conformance.engine.path import (
+    AMBIENT_TO_SIDECAR,
+    AMBIENT_TO_WAYPOINT,
+    OUTSIDE_TO_SIDECAR,
+    SIDECAR_TO_AMBIENT,
+    SIDECAR_TO_SIDECAR,
+    Route,
+    route,
+)
 from conformance.engine.policy import (
     AuthorizationPolicy,
     PeerAuthentication,
@@ -46,6 +55,7 @@ from conformance.model import (
     DENIED_L4,
     DENIED_L7,
     DENIED_UPSTREAM,
+    DataPlane,
     Issuer,
     Manifest,
     MeshConfig,
@@ -86,6 +96,8 @@ class State:
     policies: tuple[Manifest, ...]  # addresses already filled in
     addresses: Mapping[str, str]
     issuers: tuple[Issuer, ...] = ()  # the JWT issuers the suite plays (their `iss`, for minted tokens)
+    # mode mixed: each namespace's data plane (`spec.dataplanes`; unlisted: sidecar). Other modes ignore it.
+    dataplanes: Mapping[str, DataPlane] = field(default_factory=dict)
 
     @cached_property
     def authorization_policies(self) -> tuple[AuthorizationPolicy, ...]:
@@ -381,9 +393,69 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
         result = _sidecar(c, probe, trace)
     elif mode == "ambient":
         result = _ambient_ztunnel(c, probe, trace, via=None)
-    else:
+    elif mode == "waypoint":
         result = _waypoint_mode(c, probe, trace)
+    else:
+        result = _mixed(c, probe, trace)
     return replace(result, trace=tuple(trace.lines)) if trace.on else result
+
+
+def probe_route(state: State, probe: Probe, mode: Mode, version: IstioVersion) -> Route:
+    """The hops of `probe` in `mode` (path.py): which proxies it meets, what each sees, which may decide."""
+    c = state.compiled(mode, version)
+    dst = probe.destination
+    disabled = c.sidecar_mtls(dst, probe.port.number).mode == "DISABLE"
+    waypoint = state.waypoint_for(dst) if mode in ("waypoint", "mixed") else None
+    return route(probe, mode, dict(state.dataplanes), state.mesh.trust_domain, waypoint, plaintext_port=disabled)
+
+
+def _mixed(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
+    """Mode mixed (DESIGN.md §10): the crossing of the two namespaces' data planes picks the enforcers (path.py
+    cites istiod and ztunnel for each); each enforcer then decides exactly as in its own mode."""
+    r = probe_route(c.state, probe, "mixed", c.version)
+    if trace.on:
+        src, dst = probe.source, probe.destination
+        src_plane = r.source_plane if r.source_plane == "outside" else c.state.dataplanes.get(src.namespace, "sidecar")
+        trace(f"Data planes: {src.namespace} {src_plane}"
+              + (" (out of the mesh)" if r.source_plane == "outside" else "")
+              + f", {dst.namespace} {r.destination_plane}. Path ({r.crossing}): {r.describe()}.")
+        trace(f"  Why: {r.why}.")
+        for hop in r.hops:
+            sees = "" if hop.sees == "" else f"; sees {hop.sees or 'no identity (plaintext)'}"
+            trace(f"  {hop.proxy} {hop.ref}: enforces {hop.enforces}{sees}.")
+    if r.crossing in (SIDECAR_TO_SIDECAR, OUTSIDE_TO_SIDECAR):
+        return _sidecar(c, probe, trace)
+    if r.crossing == AMBIENT_TO_SIDECAR:
+        return _sidecar_hbone(c, probe, trace)
+    if r.crossing == AMBIENT_TO_WAYPOINT or (r.source_plane == "outside" and r.destination_plane == "waypoint"):
+        return _waypoint_mode(c, probe, trace)
+    if r.crossing == SIDECAR_TO_AMBIENT:
+        return _ambient_ztunnel(c, probe, trace, via=None, client_sidecar=True)
+    return _ambient_ztunnel(c, probe, trace, via=None)
+
+
+def _sidecar_hbone(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
+    """An ambient client's HBONE at a sidecar (path.py AMBIENT_TO_SIDECAR): the sidecar's own policies on its
+    `main_internal` chains, which read the principal from filter state and are plaintext themselves
+    (listener_inbound.go@1.30.3 buildInboundHBONEListeners L160-170), after connect_terminate required a client
+    certificate (listener_waypoint.go buildConnectTerminateListener L326-331)."""
+    state, src, dst = c.state, probe.source, probe.destination
+    identity = src.identity(state.mesh.trust_domain)
+    if trace.on:
+        mtls = c.sidecar_mtls(dst, probe.port.number)
+        trace(f"The destination's sidecar enforces, on its HBONE listener (port 15008): it sees {identity}. "
+              f"PeerAuthentication ({mtls.mode} on port {probe.port.number}) is not consulted: HBONE always "
+              "carries a client certificate, and the internal chains are built with mTLS mode DISABLE "
+              "(listener_inbound.go L167-168), so neither STRICT refuses nor DISABLE hides the identity.")
+        trace(f"  `ipBlocks` and `source.ip` see the internal listener's address ({WAYPOINT_DIRECT_REMOTE}), as at "
+              "a waypoint (the same connect_terminate → main_internal hand-off): positive IP matches fail, their "
+              "not-forms hold. There is no SNI, and no client sidecar normalized the path first.")
+    tcp = probe.port.protocol == "TCP"
+    attrs = _attributes(state, probe, identity, WAYPOINT_DIRECT_REMOTE, http=not tcp, version=c.version,
+                        sidecar_sni=False)
+    _trace_path(probe, attrs, c.version, trace)
+    return _envoy_proxy(c, f"sidecar:{dst.ref}", c.for_workload(dst), c.ras_for_workload(dst), attrs, probe, tcp,
+                        "sidecar", trace)
 
 
 def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool,
@@ -792,8 +864,13 @@ def _trace_path(probe: Probe, attrs: Attributes, version: IstioVersion, trace: _
 # -- ztunnel ---------------------------------------------------------------------------------------
 
 
-def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | None) -> Decision:
-    """state.rs assert_rbac at the destination ztunnel: DENY (enforced), no ALLOW → allow, ALLOW match."""
+def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | None,
+                     client_sidecar: bool = False) -> Decision:
+    """state.rs assert_rbac at the destination ztunnel: DENY (enforced), no ALLOW → allow, ALLOW match.
+
+    `client_sidecar`: the client is a sidecar sending HBONE with its own certificate (mode mixed, path.py
+    SIDECAR_TO_AMBIENT): ztunnel sees the sidecar's identity and a refusal reaches the client as its sidecar's
+    503, like a waypoint's."""
     state, src, dst = c.state, probe.source, probe.destination
     td = state.mesh.trust_domain
     if via is not None:
@@ -804,12 +881,15 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
     else:
         identity = src.identity(td) if src.in_mesh else None
         source_ip = state.addresses.get(src.ref, "")
-        trace.on and trace("The destination's ztunnel enforces (L4 only, per connection).")
+        trace.on and trace("The destination's ztunnel enforces (L4 only, per connection)."
+                           + (f" The client's sidecar tunnels to it with its own certificate: ztunnel sees {identity}; "
+                              "a refusal resets the tunnel and the sidecar answers the client 503 (an HTTP port)."
+                              if client_sidecar else ""))
         if trace.on:
             for ra in c.ras_for_workload(dst):
                 trace(f"  RequestAuthentication {ra.ref} selects {dst.ref}, but ztunnel has no JWT filter (nothing in "
                       "ambient/ or ztunnel's rbac.rs reads RequestAuthentication): the token is not checked.")
-    denial = DENIED_UPSTREAM if via is not None and probe.port.protocol == "HTTP" else DENIED_L4
+    denial = DENIED_UPSTREAM if (via is not None or client_sidecar) and probe.port.protocol == "HTTP" else DENIED_L4
     conn = Connection(identity, source_ip, state.addresses.get(dst.ref, ""), probe.port.number)
     plan = c.ztunnel_plan(dst, _serving_waypoint(c, dst, via))
     if trace.on:

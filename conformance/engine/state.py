@@ -38,6 +38,7 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
         policies=tuple(m.rendered(addrs) for m in step.policies),
         addresses=addrs,
         issuers=scenario.issuers,
+        dataplanes=dict(scenario.dataplanes),
     )
 
 
@@ -50,7 +51,12 @@ _NOT_MODELLED = "not modelled by the verdict engine: the scenario is valid, but 
 def _modes_using(scenario: Scenario, target_refs: bool) -> bool:
     """Whether some mode of the scenario applies a policy of this attachment: selector and namespace policies
     at sidecars (ztunnel ignores JWT and CUSTOM), targetRefs ones at waypoints."""
-    return ("waypoint" in scenario.modes) if target_refs else ("sidecar" in scenario.modes)
+    plane = "waypoint" if target_refs else "sidecar"
+    if plane in scenario.modes:
+        return True
+    # mode mixed: as soon as one in-mesh namespace runs that data plane
+    return "mixed" in scenario.modes and any(scenario.dataplane(w.namespace) == plane
+                                             for w in scenario.workloads if w.in_mesh)
 
 
 def _at_proxy_of(policy: Any, workload: Workload, scenario: Scenario, version: IstioVersion) -> bool:

@@ -140,6 +140,8 @@ class LocalTarget:
             return str(exc)
         if importlib.util.find_spec("conformance.mesh.local.authz") is None:
             return "the local mesh's policy compiler (conformance/mesh/local/authz.py) is missing"
+        if mode == "mixed":
+            return "the local mesh does not build mode mixed yet"
         return self.refusal(scenario, mode) if scenario is not None else None
 
     def refusal(self, scenario: Scenario, mode: Mode) -> str | None:
