@@ -47,6 +47,19 @@ def active(config: pytest.Config) -> bool:
     return bool(config.getoption("allure_report_dir", default=None))
 
 
+# Allure 3's report (web-commons 3.18.0 dist/linkify.js `splitTextWithUrls`) turns URLs in a step title into
+# links and drops the character that ends each one: `[origin:https://istio.io] ⇒` showed as
+# `[origin:https://istio.io ⇒`. The same pattern as its URL_IN_TEXT_RE finds them here; each gets a space of its
+# own to lose, so the report shows the title as written (tools/report/check-report.mjs checks every step title
+# against what that same function leaves of it).
+_ALLURE_URL = re.compile(r"((?:(?:https?://|ftp://|mailto:)|www\.)\S+?)(\s|\"|'|\)|]|}|&#62|$)")
+
+
+def shown_intact(title: str) -> str:
+    """`title` with a space after every URL that does not end it, which Allure's linkify drops (see above)."""
+    return _ALLURE_URL.sub(lambda m: m.group(1) + (" " + m.group(2) if m.group(2) else ""), title)
+
+
 class AllureReporter:
     """The pytest plugin object that adds conformance detail to allure-pytest's results."""
 
@@ -133,7 +146,7 @@ class AllureReporter:
                 failure = probe_failure(judgement)
             # The step's status comes from the exception handed to its exit, as if raised inside it
             # (failed for a mismatch, broken otherwise), without a traceback of this reporting code.
-            step = allure.step(title)
+            step = allure.step(shown_intact(title))
             step.__enter__()
             try:
                 allure.attach(evidence_text(table, row, last, judgement, repro, rec), name="evidence",

@@ -569,3 +569,29 @@ def test_probe_headers_print_in_the_compact_table_not_as_markup() -> None:
     session = _ScriptedSession([[ok, ok, ok]], {w.ref: f"127.0.0.{i + 2}" for i, w in enumerate(scenario.workloads)})
     result = run_step(session, scenario, step, IstioVersion.parse(None), required=1, deadline=0.0)  # type: ignore[arg-type]
     assert "finance/curl → accounts/accounts:8080 GET / [x-team:a]" in summary_tables([result], width=160)
+
+
+def test_step_titles_survive_allures_url_linkify():
+    """Allure 3.18's report drops the character that ends a URL in a step title (web-commons linkify.js
+    `splitTextWithUrls`, ported below), so `[origin:https://istio.io] ⇒` showed without its bracket (found by the
+    HTML report check on jwt-authn-authz). `shown_intact` gives each URL a space to lose: what the report then
+    shows is the title as written, whatever follows the URL."""
+    import re
+
+    from conformance.allure_report import shown_intact
+
+    url_in_text = re.compile(r"((?:(?:https?://|ftp://|mailto:)|www\.)\S+?)(\s|\"|'|\)|]|}|&#62|$)")
+
+    def shown(text: str) -> str:  # splitTextWithUrls, joined: the terminator of each URL is lost
+        out, last = [], 0
+        for m in url_in_text.finditer(text):
+            out += [text[last:m.start()], m.group(1)]
+            last = m.start() + len(m.group(1)) + len(m.group(2))
+        return "".join(out) + text[last:]
+
+    titles = ["ns1/a → ns1/b:8080 OPTIONS /x [access-control-request-method:POST origin:https://istio.io] ⇒ allowed",
+              "a [referer:http://x/y?q=1 origin:https://istio.io] ⇒ denied-l7", "at the end: https://istio.io",
+              "quoted 'https://a.b' (www.c.d) {ftp://e}", "no link here [x-team:a]"]
+    assert shown(titles[0]) != titles[0]  # the bug this works around
+    for title in titles:
+        assert shown(shown_intact(title)) == title
