@@ -203,7 +203,7 @@ def test_ambient_client_to_sidecar_decides_as_sidecar_without_ip_and_mtls(polici
     p = probe(client, port=port)
     a, b = dec(s, p), decide(s, p, "sidecar", V130)
     assert a.layer == "sidecar"
-    if "ipBlocks" not in policies and "source.ip" not in policies:
+    if "ipblocks" not in policies.lower() and "source.ip" not in policies:  # notIpBlocks too
         assert (a.verdict, a.outcome, a.policy) == (b.verdict, b.outcome, b.policy)
 
 
