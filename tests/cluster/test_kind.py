@@ -82,7 +82,7 @@ def test_pytest_kind_command_lines_with_a_fake_kind(tmp_path, monkeypatch):
                                         kubeconfig=str(kubeconfig)))
     target._kind = str(kind)
     installed: list[str] = []
-    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode: installed.append(cluster.name))
+    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode, *_: installed.append(cluster.name))
     cluster = target._cluster("sidecar")
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     name = "authz-sidecar-1-30-5"
@@ -108,7 +108,7 @@ def test_kept_clusters_are_not_deleted_and_interrupted_creation_is(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     kept = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, keep_cluster=True, kind_bin=str(kind)))
     kept._kind = str(kind)
-    monkeypatch.setattr(kept, "_install_istio", lambda cluster, mode: None)
+    monkeypatch.setattr(kept, "_install_istio", lambda cluster, mode, *_: None)
     kept._cluster("ambient")
     kept.close()
     assert not any(json.loads(line)[0] == "delete" for line in log.read_text().splitlines())
@@ -116,7 +116,7 @@ def test_kept_clusters_are_not_deleted_and_interrupted_creation_is(tmp_path, mon
     broken = KindTarget(ClusterSettings("1.30", pytest_kind_options=True, kind_bin=str(kind)))
     broken._kind = str(kind)
 
-    def interrupted(cluster, mode):
+    def interrupted(cluster, mode, *_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(broken, "_install_istio", interrupted)
@@ -223,7 +223,7 @@ def test_scenarios_starting_side_by_side_create_the_modes_cluster_once(tmp_path,
     monkeypatch.chdir(tmp_path)
     target = KindTarget(ClusterSettings("1.30.3", pytest_kind_options=True, kind_bin=str(kind)))
     target._kind = str(kind)
-    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode: setattr(cluster, "istio_ready", True))
+    monkeypatch.setattr(target, "_install_istio", lambda cluster, mode, *_: setattr(cluster, "istio_ready", True))
     with ThreadPoolExecutor(4) as pool:
         clusters = list(pool.map(lambda _: target._cluster("sidecar"), range(4)))
     assert len({id(c) for c in clusters}) == 1
@@ -234,7 +234,7 @@ def test_scenarios_starting_side_by_side_create_the_modes_cluster_once(tmp_path,
     broken = KindTarget(ClusterSettings("1.30.3", pytest_kind_options=True, kind_bin=str(kind)))
     broken._kind = str(kind)
 
-    def fails(cluster, mode):
+    def fails(cluster, mode, *_):
         raise TargetError("istiod did not roll out")
 
     monkeypatch.setattr(broken, "_install_istio", fails)

@@ -24,15 +24,16 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from conformance import pilotenv
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.cluster import availability
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
-from conformance.mesh.cluster.kind import istiod_version, sigterm_interrupts
+from conformance.mesh.cluster.kind import istiod_env, istiod_version, pilot_env_mismatch, sigterm_interrupts
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
@@ -56,6 +57,8 @@ class InstalledIstio:
     waypoints: bool
     trust_domain: str
     root_namespace: str
+    # the discovery container's environment of the istiod in use: the feature flags it runs with (pilotenv.py)
+    pilot_env: Mapping[str, str] = field(default_factory=dict)
 
     def modes(self) -> tuple[Mode, ...]:
         out: list[Mode] = ["sidecar"]
@@ -101,6 +104,7 @@ def detect(kube: Kube) -> InstalledIstio:
         ambient=bool(ztunnels), waypoints=bool(ztunnels) and waypoint_class is not None,
         trust_domain=str(mesh.get("trustDomain") or "cluster.local"),
         root_namespace=str(mesh.get("rootNamespace") or ISTIO_NAMESPACE),
+        pilot_env=istiod_env(active),
     )
 
 
@@ -198,6 +202,13 @@ class ExistingClusterTarget:
             raise TargetError(reason)
         installed = self._installed
         assert installed is not None
+        # istiod's feature flags are its environment: the suite never restarts someone's istiod, so a scenario
+        # written for other values is a skip naming each flag that differs (a run on them would judge other settings)
+        mismatch = pilot_env_mismatch(scenario, installed.pilot_env,
+                                      f"istiod ({ISTIO_NAMESPACE}, revision {installed.revision}) runs with "
+                                      f"{pilotenv.describe(installed.pilot_env)}")
+        if mismatch:
+            raise TargetUnavailable(mismatch)
         if scenario.mesh.extension_providers and not self.settings.allow_mesh_config_update:
             names = ", ".join(p.name for p in scenario.mesh.extension_providers)
             raise TargetUnavailable(

@@ -47,12 +47,17 @@ class Kubeconfig:
 
 
 def install_argv(istioctl: str, kube: Kubeconfig, profile: str, overlay: Path, revision: str | None = None,
-                 readiness_timeout: str = "300s") -> list[str]:
-    """`istioctl install` of one profile with the mode's overlay; a revision for a canary upgrade."""
+                 readiness_timeout: str = "300s", pilot_env: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """`istioctl install` of one profile with the mode's overlay; a revision for a canary upgrade; `pilot_env`:
+    istiod's feature flags (pilotenv.normalized), as `values.pilot.env.<NAME>` (the istiod chart renders each
+    entry of that map as an env var of the discovery container, manifests/charts/istio-control/istio-discovery/
+    templates/deployment.yaml@1.30.3 `range $key, $val := .Values.pilot.env`)."""
     argv = [istioctl, "install", "-y", *kube.flags(), "-f", str(overlay), "--set", f"profile={profile}",
             "--readiness-timeout", readiness_timeout]
     if revision:
         argv += ["--set", f"revision={revision}"]
+    for name, value in pilot_env:
+        argv += ["--set", f"values.pilot.env.{name}={value}"]
     return argv
 
 

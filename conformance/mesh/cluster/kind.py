@@ -38,19 +38,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from conformance import pilotenv
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.cluster import availability, istioctl
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
@@ -64,14 +66,47 @@ from conformance.model import Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
 DEFAULT_BASE_NAME = "authz"
+PilotEnv = tuple[tuple[str, str], ...]  # pilotenv.normalized: the flags not at Istio's default
 
 
-def cluster_name(base: str | None, mode: Mode, version: str) -> str:
-    """`authz-ambient-1-30-3`: kind names must be DNS-like (`^[a-z0-9.-]+$`), one per mode and release."""
-    name = f"{base or DEFAULT_BASE_NAME}-{mode}-{version.replace('.', '-')}".lower()
+def cluster_name(base: str | None, mode: Mode, version: str, pilot_env: Sequence[tuple[str, str]] = ()) -> str:
+    """`authz-ambient-1-30-3`: kind names must be DNS-like (`^[a-z0-9.-]+$`), one per mode and release, and one
+    per istiod feature-flag setting (`pilotenv.normalized`: a short hash suffix when any flag is not Istio's
+    default), since the flags are istiod's environment, set at install."""
+    suffix = ""
+    if pilot_env:
+        digest = hashlib.sha256(";".join(f"{k}={v}" for k, v in pilot_env).encode()).hexdigest()[:6]
+        suffix = f"-env{digest}"
+    name = f"{base or DEFAULT_BASE_NAME}-{mode}-{version.replace('.', '-')}{suffix}".lower()
     if len(name) > 50:  # leaves room for kind's `-control-plane` container suffix within 63
         raise TargetUnavailable(f"kind cluster name {name!r} is too long; give a shorter --cluster-name")
     return name
+
+
+def istiod_env(deployment: Mapping[str, Any] | None) -> dict[str, str]:
+    """The environment of an istiod Deployment's discovery container (literal `value`s only), where the install
+    put `values.pilot.env` (pilotenv.py reads the feature flags from it)."""
+    containers = ((((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")
+    for c in containers or []:
+        if c.get("name") == "discovery" or "/pilot:" in str(c.get("image", "")):
+            return {str(e.get("name")): str(e.get("value")) for e in c.get("env") or []
+                    if isinstance(e, Mapping) and "value" in e}
+    return {}
+
+
+def pilot_env_mismatch(scenario: Scenario, installed: Mapping[str, str], where: str) -> str | None:
+    """Why `scenario` cannot run on an istiod whose environment is `installed`, or None: every modelled flag must
+    have the value the scenario needs (its `mesh.pilotEnv`, else Istio's default), each mismatch named."""
+    wanted = dict(pilotenv.normalized(scenario.mesh.pilot_env))
+    have = dict(pilotenv.normalized(installed))
+    wrong = [f"{f.name} is {have.get(f.name, str(f.default).lower())} there, the scenario needs "
+             f"{wanted.get(f.name, str(f.default).lower())}" for f in pilotenv.FLAGS
+             if wanted.get(f.name) != have.get(f.name)]
+    if not wrong:
+        return None
+    return (f"{scenario.name} needs istiod feature flags {pilotenv.describe(scenario.mesh.pilot_env)}, but {where}: "
+            + "; ".join(wrong) + " (istiod reads them from its environment at start; verdicts would be for other "
+            "settings)")
 
 
 def istiod_version(deployment: Mapping[str, Any] | None) -> str | None:
@@ -127,10 +162,11 @@ class KindTarget:
         self._reasons: dict[Mode, str | None] = {}
         self._kind: str | None = None
         self._istioctl: str | None = None
-        self._clusters: dict[Mode, KindCluster] = {}
+        # one cluster per mode and istiod feature-flag setting (pilotenv.normalized): flags are set at install
+        self._clusters: dict[tuple[Mode, PilotEnv], KindCluster] = {}
         self._creating = threading.Lock()
         self._private_dir: Path | None = None  # the sessions' kubeconfig copies, removed at close
-        self._failed: dict[Mode, TargetError] = {}
+        self._failed: dict[tuple[Mode, PilotEnv], TargetError] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._hooks_installed = False
@@ -193,7 +229,7 @@ class KindTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
-        cluster = self._cluster(mode)
+        cluster = self._cluster(mode, pilotenv.normalized(scenario.mesh.pilot_env))
         ctx = ClusterContext(
             kube=Kube(str(cluster.sessions_read), cluster.context), owns_kube=True,
             kubeconfig=Kubeconfig(str(cluster.sessions_read), cluster.context),
@@ -231,9 +267,9 @@ class KindTarget:
                 cluster.handle.delete()
 
     # -- clusters -------------------------------------------------------------------------------
-    def kind_cluster_args(self, mode: Mode) -> dict[str, Any]:
-        """What `pytest_kind.KindCluster` is given for `mode` (a pure function of the options)."""
-        name = cluster_name(self.settings.cluster_name, mode, self.version)
+    def kind_cluster_args(self, mode: Mode, pilot_env: PilotEnv = ()) -> dict[str, Any]:
+        """What `pytest_kind.KindCluster` is given for `mode` and istiod's flags (a pure function of the options)."""
+        name = cluster_name(self.settings.cluster_name, mode, self.version, pilot_env)
         kubeconfig = Path(self.settings.kubeconfig) if self.settings.kubeconfig else \
             Path(".pytest-kind") / name / "kubeconfig"
         return {
@@ -244,39 +280,41 @@ class KindTarget:
             "config_file": self.settings.kind_config or self.matrix.kind_config,
         }
 
-    def _cluster(self, mode: Mode) -> KindCluster:
+    def _cluster(self, mode: Mode, pilot_env: PilotEnv = ()) -> KindCluster:
         """The mode's cluster with Istio installed, created on first use. Scenarios start side by side
         (schedule.py): one creation per mode at a time, and a failed creation is not retried by every
         scenario after it (each would spend minutes failing the same way)."""
         # One cluster made at a time, whatever its mode: kind writes the shared kubeconfig while it creates, and
         # the private copy sessions read is taken under this lock (KindCluster.session_kubeconfig).
         with self._creating:
+            key = (mode, pilot_env)
             with self._lock:
-                if mode in self._failed:
-                    raise TargetError(f"{self._failed[mode]} (the {mode} cluster failed to come up earlier in "
+                if key in self._failed:
+                    raise TargetError(f"{self._failed[key]} (the {mode} cluster failed to come up earlier in "
                                       "this run)")
             try:
-                return self._create(mode)
+                return self._create(mode, pilot_env)
             except TargetError as exc:
                 with self._lock:
-                    self._failed[mode] = exc
+                    self._failed[key] = exc
                 raise
 
-    def _create(self, mode: Mode) -> KindCluster:
+    def _create(self, mode: Mode, pilot_env: PilotEnv = ()) -> KindCluster:
+        key = (mode, pilot_env)
         with self._lock:
-            if mode in self._clusters and self._clusters[mode].istio_ready:
-                return self._clusters[mode]
+            if key in self._clusters and self._clusters[key].istio_ready:
+                return self._clusters[key]
         if self._kind is None:
             raise TargetError("kind binary not found")  # unavailable() said so already
         from pytest_kind import KindCluster as PytestKindCluster
 
-        args = self.kind_cluster_args(mode)
+        args = self.kind_cluster_args(mode, pilot_env)
         handle = PytestKindCluster(args["name"], kubeconfig=args["kubeconfig"], image=args["image"],
                                    kind_path=args["kind_path"])
         cluster = KindCluster(args["name"], args["kubeconfig"], handle,
                               Kube(str(args["kubeconfig"]), f"kind-{args['name']}"))
         with self._lock:
-            self._clusters[mode] = cluster  # registered first: Ctrl-C during create still deletes it
+            self._clusters[key] = cluster  # registered first: Ctrl-C during create still deletes it
         self._install_hooks()
         try:
             handle.create(config_file=args["config_file"])
@@ -286,7 +324,7 @@ class KindTarget:
         istioctl.run([str(self._kind), "export", "kubeconfig", "--name", args["name"],
                       "--kubeconfig", str(args["kubeconfig"])], timeout=60)
         cluster.session_kubeconfig = self._private_copy(cluster)
-        self._install_istio(cluster, mode)
+        self._install_istio(cluster, mode, pilot_env)
         return cluster
 
     def _private_copy(self, cluster: KindCluster) -> Path:
@@ -303,11 +341,18 @@ class KindTarget:
         path.chmod(0o600)
         return path
 
-    def _install_istio(self, cluster: KindCluster, mode: Mode) -> None:
+    def _install_istio(self, cluster: KindCluster, mode: Mode, pilot_env: PilotEnv = ()) -> None:
         kube = cluster.kube
         install = self.matrix.modes[mode]
         kube.wait_rollout("Deployment", "coredns", "kube-system", timeout=180)
-        present = istiod_version(kube.get("apps/v1", "Deployment", "istiod", ISTIO_NAMESPACE))
+        deployment = kube.get("apps/v1", "Deployment", "istiod", ISTIO_NAMESPACE)
+        present = istiod_version(deployment)
+        if present == self.version and pilotenv.normalized(istiod_env(deployment)) != pilot_env:
+            # a kept cluster installed with other flags: never run on them (its name carries the flags' hash, so
+            # only a hand-made cluster of that name gets here)
+            raise TargetError(f"kind cluster {cluster.name} runs istiod with "
+                              f"{pilotenv.describe(istiod_env(deployment))}, not {pilotenv.describe(pilot_env)}; "
+                              "delete it (kind delete cluster --name ...) or use another --cluster-name")
         if present != self.version:
             if present is not None:
                 raise TargetError(f"kind cluster {cluster.name} already runs Istio {present}, not {self.version}; "
@@ -315,7 +360,7 @@ class KindTarget:
             if not self._istioctl:
                 raise TargetError("istioctl not found")
             argv = istioctl.install_argv(self._istioctl, Kubeconfig(str(cluster.kubeconfig), cluster.context),
-                                         install.profile, install.overlay)
+                                         install.profile, install.overlay, pilot_env=pilot_env)
             istioctl.run(argv, timeout=600)
         kube.wait_rollout("Deployment", "istiod", ISTIO_NAMESPACE, timeout=300)
         if install.profile == "ambient":
