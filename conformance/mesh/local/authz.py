@@ -347,7 +347,7 @@ def custom_builder(mesh: MeshConfig, port_map: Mapping[int, int], use_filter_sta
 
 def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
                          release: Release | None = None, *, request_authentications: Sequence[Manifest] = (),
-                         services: ServiceIndex | None = None) -> list[Json]:
+                         services: ServiceIndex | None = None, use_filter_state: bool = False) -> list[Json]:
     """The authn/authz HTTP filters of a sidecar's inbound HTTP chain, in istiod's order
     (listener_builder.go buildHTTPConnectionManager): CUSTOM pairs (shadow RBAC + ext_authz per provider),
     the JWT filter, then RBAC AUDIT, DENY, ALLOW.
@@ -356,25 +356,28 @@ def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_ma
     `authn.select_request_authentications` chose (their `${jwks:...}` filled), `services` the registry CUSTOM
     providers are looked up in (`extauthz.service_index`). Principals match the mTLS peer (`authenticated`);
     `port_map` moves scenario ports to the listener's real ports; each RBAC filter has `rules_stat_prefix`
-    audit_ / deny_ / allow_; identity regexes as `release`'s istiod wrote them.
+    audit_ / deny_ / allow_; identity regexes as `release`'s istiod wrote them. `use_filter_state`: the
+    sidecar's HBONE chains (mode mixed), whose principal is the filter-state object the HBONE termination set
+    (listener_inbound.go@1.30.3 buildInboundHBONEListeners: `authz.NewBuilder(authz.Local, ..., true)`).
     """
     return [
-        *custom_builder(mesh, port_map, False, release, services).build_http(policies),
+        *custom_builder(mesh, port_map, use_filter_state, release, services).build_http(policies),
         *authn.jwt_filters(request_authentications, waypoint=False, release=release),
-        *_builder(mesh, port_map, False, release).build_http(policies),
+        *_builder(mesh, port_map, use_filter_state, release).build_http(policies),
     ]
 
 
 def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
-                        release: Release | None = None, *, services: ServiceIndex | None = None) -> list[Json]:
+                        release: Release | None = None, *, services: ServiceIndex | None = None,
+                        use_filter_state: bool = False) -> list[Json]:
     """The network filters of a sidecar's inbound TCP chain: CUSTOM pairs (gRPC providers only: an HTTP
     provider is skipped on TCP chains), then istiod's BuildTCP (network RBAC, stat_prefix `tcp.`).
 
     HTTP-only attributes make ALLOW rules vanish and are dropped from DENY / AUDIT rules (checkError).
     """
     return [
-        *custom_builder(mesh, port_map, False, release, services).build_tcp(policies),
-        *_builder(mesh, port_map, False, release).build_tcp(policies),
+        *custom_builder(mesh, port_map, use_filter_state, release, services).build_tcp(policies),
+        *_builder(mesh, port_map, use_filter_state, release).build_tcp(policies),
     ]
 
 

@@ -127,6 +127,9 @@ class ProxyContext:
     grpc_ports: frozenset[tuple[str, int]] = frozenset()
     # the ext-authz services (peer, port) the CUSTOM providers name: a waypoint needs its own way to them
     providers: Sequence[tuple[Peer, Port]] = ()
+    # mode mixed: the refs of the ambient-captured peers (ambient and waypoint namespaces), which a sidecar
+    # reaches by HBONE straight to the pod (`sidecar_outbound_hbone`), never through a waypoint
+    hbone_peers: frozenset[str] = frozenset()
 
     def codec(self, ref: str, port: Port) -> str | None:
         """The HTTP codec of a cluster to `ref`'s `port`: h2 for a gRPC ext-authz port, h1 for HTTP, none for TCP."""
@@ -371,10 +374,15 @@ def _inbound_app_cluster(ctx: ProxyContext, port: Port) -> dict[str, Any]:
 def sidecar_outbound_listeners(ctx: ProxyContext,
                                plaintext: frozenset[tuple[str, int]] = frozenset()) -> list[dict[str, Any]]:
     """One listener per destination port; `plaintext` holds the (workload ref, port) whose mode is DISABLE,
-    which the client sidecar reaches without TLS (mtls_checker.go checkMtlsEnabled)."""
+    which the client sidecar reaches without TLS (mtls_checker.go checkMtlsEnabled). A peer in
+    `ctx.hbone_peers` (mode mixed) is reached by HBONE whatever its PeerAuthentication says
+    (`sidecar_outbound_hbone`)."""
     listeners: list[dict[str, Any]] = []
     for peer in ctx.peers:
         for port in peer.workload.ports:
+            if peer.ref in ctx.hbone_peers:
+                listeners.append(sidecar_outbound_hbone(ctx, peer, port))
+                continue
             cluster = outbound_cluster_name(peer, port.number)
             name = cluster
             if peer.spiffe and (peer.ref, port.number) in plaintext:
@@ -682,3 +690,113 @@ def waypoint_static_listeners(ctx: ProxyContext, served: Sequence[tuple[Peer, Po
     listeners += [waypoint_originate_listener(ctx, peer, port) for peer, port in served]
     listeners += [_provider_origination(ctx, peer, port) for peer, port in ctx.providers if peer.spiffe]
     return listeners
+
+
+# --- mode mixed: sidecars and ambient pods in one mesh -----------------------------------------------
+# A sidecar sends HBONE with its own certificate straight to an ambient pod (istio/istio@1.30.3
+# pilot/pkg/xds/endpoints/endpoint_builder.go buildEnvoyLbEndpoint l.708-770: the endpoint has no tlsMode label,
+# so it is tunnelled, to `connect_originate` with the pod's address, and service waypoints are deliberately not
+# used, l.742-752). An ambient client's ztunnel sends HBONE to the sidecar's port 15008, where the sidecar
+# terminates it (listener_waypoint.go buildConnectTerminateListener l.316-355, client certificate required) and
+# applies its own policies on `main_internal` chains per port (listener_inbound.go buildInboundHBONEListeners
+# l.136-200: no mTLS inside the tunnel, the principal read from filter state).
+
+def hbone_originate_name(peer: Peer, port: Port) -> str:
+    return f"connect_originate|{peer.ref}|{port.number}"
+
+
+def hbone_inner_name(peer: Peer, port: Port) -> str:
+    return f"main_internal|{peer.ref}|{port.number}"
+
+
+def sidecar_outbound_hbone(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str, Any]:
+    """The client sidecar's listener for an ambient peer's port: HTTP through the outbound HCM to the
+    `connect_originate` internal listener (so that a refused tunnel is the HCM's 503, as in Istio), TCP
+    tunnelled by the tcp_proxy itself. Both carry curl's address in the CONNECT (`x-conformance-client`) so that
+    the destination ztunnel's record of it can be found."""
+    tag = f"outbound {peer.ref}:{port.number}"
+    lport = ctx.layout.outbound[(peer.ref, port.number)]
+    name = outbound_cluster_name(peer, port.number)
+    if port.protocol == "HTTP":
+        state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
+            _state(CLIENT_STATE_KEY, "%DOWNSTREAM_REMOTE_ADDRESS%", "TRANSITIVE", "envoy.hashable_string"),
+        ]}}
+        chain = {"filters": [http_connection_manager(
+            f"outbound_{lport}", [route_to(hbone_originate_name(peer, port))], [state], access_log(ctx.log_path, tag),
+        )]}
+    else:
+        chain = {"filters": [tcp_proxy(f"outbound_{lport}", f"hbone|{peer.ref}", access_log(ctx.log_path, tag),
+                                       tunnel_authority=f"{peer.address}:{port.number}")]}
+    return listener(name, ctx.me.address, lport, [chain])
+
+
+def sidecar_hbone_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
+    """A mixed-mode sidecar's extra clusters: HBONE to each ambient peer (its own certificate, the pod's identity
+    verified), the internal `connect_originate` ones, and its own `main_internal` inner listeners."""
+    clusters: list[dict[str, Any]] = []
+    for peer in ctx.peers:
+        if peer.ref not in ctx.hbone_peers or not peer.spiffe:
+            continue
+        clusters.append(static_cluster(
+            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
+            tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
+            http="h2", one_request_per_connection=True,
+        ))
+        for port in peer.workload.ports:
+            if port.protocol == "HTTP":
+                clusters.append(_internal_cluster(hbone_originate_name(peer, port), http=True,
+                                                  codec=ctx.codec(peer.ref, port)))
+    for port in ctx.me.workload.ports:
+        clusters.append(_internal_cluster(hbone_inner_name(ctx.me, port), http=False))
+    return clusters
+
+
+def sidecar_hbone_static_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
+    """The listeners of a mixed-mode sidecar that never change: the `connect_originate` internal listener per
+    ambient peer HTTP port, and the HBONE termination on :15008 (routing by `:authority` to the inner listeners)."""
+    out = []
+    client = f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%"
+    for peer in ctx.peers:
+        if peer.ref not in ctx.hbone_peers:
+            continue
+        for port in peer.workload.ports:
+            if port.protocol != "HTTP":
+                continue
+            proxy = tcp_proxy(f"originate_{port.number}", f"hbone|{peer.ref}",
+                              tunnel_authority=f"{peer.address}:{port.number}", client=client)
+            out.append(_internal_listener(hbone_originate_name(peer, port), [proxy],
+                                          access_log(ctx.log_path, f"outbound originate {peer.ref}:{port.number}"),
+                                          original_dst=False))
+    if ctx.me.workload.ports:
+        state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
+            _state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
+            _state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%", "ONCE"),
+            _state("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", "ONCE"),
+            _state(CLIENT_STATE_KEY, f"%REQ({CLIENT_HEADER.upper()})%", "TRANSITIVE", "envoy.hashable_string"),
+        ]}}
+        routes = [connect_route(f"{ctx.me.address}:{port.number}", hbone_inner_name(ctx.me, port))
+                  for port in ctx.me.workload.ports]
+        chain = {
+            "name": "hbone",
+            "transport_socket": downstream_tls(ctx.certs, ctx.root_cert, ctx.mesh.trust_domain, alpn=("h2",)),
+            "filters": [http_connection_manager("connect_terminate", routes, [state],
+                                                access_log(ctx.log_path, "hbone connect"), connect=True)],
+        }
+        out.append(listener("connect_terminate", ctx.me.address, HBONE_PORT, [chain],
+                            log=access_log(ctx.log_path, "hbone listener")))
+    return out
+
+
+def sidecar_hbone_inner_listener(ctx: ProxyContext, port: Port, filters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sidecar's `main_internal` chain for one of its ports: its own policies (compiled with the principal
+    read from filter state), then the app. The original_dst listener filter restores `<pod ip>:<port>` and the
+    client's address as the remote one; the direct remote address stays Envoy's internal one (as at a waypoint)."""
+    name = hbone_inner_name(ctx.me, port)
+    cluster = f"inbound|{port.number}"
+    log = access_log(ctx.log_path, f"hbone inbound {port.number}")
+    if port.protocol == "HTTP":
+        body = [http_connection_manager(f"hbone_inbound_{port.number}", [route_to(cluster)], filters, log, xfcc=True)]
+        return _internal_listener(name, body, access_log(ctx.log_path, f"hbone inbound conn {port.number}"),
+                                  original_dst=True)
+    return _internal_listener(name, [*filters, tcp_proxy(f"hbone_inbound_{port.number}", cluster, log)], log,
+                              original_dst=True)

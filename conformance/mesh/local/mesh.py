@@ -140,8 +140,6 @@ class LocalTarget:
             return str(exc)
         if importlib.util.find_spec("conformance.mesh.local.authz") is None:
             return "the local mesh's policy compiler (conformance/mesh/local/authz.py) is missing"
-        if mode == "mixed":
-            return "the local mesh does not build mode mixed yet"
         return self.refusal(scenario, mode) if scenario is not None else None
 
     def refusal(self, scenario: Scenario, mode: Mode) -> str | None:
@@ -154,7 +152,8 @@ class LocalTarget:
         """
         policies = [m for step in scenario.steps for m in step.policies]
         reason = (_authz().unemulated(policies, mode, self.release) or _missing_packages(scenario)
-                  or (disabled_provider_port(scenario) if mode == "sidecar" else None))
+                  or (disabled_provider_port(scenario) if mode in ("sidecar", "mixed") else None)
+                  or (mixed_provider(scenario) if mode == "mixed" else None))
         return f"{self.name} target: {reason}" if reason else None
 
     def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
@@ -188,6 +187,18 @@ def disabled_provider_port(scenario: Scenario) -> str | None:
             for port in w.ports:
                 if authz.peer_authentication_mode(step.policies, w, scenario.mesh, port.number) == "DISABLE":
                     return _DISABLED_PROVIDER.format(f"{w.ref}:{port.number}") + f" (step '{step.name}')"
+    return None
+
+
+def mixed_provider(scenario: Scenario) -> str | None:
+    """Why mode mixed cannot be built for the scenario's ext-authz providers, or None: a sidecar calls a provider
+    through its own mTLS cluster `outbound|<port>||<fqdn>` (extauthz.py), which the local mesh does not build as
+    HBONE, so a provider in an ambient or waypoint namespace is refused while some namespace runs sidecars."""
+    sidecars = any(w.in_mesh and scenario.dataplane(w.namespace) == "sidecar" for w in scenario.workloads)
+    for w in scenario.workloads:
+        if w.kind == "ext-authz" and w.in_mesh and scenario.dataplane(w.namespace) != "sidecar" and sidecars:
+            return (f"mode mixed: the ext-authz provider {w.ref} runs the {scenario.dataplane(w.namespace)} data "
+                    "plane, and the local mesh's sidecars reach providers only by mTLS, not HBONE: not emulated")
     return None
 
 
@@ -273,7 +284,7 @@ class LocalMeshSession:
         lifetime.register(self)
 
         workloads = self.scenario.workloads
-        waypoints = self.scenario.waypoints if self.mode == "waypoint" else ()
+        waypoints = tuple(w for w in self.scenario.waypoints if self._plane(w.namespace) == "waypoint")
         self.layout = layout = plan_layout(self._block, workloads, waypoints)
         self.addresses = dict(layout.address)
         # curl's source ports (curl.SourcePorts): none a listener of this run uses on the workloads' addresses
@@ -309,6 +320,9 @@ class LocalMeshSession:
             if provider.kind == "grpc":
                 grpc_ports.add((target.ref, port.number))
         self._grpc_ports = frozenset(grpc_ports)
+        # mode mixed: the ambient-captured peers, which sidecars reach by HBONE straight to the pod
+        hbone_peers = frozenset(p.ref for p in peers if p.spiffe and self._plane(p.workload.namespace) != "sidecar"
+                                ) if self.mode == "mixed" else frozenset()
         # A waypoint serves every in-mesh service of its namespace (the first waypoint named there).
         waypoint_for: dict[str, config.Peer] = {}
         for peer in peers:
@@ -322,12 +336,13 @@ class LocalMeshSession:
         binary = envoy_binary()
         proxies = [p for p in peers if p.workload.in_mesh] + list(waypoint_peers.values())
         for peer in proxies:
-            kind = "waypoint" if peer.ref in waypoint_peers else ("sidecar" if self.mode == "sidecar" else "ztunnel")
+            kind = ("waypoint" if peer.ref in waypoint_peers
+                    else "sidecar" if self._plane(peer.workload.namespace) == "sidecar" else "ztunnel")
             self._kind[peer.ref] = kind
             directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
             env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT)
             ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, env.access_log,
-                                      waypoint_for, self._grpc_ports, tuple(providers.values()))
+                                      waypoint_for, self._grpc_ports, tuple(providers.values()), hbone_peers)
             self._contexts[peer.ref] = ctx
             self._envoys[peer.ref] = env
             self._logs[peer.ref] = AccessLog(env.access_log)
@@ -336,6 +351,10 @@ class LocalMeshSession:
                 clusters = config.sidecar_clusters(ctx)
                 # outbound listeners are LDS, re-rendered with the policies: auto-mTLS follows PeerAuthentication
                 self._static_listeners[peer.ref] = []
+                if self.mode == "mixed":  # HBONE both ways (config.py, mode mixed)
+                    clusters += config.sidecar_hbone_clusters(ctx)
+                    self._static_listeners[peer.ref] = config.sidecar_hbone_static_listeners(ctx)
+                    extra = config.waypoint_bootstrap()
             elif kind == "ztunnel":
                 clusters = config.ztunnel_clusters(ctx)
                 self._static_listeners[peer.ref] = config.ztunnel_outbound_listeners(ctx)
@@ -467,6 +486,17 @@ class LocalMeshSession:
                     filters = http if port.protocol == "HTTP" else tcp
                     mode = self._sidecar_mode(authz, policies, workload, port.number)
                     listeners.append(config.sidecar_inbound_listener(ctx, port, filters, mode))
+                if self.mode == "mixed" and workload.ports:
+                    # ambient clients' HBONE: the same policies with the principal from filter state, and the
+                    # scenario's ports as they are (original_dst restores `<pod ip>:<port>` from the CONNECT)
+                    same = {p: p for p in port_map}
+                    hb_http = authz.sidecar_http_filters(selected, self.mesh, same, release,
+                                                         request_authentications=jwt, services=self._services,
+                                                         use_filter_state=True)
+                    hb_tcp = authz.sidecar_tcp_filters(selected, self.mesh, same, release, services=self._services,
+                                                       use_filter_state=True)
+                    listeners += [config.sidecar_hbone_inner_listener(ctx, port, hb_http if port.protocol == "HTTP"
+                                                                      else hb_tcp) for port in workload.ports]
                 # the client side of auto-mTLS: plaintext to every in-mesh destination port whose mode is DISABLE
                 plaintext = frozenset(
                     (peer.ref, port.number) for peer in ctx.peers if peer.spiffe for port in peer.workload.ports
@@ -626,6 +656,12 @@ class LocalMeshSession:
         )
         return _Planned(probe, request)
 
+    def _plane(self, namespace: str) -> str:
+        """The data plane of `namespace` in this session's mode (mode mixed: spec.dataplanes, unlisted sidecar)."""
+        if self.mode == "mixed":
+            return self.scenario.dataplane(namespace)
+        return {"sidecar": "sidecar", "ambient": "ambient"}.get(self.mode, "waypoint")
+
     def _enforcers(self, probe: Probe) -> list[str]:
         """The proxies that may decide this probe, in the order the traffic meets them."""
         src, dst = probe.source, probe.destination
@@ -633,8 +669,10 @@ class LocalMeshSession:
             return []
         ctx = self._contexts.get(dst.ref)
         via = ctx.waypoint_for.get(dst.ref) if ctx is not None else None
-        if via is not None and src.in_mesh:
-            return [via.ref, dst.ref]  # out-of-mesh clients bypass the waypoint (DESIGN.md §6)
+        # out-of-mesh clients bypass the waypoint (DESIGN.md §6), and so do sidecars (mode mixed,
+        # endpoint_builder.go: "We intentionally do not take into account waypoints here")
+        if via is not None and src.in_mesh and self._plane(src.namespace) != "sidecar":
+            return [via.ref, dst.ref]
         return [dst.ref]
 
     def _find_proofs(self, plans: Sequence[_Planned], results: Sequence[CurlResult],
