@@ -129,6 +129,21 @@ WORLDS: tuple[World, ...] = (
         _wl("ops/probe", labels={"app": "probe", "tier": "edge"}),
         _wl("outside/visitor", mesh=False),
     ), waypoint_mode=True, mesh=MeshConfig("mesh-root", "corp.example")),
+    # istiod's ambient feature flags on (mesh.pilotEnv, conformance/pilotenv.py), spelt as strconv.ParseBool
+    # variants: ztunnel gets each waypoint's synthetic ALLOW, waypoints enforce the policies selecting their pod at
+    # the HBONE termination, dry-run policies reach ztunnel marked dryRun. A flag is istiod's environment, fixed
+    # for a mesh, so the values vary by world, not by example.
+    World("shop-bank-flags", (
+        _wl("shop/web", 80, labels={"app": "web", "tier": "front"}),
+        _wl("shop/api", 8080, (9000, "TCP"), labels={"app": "api", "tier": "back"}),
+        _wl("bank/ledger", 8080, sa="default", labels={"app": "ledger", "tier": "back"}),
+        _wl("bank/teller", sa="default", labels={"app": "teller"}),
+        _wl("legacy/outsider", mesh=False),
+    ), waypoint_mode=True, mesh=MeshConfig(ROOT, TD, pilot_env=(
+        ("AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY", "True"),
+        ("ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES", "1"),
+        ("PILOT_AUTO_ALLOW_WAYPOINT_POLICY", "true"),
+    ))),
 )
 
 
@@ -496,6 +511,17 @@ JWT_WORLDS: tuple[World, ...] = (
         _wl("ext-authz/ext-authz", 8000, labels={"app": "ext-authz"}, kind="ext-authz"),
         _wl("legacy/outsider", mesh=False),
     ), waypoint_mode=True, mesh=MeshConfig(ROOT, TD, PROVIDERS), issuers=ISSUERS),
+    # PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS on: CUSTOM policies naming different providers on one workload
+    # each get their own ext_authz pair instead of a deny of all their rules
+    World("jwt-custom-multi", (
+        _wl("app/api", 8080, (9000, "TCP"), labels={"app": "api", "tier": "back"}),
+        _wl("app/web", 80, labels={"app": "web", "tier": "front"}),
+        _wl("other/client", labels={"app": "client", "tier": "front"}),
+        _wl("ext-authz/ext-authz", 8000, labels={"app": "ext-authz"}, kind="ext-authz"),
+        _wl("legacy/outsider", mesh=False),
+    ), waypoint_mode=True, mesh=MeshConfig(ROOT, TD, PROVIDERS,
+                                           pilot_env=(("PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS", "t"),)),
+          issuers=ISSUERS),
 )
 
 
