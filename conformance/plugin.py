@@ -63,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kube-context", default=None, help="kubeconfig context for --mesh cluster")
     group.addoption("--truth-tables", choices=("all", "failed", "none"), default="all",
                     help="which scenarios' compact truth tables to print after the run (default all)")
+    group.addoption("--summary-markdown", default=None, metavar="FILE",
+                    help="append the run's truth tables as GitHub Markdown to FILE (a CI job summary: "
+                         "--summary-markdown \"$GITHUB_STEP_SUMMARY\")")
     from conformance.mesh.cluster.options import add_cluster_options
 
     add_cluster_options(group, parser)
@@ -140,6 +143,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("authz-conformance truth tables")
         render_summary([r for _, r in results], terminalreporter._tw, only_failed=which == "failed")
     unconfirmed = unconfirmed_denials([r for _, r in results])
+    markdown = config.getoption("summary_markdown")
+    if markdown:
+        from conformance.report import summary_markdown
+
+        with open(markdown, "a", encoding="utf-8") as fh:  # appended: a job summary may already hold others'
+            fh.write(summary_markdown([r for _, r in results], config.stash.get(skips_key, {}), unconfirmed))
     if unconfirmed:  # the user opted in to this (--accept-unconfirmed-denials): never a silent pass
         terminalreporter.section("authz-conformance: denials passed WITHOUT the enforcing proxy's record")
         terminalreporter.write_line(f"{len(unconfirmed)} probe(s) passed as unconfirmed because the run accepted "

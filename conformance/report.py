@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import io
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import yaml
@@ -424,24 +424,55 @@ def _cell(table: TruthTable, row: Row, rec: ProbeRecord) -> tuple[str, bool]:
     return f"✗ {observed}{suffix}≠{expected}{disagrees}{wrong}{gap}", False
 
 
-def summary_tables(results: Sequence[StepResult], width: int = 120, color: bool = False,
-                   only_failed: bool = False) -> str:
-    """One compact truth table per scenario: a row per step and probe, a column per mode that ran."""
+class ScenarioGroup:
+    """One scenario's results in a run (every step and mode that ran), as the compact tables show them."""
+
+    def __init__(self, name: str, version: str, results: list[StepResult]):
+        self.name, self.version, self.results = name, version, results
+        self.passed = all(r.passed for r in results)
+        self.modes = list(dict.fromkeys(r.table.mode for r in results))
+        self.steps = list(dict.fromkeys(r.table.step.name for r in results))
+        self.by_key = {(r.table.step.name, r.table.mode): r for r in results}
+
+    def rows(self) -> Iterable[tuple[str, int, Row, list[tuple[str, bool] | None]]]:
+        """(step, row index, row, per mode its cell text and whether it passed, or None where it did not run)."""
+        for step in self.steps:
+            first = next(self.by_key[(step, m)] for m in self.modes if (step, m) in self.by_key)
+            for i, row in enumerate(first.table.rows):
+                cells: list[tuple[str, bool] | None] = []
+                for m in self.modes:
+                    ran = self.by_key.get((step, m))
+                    cells.append(None if ran is None else
+                                 _cell(ran.table, ran.table.rows[i], ran.convergence.records[i]))
+                yield step, i, row, cells
+
+    def failing(self) -> int:
+        return sum(len(r.failing()) for r in self.results)
+
+    def contradictions(self) -> list[str]:
+        return [f"{r.table.step.name} expect[{row.expectation.index}] [{r.table.mode}]: scenario ≠ engine: "
+                f"{r.table.disagreement(row)}" for r in self.results for row in r.table.contradictions()]
+
+
+def scenario_groups(results: Sequence[StepResult]) -> list[ScenarioGroup]:
     by_scenario: dict[tuple[str, str, str], list[StepResult]] = defaultdict(list)
     for r in results:
         by_scenario[(r.table.scenario.path, r.table.scenario.name, str(r.table.version))].append(r)
+    return [ScenarioGroup(name, version, group) for (_path, name, version), group in by_scenario.items()]
+
+
+def summary_tables(results: Sequence[StepResult], width: int = 120, color: bool = False,
+                   only_failed: bool = False) -> str:
+    """One compact truth table per scenario: a row per step and probe, a column per mode that ran."""
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None,
                       highlight=False, emoji=False)
     shown = 0
-    for (_path, name, version), group in by_scenario.items():
-        passed = all(r.passed for r in group)
+    for g in scenario_groups(results):
+        name, version, passed, modes = g.name, g.version, g.passed, g.modes
         if only_failed and passed:
             continue
         shown += 1
-        modes = list(dict.fromkeys(r.table.mode for r in group))
-        steps = list(dict.fromkeys(r.table.step.name for r in group))
-        by_key = {(r.table.step.name, r.table.mode): r for r in group}
         status = Text("PASS", style="bold green") if passed else Text("FAIL", style="bold red")
         title = Text.assemble(status, f" {name} · Istio {version}")
         t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
@@ -451,39 +482,70 @@ def summary_tables(results: Sequence[StepResult], width: int = 120, color: bool 
         t.add_column("probe", overflow="fold")
         for m in modes:
             t.add_column(m, no_wrap=True)
-        gaps = 0
-        barrier = 0.0
-        for step in steps:
-            first = next(by_key[(step, m)] for m in modes if (step, m) in by_key)
-            for i, row in enumerate(first.table.rows):
-                cells: list[Text | str] = []
-                for m in modes:
-                    ran = by_key.get((step, m))
-                    if ran is None:
-                        cells.append("·")
-                        continue
-                    text, ok = _cell(ran.table, ran.table.rows[i], ran.convergence.records[i])
-                    cells.append(Text(text, style="green" if ok else "bold red"))
-                # Text, not str: a probe's headers print as `[k:v]`, which rich would take for markup
-                t.add_row(Text(step if i == 0 else ""), str(row.expectation.index), Text(probe_label(row)), *cells)
-        for r in group:
-            gaps += sum(rec.stale_allowed for rec in r.convergence.records)
-            gaps += int(getattr(getattr(r, "gap", None), "stale_allowed", 0) or 0)
-            barrier = max(barrier, r.applied.seconds)
-        failing = sum(len(r.failing()) for r in group)
+        for step, i, row, cells in g.rows():
+            shown_cells = ["·" if c is None else Text(c[0], style="green" if c[1] else "bold red") for c in cells]
+            # Text, not str: a probe's headers print as `[k:v]`, which rich would take for markup
+            t.add_row(Text(step if i == 0 else ""), str(row.expectation.index), Text(probe_label(row)), *shown_cells)
         console.print(t)
-        for r in group:
-            for row in r.table.contradictions():
-                console.print(f"! {r.table.step.name} expect[{row.expectation.index}] [{r.table.mode}]: scenario ≠ "
-                              f"engine: {r.table.disagreement(row)}", soft_wrap=True, markup=False)
-        console.print(f"{len(steps)} step(s) × {len(modes)} mode(s), {failing} failing cell(s), "
-                      f"max barrier {barrier * 1000:.0f} ms"
-                      + (f", ENFORCEMENT GAP: {gaps} stale allowed observation(s)" if gaps else ""), soft_wrap=True,
-                      markup=False)
+        for line in g.contradictions():
+            console.print(f"! {line}", soft_wrap=True, markup=False)
+        console.print(_group_footer(g), soft_wrap=True, markup=False)
     if shown:
         for line in COMPACT_LEGEND:
             console.print(line, soft_wrap=True, markup=False)
     return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
+
+
+def _group_footer(g: ScenarioGroup) -> str:
+    gaps = sum(rec.stale_allowed for r in g.results for rec in r.convergence.records)
+    gaps += sum(int(getattr(getattr(r, "gap", None), "stale_allowed", 0) or 0) for r in g.results)
+    barrier = max((r.applied.seconds for r in g.results), default=0.0)
+    return (f"{len(g.steps)} step(s) × {len(g.modes)} mode(s), {g.failing()} failing cell(s), "
+            f"max barrier {barrier * 1000:.0f} ms"
+            + (f", ENFORCEMENT GAP: {gaps} stale allowed observation(s)" if gaps else ""))
+
+
+def _md(text: str) -> str:
+    """A table cell's text for GitHub Markdown: pipes escaped, HTML and inline markup kept literal."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`").replace("*", "\\*") \
+        .replace("_", "\\_").replace("[", "\\[")
+
+
+def summary_markdown(results: Sequence[StepResult], skipped: Mapping[str, int] | None = None,
+                     unconfirmed: Sequence[str] = ()) -> str:
+    """The compact truth tables as GitHub Markdown, for a CI job summary ($GITHUB_STEP_SUMMARY, `--summary-markdown`):
+    a verdict line, then per scenario (failing ones first, open) a table with a row per step and probe and a column
+    per mode, the same cells as the terminal's, the scenario ≠ engine lines, and what did not run and why."""
+    groups = scenario_groups(results)
+    failing = [g for g in groups if not g.passed]
+    cells = sum(len(r.table.rows) for r in results)
+    lines = [f"## authz-conformance: {'FAIL' if failing or not results else 'PASS'}", "",
+             f"{len(groups)} scenario(s), {len(results)} step run(s), {cells} probe cell(s); "
+             f"{len(failing)} scenario(s) failing, {sum(g.failing() for g in groups)} failing cell(s)."]
+    if not results:
+        lines.append("\n**Nothing ran: no conformance result was produced.**")
+    for g in sorted(groups, key=lambda g: g.passed):
+        mark = "✅" if g.passed else "❌"
+        lines += ["", f"<details{'' if g.passed else ' open'}><summary>{mark} {html.escape(g.name)} · Istio "
+                  f"{html.escape(g.version)}: {html.escape(_group_footer(g))}</summary>", "",
+                  "| step | # | probe | " + " | ".join(g.modes) + " |",
+                  "|---|--:|---|" + "---|" * len(g.modes)]
+        for step, i, row, row_cells in g.rows():
+            shown = ["·" if c is None else (_md(c[0]) if c[1] else f"**{_md(c[0])}**") for c in row_cells]
+            lines.append(f"| {_md(step) if i == 0 else ''} | {row.expectation.index} | {_md(probe_label(row))} | "
+                         + " | ".join(shown) + " |")
+        for line in g.contradictions():
+            lines += ["", f"! {_md(line)}"]
+        lines += ["", "</details>"]
+    if unconfirmed:
+        lines += ["", f"### {len(unconfirmed)} denial(s) passed WITHOUT the enforcing proxy's record", ""]
+        lines += [f"- ~ {_md(u)}" for u in unconfirmed]
+    if skipped:
+        lines += ["", "### Not run on this target", ""]
+        lines += [f"- {count} step(s) skipped: {_md(reason)}" for reason, count in skipped.items()]
+    if groups:
+        lines += ["", "<sub>" + " ".join(html.escape(line.strip()) for line in COMPACT_LEGEND) + "</sub>"]
+    return "\n".join(lines) + "\n"
 
 
 def render_summary(results: list[StepResult], tw: Any, only_failed: bool = False) -> None:

@@ -170,10 +170,10 @@ def simulate(scenarios: Sequence[ScenarioCost], workers: int, which: int, costs:
     (overlapping anything) but for its canary, which takes a shared claim (`quiet_mesh`), then takes a
     shared claim per step; from its first step with a mesh-wide policy (`alone_from`) a run takes the
     exclusive claim and keeps it through its close; a queued exclusive claim blocks new shared ones.
-    `which` is 0 for the low figures, 1 for the high ones; with more than one worker every phase is
-    stretched by `costs.contention`.
+    `which` is 0 for the low figures, 1 for the high ones; with more than one worker and more than one
+    scenario every phase is stretched by `costs.contention` (a scenario alone shares the runner with none).
     """
-    factor = costs.contention[which] if workers > 1 else 1.0
+    factor = costs.contention[which] if workers > 1 and len(scenarios) > 1 else 1.0
     pending = list(scenarios)
     lanes = [_Lane() for _ in range(max(1, workers))]
     readers, writer, queued = 0, False, 0
