@@ -17,7 +17,7 @@ from typing import TextIO, cast
 
 from conformance.errors import ConformanceError, ScenarioError, UsageError
 from conformance.model import DATAPLANES, MODES, DataPlane, Mode, Scenario, Waypoint
-from conformance.scenario import check, load
+from conformance.scenario import check, load, scenario_paths
 from conformance.versions import DEFAULT_VERSION, IstioVersion
 
 
@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, many: bool = True) -> None:
-        sp.add_argument("files", nargs="+" if many else 1, metavar="FILE", help="scenario file(s)")
+        sp.add_argument("files", nargs="+" if many else 1, metavar="PATH" if many else "FILE",
+                        help="scenario files, or directories searched for them (recognised by content; other "
+                             "files are skipped with a notice)" if many else "a scenario file")
         sp.add_argument("--istio-version", default=DEFAULT_VERSION,
                         help=f"Istio version whose semantics to use (default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
 
@@ -170,8 +172,24 @@ def _versions(out: TextIO) -> int:
     return 0
 
 
-def _validate(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+def _expand(paths: Sequence[str], out: TextIO) -> tuple[list[str], int]:
+    """The scenario files under `paths` (scenario.scenario_paths), with a notice per file that is not one; status 1
+    when a path does not exist or a directory holds no scenario (a gate that checks nothing must not pass)."""
+    found = scenario_paths(paths)
     status = 0
+    for f in found.not_scenarios:
+        print(f"{f}: not a scenario file (no authz-conformance/v1 Scenario): skipped", file=out)
+    for d in found.empty_dirs:
+        print(f"{d}: no scenario file in this directory", file=sys.stderr)
+        status = 1
+    for f in found.missing:
+        print(f"{f}: no such file or directory", file=sys.stderr)
+        status = 1
+    return found.files, status
+
+
+def _validate(paths: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+    files, status = _expand(paths, out)
     for f in files:
         scenario, problems = check(f, version)
         for p in problems:
@@ -198,10 +216,10 @@ def _load_all(files: Sequence[str], version: IstioVersion) -> list[Scenario]:
     return scenarios
 
 
-def _lint(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+def _lint(paths: Sequence[str], version: IstioVersion, out: TextIO) -> int:
     from conformance.lint import contradictions, warnings
 
-    status = 0
+    files, status = _expand(paths, out)
     for scenario in _load_all(files, version):
         for w in warnings(scenario, version):
             print(str(w), file=out)
@@ -211,7 +229,7 @@ def _lint(files: Sequence[str], version: IstioVersion, out: TextIO) -> int:
             for line in c.explanation:
                 print(f"    {line}", file=out)
     if status == 0:
-        print(f"lint: {len(files)} file(s), no expectation contradicts Istio {version}", file=out)
+        print(f"lint: {len(files)} scenario file(s), no expectation contradicts Istio {version}", file=out)
     return status
 
 

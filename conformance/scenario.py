@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,41 @@ def sniff(path: Path) -> bool:
     except Exception:  # a YAML oddity the loader will report; sniffing itself must never raise
         return True
     return looks_like_scenario(first)
+
+
+@dataclass(frozen=True)
+class ScenarioPaths:
+    """What a list of files and directories holds: the scenario files (recognised by content, as pytest collects
+    them), the files given that are not scenarios (skipped with a notice), and the directories holding none."""
+
+    files: list[str]
+    not_scenarios: list[str]
+    empty_dirs: list[str]
+    missing: list[str]
+
+
+def scenario_paths(paths: Iterable[str | Path]) -> ScenarioPaths:
+    """Directories searched recursively for `*.yaml`/`*.yml` scenario files; files kept when they are scenarios.
+    A non-scenario file (a Deployment, a raw policy) is reported, never an error: a pre-commit hook or a gate
+    is handed every changed YAML file, and a typo'd scenario is still a scenario here (`sniff`)."""
+    files: list[str] = []
+    skipped: list[str] = []
+    empty: list[str] = []
+    missing: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = [str(c) for c in sorted(path.rglob("*.y*ml")) if c.suffix in (".yaml", ".yml") and sniff(c)]
+            files += found
+            if not found:
+                empty.append(str(p))
+        elif not path.exists():
+            missing.append(str(p))
+        elif sniff(path):
+            files.append(str(p))
+        else:
+            skipped.append(str(p))
+    return ScenarioPaths(list(dict.fromkeys(files)), skipped, empty, missing)
 
 
 def load(path: str | Path, version: IstioVersion | None = None) -> Scenario:

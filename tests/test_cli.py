@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,26 @@ def test_a_misspelt_inline_policy_field_is_reported_once(tmp_path: Path) -> None
     assert len(lines) == 1, r.stderr
     assert "field spec.rules[0].from[0].source.principal: unknown field 'principal'" in lines[0]
     assert "did you mean 'principals'?" in lines[0]
+
+
+def test_validate_and_lint_take_directories_and_skip_what_is_not_a_scenario(tmp_path: Path) -> None:
+    """Issue 13: `validate DIR` / `lint DIR` search it recursively, recognising scenarios by content (a misspelt kind
+    still counts, so its errors are shown); a file given that is no scenario is skipped with a notice (a pre-commit
+    hook hands over every changed YAML file); a directory with no scenario, or a path that does not exist, fails."""
+    nested = tmp_path / "repo" / "authz"
+    nested.mkdir(parents=True)
+    (nested / "good.yaml").write_text((DATA / "good.yaml").read_text())
+    shutil.copytree(DATA / "manifests", nested / "manifests")  # its policies, relative to it
+    (tmp_path / "repo" / "deploy.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    ok = cli("validate", str(tmp_path / "repo"), str(tmp_path / "repo" / "deploy.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert f"{nested / 'good.yaml'}: valid" in ok.stdout and "deploy.yaml: not a scenario file" in ok.stdout
+    lint = cli("lint", str(tmp_path / "repo"))
+    assert lint.returncode == 0 and "lint: 1 scenario file(s)" in lint.stdout
+    (nested / "typo.yaml").write_text((DATA / "good.yaml").read_text().replace("kind: Scenario", "kind: Scenaro"))
+    bad = cli("validate", str(tmp_path / "repo"))
+    assert bad.returncode == 1 and "typo.yaml" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    empty = cli("validate", str(tmp_path / "empty"), str(tmp_path / "nowhere.yaml"))
+    assert empty.returncode == 1
+    assert "no scenario file in this directory" in empty.stderr and "no such file or directory" in empty.stderr

@@ -42,7 +42,7 @@ from conformance.mesh.cluster.naming import mesh_wide_policies
 from conformance.mesh.cluster.options import DEFAULT_CONCURRENCY
 from conformance.model import MODES, Mode, Scenario
 from conformance.scenario import load as load_scenario
-from conformance.scenario import sniff
+from conformance.scenario import scenario_paths
 from conformance.versions import IstioVersion
 
 E2E_JOB_BUDGET = 10 * 60.0  # seconds: the high estimate of one e2e job (one mode x release x shard)
@@ -325,12 +325,7 @@ class Plan:
 
 def scenario_files(paths: Iterable[str | Path]) -> list[str]:
     """Scenario files under the given files or directories (recognised by content, as pytest collects)."""
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        candidates = sorted(path.rglob("*.y*ml")) if path.is_dir() else [path]
-        out += [str(c) for c in candidates if c.suffix in (".yaml", ".yml") and sniff(c)]
-    return sorted(dict.fromkeys(out))
+    return sorted(scenario_paths(paths).files)
 
 
 def _fixed(mesh: str, gateway_api: bool, costs: Costs) -> tuple[float, float]:
