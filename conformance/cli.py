@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    def command(name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help ends with worked examples (issue 13: every command has one)."""
+        return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                              epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def common(sp: argparse.ArgumentParser, many: bool = True) -> None:
         sp.add_argument("files", nargs="+" if many else 1, metavar="PATH" if many else "FILE",
                         help="scenario files, or directories searched for them (recognised by content; other "
@@ -35,21 +41,30 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--istio-version", default=DEFAULT_VERSION,
                         help=f"Istio version whose semantics to use (default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
 
-    sp = sub.add_parser("validate", help="check scenario files (exit 1 if any is invalid)")
+    sp = command("validate", "check scenario files (exit 1 if any is invalid)",
+                 "authz-conformance validate policies/            # every scenario under a directory",
+                 "authz-conformance validate s.yaml --istio-version 1.29   # as Istio 1.29 would validate it")
     common(sp)
-    sp = sub.add_parser("predict", help="print the predicted truth table per step and mode")
+    sp = command("predict", "print the predicted truth table per step and mode",
+                 "authz-conformance predict policies/hosts.yaml --mode ambient",
+                 "authz-conformance predict s.yaml --json | jq 'select(.verdict == \"deny\")'")
     common(sp)
     sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (repeatable)")
     sp.add_argument("--json", action="store_true", help="one JSON object per probe and mode")
-    sp = sub.add_parser("explain", help="explain the decision for one probe")
+    sp = command("explain", "explain the decision for one probe",
+                 "authz-conformance explain policies/hosts.yaml --step allow-hosts --probe 0 --mode sidecar")
     common(sp, many=False)
     sp.add_argument("--step", required=True, help="step name")
     sp.add_argument("--probe", required=True, type=int, help="probe index in the step's expect list (from 0)")
     sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (default: the scenario's)")
-    sp = sub.add_parser("lint", help="expectations contradicting the engine (errors) and policy warnings")
+    sp = command("lint", "expectations contradicting the engine (errors) and policy warnings",
+                 "authz-conformance lint policies/",
+                 "authz-conformance lint s.yaml --istio-version 1.31")
     common(sp)
-    sp = sub.add_parser("compare", help="probes whose predicted verdict or denial form differs between versions "
-                                         "(--from/--to) or when namespaces move to another data plane (--dataplanes)")
+    sp = command("compare", "probes whose predicted verdict or denial form differs between versions (--from/--to) or "
+                            "when namespaces move to another data plane (--dataplanes); exit 1 when any does",
+                 "authz-conformance compare policies/ --from 1.30 --to 1.31        # an upgrade gate",
+                 "authz-conformance compare migration.yaml --dataplanes shop=ambient --json")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.add_argument("--from", dest="old", help="older Istio version, e.g. 1.29")
     sp.add_argument("--to", dest="new", help="newer Istio version, e.g. 1.30")
@@ -59,18 +74,24 @@ def _parser() -> argparse.ArgumentParser:
                          "or comma-separated (exit 1 when anything changes)")
     sp.add_argument("--istio-version", default=DEFAULT_VERSION,
                     help=f"with --dataplanes: the Istio version whose semantics to use (default {DEFAULT_VERSION})")
-    sp.add_argument("--json", action="store_true", help="with --dataplanes: one JSON object per changed probe")
-    sub.add_parser("schema", help="print the JSON Schema of scenario files")
-    sub.add_parser("versions", help="the Istio releases the engine models and the behaviour changes it keys on")
-    sp = sub.add_parser("repro", help="run one probe of one step on a real target and print its evidence "
-                                      "(exit 1 when it does not conform)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per changed probe (and, with --from/--to, "
+                                                         "per scenario a release rejects)")
+    command("schema", "print the JSON Schema of scenario files",
+            "authz-conformance schema > scenario.schema.json   # for an editor's YAML language server")
+    command("versions", "the Istio releases the engine models and the behaviour changes it keys on",
+            "authz-conformance versions")
+    sp = command("repro", "run one probe of one step on a real target and print its evidence (exit 1 when it does "
+                          "not conform)",
+                 "authz-conformance repro policies/hosts.yaml --step allow-hosts --probe 0 --mode sidecar")
     common(sp, many=False)
     sp.add_argument("--step", required=True, help="step name")
     sp.add_argument("--probe", required=True, type=int, help="probe index in the step's expect list (from 0)")
     sp.add_argument("--mode", required=True, choices=MODES, help="the mode to run it in")
     sp.add_argument("--mesh", choices=("local", "kind", "cluster"), default="local",
                     help="the target to run it on (default local: real Envoy processes on loopback)")
-    sp = sub.add_parser("plan", help="the cluster run plan: cluster, Istio, batches, CI shards and time estimates")
+    sp = command("plan", "the cluster run plan: cluster, Istio, batches, CI shards and time estimates",
+                 "authz-conformance plan policies --mesh kind --istio-version 1.31",
+                 "authz-conformance plan policies --format github-e2e   # the e2e workflow's job matrix")
     sp.add_argument("files", nargs="+", metavar="PATH", help="scenario files or directories (e.g. policies)")
     sp.add_argument("--mesh", choices=("kind", "cluster"), default="kind", help="the cluster target (default kind)")
     sp.add_argument("--mesh-mode", choices=MODES, action="append", help="only this mode (repeatable)")
@@ -109,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            _parse_moves(args.dataplanes), args.json, out)
             if not (args.old and args.new):
                 raise UsageError("compare: give --from and --to (two Istio versions), or --dataplanes NS=PLANE")
-            return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), out)
+            return _compare(args.files, IstioVersion.parse(args.old), IstioVersion.parse(args.new), args.json, out)
         version = IstioVersion.parse(args.istio_version)
         if args.command == "validate":
             return _validate(args.files, version, out)
@@ -296,20 +317,32 @@ def _explain(file: str, version: IstioVersion, step_name: str, index: int, only:
     return 0
 
 
-def _compare(files: Sequence[str], old: IstioVersion, new: IstioVersion, out: TextIO) -> int:
+def _compare(paths: Sequence[str], old: IstioVersion, new: IstioVersion, as_json: bool, out: TextIO) -> int:
+    """`compare --from --to`: every probe whose predicted verdict or denial form differs between two releases, with
+    the engine's explanation at the newer one, and every scenario one of them would reject (a policy that cannot
+    be applied there: serviceAccounts before 1.25, trustDomains before 1.30.2...). Exit 1 when anything changes
+    or is rejected, so an upgrade check can gate a pipeline; `--json`: one object per finding."""
     from conformance.engine import explain, state_for_step
     from conformance.truthtable import predict
 
+    files, status = _expand(paths, out)
     changes = 0
-    for scenario in _load_all(files, new):
-        # A policy one release rejects (serviceAccounts before 1.25, trustDomains before 1.30.2) cannot be
-        # applied there at all: say so instead of predicting with a policy that would never be in force.
-        _, problems = check(scenario.path, old)
-        rejected = [p for p in problems if p.severity == "error"]
-        for p in rejected:
+
+    def emit(record: dict[str, object], text: str) -> None:
+        print(json.dumps(record, sort_keys=True) if as_json else text, file=out)
+
+    for f in files:
+        scenario, problems_new = check(f, new)
+        _, problems_old = check(f, old)
+        rejected = [(v, p) for v, problems in ((new, problems_new), (old, problems_old))
+                    for p in problems if p.severity == "error"]
+        for version, p in rejected:
             changes += 1
-            print(f"{p} (Istio {old} rejects it; {new} accepts it)", file=out)
-        if rejected:
+            other = old if version == new else new
+            other_rejects = any(q.severity == "error" for q in (problems_old if version == new else problems_new))
+            emit({"file": f, "kind": "rejected", "version": str(version), "problem": str(p)},
+                 f"{p} (Istio {version} rejects it" + ("" if other_rejects else f"; {other} accepts it") + ")")
+        if rejected or scenario is None:
             continue
         for step in scenario.steps:
             for mode in scenario.modes:
@@ -318,14 +351,23 @@ def _compare(files: Sequence[str], old: IstioVersion, new: IstioVersion, out: Te
                     if (a.predicted.verdict, a.predicted.outcome) == (b.predicted.verdict, b.predicted.outcome):
                         continue
                     changes += 1
-                    print(f"{scenario.path}: step '{step.name}' [{mode}] {a.probe.describe()}: "
-                          f"{old} {a.predicted.verdict} ({a.predicted.outcome}) → "
-                          f"{new} {b.predicted.verdict} ({b.predicted.outcome})", file=out)
-                    state = state_for_step(scenario, step)
-                    for line in explain(state, b.probe, mode, new).trace[1:]:
-                        print(f"    {line}", file=out)
-    print(f"compare: {changes} probe(s) change between Istio {old} and {new}", file=out)
-    return 0
+                    trace = explain(state_for_step(scenario, step), b.probe, mode, new).trace[1:]
+                    probe = b.probe
+                    emit({"file": f, "kind": "changed", "scenario": scenario.name, "step": step.name, "mode": mode,
+                          "probe": b.expectation.index, "from": probe.source.ref, "to": probe.destination.ref,
+                          "port": probe.port.number, "method": probe.request.method, "path": probe.request.path,
+                          "before": {"version": str(old), "verdict": a.predicted.verdict,
+                                     "outcome": a.predicted.outcome},
+                          "after": {"version": str(new), "verdict": b.predicted.verdict,
+                                    "outcome": b.predicted.outcome},
+                          "why": list(trace)},
+                         f"{scenario.path}: step '{step.name}' [{mode}] {probe.describe()}: "
+                         f"{old} {a.predicted.verdict} ({a.predicted.outcome}) → "
+                         f"{new} {b.predicted.verdict} ({b.predicted.outcome})"
+                         + "".join(f"\n    {line}" for line in trace))
+    if not as_json:
+        print(f"compare: {changes} probe(s) change between Istio {old} and {new}", file=out)
+    return 1 if changes or status else 0
 
 
 def _parse_moves(values: Sequence[str]) -> dict[str, DataPlane]:

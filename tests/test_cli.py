@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -76,7 +77,7 @@ def test_compare_reports_the_dry_run_change_in_ambient(tmp_path: Path) -> None:
                      "metadata": {"name": "d", "namespace": "x", "annotations": {"istio.io/dry-run": "true"}},
                      "spec": {"action": "DENY", "rules": [{}]}}]}]}}))
     r = cli("compare", str(scenario), "--from", "1.25.1", "--to", "1.30")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # a change: a pipeline's upgrade gate stops here (issue 13)
     assert "[ambient]" in r.stdout and "1.25.1 deny" in r.stdout and "1.30.5 allow" in r.stdout
     assert "[sidecar]" not in r.stdout
     assert "compare: 1 probe(s) change" in r.stdout
@@ -92,8 +93,12 @@ def test_compare_names_policies_the_older_release_rejects(tmp_path: Path) -> Non
                      "metadata": {"name": "sa", "namespace": "x"},
                      "spec": {"rules": [{"from": [{"source": {"serviceAccounts": ["y/a"]}}]}]}}]}]}}))
     r = cli("compare", str(scenario), "--from", "1.24", "--to", "1.30")
-    assert r.returncode == 0, r.stderr
-    assert "serviceAccounts" in r.stdout and "Istio 1.24.6 rejects it" in r.stdout
+    assert r.returncode == 1, r.stderr  # a release rejects a policy: that stops an upgrade gate too
+    assert "serviceAccounts" in r.stdout and "Istio 1.24.6 rejects it; 1.30.5 accepts it" in r.stdout
+    back = cli("compare", str(scenario), "--from", "1.30", "--to", "1.24", "--json")
+    assert back.returncode == 1
+    (record,) = [json.loads(line) for line in back.stdout.splitlines()]
+    assert record["kind"] == "rejected" and record["version"] == "1.24.6" and "serviceAccounts" in record["problem"]
 
 
 def test_a_mode_the_scenario_does_not_list_is_an_error_naming_its_modes() -> None:
@@ -164,3 +169,27 @@ def test_validate_and_lint_take_directories_and_skip_what_is_not_a_scenario(tmp_
     empty = cli("validate", str(tmp_path / "empty"), str(tmp_path / "nowhere.yaml"))
     assert empty.returncode == 1
     assert "no scenario file in this directory" in empty.stderr and "no such file or directory" in empty.stderr
+
+
+def test_every_command_has_help_with_examples_and_the_runnable_ones_run() -> None:
+    """Issue 13: every subcommand's --help ends with examples; each one that names files of this repository (no
+    placeholder, no shell pipe) is run here and must succeed, so the examples cannot rot."""
+    from conformance.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    ran = 0
+    for name, sub in subparsers.choices.items():
+        epilog = sub.epilog or ""
+        assert epilog.startswith("examples:"), f"{name} --help has no examples"
+        for line in epilog.splitlines()[1:]:
+            command = line.split("#")[0].strip()
+            words = command.split()
+            if not words or any(c in command for c in "|>") or name in ("repro",):
+                continue  # a pipe or redirection, or a command that needs a target (repro runs the local mesh)
+            if not all((ROOT / w).exists() for w in words[2:] if "/" in w or w.endswith(".yaml")):
+                continue  # a placeholder file
+            r = cli(*words[1:])
+            assert r.returncode == 0, f"{command}: {r.stdout[-500:]}{r.stderr[-500:]}"
+            ran += 1
+    assert ran >= 6

@@ -8,6 +8,7 @@ and option refuses it with a usage error that lists what is modelled.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -200,12 +201,17 @@ def test_compare_does_report_a_change_where_one_exists() -> None:
     before, after = _decisions(held_out, old), _decisions(held_out, new)
     assert [k for k in before if before[k] != after[k]]
     r = cli("compare", *map(str, held_out), "--from", "1.25.1", "--to", "1.25.2")
-    assert r.returncode == 0 and "compare: 0 probe(s)" not in r.stdout
+    assert r.returncode == 1 and "compare: 0 probe(s)" not in r.stdout  # changes: non-zero, for CI gates
     dots = DATA / "regressions" / "dot-segment-parameters@1.30.3.yaml"
     r = cli("compare", str(dots), "--from", "1.30", "--to", "1.31")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr
     assert r.stdout.count("1.30.5 deny (denied-l7) → 1.31.0 allow (allowed)") == 4
     assert "CVE-2026-73551" in r.stdout and r.stdout.splitlines()[-1].startswith("compare: 4 probe(s) change")
+    as_json = [json.loads(line) for line in cli("compare", str(dots), "--from", "1.30", "--to", "1.31",
+                                                   "--json").stdout.splitlines()]
+    assert len(as_json) == 4
+    assert {(c["before"]["verdict"], c["after"]["verdict"]) for c in as_json} == {("deny", "allow")}
+    assert all(c["kind"] == "changed" and any("CVE-2026-73551" in w for w in c["why"]) for c in as_json)
 
 
 # --- the local mesh at 1.31 ------------------------------------------------------------------------------
