@@ -76,8 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"with --dataplanes: the Istio version whose semantics to use (default {DEFAULT_VERSION})")
     sp.add_argument("--json", action="store_true", help="one JSON object per changed probe (and, with --from/--to, "
                                                          "per scenario a release rejects)")
-    command("schema", "print the JSON Schema of scenario files",
-            "authz-conformance schema > scenario.schema.json   # for an editor's YAML language server")
+    sp = command("schema", "print the JSON Schema of scenario files",
+                 "authz-conformance schema > scenario.schema.json   # for an editor's YAML language server",
+                 "authz-conformance schema --markdown > docs/scenario-reference.md   # the field reference")
+    sp.add_argument("--markdown", action="store_true",
+                    help="the field-by-field reference in Markdown, from the schema's descriptions")
     command("versions", "the Istio releases the engine models and the behaviour changes it keys on",
             "authz-conformance versions")
     sp = command("repro", "run one probe of one step on a real target and print its evidence (exit 1 when it does "
@@ -114,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "schema":
             from conformance.schema import SCHEMA
 
+            if args.markdown:
+                from conformance.schema_doc import markdown
+
+                out.write(markdown())
+                return 0
             json.dump(SCHEMA, out, indent=2)
             out.write("\n")
             return 0
