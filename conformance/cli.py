@@ -246,9 +246,18 @@ def _load_all(files: Sequence[str], version: IstioVersion) -> list[Scenario]:
 
 
 def _lint(paths: Sequence[str], version: IstioVersion, out: TextIO) -> int:
-    from conformance.lint import contradictions, warnings
+    from conformance.lint import contradictions, is_policy_file, policy_file_problems, warnings
 
-    files, status = _expand(paths, out)
+    found = scenario_paths(paths)
+    raw = [f for f in found.not_scenarios if is_policy_file(f)]
+    files, status = _expand([p for p in paths if p not in raw], out)
+    for f in raw:  # a raw policy file: Istio's validation and the warnings that need no scenario (issue 13)
+        problems = policy_file_problems(f, version)
+        for p in problems:
+            print(str(p), file=out)
+        if any(p.severity == "error" for p in problems):
+            status = 1
+        print(f"{f}: policy file, {sum(p.severity == 'warning' for p in problems)} warning(s)", file=out)
     for scenario in _load_all(files, version):
         for w in warnings(scenario, version):
             print(str(w), file=out)

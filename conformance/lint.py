@@ -9,8 +9,12 @@ denies what its rules match) or that ztunnel ignores, a RequestAuthentication zt
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from conformance.engine import explain, state_for_step
 from conformance.engine.policy import AuthorizationPolicy
@@ -159,3 +163,85 @@ def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: 
         yield warn("in ambient mode ztunnel does not check JWTs, and waypoints ignore selector policies: this "
                    "RequestAuthentication rejects no token there; attach it to a waypoint with targetRefs",
                    "spec.selector" if spec.get("selector") else "spec")
+
+
+POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")
+_RAW_NAMESPACE = "authz-conformance-lint"
+
+
+def is_policy_file(path: str | Path) -> bool:
+    """A YAML file holding at least one Istio security document (and no scenario): what `lint` checks on its own."""
+    try:
+        docs = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return any(isinstance(d, dict) and d.get("kind") in POLICY_KINDS
+               and str(d.get("apiVersion", "")).startswith("security.istio.io/") for d in docs)
+
+
+def policy_file_problems(path: str | Path, version: IstioVersion) -> list[Problem]:
+    """`lint` of a raw policy file (issue 13): Istio's own validation of every policy document, and the warnings
+    that need no scenario, in sidecar and ambient mode (L7 rules ztunnel drops, DENYs it cannot enforce, CUSTOM and
+    RequestAuthentication ignored without a waypoint, principals that can never match, duplicate namespace-wide
+    PeerAuthentications). Warnings that depend on the mesh (which workloads a policy selects, which providers the
+    mesh config defines) need a scenario and are left out; documents of other kinds are ignored.
+
+    The documents are read through a scenario that references them (`policies: [{file: ...}]`), the loader's own
+    path, so each gets the same checks as in a scenario: each one alone first (an invalid document never hides
+    the others' warnings), then the valid ones together. Problems name the policy file and its document."""
+    import tempfile
+
+    from conformance.scenario import check
+
+    target = Path(path).resolve()
+    docs = list(yaml.safe_load_all(target.read_text(encoding="utf-8")))
+    numbered = [(n + 1, d) for n, d in enumerate(d for d in docs if d is not None)
+                if isinstance(d, dict) and d.get("kind") in POLICY_KINDS]
+    shown = str(path)
+    out: list[Problem] = []
+    with tempfile.TemporaryDirectory(prefix="authz-lint-") as tmp:
+        def run(subset: list[tuple[int, dict[str, object]]]) -> tuple[Scenario | None, list[Problem]]:
+            policies = Path(tmp) / "policies.yaml"
+            policies.write_text(yaml.safe_dump_all([d for _, d in subset]))
+            synthetic = Path(tmp) / "scenario.yaml"
+            synthetic.write_text(yaml.safe_dump({
+                "apiVersion": "authz-conformance/v1", "kind": "Scenario", "metadata": {"name": "policy-file-lint"},
+                "spec": {"modes": ["sidecar", "ambient"],
+                         "workloads": [{"name": "placeholder", "namespace": _RAW_NAMESPACE}],
+                         "steps": [{"name": "policies", "policies": [{"file": str(policies)}], "expect": []}]}}))
+            scenario, problems = check(synthetic, version)
+            return scenario, [_relocate(p, shown, [n for n, _ in subset]) for p in problems]
+
+        valid: list[tuple[int, dict[str, object]]] = []
+        for item in numbered:
+            scenario, problems = run([item])
+            out += problems
+            if scenario is not None:
+                valid.append(item)
+        if valid:
+            scenario, _ = run(valid)
+            if scenario is not None:
+                seen = {str(p) for p in out}
+                for w in warnings(scenario, version):
+                    if "applies to no workload" in w.message or "mesh.extensionProviders" in w.message \
+                            or "names no workload of the scenario" in w.message:
+                        continue  # depends on the mesh, which a raw file does not describe
+                    moved = _relocate(w, shown, [n for n, _ in valid])
+                    if str(moved) not in seen:
+                        seen.add(str(moved))
+                        out.append(moved)
+    return out
+
+
+def _relocate(problem: Problem, file: str, numbers: list[int]) -> Problem:
+    """The problem as found in the policy file: `document N` of that file (`numbers`: the file's document number of
+    each document the synthetic scenario read, in order), not the synthetic scenario's step."""
+    where = problem.location.where
+    m = re.search(r" document (\d+)(.*)$", where)
+    if m:
+        index = int(m.group(1)) - 1
+        where = f"document {numbers[index] if index < len(numbers) else m.group(1)}{m.group(2)}"
+    elif where.startswith("step "):
+        where = ""
+    return Problem(Location(file, where, problem.location.field.replace("policies[0].", "")), problem.message,
+                   problem.severity)

@@ -193,3 +193,44 @@ def test_every_command_has_help_with_examples_and_the_runnable_ones_run() -> Non
             assert r.returncode == 0, f"{command}: {r.stdout[-500:]}{r.stderr[-500:]}"
             ran += 1
     assert ran >= 6
+
+
+RAW_POLICIES = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+    - from: [{source: {principals: ["spiffe://cluster.local/ns/shop/sa/curl"]}}]
+      to: [{operation: {methods: ["GET"]}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: []}}]}]
+"""
+
+
+def test_lint_of_a_raw_policy_file_gives_istios_validation_and_the_static_warnings(tmp_path: Path) -> None:
+    """Issue 13: `lint` takes a raw policy file (no scenario): each policy document checked as Istio's validation
+    does, named by its document number; the warnings that need no mesh (a spiffe:// principal that never matches,
+    ALLOW rules ztunnel drops in ambient) for the valid ones, even beside an invalid one; other kinds ignored."""
+    raw = tmp_path / "policies.yaml"
+    raw.write_text(RAW_POLICIES)
+    r = cli("lint", str(raw))
+    assert r.returncode == 1, r.stdout + r.stderr  # document 3 is invalid
+    assert f"{raw}: document 3 (AuthorizationPolicy shop/bad): field spec.rules[0].to[0].operation" in r.stdout
+    assert "document 2" not in r.stdout  # the Deployment is no policy: ignored
+    assert f"{raw}: document 1 (AuthorizationPolicy shop/allow-get)" in r.stdout
+    assert "can never match: principals are written without spiffe://" in r.stdout
+    assert "ztunnel drops ALLOW rules [0]" in r.stdout
+    assert "applies to no workload" not in r.stdout  # needs a scenario's workloads
+    raw.write_text(RAW_POLICIES.split("---", maxsplit=1)[0])
+    ok = cli("lint", str(raw))
+    assert ok.returncode == 0 and "policy file, 2 warning(s)" in ok.stdout, ok.stdout + ok.stderr
