@@ -38,14 +38,15 @@ class Location:
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding about a scenario: an error (it cannot run), or a warning (it runs, but look)."""
+    """One finding about a scenario: an error (it cannot run), a warning (it runs, but look), or a notice (it runs;
+    this is what the suite skipped or assumed in the files it read)."""
 
     location: Location
     message: str
-    severity: str = "error"  # "error" | "warning"
+    severity: str = "error"  # "error" | "warning" | "notice" (what was skipped or assumed, and why)
 
     def __str__(self) -> str:
-        tag = "warning: " if self.severity == "warning" else ""
+        tag = "" if self.severity == "error" else f"{self.severity}: "
         # one problem, one line: a field name or value taken from the input may hold line breaks
         return f"{self.location}: {tag}{self.message}".replace("\r", "\\r").replace("\n", "\\n")
 

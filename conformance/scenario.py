@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import jsonschema
 import yaml
 
 from conformance.errors import Location, Problem, ScenarioError, closest, yaml_type
+from conformance.manifests import Derivation, Document, Finding, derive, read
 from conformance.model import (
     ADDRESS_PLACEHOLDER,
     DATAPLANES,
@@ -211,6 +212,8 @@ class _Loader:
         self.problems: list[Problem] = []
         self.schema_bad: set[tuple[Any, ...]] = set()  # instance paths of schema errors
         self.unsure_ports: set[str] = set()  # workloads whose port list the schema rejected in part
+        self.skipped_files: set[str] = set()  # policy files whose non-policy documents were noticed (once each)
+        self.spec_keys: set[str] = set()
 
     def error(self, message: str, where: str = "", field: str = "", severity: str = "error") -> None:
         self.problems.append(Problem(Location(self.file, where, field), message, severity))
@@ -273,6 +276,7 @@ class _Loader:
     # -- pass 2 and 3: references and policies ---------------------------------------------
     def _build(self, doc: Mapping[str, Any]) -> Scenario | None:
         meta, spec = _map(doc.get("metadata")), _map(doc.get("spec"))
+        self.spec_keys = {str(k) for k in spec}
         raw_modes = [m for m in _list(spec.get("modes")) if m in MODES]
         modes: tuple[Mode, ...] = tuple(dict.fromkeys(raw_modes)) or DEFAULT_MODES
         mesh_doc = _map(spec.get("mesh"))
@@ -284,11 +288,15 @@ class _Loader:
         )
         issuers = {i.name: i for i in self._issuers(_list(spec.get("issuers")))}
         name, description = _str(meta.get("name")) or "", _str(meta.get("description")) or ""
-        workloads = self._workloads(_list(spec.get("workloads")))
+        derived = self._workloads_from(spec.get("workloadsFrom"))
+        workloads = self._workloads(_list(spec.get("workloads")), derived)
         by_ref = {w.ref: w for w in workloads}
         self._provider_ports(mesh, workloads)
-        waypoints, explicit = self._waypoints(spec.get("waypoints"), workloads, by_ref)
+        waypoints, explicit = self._waypoints(spec.get("waypoints"), workloads, by_ref,
+                                              derived.waypoints if derived else {})
         dataplanes = self._dataplanes(spec.get("dataplanes"), modes, workloads, waypoints, explicit)
+        if derived is not None:
+            dataplanes = self._derived_dataplanes(derived, dataplanes, modes, workloads, waypoints)
         partial = Scenario(name, description, str(self.path), modes, mesh, tuple(workloads), tuple(waypoints), (),
                            explicit, tuple(issuers.values()))
         addresses = default_addresses(partial)
@@ -345,6 +353,32 @@ class _Loader:
                               f"no default waypoint (it serves no port, or a workload is named "
                               f"'{namespace}/waypoint')"), where, field)
             out[namespace] = plane
+        return out
+
+    def _derived_dataplanes(self, derived: Derivation, dataplanes: Mapping[str, DataPlane], modes: Sequence[Mode],
+                            workloads: Sequence[Workload], waypoints: Sequence[Waypoint]) -> dict[str, DataPlane]:
+        """The data planes the manifests' Namespace labels give, under those `spec.dataplanes` writes (mode mixed
+        only: every other mode puts every namespace on its own data plane, so there a notice says they differ)."""
+        meshed = {w.namespace for w in workloads if w.in_mesh}
+        found = {ns: plane for ns, plane in derived.dataplanes.items() if ns in meshed}
+        if "mixed" not in modes:
+            if len(set(found.values())) > 1:
+                planes = ", ".join(f"{ns}: {plane}" for ns, plane in sorted(found.items()))
+                self.error(f"the manifests' namespaces are on different data planes ({planes}); each mode runs every "
+                           "namespace on its own, add mode mixed to spec.modes to run them as labelled",
+                           "workloadsFrom", "", "notice")
+            return dict(dataplanes)
+        with_waypoint = {wp.namespace for wp in waypoints}
+        out = dict(dataplanes)
+        for ns, plane in found.items():
+            if ns in out:
+                continue  # spec.dataplanes says otherwise
+            if plane == "waypoint" and ns not in with_waypoint:
+                self.error(f"namespace '{ns}' is labelled to use a waypoint, but the scenario has none there (it "
+                           "serves no port, or spec.waypoints names none): it runs ambient", "workloadsFrom", "",
+                           "notice")
+                plane = "ambient"
+            out[ns] = plane
         return out
 
     def _pilot_env(self, doc: Any) -> tuple[tuple[str, str], ...]:
@@ -452,13 +486,46 @@ class _Loader:
             out.append(Issuer(name, issuer))
         return out
 
-    def _workloads(self, docs: Sequence[Any]) -> list[Workload]:
-        out: list[Workload] = []
+    def _workloads_from(self, items: object) -> Derivation | None:
+        """`spec.workloadsFrom`: rendered manifests (manifests.py) read relative to the scenario; each finding is a
+        problem naming the entry, the file's document and the field, a notice for what is left out or assumed."""
+        if items is None:
+            return None
+        docs = []
+        for k, item in enumerate(_list(items)):
+            rel = _map(item).get("file")
+            if not isinstance(rel, str) or not rel:
+                continue  # the schema reported it
+            found, findings = read((self.path.parent / rel).resolve(), rel)
+            self._findings(f"workloadsFrom[{k}]", findings)
+            if not found and not findings:
+                self.error(f"'{rel}' holds no document", f"workloadsFrom[{k}]", f"spec.workloadsFrom[{k}].file")
+            docs.extend(found)
+        derived: Derivation = derive(docs)
+        self._findings("workloadsFrom", derived.findings)
+        if derived.ignored:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(derived.ignored.items()))
+            self.error(f"not used for workloads: {kinds} (only pod owners, Services, Namespaces and waypoint "
+                       "Gateways are read; policies come from the steps)", "workloadsFrom", "", "notice")
+        return derived
+
+    def _findings(self, where: str, findings: Iterable[Finding]) -> None:
+        for f in findings:
+            self.error(f.message, f"{where} {f.where}", f.field, f.severity)
+
+    def _workloads(self, docs: Sequence[Any], derived: Derivation | None = None) -> list[Workload]:
+        """The scenario's workloads: those derived from `workloadsFrom` (in document order), each overridden field
+        by field by an explicit entry of the same namespace/name, then the explicit ones that are new."""
+        base = {d.workload.ref: d for d in derived.workloads} if derived is not None else {}
+        merged: dict[str, Workload] = {ref: d.workload for ref, d in base.items()}
+        indexes: dict[str, int] = {}
         seen: set[str] = set()
         for i, w in enumerate(docs):
             name, namespace = _str(_map(w).get("name")), _str(_map(w).get("namespace"))
             if name is None or namespace is None:
                 continue  # the schema reported it; references to it are reported as unknown
+            ref = f"{namespace}/{name}"
+            old = merged.get(ref) if ref not in seen else None
             ports: list[Port] = []
             where = f"workload '{namespace}/{name}'"
             for j, p in enumerate(_list(w.get("ports"))):
@@ -468,12 +535,14 @@ class _Loader:
                 if any(q.number == port.number for q in ports):
                     self.error(f"port {port.number} is listed twice", where, f"spec.workloads[{i}].ports[{j}]")
                 ports.append(port)
-            in_mesh = w.get("mesh", True) is not False
-            if not in_mesh and ports:
+            if old is not None and "ports" not in w:
+                ports = list(old.ports)
+            in_mesh = w.get("mesh", True) is not False if old is None or "mesh" in w else old.in_mesh
+            if not in_mesh and ports and "ports" in w:
                 self.error(
                     "an out-of-mesh workload (mesh: false) is a client only; server ports on it are not "
                     "supported yet", where, f"spec.workloads[{i}].ports")
-            raw_kind = w.get("kind", "app")
+            raw_kind = w.get("kind", "app" if old is None else old.kind)
             kind: WorkloadKind = "ext-authz" if raw_kind == "ext-authz" else "app"
             if raw_kind in WORKLOAD_KINDS and kind == "ext-authz" and not ports \
                     and not self.damaged("spec", "workloads", i, "ports"):
@@ -481,37 +550,53 @@ class _Loader:
                            "its providers name (Istio's sample serves HTTP on 8000, gRPC on 9000)",
                            where, f"spec.workloads[{i}].ports")
             labels = w.get("labels")
+            good_labels = isinstance(labels, Mapping) and not self.damaged("spec", "workloads", i, "labels")
             workload = Workload(
                 name=name, namespace=namespace,
-                service_account=_str(w.get("serviceAccount")) or name,
-                labels=dict(labels) if isinstance(labels, Mapping) and not self.damaged("spec", "workloads", i,
-                                                                                         "labels")
-                else {"app": name},
+                service_account=_str(w.get("serviceAccount")) or (old.service_account if old else name),
+                labels=dict(labels) if good_labels and isinstance(labels, Mapping)
+                else old.labels if old is not None else {"app": name},
                 ports=tuple(ports), in_mesh=in_mesh, kind=kind,
             )
             if self.damaged("spec", "workloads", i, "ports"):
                 self.unsure_ports.add(workload.ref)
             if workload.ref in seen:
                 self.error(f"duplicate workload '{workload.ref}'", where, f"spec.workloads[{i}].name")
+            else:
+                merged[workload.ref] = workload
+                indexes[workload.ref] = i
             seen.add(workload.ref)
-            out.append(workload)
+        out = list(merged.values())
+        written_ports = {ref for ref, i in indexes.items() if "ports" in _map(docs[i])}
+        for n, w in enumerate(out):
+            if not w.in_mesh and w.ports and w.ref not in written_ports:
+                self.error(f"'{w.ref}' is outside the mesh (its namespace opts out) and serves ports "
+                           f"{', '.join(str(p.number) for p in w.ports)}: out-of-mesh servers are not supported yet, "
+                           "so it is a client only here", f"workload '{w.ref}'", "", "notice")
+                out[n] = replace(w, ports=())
         mesh_ns = {w.namespace for w in out if w.in_mesh}
         for w in out:
             if not w.in_mesh and w.namespace in mesh_ns:
-                index = next(i for i, d in enumerate(docs) if _map(d).get("name") == w.name
-                             and _map(d).get("namespace") == w.namespace)
+                if w.ref in indexes:
+                    where, field = f"workload '{w.ref}'", f"spec.workloads[{indexes[w.ref]}].namespace"
+                else:
+                    where, field = f"workloadsFrom {base[w.ref].origin}", "metadata.namespace"
                 self.error(
                     f"out-of-mesh workload '{w.ref}' shares namespace '{w.namespace}' with mesh workloads; "
                     "mesh membership is per namespace (injection / dataplane-mode labels): use its own namespace",
-                    f"workload '{w.ref}'", f"spec.workloads[{index}].namespace")
+                    where, field)
         return out
 
     def _waypoints(
-        self, docs: object, workloads: Sequence[Workload], by_ref: Mapping[str, Workload]
+        self, docs: object, workloads: Sequence[Workload], by_ref: Mapping[str, Workload],
+        named: Mapping[str, str] | None = None,
     ) -> tuple[list[Waypoint], bool]:
+        """`spec.waypoints`, or the default: one per namespace serving ports, named `waypoint` unless the manifests
+        of `workloadsFrom` name that namespace's waypoint (`named`: istio.io/use-waypoint, a waypoint Gateway)."""
         if docs is None:
             server_ns = dict.fromkeys(w.namespace for w in workloads if w.in_mesh and w.ports)
-            return [Waypoint("waypoint", ns) for ns in server_ns if f"{ns}/waypoint" not in by_ref], False
+            out = [Waypoint((named or {}).get(ns, "waypoint"), ns) for ns in server_ns]
+            return [wp for wp in out if wp.ref not in by_ref], False
         out: list[Waypoint] = []
         for i, d in enumerate(_list(docs)):
             name, namespace = _str(_map(d).get("name")), _str(_map(d).get("namespace"))
@@ -607,6 +692,7 @@ class _Loader:
             return
         if not docs:
             self.error(f"policy file '{rel}' holds no document", step, f"policies[{k}].file")
+        skipped: dict[str, int] = {}
         for n, doc in enumerate(docs):
             origin = f"policies[{k}] {rel} document {n + 1}"
             problem = _alias_problem(doc)
@@ -617,7 +703,25 @@ class _Loader:
                 self.error("a policy document must be a mapping (apiVersion, kind, metadata, spec)",
                            f"{step}: {origin}")
                 continue
-            yield dict(doc), origin
+            items = _list(doc.get("items")) if str(doc.get("kind", "")).endswith("List") else None
+            for j, entry in enumerate(items if items is not None else [doc]):
+                where = origin if items is None else f"{origin} items[{j}]"
+                if not isinstance(entry, Mapping):
+                    self.error("a policy document must be a mapping (apiVersion, kind, metadata, spec)",
+                               f"{step}: {where}")
+                    continue
+                if isinstance(entry.get("kind"), str) and not Document(entry, rel, n + 1).is_policy:
+                    # Rendered output holds Deployments, Services ... beside the policies (issue 13): those are
+                    # workloadsFrom's to read, not errors here
+                    skipped[entry["kind"]] = skipped.get(entry["kind"], 0) + 1
+                    continue
+                yield dict(entry), where
+        if skipped and rel not in self.skipped_files:
+            self.skipped_files.add(rel)
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
+            used = " (workloadsFrom reads workloads from such documents)" if "workloadsFrom" in self.spec_keys else ""
+            self.error(f"policy file '{rel}' also holds documents that are not Istio security policies ({kinds}): "
+                       f"they are skipped in the steps' policies{used}", step, f"policies[{k}].file", "notice")
 
     def _expectations(
         self, items: Sequence[Any], step: str, i: int, by_ref: Mapping[str, Workload], modes: Sequence[Mode],

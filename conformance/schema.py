@@ -90,7 +90,8 @@ SCHEMA: dict[str, Any] = {
         "spec": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["workloads", "steps"],
+            "required": ["steps"],
+            "anyOf": [{"required": ["workloads"]}, {"required": ["workloadsFrom"]}],
             "properties": {
                 "modes": {
                     "type": "array",
@@ -149,6 +150,16 @@ SCHEMA: dict[str, Any] = {
                             "name": {"type": "string", "pattern": DNS_LABEL},
                             "namespace": {"type": "string", "pattern": DNS_LABEL},
                         },
+                    },
+                },
+                "workloadsFrom": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "minLength": 1}},
                     },
                 },
                 "workloads": {
@@ -422,7 +433,15 @@ DESCRIPTIONS: dict[str, str] = {
                       "each serves the in-mesh services of its namespace.",
     "spec.waypoints[].name": "The waypoint's Gateway name (what a Gateway targetRef names).",
     "spec.waypoints[].namespace": "The namespace whose services the waypoint serves.",
-    "spec.workloads": "Every pod of the scenario, with its Service.",
+    "spec.workloadsFrom": "Rendered Kubernetes manifests (kustomize build, helm template) the workloads come from: "
+                          "Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Pods give workloads "
+                          "(named after the object, with its namespace, pod labels and service account), Services "
+                          "their ports (target ports, protocol from appProtocol or the port name as istiod reads it), "
+                          "Namespaces their data plane (mode mixed) and waypoint. spec.workloads entries of the same "
+                          "namespace/name override the fields they write.",
+    "spec.workloadsFrom[].file": "A multi-document YAML file, relative to the scenario file (List kinds, comments and "
+                                 "empty documents as kubectl accepts them).",
+    "spec.workloads": "Every pod of the scenario, with its Service (with workloadsFrom: additions and overrides).",
     "spec.workloads[].name": "Workload (and Service) name; also its `app` label unless labels say otherwise.",
     "spec.workloads[].namespace": "The workload's namespace.",
     "spec.workloads[].serviceAccount": "The service account, hence the identity; default: the workload's name.",
