@@ -441,7 +441,8 @@ DESCRIPTIONS: dict[str, str] = {
                           "namespace/name override the fields they write.",
     "spec.workloadsFrom[].file": "A multi-document YAML file, relative to the scenario file (List kinds, comments and "
                                  "empty documents as kubectl accepts them).",
-    "spec.workloads": "Every pod of the scenario, with its Service (with workloadsFrom: additions and overrides).",
+    "spec.workloads": "Every pod of the scenario, with its Service. Required unless workloadsFrom gives them; with "
+                      "it, additions and field-by-field overrides (same namespace/name).",
     "spec.workloads[].name": "Workload (and Service) name; also its `app` label unless labels say otherwise.",
     "spec.workloads[].namespace": "The workload's namespace.",
     "spec.workloads[].serviceAccount": "The service account, hence the identity; default: the workload's name.",

@@ -21,5 +21,6 @@ def test_every_described_field_is_listed_once_with_its_type_and_requiredness():
     text = markdown()
     for path in dict.fromkeys(listed):
         assert f"| `{path}` |" in text
-    assert "| `spec.workloads` | list of object | yes |" in text
+    assert "| `spec.steps` | list of object | yes |" in text
+    assert "| `spec.workloads` | list of object |  | Every pod of the scenario, with its Service. Required" in text
     assert text.count("| `spec.workloads[].name` |") == 1
