@@ -92,6 +92,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", required=True, choices=MODES, help="the mode to run it in")
     sp.add_argument("--mesh", choices=("local", "kind", "cluster"), default="local",
                     help="the target to run it on (default local: real Envoy processes on loopback)")
+    sp = command("init", "write a scenario from rendered manifests: their workloads, one step with their policies, "
+                         "and a probe matrix whose verdicts are the engine's predictions (today's behaviour: review "
+                         "them)",
+                 "kustomize build overlays/prod > rendered.yaml && authz-conformance init --from rendered.yaml "
+                 "-o gate.yaml && pytest gate.yaml",
+                 "helm template pay ./charts/pay | authz-conformance init --from - --mode sidecar -o pay.yaml",
+                 "authz-conformance init --from tests/data/manifests-rendered/ --mode sidecar --mode waypoint")
+    sp.add_argument("--from", dest="sources", action="append", required=True, metavar="FILE|DIR|-",
+                    help="rendered manifests: a file, a directory (its *.yaml/*.yml, scenario files skipped) or - for "
+                         "stdin (workloads and policies then written inline); repeatable")
+    sp.add_argument("-o", "--output", default=None, metavar="OUT",
+                    help="the scenario file to write (default: stdout; paths in it are relative to OUT's directory, "
+                         "else to the current one)")
+    sp.add_argument("--mode", choices=MODES, action="append", help="a mode to predict and run (repeatable; default "
+                                                                   "sidecar and ambient)")
+    sp.add_argument("--name", default=None, help="metadata.name (default: from OUT or the first --from)")
+    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                    help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
     sp = command("plan", "the cluster run plan: cluster, Istio, batches, CI shards and time estimates",
                  "authz-conformance plan policies --mesh kind --istio-version 1.31",
                  "authz-conformance plan policies --format github-e2e   # the e2e workflow's job matrix")
@@ -144,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args.files, version, out)
         if args.command == "lint":
             return _lint(args.files, version, out)
+        if args.command == "init":
+            return _init(args, version, out)
         if args.command == "predict":
             return _predict(args.files, version, args.mode, args.json, out)
         if args.command == "explain":
@@ -282,6 +302,25 @@ def _modes(scenario: Scenario, only: Sequence[str] | None) -> list[Mode]:
         raise UsageError(f"{scenario.path}: the scenario does not run in {', '.join(missing)} mode: it lists "
                          f"{', '.join(scenario.modes)} (spec.modes)")
     return [m for m in scenario.modes if not only or m in only]
+
+
+def _init(args: argparse.Namespace, version: IstioVersion, out: TextIO) -> int:
+    """`init`: the scenario of rendered manifests (conformance/init.py), to OUT or stdout."""
+    from pathlib import Path
+
+    from conformance.init import write_scenario
+
+    target = Path(args.output) if args.output else None
+    text = write_scenario(args.sources, args.mode, version, target, args.name,
+                          sys.stdin.read() if "-" in args.sources else None)
+    if target is None:
+        out.write(text)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"{target}: written; review its verdicts (today's behaviour, not intent), then: pytest {target}",
+              file=sys.stderr)
+    return 0
 
 
 def _predict(files: Sequence[str], version: IstioVersion, only: Sequence[str] | None, as_json: bool,
