@@ -27,8 +27,11 @@ DATAPLANES: tuple[DataPlane, ...] = ("sidecar", "ambient", "waypoint")
 DEFAULT_DATAPLANE: DataPlane = "sidecar"
 Verdict = Literal["allow", "deny"]
 Protocol = Literal["HTTP", "TCP"]
-WorkloadKind = Literal["app", "ext-authz"]
-WORKLOAD_KINDS: tuple[WorkloadKind, ...] = ("app", "ext-authz")
+WorkloadKind = Literal["app", "ext-authz", "ingress-gateway"]
+WORKLOAD_KINDS: tuple[WorkloadKind, ...] = ("app", "ext-authz", "ingress-gateway")
+# The label istiod reads on a Service (or its Namespace) to route an ingress gateway's traffic through the
+# service's waypoint instead of straight to the pod (serviceregistry/ambient/services.go@1.30 l.271-290).
+INGRESS_USE_WAYPOINT = "istio.io/ingress-use-waypoint"
 ExtAuthzKind = Literal["http", "grpc"]
 Signature = Literal["valid", "invalid"]
 
@@ -117,6 +120,9 @@ class MeshConfig:
     extension_providers: tuple[ExtensionProvider, ...] = ()  # meshConfig.extensionProviders (ext_authz kinds)
     # `mesh.pilotEnv`: istiod's environment (feature flags, pilotenv.py), as written; absent flags take Istio's default
     pilot_env: tuple[tuple[str, str], ...] = ()
+    # `mesh.numTrustedProxies`: meshConfig.defaultConfig.gatewayTopology.numTrustedProxies, which istiod writes
+    # into every gateway HCM as xff_num_trusted_hops (networking/core/gateway.go@1.30 l.720-732); default 0
+    num_trusted_proxies: int = 0
 
     def pilot_flag(self, flag: PilotFlag) -> bool:
         """The value istiod runs `flag` with for this scenario (its `pilotEnv` entry, else Istio's default)."""
@@ -148,6 +154,16 @@ class Port:
 
 
 @dataclass(frozen=True)
+class GatewayRoute:
+    """One Host route of an ingress gateway (`routes: [{host, to: ns/name:port}]`): what a Gateway server plus
+    a VirtualService give istiod, one RDS vhost per host (gateway.go@1.30 l.488-511)."""
+
+    host: str  # lower case; `*.suffix` or `*` wildcards as an Envoy vhost domain
+    to: str  # the destination workload's "ns/name"
+    port: int  # its (Service) port
+
+
+@dataclass(frozen=True)
 class Workload:
     """A pod and its Service. Identity: `<trustDomain>/ns/<namespace>/sa/<serviceAccount>`."""
 
@@ -163,6 +179,8 @@ class Workload:
     # logs each decision. Its ports speak the ext_authz protocol of the providers naming them (gRPC for an
     # envoyExtAuthzGrpc provider's port, HTTP for every other); it is no probe source or destination.
     kind: WorkloadKind = "app"
+    # kind ingress-gateway: an Istio ingress gateway (its own Envoy, its identity, HTTP ports), forwarding by Host
+    routes: tuple[GatewayRoute, ...] = ()
 
     @cached_property
     def ref(self) -> str:
@@ -173,6 +191,29 @@ class Workload:
 
     def port(self, number: int) -> Port | None:
         return next((p for p in self.ports if p.number == number), None)
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.kind == "ingress-gateway"
+
+    def route_for(self, authority: str) -> GatewayRoute | None:
+        """The route a gateway picks for a request's Host, as Envoy's RDS does with istiod's settings: the port is
+        ignored (ignore_port_in_host_matching, gateway.go@1.30 l.572), case too; an exact domain wins over the
+        longest `*.suffix`, which wins over `*` (Envoy RouteMatcher::findVirtualHost)."""
+        host = authority.lower()
+        if host.startswith("["):
+            host = host[: host.find("]") + 1] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        exact = next((r for r in self.routes if r.host == host), None)
+        if exact is not None:
+            return exact
+        suffixes = sorted((r for r in self.routes if r.host.startswith("*") and r.host != "*"
+                           and host.endswith(r.host[1:]) and len(host) > len(r.host) - 1),
+                          key=lambda r: -len(r.host))
+        if suffixes:
+            return suffixes[0]
+        return next((r for r in self.routes if r.host == "*"), None)
 
     def __hash__(self) -> int:
         return hash(self.ref)

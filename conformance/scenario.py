@@ -38,6 +38,7 @@ from conformance.model import (
     Expectation,
     ExtAuthzKind,
     ExtensionProvider,
+    GatewayRoute,
     Issuer,
     JwtSpec,
     Manifest,
@@ -285,12 +286,14 @@ class _Loader:
             trust_domain=_str(mesh_doc.get("trustDomain")) or MeshConfig.trust_domain,
             extension_providers=tuple(self._providers(_list(mesh_doc.get("extensionProviders")))),
             pilot_env=self._pilot_env(mesh_doc.get("pilotEnv")),
+            num_trusted_proxies=_count(mesh_doc.get("numTrustedProxies")),
         )
         issuers = {i.name: i for i in self._issuers(_list(spec.get("issuers")))}
         name, description = _str(meta.get("name")) or "", _str(meta.get("description")) or ""
         derived = self._workloads_from(spec.get("workloadsFrom"))
         workloads = self._workloads(_list(spec.get("workloads")), derived)
         by_ref = {w.ref: w for w in workloads}
+        self._gateways(_list(spec.get("workloads")), workloads, by_ref)
         self._provider_ports(mesh, workloads)
         waypoints, explicit = self._waypoints(spec.get("waypoints"), workloads, by_ref,
                                               derived.waypoints if derived else {})
@@ -329,8 +332,9 @@ class _Loader:
         if "mixed" not in modes:
             self.error("dataplanes only applies to mode mixed: add mixed to spec.modes, or remove spec.dataplanes "
                        "(every other mode puts every namespace on one data plane)", "", "spec.dataplanes")
-        meshed = {w.namespace for w in workloads if w.in_mesh}
+        meshed = {w.namespace for w in workloads if w.in_mesh and not w.is_gateway}
         outside = {w.namespace for w in workloads if not w.in_mesh}
+        gateways = {w.namespace for w in workloads if w.is_gateway}
         wp_namespaces = {w.namespace for w in waypoints}
         for namespace, plane in _map(value).items():
             if (not isinstance(namespace, str) or plane not in DATAPLANES
@@ -338,6 +342,11 @@ class _Loader:
                 continue  # the schema reported it
             where = f"namespace '{namespace}'"
             field = f"spec.dataplanes.{namespace}"
+            if namespace in gateways:
+                self.error(f"namespace '{namespace}' holds an ingress gateway, which is its own Envoy in every mode: "
+                           "it takes no data plane (keep gateways out of ambient namespaces, research note "
+                           "ingress-gateways-1.30.md §2)", where, field)
+                continue
             if namespace in outside:
                 self.error(f"namespace '{namespace}' holds out-of-mesh workloads only: it has no data plane "
                            "(mesh: false means no sidecar and no ambient capture)", where, field)
@@ -543,7 +552,7 @@ class _Loader:
                     "an out-of-mesh workload (mesh: false) is a client only; server ports on it are not "
                     "supported yet", where, f"spec.workloads[{i}].ports")
             raw_kind = w.get("kind", "app" if old is None else old.kind)
-            kind: WorkloadKind = "ext-authz" if raw_kind == "ext-authz" else "app"
+            kind: WorkloadKind = raw_kind if raw_kind in WORKLOAD_KINDS else "app"
             if raw_kind in WORKLOAD_KINDS and kind == "ext-authz" and not ports \
                     and not self.damaged("spec", "workloads", i, "ports"):
                 self.error("a workload of kind ext-authz is the suite's external authorizer: give it the port(s) "
@@ -556,7 +565,7 @@ class _Loader:
                 service_account=_str(w.get("serviceAccount")) or (old.service_account if old else name),
                 labels=dict(labels) if good_labels and isinstance(labels, Mapping)
                 else old.labels if old is not None else {"app": name},
-                ports=tuple(ports), in_mesh=in_mesh, kind=kind,
+                ports=tuple(ports), in_mesh=in_mesh, kind=kind, routes=self._routes(w, i, where),
             )
             if self.damaged("spec", "workloads", i, "ports"):
                 self.unsure_ports.add(workload.ref)
@@ -587,6 +596,91 @@ class _Loader:
                     where, field)
         return out
 
+    def _gateway_probe(self, source: Workload, gateway: Workload, port: Port | None, headers: Mapping[Any, Any],
+                       where: str) -> Workload | None:
+        """`source`, if it may probe `gateway` with these headers, else None (the error said why): clients of a
+        gateway are outside the mesh, and the Host (port ignored, gateway.go l.572) must have a route: without one
+        the gateway answers 404 route_not_found, which is neither an allow nor a denial."""
+        if source.in_mesh:
+            self.error(f"a probe to the ingress gateway '{gateway.ref}' from in-mesh workload '{source.ref}' is not "
+                       "supported yet (the gateway's listener is plaintext HTTP; its clients are outside the mesh: "
+                       "mesh: false)", where, "from")
+            return None
+        if port is None:
+            return source
+        host = Request(headers=tuple((k, v) for k, v in headers.items() if isinstance(k, str)
+                                     and isinstance(v, str))).header("host")
+        authority = host if host is not None else f"{gateway.name}.{gateway.namespace}"
+        if gateway.route_for(authority) is None:
+            hosts = ", ".join(r.host for r in gateway.routes) or "none"
+            self.error(f"the ingress gateway '{gateway.ref}' has no route for Host '{authority}' (its routes: "
+                       f"{hosts}): it would answer 404 route_not_found; set request.headers.host", where,
+                       "request.headers.host")
+            return None
+        return source
+
+    def _routes(self, doc: Mapping[str, Any], i: int, where: str) -> tuple[GatewayRoute, ...]:
+        """`routes` of an ingress gateway: `[{host, to: ns/name:port}]`, hosts unique (one vhost each, lower case
+        as istiod writes vhost domains, gateway.go@1.30 l.488-511). Their targets are checked once every workload
+        is known (`_gateways`)."""
+        raw = doc.get("routes")
+        if raw is None:
+            return ()
+        if doc.get("kind") != "ingress-gateway":
+            self.error("routes belong to a workload of kind ingress-gateway", where, f"spec.workloads[{i}].routes")
+            return ()
+        out: list[GatewayRoute] = []
+        for j, r in enumerate(_list(raw)):
+            host, to = _str(_map(r).get("host")), _str(_map(r).get("to"))
+            m = _TO_RE.match(to) if to is not None else None
+            if host is None or m is None or m.group("port") is None \
+                    or self.damaged("spec", "workloads", i, "routes", j):
+                continue  # the schema reported it
+            if any(o.host == host.lower() for o in out):
+                self.error(f"host '{host}' is routed twice", where, f"spec.workloads[{i}].routes[{j}].host")
+                continue
+            out.append(GatewayRoute(host.lower(), m.group("ref"), int(m.group("port"))))
+        return tuple(out)
+
+    def _gateways(self, docs: Sequence[Any], workloads: Sequence[Workload], by_ref: Mapping[str, Workload]) -> None:
+        """Ingress gateways as the suite models them: in the mesh (an identity), HTTP ports, at least one route, each
+        to an in-mesh app's HTTP port, and a namespace of their own (no app shares it: ambient capture of a
+        gateway's namespace is what the research note §2 warns against)."""
+        apps_ns = {w.namespace for w in workloads if not w.is_gateway}
+        for i, doc in enumerate(docs):
+            w = by_ref.get(f"{_map(doc).get('namespace')}/{_map(doc).get('name')}")
+            if w is None or not w.is_gateway or self.damaged("spec", "workloads", i):
+                continue
+            where, base = f"workload '{w.ref}'", f"spec.workloads[{i}]"
+            if not w.in_mesh:
+                self.error("an ingress gateway is an Istio proxy with its own identity: mesh: false does not apply",
+                           where, f"{base}.mesh")
+            if not w.ports:
+                self.error("an ingress gateway needs the port(s) it listens on (ports: [80])", where, f"{base}.ports")
+            for j, port in enumerate(w.ports):
+                if port.protocol != "HTTP":
+                    self.error(f"port {port.number}: an ingress gateway's TCP servers are not supported yet (only HTTP "
+                               "servers get the HTTP RBAC this suite models, gateway.go l.260-300)", where,
+                               f"{base}.ports[{j}]")
+            if not w.routes and "routes" not in _map(doc):
+                self.error("an ingress gateway needs routes: [{host: ..., to: ns/name:port}]", where, f"{base}.routes")
+            if w.namespace in apps_ns:
+                self.error(f"namespace '{w.namespace}' holds other workloads: give the ingress gateway a namespace of "
+                           "its own (istio-ingress, istio-system)", where, f"{base}.namespace")
+            for j, r in enumerate(w.routes):
+                field = f"{base}.routes[{j}].to"
+                target = by_ref.get(r.to)
+                target_port = target.port(r.port) if target is not None else None
+                if target is None:
+                    self.error(f"unknown workload '{r.to}'{_suggest(r.to, by_ref)}", where, field)
+                elif target.is_gateway or target.kind == "ext-authz" or not target.in_mesh:
+                    self.error(f"a route goes to an in-mesh app workload, not '{r.to}'", where, field)
+                elif target_port is None:
+                    served = ", ".join(str(p.number) for p in target.ports) or "none"
+                    self.error(f"workload '{r.to}' does not serve port {r.port} (it serves {served})", where, field)
+                elif target_port.protocol != "HTTP":
+                    self.error(f"port {r.port} of '{r.to}' is TCP: a Host route needs an HTTP port", where, field)
+
     def _waypoints(
         self, docs: object, workloads: Sequence[Workload], by_ref: Mapping[str, Workload],
         named: Mapping[str, str] | None = None,
@@ -594,7 +688,7 @@ class _Loader:
         """`spec.waypoints`, or the default: one per namespace serving ports, named `waypoint` unless the manifests
         of `workloadsFrom` name that namespace's waypoint (`named`: istio.io/use-waypoint, a waypoint Gateway)."""
         if docs is None:
-            server_ns = dict.fromkeys(w.namespace for w in workloads if w.in_mesh and w.ports)
+            server_ns = dict.fromkeys(w.namespace for w in workloads if w.in_mesh and w.ports and not w.is_gateway)
             out = [Waypoint((named or {}).get(ns, "waypoint"), ns) for ns in server_ns]
             return [wp for wp in out if wp.ref not in by_ref], False
         out: list[Waypoint] = []
@@ -755,6 +849,12 @@ class _Loader:
                 headers=tuple((k, v) for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)),
                 jwt=jwt,
             )
+            if source is not None and source.is_gateway:
+                self.error(f"workload '{source.ref}' is an ingress gateway: it forwards requests, it is no probe "
+                           "source (probe it as the destination, with a Host header)", where, "from")
+                source = None
+            if dest is not None and dest.is_gateway and source is not None:
+                source = self._gateway_probe(source, dest, port, headers, where)
             for field, w in (("from", source), ("to", dest)):
                 if w is not None and w.kind == "ext-authz":
                     self.error(f"workload '{w.ref}' is of kind ext-authz, the suite's external authorizer: it is no "
@@ -865,6 +965,11 @@ class _Loader:
             served = ", ".join(str(p.number) for p in dest.ports)
             self.error(f"workload '{dest.ref}' does not serve port {number} (it serves {served})", where, "to")
         return dest, port
+
+
+def _count(value: object) -> int:
+    """A non-negative integer as the schema allows it (numTrustedProxies); 0 when absent or unusable."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _port(value: object) -> Port | None:

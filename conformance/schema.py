@@ -113,6 +113,7 @@ SCHEMA: dict[str, Any] = {
                         "rootNamespace": {"type": "string", "pattern": DNS_LABEL},
                         "trustDomain": {"type": "string", "minLength": 1, "pattern": r"^[^/\s]+$"},
                         "pilotEnv": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "numTrustedProxies": {"type": "integer", "minimum": 0, "maximum": 4294967295},
                         "extensionProviders": {
                             "type": "array",
                             "items": {
@@ -195,7 +196,21 @@ SCHEMA: dict[str, Any] = {
                                 },
                             },
                             "mesh": {"type": "boolean"},
-                            "kind": {"enum": ["app", "ext-authz"]},
+                            "kind": {"enum": ["app", "ext-authz", "ingress-gateway"]},
+                            "routes": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["host", "to"],
+                                    "properties": {
+                                        "host": {"type": "string",
+                                                 "pattern": r"^(\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+                                                            r"(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*)$"},
+                                        "to": {"type": "string", "pattern": r"^[a-z0-9-]+/[a-z0-9-]+:[0-9]+$"},
+                                    },
+                                },
+                            },
                         },
                     },
                 },
@@ -341,6 +356,11 @@ DESCRIPTIONS: dict[str, str] = {
                                "policy there without a selector applies mesh-wide.",
     "spec.mesh.trustDomain": "The mesh trust domain (meshConfig.trustDomain); default cluster.local. Workload "
                              "identities are spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.",
+    "spec.mesh.numTrustedProxies": "meshConfig.defaultConfig.gatewayTopology.numTrustedProxies (default 0): the "
+                                   "gateway's xff_num_trusted_hops. N > 0: remoteIpBlocks and remote.ip at the "
+                                   "gateway see the N-th X-Forwarded-For entry from the right, or the peer address "
+                                   "when XFF is shorter or that entry is no IP; N = 0: the peer address. ipBlocks "
+                                   "and source.ip always see the peer address.",
     "spec.mesh.pilotEnv": (
         "istiod feature flags that change authorization, as istiod's environment (the cluster "
         "targets set them at install, values.pilot.env): a map of variable name to string value, "
@@ -453,7 +473,21 @@ DESCRIPTIONS: dict[str, str] = {
     "spec.workloads[].mesh": "false: outside the mesh (no proxy, no identity, plaintext). Default true.",
     "spec.workloads[].kind": "app (default): the suite's echo app. ext-authz: the suite's external authorizer "
                              "(Istio's samples/extauthz behaviour: allows iff the request has x-ext-authz: allow), "
-                             "serving the ports its providers name; never a probe source or destination.",
+                             "serving the ports its providers name; never a probe source or destination. "
+                             "ingress-gateway: an Istio ingress gateway (its own Envoy and identity, HTTP ports, "
+                             "policies by selector or, with the label gateway.networking.k8s.io/gateway-name, "
+                             "targetRefs to that Gateway), forwarding by Host to its routes; probe it from an "
+                             "out-of-mesh client with a Host header (and X-Forwarded-For); in a namespace of its "
+                             "own.",
+    "spec.workloads[].routes": "kind ingress-gateway only: its Host routes (a Gateway server and a VirtualService); "
+                               "the Host's port is ignored when routing (ignore_port_in_host_matching), not by "
+                               "`hosts` in policies.",
+    "spec.workloads[].routes[].host": "A host name, `*.suffix` or `*`, matched case-insensitively as an Envoy vhost "
+                                      "domain (exact, then the longest suffix, then `*`).",
+    "spec.workloads[].routes[].to": "The destination, <namespace>/<name>:<port>: an in-mesh app's HTTP port. The "
+                                    "gateway reaches a sidecar by mTLS, an ambient pod by HBONE straight to the pod "
+                                    "(its waypoint bypassed unless the workload has the label "
+                                    "istio.io/ingress-use-waypoint: \"true\"), all with its own identity.",
     "spec.steps": "Steps run in order on one mesh; each sets the complete set of policies in force.",
     "spec.steps[].name": "A DNS label naming the step (test ids, reports, `--step`).",
     "spec.steps[].description": "What the step changes and why.",

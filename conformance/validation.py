@@ -1211,10 +1211,6 @@ def _check_source(source: Mapping[Any, Any], path: str, out: _Out) -> bool:
 
     for name in ("requestPrincipals", "notRequestPrincipals"):
         _warn_request_principals(values[name], f"{path}.{name}", name, out)
-    for name in ("remoteIpBlocks", "notRemoteIpBlocks"):
-        if _set(values[name]):
-            out.unsupported(f"{path}.{name}", f"{name} is not supported yet (X-Forwarded-For / proxy protocol "
-                                              "client addresses are not modelled)")
     for name in td_fields:
         if _set(values[name]) and not f.trust_domain_checks:
             out.unsupported(f"{path}.{name}", f"{name} is not supported yet before Istio 1.30.2 (the 1.30.0 CRD "
@@ -1329,10 +1325,7 @@ def _check_condition(cond: Mapping[Any, Any], path: str, out: _Out) -> None:
     if key in _REQUEST_PRINCIPAL_KEYS:
         for field_name in ("values", "notValues"):
             _warn_request_principals(_get(cond, field_name), f"{path}.{field_name}", key, out)
-    if key == "remote.ip":
-        out.unsupported(f"{path}.key", "when key remote.ip is not supported yet (X-Forwarded-For / proxy protocol "
-                                       "client addresses are not modelled)")
-    elif key.startswith("experimental."):
+    if key.startswith("experimental."):
         out.unsupported(f"{path}.key", f"when key {key} is not supported yet (Envoy filter metadata is not modelled)")
     elif key == "source.trustDomain" and not f.trust_domain_checks:
         out.unsupported(f"{path}.key", "when key source.trustDomain is not supported yet before Istio 1.30.2 (istiod's "

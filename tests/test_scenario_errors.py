@@ -61,7 +61,8 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("bad CIDR (validation.go)", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(
         rules=[{"from": [{"source": {"ipBlocks": ["10.0.0.300/8"]}}]}]), ["ipBlocks[0]"]),
     ("not supported yet", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(
-        rules=[{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}]), ["remoteIpBlocks", "not supported yet"]),
+        rules=[{"when": [{"key": "experimental.envoy.filters.a[b]", "values": ["v"]}]}]),
+     ["experimental.envoy.filters", "not supported yet"]),
     ("missing policy file", lambda d: _step(d, "allow-finance")["policies"].append({"file": "nope.yaml"}),
      ["policies[1].file", "not found"]),
     ("unknown address placeholder", lambda d: _step(d, "deny-all")["policies"][0]["spec"].update(

@@ -25,16 +25,19 @@ from functools import cached_property
 
 from conformance import pilotenv
 from conformance.engine import custom as ext
-from conformance.engine import flags, jwt
+from conformance.engine import flags, jwt, xff
 from conformance.engine.matchers import normalize_path
 from conformance.engine.mtls import STATIC_STRICT, SidecarMtls, ZtunnelMtls, sidecar_mtls, ztunnel_mtls
 from conformance.engine.path import (
     AMBIENT_TO_SIDECAR,
     AMBIENT_TO_WAYPOINT,
+    INGRESS_TO_SIDECAR,
+    INGRESS_TO_WAYPOINT,
     OUTSIDE_TO_SIDECAR,
     SIDECAR_TO_AMBIENT,
     SIDECAR_TO_SIDECAR,
     Route,
+    ingress_route,
     route,
 )
 from conformance.engine.policy import (
@@ -46,7 +49,7 @@ from conformance.engine.policy import (
     compile_request_authentication,
 )
 from conformance.engine.proxy import Attributes, Check, EnvoySemantics
-from conformance.engine.scope import applies_at_waypoint, applies_to_workload, scope_of
+from conformance.engine.scope import applies_at_waypoint, applies_to_gateway, applies_to_workload, scope_of
 from conformance.engine.ztunnel import Connection, Translated, first_matching_rule, translate
 from conformance.model import (
     ALLOWED,
@@ -55,6 +58,7 @@ from conformance.model import (
     DENIED_L4,
     DENIED_L7,
     DENIED_UPSTREAM,
+    INGRESS_USE_WAYPOINT,
     DataPlane,
     Issuer,
     Manifest,
@@ -154,12 +158,17 @@ class Decision:
     # for JWT_REJECTED: the JWT filter's message the proof must carry ("Jwt is expired"...), as Proof.detail;
     # None when the engine knows the token fails but not in which words (jwt.UNWORDED)
     detail: str | None = None
+    # the workload (`ns/name`) whose sidecar or ztunnel decided when it is not the probe's destination: the route's
+    # destination behind an ingress gateway (a gateway's own decision is the probe's destination's)
+    at: str | None = None
 
     def enforcer(self, probe: Probe) -> str | None:
         """`layer:ns/name` of the proxy that makes this decision (None when no proxy is involved)."""
         if self.layer is None:
             return None
-        return f"{self.layer}:{self.waypoint if self.layer == 'waypoint' else probe.destination.ref}"
+        if self.layer == "waypoint":
+            return f"waypoint:{self.waypoint}"
+        return f"{self.layer}:{self.at or probe.destination.ref}"
 
 
 # -- compiled per state, version and data plane ------------------------------------------------------
@@ -229,8 +238,9 @@ class _Compiled:
         namespace and the root namespace, ShouldAttachPolicy: selector subset, never targetRefs)."""
         found = self._ras.get(w.ref)
         if found is None:
+            applies = applies_to_gateway if w.is_gateway else applies_to_workload
             found = self._ras[w.ref] = tuple(r for r in self.state.request_authentications
-                                             if applies_to_workload(r, w, self.state.mesh))
+                                             if applies(r, w, self.state.mesh))
         return found
 
     def ras_at_waypoint(self, waypoint: Waypoint, service: Workload) -> tuple[RequestAuthentication, ...]:
@@ -256,7 +266,8 @@ class _Compiled:
     def for_workload(self, w: Workload) -> tuple[AuthorizationPolicy, ...]:
         found = self._per_workload.get(w.ref)
         if found is None:
-            found = tuple(p for p in self.state.authorization_policies if applies_to_workload(p, w, self.state.mesh))
+            applies = applies_to_gateway if w.is_gateway else applies_to_workload
+            found = tuple(p for p in self.state.authorization_policies if applies(p, w, self.state.mesh))
             self._per_workload[w.ref] = found
         return found
 
@@ -389,7 +400,9 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
     else:
         trace.on and trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
               "principal, namespace or serviceAccount can match it (their not-forms do).")
-    if mode == "sidecar":
+    if probe.destination.is_gateway:
+        result = _ingress(c, probe, mode, trace)
+    elif mode == "sidecar":
         result = _sidecar(c, probe, trace)
     elif mode == "ambient":
         result = _ambient_ztunnel(c, probe, trace, via=None)
@@ -404,6 +417,8 @@ def probe_route(state: State, probe: Probe, mode: Mode, version: IstioVersion) -
     """The hops of `probe` in `mode` (path.py): which proxies it meets, what each sees, which may decide."""
     c = state.compiled(mode, version)
     dst = probe.destination
+    if dst.is_gateway:
+        return _ingress_route(c, probe, mode)
     disabled = c.sidecar_mtls(dst, probe.port.number).mode == "DISABLE"
     waypoint = state.waypoint_for(dst) if mode in ("waypoint", "mixed") else None
     return route(probe, mode, dict(state.dataplanes), state.mesh.trust_domain, waypoint, plaintext_port=disabled)
@@ -452,14 +467,15 @@ def _sidecar_hbone(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
               "not-forms hold. There is no SNI, and no client sidecar normalized the path first.")
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, identity, WAYPOINT_DIRECT_REMOTE, http=not tcp, version=c.version,
-                        sidecar_sni=False)
+                        sidecar_sni=False, remote_peer=state.addresses.get(src.ref, ""))
     _trace_path(probe, attrs, c.version, trace)
     return _envoy_proxy(c, f"sidecar:{dst.ref}", c.for_workload(dst), c.ras_for_workload(dst), attrs, probe, tcp,
                         "sidecar", trace)
 
 
 def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str, http: bool,
-                version: IstioVersion, sidecar_sni: bool = True, client_sidecar: bool = False) -> Attributes:
+                version: IstioVersion, sidecar_sni: bool = True, client_sidecar: bool = False,
+                remote_peer: str | None = None) -> Attributes:
     """What the enforcing Envoy sees. `sidecar_sni`: the connection is the client sidecar's mTLS, whose SNI
     is Istio's outbound_.<port>_._.<svc>.<ns>.svc.cluster.local (plaintext has none). A waypoint's inner
     listener sees no SNI for the plaintext HTTP and TCP services modelled here: istiod enables the TLS
@@ -480,6 +496,11 @@ def _attributes(state: State, probe: Probe, identity: str | None, source_ip: str
         path=_request_path(r.path, version, client_sidecar) if http else None,
         headers=_visible_headers(jwt.carried_headers(r)) if http else (),
         host=probe.authority if http else None,
+        # `remote_ip`: a sidecar's or waypoint's HCM (use_remote_address false, no trusted hops) takes the right-most
+        # X-Forwarded-For entry when it is an IP, else the connection's remote address (xff.py): the peer, or at
+        # an HBONE-terminating listener the client address original_dst restored (`remote_peer`)
+        remote_ip=xff.remote_address(r.header(xff.XFF) if http else None,
+                                     source_ip if remote_peer is None else remote_peer, use_remote_address=False),
     )
 
 
@@ -882,9 +903,10 @@ def _ambient_ztunnel(c: _Compiled, probe: Probe, trace: _Trace, via: Waypoint | 
         identity = src.identity(td) if src.in_mesh else None
         source_ip = state.addresses.get(src.ref, "")
         trace.on and trace("The destination's ztunnel enforces (L4 only, per connection)."
-                           + (f" The client's sidecar tunnels to it with its own certificate: ztunnel sees {identity}; "
-                              "a refusal resets the tunnel and the sidecar answers the client 503 (an HTTP port)."
-                              if client_sidecar else ""))
+                           + (f" The client's {'ingress gateway' if src.is_gateway else 'sidecar'} tunnels to it "
+                              f"with its own certificate: ztunnel sees {identity}; a refusal resets the tunnel and "
+                              f"the {'gateway' if src.is_gateway else 'sidecar'} answers the client 503 (an HTTP "
+                              "port)." if client_sidecar else ""))
         if trace.on:
             for ra in c.ras_for_workload(dst):
                 trace(f"  RequestAuthentication {ra.ref} selects {dst.ref}, but ztunnel has no JWT filter (nothing in "
@@ -1022,7 +1044,7 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
           "(Gateway, Service, GatewayClass istio-waypoint); selector and namespace-wide policies are ignored there.")
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), WAYPOINT_DIRECT_REMOTE, http=not tcp,
-                        version=c.version, sidecar_sni=False)
+                        version=c.version, sidecar_sni=False, remote_peer=state.addresses.get(src.ref, ""))
     trace.on and trace("  At the waypoint, `ipBlocks` and `source.ip` see no client address: istiod compiles them to "
                        "Envoy's direct_remote_ip (generator.go srcIPGenerator), and the waypoint's inner listener "
                        f"only restores the remote address, so the direct one stays {WAYPOINT_DIRECT_REMOTE} "
@@ -1050,4 +1072,108 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     after = _ambient_ztunnel(c, probe, trace, via=waypoint)
     if after.verdict == "allow" and after.reason == NO_POLICY and at_waypoint.reason != NO_POLICY:
         return at_waypoint
+    return after
+
+
+# -- ingress gateways ------------------------------------------------------------------------------------
+
+
+def ingress_target(state: State, probe: Probe) -> tuple[Workload, Probe] | None:
+    """The workload a gateway probe's Host routes to, and the request as the gateway sends it on: from the gateway
+    (its identity), to that workload's port, with X-Forwarded-For as the gateway forwards it (its peer, the client,
+    appended: conn_manager_utility.cc mutateRequestHeaders, skip_xff_append unset by istiod). None when the Host
+    has no route (the loader refuses such probes: the gateway would answer 404)."""
+    gateway = probe.destination
+    found = gateway.route_for(probe.authority)
+    backend = state_workload(state, found.to) if found is not None else None
+    port = backend.port(found.port) if backend is not None and found is not None else None
+    if backend is None or port is None:
+        return None
+    r = probe.request
+    forwarded = xff.appended(r.header(xff.XFF), state.addresses.get(probe.source.ref, ""))
+    headers = (*((k, v) for k, v in r.headers if k.lower() != xff.XFF), (xff.XFF, forwarded))
+    return backend, Probe(gateway, backend, port, replace(r, headers=headers))
+
+
+def state_workload(state: State, ref: str) -> Workload | None:
+    return next((w for w in state.workloads if w.ref == ref), None)
+
+
+def _backend_plane(state: State, backend: Workload, mode: Mode) -> DataPlane:
+    if mode == "mixed":
+        return state.dataplanes.get(backend.namespace, "sidecar")
+    return "sidecar" if mode == "sidecar" else ("waypoint" if mode == "waypoint" else "ambient")
+
+
+def uses_waypoint_for_ingress(backend: Workload) -> bool:
+    """istio.io/ingress-use-waypoint on the backend's Service (a workload's labels stand for its Service's here),
+    read with strconv.ParseBool; an unparsable value counts as false (serviceregistry/ambient/services.go@1.30
+    l.271-290, l.771-788). The Namespace form of the label is not modelled."""
+    value = backend.labels.get(INGRESS_USE_WAYPOINT)
+    return value is not None and pilotenv.parse_bool(value) is True
+
+
+def _ingress_route(c: _Compiled, probe: Probe, mode: Mode) -> Route:
+    target = ingress_target(c.state, probe)
+    assert target is not None, "the loader refuses gateway probes without a route"
+    backend, _ = target
+    plane = _backend_plane(c.state, backend, mode)
+    waypoint = c.state.waypoint_for(backend) if plane == "waypoint" else None
+    return ingress_route(probe, backend, plane, c.state.mesh.trust_domain, waypoint,
+                         uses_waypoint_for_ingress(backend))
+
+
+def _ingress(c: _Compiled, probe: Probe, mode: Mode, trace: _Trace) -> Decision:
+    """A probe to an ingress gateway (research note ingress-gateways-1.30.md): the gateway's own Envoy decides first
+    (listener_builder.go buildHTTPConnectionManager: CUSTOM, JWT, RBAC, as a sidecar's inbound HCM, principals from
+    the TLS peer, none here: its clients are plaintext), with `remote_ip` from X-Forwarded-For and
+    numTrustedProxies and `direct_remote_ip` the peer; then the route's destination decides as its data plane does,
+    seeing the gateway's identity and address (path.py ingress_route)."""
+    state, gateway = c.state, probe.destination
+    target = ingress_target(state, probe)
+    assert target is not None, "the loader refuses gateway probes without a route"
+    backend, onward = target
+    n = c.state.mesh.num_trusted_proxies
+    peer = state.addresses.get(probe.source.ref, "")
+    received = probe.request.header(xff.XFF)
+    remote = xff.remote_address(received, peer, use_remote_address=True, trusted_hops=n)
+    path = _ingress_route(c, probe, mode)
+    if trace.on:
+        trace(f"Ingress gateway {gateway.ref} ({gateway.identity(state.mesh.trust_domain)}): Host {probe.authority!r} "
+              f"routes to {backend.ref}:{onward.port.number} (routing ignores the Host's port, gateway.go "
+              "ignore_port_in_host_matching; policies' `hosts` do not). Path "
+              f"({path.crossing}): {path.describe()}.")
+        trace(f"  Why: {path.why}.")
+        how = ("numTrustedProxies is 0: the gateway ignores X-Forwarded-For and `remote_ip` is its peer" if n == 0 else
+               f"numTrustedProxies is {n}: `remote_ip` is entry {n} from the right of the X-Forwarded-For received "
+               f"(getLastAddressFromXFF skipping {n - 1}), or the peer when there are fewer entries or that one is "
+               "no IP")
+        trace(f"  At the gateway (use_remote_address true, xff_num_trusted_hops {n}: gateway.go l.678-732): {how}; "
+              f"X-Forwarded-For {received!r} → remoteIpBlocks / remote.ip see {remote}; ipBlocks / source.ip see the "
+              f"peer, {peer} (direct_remote_ip). It appends the peer to X-Forwarded-For before its filters run.")
+    fwd_xff = onward.request.header(xff.XFF)
+    attrs = Attributes(
+        principal=None, source_ip=peer, destination_ip=state.addresses.get(gateway.ref, ""),
+        destination_port=probe.port.number, sni=None, method=probe.request.method,
+        path=_request_path(probe.request.path, c.version, False),
+        headers=_visible_headers(jwt.carried_headers(onward.request)), host=probe.authority, remote_ip=remote)
+    at_gateway = _envoy_proxy(c, f"gateway:{gateway.ref}", c.for_workload(gateway), c.ras_for_workload(gateway),
+                              attrs, probe, False, "gateway", trace)
+    if at_gateway.verdict == "deny":
+        return at_gateway
+    plane = _backend_plane(state, backend, mode)
+    trace.on and trace(f"The gateway sends the request on as {gateway.identity(state.mesh.trust_domain)} from "
+                       f"{state.addresses.get(gateway.ref, '')}, X-Forwarded-For {fwd_xff!r}: at a sidecar or "
+                       "waypoint (use_remote_address false) remoteIpBlocks see its right-most entry, the gateway's "
+                       f"peer. {backend.ref} runs the {plane} data plane.")
+    if path.crossing == INGRESS_TO_SIDECAR:
+        after = _sidecar(c, onward, trace)
+    elif path.crossing == INGRESS_TO_WAYPOINT:
+        after = _waypoint_mode(c, onward, trace)
+    else:
+        after = _ambient_ztunnel(c, onward, trace, via=None, client_sidecar=True)
+    if after.layer != "waypoint":
+        after = replace(after, at=backend.ref)
+    if after.verdict == "allow" and after.reason == NO_POLICY and at_gateway.reason != NO_POLICY:
+        return at_gateway
     return after

@@ -29,6 +29,12 @@ What Istio 1.30.3 does on each crossing (istio/istio@1.30.3, istio/ztunnel@1.30.
   (the waypoint mode of this engine).
 - out-of-mesh client: plaintext to the pod; a sidecar's PERMISSIVE chain or ztunnel's inbound passthrough
   decides with no identity; a waypoint is never on the path (nothing captured the client).
+- out-of-mesh client → ingress gateway → a route's destination (research note ingress-gateways-1.30.md §2): the
+  gateway decides first (its own RBAC, remote_ip from X-Forwarded-For), then sends on with its own certificate:
+  Istio mTLS to a sidecar pod (endpoint_builder.go L708-717, even in the ambient profile), HBONE straight to an
+  ambient pod, bypassing its waypoint (L372-381, L742-752, L896-919; TestIngressToWaypoint "endpoint routing"),
+  or, when the service carries istio.io/ingress-use-waypoint=true, HBONE to the waypoint (findServiceWaypoint
+  serves routers), which then connects on as itself.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from conformance.model import DataPlane, Mode, Probe, Waypoint
+from conformance.model import DataPlane, Mode, Probe, Waypoint, Workload
 
 SourcePlane = Literal["outside", "sidecar", "ambient"]
 
@@ -48,6 +54,11 @@ AMBIENT_TO_AMBIENT = "ambient->ambient"
 AMBIENT_TO_WAYPOINT = "ambient->waypoint"
 OUTSIDE_TO_SIDECAR = "outside->sidecar"
 OUTSIDE_TO_AMBIENT = "outside->ambient"  # also to a waypoint namespace: nothing captured the client
+# Through an ingress gateway: `outside->gateway->` + the destination's plane (`waypoint` only when the gateway is
+# routed through it: istio.io/ingress-use-waypoint; a bypassed waypoint namespace is `ambient`).
+INGRESS_TO_SIDECAR = "outside->gateway->sidecar"
+INGRESS_TO_AMBIENT = "outside->gateway->ambient"
+INGRESS_TO_WAYPOINT = "outside->gateway->waypoint"
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,15 @@ _WHY = {
     OUTSIDE_TO_SIDECAR: "plaintext to the sidecar's inbound listener (PERMISSIVE: no identity; STRICT: no chain)",
     OUTSIDE_TO_AMBIENT: "plaintext to the pod, captured by its ztunnel's inbound passthrough with no identity "
                         "(ztunnel inbound_passthrough.rs); no waypoint is on the path",
+    INGRESS_TO_SIDECAR: "the gateway sends Istio mTLS with its own certificate to the sidecar pod (endpoint_builder.go "
+                        "L708-717: an endpoint with tlsMode istio gets mTLS, PILOT_PREFER_SENDING_HBONE is false)",
+    INGRESS_TO_AMBIENT: "the gateway sends HBONE with its own certificate straight to the ambient pod "
+                        "(endpoint_builder.go supportTunnel L808-835); a service waypoint is bypassed unless the "
+                        "service opts in with istio.io/ingress-use-waypoint (findServiceWaypoint L896-919, "
+                        "TestIngressToWaypoint): only the destination ztunnel enforces, and sees the gateway",
+    INGRESS_TO_WAYPOINT: "istio.io/ingress-use-waypoint is true on the service: the gateway sends HBONE to the "
+                         "service's waypoint (endpoint_builder.go L376-379, L719-741), which applies its targetRefs "
+                         "policies seeing the gateway, and connects on as itself to the destination ztunnel",
 }
 
 
@@ -172,3 +192,36 @@ def route(probe: Probe, mode: Mode, dataplanes: dict[str, DataPlane] | None, tru
     if kind in (SIDECAR_TO_AMBIENT, OUTSIDE_TO_AMBIENT) and dst_plane == "waypoint" and waypoint is not None:
         why += f"; waypoint {waypoint.ref} is bypassed, so its targetRefs policies do not apply"
     return Route(kind, src_plane, dst_plane, tuple(hops), why)
+
+
+def ingress_route(probe: Probe, backend: Workload, backend_plane: DataPlane, trust_domain: str,
+                  waypoint: Waypoint | None, use_waypoint: bool) -> Route:
+    """The hops of `probe` to an ingress gateway that routes it to `backend`, whose namespace runs `backend_plane`
+    (sidecar, or ambient / waypoint capture). `waypoint`: the backend namespace's waypoint, if any; `use_waypoint`:
+    istio.io/ingress-use-waypoint holds for the backend's service (with a waypoint, Istio 1.30 then routes the
+    gateway through it)."""
+    gateway = probe.destination
+    gid = gateway.identity(trust_domain)
+    hops = [Hop("gateway", gateway.ref, None, gid,
+                "selector, namespace and root-namespace policies (L7; remoteIpBlocks from X-Forwarded-For), "
+                "targetRefs to its Gateway, RequestAuthentication, CUSTOM", decides=True)]
+    through = backend_plane == "waypoint" and waypoint is not None and use_waypoint
+    if backend_plane == "sidecar":
+        kind = INGRESS_TO_SIDECAR
+        hops.append(Hop("sidecar", backend.ref, gid, None,
+                        "selector, namespace and root-namespace policies (L7), RequestAuthentication, CUSTOM",
+                        decides=True))
+    elif through and waypoint is not None:
+        kind = INGRESS_TO_WAYPOINT
+        wid = waypoint.identity(trust_domain)
+        hops.append(Hop("waypoint", waypoint.ref, gid, wid, "targetRefs policies (L7)", decides=True))
+        hops.append(Hop("ztunnel", backend.ref, wid, None, "selector, namespace and root-namespace policies (L4 only)",
+                        decides=True))
+    else:
+        kind = INGRESS_TO_AMBIENT
+        hops.append(Hop("ztunnel", backend.ref, gid, None, "selector, namespace and root-namespace policies "
+                        "(L4 only)", decides=True))
+    why = _WHY[kind]
+    if kind == INGRESS_TO_AMBIENT and backend_plane == "waypoint" and waypoint is not None:
+        why += f"; waypoint {waypoint.ref} is bypassed, so its targetRefs policies do not apply"
+    return Route(kind, "outside", "waypoint" if through else backend_plane, tuple(hops), why)

@@ -19,9 +19,9 @@ SOURCE_FIELDS = (
     "principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts",
     "ipBlocks", "notIpBlocks",
     "trustDomains", "notTrustDomains",  # Istio 1.30.2+ (istio/istio#59358, backported in #60528)
-    # L7 sources: Envoy matches request principals on the JWT filter's metadata (proxy.py); remote IPs are not
-    # supported by the scenarios yet. The ztunnel translation must see both to drop or strip the rule the way
-    # istiod does (ambient/authorization.go httpSources).
+    # L7 sources: Envoy matches request principals on the JWT filter's metadata and remote IPs on the HCM's remote
+    # address (proxy.py, xff.py). The ztunnel translation must see both to drop or strip the rule the way istiod
+    # does (ambient/authorization.go httpSources).
     "requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks",
 )
 OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")

@@ -96,6 +96,9 @@ class Attributes:
     # the payload the JWT filter verified, normalized (space-delimited claims as lists), as Envoy's dynamic
     # metadata `envoy.filters.http.jwt_authn` / `payload` holds it; None: no verified token
     payload: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    # what RBAC `remote_ip` matches (remoteIpBlocks, remote.ip): the HCM's remote address, from X-Forwarded-For by
+    # Envoy's rule (xff.py) or the peer; None: the same as `source_ip` (no XFF, an ordinary connection)
+    remote_ip: str | None = None
 
     uri: str | None = field(init=False, default=None, compare=False)  # `spiffe://` + principal
 
@@ -196,6 +199,8 @@ class EnvoySemantics:
             return self.trust_domain_value(value)
         if name == "ipBlocks" or name == "source.ip":
             return lambda a: ip_in(value, a.source_ip)
+        if name == "remoteIpBlocks" or name == "remote.ip":  # generator.go remoteIPGenerator → `remote_ip`
+            return lambda a: ip_in(value, a.remote_ip if a.remote_ip is not None else a.source_ip)
         if name == "destination.ip":
             return lambda a: ip_in(value, a.destination_ip)
         if name == "ports" or name == "destination.port":

@@ -95,3 +95,25 @@ def applies_at_waypoint(policy: Attachable, waypoint: Waypoint, service: Workloa
     """Waypoints never use selector or namespace-wide policies (API: "selector policies will be
     ignored"); only policies whose targetRefs bind this waypoint or this service."""
     return any(binds_waypoint(r, policy, waypoint, service, mesh, version) for r in policy.target_refs)
+
+
+# The pod label a Gateway API gateway's Deployment carries (istio-discovery/files/kube-gateway.yaml l.59-70); a
+# classic gateway (istioctl's istio-ingressgateway, the Helm `gateway` chart) has none.
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def applies_to_gateway(policy: Attachable, gateway: Workload, mesh: MeshConfig) -> bool:
+    """A policy an ingress gateway enforces (policyattachment.go@1.30 ShouldAttachPolicy l.123-200; research note
+    ingress-gateways-1.30.md §6): of the root namespace's and its own namespace's policies (authorization.go
+    ListAuthorizationPolicies), a selector (or no selector) policy as for any workload; for a Gateway API gateway
+    (pod label gateway.networking.k8s.io/gateway-name) also a policy in its namespace whose targetRefs name that
+    Gateway (group gateway.networking.k8s.io, kind Gateway, namespace empty or its own). A classic gateway ignores
+    targetRefs policies entirely (l.133-134). ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY (default true) keeps selector
+    policies on Gateway API gateways."""
+    if not policy.target_refs:
+        return applies_to_workload(policy, gateway, mesh)
+    name = gateway.labels.get(GATEWAY_NAME_LABEL)
+    if name is None or policy.namespace != gateway.namespace:
+        return False
+    return any(r.group == GATEWAY_GROUP and r.kind == "Gateway" and r.name == name
+               and r.namespace in ("", gateway.namespace) for r in policy.target_refs)
