@@ -49,7 +49,7 @@ def test_detects_version_modes_and_mesh_settings():
     found = detect(Kube([istiod("docker.io/istio/pilot:1.30.3")], ztunnel=True, gateway=True,
                         mesh="trustDomain: corp.example\nrootNamespace: istio-config\n"))
     assert (found.version, found.revision, found.default_injection) == ("1.30.3", "default", True)
-    assert found.modes() == ("sidecar", "ambient", "waypoint")
+    assert found.modes() == ("sidecar", "ambient", "waypoint", "mixed")  # mixed: sidecars and ztunnel on one install
     assert (found.trust_domain, found.root_namespace) == ("corp.example", "istio-config")
     sidecar_only = detect(Kube([istiod("docker.io/istio/pilot:1.29.6")]))
     assert sidecar_only.modes() == ("sidecar",) and sidecar_only.trust_domain == "cluster.local"

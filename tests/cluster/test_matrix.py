@@ -20,7 +20,7 @@ M = matrix_mod.load()
 def test_matrix_is_pinned_and_consistent():
     assert M.kind_version.startswith("v") and "@sha256:" in M.node_image
     assert all("@sha256:" in image for image in M.images.values())
-    assert set(M.matrix_modes) == {"sidecar", "ambient", "waypoint"}
+    assert set(M.matrix_modes) == {"sidecar", "ambient", "waypoint", "mixed"}
     assert {v.rsplit(".", 1)[0] for v in M.matrix_istio} == {"1.31", "1.30"}  # issue 16: 1.30 and 1.31
     for version in M.matrix_istio:
         major, minor, patch = map(int, version.split("."))

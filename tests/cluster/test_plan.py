@@ -115,7 +115,7 @@ def test_shard_is_deterministic_and_fits_the_budget():
 
 def test_the_suite_is_sharded_within_ten_minutes_per_job():
     built = plan.build([POLICIES], "kind", None, "1.30.3")
-    assert [m.mode for m in built.modes] == ["sidecar", "ambient", "waypoint"]
+    assert [m.mode for m in built.modes] == ["sidecar", "ambient", "waypoint", "mixed"]
     for mp in built.modes:
         assert mp.shards
         for sh in mp.shards:

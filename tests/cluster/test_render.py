@@ -13,6 +13,8 @@ from conformance.mesh.cluster.manifests.render import (
     APP_SCRIPT,
     WORKLOAD_LABEL,
     RenderSettings,
+    data_plane,
+    deployed_waypoints,
     enrollment_labels,
     render_workloads,
 )
@@ -101,11 +103,10 @@ def test_two_workloads_sharing_app_never_share_a_selector():
 def test_namespace_labels_enroll_in_mesh_namespaces_only(mode):
     scenario, nsmap, docs = render(ROOT / "tests/data/good.yaml", mode)
     labels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs if d["kind"] == "Namespace"}
-    enroll = enrollment_labels(mode)
     for ns in {w.namespace for w in scenario.workloads}:
         in_mesh = any(w.in_mesh for w in scenario.workloads if w.namespace == ns)
         got = labels[nsmap.cluster_namespace(ns)]
-        for k, v in enroll.items():
+        for k, v in enrollment_labels(data_plane(scenario, mode, ns)).items():
             assert (got.get(k) == v) == in_mesh, (ns, got)
         assert got["authz-conformance/run"] == "azt3st00"
     if mode == "waypoint":
@@ -114,6 +115,31 @@ def test_namespace_labels_enroll_in_mesh_namespaces_only(mode):
             assert labels[nsmap.cluster_namespace(ns)]["istio.io/use-waypoint"] == name
     else:
         assert all("istio.io/use-waypoint" not in v for v in labels.values())
+
+
+def test_mixed_labels_each_namespace_for_its_data_plane_on_one_install():
+    """Mode mixed (issue 12): `spec.dataplanes` decides each namespace's labels, a waypoint exists only for a
+    `waypoint` namespace, and only sidecar namespaces' pods wait for their proxy (holdApplicationUntilProxyStarts)."""
+    scenario, nsmap, docs = render(ROOT / "policies" / "mixed-migration.yaml", "mixed")
+    labels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs if d["kind"] == "Namespace"}
+    legacy, shop, pay = (labels[nsmap.cluster_namespace(n)] for n in ("legacy", "shop", "pay"))
+    assert legacy["istio-injection"] == "enabled" and "istio.io/dataplane-mode" not in legacy
+    assert shop["istio.io/dataplane-mode"] == "ambient" and "istio-injection" not in shop
+    assert "istio.io/use-waypoint" not in shop
+    assert pay["istio.io/dataplane-mode"] == "ambient" and pay["istio.io/use-waypoint"] == "waypoint"
+    gateways = [d for d in docs if d["kind"] == "Gateway"]
+    assert [(g["metadata"]["namespace"], g["metadata"]["name"]) for g in gateways] == [
+        (nsmap.cluster_namespace("pay"), "waypoint")]
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        ns = nsmap.scenario_namespace(d["metadata"]["namespace"])
+        held = "proxy.istio.io/config" in d["spec"]["template"]["metadata"]["annotations"]
+        workload = scenario.workload(f"{ns}/{d['metadata']['name']}")
+        assert workload is not None
+        assert held == (data_plane(scenario, "mixed", ns) == "sidecar" and workload.in_mesh), d["metadata"]
+    assert [wp.namespace for wp in deployed_waypoints(scenario, "mixed")] == ["pay"]
+    assert deployed_waypoints(scenario, "ambient") == [] and deployed_waypoints(scenario, "sidecar") == []
 
 
 def test_sidecar_enrollment_by_revision():

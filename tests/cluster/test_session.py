@@ -618,3 +618,49 @@ def test_a_denial_passes_only_with_the_record_the_engine_predicts(world, logged,
         assert record.failing_judgement is not None and "the record says a DENY policy matched" in \
             record.failing_judgement.message
     session.close()
+
+
+def test_mixed_denials_are_looked_for_where_each_crossing_decides(world):
+    """Mode mixed (issue 12) on clusters: the enforcing proxy follows the destination's data plane and the client's
+    (engine/path.py's crossings, from Istio's source): a sidecar client reaches an ambient pod over its own HBONE,
+    around any waypoint, so the destination's ztunnel decides and counts its refusals by the client pod; a captured
+    client's request to a sidecar carries the probe header into the sidecar's HBONE chain; a captured client
+    meets a waypoint namespace's waypoint; what cannot be tied to its probe yet says so (never a silent pass)."""
+    from conformance.mesh.cluster.execprobe import CurlCall
+    from conformance.mesh.cluster.session import ProbeRun
+    from conformance.model import DENIED_L4, DENIED_L7, DENIED_UPSTREAM, Probe, Request
+
+    _scenario, _kube, ctx = world
+    scenario = load(ROOT / "policies" / "mixed-migration.yaml", IstioVersion.parse("1.30"))
+    session = ClusterSession(scenario, "mixed", ctx)
+    pod = {w.ref: PodInfo(f"{w.name}-abc", f"azt3st00-{w.namespace}", f"10.0.0.{i}", "node1", {"x": w.name}, True)
+           for i, w in enumerate(scenario.workloads)}
+    session._pods = pod
+    session._ztunnels = {"node1": PodInfo("ztunnel-x", "istio-system", "10.0.9.9", "node1", {}, True)}
+    session._waypoint_pods = [PodInfo("waypoint-1", "azt3st00-pay", "10.0.8.8", "node1",
+                                      {"gateway.networking.k8s.io/gateway-name": "waypoint"}, True)]
+    w = {x.ref: x for x in scenario.workloads}
+
+    def wanted(src: str, dst: str, port: int, outcome: str) -> object:
+        probe = Probe(w[src], w[dst], w[dst].port(port), Request())  # type: ignore[arg-type]
+        return session._wanted(0, probe, outcome, ProbeRun(CurlCall("p0", "u"), "10.0.0.1:40000", pod[src], 1.0))
+
+    sidecar_to_ambient = wanted("legacy/curl", "shop/api", 9000, DENIED_L4)
+    assert not isinstance(sidecar_to_ambient, str)
+    assert (sidecar_to_ambient.log, sidecar_to_ambient.pooled, sidecar_to_ambient.link) == (
+        "istio-system/ztunnel-x", frozenset({pod["legacy/curl"].ip}), None)
+    upstream = wanted("legacy/curl", "shop/api", 8080, DENIED_UPSTREAM)  # its own sidecar's 503
+    assert not isinstance(upstream, str) and upstream.format == "ztunnel"
+    into_sidecar = wanted("shop/curl", "legacy/orders", 8080, DENIED_L7)
+    assert not isinstance(into_sidecar, str)
+    assert (into_sidecar.log, into_sidecar.probe_id, into_sidecar.local_host) == (
+        f"azt3st00-legacy/{pod['legacy/orders'].name}", "p0", None)
+    assert "does not tie that record to its probe yet" in str(wanted("shop/curl", "legacy/orders", 9000, DENIED_L4))
+    at_waypoint = wanted("shop/curl", "pay/billing", 8080, DENIED_L7)
+    assert not isinstance(at_waypoint, str) and at_waypoint.log == "waypoint:pay/waypoint"
+    # a sidecar client goes around the waypoint: a 403 cannot come from it
+    assert "no proxy here answers that way" in str(wanted("legacy/curl", "pay/billing", 8080, DENIED_L7))
+    proxies, ambient_ns = session._proxies()
+    kinds = sorted((p.kind, p.namespace) for p in proxies)
+    assert kinds == [("sidecar", "azt3st00-legacy"), ("waypoint", "azt3st00-pay"), ("ztunnel", "istio-system")]
+    assert ambient_ns == frozenset({"azt3st00-shop", "azt3st00-pay"})

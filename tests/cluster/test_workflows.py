@@ -115,7 +115,7 @@ def test_e2e_runs_every_mode_and_release_of_the_matrix_with_pinned_tools():
     plan_run = "\n".join(str(s.get("run", "")) for s in jobs["plan"]["steps"])
     assert "plan policies --format github-e2e" in plan_run and "plan policies --format github-upgrade" in plan_run
     include = plan_mod.github_e2e([ROOT / "policies"])["include"]
-    assert {(j["mode"], j["istio"]) for j in include} == {(mo, v) for mo in ("sidecar", "ambient", "waypoint")
+    assert {(j["mode"], j["istio"]) for j in include} == {(mo, v) for mo in ("sidecar", "ambient", "waypoint", "mixed")
                                                             for v in ("1.31.0", "1.30.5")}
     assert {(j["mode"], j["istio"]) for j in include} == {(j["mode"], j["istio"])
                                                           for j in m.github_matrix()["include"]}

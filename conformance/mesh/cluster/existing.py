@@ -35,7 +35,7 @@ from conformance.mesh.cluster import availability
 from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kind import istiod_env, istiod_version, pilot_env_mismatch, sigterm_interrupts
 from conformance.mesh.cluster.kube import Kube
-from conformance.mesh.cluster.manifests.render import enrollment_labels
+from conformance.mesh.cluster.manifests.render import deployed_waypoints, enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
 from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
@@ -66,6 +66,10 @@ class InstalledIstio:
             out.append("ambient")
         if self.waypoints:
             out.append("waypoint")
+        if self.ambient:
+            # mixed: sidecar and ambient namespaces on one install; one with a waypoint needs `waypoint` too
+            # (ClusterSession refuses such a scenario on a cluster without waypoints)
+            out.append("mixed")
         return tuple(out)
 
 
@@ -186,7 +190,8 @@ class ExistingClusterTarget:
                     f"would be for another release (pass --istio-version {installed.version})")
         if mode not in installed.modes():
             why = {"ambient": "no ztunnel DaemonSet: Istio is not installed with the ambient profile",
-                   "waypoint": "waypoints need ambient, the Gateway API CRDs and the istio-waypoint GatewayClass"}
+                   "waypoint": "waypoints need ambient, the Gateway API CRDs and the istio-waypoint GatewayClass",
+                   "mixed": "mode mixed needs ambient (ztunnel) beside sidecar injection"}
             return f"the cluster cannot run the {mode} mode: {why.get(mode, 'not installed')}"
         return None
 
@@ -216,13 +221,16 @@ class ExistingClusterTarget:
                 f"existing cluster the suite adds them to istiod's mesh config (ConfigMap {ISTIO_NAMESPACE}"
                 f"/{mesh_configmap_name(installed.revision)}) for the scenario's run only with "
                 "--allow-mesh-config-update")
+        if mode == "mixed" and deployed_waypoints(scenario, mode) and not installed.waypoints:
+            raise TargetUnavailable(f"{scenario.name} has `waypoint` namespaces in mode mixed, and this cluster "
+                                    "cannot make waypoints (the Gateway API CRDs and the istio-waypoint GatewayClass)")
         revision = None if installed.default_injection else installed.revision
         ctx = ClusterContext(
             kube=self._session_kube(), owns_kube=not self._given_kube,
             kubeconfig=Kubeconfig(self.settings.kubeconfig, self.settings.kube_context),
             istioctl=self._istioctl, version=IstioVersion.parse(installed.version),
             curl_image=self.matrix.images["curl"], app_image=self.matrix.images["app"],
-            prefix=self._prefixes.next(), enrollment=enrollment_labels(mode, revision),
+            prefix=self._prefixes.next(), enrollment=enrollment_labels(mode, revision), revision=revision,
             root_namespace=installed.root_namespace, trust_domain=installed.trust_domain,
             allow_mesh_wide=self.settings.allow_mesh_wide, keep_namespaces=self.settings.keep_namespaces,
             timeouts=Timeouts(barrier=self.settings.barrier_timeout, probe=self.settings.probe_timeout),

@@ -62,6 +62,8 @@ from conformance.mesh.cluster.manifests.render import (
     CURL_CONTAINER,
     WORKLOAD_LABEL,
     RenderSettings,
+    data_plane,
+    deployed_waypoints,
     render_workloads,
 )
 from conformance.mesh.cluster.naming import NamespaceMap
@@ -155,6 +157,9 @@ class ClusterContext:
     root_baseline: frozenset[str] | None = None
     # --accept-unconfirmed-denials: an unreadable proxy log makes a denial "unconfirmed", not a failure
     accept_unconfirmed: bool = False
+    # A revisioned control plane's revision (existing clusters without a default one): mode mixed's sidecar
+    # namespaces are enrolled with `istio.io/rev` then (render.enrollment_labels)
+    revision: str | None = None
     # Where the session may add its CUSTOM providers to the mesh config (meshconfig.py); None: it may not (an
     # existing cluster without --allow-mesh-config-update), and a scenario with providers is refused.
     mesh_config: meshconfig.MeshConfigAccess | None = None
@@ -253,6 +258,19 @@ class ClusterSession:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one write to the cluster at a time versus close()
 
+    # -- data planes ----------------------------------------------------------------------------
+    def _plane(self, namespace: str) -> str:
+        """The data plane of a scenario namespace: the mode, or in mode mixed `spec.dataplanes` (render.py)."""
+        return data_plane(self.scenario, self.mode, namespace)
+
+    def _captured(self, w: Workload) -> bool:
+        """An in-mesh workload whose namespace runs ambient (with or without a waypoint): ztunnel captures it."""
+        return w.in_mesh and self._plane(w.namespace) in ("ambient", "waypoint")
+
+    @property
+    def _waypoints(self) -> list[Any]:
+        return deployed_waypoints(self.scenario, self.mode)
+
     # -- lifecycle ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -293,7 +311,7 @@ class ClusterSession:
             self.nsmap.check_consistent(scenario, step.policies)
         self.notes.append(f"namespaces: {self.nsmap.describe()}")
         docs = render_workloads(scenario, self.nsmap, RenderSettings(
-            self.mode, ctx.curl_image, ctx.app_image, ctx.prefix.rstrip("-"), ctx.enrollment))
+            self.mode, ctx.curl_image, ctx.app_image, ctx.prefix.rstrip("-"), ctx.enrollment, ctx.revision))
         self._namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
         try:
             for doc in docs:
@@ -483,11 +501,10 @@ class ClusterSession:
         for w in self.scenario.workloads:
             ns = self.nsmap.cluster_namespace(w.namespace)
             kube.wait_rollout("Deployment", w.name, ns, timeout=max(1.0, deadline - time.monotonic()))
-        if self.mode == "waypoint":
-            for wp in self.scenario.waypoints:
-                ns = self.nsmap.cluster_namespace(wp.namespace)
-                self._wait_gateway(wp.name, ns, max(1.0, deadline - time.monotonic()))
-                kube.wait_rollout("Deployment", wp.name, ns, timeout=max(1.0, deadline - time.monotonic()))
+        for wp in self._waypoints:
+            ns = self.nsmap.cluster_namespace(wp.namespace)
+            self._wait_gateway(wp.name, ns, max(1.0, deadline - time.monotonic()))
+            kube.wait_rollout("Deployment", wp.name, ns, timeout=max(1.0, deadline - time.monotonic()))
 
     def _wait_gateway(self, name: str, namespace: str, timeout: float) -> None:
         from conformance.mesh.cluster.kube import poll_until
@@ -520,16 +537,15 @@ class ClusterSession:
                 raise TargetError(f"workload {w.ref}: expected one ready pod in {ns}, found {len(pods)}")
             pods_by_ref[w.ref] = pods[0]
             addresses[w.ref] = pods[0].ip
-        if self.mode == "waypoint":
-            for wp in self.scenario.waypoints:
-                ns = self.nsmap.cluster_namespace(wp.namespace)
-                pods = [p for p in kube.pods(ns, f"{WAYPOINT_POD_LABEL}={wp.name}") if p.ready and not p.deleting]
-                if not pods:
-                    raise TargetError(f"waypoint {wp.ref}: no ready pod in {ns}")
-                waypoint_pods += pods
-                addresses[wp.ref] = pods[0].ip
+        for wp in self._waypoints:
+            ns = self.nsmap.cluster_namespace(wp.namespace)
+            pods = [p for p in kube.pods(ns, f"{WAYPOINT_POD_LABEL}={wp.name}") if p.ready and not p.deleting]
+            if not pods:
+                raise TargetError(f"waypoint {wp.ref}: no ready pod in {ns}")
+            waypoint_pods += pods
+            addresses[wp.ref] = pods[0].ip
         self._pods, self._waypoint_pods, self.addresses = pods_by_ref, waypoint_pods, addresses
-        if self.mode in ("ambient", "waypoint"):
+        if any(self._captured(w) for w in self.scenario.workloads):
             self._check_ambient_enrollment()
             for z in kube.pods(None, "app=ztunnel"):
                 if z.ready and not z.deleting:
@@ -542,7 +558,7 @@ class ClusterSession:
         from conformance.mesh.cluster.kube import poll_until
 
         kube = self.ctx.kube
-        pending = [w for w in self.scenario.workloads if w.in_mesh]
+        pending = [w for w in self.scenario.workloads if self._captured(w)]
 
         def check() -> tuple[bool, str]:
             nonlocal pending
@@ -659,18 +675,21 @@ class ClusterSession:
             self._baseline[f"{pod.namespace}/{pod.name}"] = (ref.uid, _proxy_restarts(ref))
 
     def _proxies(self) -> tuple[list[barrier.Proxy], frozenset[str]]:
+        """The enforcing proxies of the scenario's servers: the sidecar of a server in a sidecar namespace, the
+        ztunnel of the node of a captured one (ambient and waypoint namespaces), and the waypoints; with the
+        cluster namespaces whose policies ztunnel enforces."""
         proxies: list[barrier.Proxy] = []
-        ambient_ns = frozenset(self.nsmap.cluster_namespace(w.namespace) for w in self.scenario.workloads if w.in_mesh)
+        ambient_ns = frozenset(self.nsmap.cluster_namespace(w.namespace) for w in self.scenario.workloads
+                               if self._captured(w))
         servers = [w for w in self.scenario.workloads if w.ports and w.in_mesh]
         # A workload whose pod is not known (a discovery cut off by a failure, then close()) has no proxy to ask.
         servers = [w for w in servers if w.ref in self._pods]
-        if self.mode == "sidecar":
-            for w in servers:
+        for w in servers:
+            if not self._captured(w):
                 pod = self._pods[w.ref]
                 proxies.append(barrier.Proxy("sidecar", pod.name, pod.namespace, pod.labels,
                                              http=any(p.protocol == "HTTP" for p in w.ports)))
-            return proxies, frozenset()
-        nodes = {self._pods[w.ref].node for w in servers}
+        nodes = {self._pods[w.ref].node for w in servers if self._captured(w)}
         for node in sorted(nodes):
             z = self._ztunnels.get(node)
             if z is not None:
@@ -909,8 +928,8 @@ class ClusterSession:
         return f"{self.nsmap.scenario_namespace(pod.namespace)}/{pod.labels.get(WAYPOINT_POD_LABEL, pod.name)}"
 
     def _waypoint_for(self, dest: Workload) -> str | None:
-        """The scenario waypoint serving `dest`'s namespace (render.py: the first one of the namespace)."""
-        return next((wp.ref for wp in self.scenario.waypoints if wp.namespace == dest.namespace), None)
+        """The deployed waypoint serving `dest`'s namespace (render.py: the first one of the namespace), if any."""
+        return next((wp.ref for wp in self._waypoints if wp.namespace == dest.namespace), None)
 
     def _wanted(self, key: int, probe: Probe, outcome: str, run: ProbeRun) -> Wanted | str:
         """Which log holds this denial's record and how to recognise it; a note when no proxy can hold one."""
@@ -920,18 +939,27 @@ class ClusterSession:
         dst_pod = self._pods[dest.ref]
         dst = join_addr(dst_pod.ip, probe.port.number)
         curl_addr = run.local_address
-        if self.mode == "sidecar":
+        if not self._captured(dest):  # a sidecar decides (sidecar mode, or a sidecar namespace of mode mixed)
+            if self._captured(source) and outcome not in HTTP_DENIALS:
+                # mode mixed, ambient client: ztunnel tunnels into the sidecar's HBONE port and the sidecar decides
+                # on an internal chain (listener_inbound.go buildInboundHBONEListeners); which address its record
+                # of the inner connection carries is not established here, so such a denial is not proved
+                return ("a connection denial by a sidecar of a captured (ambient) client's HBONE tunnel: the record "
+                        "matcher does not tie that record to its probe yet")
             sidecar = Wanted(key, f"{dst_pod.namespace}/{dst_pod.name}", "envoy", run.started, f"sidecar:{dest.ref}",
                              "sidecar", dest.ref, dst=dst, local_host=dst_pod.ip)
-            if outcome in HTTP_DENIALS:
-                return replace(sidecar, probe_id=run.call.probe_id)
+            if outcome in HTTP_DENIALS:  # the probe's own header: exact (its inner HBONE chain included)
+                return replace(sidecar, probe_id=run.call.probe_id,
+                               local_host=None if self._captured(source) else dst_pod.ip)
             if curl_addr is None:
                 return "curl reported no local address for this connection: its record cannot be found"
             # a client sidecar opens its own connection: the destination sees that one's address
             via = f"{run.pod.namespace}/{run.pod.name}" if source.in_mesh else None
             return replace(sidecar, src=curl_addr, via=via)
         if outcome in HTTP_DENIALS:
-            waypoint = self._waypoint_for(dest) if self.mode == "waypoint" else None
+            # a sidecar client sends HBONE straight to the pod, around the waypoint (endpoint_builder.go@1.30.3
+            # l.742-752), so only a captured client's request meets it
+            waypoint = self._waypoint_for(dest) if self._captured(source) else None
             if waypoint is None:
                 return "a 403 in ambient mode without a waypoint: no proxy here answers that way"
             return Wanted(key, f"waypoint:{waypoint}", "envoy", run.started, f"waypoint:{waypoint}", "waypoint",
@@ -941,9 +969,13 @@ class ClusterSession:
             return f"no ztunnel on node {dst_pod.node}"
         at_ztunnel = Wanted(key, f"{ztunnel.namespace}/{ztunnel.name}", "ztunnel", run.started,
                             f"ztunnel:{dst_pod.node}", "ztunnel", dest.ref, dst=dst)
-        if outcome == DENIED_UPSTREAM and self.mode == "waypoint" and self._waypoint_for(dest):
+        if outcome == DENIED_UPSTREAM and self._waypoint_for(dest) and self._captured(source):
             # the destination's ztunnel refused the waypoint's HBONE connection (the 503 at the client)
             return replace(at_ztunnel, pooled=frozenset(p.ip for p in self._waypoint_pods))
+        if source.in_mesh and not self._captured(source):
+            # mode mixed, a sidecar client: its sidecar's own HBONE connection to the pod (endpoint_builder.go@1.30.3
+            # tunnel branch) reaches the destination ztunnel from the client pod's address; counted per round
+            return replace(at_ztunnel, pooled=frozenset({run.pod.ip}))
         if source.in_mesh:
             # HBONE: the destination's record is keyed by the pooled connection; the source ztunnel's own
             # record of curl's connection (src.addr = curl's address) ties each probe to one refusal
@@ -964,7 +996,7 @@ class ClusterSession:
         dest = probe.destination
         if not dest.in_mesh:
             return None
-        if self.mode == "sidecar":
+        if not self._captured(dest):
             pod = self._pods[dest.ref]
             key = f"sidecar {pod.namespace}/{pod.name}"
             if key not in cache:
@@ -974,7 +1006,7 @@ class ClusterSession:
                                         f"the sidecar of {dest.ref}")
             return cache[key]
         problem = None
-        if self.mode == "waypoint" and outcome in (*HTTP_DENIALS, DENIED_UPSTREAM):
+        if outcome in (*HTTP_DENIALS, DENIED_UPSTREAM):
             waypoint = self._waypoint_for(dest)
             if waypoint is not None:
                 problem = self._waypoint_problem(waypoint, cache)

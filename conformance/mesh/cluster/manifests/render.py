@@ -16,7 +16,11 @@ is always well-formed. The rules it encodes (DESIGN.md §7, issue 6):
   a `kind: ext-authz` workload runs conformance/mesh/local/extauthz_server.py the same way (Istio's
   samples/extauthz behaviour, HTTP and gRPC: ext-authz-container.yaml), the ext_authz protocol of each
   port being that of the provider naming it (`Scenario.grpc_check_ports`);
-- in waypoint mode a Gateway of class `istio-waypoint` per scenario waypoint.
+- in waypoint mode a Gateway of class `istio-waypoint` per scenario waypoint;
+- in mode mixed each namespace on the data plane `spec.dataplanes` gives it (`data_plane`), on one ambient
+  install: a sidecar namespace the sidecar injection label, an ambient one the ambient label, a waypoint one
+  the ambient label, `istio.io/use-waypoint` and its waypoint (Istio's documented migration: the ambient
+  profile runs istiod's injector too, and a pod is captured by one or the other by its namespace's label).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import yaml
 
 from conformance.mesh.cluster.matrix import CLUSTERS_DIR
 from conformance.mesh.cluster.naming import MANAGED_BY, MANAGER, RUN_LABEL, NamespaceMap
-from conformance.model import Mode, Scenario, Workload
+from conformance.model import DataPlane, Mode, Scenario, Waypoint, Workload
 
 TEMPLATES = CLUSTERS_DIR / "workloads"
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "local" / "app.py"
@@ -53,7 +57,20 @@ AMBIENT_ENROLLMENT = {"istio.io/dataplane-mode": "ambient"}
 USE_WAYPOINT = "istio.io/use-waypoint"
 
 
-def enrollment_labels(mode: Mode, revision: str | None = None) -> dict[str, str]:
+def data_plane(scenario: Scenario, mode: Mode, namespace: str) -> DataPlane:
+    """The data plane `namespace` runs in `mode`: the mode itself, or in mode mixed `spec.dataplanes` (unlisted:
+    sidecar)."""
+    return scenario.dataplane(namespace) if mode == "mixed" else mode  # type: ignore[return-value]
+
+
+def deployed_waypoints(scenario: Scenario, mode: Mode) -> list[Waypoint]:
+    """The waypoints a mode deploys: every scenario waypoint in waypoint mode, those of `waypoint` namespaces in
+    mixed, none otherwise."""
+    return [wp for wp in scenario.waypoints if data_plane(scenario, mode, wp.namespace) == "waypoint"
+            and mode in ("waypoint", "mixed")]
+
+
+def enrollment_labels(mode: Mode | DataPlane, revision: str | None = None) -> dict[str, str]:
     """The namespace labels that put a namespace's pods into the mesh in `mode`.
 
     Sidecar injection by revision (`istio.io/rev=<rev>`) when the control plane is revisioned (a canary
@@ -71,6 +88,7 @@ class RenderSettings:
     app_image: str
     run: str  # the run's token (its namespace prefix without the dash): a label on everything made
     enrollment: Mapping[str, str] = field(default_factory=dict)  # default: enrollment_labels(mode)
+    revision: str | None = None  # mode mixed: a sidecar namespace's injection by revision (enrollment_labels)
 
     def labels(self) -> dict[str, str]:
         return {MANAGED_BY: MANAGER, RUN_LABEL: self.run}
@@ -105,7 +123,8 @@ def selector_labels(workload: Workload) -> dict[str, str]:
     return {WORKLOAD_LABEL: workload.name}
 
 
-def pod_labels(workload: Workload, mode: Mode, namespace_in_mesh: bool) -> dict[str, str]:
+def pod_labels(workload: Workload, mode: Mode | DataPlane, namespace_in_mesh: bool) -> dict[str, str]:
+    """`mode`: the data plane of the workload's namespace (data_plane)."""
     labels = {**dict(workload.labels), **selector_labels(workload)}
     if not workload.in_mesh and namespace_in_mesh and mode != "sidecar":
         labels["istio.io/dataplane-mode"] = "none"  # ambient opt-out of one pod in an enrolled namespace
@@ -133,14 +152,19 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
     """Every object a scenario needs in `settings.mode`, in apply order (namespaces first)."""
     mode = settings.mode
     base_labels = settings.labels()
-    enrollment = dict(settings.enrollment) or enrollment_labels(mode)
     in_mesh_ns = {w.namespace for w in scenario.workloads if w.in_mesh}
+    waypoints = deployed_waypoints(scenario, mode)
     waypoint_ns: dict[str, str] = {}
-    if mode == "waypoint":
-        for wp in scenario.waypoints:
-            waypoint_ns.setdefault(wp.namespace, wp.name)  # the first waypoint of a namespace serves it
+    for wp in waypoints:
+        waypoint_ns.setdefault(wp.namespace, wp.name)  # the first waypoint of a namespace serves it
+
+    def enrollment(ns: str) -> dict[str, str]:
+        if mode == "mixed":
+            return enrollment_labels(data_plane(scenario, mode, ns), settings.revision)
+        return dict(settings.enrollment) or enrollment_labels(mode)
+
     namespaces = list(dict.fromkeys([*(w.namespace for w in scenario.workloads),
-                                     *(wp.namespace for wp in scenario.waypoints if mode == "waypoint")]))
+                                     *(wp.namespace for wp in waypoints)]))
     docs: list[dict[str, Any]] = []
     app_script = APP_SCRIPT.read_text()
     grpc_ports = scenario.grpc_check_ports()
@@ -149,8 +173,8 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
         doc = _template("namespace.yaml")
         doc["metadata"]["name"] = nsmap.cluster_namespace(ns)
         labels = dict(base_labels)
-        if ns in in_mesh_ns or (mode == "waypoint" and ns in waypoint_ns):
-            labels.update(enrollment)
+        if ns in in_mesh_ns or ns in waypoint_ns:
+            labels.update(enrollment(ns))
         if ns in waypoint_ns:
             labels[USE_WAYPOINT] = waypoint_ns[ns]
         doc["metadata"]["labels"] = labels
@@ -187,15 +211,15 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
         if w.ports:
             docs.append(_service(w, nsmap, base_labels, grpc_ports))
     for w in scenario.workloads:
-        docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns, grpc_ports))
+        docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns, grpc_ports,
+                                data_plane(scenario, mode, w.namespace)))
 
-    if mode == "waypoint":
-        for wp in scenario.waypoints:
-            doc = _template("waypoint.yaml")
-            doc["metadata"]["name"] = wp.name
-            doc["metadata"]["namespace"] = nsmap.cluster_namespace(wp.namespace)
-            doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **base_labels}
-            docs.append(doc)
+    for wp in waypoints:
+        doc = _template("waypoint.yaml")
+        doc["metadata"]["name"] = wp.name
+        doc["metadata"]["namespace"] = nsmap.cluster_namespace(wp.namespace)
+        doc["metadata"]["labels"] = {**doc["metadata"].get("labels", {}), **base_labels}
+        docs.append(doc)
     return docs
 
 
@@ -214,9 +238,10 @@ def _service(w: Workload, nsmap: NamespaceMap, base_labels: Mapping[str, str],
 
 
 def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base_labels: Mapping[str, str],
-                namespace_in_mesh: bool, grpc_ports: frozenset[tuple[str, int]] = frozenset()) -> dict[str, Any]:
+                namespace_in_mesh: bool, grpc_ports: frozenset[tuple[str, int]] = frozenset(),
+                plane: DataPlane | None = None) -> dict[str, Any]:
     doc = _template("deployment.yaml")
-    mode = settings.mode
+    mode = plane or settings.mode  # the data plane of the workload's namespace
     doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
     spec = doc["spec"]
     spec["selector"]["matchLabels"] = selector_labels(w)
