@@ -110,6 +110,30 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default=None, help="metadata.name (default: from OUT or the first --from)")
     sp.add_argument("--istio-version", default=DEFAULT_VERSION,
                     help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
+    sp = command("snapshot", "write a scenario from a live cluster, as init does from rendered manifests: its "
+                             "workloads, Services, namespaces' data planes and security.istio.io policies, read with "
+                             "GET and LIST only (nothing is written to the cluster)",
+                 "authz-conformance snapshot --kube-context prod --namespace shop --namespace pay -o gate/prod.yaml "
+                 "&& pytest gate/prod.yaml",
+                 "authz-conformance snapshot --kube-context kind-dev -o today.yaml --mode sidecar   # every "
+                 "non-system namespace",
+                 "authz-conformance snapshot --kube-context prod --kubeconfig ~/.kube/prod > prod.yaml   # inline")
+    sp.add_argument("--kube-context", required=True, metavar="C",
+                    help="the kubeconfig context to read (required: never whichever context happens to be current)")
+    sp.add_argument("--kubeconfig", default=None, metavar="F", help="kubeconfig file (default: $KUBECONFIG, else "
+                                                                    "~/.kube/config)")
+    sp.add_argument("--namespace", action="append", metavar="N",
+                    help="a namespace to read (repeatable; default: every one but kube-system, kube-public, "
+                         "kube-node-lease, local-path-storage and Istio's own); the mesh root namespace's policies "
+                         "are read too")
+    sp.add_argument("-o", "--output", default=None, metavar="OUT",
+                    help="the scenario file to write; the objects read go beside it in <OUT stem>.manifests.yaml, "
+                         "which it refers to (default: the scenario to stdout, objects inline)")
+    sp.add_argument("--mode", choices=MODES, action="append", help="a mode to predict and run (repeatable; default "
+                                                                   "sidecar and ambient)")
+    sp.add_argument("--name", default=None, help="metadata.name (default: from OUT, else snapshot-<context>)")
+    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                    help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
     sp = command("plan", "the cluster run plan: cluster, Istio, batches, CI shards and time estimates",
                  "authz-conformance plan policies --mesh kind --istio-version 1.31",
                  "authz-conformance plan policies --format github-e2e   # the e2e workflow's job matrix")
@@ -164,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lint(args.files, version, out)
         if args.command == "init":
             return _init(args, version, out)
+        if args.command == "snapshot":
+            return _snapshot(args, version, out)
         if args.command == "predict":
             return _predict(args.files, version, args.mode, args.json, out)
         if args.command == "explain":
@@ -320,6 +346,27 @@ def _init(args: argparse.Namespace, version: IstioVersion, out: TextIO) -> int:
         target.write_text(text, encoding="utf-8")
         print(f"{target}: written; review its verdicts (today's behaviour, not intent), then: pytest {target}",
               file=sys.stderr)
+    return 0
+
+
+def _snapshot(args: argparse.Namespace, version: IstioVersion, out: TextIO) -> int:
+    """`snapshot`: init's scenario from a live cluster, read-only (conformance/snapshot.py), to OUT or stdout; the
+    namespaces skipped are said on stderr (and in the scenario's header)."""
+    from pathlib import Path
+
+    from conformance.snapshot import manifests_path, snapshot
+
+    target = Path(args.output) if args.output else None
+    text, snap = snapshot(args.kube_context, args.kubeconfig, args.namespace, target, args.mode, version, args.name)
+    if snap.skipped:
+        print(f"snapshot: namespaces skipped: {', '.join(snap.skipped)}", file=sys.stderr)
+    if target is None:
+        out.write(text)
+    else:
+        target.write_text(text, encoding="utf-8")
+        print(f"{target}: written with {manifests_path(target)} ({snap.workloads} workloads from "
+              f"{', '.join(snap.namespaces)}); review its verdicts (today's behaviour, not intent), then: "
+              f"pytest {target}", file=sys.stderr)
     return 0
 
 

@@ -41,9 +41,15 @@ class _Sources:
 
 
 def write_scenario(sources: Sequence[str], modes: Sequence[Mode] | None, version: IstioVersion,
-                   out: Path | None, name: str | None = None, stdin_text: str | None = None) -> str:
+                   out: Path | None, name: str | None = None, stdin_text: str | None = None, *,
+                   written_by: str | None = None, notes: Sequence[str] = (),
+                   mesh: Mapping[str, Any] | None = None) -> str:
     """The scenario's YAML text for `sources` (files, directories, or `-` with `stdin_text`); paths in it are
-    relative to `out`'s directory (the current directory when it goes to stdout)."""
+    relative to `out`'s directory (the current directory when it goes to stdout).
+
+    `written_by` (the command, e.g. `authz-conformance snapshot --kube-context prod`), `notes` (header lines) and
+    `mesh` (`spec.mesh`: a cluster's rootNamespace or trustDomain) let another front end (snapshot.py) share this
+    one entry point and say where the manifests came from, instead of duplicating the derivation and the writer."""
     src = _read(sources, stdin_text)
     derived = derive(src.documents)
     errors = [Problem(Location(f.where, "", f.field), f.message) for f in derived.findings if f.severity == "error"]
@@ -64,6 +70,8 @@ def write_scenario(sources: Sequence[str], modes: Sequence[Mode] | None, version
         def rel(p: Path) -> str:
             return str(p.resolve()) if paths_from is None else os.path.relpath(p.resolve(), paths_from)
         body: dict[str, Any] = {"modes": list(chosen_modes)}
+        if mesh:
+            body["mesh"] = dict(mesh)
         if src.stdin:
             body["workloads"] = [_workload_entry(w) for w in workloads]
             if "mixed" in chosen_modes:
@@ -85,11 +93,13 @@ def write_scenario(sources: Sequence[str], modes: Sequence[Mode] | None, version
     verdicts = _predict(scenario_name, spec(None), chosen_modes, version)
     for entry, verdict in zip(expect, verdicts, strict=True):
         entry["verdict"] = verdict
+    origin = written_by or f"authz-conformance init --from {' --from '.join(sources)}"
     doc = {"apiVersion": API_VERSION, "kind": KIND,
            "metadata": {"name": scenario_name,
-                        "description": f"Today's verdicts of the policies in {', '.join(sources)} (init)."},
+                        "description": (f"Today's verdicts of the policies in {', '.join(sources)} (init)."
+                                        if written_by is None else f"Today's verdicts ({written_by}).")},
            "spec": spec(base)}
-    return _header(sources, version, chosen_modes, left_out, derived) + _dump(doc)
+    return _header(origin, version, chosen_modes, left_out, derived, notes) + _dump(doc)
 
 
 def _read(sources: Sequence[str], stdin_text: str | None) -> _Sources:
@@ -352,10 +362,10 @@ def _workload_entry(w: Workload) -> dict[str, Any]:
     return entry
 
 
-def _header(sources: Sequence[str], version: IstioVersion, modes: Sequence[Mode], left_out: Sequence[str],
-            derived: Derivation) -> str:
+def _header(origin: str, version: IstioVersion, modes: Sequence[Mode], left_out: Sequence[str],
+            derived: Derivation, notes: Sequence[str] = ()) -> str:
     lines = [
-        f"Written by `authz-conformance init --from {' --from '.join(sources)}`",
+        f"Written by `{origin}`",
         f"with Istio {version}'s semantics, modes {', '.join(modes)}.",
         "REVIEW EVERY VERDICT BEFORE RELYING ON THIS FILE. Each one is the verdict engine's prediction of what the",
         "policies do today, not what they are meant to do: a verdict that is wrong for your intent is a finding",
@@ -364,6 +374,7 @@ def _header(sources: Sequence[str], version: IstioVersion, modes: Sequence[Mode]
     if left_out:
         lines.append("Left out of the step (the verdicts are without them):")
         lines += [f"  - {why}" for why in left_out]
+    lines += list(notes)
     notices = [f"{f.where}: {f.field + ': ' if f.field else ''}{f.message}" for f in derived.findings
                if f.severity == "notice"]
     if notices:

@@ -106,6 +106,7 @@ RESOURCES = (
     ResourceType("", "v1", "ConfigMap", "configmaps", True),
     ResourceType("apps", "v1", "Deployment", "deployments", True),
     ResourceType("apps", "v1", "DaemonSet", "daemonsets", True),
+    ResourceType("apps", "v1", "StatefulSet", "statefulsets", True),  # what `snapshot` reads (snapshot.py)
     *(ResourceType("security.istio.io", v, k, p, True) for v in ("v1", "v1beta1")
       for k, p in (("AuthorizationPolicy", "authorizationpolicies"), ("PeerAuthentication", "peerauthentications"),
                    ("RequestAuthentication", "requestauthentications"))),
@@ -229,6 +230,9 @@ class FakeApiServer:
     logs: dict[tuple[str, str, str], list[tuple[float, str]]] = field(default_factory=dict)  # (ns, pod, container)
     ws_frames: list[tuple[int, bytes]] = field(default_factory=list)  # frames the client sent on exec sockets
     failures: list[tuple[str, str, int, str, str]] = field(default_factory=list)  # method, path part, code, ...
+    # group/versions this server does not serve (e.g. "security.istio.io/v1", as Istio < 1.22's CRDs): left out of
+    # discovery and answered 404, so a client's fallback to another version is exercised
+    unserved: set[str] = field(default_factory=set)
     node: str = "node1"
     lock: threading.RLock = field(default_factory=threading.RLock)
     _http: ThreadingHTTPServer | None = None
@@ -357,7 +361,11 @@ class FakeApiServer:
 
     # -- the API ----------------------------------------------------------------------------------
     def resource(self, group: str, version: str, plural: str) -> ResourceType | None:
-        return next((r for r in RESOURCES if (r.group, r.version, r.plural) == (group, version, plural)), None)
+        return next((r for r in self.served() if (r.group, r.version, r.plural) == (group, version, plural)), None)
+
+    def served(self) -> list[ResourceType]:
+        """RESOURCES without the `unserved` group/versions."""
+        return [r for r in RESOURCES if r.group_version not in self.unserved]
 
     def discovery(self, path: str) -> dict[str, Any] | None:
         if path == "/version":
@@ -366,7 +374,7 @@ class FakeApiServer:
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if path == "/apis":
             groups: dict[str, list[str]] = {}
-            for r in RESOURCES:
+            for r in self.served():
                 if r.group and r.version not in groups.setdefault(r.group, []):
                     groups[r.group].append(r.version)
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
@@ -379,7 +387,7 @@ class FakeApiServer:
             group, version = parts[1], parts[2]
         else:
             return None
-        listed = [r for r in RESOURCES if (r.group, r.version) == (group, version)]
+        listed = [r for r in self.served() if (r.group, r.version) == (group, version)]
         if not listed:
             return None
         verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
