@@ -57,10 +57,28 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--step", required=True, help="step name")
     sp.add_argument("--probe", required=True, type=int, help="probe index in the step's expect list (from 0)")
     sp.add_argument("--mode", choices=MODES, action="append", help="only this mode (default: the scenario's)")
-    sp = command("lint", "expectations contradicting the engine (errors) and policy warnings",
+    sp = command("lint", "expectations contradicting the engine (errors) and policy warnings, each with a rule code "
+                         "and file:line:col",
                  "authz-conformance lint policies/",
-                 "authz-conformance lint s.yaml --istio-version 1.31")
-    common(sp)
+                 "authz-conformance lint s.yaml --istio-version 1.31",
+                 "authz-conformance lint --rules   # the rule catalog (docs/lint-rules.md)",
+                 "authz-conformance lint policies/ --ignore AC205 --format github   # annotations on a PR's diff",
+                 "authz-conformance lint policies/ --format sarif > lint.sarif   # for code scanning")
+    sp.add_argument("files", nargs="*", metavar="PATH",
+                    help="scenario files, raw policy files, or directories searched for scenarios")
+    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                    help=f"Istio version whose semantics to use (default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
+    sp.add_argument("--rules", action="store_true", help="list the rule catalog and exit (with --markdown: "
+                                                         "docs/lint-rules.md)")
+    sp.add_argument("--markdown", action="store_true", help="with --rules: the catalog as Markdown")
+    sp.add_argument("--select", action="append", metavar="CODES",
+                    help="only these rules (codes, prefixes such as AC2, rule names or ALL; comma-separated or "
+                         "repeated): replaces the config's selection")
+    sp.add_argument("--ignore", action="append", metavar="CODES", help="leave these rules out (adds to the config's)")
+    sp.add_argument("--fail-on", choices=("error", "warning", "never"), default=None,
+                    help="exit 1 on errors (default), also on warnings, or never (config: fail-on)")
+    sp.add_argument("--format", choices=("text", "github", "sarif"), default="text",
+                    help="text (default): file:line:col: CODE ...; github: workflow annotations; sarif: SARIF 2.1.0")
     sp = command("compare", "probes whose predicted verdict or denial form differs between versions (--from/--to) or "
                             "when namespaces move to another data plane (--dataplanes); exit 1 when any does",
                  "authz-conformance compare policies/ --from 1.30 --to 1.31        # an upgrade gate",
@@ -185,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.files, version, out)
         if args.command == "lint":
-            return _lint(args.files, version, out)
+            return _lint(args.files, version, out, args)
         if args.command == "init":
             return _init(args, version, out)
         if args.command == "snapshot":
@@ -291,28 +309,61 @@ def _load_all(files: Sequence[str], version: IstioVersion) -> list[Scenario]:
     return scenarios
 
 
-def _lint(paths: Sequence[str], version: IstioVersion, out: TextIO) -> int:
-    from conformance.lint import contradictions, is_policy_file, policy_file_problems, warnings
+def _lint(paths: Sequence[str], version: IstioVersion, out: TextIO, args: argparse.Namespace | None = None) -> int:
+    """`lint` (issue 15): every finding once, with its rule code, at file:line:col, filtered by --select/--ignore,
+    the nearest config above each file and the policies' own suppressions; exit 1 on what fails (errors, or
+    warnings too with fail-on warning). Machine formats keep stdout to annotations or the SARIF log."""
+    from conformance import lint_rules
+    from conformance.lint import Finding, findings, is_policy_file, loader_findings, policy_file_findings
+    from conformance.lint_config import config_for, is_suppressed
+    from conformance.lint_report import sarif_text, text_line
 
+    fmt = getattr(args, "format", "text")
+    if getattr(args, "rules", False):
+        out.write(lint_rules.markdown() if args.markdown else lint_rules.text())
+        return 0
+    if not paths:
+        raise UsageError("lint: give scenario or policy files (or directories), or --rules")
+    notes = out if fmt == "text" else sys.stderr
     found = scenario_paths(paths)
     raw = [f for f in found.not_scenarios if is_policy_file(f)]
-    files, status = _expand([p for p in paths if p not in raw], out)
+    files, status = _expand([p for p in paths if p not in raw], notes)
+    reported: list[Finding] = []
+    counts: dict[str, int] = {}
+
+    def report(source: str, items: list[Finding]) -> None:
+        nonlocal status
+        config = config_for(source).with_cli(getattr(args, "select", None), getattr(args, "ignore", None),
+                                             getattr(args, "fail_on", None))
+        kept = [f for f in items if config.enabled(f.code) and not is_suppressed(f.code, f.problem.location)]
+        for f in kept:
+            if config.fails(f.severity):
+                status = 1
+            if fmt == "text":
+                print(text_line(f), file=out)
+                for line in f.explanation:
+                    print(f"    {line}", file=out)
+        counts[source] = sum(f.severity == "warning" for f in kept)
+        reported.extend(kept)
+
     for f in raw:  # a raw policy file: Istio's validation and the warnings that need no scenario (issue 13)
-        problems = policy_file_problems(f, version)
-        for p in problems:
-            print(str(p), file=out)
-        if any(p.severity == "error" for p in problems):
-            status = 1
-        print(f"{f}: policy file, {sum(p.severity == 'warning' for p in problems)} warning(s)", file=out)
-    for scenario in _load_all(files, version):
-        for w in warnings(scenario, version):
-            print(str(w), file=out)
-        for c in contradictions(scenario, version):
-            status = 1
-            print(str(c.problem), file=out)
-            for line in c.explanation:
-                print(f"    {line}", file=out)
-    if status == 0:
+        report(f, policy_file_findings(f, version))
+        if fmt == "text":
+            print(f"{f}: policy file, {counts[f]} warning(s)", file=out)
+    for f in files:
+        scenario, problems = check(f, version)
+        items = loader_findings(problems)
+        if scenario is not None:
+            items += findings(scenario, version)
+        report(f, items)
+    if fmt == "github":
+        from conformance.lint_report import github_line
+
+        for f in reported:
+            print(github_line(f), file=out)
+    elif fmt == "sarif":
+        out.write(sarif_text(reported, str(version)))
+    elif status == 0:
         print(f"lint: {len(files)} scenario file(s), no expectation contradicts Istio {version}", file=out)
     return status
 

@@ -21,7 +21,7 @@ from conformance.engine.policy import AuthorizationPolicy
 from conformance.engine.scope import applies_at_waypoint, applies_to_workload
 from conformance.engine.ztunnel import translate, unenforceable
 from conformance.errors import Location, NotModelled, Problem
-from conformance.model import Manifest, Scenario
+from conformance.model import Manifest, Scenario, Workload
 from conformance.truthtable import predict
 from conformance.validation import provider_defects
 from conformance.versions import IstioVersion
@@ -50,8 +50,72 @@ def contradictions(scenario: Scenario, version: IstioVersion) -> Iterator[Contra
                 )
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One lint finding: a rule's code (conformance/lint_rules.py) on a problem, with the policy it concerns and,
+    when it depends on the mode, the mode; `explanation` holds a contradiction's trace."""
+
+    code: str
+    problem: Problem
+    policy: str = ""  # "AuthorizationPolicy shop/x"
+    mode: str = ""
+    explanation: tuple[str, ...] = ()
+
+    @property
+    def severity(self) -> str:
+        return self.problem.severity
+
+
+def findings(scenario: Scenario, version: IstioVersion) -> list[Finding]:
+    """Every finding about a loaded scenario, each once: the warnings, then the contradictions."""
+    out = list(_warning_findings(scenario, version))
+    for c in contradictions(scenario, version):
+        out.append(Finding("AC010", c.problem, explanation=c.explanation))
+    return out
+
+
 def warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Problem]:
-    ambient = any(m in scenario.modes for m in ("ambient", "waypoint"))
+    """The warnings about a scenario's policies, each once (not once per step that lists the policy)."""
+    for f in _warning_findings(scenario, version):
+        yield f.problem
+
+
+def _policy_label(where: str) -> str:
+    m = re.search(r"\((\w+ [^()]+)\)$", where)
+    return m.group(1) if m else ""
+
+
+def dedupe(found: Iterator[Finding] | list[Finding]) -> list[Finding]:
+    """Once per finding: the same policy (in the same file) warned about in several steps is one finding, at the
+    first place it is written. The key is (code, file, policy, field, mode); a finding that names no policy (a
+    contradiction, one probe of one step) is kept unless it is the very same problem."""
+    from conformance.positions import resolve
+
+    seen: set[tuple[str, ...]] = set()
+    out: list[Finding] = []
+    for f in found:
+        loc = f.problem.location
+        if f.policy:
+            resolved = resolve(loc)
+            source = resolved[0] if resolved else loc.file
+            if resolved is not None and re.search(r" document \d+", loc.where):
+                source = f"{source}#{resolved[1].start_mark.line}"  # a referenced file's document
+            key: tuple[str, ...] = (f.code, source, f.policy, loc.field, f.mode)
+        else:
+            key = (f.code, str(f.problem))
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _warning_findings(scenario: Scenario, version: IstioVersion) -> list[Finding]:
+    return dedupe(_raw_warnings(scenario, version))
+
+
+def _raw_warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Finding]:
+    ambient = any(m in scenario.modes for m in ("ambient", "waypoint")) or (
+        "mixed" in scenario.modes and any(p != "sidecar" for p in scenario.dataplanes.values()))
     for step in scenario.steps:
         for manifest in step.policies:
             yield from _jwt_and_custom(scenario, step.name, manifest, version)
@@ -65,43 +129,73 @@ def warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Problem]:
                 continue
             p = by_ref[manifest.ref]
             where = f"step '{step.name}': {manifest.origin} (AuthorizationPolicy {p.ref})"
+            label = f"AuthorizationPolicy {p.ref}"
 
-            def warn(message: str, field: str = "", where: str = where) -> Problem:
-                return Problem(Location(scenario.path, where, field), message, "warning")
+            def warn(code: str, message: str, field: str = "", where: str = where, label: str = label,
+                     mode: str = "") -> Finding:
+                return Finding(code, Problem(Location(scenario.path, where, field), message, "warning"), label,
+                               mode)
 
             if not _selects_anything(p, scenario, version):
-                yield warn("this policy applies to no workload of the scenario"
-                           + (" (targetRefs bind only waypoints: add the waypoint mode)" if p.target_refs
-                              and "waypoint" not in scenario.modes else ""),
-                           "spec.targetRefs" if p.target_refs else "spec.selector")
+                if p.target_refs:
+                    yield warn("AC102", "this targetRefs policy binds no waypoint of the scenario: sidecars and "
+                               "ztunnel ignore targetRefs policies" + ("" if "waypoint" in scenario.modes else
+                                                                       " (add the waypoint mode)"),
+                               "spec.targetRefs", mode="sidecar")
+                else:
+                    root = p.namespace == scenario.mesh.root_namespace
+                    has = root or any(w.namespace == p.namespace and w.in_mesh and w.ports
+                                      for w in scenario.workloads)
+                    scope = "of the mesh (a root-namespace policy)" if root else f"of namespace {p.namespace}"
+                    yield warn("AC101", "this policy applies to no workload of the scenario: "
+                               + (f"its selector matches no workload {scope}" if has and p.selector is not None
+                                  else f"namespace {p.namespace} has no workload in the mesh"),
+                               "spec" if p.selector is None else "spec.selector" if has else "metadata.namespace")
             for rule in p.rules or ():
-                for fields in rule.sources or ():
+                for s, fields in enumerate(rule.sources or ()):
                     for f in fields:
+                        if f.name != "principals":
+                            continue
                         for v in f.values + f.not_values:
-                            if f.name == "principals" and v.startswith("spiffe://"):
-                                yield warn(f"principal {v!r} can never match: principals are written without "
-                                           "spiffe:// (research note §3.1)",
-                                           f"spec.rules[{rule.index}].from")
-            if ambient and not p.target_refs and p.action in ("ALLOW", "DENY"):
+                            key = "principals" if v in f.values else "notPrincipals"
+                            field = f"spec.rules[{rule.index}].from[{s}].source.{key}"
+                            if v.startswith("spiffe://"):
+                                yield warn("AC301", f"principal {v!r} can never match: principals are written "
+                                           "without spiffe:// (research note §3.1)", field)
+                            elif v.startswith("*") and len(v) > 1 and not _suffix_can_match(v[1:]):
+                                yield warn("AC302", f"principal {v!r} can never match: no identity "
+                                           "<trust domain>/ns/<ns>/sa/<sa> ends with {v[1:]!r}", field)
+                            elif ambient and not p.target_refs and scenario.mesh.trust_domain != "cluster.local" \
+                                    and v.startswith("cluster.local/"):
+                                yield warn("AC303", f"in ambient mode ztunnel compares principal {v!r} literally: "
+                                           f"the mesh's trust domain is {scenario.mesh.trust_domain!r}, so it never "
+                                           "matches there (sidecars and waypoints read cluster.local as the mesh's "
+                                           "trust domain)", field, mode="ambient")
+            if ambient and not p.target_refs and p.action in ("ALLOW", "DENY") and not _gateway_only(p, scenario):
                 t = translate(p)
                 if p.action == "DENY" and t.l7_fields and unenforceable(t):
-                    yield warn(f"in ambient mode this DENY is a no-op at ztunnel: its rules only constrain L7 "
-                               f"attributes ({', '.join(t.l7_fields)}), which ztunnel strips; a waypoint and "
-                               "targetRefs are needed (istio/istio#61126)", "spec.rules")
+                    yield warn("AC201", f"in ambient mode this DENY is a no-op at ztunnel: its rules only constrain "
+                               f"L7 attributes ({', '.join(t.l7_fields)}), which ztunnel strips, and waypoints "
+                               "ignore selector policies: write it as a targetRefs policy on the waypoint "
+                               "(istio/istio#61126)", "spec.rules", mode="ambient")
                 elif t.dropped_rules:
-                    yield warn(f"in ambient mode ztunnel drops ALLOW rules {list(t.dropped_rules)}: they use L7 "
-                               f"attributes ({', '.join(t.l7_fields)}); without a waypoint they allow nothing",
-                               "spec.rules")
+                    yield warn("AC202", f"in ambient mode ztunnel drops ALLOW rules {list(t.dropped_rules)}: they "
+                               f"use L7 attributes ({', '.join(t.l7_fields)}), so they allow nothing; a waypoint "
+                               "alone does not help (it ignores selector policies): put them in a targetRefs "
+                               "policy on the waypoint", f"spec.rules[{t.dropped_rules[0]}]", mode="ambient")
+        yield from _waypoint_pitfalls(scenario, step.name, step.policies, state, version)
         levels: dict[str, str] = {}
         for pa in state.peer_authentications:
             if pa.selector:
                 continue
             if pa.namespace in levels:
-                yield Problem(Location(scenario.path, f"step '{step.name}': PeerAuthentication {pa.ref}"),
-                              f"namespace {pa.namespace} already has PeerAuthentication {levels[pa.namespace]}: "
-                              "Istio uses the oldest (ComposePeerAuthentication); this suite takes the first listed",
-                              "warning")
+                yield Finding("AC103", Problem(
+                    Location(scenario.path, f"step '{step.name}': PeerAuthentication {pa.ref}"),
+                    f"namespace {pa.namespace} already has PeerAuthentication {levels[pa.namespace]}: "
+                    "Istio uses the oldest (ComposePeerAuthentication); this suite takes the first listed",
+                    "warning"), f"PeerAuthentication {pa.ref}")
             levels.setdefault(pa.namespace, pa.ref)
+
 
 def _selects_anything(p: AuthorizationPolicy, scenario: Scenario, version: IstioVersion) -> bool:
     if p.target_refs:
@@ -113,7 +207,100 @@ def _selects_anything(p: AuthorizationPolicy, scenario: Scenario, version: Istio
     return any(applies_to_workload(p, w, scenario.mesh) for w in scenario.workloads if w.in_mesh and w.ports)
 
 
-def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: IstioVersion) -> Iterator[Problem]:
+def _gateway_only(p: AuthorizationPolicy, scenario: Scenario) -> bool:
+    """A selector policy that applies to ingress gateways only: their Envoy enforces L7 rules, ztunnel never
+    sees the policy (a policy whose namespace the scenario does not describe is not gateway-only)."""
+    applies = [w for w in scenario.workloads if w.in_mesh and applies_to_workload(p, w, scenario.mesh)]
+    return bool(applies) and all(w.is_gateway for w in applies)
+
+
+def _suffix_can_match(suffix: str) -> bool:
+    """Whether some identity `<td>/ns/<ns>/sa/<sa>` ends with `suffix` (Envoy's regex `spiffe://.*<suffix>` over
+    the URI and ztunnel's suffix match over the identity both come to this)."""
+    template = [None, "ns", None, "sa", None]  # None: a free, non-empty segment without "/"
+    parts = suffix.split("/")
+    if len(parts) > len(template):
+        return False
+    aligned = template[len(template) - len(parts):]
+    for i, (part, literal) in enumerate(zip(parts, aligned, strict=True)):
+        if i == 0:  # the first part only has to end a segment
+            if literal is not None and not literal.endswith(part):
+                return False
+        elif (literal is not None and part != literal) or (literal is None and not part):
+            return False
+    return True
+
+
+def _waypoint_pitfalls(scenario: Scenario, step: str, manifests: tuple[Manifest, ...] | list[Manifest],
+                       state: object, version: IstioVersion) -> Iterator[Finding]:
+    """Behind a waypoint the destination's ztunnel sees the waypoint's identity, not the client's: an ALLOW there
+    that admits the waypoint admits every client the waypoint forwards (AC205, unless a targetRefs policy restricts
+    them at the waypoint), and one that admits only client identities denies all of it (AC206)."""
+    from conformance.engine.ztunnel import Connection, first_matching_rule
+    from conformance.model import default_addresses
+
+    if "waypoint" in scenario.modes:
+        mode, behind = "waypoint", scenario.waypoints
+    elif "mixed" in scenario.modes:
+        mode, behind = "mixed", tuple(wp for wp in scenario.waypoints if scenario.dataplane(wp.namespace) == "waypoint")
+    else:
+        return
+    from conformance.pilotenv import AUTO_ALLOW_WAYPOINT
+
+    auto_allow = scenario.mesh.pilot_flag(AUTO_ALLOW_WAYPOINT)  # istiod then admits the waypoint at ztunnel itself
+    policies = [p for p in getattr(state, "authorization_policies", ()) if not p.dry_run]
+    origin = {m.ref: m.origin for m in manifests if m.kind == "AuthorizationPolicy"}
+    addresses = default_addresses(scenario)
+    td = scenario.mesh.trust_domain
+    for wp in behind:
+        for w in scenario.workloads:
+            if w.namespace != wp.namespace or not w.in_mesh or not w.ports or w.is_gateway:
+                continue
+            at_ztunnel = [p for p in policies if p.action == "ALLOW" and applies_to_workload(p, w, scenario.mesh)]
+            restricted = any(p.action in ("ALLOW", "DENY", "CUSTOM")
+                             and applies_at_waypoint(p, wp, w, scenario.mesh, version) for p in policies)
+            for p in at_ztunnel:
+                if p.ref not in origin or not p.rules:
+                    continue
+                t = translate(p)
+                admits = [first_matching_rule(t, Connection(wp.identity(td), addresses.get(wp.ref, "0.0.0.0"),
+                                                            addresses.get(w.ref, "0.0.0.0"), port.number))
+                          for port in w.ports]
+                matched = next((i for i in admits if i is not None), None)
+                where = f"step '{step}': {origin[p.ref]} (AuthorizationPolicy {p.ref})"
+                label = f"AuthorizationPolicy {p.ref}"
+                rule = next((r for r in p.rules if r.index == matched), None)
+                if matched is not None and not restricted and rule is not None and rule.sources is not None:
+                    yield Finding("AC205", Problem(Location(scenario.path, where, f"spec.rules[{matched}]"),
+                                  f"in {mode} mode {w.ref} is behind waypoint {wp.ref}: this rule admits the "
+                                  f"waypoint's identity at ztunnel and no targetRefs policy restricts clients at the "
+                                  "waypoint, so any mesh client gets in", "warning"), label, mode)
+                elif matched is None and not auto_allow and _names_clients(p) and any(
+                        first_matching_rule(t, Connection(c.identity(td), addresses.get(c.ref, "0.0.0.0"),
+                                                          addresses.get(w.ref, "0.0.0.0"), port.number)) is not None
+                        for c in _waypoint_clients(scenario, mode) for port in w.ports):
+                    yield Finding("AC206", Problem(Location(scenario.path, where, "spec.rules"),
+                                  f"in {mode} mode {w.ref} is behind waypoint {wp.ref}: its ztunnel sees the "
+                                  f"waypoint's identity ({wp.identity(td)}), which no rule of this ALLOW admits, so "
+                                  "it denies everything the waypoint forwards", "warning"), label, mode)
+
+
+def _waypoint_clients(scenario: Scenario, mode: str) -> list[Workload]:
+    """The clients whose requests to a waypoint's services go through it: ambient-captured workloads (ingress
+    gateways and sidecars go around it, straight to the destination's ztunnel)."""
+    return [c for c in scenario.workloads if c.in_mesh and not c.is_gateway
+            and (mode == "waypoint" or scenario.dataplane(c.namespace) != "sidecar")]
+
+
+def _names_clients(p: AuthorizationPolicy) -> bool:
+    """An ALLOW whose rules all name source identities (principals, namespaces, service accounts)."""
+    names = ("principals", "namespaces", "serviceAccounts")
+    return bool(p.rules) and all(
+        r.sources is not None and all(any(f.name in names and f.values for f in fields) for fields in r.sources)
+        for r in p.rules or ())
+
+
+def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: IstioVersion) -> Iterator[Finding]:
     """What Istio accepts about a CUSTOM policy or a RequestAuthentication but does not do as written.
 
     A CUSTOM policy whose provider istiod cannot use (undefined, or invalid: istiod's processExtensionProvider /
@@ -124,8 +311,9 @@ def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: 
     """
     where = f"step '{step}': {manifest.origin} ({manifest.kind} {manifest.ref})"
 
-    def warn(message: str, field: str) -> Problem:
-        return Problem(Location(scenario.path, where, field), message, "warning")
+    def warn(code: str, message: str, field: str, mode: str = "") -> Finding:
+        return Finding(code, Problem(Location(scenario.path, where, field), message, "warning"),
+                       f"{manifest.kind} {manifest.ref}", mode)
 
     spec = manifest.spec
     targeted = bool(spec.get("targetRef") or spec.get("targetRefs"))
@@ -139,30 +327,34 @@ def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: 
             found = scenario.mesh.provider(name)
             if found is None:
                 known = ", ".join(p.name for p in scenario.mesh.extension_providers) or "none"
-                yield warn(f"provider {name!r} is not in mesh.extensionProviders (defined: {known}): {deny} "
-                           "(istiod builds a deny instead of ext_authz: getExtAuthz)", "spec.provider.name")
+                yield warn("AC401", f"provider {name!r} is not in mesh.extensionProviders (defined: {known}): "
+                           f"{deny} (istiod builds a deny instead of ext_authz: getExtAuthz)", "spec.provider.name")
             else:
                 broken = provider_defects(found, version)
                 target = scenario.provider_workload(found)
                 if broken:
-                    yield warn(f"provider {name!r} is one istiod treats as invalid ({'; '.join(broken)}): {deny}",
+                    yield warn("AC402", f"provider {name!r} is one istiod treats as invalid ({'; '.join(broken)}): "
+                               f"{deny}",
                                "spec.provider.name")
                 elif target is None:
-                    yield warn(f"provider {name!r} calls service {found.service!r}, which names no workload of the "
-                               f"scenario: istiod cannot find it (LookupCluster), so {deny}", "spec.provider.name")
+                    yield warn("AC403", f"provider {name!r} calls service {found.service!r}, which names no workload "
+                               f"of the scenario: istiod cannot find it (LookupCluster), so {deny}",
+                               "spec.provider.name")
                 elif target.kind != "ext-authz":
-                    yield warn(f"provider {name!r} calls {target.ref}, which is not of kind ext-authz: the suite's "
-                               "echo app is no external authorizer", "spec.provider.name")
+                    yield warn("AC404", f"provider {name!r} calls {target.ref}, which is not of kind ext-authz: "
+                               "the suite's echo app is no external authorizer", "spec.provider.name")
                 elif target.port(found.port) is None:
-                    yield warn(f"provider {name!r} calls port {found.port} of {target.ref}, which does not serve it: "
-                               "every check fails, so failOpen and statusOnError decide", "spec.provider.name")
+                    yield warn("AC405", f"provider {name!r} calls port {found.port} of {target.ref}, which does "
+                               "not serve it: every check fails, so failOpen and statusOnError decide",
+                               "spec.provider.name")
         if ambient and not targeted:
-            yield warn("in ambient mode ztunnel ignores CUSTOM policies (\"ztunnel does not support the CUSTOM "
-                       "action\"): without a waypoint and targetRefs this policy protects nothing", "spec.action")
+            yield warn("AC203", "in ambient mode ztunnel ignores CUSTOM policies (\"ztunnel does not support the "
+                       "CUSTOM action\"): without a waypoint and targetRefs this policy protects nothing",
+                       "spec.action", "ambient")
     if manifest.kind == "RequestAuthentication" and ambient and not targeted:
-        yield warn("in ambient mode ztunnel does not check JWTs, and waypoints ignore selector policies: this "
+        yield warn("AC204", "in ambient mode ztunnel does not check JWTs, and waypoints ignore selector policies: this "
                    "RequestAuthentication rejects no token there; attach it to a waypoint with targetRefs",
-                   "spec.selector" if spec.get("selector") else "spec")
+                   "spec.selector" if spec.get("selector") else "spec", "ambient")
 
 
 POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")
@@ -179,18 +371,32 @@ def is_policy_file(path: str | Path) -> bool:
                and str(d.get("apiVersion", "")).startswith("security.istio.io/") for d in docs)
 
 
+def loader_findings(problems: list[Problem]) -> list[Finding]:
+    """The scenario loader's problems as findings: Istio's validation errors (AC001), its warnings (AC002) and the
+    loader's notices (AC003), each once (the same policy file is read again in every step that lists it)."""
+    code = {"error": "AC001", "warning": "AC002"}
+    return dedupe([Finding(code.get(p.severity, "AC003"), p, _policy_label(p.location.where)) for p in problems])
+
+
 def policy_file_problems(path: str | Path, version: IstioVersion) -> list[Problem]:
+    """`policy_file_findings`' problems (the API before rule codes)."""
+    return [f.problem for f in policy_file_findings(path, version)]
+
+
+def policy_file_findings(path: str | Path, version: IstioVersion) -> list[Finding]:
     """`lint` of a raw policy file (issue 13): Istio's own validation of every policy document, and the warnings
     that need no scenario, in sidecar and ambient mode (L7 rules ztunnel drops, DENYs it cannot enforce, CUSTOM and
     RequestAuthentication ignored without a waypoint, principals that can never match, duplicate namespace-wide
-    PeerAuthentications). Warnings that depend on the mesh (which workloads a policy selects, which providers the
-    mesh config defines) need a scenario and are left out; documents of other kinds are ignored.
+    PeerAuthentications). Rules that depend on the mesh (`needs_scenario`: which workloads a policy selects, which
+    providers the mesh config defines, where waypoints are) need a scenario and are left out; documents of other
+    kinds are ignored.
 
     The documents are read through a scenario that references them (`policies: [{file: ...}]`), the loader's own
     path, so each gets the same checks as in a scenario: each one alone first (an invalid document never hides
-    the others' warnings), then the valid ones together. Problems name the policy file and its document."""
+    the others' warnings), then the valid ones together. Findings name the policy file and its document."""
     import tempfile
 
+    from conformance.lint_rules import BY_CODE
     from conformance.scenario import check
 
     target = Path(path).resolve()
@@ -198,7 +404,7 @@ def policy_file_problems(path: str | Path, version: IstioVersion) -> list[Proble
     numbered = [(n + 1, d) for n, d in enumerate(d for d in docs if d is not None)
                 if isinstance(d, dict) and d.get("kind") in POLICY_KINDS]
     shown = str(path)
-    out: list[Problem] = []
+    out: list[Finding] = []
     with tempfile.TemporaryDirectory(prefix="authz-lint-") as tmp:
         def run(subset: list[tuple[int, dict[str, object]]]) -> tuple[Scenario | None, list[Problem]]:
             policies = Path(tmp) / "policies.yaml"
@@ -215,21 +421,20 @@ def policy_file_problems(path: str | Path, version: IstioVersion) -> list[Proble
         valid: list[tuple[int, dict[str, object]]] = []
         for item in numbered:
             scenario, problems = run([item])
-            out += problems
+            out += loader_findings(problems)
             if scenario is not None:
                 valid.append(item)
         if valid:
             scenario, _ = run(valid)
             if scenario is not None:
-                seen = {str(p) for p in out}
-                for w in warnings(scenario, version):
-                    if "applies to no workload" in w.message or "mesh.extensionProviders" in w.message \
-                            or "names no workload of the scenario" in w.message:
+                seen = {str(f.problem) for f in out}
+                for w in _warning_findings(scenario, version):
+                    if BY_CODE[w.code].needs_scenario:
                         continue  # depends on the mesh, which a raw file does not describe
-                    moved = _relocate(w, shown, [n for n, _ in valid])
+                    moved = _relocate(w.problem, shown, [n for n, _ in valid])
                     if str(moved) not in seen:
                         seen.add(str(moved))
-                        out.append(moved)
+                        out.append(Finding(w.code, moved, w.policy, w.mode))
     return out
 
 

@@ -225,9 +225,11 @@ def test_lint_of_a_raw_policy_file_gives_istios_validation_and_the_static_warnin
     raw.write_text(RAW_POLICIES)
     r = cli("lint", str(raw))
     assert r.returncode == 1, r.stdout + r.stderr  # document 3 is invalid
-    assert f"{raw}: document 3 (AuthorizationPolicy shop/bad): field spec.rules[0].to[0].operation" in r.stdout
+    # issue 15: each finding at file:line:col with its rule code
+    assert f"{raw}:19:18: AC001 error: document 3 (AuthorizationPolicy shop/bad): field spec.rules[0].to[0].operation" \
+        in r.stdout
     assert "document 2" not in r.stdout  # the Deployment is no policy: ignored
-    assert f"{raw}: document 1 (AuthorizationPolicy shop/allow-get)" in r.stdout
+    assert f"{raw}:7:24: AC301 warning: document 1 (AuthorizationPolicy shop/allow-get)" in r.stdout
     assert "can never match: principals are written without spiffe://" in r.stdout
     assert "ztunnel drops ALLOW rules [0]" in r.stdout
     assert "applies to no workload" not in r.stdout  # needs a scenario's workloads
