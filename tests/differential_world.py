@@ -223,6 +223,11 @@ class Pools:
             st.just("10.0.0.0/8"),
         )
 
+    def remote_ip_blocks(self) -> st.SearchStrategy[str]:
+        """remoteIpBlocks / remote.ip values: the workloads' addresses (what the peer or the last hop is) and the
+        addresses probes send in X-Forwarded-For (XFF_ADDRESSES), bare or as a block."""
+        return st.one_of(self.ip_blocks(), st.sampled_from(["203.0.113.7", "203.0.113.0/24", "10.1.2.3"]))
+
     @property
     def ports(self) -> list[str]:
         return sorted({str(p.number) for w in self.world.servers for p in w.ports} | {"1234"})
@@ -269,6 +274,7 @@ def source(draw: st.DrawFn, pools: Pools, custom: bool = False) -> dict[str, Any
         "serviceAccounts": lambda: _values(st.sampled_from(pools.service_accounts)),
         "ipBlocks": lambda: _values(pools.ip_blocks()),
         "trustDomains": lambda: _values(forms(pools.trust_domains)),
+        "remoteIpBlocks": lambda: _values(pools.remote_ip_blocks()),
     }
     if custom:  # validation.go: CUSTOM rules may not use identity fields (namespaces, principals, ...)
         families = {"ipBlocks": families["ipBlocks"]}
@@ -313,7 +319,8 @@ def operation(draw: st.DrawFn, pools: Pools) -> dict[str, Any]:
 # validation.go: identity keys are not supported with CUSTOM (nor request.auth.*, which JWT_WHEN_KEYS holds)
 CUSTOM_BANNED_KEYS = ("source.namespace", "source.principal", "source.serviceAccount", "source.trustDomain")
 WHEN_KEYS = ["request.headers[x-team]", "source.ip", "source.namespace", "source.principal",
-             "source.serviceAccount", "source.trustDomain", "destination.ip", "destination.port", "connection.sni"]
+             "source.serviceAccount", "source.trustDomain", "destination.ip", "destination.port", "connection.sni",
+             "remote.ip"]
 
 
 @st.composite
@@ -324,6 +331,7 @@ def condition(draw: st.DrawFn, pools: Pools, custom: bool = False) -> dict[str, 
     values: st.SearchStrategy[str] = JWT_WHEN_VALUES[key] if key in JWT_WHEN_VALUES else {
         "request.headers[x-team]": forms(HEADER_VALUES),
         "source.ip": pools.ip_blocks(),
+        "remote.ip": pools.remote_ip_blocks(),
         "source.namespace": forms(pools.namespaces),
         "source.principal": forms(pools.identities),
         "source.serviceAccount": st.sampled_from(pools.service_accounts),
@@ -609,12 +617,21 @@ def jwt_request(draw: st.DrawFn, world: World) -> Request:
 # Probes.
 
 
+# X-Forwarded-For a probe may send (one header): an address, a list whose right-most entry is what a sidecar or
+# waypoint takes for remote.ip, and entries Envoy's getLastAddressFromXFF does not parse (engine/xff.py)
+XFF_VALUES = ["203.0.113.7", "10.1.2.3, 203.0.113.7", "203.0.113.7, 10.1.2.3", "203.0.113.7, unknown",
+              "unknown", "203.0.113.7,", " 10.1.2.3 ", "203.0.113.7:8080"]
+
+
 @st.composite
 def request(draw: st.DrawFn) -> Request:
     headers: list[tuple[str, str]] = []
     if draw(st.booleans()):
         # header names are case-insensitive: `request.headers[x-team]` must match X-Team too
         headers.append((draw(st.sampled_from(["x-team", "X-Team"])), draw(st.sampled_from(HEADER_VALUES))))
+    if draw(st.integers(0, 2)) == 0:
+        xff = draw(st.sampled_from(XFF_VALUES))
+        headers.append((draw(st.sampled_from(["x-forwarded-for", "X-Forwarded-For"])), xff))
     return Request(draw(st.sampled_from(METHODS)), draw(st.sampled_from(PROBE_PATHS)), tuple(headers))
 
 
@@ -705,7 +722,8 @@ def features(policies: Sequence[Manifest], batch: Sequence[Probe], root: str = R
         if "?" in p.request.path:
             out.add("probe: path with a query")
         for name, value in p.request.headers:
-            out.add("probe: with x-team header" if name.lower() == "x-team" else f"probe: {name}: {value}")
+            out.add("probe: with x-team header" if name.lower() == "x-team" else
+                    "probe: with X-Forwarded-For" if name.lower() == "x-forwarded-for" else f"probe: {name}: {value}")
         if p.request.jwt is not None:
             out |= _token_features(p.request.jwt)
     return out

@@ -719,7 +719,9 @@ def sidecar_outbound_hbone(ctx: ProxyContext, peer: Peer, port: Port) -> dict[st
     name = outbound_cluster_name(peer, port.number)
     if port.protocol == "HTTP":
         state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
-            _state(CLIENT_STATE_KEY, "%DOWNSTREAM_REMOTE_ADDRESS%", "TRANSITIVE", "envoy.hashable_string"),
+            # the direct address: the HCM's remote address is a probe's X-Forwarded-For entry when it sends one
+            # (use_remote_address false reads the right-most entry), and curl's address is what the proof needs
+            _state(CLIENT_STATE_KEY, "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "TRANSITIVE", "envoy.hashable_string"),
         ]}}
         chain = {"filters": [http_connection_manager(
             f"outbound_{lport}", [route_to(hbone_originate_name(peer, port))], [state], access_log(ctx.log_path, tag),
