@@ -140,7 +140,7 @@ def _decision(file: str, step: str, index: int, mode: str, trace: bool = False) 
 def test_a_gateway_denial_names_the_gateway_as_enforcer() -> None:
     d, probe, _ = _decision("ingress-gateway.yaml", "ingress-deny", 0, "ambient")
     assert (d.verdict, d.outcome, d.layer) == ("deny", DENIED_L7, "gateway")
-    assert d.enforcer(probe) == "gateway:istio-system/istio-ingressgateway"
+    assert d.enforcer(probe) == "gateway:istio-ingress/istio-ingressgateway"
     assert d.policy == "istio-system/policy-b" and d.rule == 0
 
 
