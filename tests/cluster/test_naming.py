@@ -208,3 +208,20 @@ def test_a_custom_policys_provider_is_the_sessions_own():
     assert mapped.body["spec"]["provider"] == {"name": "az1-sample"} and mapped.namespace == "az1-foo"
     assert body["spec"]["provider"] == {"name": "sample"}  # the scenario's own document is not changed
     assert nsmap.provider_name("sample") == "az1-sample"
+
+
+def test_scenarios_with_an_ingress_gateway_are_not_built_for_clusters_yet():
+    """Issue 12: the engine decides ingress gateways, but no target deploys one yet; the cluster targets refuse such a
+    scenario (a skip with the reason) and the planner gives it no job."""
+    from conformance.mesh.cluster.naming import not_built_for_clusters
+    from conformance.mesh.cluster.plan import build
+    from conformance.scenario import load
+    from conformance.versions import IstioVersion
+
+    root = Path(__file__).resolve().parents[2]
+    gateway = load(root / "tests" / "data" / "ingress" / "ingress-gateway.yaml", IstioVersion.parse("1.30"))
+    assert "ingress gateway(s)" in (not_built_for_clusters(gateway) or "")
+    assert not_built_for_clusters(load(root / "policies" / "hosts.yaml", IstioVersion.parse("1.30"))) is None
+    built = build([root / "tests" / "data" / "ingress"], "kind", ["sidecar"], "1.30")
+    assert not [f for mp in built.modes for sh in mp.shards for f in sh.files]
+    assert len(built.skipped) == 4 and all("do not deploy" in s for s in built.skipped)

@@ -38,7 +38,7 @@ from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.manifests.render import deployed_waypoints, enrollment_labels
 from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
@@ -205,6 +205,9 @@ class ExistingClusterTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
+        missing = not_built_for_clusters(scenario)
+        if missing:
+            raise TargetUnavailable(missing)
         installed = self._installed
         assert installed is not None
         # istiod's feature flags are its environment: the suite never restarts someone's istiod, so a scenario

@@ -59,7 +59,7 @@ from conformance.mesh.cluster.istioctl import ISTIO_NAMESPACE, Kubeconfig
 from conformance.mesh.cluster.kube import Kube
 from conformance.mesh.cluster.matrix import Matrix, load
 from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
-from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies
+from conformance.mesh.cluster.naming import SessionPrefixes, mesh_wide_policies, not_built_for_clusters
 from conformance.mesh.cluster.options import ClusterSettings
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession, Timeouts
 from conformance.model import Mode, Scenario, Step
@@ -229,6 +229,9 @@ class KindTarget:
         reason = self.unavailable(mode)
         if reason:
             raise TargetError(reason)
+        missing = not_built_for_clusters(scenario)
+        if missing:
+            raise TargetUnavailable(missing)
         cluster = self._cluster(mode, pilotenv.normalized(scenario.mesh.pilot_env))
         ctx = ClusterContext(
             kube=Kube(str(cluster.sessions_read), cluster.context), owns_kube=True,

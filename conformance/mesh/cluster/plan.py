@@ -38,7 +38,7 @@ from typing import Any
 from conformance.errors import ScenarioError
 from conformance.mesh.cluster.matrix import Matrix
 from conformance.mesh.cluster.matrix import load as load_matrix
-from conformance.mesh.cluster.naming import mesh_wide_policies
+from conformance.mesh.cluster.naming import mesh_wide_policies, not_built_for_clusters
 from conformance.mesh.cluster.options import DEFAULT_CONCURRENCY
 from conformance.model import MODES, Mode, Scenario
 from conformance.scenario import load as load_scenario
@@ -358,6 +358,10 @@ def build(paths: Iterable[str | Path], mesh: str = "kind", modes: Sequence[Mode]
             scenario = load_scenario(f, parsed)
         except ScenarioError as exc:
             skipped.append(f"{f}: {str(exc).splitlines()[0]}")
+            continue
+        missing = not_built_for_clusters(scenario)
+        if missing:  # the targets skip it at once: no shard, no job, no estimate for it
+            skipped.append(f"{f}: {missing}")
             continue
         loaded.append((f, scenario))
     plans = []
