@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--istio-version", default=DEFAULT_VERSION,
                         help=f"Istio version whose semantics to use (default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
 
+    def written(sp: argparse.ArgumentParser, name_default: str) -> None:
+        """The options of a command that writes a scenario with predicted verdicts (init, snapshot)."""
+        sp.add_argument("--mode", choices=MODES, action="append", help="a mode to predict and run (repeatable; "
+                                                                       "default sidecar and ambient)")
+        sp.add_argument("--name", default=None, help=f"metadata.name (default: {name_default})")
+        sp.add_argument("--istio-version", default=DEFAULT_VERSION,
+                        help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
+
     sp = command("validate", "check scenario files (exit 1 if any is invalid)",
                  "authz-conformance validate policies/            # every scenario under a directory",
                  "authz-conformance validate s.yaml --istio-version 1.29   # as Istio 1.29 would validate it")
@@ -123,11 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default=None, metavar="OUT",
                     help="the scenario file to write (default: stdout; paths in it are relative to OUT's directory, "
                          "else to the current one)")
-    sp.add_argument("--mode", choices=MODES, action="append", help="a mode to predict and run (repeatable; default "
-                                                                   "sidecar and ambient)")
-    sp.add_argument("--name", default=None, help="metadata.name (default: from OUT or the first --from)")
-    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
-                    help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
+    written(sp, "from OUT or the first --from")
     sp = command("snapshot", "write a scenario from a live cluster, as init does from rendered manifests: its "
                              "workloads, Services, namespaces' data planes and security.istio.io policies, read with "
                              "GET and LIST only (nothing is written to the cluster)",
@@ -147,11 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default=None, metavar="OUT",
                     help="the scenario file to write; the objects read go beside it in <OUT stem>.manifests.yaml, "
                          "which it refers to (default: the scenario to stdout, objects inline)")
-    sp.add_argument("--mode", choices=MODES, action="append", help="a mode to predict and run (repeatable; default "
-                                                                   "sidecar and ambient)")
-    sp.add_argument("--name", default=None, help="metadata.name (default: from OUT, else snapshot-<context>)")
-    sp.add_argument("--istio-version", default=DEFAULT_VERSION,
-                    help=f"Istio version whose semantics predict the verdicts (default {DEFAULT_VERSION})")
+    written(sp, "from OUT, else snapshot-<context>")
     sp = command("plan", "the cluster run plan: cluster, Istio, batches, CI shards and time estimates",
                  "authz-conformance plan policies --mesh kind --istio-version 1.31",
                  "authz-conformance plan policies --format github-e2e   # the e2e workflow's job matrix")

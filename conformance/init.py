@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from conformance.engine.matchers import ztunnel_string  # Istio's exact / prefix / suffix / presence match
 from conformance.errors import Location, Problem, ScenarioError, UsageError
 from conformance.manifests import Derivation, Document, derive, parse, read
 from conformance.model import DEFAULT_MODES, Mode, Workload
@@ -265,8 +266,8 @@ def _sources(rule: Mapping[str, Any], workloads: Sequence[Workload]) -> Any:
             namespaces = [str(n) for n in _list(s.get("namespaces"))]
             if not principals and not namespaces:
                 continue
-            ok_p = not principals or any(_glob(p, w.identity("cluster.local")) for p in principals)
-            ok_n = not namespaces or any(_glob(n, w.namespace) for n in namespaces)
+            ok_p = not principals or any(ztunnel_string(p)(w.identity("cluster.local")) for p in principals)
+            ok_n = not namespaces or any(ztunnel_string(n)(w.namespace) for n in namespaces)
             if ok_p and ok_n and w.in_mesh:
                 return True
         return False
@@ -317,17 +318,6 @@ def _concrete_host(host: str) -> str | None:
     if host == "*":
         return None
     return host.replace("*", "x")
-
-
-def _glob(pattern: str, value: str) -> bool:
-    """Istio's string match: exact, `*` alone, a `*` prefix or suffix."""
-    if pattern == "*":
-        return True
-    if pattern.startswith("*"):
-        return value.endswith(pattern[1:])
-    if pattern.endswith("*"):
-        return value.startswith(pattern[:-1])
-    return pattern == value
 
 
 # -- predictions, and the file ------------------------------------------------------------------------------------
