@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,16 @@ _ALLURE_URL = re.compile(r"((?:(?:https?://|ftp://|mailto:)|www\.)\S+?)(\s|\"|'|
 def shown_intact(title: str) -> str:
     """`title` with a space after every URL that does not end it, which Allure's linkify drops (see above)."""
     return _ALLURE_URL.sub(lambda m: m.group(1) + (" " + m.group(2) if m.group(2) else ""), title)
+
+
+def rerun_command(path: Any, nodeid: str, cwd: Any, target: str, version: object) -> str:
+    """`pytest <test> --mesh T --istio-version V` that runs this test again from where the run was started: the
+    test's file as that directory sees it (repro.shown_path), then the rest of pytest's node id."""
+    from conformance.repro import shown_path
+
+    rest = nodeid.split("::", 1)[1] if "::" in nodeid else ""
+    node = shown_path(path, cwd) + (f"::{rest}" if rest else "")
+    return shlex.join(["pytest", node, "--mesh", target, "--istio-version", str(version)])
 
 
 class AllureReporter:
@@ -102,12 +113,13 @@ class AllureReporter:
         if not isinstance(item, StepItem):
             return
         scenario, mode, step = item.run.scenario, item.run.mode, item.step
+        again = rerun_command(item.path, item.nodeid, item.config.invocation_params.dir, target, version)
         allure.dynamic.title(f"{scenario.name} · {step.name} [{mode}]")
         allure.dynamic.description(
             (scenario.description + "\n\n" if scenario.description else "")
             + f"Scenario file `{scenario.path}`, step `{step.name}` ({len(step.policies)} policies, "
               f"{len(step.expectations)} probes), {mode} mode, Istio {version}, {target} target.\n\n"
-              f"Run it again: `pytest '{item.nodeid}' --mesh {target} --istio-version {version}`"
+              f"Run it again: `{again}`"
         )
         allure.dynamic.parent_suite(scenario.name)
         allure.dynamic.suite(mode)

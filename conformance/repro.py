@@ -21,19 +21,27 @@ from conformance.model import Expectation, Mode, Scenario, Step
 from conformance.versions import IstioVersion
 
 
+def shown_path(path: str | Path, cwd: str | Path | None = None) -> str:
+    """`path` as a command run from `cwd` (default: here) needs it: relative when it lies under `cwd`, else absolute.
+
+    Why not pytest's node id: it is relative to pytest's rootdir, which is not where the user started the run when
+    an ini file above, or a path given from elsewhere, moved it (issue 15: the Allure "Run it again" command)."""
+    p = Path(path)
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    try:
+        shown = os.path.relpath(p.resolve(), base.resolve()) if p.is_absolute() else str(p)
+        if shown.startswith(".."):
+            shown = str(p.resolve())
+    except ValueError:  # another drive (Windows)
+        shown = str(p)
+    return shown
+
+
 def repro_command(scenario_path: str | Path, step: str, probe: int, mode: Mode, version: IstioVersion | str,
                   target: str = "local", cwd: str | Path | None = None) -> str:
     """The shell command that reproduces one probe; the path is relative to `cwd` when it lies under it."""
-    path = Path(scenario_path)
-    base = Path(cwd) if cwd is not None else Path.cwd()
-    try:
-        shown = os.path.relpath(path.resolve(), base.resolve()) if path.is_absolute() else str(path)
-        if shown.startswith(".."):
-            shown = str(path.resolve())
-    except ValueError:  # another drive (Windows)
-        shown = str(path)
-    args = ["authz-conformance", "repro", shown, "--step", step, "--probe", str(probe), "--mode", mode,
-            "--istio-version", str(version)]
+    args = ["authz-conformance", "repro", shown_path(scenario_path, cwd), "--step", step, "--probe", str(probe),
+            "--mode", mode, "--istio-version", str(version)]
     if target != "local":
         args += ["--mesh", target]
     return shlex.join(args)
