@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TextIO, cast
 
 from conformance.errors import ConformanceError, ScenarioError, UsageError
 from conformance.model import DATAPLANES, MODES, DataPlane, Mode, Scenario, Waypoint
-from conformance.scenario import check, load, scenario_paths
+from conformance.scenario import ScenarioPaths, check, load, scenario_paths
 from conformance.versions import DEFAULT_VERSION, IstioVersion
 
 
@@ -265,13 +265,16 @@ def _versions(out: TextIO) -> int:
     return 0
 
 
-def _expand(paths: Sequence[str], out: TextIO) -> tuple[list[str], int]:
-    """The scenario files under `paths` (scenario.scenario_paths), with a notice per file that is not one; status 1
+def _expand(paths: Sequence[str], out: TextIO, found: ScenarioPaths | None = None,
+            handled: Collection[str] = ()) -> tuple[list[str], int]:
+    """The scenario files under `paths` (scenario.scenario_paths, or `found` when the caller already walked them),
+    with a notice per file that is not one (but those the caller `handled`, lint's raw policy files); status 1
     when a path does not exist or a directory holds no scenario (a gate that checks nothing must not pass)."""
-    found = scenario_paths(paths)
+    found = found or scenario_paths(paths)
     status = 0
     for f in found.not_scenarios:
-        print(f"{f}: not a scenario file (no authz-conformance/v1 Scenario): skipped", file=out)
+        if f not in handled:
+            print(f"{f}: not a scenario file (no authz-conformance/v1 Scenario): skipped", file=out)
     for d in found.empty_dirs:
         print(f"{d}: no scenario file in this directory", file=sys.stderr)
         status = 1
@@ -327,7 +330,7 @@ def _lint(paths: Sequence[str], version: IstioVersion, out: TextIO, args: argpar
     notes = out if fmt == "text" else sys.stderr
     found = scenario_paths(paths)
     raw = [f for f in found.not_scenarios if is_policy_file(f)]
-    files, status = _expand([p for p in paths if p not in raw], notes)
+    files, status = _expand(paths, notes, found, handled=raw)  # one walk of the paths, not two
     reported: list[Finding] = []
     counts: dict[str, int] = {}
 

@@ -97,18 +97,20 @@ class World:
         return sorted({w.identity(td) for w in self.workloads if w.in_mesh} | {w.identity(td) for w in self.waypoints})
 
 
+SHOP_BANK = (  # two worlds share it: with Istio's default istiod, and with its ambient feature flags on
+    _wl("shop/web", 80, labels={"app": "web", "tier": "front"}),
+    _wl("shop/api", 8080, (9000, "TCP"), labels={"app": "api", "tier": "back"}),
+    _wl("bank/ledger", 8080, sa="default", labels={"app": "ledger", "tier": "back"}),
+    _wl("bank/teller", sa="default", labels={"app": "teller"}),
+    _wl("legacy/outsider", mesh=False),
+)
+
 # Hand-shaped so that every world has: 2-3 namespaces with workloads plus an out-of-mesh client in its own
 # namespace, HTTP and TCP ports, port 80 (remapped locally), a client-only in-mesh workload, two workloads
 # sharing a label (selectors that pick several), a shared service-account name across namespaces, and
 # namespace names where one is a prefix of another (prefix / suffix forms on namespaces).
 WORLDS: tuple[World, ...] = (
-    World("shop-bank", (
-        _wl("shop/web", 80, labels={"app": "web", "tier": "front"}),
-        _wl("shop/api", 8080, (9000, "TCP"), labels={"app": "api", "tier": "back"}),
-        _wl("bank/ledger", 8080, sa="default", labels={"app": "ledger", "tier": "back"}),
-        _wl("bank/teller", sa="default", labels={"app": "teller"}),
-        _wl("legacy/outsider", mesh=False),
-    ), waypoint_mode=True),
+    World("shop-bank", SHOP_BANK, waypoint_mode=True),
     World("team-teamb-ops", (
         _wl("team/frontend", 8080, labels={"app": "frontend", "version": "v1"}),
         _wl("team-b/backend", 80, (5432, "TCP"), sa="backend-sa", labels={"app": "backend", "version": "v1"}),
@@ -133,13 +135,7 @@ WORLDS: tuple[World, ...] = (
     # variants: ztunnel gets each waypoint's synthetic ALLOW, waypoints enforce the policies selecting their pod at
     # the HBONE termination, dry-run policies reach ztunnel marked dryRun. A flag is istiod's environment, fixed
     # for a mesh, so the values vary by world, not by example.
-    World("shop-bank-flags", (
-        _wl("shop/web", 80, labels={"app": "web", "tier": "front"}),
-        _wl("shop/api", 8080, (9000, "TCP"), labels={"app": "api", "tier": "back"}),
-        _wl("bank/ledger", 8080, sa="default", labels={"app": "ledger", "tier": "back"}),
-        _wl("bank/teller", sa="default", labels={"app": "teller"}),
-        _wl("legacy/outsider", mesh=False),
-    ), waypoint_mode=True, mesh=MeshConfig(ROOT, TD, pilot_env=(
+    World("shop-bank-flags", SHOP_BANK, waypoint_mode=True, mesh=MeshConfig(ROOT, TD, pilot_env=(
         ("AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY", "True"),
         ("ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES", "1"),
         ("PILOT_AUTO_ALLOW_WAYPOINT_POLICY", "true"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from conformance.engine import custom as ext
@@ -66,6 +66,13 @@ def _at_proxy_of(policy: Any, workload: Workload, scenario: Scenario, version: I
         for w in scenario.waypoints if w.namespace == workload.namespace))
 
 
+def _first_at_proxy_of(step: Step, kind: str, compile: Callable[[Manifest], Any], workload: Workload,
+                       scenario: Scenario, version: IstioVersion) -> Any:
+    """The step's first policy of `kind`, compiled, that binds at `workload`'s own proxy (`_at_proxy_of`), or None."""
+    return next((q for q in map(compile, (m for m in step.policies if m.kind == kind))
+                 if _at_proxy_of(q, workload, scenario, version)), None)
+
+
 def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
     """One problem per refused use, each naming the step, the document and the field."""
     def problem(where: str, field: str, what: str) -> Problem:
@@ -106,9 +113,7 @@ def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
             yield problem(where_of(m), "spec.provider.name", f"a gRPC provider ({provider.name!r}) whose port "
                           f"{provider.port} its Service does not serve (whether Envoy accepts an envoy_grpc cluster "
                           "that does not exist is not modelled)")
-        q = next((q for q in map(compile_authorization_policy,
-                                 (x for x in step.policies if x.kind == "AuthorizationPolicy"))
-                  if _at_proxy_of(q, workload, scenario, version)), None)
+        q = _first_at_proxy_of(step, "AuthorizationPolicy", compile_authorization_policy, workload, scenario, version)
         if q is not None:
             yield problem(where_of(m), "spec.provider.name", f"AuthorizationPolicy {q.ref} applies to the "
                           f"provider {workload.ref} itself (whether it lets the proxies' check requests "
@@ -117,9 +122,8 @@ def _not_modelled(scenario: Scenario, step: Step) -> Iterator[Problem]:
         # token of a probe reaches it in the check's Authorization header or path (query) and is validated there;
         # one it rejects comes back as the authorizer's answer (ext_authz relays the 401/403 and its body).
         # Found by tests/test_differential.py; the engine does not model the provider's proxy, so it refuses.
-        r = next((r for r in map(compile_request_authentication,
-                                 (x for x in step.policies if x.kind == "RequestAuthentication"))
-                  if _at_proxy_of(r, workload, scenario, version)), None)
+        r = _first_at_proxy_of(step, "RequestAuthentication", compile_request_authentication, workload, scenario,
+                               version)
         if r is not None:
             yield problem(where_of(m), "spec.provider.name", f"RequestAuthentication {r.ref} applies to the "
                           f"provider {workload.ref} itself (its JWT filter checks the proxies' check requests, "
