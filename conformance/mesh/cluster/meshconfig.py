@@ -51,7 +51,9 @@ def mesh_configmap_name(revision: str | None) -> str:
 
 
 def istiod_selector(revision: str | None) -> str:
-    """The label selector of a revision's istiod pods (the istiod chart labels them app=istiod, istio.io/rev)."""
+    """The label selector of a revision's istiod pods: the istiod chart labels its pod template `app: istiod`,
+    `istio.io/rev: {{ .Values.revision | default "default" }}` (manifests/charts/istio-control/istio-discovery/
+    templates/deployment.yaml@release-1.30 l.46-47)."""
     return "app=istiod,istio.io/rev=" + (revision or "default")
 
 
