@@ -47,6 +47,18 @@ def test_explain_says_why_the_seed_claim_is_false() -> None:
     assert "DENY is evaluated before ALLOW" in r.stdout
 
 
+def test_explain_prints_only_notes_that_concern_the_probe() -> None:
+    """issue 15: a waypoint probe whose waypoint policies read no address or SNI gets no ipBlocks/SNI note; the
+    path, the policies that apply and the deciding rule are still printed."""
+    r = cli("explain", str(ROOT / "policies" / "waypoint-l7-policy.yaml"), "--step", "waypoint-l7", "--probe", "0",
+            "--mode", "waypoint")
+    assert r.returncode == 0, r.stderr
+    assert "internal_client_address" not in r.stdout and "istio/istio#53588" not in r.stdout
+    assert "Waypoint apps/waypoint serves apps/server" in r.stdout
+    assert "applies: ALLOW apps/policy-waypoint (targetRefs)" in r.stdout
+    assert "ALLOW policies apply and none matches" in r.stdout or " matches → " in r.stdout
+
+
 def test_explain_unknown_step_is_one_line() -> None:
     r = cli("explain", str(DATA / "good.yaml"), "--step", "nope", "--probe", "0")
     assert r.returncode == 1 and "no step 'nope'" in r.stderr and "Traceback" not in r.stderr

@@ -19,7 +19,7 @@ has neither JWT nor CUSTOM.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -48,7 +48,7 @@ from conformance.engine.policy import (
     compile_peer_authentication,
     compile_request_authentication,
 )
-from conformance.engine.proxy import Attributes, Check, EnvoySemantics
+from conformance.engine.proxy import HTTP_ONLY_FIELDS, Attributes, Check, EnvoySemantics, http_only_condition
 from conformance.engine.scope import applies_at_waypoint, applies_to_gateway, applies_to_workload, scope_of
 from conformance.engine.ztunnel import Connection, Translated, first_matching_rule, translate
 from conformance.model import (
@@ -394,9 +394,13 @@ def _decide(state: State, probe: Probe, mode: Mode, version: IstioVersion, trace
     src = probe.source
     td = state.mesh.trust_domain
     trace.on and trace(f"Istio {version}, {mode} mode: {probe.describe()} ({probe.port.protocol} port)")
-    if src.in_mesh:
-        trace.on and trace(f"The source is in the mesh, as {src.identity(td)}: its proxy uses mTLS (at a sidecar, "
-                           "unless the destination port's PeerAuthentication mode is DISABLE).")
+    if src.in_mesh and trace.on:
+        # the DISABLE exception concerns only a sidecar client sending to a sidecar whose port is DISABLE
+        disabled = (mode in ("sidecar", "mixed") and not probe.destination.is_gateway
+                    and c.sidecar_mtls(probe.destination, probe.port.number).mode == "DISABLE")
+        trace(f"The source is in the mesh, as {src.identity(td)}: its proxy uses mTLS"
+              + (" (at a sidecar, unless the destination port's PeerAuthentication mode is DISABLE)." if disabled
+                 else "."))
     else:
         trace.on and trace("The source is not in the mesh: it sends plaintext and has no identity, so no positive "
               "principal, namespace or serviceAccount can match it (their not-forms do).")
@@ -458,13 +462,22 @@ def _sidecar_hbone(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     identity = src.identity(state.mesh.trust_domain)
     if trace.on:
         mtls = c.sidecar_mtls(dst, probe.port.number)
-        trace(f"The destination's sidecar enforces, on its HBONE listener (port 15008): it sees {identity}. "
-              f"PeerAuthentication ({mtls.mode} on port {probe.port.number}) is not consulted: HBONE always "
-              "carries a client certificate, and the internal chains are built with mTLS mode DISABLE "
-              "(listener_inbound.go L167-168), so neither STRICT refuses nor DISABLE hides the identity.")
-        trace(f"  `ipBlocks` and `source.ip` see the internal listener's address ({WAYPOINT_DIRECT_REMOTE}), as at "
-              "a waypoint (the same connect_terminate → main_internal hand-off): positive IP matches fail, their "
-              "not-forms hold. There is no SNI, and no client sidecar normalized the path first.")
+        trace(f"The destination's sidecar enforces, on its HBONE listener (port 15008): it sees {identity}.")
+        if mtls.decided_by is not None:  # without a PeerAuthentication there is nothing that could have applied
+            trace(f"  PeerAuthentication ({mtls.mode} on port {probe.port.number}, from {mtls.decided_by.ref}) is "
+                  "not consulted: HBONE always carries a client certificate, and the internal chains are built "
+                  "with mTLS mode DISABLE (listener_inbound.go L167-168), so neither STRICT refuses nor DISABLE "
+                  "hides the identity.")
+        here = c.for_workload(dst)
+        if _reads(here, keys=_DIRECT_IP_KEYS, fields=_DIRECT_IP_FIELDS):
+            trace(f"  `ipBlocks` and `source.ip` see the internal listener's address ({WAYPOINT_DIRECT_REMOTE}), as "
+                  "at a waypoint (the same connect_terminate → main_internal hand-off): positive IP matches fail, "
+                  "their not-forms hold.")
+        if _reads(here, keys=_SNI_KEYS):
+            trace("  There is no SNI (`connection.sni`) on the internal chains: a positive SNI match fails, its "
+                  "not-form holds.")
+        if _normalization_differs(probe.request.path):
+            trace("  No client sidecar normalized the path first: only this sidecar's Envoy normalizes it.")
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, identity, WAYPOINT_DIRECT_REMOTE, http=not tcp, version=c.version,
                         sidecar_sni=False, remote_peer=state.addresses.get(src.ref, ""))
@@ -529,6 +542,32 @@ def _visible_headers(
 # a positive IP match never holds and its not-form always does (istio/istio#46982, still so in 1.30.3;
 # measured in Envoy 1.40 by tests/test_differential.py, regression tests/data/regressions/).
 WAYPOINT_DIRECT_REMOTE = "envoy://internal_client_address/"
+
+# The attributes explain's notes are about (issue 15: a note only for a probe whose policies read them): source
+# fields by their positive name (policy.Field carries the not-form with it) and `when` keys.
+_DIRECT_IP_FIELDS = frozenset({"ipBlocks"})  # generator.go srcIPGenerator: direct_remote_ip
+_DIRECT_IP_KEYS = frozenset({"source.ip"})
+_REMOTE_IP_FIELDS = frozenset({"remoteIpBlocks"})  # generator.go remoteIPGenerator: remote_ip
+_REMOTE_IP_KEYS = frozenset({"remote.ip"})
+_IP_FIELDS = _DIRECT_IP_FIELDS | _REMOTE_IP_FIELDS
+_IP_KEYS = _DIRECT_IP_KEYS | _REMOTE_IP_KEYS
+_SNI_KEYS = frozenset({"connection.sni"})
+
+
+def _reads(policies: Iterable[AuthorizationPolicy], keys: Container[str] | Callable[[str], bool],
+           fields: Container[str] = frozenset()) -> bool:
+    """Whether some rule of `policies` names one of the source/operation `fields` or a `when` key in `keys` (a
+    set, or a predicate). explain prints a note about how a proxy sees an attribute only when a policy at that
+    proxy reads it: elsewhere the note says nothing about the probe (issue 15)."""
+    has_key = keys if callable(keys) else keys.__contains__
+    for p in policies:
+        for rule in p.rules or ():
+            for blocks in (rule.sources or (), rule.operations or ()):
+                if any(f.name in fields for block in blocks for f in block):
+                    return True
+            if any(has_key(cond.key) for cond in rule.conditions):
+                return True
+    return False
 
 
 def envoy_policy_id(p: AuthorizationPolicy, rule: int) -> str:
@@ -847,9 +886,12 @@ def _sidecar(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, identity, state.addresses.get(src.ref, ""), http=not tcp, version=c.version,
                         client_sidecar=src.in_mesh)
-    if tcp:
-        trace.on and trace("  Port is TCP: the network RBAC filter decides per connection; HTTP-only attributes drop "
-              "ALLOW rules and are ignored in DENY rules (a denied connection is closed: curl exit 52).")
+    if tcp and trace.on:
+        trace("  Port is TCP: the network RBAC filter decides per connection (a denied connection is closed: curl "
+              "exit 52).")
+        if _reads(c.for_workload(dst), keys=http_only_condition, fields=HTTP_ONLY_FIELDS):
+            trace("  HTTP-only attributes drop ALLOW rules and are ignored in DENY rules on this chain (model.go "
+                  "checkError).")
     _trace_path(probe, attrs, c.version, trace)
     return _envoy_proxy(c, f"sidecar:{dst.ref}", c.for_workload(dst), c.ras_for_workload(dst), attrs, probe, tcp,
                         "sidecar", trace)
@@ -866,12 +908,18 @@ def _request_path(raw: str, version: IstioVersion, client_sidecar: bool) -> str:
     return normalize_path(path, fixed) if client_sidecar else path
 
 
+def _normalization_differs(raw: str) -> bool:
+    """Whether the release or a second normalization pass can change how `raw` is matched (a `.;x` / `..;x`
+    segment): only then does explain say how the path was normalized."""
+    return normalize_path(normalize_path(raw, True), True) != normalize_path(raw, False)
+
+
 def _trace_path(probe: Probe, attrs: Attributes, version: IstioVersion, trace: _Trace) -> None:
     """Say how the path was normalized when the release decides it (a `.;x` / `..;x` segment)."""
     if not trace.on or attrs.path is None:
         return
     raw = probe.request.path
-    if normalize_path(normalize_path(raw, True), True) == normalize_path(raw, False):
+    if not _normalization_differs(raw):
         return
     if version.has(DOT_SEGMENT_PARAMETERS):
         trace(f"  Path {raw!r} is matched as {attrs.path!r}: this release's Envoy cuts a `.;x` / `..;x` segment to "
@@ -1045,19 +1093,21 @@ def _waypoint_mode(c: _Compiled, probe: Probe, trace: _Trace) -> Decision:
     tcp = probe.port.protocol == "TCP"
     attrs = _attributes(state, probe, src.identity(state.mesh.trust_domain), WAYPOINT_DIRECT_REMOTE, http=not tcp,
                         version=c.version, sidecar_sni=False, remote_peer=state.addresses.get(src.ref, ""))
-    trace.on and trace("  At the waypoint, `ipBlocks` and `source.ip` see no client address: istiod compiles them to "
-                       "Envoy's direct_remote_ip (generator.go srcIPGenerator), and the waypoint's inner listener "
-                       f"only restores the remote address, so the direct one stays {WAYPOINT_DIRECT_REMOTE} "
-                       "(istio/istio#46982): positive IP matches fail there, their not-forms hold. Nor is "
-                       "there an SNI (`connection.sni`): the waypoint inspects TLS only for TLS services "
-                       "(listener_waypoint.go, istio/istio#53588).")
+    bound = [p for p in state.authorization_policies
+             if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
+    if trace.on and _reads(bound, keys=_DIRECT_IP_KEYS, fields=_DIRECT_IP_FIELDS):
+        trace("  At the waypoint, `ipBlocks` and `source.ip` see no client address: istiod compiles them to "
+              "Envoy's direct_remote_ip (generator.go srcIPGenerator), and the waypoint's inner listener "
+              f"only restores the remote address, so the direct one stays {WAYPOINT_DIRECT_REMOTE} "
+              "(istio/istio#46982): positive IP matches fail there, their not-forms hold.")
+    if trace.on and _reads(bound, keys=_SNI_KEYS):
+        trace("  At the waypoint there is no SNI (`connection.sni`): the waypoint inspects TLS only for TLS services "
+              "(listener_waypoint.go, istio/istio#53588): a positive SNI match fails there, its not-form holds.")
     _trace_path(probe, attrs, c.version, trace)
     if state.mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT):
         refused = _layered_termination(c, probe, waypoint, trace)
         if refused is not None:
             return refused
-    bound = [p for p in state.authorization_policies
-             if applies_at_waypoint(p, waypoint, dst, state.mesh, c.version)]
     if trace.on:
         for ra in state.request_authentications:
             if applies_to_workload(ra, dst, state.mesh):
@@ -1139,11 +1189,14 @@ def _ingress(c: _Compiled, probe: Probe, mode: Mode, trace: _Trace) -> Decision:
     remote = xff.remote_address(received, peer, use_remote_address=True, trusted_hops=n)
     path = _ingress_route(c, probe, mode)
     if trace.on:
+        with_port = ":" in probe.authority.rpartition("]")[2]  # `host:port` or `[v6]:port`
         trace(f"Ingress gateway {gateway.ref} ({gateway.identity(state.mesh.trust_domain)}): Host {probe.authority!r} "
-              f"routes to {backend.ref}:{onward.port.number} (routing ignores the Host's port, gateway.go "
-              "ignore_port_in_host_matching; policies' `hosts` do not). Path "
-              f"({path.crossing}): {path.describe()}.")
+              f"routes to {backend.ref}:{onward.port.number}"
+              + (" (routing ignores the Host's port, gateway.go ignore_port_in_host_matching; policies' `hosts` do "
+                 "not)" if with_port else "")
+              + f". Path ({path.crossing}): {path.describe()}.")
         trace(f"  Why: {path.why}.")
+    if trace.on and _reads(c.for_workload(gateway), keys=_IP_KEYS, fields=_IP_FIELDS):
         how = ("numTrustedProxies is 0: the gateway ignores X-Forwarded-For and `remote_ip` is its peer" if n == 0 else
                f"numTrustedProxies is {n}: `remote_ip` is entry {n} from the right of the X-Forwarded-For received "
                f"(getLastAddressFromXFF skipping {n - 1}), or the peer when there are fewer entries or that one is "
@@ -1162,10 +1215,17 @@ def _ingress(c: _Compiled, probe: Probe, mode: Mode, trace: _Trace) -> Decision:
     if at_gateway.verdict == "deny":
         return at_gateway
     plane = _backend_plane(state, backend, mode)
-    trace.on and trace(f"The gateway sends the request on as {gateway.identity(state.mesh.trust_domain)} from "
-                       f"{state.addresses.get(gateway.ref, '')}, X-Forwarded-For {fwd_xff!r}: at a sidecar or "
-                       "waypoint (use_remote_address false) remoteIpBlocks see its right-most entry, the gateway's "
-                       f"peer. {backend.ref} runs the {plane} data plane.")
+    if trace.on:
+        behind = list(c.for_workload(backend))
+        waypoint = state.waypoint_for(backend) if plane == "waypoint" else None
+        if waypoint is not None:
+            behind += [p for p in state.authorization_policies
+                       if applies_at_waypoint(p, waypoint, backend, state.mesh, c.version)]
+        forwarded = (f", X-Forwarded-For {fwd_xff!r}: at a sidecar or waypoint (use_remote_address false) "
+                     "remoteIpBlocks see its right-most entry, the gateway's peer"
+                     if _reads(behind, keys=_REMOTE_IP_KEYS, fields=_REMOTE_IP_FIELDS) else "")
+        trace(f"The gateway sends the request on as {gateway.identity(state.mesh.trust_domain)} from "
+              f"{state.addresses.get(gateway.ref, '')}{forwarded}. {backend.ref} runs the {plane} data plane.")
     if path.crossing == INGRESS_TO_SIDECAR:
         after = _sidecar(c, onward, trace)
     elif path.crossing == INGRESS_TO_WAYPOINT:
