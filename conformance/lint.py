@@ -10,15 +10,15 @@ denies what its rules match) or that ztunnel ignores, a RequestAuthentication zt
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from conformance.engine import explain, state_for_step
-from conformance.engine.policy import AuthorizationPolicy
-from conformance.engine.scope import applies_at_waypoint, applies_to_workload
+from conformance.engine.policy import AuthorizationPolicy, TargetRef
+from conformance.engine.scope import Attachable, applies_at_waypoint, applies_to_gateway, applies_to_workload
 from conformance.engine.ztunnel import translate, unenforceable
 from conformance.errors import Location, NotModelled, Problem
 from conformance.model import Manifest, Scenario, Workload
@@ -166,7 +166,7 @@ def _raw_warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Finding
                                 yield warn("AC302", f"principal {v!r} can never match: no identity "
                                            "<trust domain>/ns/<ns>/sa/<sa> ends with {v[1:]!r}", field)
                             elif ambient and not p.target_refs and scenario.mesh.trust_domain != "cluster.local" \
-                                    and v.startswith("cluster.local/"):
+                                    and v.startswith("cluster.local/") and not _gateway_only(p, scenario):
                                 yield warn("AC303", f"in ambient mode ztunnel compares principal {v!r} literally: "
                                            f"the mesh's trust domain is {scenario.mesh.trust_domain!r}, so it never "
                                            "matches there (sidecars and waypoints read cluster.local as the mesh's "
@@ -203,13 +203,33 @@ def _selects_anything(p: AuthorizationPolicy, scenario: Scenario, version: Istio
         deployed = [wp for wp in scenario.waypoints if "waypoint" in scenario.modes
                     or ("mixed" in scenario.modes and scenario.dataplane(wp.namespace) == "waypoint")]
         return any(applies_at_waypoint(p, wp, w, scenario.mesh, version)
-                   for wp in deployed for w in scenario.workloads if w.namespace == wp.namespace)
+                   for wp in deployed for w in scenario.workloads if w.namespace == wp.namespace) or any(
+            applies_to_gateway(p, w, scenario.mesh) for w in scenario.workloads if w.is_gateway)
     return any(applies_to_workload(p, w, scenario.mesh) for w in scenario.workloads if w.in_mesh and w.ports)
 
 
-def _gateway_only(p: AuthorizationPolicy, scenario: Scenario) -> bool:
-    """A selector policy that applies to ingress gateways only: their Envoy enforces L7 rules, ztunnel never
-    sees the policy (a policy whose namespace the scenario does not describe is not gateway-only)."""
+@dataclass(frozen=True)
+class _Selecting:
+    """What ShouldAttachPolicy reads of a policy (scope.Attachable), from a manifest the engine does not compile
+    here (a RequestAuthentication, a CUSTOM policy)."""
+
+    namespace: str
+    selector: Mapping[str, str] | None
+    target_refs: tuple[TargetRef, ...] = ()
+
+
+def _selecting(manifest: Manifest) -> _Selecting:
+    sel = manifest.spec.get("selector")
+    labels = sel.get("matchLabels") if isinstance(sel, dict) else None
+    return _Selecting(manifest.namespace, dict(labels) if isinstance(labels, dict) else None if sel is None else {})
+
+
+def _gateway_only(p: Attachable, scenario: Scenario) -> bool:
+    """A selector policy that applies to ingress gateways only. A gateway is an Envoy: it enforces L7 rules,
+    CUSTOM and RequestAuthentication as a sidecar does, and reads `cluster.local` principals with the trust domain
+    aliases; ztunnel never sees the policy (a gateway has no ztunnel in front: policyattachment.go ShouldAttachPolicy
+    l.123-146 attaches selector policies to it like to any workload). A policy whose namespace the scenario does not
+    describe is not gateway-only."""
     applies = [w for w in scenario.workloads if w.in_mesh and applies_to_workload(p, w, scenario.mesh)]
     return bool(applies) and all(w.is_gateway for w in applies)
 
@@ -245,9 +265,14 @@ def _waypoint_pitfalls(scenario: Scenario, step: str, manifests: tuple[Manifest,
         mode, behind = "mixed", tuple(wp for wp in scenario.waypoints if scenario.dataplane(wp.namespace) == "waypoint")
     else:
         return
-    from conformance.pilotenv import AUTO_ALLOW_WAYPOINT
+    from conformance.engine.flags import termination_policies
+    from conformance.pilotenv import AUTO_ALLOW_WAYPOINT, LAYERED_WAYPOINT
 
     auto_allow = scenario.mesh.pilot_flag(AUTO_ALLOW_WAYPOINT)  # istiod then admits the waypoint at ztunnel itself
+    # ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES: the policies selecting the waypoint's own pod are enforced at
+    # its HBONE termination with the client's identity (listener_waypoint.go@1.30.3 l.276-281; engine/flags.py), so
+    # they restrict clients at the waypoint as a targetRefs policy does
+    layered = scenario.mesh.pilot_flag(LAYERED_WAYPOINT)
     policies = [p for p in getattr(state, "authorization_policies", ()) if not p.dry_run]
     origin = {m.ref: m.origin for m in manifests if m.kind == "AuthorizationPolicy"}
     addresses = default_addresses(scenario)
@@ -258,7 +283,9 @@ def _waypoint_pitfalls(scenario: Scenario, step: str, manifests: tuple[Manifest,
                 continue
             at_ztunnel = [p for p in policies if p.action == "ALLOW" and applies_to_workload(p, w, scenario.mesh)]
             restricted = any(p.action in ("ALLOW", "DENY", "CUSTOM")
-                             and applies_at_waypoint(p, wp, w, scenario.mesh, version) for p in policies)
+                             and applies_at_waypoint(p, wp, w, scenario.mesh, version) for p in policies) or (
+                layered and any(p.action in ("ALLOW", "DENY")
+                                for p in termination_policies(policies, wp, scenario.mesh)))
             for p in at_ztunnel:
                 if p.ref not in origin or not p.rules:
                     continue
@@ -347,11 +374,12 @@ def _jwt_and_custom(scenario: Scenario, step: str, manifest: Manifest, version: 
                     yield warn("AC405", f"provider {name!r} calls port {found.port} of {target.ref}, which does "
                                "not serve it: every check fails, so failOpen and statusOnError decide",
                                "spec.provider.name")
-        if ambient and not targeted:
+        if ambient and not targeted and not _gateway_only(_selecting(manifest), scenario):
             yield warn("AC203", "in ambient mode ztunnel ignores CUSTOM policies (\"ztunnel does not support the "
                        "CUSTOM action\"): without a waypoint and targetRefs this policy protects nothing",
                        "spec.action", "ambient")
-    if manifest.kind == "RequestAuthentication" and ambient and not targeted:
+    if manifest.kind == "RequestAuthentication" and ambient and not targeted \
+            and not _gateway_only(_selecting(manifest), scenario):
         yield warn("AC204", "in ambient mode ztunnel does not check JWTs, and waypoints ignore selector policies: this "
                    "RequestAuthentication rejects no token there; attach it to a waypoint with targetRefs",
                    "spec.selector" if spec.get("selector") else "spec", "ambient")
