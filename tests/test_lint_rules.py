@@ -163,12 +163,15 @@ def test_rules_listing():
     assert r.returncode == 0 and all(x.code in r.stdout for x in RULES)
 
 
+INGRESS_SCENARIOS = ("ingress-gateway", "ingress-remote-ip", "ingress-backends", "ingress-to-waypoint")
+
+
 def test_policies_that_select_only_an_ingress_gateway_get_no_ztunnel_warning():
     """A gateway is an Envoy: selector policies with L7 fields, CUSTOM, RequestAuthentication, cluster.local
     principals on a custom trust domain and a targetRefs policy on its own Gateway all apply there, so none of the
     ambient rules (AC201-AC204, AC303) nor AC102 fires."""
     assert codes(LINT / "silent-gateway.yaml") == []
-    r = cli("lint", "tests/data/ingress")
+    r = cli("lint", *(f"policies/{n}.yaml" for n in INGRESS_SCENARIOS))
     assert r.returncode == 0, r.stdout + r.stderr
     gateway_policies = ("istio-system/policy-b", "istio-system/ingress-policy", "istio-ingress/")
     for line in r.stdout.splitlines():

@@ -367,6 +367,20 @@ def sidecar_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_ma
     ]
 
 
+def gateway_http_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
+                         release: Release | None = None, *, request_authentications: Sequence[Manifest] = (),
+                         services: ServiceIndex | None = None) -> list[Json]:
+    """The authn/authz HTTP filters of an ingress gateway's listener: the same builders in the same order as a
+    sidecar's (listener_builder.go@1.30 buildHTTPConnectionManager l.395-411, for every proxy but a waypoint, with
+    `authz.NewBuilder(..., node.Type == model.Waypoint)`: principals from the TLS peer, of which a plaintext client
+    has none), except the JWT filter's `clear_route_cache`, which istiod sets for every proxy but a sidecar."""
+    return [
+        *custom_builder(mesh, port_map, False, release, services).build_http(policies),
+        *authn.jwt_filters(request_authentications, waypoint=True, release=release),
+        *_builder(mesh, port_map, False, release).build_http(policies),
+    ]
+
+
 def sidecar_tcp_filters(policies: Sequence[Manifest], mesh: MeshConfig, port_map: Mapping[int, int],
                         release: Release | None = None, *, services: ServiceIndex | None = None,
                         use_filter_state: bool = False) -> list[Json]:

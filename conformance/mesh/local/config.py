@@ -525,7 +525,7 @@ def waypoint_bootstrap() -> dict[str, Any]:
     }]}
 
 
-def _state(key: str, value: str, shared: str, factory: str | None = None) -> dict[str, Any]:
+def filter_state(key: str, value: str, shared: str, factory: str | None = None) -> dict[str, Any]:
     return {
         "object_key": key, "factory_key": factory or key, "shared_with_upstream": shared,
         "format_string": {"text_format_source": {"inline_string": value}},
@@ -544,10 +544,10 @@ def waypoint_terminate_listener(ctx: ProxyContext, served: Sequence[tuple[Peer, 
     @1.30.3 l.274-290: authz filters, then the metadata and connect-authority ones).
     """
     state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
-        _state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
-        _state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%", "ONCE"),
-        _state("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", "ONCE"),
-        _state(CLIENT_STATE_KEY, f"%REQ({CLIENT_HEADER.upper()})%", "TRANSITIVE", "envoy.hashable_string"),
+        filter_state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
+        filter_state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%", "ONCE"),
+        filter_state("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", "ONCE"),
+        filter_state(CLIENT_STATE_KEY, f"%REQ({CLIENT_HEADER.upper()})%", "TRANSITIVE", "envoy.hashable_string"),
     ]}}
     routes = [connect_route(f"{peer.address}:{port.number}", waypoint_inner_name(peer, port))
               for peer, port in served]
@@ -569,7 +569,7 @@ def _originate_name(peer: Peer, port: Port) -> str:
     return f"connect_originate|{peer.ref}|{port.number}"
 
 
-def _internal_listener(name: str, filters: Sequence[Mapping[str, Any]], log: list[dict[str, Any]],
+def internal_listener(name: str, filters: Sequence[Mapping[str, Any]], log: list[dict[str, Any]],
                        original_dst: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": name, "internal_listener": {}, "filter_chains": [{"filters": list(filters)}], "access_log": log,
@@ -596,10 +596,10 @@ def waypoint_inner_listener(ctx: ProxyContext, peer: Peer, port: Port,
     if port.protocol == "HTTP":
         body = [http_connection_manager(f"waypoint_{port.number}", [route_to(_originate_name(peer, port))],
                                         filters, log)]
-        return _internal_listener(name, body, access_log(ctx.log_path, f"waypoint conn {peer.ref}:{port.number}"),
+        return internal_listener(name, body, access_log(ctx.log_path, f"waypoint conn {peer.ref}:{port.number}"),
                                   original_dst=True)
     proxy = tcp_proxy(f"waypoint_{port.number}", _originate_name(peer, port), log)
-    return _internal_listener(name, [*filters, proxy], log, original_dst=True)
+    return internal_listener(name, [*filters, proxy], log, original_dst=True)
 
 
 def waypoint_originate_listener(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str, Any]:
@@ -621,12 +621,12 @@ def waypoint_originate_listener(ctx: ProxyContext, peer: Peer, port: Port) -> di
     if port.protocol == "TCP":
         proxy["typed_config"]["upstream_connect_mode"] = "ON_DOWNSTREAM_DATA"
         proxy["typed_config"]["max_early_data_bytes"] = 65536
-    return _internal_listener(_originate_name(peer, port), [proxy],
+    return internal_listener(_originate_name(peer, port), [proxy],
                               access_log(ctx.log_path, f"waypoint originate {peer.ref}:{port.number}"),
                               original_dst=False)
 
 
-def _internal_cluster(name: str, http: bool, codec: str | None = "h1") -> dict[str, Any]:
+def internal_cluster(name: str, http: bool, codec: str | None = "h1") -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "connect_timeout": CONNECT_TIMEOUT,
@@ -654,7 +654,7 @@ def _provider_origination(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str
     name = outbound_cluster_name(peer, port.number)
     proxy = tcp_proxy(f"provider_{port.number}", f"hbone|{peer.ref}", tunnel_authority=f"{peer.address}:{port.number}",
                       client=f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%")
-    return _internal_listener(name, [proxy], access_log(ctx.log_path, f"waypoint provider {peer.ref}:{port.number}"),
+    return internal_listener(name, [proxy], access_log(ctx.log_path, f"waypoint provider {peer.ref}:{port.number}"),
                               original_dst=False)
 
 
@@ -670,12 +670,12 @@ def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) ->
             http="h2", one_request_per_connection=True,
         ))
     for peer, port in served:
-        clusters.append(_internal_cluster(waypoint_inner_name(peer, port), http=False))
-        clusters.append(_internal_cluster(_originate_name(peer, port), http=port.protocol == "HTTP"))
+        clusters.append(internal_cluster(waypoint_inner_name(peer, port), http=False))
+        clusters.append(internal_cluster(_originate_name(peer, port), http=port.protocol == "HTTP"))
     for peer, port in ctx.providers:
         name = outbound_cluster_name(peer, port.number)
         if peer.spiffe:
-            clusters.append(_internal_cluster(name, http=True, codec=ctx.codec(peer.ref, port)))
+            clusters.append(internal_cluster(name, http=True, codec=ctx.codec(peer.ref, port)))
         else:  # out of the mesh: plaintext, straight to it
             clusters.append(static_cluster(name, peer.address, ctx.layout.real(port.number), bind=ctx.me.address,
                                            http=ctx.codec(peer.ref, port), one_request_per_connection=True))
@@ -721,7 +721,7 @@ def sidecar_outbound_hbone(ctx: ProxyContext, peer: Peer, port: Port) -> dict[st
         state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
             # the direct address: the HCM's remote address is a probe's X-Forwarded-For entry when it sends one
             # (use_remote_address false reads the right-most entry), and curl's address is what the proof needs
-            _state(CLIENT_STATE_KEY, "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "TRANSITIVE", "envoy.hashable_string"),
+            filter_state(CLIENT_STATE_KEY, "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", "TRANSITIVE", "envoy.hashable_string"),
         ]}}
         chain = {"filters": [http_connection_manager(
             f"outbound_{lport}", [route_to(hbone_originate_name(peer, port))], [state], access_log(ctx.log_path, tag),
@@ -746,10 +746,10 @@ def sidecar_hbone_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
         ))
         for port in peer.workload.ports:
             if port.protocol == "HTTP":
-                clusters.append(_internal_cluster(hbone_originate_name(peer, port), http=True,
+                clusters.append(internal_cluster(hbone_originate_name(peer, port), http=True,
                                                   codec=ctx.codec(peer.ref, port)))
     for port in ctx.me.workload.ports:
-        clusters.append(_internal_cluster(hbone_inner_name(ctx.me, port), http=False))
+        clusters.append(internal_cluster(hbone_inner_name(ctx.me, port), http=False))
     return clusters
 
 
@@ -766,15 +766,15 @@ def sidecar_hbone_static_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
                 continue
             proxy = tcp_proxy(f"originate_{port.number}", f"hbone|{peer.ref}",
                               tunnel_authority=f"{peer.address}:{port.number}", client=client)
-            out.append(_internal_listener(hbone_originate_name(peer, port), [proxy],
+            out.append(internal_listener(hbone_originate_name(peer, port), [proxy],
                                           access_log(ctx.log_path, f"outbound originate {peer.ref}:{port.number}"),
                                           original_dst=False))
     if ctx.me.workload.ports:
         state = {"name": SET_FILTER_STATE_NAME, "typed_config": {"@type": SET_FILTER_STATE, "on_request_headers": [
-            _state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
-            _state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%", "ONCE"),
-            _state("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", "ONCE"),
-            _state(CLIENT_STATE_KEY, f"%REQ({CLIENT_HEADER.upper()})%", "TRANSITIVE", "envoy.hashable_string"),
+            filter_state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "ONCE", "envoy.hashable_string"),
+            filter_state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%", "ONCE"),
+            filter_state("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", "ONCE"),
+            filter_state(CLIENT_STATE_KEY, f"%REQ({CLIENT_HEADER.upper()})%", "TRANSITIVE", "envoy.hashable_string"),
         ]}}
         routes = [connect_route(f"{ctx.me.address}:{port.number}", hbone_inner_name(ctx.me, port))
                   for port in ctx.me.workload.ports]
@@ -798,7 +798,7 @@ def sidecar_hbone_inner_listener(ctx: ProxyContext, port: Port, filters: Sequenc
     log = access_log(ctx.log_path, f"hbone inbound {port.number}")
     if port.protocol == "HTTP":
         body = [http_connection_manager(f"hbone_inbound_{port.number}", [route_to(cluster)], filters, log, xfcc=True)]
-        return _internal_listener(name, body, access_log(ctx.log_path, f"hbone inbound conn {port.number}"),
+        return internal_listener(name, body, access_log(ctx.log_path, f"hbone inbound conn {port.number}"),
                                   original_dst=True)
-    return _internal_listener(name, [*filters, tcp_proxy(f"hbone_inbound_{port.number}", cluster, log)], log,
+    return internal_listener(name, [*filters, tcp_proxy(f"hbone_inbound_{port.number}", cluster, log)], log,
                               original_dst=True)

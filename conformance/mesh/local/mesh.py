@@ -46,7 +46,7 @@ from typing import Any
 
 from conformance import pilotenv
 from conformance.errors import TargetError, TargetUnavailable
-from conformance.mesh.local import authn, config, lifetime
+from conformance.mesh.local import authn, config, gateway, lifetime
 from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
 from conformance.mesh.local.curl import (
     CURL_MISSING,
@@ -65,6 +65,7 @@ from conformance.model import (
     DENIED_AUTHN,
     DENIED_CUSTOM,
     ERROR,
+    INGRESS_USE_WAYPOINT,
     Manifest,
     Mode,
     Port,
@@ -95,6 +96,15 @@ def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
     if proof.kind == JWT_REJECTED and result.evidence.status in (401, 403):
         return DENIED_AUTHN
     return outcome
+
+
+def _concrete(host: str) -> str:
+    """A Host a route's vhost domain matches: `*.b.com` -> `canary.b.com`, `prefix.*` -> `prefix.canary`."""
+    if host == "*":
+        return "canary.example"
+    if host.startswith("*"):
+        return "canary" + host[1:]
+    return host[:-1] + "canary" if host.endswith("*") else host
 
 
 def _authz() -> Any:
@@ -153,7 +163,7 @@ class LocalTarget:
         policies = [m for step in scenario.steps for m in step.policies]
         reason = (_authz().unemulated(policies, mode, self.release) or _missing_packages(scenario)
                   or (disabled_provider_port(scenario) if mode in ("sidecar", "mixed") else None)
-                  or (mixed_provider(scenario) if mode == "mixed" else None) or ingress_gateways(scenario))
+                  or (mixed_provider(scenario) if mode == "mixed" else None) or gateway_provider(scenario, mode))
         return f"{self.name} target: {reason}" if reason else None
 
     def start(self, scenario: Scenario, mode: Mode) -> LocalMeshSession:
@@ -190,11 +200,18 @@ def disabled_provider_port(scenario: Scenario) -> str | None:
     return None
 
 
-def ingress_gateways(scenario: Scenario) -> str | None:
-    """Why the local mesh cannot build the scenario's ingress gateways, or None: it does not start a gateway Envoy
-    yet, and running the probes against anything else would judge another mesh than the scenario's."""
-    gateways = [w.ref for w in scenario.workloads if w.is_gateway]
-    return f"ingress gateway(s) {', '.join(gateways)}: not built by the local mesh yet" if gateways else None
+def gateway_provider(scenario: Scenario, mode: Mode) -> str | None:
+    """Why the local mesh cannot build the scenario's ingress gateway with its ext-authz providers, or None: the
+    gateway calls a provider through its `outbound|<port>||<fqdn>` mTLS cluster (gateway.py), as a sidecar does,
+    which reaches a provider only in a sidecar namespace; Istio's gateway would send HBONE to an ambient one."""
+    if not any(w.is_gateway for w in scenario.workloads):
+        return None
+    for w in scenario.workloads:
+        plane = scenario.dataplane(w.namespace) if mode == "mixed" else mode
+        if w.kind == "ext-authz" and w.in_mesh and plane != "sidecar":
+            return (f"the ext-authz provider {w.ref} runs the {plane} data plane, and the local mesh's ingress gateway "
+                    "reaches providers only by mTLS, not HBONE: not emulated")
+    return None
 
 
 def mixed_provider(scenario: Scenario) -> str | None:
@@ -258,6 +275,7 @@ class LocalMeshSession:
         self._static_listeners: dict[str, list[dict[str, Any]]] = {}  # in the bootstrap, never change
         self._kind: dict[str, str] = {}  # proxy ref -> "sidecar" | "ztunnel" | "waypoint"
         self._served: dict[str, list[tuple[config.Peer, Port]]] = {}  # waypoint ref -> service ports
+        self._gateway_routes: dict[str, list[gateway.Onward]] = {}  # gateway ref -> its routes' backends
         self._app: subprocess.Popen[bytes] | None = None
         self._block: AddressBlock | None = None
         self._marker: lifetime.RunMarker | None = None
@@ -328,13 +346,14 @@ class LocalMeshSession:
                 grpc_ports.add((target.ref, port.number))
         self._grpc_ports = frozenset(grpc_ports)
         # mode mixed: the ambient-captured peers, which sidecars reach by HBONE straight to the pod
-        hbone_peers = frozenset(p.ref for p in peers if p.spiffe and self._plane(p.workload.namespace) != "sidecar"
-                                ) if self.mode == "mixed" else frozenset()
+        hbone_peers = frozenset(
+            p.ref for p in peers if p.spiffe and not p.workload.is_gateway
+            and self._plane(p.workload.namespace) != "sidecar") if self.mode == "mixed" else frozenset()
         # A waypoint serves every in-mesh service of its namespace (the first waypoint named there).
         waypoint_for: dict[str, config.Peer] = {}
         for peer in peers:
             via = next((w for w in waypoints if w.namespace == peer.workload.namespace), None)
-            if via is not None and peer.spiffe and peer.workload.ports:
+            if via is not None and peer.spiffe and peer.workload.ports and not peer.workload.is_gateway:
                 waypoint_for[peer.ref] = waypoint_peers[via.ref]
                 self._served.setdefault(via.ref, []).extend((peer, port) for port in peer.workload.ports)
         self.timings["pki"] = time.monotonic() - t0
@@ -343,7 +362,7 @@ class LocalMeshSession:
         binary = envoy_binary()
         proxies = [p for p in peers if p.workload.in_mesh] + list(waypoint_peers.values())
         for peer in proxies:
-            kind = ("waypoint" if peer.ref in waypoint_peers
+            kind = ("waypoint" if peer.ref in waypoint_peers else "gateway" if peer.workload.is_gateway
                     else "sidecar" if self._plane(peer.workload.namespace) == "sidecar" else "ztunnel")
             self._kind[peer.ref] = kind
             directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
@@ -362,6 +381,12 @@ class LocalMeshSession:
                     clusters += config.sidecar_hbone_clusters(ctx)
                     self._static_listeners[peer.ref] = config.sidecar_hbone_static_listeners(ctx)
                     extra = config.waypoint_bootstrap()
+            elif kind == "gateway":
+                onward = self._onward(peer, by_ref, waypoint_for)
+                self._gateway_routes[peer.ref] = onward
+                clusters = gateway.gateway_clusters(ctx, onward)
+                self._static_listeners[peer.ref] = gateway.gateway_static_listeners(ctx, onward)
+                extra = config.waypoint_bootstrap()  # the internal listeners of the HBONE originations
             elif kind == "ztunnel":
                 clusters = config.ztunnel_clusters(ctx)
                 self._static_listeners[peer.ref] = config.ztunnel_outbound_listeners(ctx)
@@ -387,6 +412,29 @@ class LocalMeshSession:
             self._canary()
         self.timings["started"] = time.monotonic() - t0
 
+    def _onward(self, me: config.Peer, by_ref: Mapping[str, config.Peer],
+                waypoint_for: Mapping[str, config.Peer]) -> list[gateway.Onward]:
+        """How gateway `me` reaches each route's backend, from the backend namespace's data plane: mTLS to a
+        sidecar (or an out-of-mesh pod, plaintext), HBONE to an ambient pod, bypassing its waypoint unless the
+        backend's Service carries istio.io/ingress-use-waypoint=true (gateway.py cites istiod)."""
+        out = []
+        for route in me.workload.routes:
+            peer = by_ref.get(route.to)
+            port = peer.workload.port(route.port) if peer is not None else None
+            if peer is None or port is None:
+                raise TargetError(f"gateway {me.ref}: route {route.host} names {route.to}:{route.port}, which this "
+                                  "mesh does not serve")
+            plane = self._plane(peer.workload.namespace)
+            if not peer.spiffe or plane == "sidecar":
+                out.append(gateway.Onward(route.host, peer, port, gateway.MTLS))
+                continue
+            via = waypoint_for.get(peer.ref)
+            if via is not None and peer.workload.labels.get(INGRESS_USE_WAYPOINT, "").lower() == "true":
+                out.append(gateway.Onward(route.host, peer, port, gateway.VIA_WAYPOINT, via))
+            else:
+                out.append(gateway.Onward(route.host, peer, port, gateway.HBONE))
+        return out
+
     def _start_app(self, peers: Sequence[config.Peer]) -> None:
         """One app process for every workload port; the app of an out-of-mesh workload listens on the
         workload's own address (nothing stands in front of it), an in-mesh one on its app address."""
@@ -405,7 +453,7 @@ class LocalMeshSession:
                 self._ext_authz = lifetime.spawn([sys.executable, "-P", "-u", str(_EXT_AUTHZ_SCRIPT), str(spec_path)],
                                                  stdout=subprocess.PIPE, stderr=err)
             self._marker.add_child(self._ext_authz.pid)
-        spec = [where(p, port) for p in peers if p.workload.kind != "ext-authz" for port in p.workload.ports]
+        spec = [where(p, port) for p in peers if p.workload.kind == "app" for port in p.workload.ports]
         if not spec:
             return
         spec_path = self.tmpdir / "apps.json"
@@ -437,14 +485,20 @@ class LocalMeshSession:
     def _canary(self) -> None:
         """With no policy in force every destination port must answer through the mesh. A failure here
         is an infrastructure error with the evidence, never a policy outcome later."""
-        apps = [w for w in self.scenario.workloads if w.kind != "ext-authz"]
+        apps = [w for w in self.scenario.workloads if w.kind == "app"]
         sources = [w for w in apps if w.in_mesh] or list(apps)
+        outside = next((w for w in apps if not w.in_mesh), None)
         probes = []
         for dest in self.scenario.workloads:
+            if dest.is_gateway:  # from outside the mesh, one probe per route's Host (a `*` in it made concrete)
+                if outside is not None:
+                    probes += [Probe(outside, dest, port, Request(headers=(("host", _concrete(r.host)),)))
+                               for port in dest.ports for r in dest.routes]
+                continue
             src = next((s for s in sources if s.ref != dest.ref), sources[0] if sources else None)
             if src is None:
                 continue
-            if dest.kind != "ext-authz":
+            if dest.kind == "app":
                 probes += [Probe(src, dest, port, Request()) for port in dest.ports]
             else:  # its HTTP check ports answer an allowed check with 200 (gRPC ones speak only gRPC)
                 probes += [Probe(src, dest, port, Request(headers=(("x-ext-authz", "allow"),))) for port in dest.ports
@@ -479,6 +533,8 @@ class LocalMeshSession:
         workload = ctx.me.workload
         if self._kind[ref] == "waypoint":
             return self._waypoint_listeners(authz, ref, policies)
+        if self._kind[ref] == "gateway":
+            return self._gateway_listeners(authz, ref, policies)
         try:
             selected = authz.select_policies(policies, workload, self.mesh)
             listeners: list[dict[str, Any]] = []
@@ -562,6 +618,28 @@ class LocalMeshSession:
             raise TargetError(f"compiling the policies for waypoint {ref} failed: {exc}") from exc
         return listeners
 
+    def _gateway_listeners(self, authz: Any, ref: str, policies: Sequence[Manifest]) -> list[dict[str, Any]]:
+        """An ingress gateway's listeners: per server port its policies (selector, namespace- and root-namespace
+        ones, targetRefs to its Gateway: ShouldAttachPolicy as for any workload with labels) and its routes, the
+        ones to a DISABLE sidecar port in plaintext (auto-mTLS, mtls_checker.go)."""
+        ctx = self._contexts[ref]
+        workload = ctx.me.workload
+        try:
+            selected = authz.select_policies(policies, workload, self.mesh)
+            jwt = authn.select_request_authentications(policies, workload, self.mesh)
+            filters = authz.gateway_http_filters(selected, self.mesh, dict(ctx.layout.port_map), self.target.release,
+                                                 request_authentications=jwt, services=self._services)
+            onward = self._gateway_routes[ref]
+            plaintext = frozenset((o.peer.ref, o.port.number) for o in onward if o.way == gateway.MTLS
+                                  and o.peer.spiffe and self._sidecar_mode(authz, policies, o.peer.workload,
+                                                                           o.port.number) == "DISABLE")
+            return [gateway.gateway_listener(ctx, port, filters, onward, plaintext, self.mesh.num_trusted_proxies)
+                    for port in workload.ports]
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"compiling the policies for gateway {ref} failed: {exc}") from exc
+
     def _sidecar_mode(self, authz: Any, policies: Sequence[Manifest], workload: Workload, port: int) -> str:
         """The mTLS mode of `workload`'s sidecar on `port`; DISABLE on an ext-authz provider's port is refused
         (`disabled_provider_port`)."""
@@ -620,7 +698,7 @@ class LocalMeshSession:
         dead = self._dead_proxies()
         observations = []
         for plan, result, (proof, notes) in zip(plans, results, proofs, strict=True):
-            outcome = _with_proof(classify(result.evidence, plan.probe.destination.ref), result, proof)
+            outcome = _with_proof(classify(result.evidence, self._answering(plan.probe)), result, proof)
             on_path = [plan.probe.source.ref, *self._enforcers(plan.probe)]
             problem = "; ".join(dead[ref] for ref in dict.fromkeys(on_path) if ref in dead) or None
             observations.append(Observation(outcome, result.evidence, proof, notes, problem=problem))
@@ -672,6 +750,13 @@ class LocalMeshSession:
     def _enforcers(self, probe: Probe) -> list[str]:
         """The proxies that may decide this probe, in the order the traffic meets them."""
         src, dst = probe.source, probe.destination
+        if dst.is_gateway:
+            onward = self._route(probe)
+            if onward is None:
+                return [dst.ref]  # no vhost: the gateway's own 404
+            behind = ([onward.waypoint.ref] if onward.way == gateway.VIA_WAYPOINT and onward.waypoint is not None
+                      else []) + ([onward.peer.ref] if onward.peer.spiffe else [])
+            return [dst.ref, *behind]
         if not dst.in_mesh:
             return []
         ctx = self._contexts.get(dst.ref)
@@ -681,6 +766,20 @@ class LocalMeshSession:
         if via is not None and src.in_mesh and self._plane(src.namespace) != "sidecar":
             return [via.ref, dst.ref]
         return [dst.ref]
+
+    def _route(self, probe: Probe) -> gateway.Onward | None:
+        """The route gateway `probe.destination` takes for the probe's Host: Envoy's vhost choice, ignoring the
+        port and the letter case (the scenario's model of it, `Workload.route_for`, names the route)."""
+        found = probe.destination.route_for(probe.authority)
+        return next((o for o in self._gateway_routes.get(probe.destination.ref, ()) if found is not None
+                     and o.host == found.host), None)
+
+    def _answering(self, probe: Probe) -> str:
+        """The workload whose app answers an allowed probe: a gateway's route's backend, else the destination."""
+        if probe.destination.is_gateway:
+            onward = self._route(probe)
+            return onward.peer.ref if onward is not None else probe.destination.ref
+        return probe.destination.ref
 
     def _find_proofs(self, plans: Sequence[_Planned], results: Sequence[CurlResult],
                      marks: Mapping[str, int], timeout: float = 2.0) -> list[tuple[Proof | None, tuple[str, ...]]]:
