@@ -1,5 +1,7 @@
 """Rendering: every object the cluster targets apply, for every shipped scenario and mode, validated
-against the Kubernetes OpenAPI schemas of the tested release (kubernetes-validate, strict)."""
+against the Kubernetes OpenAPI schemas of the tested release (kubernetes-validate, strict), and the Istio
+networking objects of ingress gateways (Gateway, VirtualService) against Istio 1.30.3's own CRD schemas
+(tests/cluster/data/istio-1.30.3-networking.json, read as the API server reads a structural schema)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [*sorted((ROOT / "policies").glob("*.yaml")), ROOT / "tests" / "data" / "good.yaml"]
 MATRIX = matrix_mod.load()
 K8S = "1.35.0"  # the node image's release (clusters/versions.yaml kind.kubernetes)
+NETWORKING = "networking.istio.io/v1"
+NETWORKING_CRDS = Path(__file__).parent / "data" / "istio-1.30.3-networking.json"
+GATEWAY_SCENARIOS = sorted((ROOT / "policies").glob("ingress-*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,8 @@ def test_every_rendered_object_is_valid_kubernetes(path, mode, kv):
     _, _, docs = render(path, mode)
     assert docs
     for doc in docs:
-        if doc["kind"] == "Gateway":  # a CRD: checked structurally in test_waypoint_gateway
-            continue
+        if doc["kind"] == "Gateway" or doc["apiVersion"] == NETWORKING:
+            continue  # CRDs: the waypoint's in test_waypoint_gateway, Istio's in test_istio_networking_objects...
         kv.validate(doc, K8S, strict=True)
 
 
@@ -270,3 +275,175 @@ def test_the_grpc_requirements_are_hash_pinned_within_the_projects_own_bounds():
     for spec in map(Requirement, project):
         if spec.name in pins:
             assert spec.specifier.contains(pins[spec.name]), f"{spec.name}=={pins[spec.name]} is outside {spec}"
+
+
+# -- ingress gateways (issue 12) --------------------------------------------------------------------------------
+@functools.cache
+def _networking_validator(kind: str):
+    """Istio 1.30.3's CRD schema of `kind` (networking.istio.io/v1, vendored verbatim with its source), as plain JSON
+    Schema the way the API server reads it (conformance.crd.json_schema: unknown fields rejected)."""
+    import json
+
+    import jsonschema
+
+    from conformance import crd
+    from conformance.validation import _OBJECT_META
+
+    schema = json.loads(NETWORKING_CRDS.read_text())["schemas"][kind]["v1"]
+    return jsonschema.Draft202012Validator(crd.json_schema(schema, _OBJECT_META))
+
+
+def test_the_networking_schemas_are_istio_1_30_3s():
+    import json
+
+    source = json.loads(NETWORKING_CRDS.read_text())["source"]
+    assert source["tag"] == "1.30.3" and source["commit"] == "56df41f63e513f834c9a3af33d8aed82d1d961f2"
+    assert source["path"] == "manifests/charts/base/files/crd-all.gen.yaml" and "Apache-2.0" in source["license"]
+
+
+def test_the_gateway_scenarios_are_rendered():
+    assert [p.stem for p in GATEWAY_SCENARIOS] == ["ingress-backends", "ingress-gateway", "ingress-remote-ip",
+                                                   "ingress-to-waypoint"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", GATEWAY_SCENARIOS, ids=lambda p: p.stem)
+def test_istio_networking_objects_are_valid_for_istios_crds(path, mode):
+    scenario, _, docs = render(path, mode)
+    if mode not in scenario.modes:
+        pytest.skip(f"{path.stem} does not run in {mode}")
+    istio = [d for d in docs if d["apiVersion"] == NETWORKING]
+    gateways = [w for w in scenario.workloads if w.is_gateway]
+    assert len([d for d in istio if d["kind"] == "Gateway"]) == len(gateways)
+    assert len([d for d in istio if d["kind"] == "VirtualService"]) == sum(len(w.routes) for w in gateways)
+    for doc in istio:
+        errors = [e.message for e in _networking_validator(doc["kind"]).iter_errors(doc)]
+        assert not errors, (doc["kind"], doc["metadata"]["name"], errors)
+
+
+def test_the_networking_schema_catches_what_istio_rejects():
+    _, _, docs = render(ROOT / "policies" / "ingress-gateway.yaml", "sidecar")
+    vs = next(d for d in docs if d["kind"] == "VirtualService")
+    gw = next(d for d in docs if d["apiVersion"] == NETWORKING and d["kind"] == "Gateway")
+    bad_vs = {**vs, "spec": {**vs["spec"], "http": [{"route": [{"destination": {"hostname": "b"}}]}]}}
+    bad_gw = {**gw, "spec": {**gw["spec"], "servers": [{"port": {"number": "eighty"}, "hosts": ["x"]}]}}
+    assert list(_networking_validator("VirtualService").iter_errors(bad_vs))
+    assert list(_networking_validator("Gateway").iter_errors(bad_gw))
+
+
+def _gateway_parts(path: Path, mode: str, settings: RenderSettings | None = None):
+    scenario = load(path, IstioVersion.parse("1.30"))
+    nsmap = NamespaceMap.for_scenario(scenario, "azt3st00-")
+    docs = render_workloads(scenario, nsmap, settings or RenderSettings(mode, MATRIX.images["curl"],
+                                                                        MATRIX.images["app"], "azt3st00"))
+    (w,) = [w for w in scenario.workloads if w.is_gateway]
+    ns = nsmap.cluster_namespace(w.namespace)
+
+    def one(kind: str, name: str, namespace: str = ns) -> dict:
+        (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name
+                  and d["metadata"].get("namespace") == namespace]
+        return doc
+
+    return scenario, nsmap, docs, w, one
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_ingress_gateway_is_a_gateway_injected_deployment_in_every_mode(mode):
+    """Istio's "Installing Gateways" (and the gateway chart): istio-proxy with image auto, the gateway injection
+    template, the injection label; the workload's labels and identity; an unlabelled namespace (no data plane: the
+    gateway is its own Envoy, never ztunnel-captured); no curl and no app (it is no probe source)."""
+    _, nsmap, docs, w, one = _gateway_parts(ROOT / "policies" / "ingress-gateway.yaml", mode)
+    dep = one("Deployment", w.name)
+    pod = dep["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["istio-proxy"]
+    assert pod["spec"]["containers"][0]["image"] == "auto"
+    assert pod["metadata"]["annotations"]["inject.istio.io/templates"] == "gateway"
+    labels = pod["metadata"]["labels"]
+    assert labels["sidecar.istio.io/inject"] == "true" and "istio.io/rev" not in labels
+    assert {k: labels[k] for k in w.labels} == dict(w.labels)
+    assert labels[WORKLOAD_LABEL] == w.name and labels["authz-conformance/run"] == "azt3st00"
+    assert dep["spec"]["selector"]["matchLabels"] == {WORKLOAD_LABEL: w.name}
+    assert pod["spec"]["serviceAccountName"] == w.service_account == "istio-ingressgateway-service-account"
+    assert one("ServiceAccount", w.service_account)
+    sysctls = pod["spec"]["securityContext"]["sysctls"]
+    assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"} in sysctls
+    namespace = next(d for d in docs if d["kind"] == "Namespace" and d["metadata"]["name"] == nsmap.cluster_namespace(
+        w.namespace))
+    assert not {"istio-injection", "istio.io/rev", "istio.io/dataplane-mode", "istio.io/use-waypoint"} & set(
+        namespace["metadata"]["labels"])
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["namespace"] == namespace[
+        "metadata"]["name"]]
+
+
+def test_a_gateway_on_a_revisioned_control_plane_is_injected_by_its_revision():
+    path = ROOT / "policies" / "ingress-gateway.yaml"
+    for settings in (RenderSettings("sidecar", "c", "a", "azt3st00", enrollment_labels("sidecar", "1-30-5")),
+                     RenderSettings("mixed", "c", "a", "azt3st00", revision="1-30-5")):
+        _, _, _, w, one = _gateway_parts(path, settings.mode, settings)
+        labels = one("Deployment", w.name)["spec"]["template"]["metadata"]["labels"]
+        assert labels["istio.io/rev"] == "1-30-5" and "sidecar.istio.io/inject" not in labels
+
+
+def test_num_trusted_proxies_is_the_gateway_pods_proxy_config():
+    """mesh.numTrustedProxies → `proxy.istio.io/config: {"gatewayTopology": {"numTrustedProxies": N}}` on the gateway
+    pod (Istio's "Configuring Gateway Network Topology"); none when the scenario keeps Istio's default 0."""
+    import json
+
+    for name, n in (("ingress-gateway", 1), ("ingress-remote-ip", 2)):
+        _, _, _, w, one = _gateway_parts(ROOT / "policies" / f"{name}.yaml", "ambient")
+        annotations = one("Deployment", w.name)["spec"]["template"]["metadata"]["annotations"]
+        assert json.loads(annotations["proxy.istio.io/config"]) == {"gatewayTopology": {"numTrustedProxies": n}}
+    _, _, _, w, one = _gateway_parts(ROOT / "policies" / "ingress-backends.yaml", "sidecar")
+    assert "proxy.istio.io/config" not in one("Deployment", w.name)["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_gateway_service_gateway_and_one_virtual_service_per_route():
+    _, nsmap, docs, w, one = _gateway_parts(ROOT / "policies" / "ingress-backends.yaml", "mixed")
+    ns = nsmap.cluster_namespace(w.namespace)
+    svc = one("Service", w.name)
+    assert svc["spec"]["selector"] == {WORKLOAD_LABEL: w.name}
+    assert svc["spec"]["ports"] == [{"name": "http-80", "port": 80, "targetPort": 80, "protocol": "TCP",
+                                     "appProtocol": "http"}]
+    gw = one("Gateway", w.name)
+    assert gw["apiVersion"] == NETWORKING
+    assert gw["spec"]["selector"] == {WORKLOAD_LABEL: w.name, "authz-conformance/run": "azt3st00"}
+    pod_labels = one("Deployment", w.name)["spec"]["template"]["metadata"]["labels"]
+    assert gw["spec"]["selector"].items() <= pod_labels.items()
+    assert gw["spec"]["servers"] == [{"port": {"number": 80, "name": "http-80", "protocol": "HTTP"},
+                                      "hosts": ["allowed.example.com", "deny.example.com", "*.nothost.com"]}]
+    routes = [d for d in docs if d["kind"] == "VirtualService"]
+    assert [(v["spec"]["hosts"], v["metadata"]["namespace"], v["spec"]["http"][0]["route"][0]["destination"])
+            for v in routes] == [
+        (["allowed.example.com"], nsmap.cluster_namespace("apps"), {"host": "b", "port": {"number": 8080}}),
+        (["deny.example.com"], nsmap.cluster_namespace("apps"), {"host": "b", "port": {"number": 9090}}),
+        (["*.nothost.com"], nsmap.cluster_namespace("apps"), {"host": "b", "port": {"number": 8080}})]
+    for v in routes:
+        assert v["spec"]["gateways"] == [f"{ns}/{w.name}"]
+        assert v["spec"]["http"][0]["retries"] == {"attempts": 0}
+    assert len({v["metadata"]["name"] for v in routes}) == len(routes)
+
+
+def test_route_hosts_are_mapped_like_the_probes_host_headers():
+    """A route host that names a scenario namespace is renamed as NamespaceMap.host_value renames the probe's Host
+    header and the policies' hosts, so all three still agree on the cluster."""
+    import dataclasses
+
+    from conformance.model import GatewayRoute
+
+    scenario = load(ROOT / "policies" / "ingress-backends.yaml", IstioVersion.parse("1.30"))
+    gw = next(w for w in scenario.workloads if w.is_gateway)
+    routed = dataclasses.replace(gw, routes=(GatewayRoute("b.apps", "apps/b", 8080),))
+    scenario = dataclasses.replace(scenario, workloads=tuple(routed if w is gw else w for w in scenario.workloads))
+    nsmap = NamespaceMap.for_scenario(scenario, "azt3st00-")
+    docs = render_workloads(scenario, nsmap, RenderSettings("sidecar", "c", "a", "azt3st00"))
+    (vs,) = [d for d in docs if d["kind"] == "VirtualService"]
+    assert vs["spec"]["hosts"] == ["b.azt3st00-apps"] == [nsmap.host_value("b.apps")]
+
+
+def test_ingress_use_waypoint_lands_on_the_service():
+    """istiod reads istio.io/ingress-use-waypoint on the Service (services.go); the engine reads it from the workload's
+    labels, which stand for the Service's."""
+    _, nsmap, _, _, one = _gateway_parts(ROOT / "policies" / "ingress-to-waypoint.yaml", "waypoint")
+    apps = nsmap.cluster_namespace("apps")
+    assert one("Service", "opted", apps)["metadata"]["labels"]["istio.io/ingress-use-waypoint"] == "true"
+    assert "istio.io/ingress-use-waypoint" not in one("Service", "plain", apps)["metadata"]["labels"]

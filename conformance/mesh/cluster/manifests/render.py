@@ -20,7 +20,20 @@ is always well-formed. The rules it encodes (DESIGN.md §7, issue 6):
 - in mode mixed each namespace on the data plane `spec.dataplanes` gives it (`data_plane`), on one ambient
   install: a sidecar namespace the sidecar injection label, an ambient one the ambient label, a waypoint one
   the ambient label, `istio.io/use-waypoint` and its waypoint (Istio's documented migration: the ambient
-  profile runs istiod's injector too, and a pod is captured by one or the other by its namespace's label).
+  profile runs istiod's injector too, and a pod is captured by one or the other by its namespace's label);
+- a `kind: ingress-gateway` workload (issue 12) is an Istio ingress gateway in every mode (`_gateway`): a
+  gateway-injected Deployment (ingress-gateway.yaml), its Service, an Istio Gateway selecting it
+  (istio-gateway.yaml) and one VirtualService per route host (virtualservice.yaml). Its namespace, which holds
+  nothing else (the loader's rule), gets no data-plane label: the pod's own injection label brings the proxy,
+  and ztunnel never captures it, even in an ambient namespace, because istio-cni skips every pod the injector
+  marked (cni/pkg/util/enablement_selector.go@1.30.3 l.76-80, "Ztunnel and sidecar for a single pod is
+  currently not supported; opt out"; the injector sets sidecar.istio.io/status on every pod it injects, the
+  gateway template's too: pkg/kube/inject/webhook.go l.772). So the gateway stays its own Envoy: it decides
+  with its own RBAC and reaches sidecars with mTLS and ambient pods with HBONE of its own, as engine/path.py
+  `ingress_route` says;
+- a workload labelled `istio.io/ingress-use-waypoint` carries that label on its Service too, where istiod reads
+  it (serviceregistry/ambient/services.go@1.30 l.271-290; the scenario's workload labels stand for the
+  Service's, engine/decide.py `uses_waypoint_for_ingress`).
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import yaml
 
 from conformance.mesh.cluster.matrix import CLUSTERS_DIR
 from conformance.mesh.cluster.naming import MANAGED_BY, MANAGER, RUN_LABEL, NamespaceMap
-from conformance.model import DataPlane, Mode, Scenario, Waypoint, Workload
+from conformance.model import INGRESS_USE_WAYPOINT, DataPlane, Mode, Scenario, Waypoint, Workload
 
 TEMPLATES = CLUSTERS_DIR / "workloads"
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "local" / "app.py"
@@ -55,6 +68,15 @@ APP_CONTAINER = "app"
 SIDECAR_INJECTION = {"istio-injection": "enabled"}
 AMBIENT_ENROLLMENT = {"istio.io/dataplane-mode": "ambient"}
 USE_WAYPOINT = "istio.io/use-waypoint"
+GATEWAY_CONTAINER = "istio-proxy"  # the gateway pod's one container (ingress-gateway.yaml)
+# Istio's sidecar injector selects a pod of a namespace without injection labels by one of these pod labels
+# (istio-discovery templates/mutatingwebhook.yaml@1.30.3 l.131-144 for the default revision, l.89-107 by revision)
+INJECT_LABEL = "sidecar.istio.io/inject"
+REVISION_LABEL = "istio.io/rev"
+# Per-pod ProxyConfig, merged over the mesh's defaultConfig (pilot/pkg/model/proxy_config.go@1.30.3 l.57-63); how
+# Istio's docs set a gateway's numTrustedProxies ("Configuring Gateway Network Topology",
+# https://istio.io/latest/docs/ops/configuration/traffic-management/network-topologies/)
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
 
 
 def data_plane(scenario: Scenario, mode: Mode, namespace: str) -> DataPlane:
@@ -152,7 +174,8 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
     """Every object a scenario needs in `settings.mode`, in apply order (namespaces first)."""
     mode = settings.mode
     base_labels = settings.labels()
-    in_mesh_ns = {w.namespace for w in scenario.workloads if w.in_mesh}
+    # A gateway's namespace takes no data plane (module docstring): only its pod's own injection label
+    in_mesh_ns = {w.namespace for w in scenario.workloads if w.in_mesh and not w.is_gateway}
     waypoints = deployed_waypoints(scenario, mode)
     waypoint_ns: dict[str, str] = {}
     for wp in waypoints:
@@ -181,7 +204,7 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
         docs.append(doc)
 
     for ns in namespaces:
-        servers = [w for w in scenario.workloads if w.namespace == ns and w.ports]
+        servers = [w for w in scenario.workloads if w.namespace == ns and w.ports and not w.is_gateway]
         if not servers:
             continue
         doc = _template("configmap.yaml")
@@ -211,6 +234,9 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
         if w.ports:
             docs.append(_service(w, nsmap, base_labels, grpc_ports))
     for w in scenario.workloads:
+        if w.is_gateway:
+            docs += _gateway(w, scenario, nsmap, settings, base_labels)
+            continue
         docs.append(_deployment(w, nsmap, settings, base_labels, w.namespace in in_mesh_ns, grpc_ports,
                                 data_plane(scenario, mode, w.namespace)))
 
@@ -226,7 +252,10 @@ def render_workloads(scenario: Scenario, nsmap: NamespaceMap, settings: RenderSe
 def _service(w: Workload, nsmap: NamespaceMap, base_labels: Mapping[str, str],
              grpc_ports: frozenset[tuple[str, int]] = frozenset()) -> dict[str, Any]:
     doc = _template("service.yaml")
-    doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=dict(base_labels))
+    labels = dict(base_labels)
+    if INGRESS_USE_WAYPOINT in w.labels:  # istiod reads it on the Service (module docstring)
+        labels[INGRESS_USE_WAYPOINT] = w.labels[INGRESS_USE_WAYPOINT]
+    doc["metadata"].update(name=w.name, namespace=nsmap.cluster_namespace(w.namespace), labels=labels)
     doc["spec"]["selector"] = selector_labels(w)
     ports = []
     for p in w.ports:
@@ -274,3 +303,63 @@ def _deployment(w: Workload, nsmap: NamespaceMap, settings: RenderSettings, base
         pod["containers"].append(app)
         pod["volumes"] = [{"name": "app", "configMap": {"name": APP_CONFIGMAP}}]
     return doc
+
+
+def gateway_selector(w: Workload, settings: RenderSettings) -> dict[str, str]:
+    """The labels an ingress gateway's Istio Gateway selects its pod by: its workload label and the run label, unique
+    on the cluster (istio-gateway.yaml says why the scenario's own labels are not enough)."""
+    return {**selector_labels(w), RUN_LABEL: settings.run}
+
+
+def injection_labels(settings: RenderSettings) -> dict[str, str]:
+    """The pod label that has istiod inject an ingress gateway in a namespace without injection labels: the
+    revision's own (`istio.io/rev`, as the gateway chart's `gateway.sidecarInjectionLabels` adds it, _helpers.tpl
+    l.27-32) when the session enrolls by revision, else `sidecar.istio.io/inject: "true"`."""
+    revision = settings.revision or settings.enrollment.get(REVISION_LABEL)
+    return {REVISION_LABEL: revision} if revision else {INJECT_LABEL: "true"}
+
+
+def _gateway(w: Workload, scenario: Scenario, nsmap: NamespaceMap, settings: RenderSettings,
+             base_labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """An ingress gateway's Deployment, Istio Gateway and VirtualServices (its Service is rendered with the others).
+
+    Route hosts are mapped as the probes' Host headers and the policies' `hosts` are (NamespaceMap.host_value), so
+    the three keep agreeing when a host happens to name a scenario namespace."""
+    ns = nsmap.cluster_namespace(w.namespace)
+    dep = _template("ingress-gateway.yaml")
+    dep["metadata"].update(name=w.name, namespace=ns, labels=dict(base_labels))
+    spec = dep["spec"]
+    spec["selector"]["matchLabels"] = selector_labels(w)
+    pod = spec["template"]
+    pod["metadata"]["labels"] = {**dict(w.labels), **gateway_selector(w, settings), **injection_labels(settings)}
+    n = scenario.mesh.num_trusted_proxies
+    if n:
+        # Only a positive value is written: ProxyConfig annotations are merged over the mesh default as protobuf,
+        # where a zero does not replace a value (Istio's default is 0 and the suite's installs keep it)
+        pod["metadata"]["annotations"][PROXY_CONFIG_ANNOTATION] = json.dumps(
+            {"gatewayTopology": {"numTrustedProxies": n}}, separators=(",", ":"))
+    pod["spec"]["serviceAccountName"] = w.service_account
+    hosts = [nsmap.host_value(r.host) for r in w.routes]
+    gateway = _template("istio-gateway.yaml")
+    gateway["metadata"].update(name=w.name, namespace=ns, labels=dict(base_labels))
+    gateway["spec"]["selector"] = gateway_selector(w, settings)
+    gateway["spec"]["servers"] = [{"port": {"number": p.number, "name": port_name(p.protocol, p.number),
+                                            "protocol": "HTTP"}, "hosts": list(hosts)} for p in w.ports]
+    docs = [dep, gateway]
+    for i, (r, host) in enumerate(zip(w.routes, hosts, strict=True)):
+        target_ns, _, target = r.to.partition("/")
+        vs = _template("virtualservice.yaml")
+        vs["metadata"].update(name=route_name(w, i), namespace=nsmap.cluster_namespace(target_ns),
+                              labels=dict(base_labels))
+        vs["spec"]["hosts"] = [host]
+        vs["spec"]["gateways"] = [f"{ns}/{w.name}"]
+        destination = vs["spec"]["http"][0]["route"][0]["destination"]
+        destination["host"] = target
+        destination["port"]["number"] = r.port
+        docs.append(vs)
+    return docs
+
+
+def route_name(w: Workload, index: int) -> str:
+    """A route's VirtualService name: unique per gateway and route (two gateways may route into one namespace)."""
+    return f"{w.namespace}-{w.name}-route-{index}"
