@@ -10,21 +10,22 @@ denies what its rules match) or that ztunnel ignores, a RequestAuthentication zt
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from conformance.engine import explain, state_for_step
-from conformance.engine.policy import AuthorizationPolicy, TargetRef
+from conformance.engine.policy import AuthorizationPolicy, Field, TargetRef
 from conformance.engine.scope import Attachable, applies_at_waypoint, applies_to_gateway, applies_to_workload
-from conformance.engine.ztunnel import translate, unenforceable
+from conformance.engine.ztunnel import Translated, translate, unenforceable
 from conformance.errors import Location, NotModelled, Problem
-from conformance.model import Manifest, Scenario, Workload
-from conformance.truthtable import predict
+from conformance.model import Manifest, Mode, Scenario, Step, Workload
+from conformance.pilotenv import AMBIENT_DRY_RUN
+from conformance.truthtable import TruthTable, predict
 from conformance.validation import provider_defects
-from conformance.versions import IstioVersion
+from conformance.versions import DRY_RUN_NOT_SENT_TO_ZTUNNEL, IstioVersion
 
 
 @dataclass(frozen=True)
@@ -33,21 +34,30 @@ class Contradiction:
     explanation: tuple[str, ...]
 
 
-def contradictions(scenario: Scenario, version: IstioVersion) -> Iterator[Contradiction]:
+Prediction = tuple[Step, Mode, TruthTable]
+
+
+def predictions(scenario: Scenario, version: IstioVersion) -> Iterator[Prediction]:
+    """The engine's truth table of every step in every mode (what AC010 and AC011 read)."""
     for step in scenario.steps:
         for mode in scenario.modes:
-            table = predict(scenario, step, mode, version)
-            for row in table.contradictions():
-                e = row.expectation
-                state = state_for_step(scenario, step)
-                why = explain(state, e.probe, mode, version)
-                message = (f"expects {e.verdict(mode)} in {mode} mode, but Istio {version} gives "
-                           f"{row.predicted.verdict} ({e.probe.describe()})")
-                yield Contradiction(
-                    Problem(Location(scenario.path, f"step '{step.name}': probe expect[{e.index}]", "verdict"),
-                            message),
-                    why.trace,
-                )
+            yield step, mode, predict(scenario, step, mode, version)
+
+
+def contradictions(scenario: Scenario, version: IstioVersion,
+                   tables: list[Prediction] | None = None) -> Iterator[Contradiction]:
+    for step, mode, table in tables if tables is not None else predictions(scenario, version):
+        for row in table.contradictions():
+            e = row.expectation
+            state = state_for_step(scenario, step)
+            why = explain(state, e.probe, mode, version)
+            message = (f"expects {e.verdict(mode)} in {mode} mode, but Istio {version} gives "
+                       f"{row.predicted.verdict} ({e.probe.describe()})")
+            yield Contradiction(
+                Problem(Location(scenario.path, f"step '{step.name}': probe expect[{e.index}]", "verdict"),
+                        message),
+                why.trace,
+            )
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,45 @@ class Finding:
 def findings(scenario: Scenario, version: IstioVersion) -> list[Finding]:
     """Every finding about a loaded scenario, each once: the warnings, then the contradictions."""
     out = list(_warning_findings(scenario, version))
-    for c in contradictions(scenario, version):
+    tables = list(predictions(scenario, version))
+    out += dedupe(_strict_cutoffs(scenario, tables))
+    for c in contradictions(scenario, version, tables):
         out.append(Finding("AC010", c.problem, explanation=c.explanation))
     return out
+
+
+def _strict_cutoffs(scenario: Scenario, tables: list[Prediction]) -> Iterator[Finding]:
+    """AC011: a probe from an out-of-mesh client that the scenario expects allowed, which the engine says STRICT
+    mTLS rejects (engine/decide.py STRICT_MTLS, from mtls.py's sidecar_mtls / ztunnel_mtls): one finding per
+    PeerAuthentication, at the field that set the mode, naming the modes and the first such probe."""
+    from conformance.engine.decide import STRICT_MTLS
+
+    found: dict[tuple[str, str], tuple[Step, list[str], str]] = {}
+    for step, mode, table in tables:
+        for row in table:
+            e, d = row.expectation, row.predicted
+            if e.probe.source.in_mesh or e.verdict(mode) != "allow" or d.reason != STRICT_MTLS:
+                continue
+            entry = found.setdefault((step.name if not d.policy else "", d.policy or f"expect[{e.index}]"),
+                                     (step, [], e.probe.describe()))
+            if mode not in entry[1]:
+                entry[1].append(mode)
+    for (_, ref), (step, modes, probe) in found.items():
+        manifest = next((m for m in step.policies if m.kind == "PeerAuthentication" and m.ref == ref), None)
+        words = " and ".join(modes)
+        message = (f"in {words} mode STRICT mTLS rejects the plaintext of out-of-mesh clients, but the scenario "
+                   f"expects {probe} to be allowed: no AuthorizationPolicy can let it through")
+        if manifest is None:  # no PeerAuthentication of the step named: the probe itself
+            index = ref.removeprefix("expect[").rstrip("]")
+            yield Finding("AC011", Problem(Location(scenario.path, f"step '{step.name}': probe expect[{index}]",
+                                                    "verdict"), message, "warning"), "", words)
+            continue
+        spec = manifest.spec
+        field = "spec.mtls.mode" if isinstance(spec.get("mtls"), dict) else \
+            "spec.portLevelMtls" if spec.get("portLevelMtls") else "spec"
+        where = f"step '{step.name}': {manifest.origin} (PeerAuthentication {ref})"
+        yield Finding("AC011", Problem(Location(scenario.path, where, field), message, "warning"),
+                      f"PeerAuthentication {ref}", words)
 
 
 def warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Problem]:
@@ -183,6 +229,28 @@ def _raw_warnings(scenario: Scenario, version: IstioVersion) -> Iterator[Finding
                                f"use L7 attributes ({', '.join(t.l7_fields)}), so they allow nothing; a waypoint "
                                "alone does not help (it ignores selector policies): put them in a targetRefs "
                                "policy on the waypoint", f"spec.rules[{t.dropped_rules[0]}]", mode="ambient")
+                elif p.action == "DENY" and t.l7_fields:
+                    for field, stripped, kept in _broader_denies(p, t):
+                        yield warn("AC207", f"in ambient mode ztunnel strips {', '.join(stripped)} from this DENY "
+                                   f"and keeps {', '.join(kept)}: it denies every connection those match, whatever "
+                                   "the request (\"more restrictive than requested\"); waypoints ignore selector "
+                                   "policies: write it as a targetRefs policy on the waypoint", field,
+                                   mode="ambient")
+            if p.dry_run and not p.target_refs and p.action in ("ALLOW", "DENY") and not _gateway_only(p, scenario):
+                at = [w.ref for w in _ambient_workloads(scenario) if applies_to_workload(p, w, scenario.mesh)]
+                if at and not version.has(DRY_RUN_NOT_SENT_TO_ZTUNNEL):
+                    yield warn("AC208", f"in ambient mode Istio {version} sends this dry-run policy to ztunnel like "
+                               f"any other, and ztunnel enforces it at {', '.join(at)} (dry-run is honoured only "
+                               "by sidecars and waypoints before 1.25.2, istio/istio#55414)",
+                               "metadata.annotations", mode="ambient")
+                elif at and not scenario.mesh.pilot_flag(AMBIENT_DRY_RUN):
+                    yield warn("AC208", f"in ambient mode istiod does not send this dry-run policy to ztunnel "
+                               f"(AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY is off): at {', '.join(at)} it is "
+                               "neither enforced nor logged, so the dry run shows nothing there"
+                               + ("" if AMBIENT_DRY_RUN.available(version) else
+                                  f" (the flag exists from {AMBIENT_DRY_RUN.first_release()})"),
+                               "metadata.annotations", mode="ambient")
+            yield from _hosts_without_port(scenario, step, p, warn, version)
         yield from _waypoint_pitfalls(scenario, step.name, step.policies, state, version)
         levels: dict[str, str] = {}
         for pa in state.peer_authentications:
@@ -232,6 +300,95 @@ def _gateway_only(p: Attachable, scenario: Scenario) -> bool:
     describe is not gateway-only."""
     applies = [w for w in scenario.workloads if w.in_mesh and applies_to_workload(p, w, scenario.mesh)]
     return bool(applies) and all(w.is_gateway for w in applies)
+
+
+def _ambient_workloads(scenario: Scenario) -> list[Workload]:
+    """The in-mesh servers whose ztunnel enforces selector policies in some mode of the scenario (ambient and
+    waypoint mode: all of them; mixed: those of namespaces not running sidecars). Gateways are Envoys."""
+    every = any(m in scenario.modes for m in ("ambient", "waypoint"))
+    mixed = "mixed" in scenario.modes
+    return [w for w in scenario.workloads if w.in_mesh and w.ports and not w.is_gateway
+            and (every or (mixed and scenario.dataplane(w.namespace) != "sidecar"))]
+
+
+def _broader_denies(p: AuthorizationPolicy, t: Translated) -> Iterator[tuple[str, list[str], list[str]]]:
+    """AC207: the sources and operations of a DENY whose L7 fields istiod leaves out of a Match that still holds
+    L4 fields (ambient authorization.go@1.30 handleRule l.537-567), in a rule ztunnel can fire (every clause keeps a
+    non-empty Match: rbac.rs skips empty ones). Yields (field, the L7 names stripped, the L4 names kept)."""
+    from conformance.engine.ztunnel import L7_OPERATION_FIELDS, L7_SOURCE_FIELDS
+
+    translated = {index: clauses for clauses, index in t.rules}
+    for rule in p.rules or ():
+        clauses = translated.get(rule.index)
+        if clauses is None or not all(any(not m.is_empty() for m in clause) for clause in clauses):
+            continue  # dropped, or never fires at ztunnel (AC201's case)
+        parts: list[tuple[str, tuple[tuple[Field, ...], ...], frozenset[str]]] = []
+        if rule.operations:
+            parts.append(("to[{j}].operation", rule.operations, L7_OPERATION_FIELDS))
+        if rule.sources:
+            parts.append(("from[{j}].source", rule.sources, L7_SOURCE_FIELDS))
+        for (path, groups, l7), clause in zip(parts, clauses, strict=False):
+            for j, (fields, match) in enumerate(zip(groups, clause, strict=True)):
+                stripped = [n for f in fields if f.name in l7 for n in _field_names(f)]
+                kept = [n for f in fields if f.name not in l7 for n in _field_names(f)]
+                if stripped and kept and not match.is_empty():
+                    yield f"spec.rules[{rule.index}].{path.format(j=j)}", stripped, kept
+
+
+def _field_names(f: Field) -> list[str]:
+    """The names as written (`methods`, `notMethods`) a Field carries values for."""
+    neg = "not" + f.name[0].upper() + f.name[1:]
+    return [n for n, vs in ((f.name, f.values), (neg, f.not_values)) if vs]
+
+
+def _hosts_without_port(scenario: Scenario, step: Step, p: AuthorizationPolicy, warn: Callable[..., Finding],
+                        version: IstioVersion) -> Iterator[Finding]:
+    """AC501: a `hosts` / `notHosts` value that matches a probe's Host without its port but not the Host the probe
+    sends (with the port): Envoy's `:authority` matcher as the engine compiles it (proxy.EnvoySemantics, HostMatcher:
+    exact, `*suffix` or `prefix*`, ignoring case), for probes to a workload the policy applies to."""
+    from conformance.engine.matchers import envoy_header
+
+    probes = [e.probe for e in step.expectations if _enforced_at(p, e.probe.destination, scenario, version)]
+    for rule in p.rules or ():
+        for j, fields in enumerate(rule.operations or ()):
+            for f in fields:
+                if f.name != "hosts":
+                    continue
+                for key, values in (("hosts", f.values), ("notHosts", f.not_values)):
+                    matchers = [(v, envoy_header(v, ignore_case=True)) for v in values]
+                    for probe in probes:
+                        authority = probe.authority
+                        host, port = _split_port(authority)
+                        bare = next((v for v, m in matchers if m(host)), None) if port else None
+                        if bare is not None and not any(m(authority) for _, m in matchers):
+                            yield warn("AC501", f"{key} value {bare!r} does not match the Host {authority!r} that "
+                                       f"{probe.source.ref} sends to {probe.destination.ref} (Istio matches "
+                                       f":authority with its port): add {host + ':' + port!r} or {host + ':*'!r}",
+                                       f"spec.rules[{rule.index}].to[{j}].operation.{key}")
+                            break
+
+
+def _split_port(authority: str) -> tuple[str, str]:
+    """`host:port` as Envoy's header value holds it (an IPv6 literal keeps its brackets): (host, port or "")."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        rest = authority[end + 1:] if end >= 0 else ""
+        return (authority[: end + 1], rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else (authority, "")
+    host, sep, port = authority.rpartition(":")
+    return (host, port) if sep and port.isdigit() and ":" not in host else (authority, "")
+
+
+def _enforced_at(p: AuthorizationPolicy, w: Workload, scenario: Scenario, version: IstioVersion) -> bool:
+    """Whether an Envoy applies `p` to requests for `w`: its sidecar or gateway (a selector policy), or a waypoint
+    in front of it (a targetRefs policy). ztunnel never sees `hosts` (AC201, AC202)."""
+    if w.is_gateway:
+        return applies_to_gateway(p, w, scenario.mesh)
+    if p.target_refs:
+        return any(applies_at_waypoint(p, wp, w, scenario.mesh, version) for wp in scenario.waypoints
+                   if wp.namespace == w.namespace)
+    sidecar = "sidecar" in scenario.modes or (
+        "mixed" in scenario.modes and scenario.dataplane(w.namespace) == "sidecar")
+    return sidecar and applies_to_workload(p, w, scenario.mesh)
 
 
 def _suffix_can_match(suffix: str) -> bool:

@@ -7,7 +7,8 @@ gets a new code. Each entry says what the finding means in Istio, with the sourc
 `authz-conformance lint --rules` prints the catalog and docs/lint-rules.md is generated from it (`markdown()`).
 
 Codes by hundreds: AC0xx the policy as Istio validates it and the scenario's expectations; AC1xx scope (what a
-policy attaches to); AC2xx ambient enforcement (ztunnel and waypoints); AC3xx identities; AC4xx CUSTOM providers.
+policy attaches to); AC2xx ambient enforcement (ztunnel and waypoints); AC3xx identities; AC4xx CUSTOM providers;
+AC5xx request attributes (what Envoy's matchers compare).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ISTIO = "istio/istio@release-1.30"
+ZTUNNEL = "istio/ztunnel@release-1.30"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,22 @@ RULES: tuple[Rule, ...] = (
          "#implicit-enablement",
          "Fix the expectation (run `authz-conformance explain` on the probe), or the policy if the claim is the "
          "intent.",),
+    Rule("AC011", "strict-mtls-cuts-off-out-of-mesh-client", "warning",
+         "a STRICT PeerAuthentication cuts off an out-of-mesh client the scenario expects to be allowed",
+         "A client outside the mesh (`mesh: false`) has no certificate, so it connects in plaintext. Under STRICT a "
+         "sidecar's inbound listener has only the mTLS filter chains, so the plaintext connection finds none and is "
+         "reset (`filter_chain_not_found`); in ambient mode istiod refers the workload to the static DENY "
+         "`istio_converted_static_strict` (notPrincipals: presence), which ztunnel applies to the connection. No "
+         "AuthorizationPolicy can let it through. The finding uses the engine's decision (STRICT mTLS rejected "
+         "plaintext) for each probe the scenario expects allowed, and is placed at the PeerAuthentication that set "
+         "the mode.",
+         f"{ISTIO} pilot/pkg/security/authn/policy_applier.go ComposePeerAuthentication (l.398); "
+         "pilot/pkg/networking/core/filterchain_options.go getFilterChainMatchOptions (l.186); "
+         "pilot/pkg/serviceregistry/ambient/authorization.go staticStrictPolicyName (l.37), "
+         "convertPeerAuthentication (l.237)",
+         "Bring the caller into the mesh (or through an ingress gateway) before turning STRICT on; keep PERMISSIVE, "
+         "or a portLevelMtls PERMISSIVE entry for the port it uses, until then; or correct the expectation to deny.",
+         needs_scenario=True),
     Rule("AC101", "selects-no-workload", "warning",
          "the policy applies to no workload of the scenario",
          "A selector policy applies to the workloads of its namespace whose labels its selector matches (all of them "
@@ -87,12 +105,17 @@ RULES: tuple[Rule, ...] = (
          "Keep one namespace-wide PeerAuthentication per namespace; use selectors or portLevelMtls for the rest."),
     Rule("AC201", "ambient-deny-l7-no-op", "warning",
          "a selector DENY with only L7 fields is a no-op at ztunnel",
-         "ztunnel enforces selector policies at L4 only: it drops the HTTP attributes (methods, paths, hosts, "
-         "requestPrincipals, L7 `when` keys) from a DENY rule and keeps the rest; a rule that only constrained L7 "
-         "attributes is dropped, so the DENY denies nothing in ambient mode (istio/istio#61126). A waypoint does not "
-         "help: it ignores selector policies.",
-         f"{ISTIO} pilot/pkg/serviceregistry/ambient/authorization.go handleRule, httpRuleFmt (l.482); "
-         "pilot/pkg/model/policyattachment.go l.140-146",
+         "ztunnel enforces selector policies at L4 only: istiod leaves the HTTP attributes (hosts, methods, paths "
+         "and their `not` forms, requestPrincipals / notRequestPrincipals, remoteIpBlocks / notRemoteIpBlocks, L7 "
+         "`when` keys) out of each Match of a DENY rule and keeps the rest; ztunnel skips an empty Match, so a "
+         "clause left with only empty Matches never matches and the rule never fires: the DENY denies nothing in "
+         "ambient mode (istio/istio#61126), although istiod's status message calls it \"more restrictive\". The "
+         "negative fields are L7 too: the usual \"require a JWT\" DENY, `from: [{source: {notRequestPrincipals: "
+         "[\"*\"]}}]`, lets every request without a token through at ztunnel. A waypoint does not help: it "
+         "ignores selector policies.",
+         f"{ISTIO} pilot/pkg/serviceregistry/ambient/authorization.go httpOperations, httpSources (l.491-531), "
+         f"handleRule (l.533-605), httpRuleFmt (l.482); {ZTUNNEL} src/rbac.rs Authorization::matches (l.115: "
+         "`if mg.is_empty() { continue }`); pilot/pkg/model/policyattachment.go l.140-146",
          "Write the DENY as a targetRefs policy bound to the namespace's waypoint (kind Gateway, or the Service), "
          "and put the namespace behind it (istio.io/use-waypoint).",
          mode="ambient"),
@@ -142,6 +165,35 @@ RULES: tuple[Rule, ...] = (
          "Admit the waypoint's service account at ztunnel, and move the client rules to a targetRefs policy on "
          "the waypoint.",
          mode="waypoint", needs_scenario=True),
+    Rule("AC207", "ambient-deny-l7-stripped-broader", "warning",
+         "a selector DENY whose L7 fields ztunnel strips denies more than written",
+         "When a `from` source or a `to` operation of a DENY rule mixes L4 fields (namespaces, principals, "
+         "ipBlocks, ports ...) with L7 ones (requestPrincipals / notRequestPrincipals, methods, paths, hosts, "
+         "remoteIpBlocks and their `not` forms), istiod keeps only the L4 fields in that Match; ztunnel then denies "
+         "every connection the L4 part matches, whatever the request (\"DENY policy with HTTP attributes is enforced "
+         "without the HTTP rules. This will be more restrictive than requested.\"). E.g. \"deny requests from "
+         "namespace front without a JWT\" (`namespaces: [front], notRequestPrincipals: [\"*\"]`) denies all of "
+         "front in ambient mode, tokens or not. A waypoint does not help: it ignores selector policies.",
+         f"{ISTIO} pilot/pkg/serviceregistry/ambient/authorization.go handleRule (l.551-567: the Match keeps the L4 "
+         "fields; l.599-602: only ALLOW rules are dropped), httpDenyRuleBoilerplate (l.485)",
+         "Move the DENY to a targetRefs policy on the waypoint, where Envoy sees the request; keep at ztunnel only "
+         "what is meant for every request of those peers.",
+         mode="ambient"),
+    Rule("AC208", "ambient-dry-run", "warning",
+         "a dry-run selector policy is enforced or silently ignored by ztunnel, depending on version and flag",
+         "Sidecars and waypoints put a dry-run (`istio.io/dry-run: \"true\"`) policy in shadow rules: never "
+         "enforced, its would-be verdict logged. ztunnel differs by release: before 1.25.2 istiod sends the policy "
+         "like any other and ztunnel enforces it (istio/istio#55414); from 1.25.2 istiod does not send it at all "
+         "unless AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY is on (1.29+), so it is neither enforced nor logged and "
+         "the dry run shows nothing; with the flag, ztunnel receives it marked dryRun and only logs its matches "
+         "(\"dry-run: deny policy match\").",
+         f"{ISTIO} pilot/pkg/serviceregistry/ambient/authorization.go convertAuthorizationPolicy (l.409-417: "
+         "`dryRun && !features.EnableWdsDryRunAuthzPol` is not sent), pilot/pkg/features/ambient.go (l.97-100); "
+         f"{ZTUNNEL} src/state.rs assert_rbac (l.576-617); istio/istio#55414",
+         "On 1.29+ set AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY=true in istiod (mesh.pilotEnv in a scenario) to "
+         "see dry-run matches in ztunnel's log; before 1.25.2 do not apply a dry-run policy in ambient mode: it "
+         "is enforced. A targetRefs dry-run policy at a waypoint behaves as in a sidecar.",
+         mode="ambient", needs_scenario=True),
     Rule("AC301", "spiffe-prefixed-principal", "warning",
          "a principal written with spiffe:// never matches",
          "Principals are `<trust domain>/ns/<ns>/sa/<sa>`: Envoy prepends `spiffe://` and ztunnel strips it from the "
@@ -197,6 +249,21 @@ RULES: tuple[Rule, ...] = (
          "Every check call fails, so failOpen and statusOnError decide every request.",
          f"{ISTIO} pilot/pkg/security/authz/builder/extauthz.go (failOpen, statusOnError)",
          "Use a port the authorizer serves.",
+         needs_scenario=True),
+    Rule("AC501", "host-without-port", "warning",
+         "a `hosts` value without a port does not match the Host clients send with one",
+         "istiod compiles `hosts` / `notHosts` to a header matcher on `:authority`: an exact (or `*suffix`) "
+         "case-insensitive string match of the whole header, port included; no part of the RBAC builder adds a "
+         "port-agnostic form, and Istio's HTTP connection managers do not strip the port before RBAC (a gateway "
+         "ignores the port only when routing). A client calling `http://b.ns1:8080` sends `Host: b.ns1:8080`, which "
+         "`hosts: [b.ns1]` does not match: an ALLOW then denies it, a DENY lets it through, and a `notHosts` "
+         "exclusion does not exclude it. The finding uses the engine's matcher on each probe's Host.",
+         f"{ISTIO} pilot/pkg/security/authz/model/model.go (l.55 hostHeader = \":authority\", l.147), "
+         "model/generator.go hostGenerator (l.387-395), matcher/header.go HostMatcher (l.59-90); istio/api "
+         "security/v1beta1/authorization_policy.proto Operation.hosts (the security best practices' \"writing host "
+         "match policies\")",
+         "List the host with its port as well (`b.ns1:8080`) or with any port (`b.ns1:*`, a prefix match), or match "
+         "on something the port does not change.",
          needs_scenario=True),
 )
 
