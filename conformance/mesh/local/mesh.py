@@ -99,12 +99,11 @@ def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
 
 
 def _concrete(host: str) -> str:
-    """A Host a route's vhost domain matches: `*.b.com` -> `canary.b.com`, `prefix.*` -> `prefix.canary`."""
+    """A Host a route's vhost domain matches: `*.b.com` -> `canary.b.com`, `*` -> `canary.example` (a route's host
+    is exact, `*.suffix` or `*`: scenario validation, as Istio's for Gateway hosts)."""
     if host == "*":
         return "canary.example"
-    if host.startswith("*"):
-        return "canary" + host[1:]
-    return host[:-1] + "canary" if host.endswith("*") else host
+    return "canary" + host[1:] if host.startswith("*") else host
 
 
 def _authz() -> Any:
