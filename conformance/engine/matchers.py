@@ -60,7 +60,23 @@ def envoy_regex(regex: str) -> Predicate:
         compiled = re.compile(regex)
     except re.error:
         return lambda s: False
-    return lambda s: compiled.fullmatch(s) is not None
+    # The strings matched are few (the mesh's identities, its paths and headers) and each is matched again and
+    # again (every probe from a workload, every cell of a matrix): remember the answers. Bounded, so a long run
+    # over generated strings cannot grow it without end.
+    seen: dict[str, bool] = {}
+
+    def match(s: str) -> bool:
+        found = seen.get(s)
+        if found is None:
+            if len(seen) >= _REGEX_MEMO:
+                seen.clear()
+            found = seen[s] = compiled.fullmatch(s) is not None
+        return found
+
+    return match
+
+
+_REGEX_MEMO = 4096  # answers remembered per regex
 
 
 @lru_cache(maxsize=65536)

@@ -213,13 +213,38 @@ def compile_match(m: Match) -> ConnCheck | None:
         _either(m.destination_ports, m.not_destination_ports, lambda v, c: v == c.destination_port),
         _either(m.service_accounts, m.not_service_accounts,
                 lambda v, c: c.identity is not None and (c.namespace, c.service_account) == v),
-        _either(m.principals, m.not_principals,
-                lambda v, c: c.identity is not None and ztunnel_string(v)(c.identity)),
-        _either(m.namespaces, m.not_namespaces, lambda v, c: ztunnel_string(v)(c.namespace)),
+        # the string matchers are built here, once, not looked up per connection
+        _either([ztunnel_string(v) for v in m.principals], [ztunnel_string(v) for v in m.not_principals],
+                lambda f, c: c.identity is not None and f(c.identity)),
+        _either([ztunnel_string(v) for v in m.namespaces], [ztunnel_string(v) for v in m.not_namespaces],
+                lambda f, c: f(c.namespace)),
     ) if c is not None]
+    return _every(checks)
+
+
+def _every(checks: Sequence[ConnCheck]) -> ConnCheck:
+    """AND of `checks` (True for none), without a generator per call: this runs for every connection a probe
+    makes, and all() over a generator costs more than the checks themselves."""
     if len(checks) == 1:
         return checks[0]
-    return lambda c: all(check(c) for check in checks)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda c: first(c) and second(c)
+
+    def every(c: Connection) -> bool:
+        for check in checks:  # noqa: SIM110
+            if not check(c):
+                return False
+        return True
+
+    return every
+
+
+def _some(checks: Sequence[ConnCheck]) -> ConnCheck:
+    """OR of `checks` (False for none: a clause whose Matches are all empty never matches)."""
+    if len(checks) == 1:
+        return checks[0]
+    return lambda c: any(m(c) for m in checks)
 
 
 def compile_rule(rule: ZRule) -> ConnCheck:
@@ -230,9 +255,7 @@ def compile_rule(rule: ZRule) -> ConnCheck:
         if not clause:
             continue
         clauses.append([c for c in (compile_match(m) for m in clause) if c is not None])
-    if len(clauses) == 1 and len(clauses[0]) == 1:
-        return clauses[0][0]
-    return lambda c: all(any(m(c) for m in matches) for matches in clauses)
+    return _every([_some(matches) for matches in clauses])
 
 
 
