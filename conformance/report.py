@@ -290,6 +290,7 @@ def _runs(outcomes: Iterable[str]) -> str:
 def explanation_text(table: TruthTable, row: Row) -> str:
     """The engine's reasoning for one probe, as `authz-conformance explain` prints it."""
     from conformance.engine import explain, state_for_step
+    from conformance.engine.decide import probe_route
 
     state = state_for_step(table.scenario, table.step, table.addresses)
     d = explain(state, row.probe, table.mode, table.version)
@@ -297,7 +298,10 @@ def explanation_text(table: TruthTable, row: Row) -> str:
     explicit = row.expectation.verdict(table.mode)
     if explicit and explicit != d.verdict:
         head += f" — the scenario expects {explicit}"
-    return "\n".join([head, *(f"  {line}" for line in d.trace)]) + "\n"
+    # the path, every hop and the one that decided (path.py), for every mode, not only where the trace says it
+    route = probe_route(state, row.probe, table.mode, table.version)
+    path = f"path ({route.crossing}): {route.describe()}; decided at {d.enforcer(row.probe) or 'no proxy'}"
+    return "\n".join([head, f"  {path}", *(f"  {line}" for line in d.trace)]) + "\n"
 
 
 def convergence_text(result: StepResult, required: int | None = None) -> str:

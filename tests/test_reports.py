@@ -188,6 +188,8 @@ def test_wrong_claim_attachments_policies_tables_explanation_convergence(wrong_c
     assert ("expected", "allow · allowed ≠ engine") in cells
     explanation = _attachment(alluredir, result, "engine explanation")
     assert "DENY is evaluated before ALLOW" in explanation and "the scenario expects allow" in explanation
+    assert "path (sidecar->sidecar): sidecar default/frontend → sidecar default/backend (decides); decided at " \
+           "sidecar:default/backend" in explanation
     convergence = _attachment(alluredir, result, "convergence record")
     assert re.search(r"propagation barrier: \d+\.\d ms \(created: AuthorizationPolicy default/deny-all-backend",
                      convergence)
@@ -387,7 +389,7 @@ def test_each_failure_kind_has_its_category_in_junit(pytester: pytest.Pytester) 
     assert messages["broken.yaml.sidecar::only"].startswith("infrastructure failure: broken [sidecar] step only")
     assert messages["invalid.yaml::invalid-scenario"] == (
         "invalid scenario: invalid.yaml: 1 problem(s)\n"
-        "invalid.yaml: step 'only': probe expect[0]: field from: unknown workload 'nowhere/x'\n"
+        "invalid.yaml:17:12: step 'only': probe expect[0]: field from: unknown workload 'nowhere/x'\n"  # file:line:col
         "reproduce: authz-conformance validate invalid.yaml")
     assert messages["broken.yaml.sidecar::only"].endswith(
         "reproduce: authz-conformance repro broken.yaml --step only --probe 0 --mode sidecar --istio-version 1.30.5")
@@ -595,3 +597,19 @@ def test_step_titles_survive_allures_url_linkify():
     assert shown(titles[0]) != titles[0]  # the bug this works around
     for title in titles:
         assert shown(shown_intact(title)) == title
+
+
+def test_the_explanation_shows_the_path_and_the_hop_that_decided_through_a_gateway() -> None:
+    """Issue 12: the report shows each probe's path and which hop decided: through the ingress gateway to an
+    ambient backend, a gateway DENY is decided at the gateway, a backend refusal at the backend's ztunnel."""
+    from conformance.report import explanation_text
+    from conformance.truthtable import predict
+
+    version = IstioVersion.parse("1.30")
+    scenario = load(Path(__file__).resolve().parent.parent / "policies" / "ingress-backends.yaml", version)
+    step = next(s for s in scenario.steps if s.name == "gateway-principal")
+    table = predict(scenario, step, "ambient", version)
+    allowed, refused = (explanation_text(table, row) for row in table)
+    assert "path (outside->gateway->ambient): gateway istio-ingress/istio-ingressgateway (decides) → ztunnel apps/b " \
+           "(decides)" in refused
+    assert "decided at ztunnel:apps/b" in refused and "decided at ztunnel:apps/b" in allowed
