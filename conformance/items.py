@@ -16,9 +16,18 @@ from typing import Any
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
 
-from conformance.errors import ConformanceError, NotModelled, ScenarioError, TargetError, TargetUnavailable
+from conformance.errors import (
+    ConformanceError,
+    Location,
+    NotModelled,
+    Problem,
+    ScenarioError,
+    TargetError,
+    TargetUnavailable,
+)
 from conformance.failures import Failure, InfrastructureFailure, InvalidScenarioFailure, step_failure
 from conformance.model import Expectation, Mode, Scenario, Step
+from conformance.positions import locate, placed
 from conformance.repro import repro_command
 from conformance.runner import StepResult, run_step
 from conformance.scenario import load
@@ -70,7 +79,14 @@ class InvalidScenario(pytest.Item):
         problems = getattr(self.error, "problems", None) or [self.error]
         shown = self.config.invocation_params.dir
         path = os.path.relpath(self.path, shown) if self.path.is_relative_to(shown) else str(self.path)
-        raise InvalidScenarioFailure(f"{self.path.name}: {len(problems)} problem(s)\n{self.error}\n"
+        # each problem at the file:line:col of its field, in the text (console, JUnit, Allure) and as JUnit
+        # properties `problem[i]` (issue 15)
+        for i, p in enumerate(problems):
+            pos = locate(p.location) if isinstance(p, Problem) else None
+            if pos is not None:
+                self.user_properties.append((f"problem[{i}]", str(pos)))
+        text = "\n".join(placed(p) if isinstance(p, Problem) else str(p) for p in problems)
+        raise InvalidScenarioFailure(f"{self.path.name}: {len(problems)} problem(s)\n{text}\n"
                                      f"reproduce: {shlex.join(['authz-conformance', 'validate', path])}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | FailureRepr:
@@ -80,7 +96,11 @@ class InvalidScenario(pytest.Item):
         return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.path.name}: invalid scenario"
+        """The first problem's line (0-based, as pytest counts): JUnit's xunit1 `line` attribute."""
+        first = next(iter(getattr(self.error, "problems", None) or []), None)
+        pos = locate(first.location) if isinstance(first, Problem) else None
+        line = pos.line - 1 if pos is not None and Path(pos.file).resolve() == self.path.resolve() else 0
+        return self.path, line, f"{self.path.name}: invalid scenario"
 
 
 class ModeRun(pytest.Collector):
@@ -239,15 +259,18 @@ class StepItem(pytest.Item):
                 result = run_step(run.mesh, run.scenario, self.step, _version(config),
                                   required=config.getoption("converge"), deadline=_deadline(config))
         except NotModelled as exc:  # valid, but the engine cannot predict it yet (issue 11): never ran
-            raise InvalidScenarioFailure(f"{where}: {len(exc.problems)} problem(s)\n{exc}") from exc
+            text = "\n".join(placed(p) for p in exc.problems)
+            raise InvalidScenarioFailure(f"{where}: {len(exc.problems)} problem(s)\n{text}") from exc
         except (TargetError, ScenarioError) as exc:
             raise InfrastructureFailure(f"{where}: {exc}{again}") from exc
         self.result = result
         config.stash[results_key].append((self, result))
         self.user_properties.append(("barrier_seconds", f"{result.applied.seconds:.4f}"))
-        for row in result.table.contradictions():  # JUnit <property>, whatever the outcome
+        for row in result.table.contradictions():  # JUnit <property>, whatever the outcome, with the verdict's place
+            at = locate(Location(str(run.scenario.path), f"step '{self.step.name}': probe "
+                                 f"expect[{row.expectation.index}]", "verdict"))
             self.user_properties.append((f"scenario_engine_disagreement[{row.expectation.index}]",
-                                         result.table.disagreement(row) or ""))
+                                         (result.table.disagreement(row) or "") + (f" at {at}" if at else "")))
         self.user_properties.append(("converge_seconds", f"{result.convergence.seconds:.4f}"))
         if not result.passed:
             raise step_failure(result, self.repro_command)

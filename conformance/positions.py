@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from conformance.errors import Location
+from conformance.errors import Location, Problem
 
 _STEP = re.compile(r"^step '(?P<step>.*?)'(?::\s*(?P<rest>.*))?$")
 _INLINE = re.compile(r"^policies\[(?P<k>\d+)\](?:\s*\(.*\))?$")
@@ -205,3 +205,14 @@ def lines(path: str | Path) -> list[str]:
         return Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return []
+
+
+def placed(problem: Problem) -> str:
+    """A problem as one line that starts with the file:line:col of its field (compiler style, what editors, CI logs
+    and JUnit readers link), then where, the field and the message; the problem as it is when no position is found."""
+    pos = locate(problem.location)
+    text = str(problem)
+    if pos is None:
+        return text
+    prefix = f"{problem.location.file}: "
+    return f"{pos}: {text.removeprefix(prefix) if text.startswith(prefix) else text}"

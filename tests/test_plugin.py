@@ -56,9 +56,28 @@ def test_invalid_scenario_is_one_failing_item_without_traceback(scenarios: pytes
     (scenarios.path / "bad.yaml").write_text(text)
     result = scenarios.runpytest_subprocess("bad.yaml")
     result.assert_outcomes(failed=1)
-    line = "bad.yaml: step 'baseline': probe expect[0]: field from: unknown workload 'finance/cur'"
+    line = "bad.yaml:16:12: step 'baseline': probe expect[0]: field from: unknown workload 'finance/cur'"
     assert line in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
+
+
+def test_junit_carries_the_file_line_and_column_of_a_validation_error(scenarios: pytest.Pytester) -> None:
+    """Issue 15: the failure's message and text start each problem with file:line:col of its field, a property
+    `problem[i]` holds it, and (xunit1) the testcase's line is the first problem's."""
+    import xml.etree.ElementTree as ET
+
+    text = (DATA / "good.yaml").read_text().replace("finance/curl, to", "finance/cur, to", 1)
+    (scenarios.path / "bad.yaml").write_text(text)
+    result = scenarios.runpytest_subprocess("bad.yaml", "--junitxml", "junit.xml", "-o", "junit_family=xunit1")
+    result.assert_outcomes(failed=1)
+    (case,) = ET.parse(scenarios.path / "junit.xml").getroot().iter("testcase")
+    failure = case.find("failure")
+    assert failure is not None
+    expected = "bad.yaml:16:12: step 'baseline': probe expect[0]: field from: unknown workload"
+    assert expected in failure.get("message", "") and expected in (failure.text or "")
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["problem[0]"].endswith("bad.yaml:16:12")
+    assert case.get("line") == "15"  # 0-based, as pytest's location counts
 
 
 def test_a_wrong_expectation_fails_with_tables_evidence_explanation_and_repro(scenarios: pytest.Pytester) -> None:
