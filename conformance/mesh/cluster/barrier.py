@@ -22,7 +22,11 @@ proxy's own configuration holds exactly the step's policies:
 
 Which proxy must hold which policy follows plain Kubernetes scoping: the policy's namespace (or the
 root namespace) and its `matchLabels` against the pod's labels for sidecars and ztunnel; its
-`targetRefs` for waypoints. What cannot be observed by name is not waited for (PeerAuthentication,
+`targetRefs` for waypoints. An ingress gateway (issue 12) is attached to as any workload with labels
+(istiod's `WorkloadPolicyMatcher.ShouldAttachPolicy`, pilot/pkg/model/policyattachment.go@1.30.3 l.126-200):
+by selector, and by `targetRefs` to a Gateway only when its pod carries gateway.networking.k8s.io/gateway-name
+(then a policy without targetRefs still attaches by selector: ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY, on by
+default). What cannot be observed by name is not waited for (PeerAuthentication,
 AUDIT, dry-run policies at ztunnel, ALLOW rules on a TCP-only sidecar, which istiod skips, a CUSTOM policy
 of an HTTP provider on a TCP-only sidecar, which gets no filter at all).
 The barrier records how long it took; if it times out the run goes on (convergence still decides) and
@@ -39,9 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conformance.model import Manifest
-from conformance.names import DRY_RUN_ANNOTATION, WAYPOINT_GATEWAY_CLASS
+from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
 
-ProxyKind = Literal["sidecar", "waypoint", "ztunnel"]
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+ProxyKind = Literal["sidecar", "waypoint", "ztunnel", "gateway"]
 _POLICY_ID = re.compile(r"(istio-ext-authz-[^\"\s]*?)?ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]"
                         r"(-deny-due-to-bad-CUSTOM-action)?")
 CUSTOM_ID = "custom:"  # a CUSTOM policy whose provider istiod found: its ext_authz filter is in force
@@ -52,12 +58,13 @@ _JWT_AUTHN_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 
 @dataclass(frozen=True)
 class Proxy:
-    """One enforcing proxy: a sidecar (per destination pod), a waypoint, or a ztunnel (per node)."""
+    """One enforcing proxy: a sidecar (per destination pod), an ingress gateway, a waypoint, or a ztunnel (per
+    node)."""
 
     kind: ProxyKind
     name: str  # pod name
     namespace: str  # cluster namespace of the pod
-    labels: Mapping[str, str] = field(default_factory=dict)  # the workload pod's labels (sidecar)
+    labels: Mapping[str, str] = field(default_factory=dict)  # the workload pod's labels (sidecar, gateway)
     http: bool = True  # the workload serves at least one HTTP port (sidecar)
     gateway: str = ""  # waypoint: the Gateway's name
     serves_namespaces: frozenset[str] = frozenset()  # waypoint: namespaces that use it
@@ -237,7 +244,13 @@ def applies_to(m: Manifest, proxy: Proxy, root_namespace: str, providers: Mappin
             if kind == "GatewayClass" and name == WAYPOINT_GATEWAY_CLASS and m.namespace == root_namespace:
                 return True
         return False
-    if refs:
+    if proxy.kind == "gateway" and GATEWAY_NAME_LABEL in proxy.labels:
+        if refs:  # policyattachment.go l.150-197: a Gateway of the label's name, the policy in the pod's namespace
+            return m.namespace == proxy.namespace and any(
+                ref.get("kind") == "Gateway" and ref.get("group") == GATEWAY_API_GROUP
+                and ref.get("name") == proxy.labels[GATEWAY_NAME_LABEL]
+                and (ref.get("namespace") or m.namespace) == proxy.namespace for ref in refs)
+    elif refs:
         return False
     if proxy.kind == "ztunnel":
         return m.annotations.get(DRY_RUN_ANNOTATION, "").lower() != "true"

@@ -31,6 +31,13 @@ issue 9). What the proxies write, and how a record is tied to its probe:
   own probe's exec started (probes of one key may come from several execs: `Wanted.pooled`). Only lines
   with `direction="inbound"` are the destination's records (`ZtunnelRecord.direction`).
 
+- An ingress gateway (issue 12): its own Envoy, whose record of a probe (the probe header, which it forwards
+  with the request) says whether its own filters denied it. A 403/401 it only passed on (`details`
+  `via_upstream`, no denial of its own) was decided by the proxy behind it, whose record of the same probe
+  id is then the proof (`Wanted.onward`: the route's sidecar, or the service's waypoint). A destination
+  ztunnel refusing the gateway's (or the waypoint's) HBONE connection sees the gateway pod's (waypoint's)
+  address on a pooled connection: counted per round as for any pooled source.
+
 Rules for every probe (issue 9): only lines whose kubelet timestamp (`timestamps=True`) is at or after
 the probe's exec started; each line proves at most one probe, across rounds and steps (one
 `RecordMatcher` per session); zero records or several is "unproven", with a note saying which.
@@ -254,6 +261,18 @@ ProxyLog = Literal["envoy", "ztunnel"]
 
 
 @dataclass(frozen=True)
+class Onward:
+    """The Envoy behind an ingress gateway (a route's sidecar, or the service's waypoint) whose record of the same
+    probe id proves a denial the gateway only passed on."""
+
+    log: str  # "<namespace>/<pod>" or "waypoint:<ns>/<name>"
+    proxy: str
+    layer: str
+    serves: str
+    local_host: str | None = None  # a sidecar: its inbound record's local address is on its pod
+
+
+@dataclass(frozen=True)
 class Wanted:
     """The record one probe must have left in one proxy's log, and how to recognise it.
 
@@ -279,11 +298,14 @@ class Wanted:
     # pooled: the source node's ztunnel log, whose outbound record of curl's connection (src.addr = `src`)
     # must say the destination refused the HBONE CONNECT (HBONE_REFUSED)
     link: str | None = None
+    # probe_id at an ingress gateway: the proxy behind it, whose record proves what the gateway passed on
+    onward: Onward | None = None
 
     @property
     def logs(self) -> tuple[str, ...]:
         """Every log this probe's proof is read from."""
-        return tuple(log for log in (self.log, self.via, self.link) if log is not None)
+        onward = self.onward.log if self.onward is not None else None
+        return tuple(log for log in (self.log, self.via, self.link, onward) if log is not None)
 
     @property
     def group(self) -> tuple[str, frozenset[str], str | None]:
@@ -325,7 +347,7 @@ class RecordMatcher:
         for w in exact:
             if w.key in out:
                 continue
-            found = self._exact(w, logs)
+            found = self._exact(w, logs, final)
             if found is not None or final:
                 out[w.key] = found or Match(None, f"no record of this probe at {w.proxy}" +
                                             (f" (source {w.src})" if w.src else ""))
@@ -358,7 +380,7 @@ class RecordMatcher:
             return None, f"{len(links)} records of the client sidecar claim this probe's connection"
         return (links[0] if links else None), None
 
-    def _exact(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]]) -> Match | None:
+    def _exact(self, w: Wanted, logs: Mapping[str, Sequence[LogLine]], final: bool = False) -> Match | None:
         src, problem = (w.src, None) if w.probe_id else self._resolve_src(w, logs)
         if problem:
             return Match(None, problem)
@@ -371,6 +393,12 @@ class RecordMatcher:
                 hits.append((ln, said))
         if not hits:
             return None
+        if len(hits) == 1 and w.onward is not None and isinstance(hits[0][1], Proof) and not hits[0][1].denied:
+            # the gateway passed the answer on: the proxy behind it decided (the module docstring)
+            behind = self._behind(w, w.onward, logs, final, hits[0][1])
+            if behind is not None:
+                self.used.add(hits[0][0].raw)
+            return behind
         for ln, _ in hits:
             self.used.add(ln.raw)
         if len(hits) > 1:
@@ -379,6 +407,30 @@ class RecordMatcher:
         if isinstance(said, str):
             return Match(None, f"the record of this probe at {w.proxy} says {said!r}, which is no policy decision")
         return Match(said)
+
+    def _behind(self, w: Wanted, onward: Onward, logs: Mapping[str, Sequence[LogLine]], final: bool,
+                at_gateway: Proof) -> Match | None:
+        """The record of the proxy behind a gateway of the probe the gateway passed on: its Proof (None while it may
+        still be on its way; with `final`, a note saying it never came)."""
+        hits: list[tuple[LogLine, Proof]] = []
+        for ln in self._candidates(w, logs, onward.log):
+            rec = parse_envoy_line(ln.text)
+            if rec is None or rec.get("probe") != w.probe_id:
+                continue
+            if onward.local_host is not None and host_of(rec.get("local")) != onward.local_host:
+                continue
+            hits.append((ln, envoy_proof(rec, proxy=onward.proxy, layer=onward.layer, serves=onward.serves,
+                                         to_scenario=self.to_scenario)))
+        if not hits:
+            if not final:
+                return None
+            return Match(None, f"{w.proxy} did not deny this probe itself (its record: {at_gateway.line[:200]}) and "
+                               f"{onward.proxy} has no record of it")
+        for ln, _ in hits:
+            self.used.add(ln.raw)
+        if len(hits) > 1:
+            return Match(None, f"{len(hits)} records at {onward.proxy} claim this probe: which one decided is unknown")
+        return Match(hits[0][1])
 
     def _record(self, w: Wanted, ln: LogLine, src: str | None) -> Proof | str | None:
         """This probe's record as a Proof; its error when it failed for a reason that is no policy's; None

@@ -71,15 +71,28 @@ class SessionPrefixes:
         return session_prefix(self.base, count)
 
 
+# The ports Istio's proxy uses itself ("Ports used by Istio", https://istio.io/latest/docs/ops/deployment/
+# requirements/#ports-used-by-istio: admin, outbound, debug, inbound, HBONE, merged and Envoy metrics, health,
+# DNS): an ingress gateway's Envoy binds its Gateway servers' ports in the same pod, beside its own.
+ISTIO_PROXY_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090})
+
+
 def not_built_for_clusters(scenario: Scenario) -> str | None:
-    """Why the cluster targets cannot run this scenario yet, or None: an ingress gateway (issue 12) is decided by
-    the engine but not deployed on clusters (nor on the local mesh) yet. Refused before any cluster is made, as
-    a skip naming it; the planner lists it as not planned."""
-    gateways = [w.ref for w in scenario.workloads if w.kind == "ingress-gateway"]
-    if not gateways:
-        return None
-    return (f"{scenario.name} has ingress gateway(s) {', '.join(gateways)}, which the cluster targets do not deploy "
-            "yet (issue 12)")
+    """Why the cluster targets cannot run this scenario, or None. Refused before any cluster is made, as a skip
+    naming it; the planner lists it as not planned.
+
+    Ingress gateways are built (render.py) and probed (session.py). What a cluster cannot do that the local mesh
+    can is listen with a gateway on a port its own proxy already holds: a Gateway server on one of Istio's ports
+    (`ISTIO_PROXY_PORTS`) would collide with the injected proxy's own listener. (Client addresses need no refusal:
+    a client pod reaches the gateway's Service from its pod address, which `${ip:...}` names, and the scenarios'
+    literal X-Forwarded-For entries are sent as written; session.py checks at start that no pod address falls in
+    a literal address block a policy names, which the written verdicts assume.)"""
+    for w in scenario.workloads:
+        clash = sorted(p.number for p in w.ports if p.number in ISTIO_PROXY_PORTS) if w.is_gateway else []
+        if clash:
+            return (f"the ingress gateway {w.ref} listens on port(s) {', '.join(map(str, clash))}, which Istio's "
+                    "proxy in the gateway pod uses itself (istio.io \"Ports used by Istio\")")
+    return None
 
 
 def mesh_wide_policies(scenario: Scenario, step: Step) -> list[Manifest]:

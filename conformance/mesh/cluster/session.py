@@ -23,7 +23,13 @@ does, in order:
    a verdict), then exactly one record of it in that proxy's log, written after its exec started, found
    by one `RecordMatcher` for the whole session (logs.py). An unreadable log (after bounded retries) is
    a `problem` too, unless the user passed --accept-unconfirmed-denials: then the denial is
-   `unconfirmed` and the reason is kept in `ClusterSession.unconfirmed` for the summary;
+   `unconfirmed` and the reason is kept in `ClusterSession.unconfirmed` for the summary.
+   A probe to an ingress gateway (issue 12) goes to the gateway's Service with the probe's Host and
+   X-Forwarded-For headers; it is allowed when the app of the route's destination answered, and its
+   denial is proved where it was made, as engine/path.py `ingress_route` lays the path out: by the
+   gateway's own access-log record of the probe, by the record of the route's sidecar or of the service's
+   waypoint (istio.io/ingress-use-waypoint) when the gateway only passed their answer on, or by the
+   destination ztunnel's rejection of the gateway's (or the waypoint's) HBONE connection (logs.py);
 4. `close`: first every object it applied outside its own namespaces (root-namespace policies, which
    are never renamed: a mesh-wide STRICT PeerAuthentication left behind would make the next scenario on
    the same cluster deny its plaintext clients), then the propagation barrier until the proxies no
@@ -38,6 +44,7 @@ does, in order:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import threading
@@ -51,13 +58,14 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from conformance import notices
-from conformance.errors import TargetError
+from conformance.engine.decide import uses_waypoint_for_ingress
+from conformance.errors import TargetError, TargetUnavailable
 from conformance.exclusion import quiet_mesh
 from conformance.mesh.cluster import barrier, istioctl, meshconfig
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
 from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
 from conformance.mesh.cluster.kube import Kube, PodInfo
-from conformance.mesh.cluster.logs import LogLine, Match, RecordMatcher, Wanted, join_addr, split_log
+from conformance.mesh.cluster.logs import LogLine, Match, Onward, RecordMatcher, Wanted, join_addr, split_log
 from conformance.mesh.cluster.manifests.render import (
     CURL_CONTAINER,
     WORKLOAD_LABEL,
@@ -264,8 +272,25 @@ class ClusterSession:
         return data_plane(self.scenario, self.mode, namespace)
 
     def _captured(self, w: Workload) -> bool:
-        """An in-mesh workload whose namespace runs ambient (with or without a waypoint): ztunnel captures it."""
-        return w.in_mesh and self._plane(w.namespace) in ("ambient", "waypoint")
+        """An in-mesh workload whose namespace runs ambient (with or without a waypoint): ztunnel captures it. Never an
+        ingress gateway: istio-cni skips injected pods (render.py)."""
+        return w.in_mesh and not w.is_gateway and self._plane(w.namespace) in ("ambient", "waypoint")
+
+    def _backend(self, probe: Probe) -> tuple[Workload, int, str | None]:
+        """A gateway probe's route destination, its port, and the waypoint the gateway sends it through (only with
+        istio.io/ingress-use-waypoint on a waypoint namespace's service: engine/path.py ingress_route), or None."""
+        route = probe.destination.route_for(probe.authority)
+        backend = next((w for w in self.scenario.workloads if route is not None and w.ref == route.to), None)
+        if route is None or backend is None:  # the loader refuses such probes (no route: the gateway's 404)
+            raise TargetError(f"{probe.describe()}: the gateway has no route for Host {probe.authority!r}")
+        waypoint = None
+        if self._plane(backend.namespace) == "waypoint" and uses_waypoint_for_ingress(backend):
+            waypoint = self._waypoint_for(backend)
+        return backend, route.port, waypoint
+
+    def _answering(self, probe: Probe) -> str:
+        """The workload whose app answers an allowed probe: a gateway's route destination, else the destination."""
+        return self._backend(probe)[0].ref if probe.destination.is_gateway else probe.destination.ref
 
     @property
     def _waypoints(self) -> list[Any]:
@@ -320,6 +345,7 @@ class ClusterSession:
             self._add_providers()
             self._wait_ready()
             self._discover()
+            self._check_addresses()
             self._wait_providers()
             with quiet_mesh():  # another scenario's mesh-wide policy must not answer for this mesh (schedule.py)
                 self._canary()
@@ -553,6 +579,26 @@ class ClusterSession:
         self._ztunnels = ztunnels
         self._snapshot()
 
+    def _check_addresses(self) -> None:
+        """Refuse (a skip) a cluster that gave a workload an address inside a literal address block the scenario's
+        policies name (`ipBlocks`, `remoteIpBlocks`, their `not` forms, `source.ip`, `remote.ip`; `${ip:...}` values
+        are filled from the pods and never count). The written verdicts assume no workload is there (on the local
+        mesh every one is on loopback; kind gives pods 10.244.0.0/16): a gateway falling back to its peer, for one,
+        would then match where the scenario says it does not. The cluster cannot move a pod, so it cannot
+        reproduce those verdicts."""
+        blocks = literal_blocks(self.scenario)
+        for ref, address in sorted(self.addresses.items()):
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            for block, where in blocks:
+                if ip.version == block.version and ip in block:
+                    raise TargetUnavailable(
+                        f"{self.scenario.name}: this cluster gave {ref} the address {address}, inside {block} which "
+                        f"{where} names; the scenario's verdicts assume no workload there, and a cluster cannot "
+                        "choose its pods' addresses")
+
     def _check_ambient_enrollment(self) -> None:
         """istio-cni marks enrolled pods `ambient.istio.io/redirection: enabled`: wait for it."""
         from conformance.mesh.cluster.kube import poll_until
@@ -576,11 +622,16 @@ class ClusterSession:
     def _canary(self) -> None:
         """With no policy in force, every destination port must answer: else the mesh is broken."""
         servers = [w for w in self.scenario.workloads if w.ports]
-        sources = [w for w in self.scenario.workloads if w.in_mesh] or list(self.scenario.workloads)
+        clients = [w for w in self.scenario.workloads if not w.is_gateway]  # a gateway pod has no curl
+        sources = [w for w in clients if w.in_mesh] or clients
         if not servers or not sources:
             return
         source = sources[0]
-        probes = [Probe(source, w, p) for w in servers if w.kind != "ext-authz" for p in w.ports]
+        probes = [Probe(source, w, p) for w in servers if w.kind == "app" for p in w.ports]
+        # each gateway route, from outside the mesh (its only clients), with a Host its vhost takes
+        outside = next((w for w in clients if not w.in_mesh), None)
+        probes += [Probe(outside, w, p, Request(headers=(("host", concrete_host(r.host)),)))
+                   for w in servers if w.is_gateway and outside is not None for p in w.ports for r in w.routes]
         # an ext-authz workload's HTTP check ports answer an allowed check with 200 (its gRPC ones only gRPC)
         probes += [Probe(source, w, p, Request(headers=EXT_AUTHZ_ALLOW)) for w in servers if w.kind == "ext-authz"
                    for p in w.ports if (w.ref, p.number) not in self._grpc_ports]
@@ -687,8 +738,8 @@ class ClusterSession:
         for w in servers:
             if not self._captured(w):
                 pod = self._pods[w.ref]
-                proxies.append(barrier.Proxy("sidecar", pod.name, pod.namespace, pod.labels,
-                                             http=any(p.protocol == "HTTP" for p in w.ports)))
+                proxies.append(barrier.Proxy("gateway" if w.is_gateway else "sidecar", pod.name, pod.namespace,
+                                             pod.labels, http=any(p.protocol == "HTTP" for p in w.ports)))
         nodes = {self._pods[w.ref].node for w in servers if self._captured(w)}
         for node in sorted(nodes):
             z = self._ztunnels.get(node)
@@ -802,7 +853,7 @@ class ClusterSession:
                 probe = probes[i]
                 evidence = res.evidence(f"kubectl exec -n {pod.namespace} {pod.name} -c {CURL_CONTAINER} -- "
                                         + call.describe(t.connect, t.probe))
-                outcome = classify(evidence, self.nsmap.cluster_ref(probe.destination.ref))
+                outcome = classify(evidence, self.nsmap.cluster_ref(self._answering(probe)))
                 out.append((i, Observation(outcome, evidence), ProbeRun(call, res.local_address, pod, started)))
             return out
 
@@ -936,6 +987,8 @@ class ClusterSession:
         dest, source = probe.destination, probe.source
         if not dest.in_mesh:
             return "the destination is not in the mesh: no proxy of it can have decided this"
+        if dest.is_gateway:
+            return self._wanted_at_gateway(key, probe, outcome, run)
         dst_pod = self._pods[dest.ref]
         dst = join_addr(dst_pod.ip, probe.port.number)
         curl_addr = run.local_address
@@ -986,6 +1039,36 @@ class ClusterSession:
             return "curl reported no local address for this connection: its record cannot be found"
         return replace(at_ztunnel, src=curl_addr)
 
+    def _wanted_at_gateway(self, key: int, probe: Probe, outcome: str, run: ProbeRun) -> Wanted | str:
+        """Where the record of a denied gateway probe is (engine/path.py ingress_route, logs.py): the gateway's own
+        record by the probe header, handing on to the route's sidecar or the service's waypoint when the gateway
+        only passed their answer on; a 503 is the destination ztunnel refusing the gateway's HBONE connection (or
+        the waypoint's), counted per round for that pooled source."""
+        gateway = probe.destination
+        gw_pod = self._pods[gateway.ref]
+        backend, port, waypoint = self._backend(probe)
+        b_pod = self._pods[backend.ref]
+        plane = self._plane(backend.namespace)
+        if outcome in HTTP_DENIALS:
+            onward = None
+            if plane == "sidecar":
+                onward = Onward(f"{b_pod.namespace}/{b_pod.name}", f"sidecar:{backend.ref}", "sidecar", backend.ref,
+                                local_host=b_pod.ip)
+            elif waypoint is not None:
+                onward = Onward(f"waypoint:{waypoint}", f"waypoint:{waypoint}", "waypoint", waypoint)
+            return Wanted(key, f"{gw_pod.namespace}/{gw_pod.name}", "envoy", run.started, f"gateway:{gateway.ref}",
+                          "gateway", gateway.ref, probe_id=run.call.probe_id, local_host=gw_pod.ip, onward=onward)
+        if outcome == DENIED_UPSTREAM and plane != "sidecar":
+            ztunnel = self._ztunnels.get(b_pod.node)
+            if ztunnel is None:
+                return f"no ztunnel on node {b_pod.node}"
+            sources = frozenset(p.ip for p in self._waypoint_pods if self._waypoint_ref(p) == waypoint) \
+                if waypoint is not None else frozenset({gw_pod.ip})
+            return Wanted(key, f"{ztunnel.namespace}/{ztunnel.name}", "ztunnel", run.started, f"ztunnel:{b_pod.node}",
+                          "ztunnel", backend.ref, dst=join_addr(b_pod.ip, port), pooled=sources)
+        return (f"{outcome} from the ingress gateway {gateway.ref}: no proxy on its path to {backend.ref} ({plane}) "
+                "answers that way")
+
     # -- proxy health ---------------------------------------------------------------------------
     def _snapshot(self) -> None:
         """Remember each enforcing proxy's pod and restart count: a later change means it died meanwhile."""
@@ -996,21 +1079,35 @@ class ClusterSession:
         dest = probe.destination
         if not dest.in_mesh:
             return None
+        if dest.is_gateway:
+            # the gateway, then the enforcer behind it on the probe's path (the one _wanted_at_gateway reads)
+            backend, _, waypoint = self._backend(probe)
+            problem = self._envoy_problem(dest, cache, f"the ingress gateway {dest.ref}")
+            if problem is not None:
+                return problem
+            if not self._captured(backend):
+                return self._envoy_problem(backend, cache, f"the sidecar of {backend.ref}")
+            if waypoint is not None and (problem := self._waypoint_problem(waypoint, cache)):
+                return problem
+            return None if outcome in HTTP_DENIALS else self._ztunnel_problem(self._pods[backend.ref].node, cache)
         if not self._captured(dest):
-            pod = self._pods[dest.ref]
-            key = f"sidecar {pod.namespace}/{pod.name}"
-            if key not in cache:
-                current = [p for p in self.ctx.kube.pods(pod.namespace, f"{WORKLOAD_LABEL}={dest.name}")
-                           if p.name == pod.name]
-                cache[key] = self._dead(current[0] if current else None, pod, PROXY_CONTAINER,
-                                        f"the sidecar of {dest.ref}")
-            return cache[key]
+            return self._envoy_problem(dest, cache, f"the sidecar of {dest.ref}")
         problem = None
         if outcome in (*HTTP_DENIALS, DENIED_UPSTREAM):
             waypoint = self._waypoint_for(dest)
             if waypoint is not None:
                 problem = self._waypoint_problem(waypoint, cache)
         return problem or self._ztunnel_problem(self._pods[dest.ref].node, cache)
+
+    def _envoy_problem(self, w: Workload, cache: dict[str, str | None], what: str) -> str | None:
+        """Why `w`'s own Envoy (its sidecar, or an ingress gateway's proxy) cannot have decided: gone, not running,
+        restarted since the step started; None when it is the one the step started with."""
+        pod = self._pods[w.ref]
+        key = f"envoy {pod.namespace}/{pod.name}"
+        if key not in cache:
+            current = [p for p in self.ctx.kube.pods(pod.namespace, f"{WORKLOAD_LABEL}={w.name}") if p.name == pod.name]
+            cache[key] = self._dead(current[0] if current else None, pod, PROXY_CONTAINER, what)
+        return cache[key]
 
     def _ztunnel_problem(self, node: str, cache: dict[str, str | None]) -> str | None:
         key = f"ztunnel {node}"
@@ -1062,6 +1159,52 @@ class ClusterSession:
             }, sort_keys=True))
         with self._lock, open(path, "a") as fh:
             fh.write("\n".join(lines) + "\n")
+
+
+_ADDRESS_FIELDS = ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")
+_ADDRESS_KEYS = ("source.ip", "remote.ip")
+
+
+def literal_blocks(scenario: Scenario) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    """Every literal address block (an address is a /32 or /128) of the scenario's AuthorizationPolicies' source and
+    remote address fields, with where it is; `${ip:...}` values and unparsable ones (validation's business) are
+    left out."""
+    out: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+
+    def add(values: Any, where: str) -> None:
+        for v in values if isinstance(values, list) else []:
+            if not isinstance(v, str) or "${" in v:
+                continue
+            try:
+                out.append((ipaddress.ip_network(v, strict=False), where))
+            except ValueError:
+                continue
+
+    for step in scenario.steps:
+        for m in step.policies:
+            if m.kind != "AuthorizationPolicy" or not isinstance(m.spec, Mapping):
+                continue
+            for i, rule in enumerate(m.spec.get("rules") or []):
+                if not isinstance(rule, Mapping):
+                    continue
+                for frm in rule.get("from") or []:
+                    source = frm.get("source") if isinstance(frm, Mapping) else None
+                    for key in _ADDRESS_FIELDS:
+                        if isinstance(source, Mapping):
+                            add(source.get(key), f"{m.ref} rule {i} {key} (step {step.name})")
+                for cond in rule.get("when") or []:
+                    if isinstance(cond, Mapping) and cond.get("key") in _ADDRESS_KEYS:
+                        for key in ("values", "notValues"):
+                            add(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
+    return out
+
+
+def concrete_host(host: str) -> str:
+    """A Host a route's vhost domain takes, for the canary: `*.b.com` -> `canary.b.com`, `*` -> `canary.example`
+    (Envoy matches `*.suffix` vhost domains by suffix, RouteMatcher::findVirtualHost)."""
+    if host == "*":
+        return "canary.example"
+    return "canary" + host[1:] if host.startswith("*") else host
 
 
 def _jsonable(key: tuple[Any, ...]) -> list[Any]:
