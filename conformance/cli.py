@@ -285,11 +285,13 @@ def _expand(paths: Sequence[str], out: TextIO, found: ScenarioPaths | None = Non
 
 
 def _validate(paths: Sequence[str], version: IstioVersion, out: TextIO) -> int:
+    from conformance.positions import placed
+
     files, status = _expand(paths, out)
     for f in files:
         scenario, problems = check(f, version)
-        for p in problems:
-            print(str(p), file=sys.stderr if p.severity == "error" else out)
+        for p in problems:  # file:line:col of the field first, as lint prints it (positions.py)
+            print(placed(p), file=sys.stderr if p.severity == "error" else out)
         if scenario is None:
             status = 1
         else:

@@ -30,6 +30,7 @@ _FILE_DOC = re.compile(r"^policies\[(?P<k>\d+)\] (?P<rel>.+?) document (?P<n>\d+
                        r"(?:\s*\(.*\))?$")
 _DOC = re.compile(r"^document (?P<n>\d+)(?: items\[(?P<j>\d+)\])?(?:\s*\(.*\))?$")
 _PROBE = re.compile(r"^probe expect\[(?P<j>\d+)\]")
+_WORKLOAD = re.compile(r"^workload '(?P<ns>[^/']*)/(?P<name>[^']*)'$")
 _TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 
 
@@ -122,6 +123,20 @@ def _scenario_step(root: Node, step: str) -> tuple[int, Node] | None:
     return None
 
 
+def _workload_node(root: Node, namespace: str, name: str) -> Node | None:
+    """The `spec.workloads` entry of `namespace/name` (a workload without a namespace is in `default`)."""
+    spec = _key(root, "spec")
+    items = _key(spec[1], "workloads") if spec else None
+    if items is None or not isinstance(items[1], SequenceNode):
+        return None
+    for item in items[1].value:
+        got = {k: _key(item, k) for k in ("name", "namespace")}
+        values = {k: v[1].value if v and isinstance(v[1], ScalarNode) else None for k, v in got.items()}
+        if values["name"] == name and (values["namespace"] or "default") == namespace:
+            return item
+    return None
+
+
 def resolve(location: Location) -> tuple[str, Node, str] | None:
     """(file, node, field relative to that node) for a problem's location: the file the field is written in (a
     referenced policy file, not the scenario), the node `where` names in it, and the rest of the path."""
@@ -140,6 +155,10 @@ def resolve(location: Location) -> tuple[str, Node, str] | None:
             node = walk(node, ["items", int(m.group("j"))])[0]
         return file, node, field
     m = _STEP.match(where)
+    workload = _WORKLOAD.match(where)
+    if not m and workload and field and not field.startswith("spec."):  # a field of that workload's entry
+        node = _workload_node(root, workload.group("ns"), workload.group("name"))
+        return (file, node, field) if node is not None else (file, root, "")
     if not m:
         return file, root, field
     found = _scenario_step(root, m.group("step"))

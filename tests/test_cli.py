@@ -248,3 +248,29 @@ def test_lint_of_a_raw_policy_file_gives_istios_validation_and_the_static_warnin
     raw.write_text(RAW_POLICIES.split("---", maxsplit=1)[0])
     ok = cli("lint", str(raw))
     assert ok.returncode == 0 and "policy file, 2 warning(s)" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_validate_prints_the_file_line_and_column_of_each_problems_field(tmp_path: Path) -> None:
+    """Issue 15 (positions in the console): a workload's field and a probe's field are reported where they are
+    written, compiler style, as lint does."""
+    bad = tmp_path / "gw.yaml"
+    bad.write_text("""apiVersion: authz-conformance/v1
+kind: Scenario
+metadata: {name: bad}
+spec:
+  modes: [sidecar]
+  workloads:
+    - {name: gw, namespace: ingress, kind: ingress-gateway, ports: [80], routes: [{host: "web.*", to: apps/a:8080}]}
+    - {name: a, namespace: apps, ports: [8080]}
+    - {name: internet, namespace: outside, mesh: false}
+  steps:
+    - name: s
+      policies: []
+      expect:
+        - {from: outside/internet, to: ingress/gw:80, request: {headers: {host: web.x}}, verdict: allow}
+""")
+    r = cli("validate", str(bad))
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert any(line.startswith(f"{bad}:7:84: workload 'ingress/gw': field routes[0].host") for line in lines), lines
+    assert any(line.startswith(f"{bad}:14:75: step 's': probe expect[0]: field request.headers.host") for line in lines)
