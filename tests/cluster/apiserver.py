@@ -111,6 +111,10 @@ RESOURCES = (
       for k, p in (("AuthorizationPolicy", "authorizationpolicies"), ("PeerAuthentication", "peerauthentications"),
                    ("RequestAuthentication", "requestauthentications"))),
     ResourceType("gateway.networking.k8s.io", "v1", "Gateway", "gateways", True),
+    # an ingress gateway's routing (render.py `_gateway`); stored by kind, namespace and name like the rest, so an
+    # Istio Gateway and a waypoint Gateway of one name in one namespace would share a key (no test does that)
+    ResourceType("networking.istio.io", "v1", "Gateway", "gateways", True),
+    ResourceType("networking.istio.io", "v1", "VirtualService", "virtualservices", True),
     ResourceType("gateway.networking.k8s.io", "v1", "GatewayClass", "gatewayclasses", False),
     # what the existing-cluster target reads to detect Istio (existing.py `detect`)
     ResourceType("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration",

@@ -65,8 +65,10 @@ for i, a in enumerate(args):
         hostport, _, path = a[len("http://"):].partition("/")
         host = hostport if ":" in hostport else hostport + ":80"
         if host in routes:
-            args[i:i + 1] = ["-H", "host: " + hostport, "-H", {header!r} + ": " + os.environ["PRETEND_SOURCE"],
-                             "http://127.0.0.1:%d/%s" % (routes[host], path)]
+            # the Host curl would send, unless the probe sets its own (a gateway probe's route host)
+            own = any(args[j - 1] == "-H" and args[j].lower().startswith("host:") for j in range(1, len(args)))
+            args[i:i + 1] = ([] if own else ["-H", "host: " + hostport]) + [
+                "-H", {header!r} + ": " + os.environ["PRETEND_SOURCE"], "http://127.0.0.1:%d/%s" % (routes[host], path)]
         break
 os.execv({curl!r}, [{curl!r}, *args])
 """
