@@ -27,7 +27,7 @@ import pytest
 from conformance.mesh.cluster.manifests.render import WORKLOAD_LABEL
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession
 from conformance.model import ALLOWED, DENIED_L7, DENIED_UPSTREAM, Mode
-from conformance.probe import NO_ALLOW_MATCHED, PROBE_HEADER, PROXY_ALLOWED
+from conformance.probe import NO_ALLOW_MATCHED, PROBE_HEADER
 from conformance.runner import run_step
 from conformance.scenario import load
 from tests.cluster.apiserver import kubelet_timestamp
@@ -270,4 +270,3 @@ def test_a_gateway_record_that_passed_the_answer_on_without_the_proxy_behinds_is
     (match,) = RecordMatcher(lambda ns: ns).match([wanted], {"edge/ingress-1": [line], "shop/cart-1": [behind]},
                                                   final=False).values()
     assert match.proof is not None and (match.proof.kind, match.proof.layer) == (NO_ALLOW_MATCHED, "sidecar")
-    assert PROXY_ALLOWED != match.proof.kind
