@@ -160,6 +160,23 @@ def test_sarif_has_the_required_structure():
     assert by_rule["AC206"]["locations"][0]["physicalLocation"]["region"] == {"startLine": 21, "startColumn": 13}
 
 
+def test_sarif_validates_against_the_sarif_2_1_0_schema():
+    """Issue 15's bar: the SARIF log validates against OASIS's own SARIF 2.1.0 JSON Schema (vendored with its
+    provenance in tests/data/sarif/), formats included, for findings of every severity over the shipped scenarios."""
+    import jsonschema
+
+    schema = json.loads((DATA / "sarif" / "sarif-schema-2.1.0.json").read_text())
+    r = cli("lint", str(LINT / "fires-AC206.yaml"), str(DATA / "wrong-claim.yaml"), "policies", "--format", "sarif")
+    log = json.loads(r.stdout)
+    validator = jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(log)]
+    assert errors == []
+    assert {res["level"] for res in log["runs"][0]["results"]} >= {"error", "warning"}
+    # and the validator does reject what the schema forbids
+    log["runs"][0]["results"][0]["level"] = "fatal"
+    assert list(validator.iter_errors(log))
+
+
 def test_rules_listing():
     r = cli("lint", "--rules")
     assert r.returncode == 0 and all(x.code in r.stdout for x in RULES)
