@@ -219,3 +219,24 @@ def test_a_custom_policy_in_the_bad_form_is_not_yet_in_force():
     clock = iter(range(100))
     result = wait(expected, lambda proxy: next(states), clock=lambda: float(next(clock)), sleep=lambda s: None)
     assert result.reached and result.polls == 2
+
+
+def test_an_ingress_gateway_holds_the_policies_istiod_attaches_to_it():
+    """policyattachment.go ShouldAttachPolicy: a classic gateway pod as any workload (selector, namespace, root; a
+    targetRefs policy never); with gateway.networking.k8s.io/gateway-name, also targetRefs to that Gateway in its
+    namespace, and policies without targetRefs still by selector (ENABLE_SELECTOR_BASED_K8S_GATEWAY_POLICY)."""
+    classic = Proxy("gateway", "ingress-1", "edge", {"istio": "ingressgateway"})
+    named = Proxy("gateway", "named-1", "edge", {"istio": "ingressgateway",
+                                                 "gateway.networking.k8s.io/gateway-name": "public"})
+    selected = ap("sel", "edge", {"selector": {"matchLabels": {"istio": "ingressgateway"}}})
+    root = ap("root", "istio-system", {"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY",
+                                       "rules": [{}]})
+    other = ap("other", "edge", {"selector": {"matchLabels": {"istio": "egressgateway"}}})
+    to_public = ap("ref", "edge", {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                   "name": "public"}]})
+    to_elsewhere = ap("ref2", "shop", {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io",
+                                                       "name": "public"}]})
+    exp = {e.proxy.name: e for e in expectations([classic, named], [selected, root, other, to_public, to_elsewhere],
+                                                  [], "istio-system")}
+    assert exp["ingress-1"].present == {"edge/sel", "istio-system/root"}
+    assert exp["named-1"].present == {"edge/sel", "istio-system/root", "edge/ref"}

@@ -235,3 +235,23 @@ def test_scenarios_with_an_ingress_gateway_are_built_for_clusters():
     scenario = dataclasses.replace(scenario, workloads=tuple(clashing if w is gw else w for w in scenario.workloads))
     reason = not_built_for_clusters(scenario) or ""
     assert gw.ref in reason and "15021" in reason and "Ports used by Istio" in reason
+
+
+def test_literal_address_blocks_of_the_policies_are_what_a_cluster_address_is_checked_against():
+    """session.py `_check_addresses` refuses (a skip) a cluster whose pod sits in a literal address block a policy
+    names: the written verdicts assume no workload there. `${ip:...}` values are the pods' own and never count."""
+    import ipaddress
+
+    from conformance.mesh.cluster.session import literal_blocks
+    from conformance.scenario import load
+    from conformance.versions import IstioVersion
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = literal_blocks(load(root / "policies" / "ingress-gateway.yaml", IstioVersion.parse("1.30")))
+    assert {str(b) for b, _ in blocks} == {"172.17.72.46/32", "192.168.4.0/23", "172.23.240.0/22",
+                                           "10.242.5.7/32", "10.124.99.0/24"}
+    assert any("remoteIpBlocks" in where for _, where in blocks)
+    assert any("when remote.ip" in where for _, where in blocks)
+    kind_pod = ipaddress.ip_address("10.244.0.7")  # kind's pod range: clear of every block
+    assert not [b for b, _ in blocks if kind_pod in b]
+    assert not literal_blocks(load(root / "policies" / "ingress-backends.yaml", IstioVersion.parse("1.30")))

@@ -36,6 +36,22 @@ def test_scenario_cost_counts_steps_probes_and_waypoints():
     assert in_waypoint.waypoints == 1 and in_waypoint.high == in_ambient.high + c.waypoint[1]
 
 
+def test_an_ingress_gateway_adds_to_a_scenarios_start_in_every_mode():
+    """Issue 12: a gateway is one more injected Deployment plus an Istio Gateway and VirtualServices to push before
+    the canary's route probes answer (Costs.gateway); its root-namespace DENY makes ingress-gateway.yaml run alone."""
+    import dataclasses
+
+    path = POLICIES / "ingress-gateway.yaml"
+    s = load(path, V)
+    c = plan.COSTS
+    without = dataclasses.replace(s, workloads=tuple(w for w in s.workloads if not w.is_gateway))
+    for mode in ("sidecar", "ambient"):
+        with_gateway = plan.scenario_cost(s, str(path), mode)
+        assert with_gateway.start == (plan.scenario_cost(without, str(path), mode).start[0] + c.gateway[0],
+                                      plan.scenario_cost(without, str(path), mode).start[1] + c.gateway[1])
+    assert plan.scenario_cost(s, str(path), "sidecar").alone_from == 1
+
+
 def test_a_scenario_runs_alone_from_its_first_step_with_a_root_namespace_policy():
     alone = {Path(c.path).name: c.alone_from for c in (plan.scenario_cost(load(p, V), str(p), "sidecar")
                                                         for p in sorted(POLICIES.glob("*.yaml")))}

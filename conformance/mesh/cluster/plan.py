@@ -76,6 +76,9 @@ class Costs:
     scenario: tuple[float, float] = (20.0, 40.0)  # a scenario's start, its canary included
     canary: tuple[float, float] = (2.0, 5.0)  # the start's last part: probes under a shared claim
     waypoint: tuple[float, float] = (10.0, 20.0)  # per waypoint, waypoint mode only
+    # per ingress gateway, every mode: one more injected Deployment to roll out and an Istio Gateway plus its
+    # VirtualServices for istiod to push before the canary's route probes answer (ASSUMED, like `waypoint`)
+    gateway: tuple[float, float] = (5.0, 15.0)
     step: tuple[float, float] = (8.0, 15.0)
     probe_beyond: int = 10  # probes per step included in `step`
     probe: tuple[float, float] = (0.3, 0.5)  # per probe beyond `probe_beyond`, for >= 3 rounds
@@ -133,9 +136,11 @@ class ScenarioCost:
 
 
 def scenario_cost(scenario: Scenario, path: str, mode: Mode, costs: Costs = COSTS) -> ScenarioCost:
-    """The estimate of one scenario in one mode, per phase, from its steps, probes and waypoints."""
+    """The estimate of one scenario in one mode, per phase, from its steps, probes, waypoints and ingress gateways."""
     waypoints = len(scenario.waypoints) if mode == "waypoint" else 0
-    start = (costs.scenario[0] + waypoints * costs.waypoint[0], costs.scenario[1] + waypoints * costs.waypoint[1])
+    gateways = sum(1 for w in scenario.workloads if w.is_gateway)
+    start = (costs.scenario[0] + waypoints * costs.waypoint[0] + gateways * costs.gateway[0],
+             costs.scenario[1] + waypoints * costs.waypoint[1] + gateways * costs.gateway[1])
     if scenario.mesh.extension_providers:
         start = (start[0] + costs.mesh_config[0], start[1] + costs.mesh_config[1])
     steps = []
