@@ -344,8 +344,8 @@ class _Loader:
             field = f"spec.dataplanes.{namespace}"
             if namespace in gateways:
                 self.error(f"namespace '{namespace}' holds an ingress gateway, which is its own Envoy in every mode: "
-                           "it takes no data plane (keep gateways out of ambient namespaces, research note "
-                           "ingress-gateways-1.30.md §2)", where, field)
+                           "it takes no data plane (keep gateways out of ambient namespaces, "
+                           "docs/ingress-gateways.md §2)", where, field)
                 continue
             if namespace in outside:
                 self.error(f"namespace '{namespace}' holds out-of-mesh workloads only: it has no data plane "
@@ -645,7 +645,7 @@ class _Loader:
     def _gateways(self, docs: Sequence[Any], workloads: Sequence[Workload], by_ref: Mapping[str, Workload]) -> None:
         """Ingress gateways as the suite models them: in the mesh (an identity), HTTP ports, at least one route, each
         to an in-mesh app's HTTP port, and a namespace of their own (no app shares it: ambient capture of a
-        gateway's namespace is what the research note §2 warns against)."""
+        gateway's namespace is what docs/ingress-gateways.md §2 rules out)."""
         apps_ns = {w.namespace for w in workloads if not w.is_gateway}
         for i, doc in enumerate(docs):
             w = by_ref.get(f"{_map(doc).get('namespace')}/{_map(doc).get('name')}")

@@ -1,7 +1,7 @@
 """Ingress gateways in the verdict engine and the loader (issue 12, deliverable 1).
 
-Envoy's X-Forwarded-For rule (engine/xff.py) is pinned twice: by the reference table of the research note
-(ingress-gateways-1.30.md §1.2, §8) and by a property test against a plain list-based reading of the same rule.
+Envoy's X-Forwarded-For rule (engine/xff.py) is pinned twice: by the reference table of
+docs/ingress-gateways.md (§1.2, §8) and by a property test against a plain list-based reading of the same rule.
 The rest checks what each enforcer on the gateway's path sees and which one decides (path.py ingress_route).
 """
 
@@ -28,7 +28,7 @@ PEER = "198.51.100.9"
 
 # -- Envoy's XFF rule ---------------------------------------------------------------------------------------
 
-# (X-Forwarded-For received or None, numTrustedProxies, what the gateway's remote_ip is): research note §1.2
+# (X-Forwarded-For received or None, numTrustedProxies, what the gateway's remote_ip is): docs/ingress-gateways.md §1.2
 GATEWAY_TABLE = [
     ("203.0.113.7", 1, "203.0.113.7"),
     ("10.0.0.1, 10.0.0.2", 1, "10.0.0.2"),
@@ -56,7 +56,8 @@ def test_sidecar_remote_address_is_the_rightmost_ip_entry(received: str | None, 
 
 
 def _reference(received: str | None, peer: str, n: int) -> str:
-    """The rule as the note words it, on a list: the N-th entry from the right, trimmed, if it is an IP."""
+    """The rule as docs/ingress-gateways.md §1.2 words it, on a list: the N-th entry from the right, trimmed, if it
+    is an IP."""
     if received is None or n == 0:
         return peer
     entries = received.split(",")

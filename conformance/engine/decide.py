@@ -1182,7 +1182,7 @@ def _ingress_route(c: _Compiled, probe: Probe, mode: Mode) -> Route:
 
 
 def _ingress(c: _Compiled, probe: Probe, mode: Mode, trace: _Trace) -> Decision:
-    """A probe to an ingress gateway (research note ingress-gateways-1.30.md): the gateway's own Envoy decides first
+    """A probe to an ingress gateway (docs/ingress-gateways.md §1, §2): the gateway's own Envoy decides first
     (listener_builder.go buildHTTPConnectionManager: CUSTOM, JWT, RBAC, as a sidecar's inbound HCM, principals from
     the TLS peer, none here: its clients are plaintext), with `remote_ip` from X-Forwarded-For and
     numTrustedProxies and `direct_remote_ip` the peer; then the route's destination decides as its data plane does,

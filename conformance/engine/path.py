@@ -29,7 +29,7 @@ What Istio 1.30.3 does on each crossing (istio/istio@1.30.3, istio/ztunnel@1.30.
   (the waypoint mode of this engine).
 - out-of-mesh client: plaintext to the pod; a sidecar's PERMISSIVE chain or ztunnel's inbound passthrough
   decides with no identity; a waypoint is never on the path (nothing captured the client).
-- out-of-mesh client → ingress gateway → a route's destination (research note ingress-gateways-1.30.md §2): the
+- out-of-mesh client → ingress gateway → a route's destination (docs/ingress-gateways.md §2): the
   gateway decides first (its own RBAC, remote_ip from X-Forwarded-For), then sends on with its own certificate:
   Istio mTLS to a sidecar pod (endpoint_builder.go L708-717, even in the ambient profile), HBONE straight to an
   ambient pod, bypassing its waypoint (L372-381, L742-752, L896-919; TestIngressToWaypoint "endpoint routing"),

@@ -103,8 +103,8 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 
 def applies_to_gateway(policy: Attachable, gateway: Workload, mesh: MeshConfig) -> bool:
-    """A policy an ingress gateway enforces (policyattachment.go@1.30 ShouldAttachPolicy l.123-200; research note
-    ingress-gateways-1.30.md §6): of the root namespace's and its own namespace's policies (authorization.go
+    """A policy an ingress gateway enforces (policyattachment.go@1.30 ShouldAttachPolicy l.123-201;
+    docs/ingress-gateways.md §6): of the root namespace's and its own namespace's policies (authorization.go
     ListAuthorizationPolicies), a selector (or no selector) policy as for any workload; for a Gateway API gateway
     (pod label gateway.networking.k8s.io/gateway-name) also a policy in its namespace whose targetRefs name that
     Gateway (group gateway.networking.k8s.io, kind Gateway, namespace empty or its own). A classic gateway ignores

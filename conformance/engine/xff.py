@@ -4,8 +4,8 @@ istiod compiles `remoteIpBlocks` / `notRemoteIpBlocks` / `remote.ip` to RBAC `re
 `source.ip` to `direct_remote_ip` (istio/istio@1.30 pilot/pkg/security/authz/model/generator.go remoteIPGenerator,
 srcIPGenerator). `direct_remote_ip` is always the connection's peer; `remote_ip` is the address the HTTP connection
 manager settles on, which is where X-Forwarded-For comes in. Envoy's code (source/common/http/
-conn_manager_utility.cc mutateRequestHeaders; source/common/http/utility.cc getLastAddressFromXFF; research note
-ingress-gateways-1.30.md §1.2):
+conn_manager_utility.cc mutateRequestHeaders; source/common/http/utility.cc getLastAddressFromXFF;
+docs/ingress-gateways.md §1.2):
 
 - `use_remote_address: true` (an Istio gateway, gateway.go l.678,700) with N = `xff_num_trusted_hops`
   (= meshConfig gatewayTopology.numTrustedProxies, gateway.go l.720-732): N = 0 → the peer; N > 0 →
@@ -18,8 +18,9 @@ getLastAddressFromXFF(headers, skip): no header → null; `skip` times, cut the 
 left → null); then take the text after the last ',' (the whole text when there is none, or when that ',' is its
 last character), trim whitespace, and parse it as an IP address without a port (inet_pton) → that, else null.
 
-Kept apart from the engine's deciders so the one rule is tested by itself (tests/test_engine_gateway.py, a
-property test against the note's table) and so the gateway, sidecar and waypoint all read it the same way.
+Kept apart from the engine's deciders so the one rule is tested by itself (tests/test_engine_gateway.py: the
+table of docs/ingress-gateways.md §1.2 and a property test) and so the gateway, sidecar and waypoint all read
+it the same way.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ One emulation, because every address here is loopback: Envoy appends to X-Forwar
 configured local address when the peer is a loopback address (source/common/http/conn_manager_utility.cc
 mutateRequestHeaders: `isLoopbackAddress(remote) ? localAddress() : remote`), so on 127.0.0.0/8 the backend would
 see this machine's address, not the client's, as its right-most entry. The gateway therefore appends the peer
-itself, before anything reads the header (an early header mutation, which runs before mutateRequestHeaders),
+itself, before anything reads the header (an early header mutation, which runs first in mutateRequestHeaders),
 skips Envoy's own append, and trusts one hop more: getLastAddressFromXFF(XFF + peer, N) is
 getLastAddressFromXFF(XFF, N - 1) for N > 0, and the peer for N = 0, which is exactly what Envoy settles on with
-N trusted hops and the header as received (conformance/engine/xff.py states the rule; research/envoy-local-mesh.md
-has the run that showed both). Filters and the backend then see the same header and the same `remote_ip` as
-behind a real gateway.
+N trusted hops and the header as received (conformance/engine/xff.py states the rule; docs/ingress-gateways.md §4;
+tests/mesh_local/test_gateway.py checks both). Filters and the backend then see the same header and the same
+`remote_ip` as behind a real gateway.
 """
 
 from __future__ import annotations
