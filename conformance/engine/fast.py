@@ -67,14 +67,6 @@ class _Target:
 _OFF = d._Trace(False)
 
 
-def _targets(c: d._Compiled) -> dict[tuple[str, int], _Target | None]:
-    found: dict[tuple[str, int], _Target | None] | None = getattr(c, "_fast_targets", None)
-    if found is None:
-        found = {}
-        c._fast_targets = found  # type: ignore[attr-defined]
-    return found
-
-
 def target(c: d._Compiled, dst: Workload, port: Port, source_in_mesh: bool) -> _Target | None:
     """The compiled destination port, or None when the traced path must decide (modes and filters not covered).
 
@@ -85,8 +77,8 @@ def target(c: d._Compiled, dst: Workload, port: Port, source_in_mesh: bool) -> _
         return None
     if mode == "waypoint" and source_in_mesh and c.state.waypoint_for(dst) is not None:
         return None  # the waypoint decides first: the traced path
-    key = (f"{dst.ref}|{mode != 'waypoint' or source_in_mesh}", port.number)
-    cache = _targets(c)
+    key = (dst.ref, mode != "waypoint" or source_in_mesh, port.number)
+    cache = c.fast_targets
     if key in cache:
         return cache[key]
     built = _build(c, dst, port, mode)
@@ -139,10 +131,7 @@ class _RequestView:
 def _view(c: d._Compiled, r: Request) -> _RequestView:
     """Per request object, by identity: hashing a Request hashes its headers, which costs more than the view
     saves. The object is kept with its view, so its id cannot be reused while the entry lives."""
-    views: dict[int, tuple[Request, _RequestView]] | None = getattr(c, "_fast_views", None)
-    if views is None:
-        views = {}
-        c._fast_views = views  # type: ignore[attr-defined]
+    views = c.fast_views
     found = views.get(id(r))
     if found is not None and found[0] is r:
         return found[1]
