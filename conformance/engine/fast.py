@@ -18,8 +18,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from conformance.engine import decide as d
 from conformance.engine import jwt, xff
+
+# By name from the module: the package's `decide` attribute is the function, not this module.
+from conformance.engine.decide import (
+    ALLOW_MATCHED,
+    ALLOW_UNMATCHED,
+    DENY_MATCHED,
+    NO_ALLOW,
+    NO_POLICY,
+    STRICT_MTLS,
+    Decision,
+    State,
+    _Compiled,
+    _envoy_decider,
+    _EnvoyRule,
+    _request_path,
+    _serving_waypoint,
+    _Trace,
+    _visible_headers,
+    _ztunnel_peer_authentication,
+)
+from conformance.engine.decide import decide as _decide_probe
 from conformance.engine.proxy import Attributes, Check
 from conformance.engine.ztunnel import Connection, Translated, first_matching_rule
 from conformance.model import ALLOWED, DENIED_L4, DENIED_L7, Mode, Port, Probe, Request, Workload
@@ -38,15 +58,15 @@ class _Target:
     dst: Workload
     port: Port
     dst_ip: str
-    decisions: dict[_Key, d.Decision] = field(default_factory=dict)
+    decisions: dict[_Key, Decision] = field(default_factory=dict)
     # sidecar
-    strict: d.Decision | None = None  # what an out-of-mesh client gets on a STRICT port
+    strict: Decision | None = None  # what an out-of-mesh client gets on a STRICT port
     disabled: bool = False
     tcp: bool = False
     sni: str | None = None
     authority: str = ""  # Probe.authority without a Host header: `<name>.<namespace>[:<port>]` (curl omits 80)
-    denies: tuple[d._EnvoyRule, ...] = ()
-    allows: tuple[d._EnvoyRule, ...] = ()
+    denies: tuple[_EnvoyRule, ...] = ()
+    allows: tuple[_EnvoyRule, ...] = ()
     has_allow: bool = False
     any_enforced: bool = False
     # ztunnel
@@ -55,19 +75,19 @@ class _Target:
     strict_policies: bool = False  # PeerAuthentication DENYs refer the workload to policies for plaintext
 
     def decision(self, verdict: str, outcome: str, layer: str | None, reason: str, policy: str | None = None,
-                 rule: int | None = None, candidates: tuple[str, ...] = ()) -> d.Decision:
+                 rule: int | None = None, candidates: tuple[str, ...] = ()) -> Decision:
         key = (verdict, outcome, layer, reason, policy, rule, candidates)
         found = self.decisions.get(key)
         if found is None:
-            found = self.decisions[key] = d.Decision(verdict, outcome, layer, reason, policy, rule,  # type: ignore[arg-type]
+            found = self.decisions[key] = Decision(verdict, outcome, layer, reason, policy, rule,  # type: ignore[arg-type]
                                                      candidates=candidates)
         return found
 
 
-_OFF = d._Trace(False)
+_OFF = _Trace(False)
 
 
-def target(c: d._Compiled, dst: Workload, port: Port, source_in_mesh: bool) -> _Target | None:
+def target(c: _Compiled, dst: Workload, port: Port, source_in_mesh: bool) -> _Target | None:
     """The compiled destination port, or None when the traced path must decide (modes and filters not covered).
 
     `source_in_mesh` matters in waypoint mode only: an out-of-mesh client bypasses the waypoint (decide.py
@@ -86,11 +106,11 @@ def target(c: d._Compiled, dst: Workload, port: Port, source_in_mesh: bool) -> _
     return built
 
 
-def _build(c: d._Compiled, dst: Workload, port: Port, mode: Mode | None) -> _Target | None:
+def _build(c: _Compiled, dst: Workload, port: Port, mode: Mode | None) -> _Target | None:
     state = c.state
     dst_ip = state.addresses.get(dst.ref, "")
     if mode in ("ambient", "waypoint"):
-        plan = c.ztunnel_plan(dst, d._serving_waypoint(c, dst, None))
+        plan = c.ztunnel_plan(dst, _serving_waypoint(c, dst, None))
         return _Target("ztunnel", dst, port, dst_ip, zdenies=plan.denies, zallows=plan.allows,
                        any_enforced=plan.any_enforced, has_allow=bool(plan.allows),
                        strict_policies=bool(c.ztunnel_mtls(dst).policies))
@@ -112,7 +132,7 @@ def _build(c: d._Compiled, dst: Workload, port: Port, mode: Mode | None) -> _Tar
                 any_enforced=plan.any_enforced)
     if mtls.mode == "STRICT":
         pa = mtls.decided_by
-        t.strict = t.decision("deny", DENIED_L4, "sidecar", d.STRICT_MTLS, pa.ref if pa else None)
+        t.strict = t.decision("deny", DENIED_L4, "sidecar", STRICT_MTLS, pa.ref if pa else None)
     return t
 
 
@@ -128,7 +148,7 @@ class _RequestView:
     xff: str | None
 
 
-def _view(c: d._Compiled, r: Request) -> _RequestView:
+def _view(c: _Compiled, r: Request) -> _RequestView:
     """Per request object, by identity: hashing a Request hashes its headers, which costs more than the view
     saves. The object is kept with its view, so its id cannot be reused while the entry lives."""
     views = c.fast_views
@@ -138,8 +158,8 @@ def _view(c: d._Compiled, r: Request) -> _RequestView:
     if len(views) >= _VIEWS:
         views.clear()
     view = _RequestView(
-        r.method, d._request_path(r.path, c.version, False), d._request_path(r.path, c.version, True),
-        d._visible_headers(jwt.carried_headers(r)), r.header("host"), r.header(xff.XFF))
+        r.method, _request_path(r.path, c.version, False), _request_path(r.path, c.version, True),
+        _visible_headers(jwt.carried_headers(r)), r.header("host"), r.header(xff.XFF))
     views[id(r)] = (r, view)
     return view
 
@@ -149,7 +169,7 @@ _VIEWS = 65536  # request views kept per compiled state
 
 
 
-def _sidecar_attrs(c: d._Compiled, t: _Target, src: Workload, v: _RequestView | None) -> Attributes:
+def _sidecar_attrs(c: _Compiled, t: _Target, src: Workload, v: _RequestView | None) -> Attributes:
     """decide.py _attributes for the destination's sidecar (sidecar_sni, client_sidecar = the source is in the
     mesh)."""
     identity = src.identity(c.state.mesh.trust_domain) if src.in_mesh and not t.disabled else None
@@ -163,7 +183,7 @@ def _sidecar_attrs(c: d._Compiled, t: _Target, src: Workload, v: _RequestView | 
                          t.authority if v.host is None else v.host, remote)
 
 
-def _first(rules: Sequence[d._EnvoyRule], attrs: Attributes) -> d._EnvoyRule | None:
+def _first(rules: Sequence[_EnvoyRule], attrs: Attributes) -> _EnvoyRule | None:
     """The first rule whose every part matches (decide.py _envoy_decider without `every` and the trace)."""
     for rule in rules:
         for check in rule.checks:
@@ -174,24 +194,24 @@ def _first(rules: Sequence[d._EnvoyRule], attrs: Attributes) -> d._EnvoyRule | N
     return None
 
 
-def _envoy(t: _Target, attrs: Attributes, denies: Sequence[d._EnvoyRule], allows: Sequence[d._EnvoyRule]) -> d.Decision:
+def _envoy(t: _Target, attrs: Attributes, denies: Sequence[_EnvoyRule], allows: Sequence[_EnvoyRule]) -> Decision:
     """decide.py _envoy_layer. `denies` / `allows` may be the target's rules without those that cannot match this
     request (decide_matrix); the candidates of a DENY are always taken from all of them."""
     denial = DENIED_L4 if t.tcp else DENIED_L7
     if denies and _first(denies, attrs) is not None:
-        found = d._envoy_decider(t.denies, attrs, _OFF, every=True)
+        found = _envoy_decider(t.denies, attrs, _OFF, every=True)
         assert found is not None
         rule, matching = found
-        return t.decision("deny", denial, "sidecar", d.DENY_MATCHED, rule.ep.policy.ref, rule.index, matching)
+        return t.decision("deny", denial, "sidecar", DENY_MATCHED, rule.ep.policy.ref, rule.index, matching)
     if not t.has_allow:
-        return t.decision("allow", ALLOWED, "sidecar", d.NO_ALLOW if t.any_enforced else d.NO_POLICY)
+        return t.decision("allow", ALLOWED, "sidecar", NO_ALLOW if t.any_enforced else NO_POLICY)
     allowed = _first(allows, attrs)
     if allowed is not None:
-        return t.decision("allow", ALLOWED, "sidecar", d.ALLOW_MATCHED, allowed.ep.policy.ref, allowed.index)
-    return t.decision("deny", denial, "sidecar", d.ALLOW_UNMATCHED)
+        return t.decision("allow", ALLOWED, "sidecar", ALLOW_MATCHED, allowed.ep.policy.ref, allowed.index)
+    return t.decision("deny", denial, "sidecar", ALLOW_UNMATCHED)
 
 
-def _ztunnel(c: d._Compiled, t: _Target, probe_src: Workload, probe: Probe | None) -> d.Decision:
+def _ztunnel(c: _Compiled, t: _Target, probe_src: Workload, probe: Probe | None) -> Decision:
     """decide.py _ambient_ztunnel with `via` None and no client sidecar: the destination ztunnel alone."""
     state = c.state
     identity = probe_src.identity(state.mesh.trust_domain) if probe_src.in_mesh else None
@@ -200,22 +220,22 @@ def _ztunnel(c: d._Compiled, t: _Target, probe_src: Workload, probe: Probe | Non
         index = first_matching_rule(z, conn)
         if index is not None:
             matching = tuple(o.policy.ref for o in t.zdenies if first_matching_rule(o, conn) is not None)
-            return t.decision("deny", DENIED_L4, "ztunnel", d.DENY_MATCHED, z.policy.ref, index, matching)
+            return t.decision("deny", DENIED_L4, "ztunnel", DENY_MATCHED, z.policy.ref, index, matching)
     if identity is None and t.strict_policies:
-        strict = d._ztunnel_peer_authentication(
+        strict = _ztunnel_peer_authentication(
             c, probe if probe is not None else Probe(probe_src, t.dst, t.port), False, _OFF)
         if strict is not None:
-            return t.decision("deny", DENIED_L4, "ztunnel", d.STRICT_MTLS, strict or None)
+            return t.decision("deny", DENIED_L4, "ztunnel", STRICT_MTLS, strict or None)
     if not t.has_allow:
-        return t.decision("allow", ALLOWED, "ztunnel", d.NO_ALLOW if t.any_enforced else d.NO_POLICY)
+        return t.decision("allow", ALLOWED, "ztunnel", NO_ALLOW if t.any_enforced else NO_POLICY)
     for z in t.zallows:
         index = first_matching_rule(z, conn)
         if index is not None:
-            return t.decision("allow", ALLOWED, "ztunnel", d.ALLOW_MATCHED, z.policy.ref, index)
-    return t.decision("deny", DENIED_L4, "ztunnel", d.ALLOW_UNMATCHED)
+            return t.decision("allow", ALLOWED, "ztunnel", ALLOW_MATCHED, z.policy.ref, index)
+    return t.decision("deny", DENIED_L4, "ztunnel", ALLOW_UNMATCHED)
 
 
-def decide(c: d._Compiled, probe: Probe) -> d.Decision | None:
+def decide(c: _Compiled, probe: Probe) -> Decision | None:
     """The decision for `probe`, or None when the traced path must make it."""
     src = probe.source
     t = target(c, probe.destination, probe.port, src.in_mesh)
@@ -235,26 +255,26 @@ def decide(c: d._Compiled, probe: Probe) -> d.Decision | None:
 # -- all pairs ------------------------------------------------------------------------------------------------
 
 
-def _to_holds(rule: d._EnvoyRule, attrs: Attributes) -> bool:
+def _to_holds(rule: _EnvoyRule, attrs: Attributes) -> bool:
     """Whether the rule's `to` part (hosts, ports, methods, paths: the request and the destination, never the
     source: proxy.py value_check) matches; a rule without one holds."""
     return all(check(attrs) for label, check in rule.parts if label == "to")
 
 
-def _without_to(rules: Iterable[d._EnvoyRule], attrs: Attributes) -> tuple[d._EnvoyRule, ...]:
+def _without_to(rules: Iterable[_EnvoyRule], attrs: Attributes) -> tuple[_EnvoyRule, ...]:
     """The rules whose `to` matches this request at this destination, each without its `to` part (it would hold
     for every source). Order kept, so the first match is the same."""
     out = []
     for rule in rules:
         if _to_holds(rule, attrs):
             parts: tuple[tuple[str, Check], ...] = tuple(p for p in rule.parts if p[0] != "to")
-            out.append(d._EnvoyRule(rule.pid, rule.ep, rule.index, parts, rule.ref))
+            out.append(_EnvoyRule(rule.pid, rule.ep, rule.index, parts, rule.ref))
     return tuple(out)
 
 
-def decide_matrix(state: d.State, sources: Sequence[Workload], destinations: Iterable[Workload], mode: Mode,
+def decide_matrix(state: State, sources: Sequence[Workload], destinations: Iterable[Workload], mode: Mode,
                   version: IstioVersion, request: Request | None = None,
-                  ) -> Iterator[tuple[Workload, Port, list[d.Decision]]]:
+                  ) -> Iterator[tuple[Workload, Port, list[Decision]]]:
     """Every source to every port of every destination with one request (`init`'s and `snapshot`'s matrix): per
     destination port, the decisions for `sources` in order, each equal to `decide(state, Probe(src, dst, port,
     request), mode, version)`.
@@ -269,19 +289,19 @@ def decide_matrix(state: d.State, sources: Sequence[Workload], destinations: Ite
             yield dst, port, _row(c, state, sources, dst, port, r, mode, version)
 
 
-def _row(c: d._Compiled, state: d.State, sources: Sequence[Workload], dst: Workload, port: Port, r: Request,
-         mode: Mode, version: IstioVersion) -> list[d.Decision]:
-    out: list[d.Decision] = []
+def _row(c: _Compiled, state: State, sources: Sequence[Workload], dst: Workload, port: Port, r: Request,
+         mode: Mode, version: IstioVersion) -> list[Decision]:
+    out: list[Decision] = []
     groups = {True: [i for i, s in enumerate(sources) if s.in_mesh], False: [i for i, s in enumerate(sources)
                                                                              if not s.in_mesh]}
-    row: list[d.Decision | None] = [None] * len(sources)
+    row: list[Decision | None] = [None] * len(sources)
     for in_mesh, members in groups.items():
         if not members:
             continue
         t = target(c, dst, port, in_mesh)
         if t is None or (r.jwt is not None and t.kind == "sidecar"):
             for i in members:
-                row[i] = d.decide(state, Probe(sources[i], dst, port, r), mode, version)
+                row[i] = _decide_probe(state, Probe(sources[i], dst, port, r), mode, version)
             continue
         if t.kind == "ztunnel":
             if not t.zdenies and not t.zallows and not (t.strict_policies and not in_mesh):
