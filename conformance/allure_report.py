@@ -146,7 +146,6 @@ class AllureReporter:
         )
 
         table = result.table
-        required = self.config.getoption("converge")
         for row, rec in zip(table.rows, result.convergence.records, strict=True):
             last, judgement = shown_observation(rec)
             observed = last.outcome if last is not None else "not observed"
@@ -173,7 +172,7 @@ class AllureReporter:
             allure.attach(explanation_text(table, row),
                           name=f"engine explanation: expect[{row.expectation.index}] {probe_label(row)}",
                           attachment_type=allure.attachment_type.TEXT)
-        allure.attach(convergence_text(result, required), name="convergence record",
+        allure.attach(convergence_text(result), name="convergence record",
                       attachment_type=allure.attachment_type.TEXT)
         disagreements = [f"expect[{row.expectation.index}] {probe_label(row)}: {table.disagreement(row)}"
                          for row in table.contradictions()]

@@ -95,6 +95,20 @@ class Convergence:
     converged: bool
 
 
+# Observations per probe when the user asks for no other number (`--converge`): behind an exact barrier every
+# observation counts and one wrong one fails the step, so one round after the acknowledgement is the proof (more
+# rounds only repeat it); behind an eventual barrier a probe must be right this many times in a row.
+EXACT_OBSERVATIONS = 1
+EVENTUAL_OBSERVATIONS = 3
+
+
+def required_observations(requested: int | None, exact: bool) -> int:
+    """`requested` (`--converge N`), or the default of the barrier's regime."""
+    if requested is not None:
+        return requested
+    return EXACT_OBSERVATIONS if exact else EVENTUAL_OBSERVATIONS
+
+
 def converge(
     count: int,
     probe_round: Callable[[Sequence[int]], Sequence[tuple[Observation, Judgement, bool]]],

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from conformance.converge import ProbeRecord
+from conformance.converge import Convergence, ProbeRecord
 from conformance.engine import Decision
 from conformance.engine.decide import ALLOW_MATCHED, ALLOW_UNMATCHED, DENY_MATCHED, NO_ALLOW, NO_POLICY, STRICT_MTLS
 from conformance.model import (
@@ -304,14 +304,24 @@ def explanation_text(table: TruthTable, row: Row) -> str:
     return "\n".join([head, f"  {path}", *(f"  {line}" for line in d.trace)]) + "\n"
 
 
-def convergence_text(result: StepResult, required: int | None = None) -> str:
+def _required_text(conv: Convergence) -> str:
+    """How many observations of each probe the step needed, in the words of its regime (converge.py)."""
+    record = conv.records[0] if conv.records else None
+    if record is None:
+        return ""
+    if record.exact:
+        return f", {record.required} observation(s) of each probe after the barrier, every one counted"
+    return f", {record.required} matching observations in a row required"
+
+
+def convergence_text(result: StepResult) -> str:
     """The convergence record of a step: barrier, time to converge, observations per probe, gaps."""
     table, conv, applied = result.table, result.convergence, result.applied
     changes = [f"{what}: {', '.join(names)}" for what, names in
                (("created", applied.created), ("updated", applied.updated), ("deleted", applied.deleted)) if names]
     lines = [f"propagation barrier: {applied.seconds * 1000:.1f} ms" + (f" ({'; '.join(changes)})" if changes else ""),
              f"convergence: {'converged' if conv.converged else 'NOT converged'} after {conv.seconds:.3f} s, "
-             f"{conv.rounds} round(s)" + (f", {required} matching observations in a row required" if required else "")]
+             f"{conv.rounds} round(s)" + _required_text(conv)]
     measured = getattr(result, "gap", None)  # gap.py's record, measured while the change landed
     if measured is not None and hasattr(measured, "describe"):
         lines.append(measured.describe())

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from conformance.converge import Convergence, ProbeRecord, converge
+from conformance.converge import Convergence, ProbeRecord, converge, required_observations
 from conformance.gap import DEFAULT_ROUNDS_AFTER, GapRecord, measure_gap
 from conformance.model import Manifest, Probe, Scenario, Step
 from conformance.probe import Observation
@@ -85,7 +85,7 @@ def run_step(
     scenario: Scenario,
     step: Step,
     version: IstioVersion,
-    required: int = 3,
+    required: int | None = None,
     deadline: float = 30.0,
     gap: bool | None = None,
     gap_rounds: int = DEFAULT_ROUNDS_AFTER,
@@ -121,7 +121,8 @@ def run_step(
     # On an exact barrier the deadline is the barrier's business (apply() above): every probe is observed
     # `required` times and each observation counts (converge.py).
     exact = bool(getattr(session, "exact_barrier", False))
-    convergence = converge(len(rows), probe_round, required=required, deadline=deadline, exact=exact)
+    convergence = converge(len(rows), probe_round, required=required_observations(required, exact),
+                           deadline=deadline, exact=exact)
     for row, rec in zip(rows, convergence.records, strict=True):
         row.observed = rec.observations
         row.converged_after = rec.converged_after

@@ -260,3 +260,17 @@ def test_enforcement_gap_counts_allowed_observations_of_a_must_deny_probe() -> N
     result = converge(1, _round([[False, False, True]], allowed_when_wrong=True), required=2, deadline=10,
                       clock=clock, sleep=clock.sleep)
     assert result.converged and result.records[0].stale_allowed == 2 and result.records[0].gap_seconds > 0
+
+
+def test_the_default_number_of_observations_follows_the_barrier() -> None:
+    """Issue 14: behind an exact barrier one round after the acknowledgement is the proof (every observation
+    counts); behind an eventual one a probe must be right 3 times in a row; `--converge N` overrides both."""
+    from conformance.converge import required_observations
+
+    assert required_observations(None, exact=True) == 1
+    assert required_observations(None, exact=False) == 3
+    assert required_observations(5, exact=True) == 5 and required_observations(2, exact=False) == 2
+    clock = FakeClock()
+    result = converge(1, _round([[True, True, True]]), required=required_observations(None, True), clock=clock,
+                      sleep=clock.sleep, exact=True)
+    assert result.rounds == 1 and result.records[0].passed

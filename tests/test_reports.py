@@ -513,7 +513,8 @@ def test_html_table_highlights_differing_cells_and_convergence_records_the_gap()
                                {w.ref: f"127.0.0.{i + 2}" for i, w in enumerate(scenario.workloads)})
     result = run_step(session, scenario, step, IstioVersion.parse(None), required=3, deadline=30)  # type: ignore[arg-type]
     assert result.passed
-    record = convergence_text(result, 3)
+    record = convergence_text(result)
+    assert "3 matching observations in a row required" in record
     assert "ENFORCEMENT GAP while converging: expect[0] allowed 2× after the barrier" in record
     assert "allowed ×2, denied-l7 ×3" in record
     cells = _cells(html_truth_table(result))

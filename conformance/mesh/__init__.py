@@ -43,7 +43,8 @@ def make_target(name: str, config: Any = None, *, version: IstioVersion | str | 
 
         if version is None and config is not None:
             version = config.getoption("istio_version", None)
-        return LocalTarget(version=version)
+        concurrency = config.getoption("local_concurrency", None) if config is not None else None
+        return LocalTarget(version=version, concurrency=concurrency)
     if name in ("kind", "cluster"):
         from conformance.mesh.cluster.options import ClusterSettings
 

@@ -98,6 +98,11 @@ def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
     return outcome
 
 
+def default_concurrency() -> int:
+    """Scenario runs side by side by default: two per core (a run mostly waits), at least two, at most eight."""
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
 def _concrete(host: str) -> str:
     """A Host a route's vhost domain matches: `*.b.com` -> `canary.b.com`, `*` -> `canary.example` (a route's host
     is exact, `*.suffix` or `*`: scenario validation, as Istio's for Gateway hosts)."""
@@ -125,16 +130,25 @@ class LocalTarget:
 
     def __init__(self, *, connect_timeout: float = 2.0, max_time: float = 6.0, parallel: int | None = None,
                  startup_timeout: float = 30.0, canary: bool = True, keep_files: bool = False,
-                 version: IstioVersion | str | None = None):
+                 version: IstioVersion | str | None = None, concurrency: int | None = None):
         from conformance.mesh.local.release import Release
 
         self.release = Release.of(version)  # UsageError for a release the suite does not model
+        # scenario runs side by side (items.start_scheduler): each session is a mesh of its own, in its own loopback
+        # block, so nothing one run applies reaches another, and most of a step is waiting (Envoy's acknowledgement,
+        # curl), which overlaps
+        self.concurrency = concurrency if concurrency is not None else default_concurrency()
         self.connect_timeout = connect_timeout
         self.max_time = max_time
         self.parallel = parallel or max(4, 4 * (os.cpu_count() or 1))
         self.startup_timeout = startup_timeout
         self.canary = canary
         self.keep_files = keep_files
+
+    def runs_alone(self, scenario: Scenario, step: object) -> bool:
+        """Never: a local session's policies reach only its own Envoys (its own addresses, its own files), so even
+        a mesh-wide policy of one run cannot be seen by another (the cluster targets' reason to run alone)."""
+        return False
 
     def unavailable(self, mode: Mode, scenario: Scenario | None = None) -> str | None:
         """Why this machine cannot run `mode` locally (missing curl or Envoy, mode not built), or why it
