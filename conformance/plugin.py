@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conformance.argtypes import positive_int
 from conformance.errors import UsageError
 from conformance.items import (
     ScenarioFile,
@@ -50,12 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--istio-version", default=DEFAULT_VERSION, type=_istio_version_option,
                     help=f"Istio version whose semantics predict verdicts and that cluster targets install "
                          f"(default {DEFAULT_VERSION}; 1.29 or 1.29.2)")
-    group.addoption("--converge", type=_positive_int, default=None, metavar="N",
+    group.addoption("--converge", type=positive_int("observations"), default=None, metavar="N",
                     help="observations per probe. Where the target's barrier is exact (the local mesh: Envoy's "
                          "acknowledgement) each probe is observed N times (default 1) and every observation must be "
                          "right; on clusters a probe must be right N times in a row (default 3), and any wrong "
                          "observation after its first right one fails the step as flaky")
-    group.addoption("--local-concurrency", type=_positive_int, default=None, metavar="N",
+    group.addoption("--local-concurrency", type=positive_int("scenarios"), default=None, metavar="N",
                     help="local mesh: scenario runs side by side, each its own mesh (default: two per core, 2-8; "
                          "1 runs them one after another). Reports, JUnit and Allure are the same either way")
     group.addoption("--converge-deadline", type=float, default=None, metavar="SECONDS",
@@ -86,17 +87,6 @@ def _istio_version_option(text: str) -> str:
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return text
-
-
-def _positive_int(text: str) -> int:
-    """Type of `--local-concurrency`: a whole number of at least 1, or a usage error (exit 4, no traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -126,6 +127,27 @@ def _record(mode: Mode, d: Decision) -> None:
     label = f"outcome: {mode} {d.outcome} ({d.reason} at {d.layer})"
     event(label)
     COVERAGE[label] += 1
+
+
+def routed_disagreements(state: Any, batch: Sequence[Probe], observations: Sequence[Observation],
+                         mode: Mode) -> list[str]:
+    """Each probe's disagreement, labelled with its path's crossing (engine/path.py), counted in COVERAGE by mode,
+    crossing and outcome: the loop the mixed-mode and gateway differential tests share."""
+    from conformance.engine.decide import probe_route
+
+    problems = []
+    for p, o in zip(batch, observations, strict=True):
+        d = decide(state, p, mode, VERSION)
+        crossing = probe_route(state, p, mode, VERSION).crossing
+        label = f"outcome: {mode} {crossing} {d.outcome} ({d.reason} at {d.layer})"
+        event(label)
+        COVERAGE[label] += 1
+        COVERAGE["probes"] += 1
+        problem = disagreement(d, o, p)
+        if problem:
+            problems.append(f"[{mode} {crossing}] {p.describe()}: {problem}")
+    COVERAGE["examples"] += 1
+    return problems
 
 
 def _check_valid(policies: Sequence[Manifest], addresses: dict[str, str]) -> None:

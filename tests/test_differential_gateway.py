@@ -20,7 +20,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from conformance.engine import decide, state_for_step
+from conformance.engine import state_for_step
 from conformance.engine.decide import probe_route
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
 from conformance.model import INGRESS_USE_WAYPOINT, GatewayRoute, MeshConfig, Mode, Probe, Request, Scenario, Step
@@ -37,7 +37,7 @@ from tests.differential_world import (
     policy_set,
     probes,
 )
-from tests.test_differential import COVERAGE, VERSION, _check_valid, _yaml, disagreement
+from tests.test_differential import VERSION, _check_valid, _yaml, routed_disagreements
 
 GATEWAY = replace(
     _wl("istio-ingress/ingressgateway", 80, sa="istio-ingressgateway-service-account",
@@ -133,18 +133,7 @@ def test_engine_and_envoy_mesh_agree_through_an_ingress_gateway(
     session.apply(policies)
     observations = session.probe(batch)
     state = state_for_step(scenario(world, mode, (step,)), step, session.addresses)
-    problems = []
-    for p, o in zip(batch, observations, strict=True):
-        d = decide(state, p, mode, VERSION)
-        crossing = probe_route(state, p, mode, VERSION).crossing
-        label = f"outcome: {mode} {crossing} {d.outcome} ({d.reason} at {d.layer})"
-        event(label)
-        COVERAGE[label] += 1
-        COVERAGE["probes"] += 1
-        problem = disagreement(d, o, p)
-        if problem:
-            problems.append(f"[{mode} {crossing}] {p.describe()}: {problem}")
-    COVERAGE["examples"] += 1
+    problems = routed_disagreements(state, batch, observations, mode)
     if problems:
         raise AssertionError(
             f"engine and mesh disagree on {len(problems)} observation(s) in world {world.name}, mode {mode}:\n"

@@ -24,12 +24,11 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from conformance.engine import decide, state_for_step
-from conformance.engine.decide import probe_route
+from conformance.engine import state_for_step
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
 from conformance.model import DataPlane, Scenario, Step
 from tests.differential_world import JWT_WORLDS, WORLDS, Pools, World, features, policy_set, probes
-from tests.test_differential import COVERAGE, VERSION, _check_valid, _yaml, disagreement
+from tests.test_differential import _check_valid, _yaml, routed_disagreements
 
 PLANES: tuple[DataPlane, ...] = ("sidecar", "ambient", "waypoint")
 MIXED_WORLDS = [w for w in WORLDS if w.name in ("shop-bank", "team-teamb-ops", "corp-td")]
@@ -95,18 +94,7 @@ def test_engine_and_envoy_mesh_agree_in_mixed_mode(
     session.apply(policies)
     observations = session.probe(batch)
     state = state_for_step(scenario, step, session.addresses)
-    problems = []
-    for p, o in zip(batch, observations, strict=True):
-        d = decide(state, p, "mixed", VERSION)
-        crossing = probe_route(state, p, "mixed", VERSION).crossing
-        label = f"outcome: mixed {crossing} {d.outcome} ({d.reason} at {d.layer})"
-        event(label)
-        COVERAGE[label] += 1
-        COVERAGE["probes"] += 1
-        problem = disagreement(d, o, p)
-        if problem:
-            problems.append(f"[mixed {crossing}] {p.describe()}: {problem}")
-    COVERAGE["examples"] += 1
+    problems = routed_disagreements(state, batch, observations, "mixed")
     if problems:
         raise AssertionError(
             f"engine and mesh disagree on {len(problems)} observation(s) in world {world.name} with data planes "

@@ -12,22 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conformance.argtypes import positive_int
+
 PYTEST_KIND_DEFAULT_NAME = "pytest-kind"  # pytest-kind's --cluster-name default: means "not given"
 # Scenarios side by side on one cluster (schedule.py). Four on a 4-vCPU runner: a scenario's time is
 # mostly waiting (pushes, acknowledgements, execs, log flushes), and plan.py's estimate assumes this many.
 DEFAULT_CONCURRENCY = 4
 
 
-def _concurrency(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of scenarios, at least 1 (got {text!r})")
-    return value
+_concurrency = positive_int("scenarios")
 
 
 def add_cluster_options(group: Any, parser: Any) -> None:
