@@ -57,8 +57,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from conformance import notices
-from conformance.engine.decide import uses_waypoint_for_ingress
+from conformance import notices, pilotenv
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.exclusion import quiet_mesh
 from conformance.mesh.cluster import barrier, istioctl, meshconfig
@@ -82,6 +81,7 @@ from conformance.model import (
     DENIED_CUSTOM,
     DENIED_L7,
     DENIED_UPSTREAM,
+    INGRESS_USE_WAYPOINT,
     Manifest,
     Mode,
     Probe,
@@ -284,7 +284,10 @@ class ClusterSession:
         if route is None or backend is None:  # the loader refuses such probes (no route: the gateway's 404)
             raise TargetError(f"{probe.describe()}: the gateway has no route for Host {probe.authority!r}")
         waypoint = None
-        if self._plane(backend.namespace) == "waypoint" and uses_waypoint_for_ingress(backend):
+        # the Service's istio.io/ingress-use-waypoint, read with strconv.ParseBool (serviceregistry/ambient/
+        # services.go@1.30 l.771-788); the target reads it itself: the engine is an independent implementation
+        use = backend.labels.get(INGRESS_USE_WAYPOINT)
+        if self._plane(backend.namespace) == "waypoint" and use is not None and pilotenv.parse_bool(use) is True:
             waypoint = self._waypoint_for(backend)
         return backend, route.port, waypoint
 

@@ -60,6 +60,7 @@ from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_list
 from conformance.mesh.local.extauthz import service_index
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
+from conformance.mesh.local.rbac import go_parse_bool
 from conformance.model import (
     ALLOWED,
     DENIED_AUTHN,
@@ -442,7 +443,8 @@ class LocalMeshSession:
                 out.append(gateway.Onward(route.host, peer, port, gateway.MTLS))
                 continue
             via = waypoint_for.get(peer.ref)
-            if via is not None and peer.workload.labels.get(INGRESS_USE_WAYPOINT, "").lower() == "true":
+            # the Service's label, read with strconv.ParseBool (serviceregistry/ambient/services.go@1.30 l.771-788)
+            if via is not None and go_parse_bool(peer.workload.labels.get(INGRESS_USE_WAYPOINT)):
                 out.append(gateway.Onward(route.host, peer, port, gateway.VIA_WAYPOINT, via))
             else:
                 out.append(gateway.Onward(route.host, peer, port, gateway.HBONE))

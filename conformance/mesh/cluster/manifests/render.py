@@ -33,7 +33,7 @@ is always well-formed. The rules it encodes (DESIGN.md §7, issue 6):
   `ingress_route` says;
 - a workload labelled `istio.io/ingress-use-waypoint` carries that label on its Service too, where istiod reads
   it (serviceregistry/ambient/services.go@1.30 l.271-290; the scenario's workload labels stand for the
-  Service's, engine/decide.py `uses_waypoint_for_ingress`).
+  Service's, read as istiod reads it: ParseBool).
 """
 
 from __future__ import annotations
@@ -319,6 +319,15 @@ def injection_labels(settings: RenderSettings) -> dict[str, str]:
     return {REVISION_LABEL: revision} if revision else {INJECT_LABEL: "true"}
 
 
+def gateway_proxy_config(num_trusted_proxies: int) -> str:
+    """The gateway pod's `proxy.istio.io/config`: `gatewayTopology` with the scenario's numTrustedProxies, written
+    for 0 too. The annotation is merged over the mesh's defaultConfig by replacing every field it has, a message
+    field whole (meshconfig.effective_trusted_proxies cites the lines), so a `gatewayTopology` here is the gateway's
+    whatever the mesh default says: 0 wins over a cluster's non-zero default, and the mesh's other gatewayTopology
+    fields (proxyProtocol, forwardClientCertDetails) do not reach the scenario's gateway either, which models none."""
+    return json.dumps({"gatewayTopology": {"numTrustedProxies": num_trusted_proxies}}, separators=(",", ":"))
+
+
 def _gateway(w: Workload, scenario: Scenario, nsmap: NamespaceMap, settings: RenderSettings,
              base_labels: Mapping[str, str]) -> list[dict[str, Any]]:
     """An ingress gateway's Deployment, Istio Gateway and VirtualServices (its Service is rendered with the others).
@@ -332,12 +341,7 @@ def _gateway(w: Workload, scenario: Scenario, nsmap: NamespaceMap, settings: Ren
     spec["selector"]["matchLabels"] = selector_labels(w)
     pod = spec["template"]
     pod["metadata"]["labels"] = {**dict(w.labels), **gateway_selector(w, settings), **injection_labels(settings)}
-    n = scenario.mesh.num_trusted_proxies
-    if n:
-        # Only a positive value is written: ProxyConfig annotations are merged over the mesh default as protobuf,
-        # where a zero does not replace a value (Istio's default is 0 and the suite's installs keep it)
-        pod["metadata"]["annotations"][PROXY_CONFIG_ANNOTATION] = json.dumps(
-            {"gatewayTopology": {"numTrustedProxies": n}}, separators=(",", ":"))
+    pod["metadata"]["annotations"][PROXY_CONFIG_ANNOTATION] = gateway_proxy_config(scenario.mesh.num_trusted_proxies)
     pod["spec"]["serviceAccountName"] = w.service_account
     hosts = [nsmap.host_value(r.host) for r in w.routes]
     gateway = _template("istio-gateway.yaml")
