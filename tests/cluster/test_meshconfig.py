@@ -161,3 +161,36 @@ def test_taking_the_providers_out_restores_the_original_text_comments_included()
     store.cm["data"]["mesh"] = yaml.safe_dump(changed)
     writer.remove(["az1-sample-http"])
     assert yaml.safe_load(store.cm["data"]["mesh"]) == {"accessLogFile": "/dev/stdout", "trustDomain": "changed.local"}
+
+
+def test_a_gateways_num_trusted_proxies_is_the_annotations_gateway_topology_else_the_mesh_default():
+    """Istio merges `proxy.istio.io/config` over meshConfig.defaultConfig by replacing every field the annotation has,
+    a message field whole (golang/protobuf@v1.5.4 jsonpb decode.go l.336-345, pilot-agent config.go getMeshConfig):
+    so an annotated 0 wins over a mesh default of 2, and an annotation without gatewayTopology leaves the default."""
+    default_trusted_proxies, effective_trusted_proxies = meshconfig.default_trusted_proxies, \
+        meshconfig.effective_trusted_proxies
+    two = "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 2\n    proxyProtocol: {}\n"
+    assert default_trusted_proxies("") == 0 and default_trusted_proxies(two) == 2
+    assert effective_trusted_proxies("", None) == 0
+    assert effective_trusted_proxies(two, None) == 2
+    assert effective_trusted_proxies(two, '{"gatewayTopology":{"numTrustedProxies":0}}') == 0
+    assert effective_trusted_proxies(two, '{"gatewayTopology":{}}') == 0  # proto3: unset is 0, the message replaced
+    assert effective_trusted_proxies(two, '{"holdApplicationUntilProxyStarts": true}') == 2
+    assert effective_trusted_proxies(two, '{"gatewayTopology": null}') == 2  # jsonpb skips a null field
+    assert effective_trusted_proxies("", "gatewayTopology:\n  numTrustedProxies: 3\n") == 3  # YAML, as Istio reads it
+    assert effective_trusted_proxies("accessLogFile: /dev/stdout\n", "") == 0
+
+
+@pytest.mark.parametrize(("mesh", "annotation", "says"), [
+    ("defaultConfig: [", None, "not YAML"),
+    ("- a\n- b\n", None, "not a mapping"),
+    ("defaultConfig: 3\n", None, "defaultConfig is not a mapping"),
+    ("defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: two\n", None, "not a non-negative integer"),
+    ("", '{"gatewayTopology": 1}', "gatewayTopology is not a mapping"),
+    ("", '{"gatewayTopology": {"numTrustedProxies": -1}}', "not a non-negative integer"),
+    ("", "{gatewayTopology: [", "annotation is not YAML or JSON"),
+    ("", "[1]", "annotation is not a mapping"),
+])
+def test_a_malformed_mesh_config_or_annotation_is_a_clear_target_error(mesh, annotation, says):
+    with pytest.raises(TargetError, match=says):
+        meshconfig.effective_trusted_proxies(mesh, annotation)

@@ -386,7 +386,8 @@ def test_a_gateway_on_a_revisioned_control_plane_is_injected_by_its_revision():
 
 def test_num_trusted_proxies_is_the_gateway_pods_proxy_config():
     """mesh.numTrustedProxies → `proxy.istio.io/config: {"gatewayTopology": {"numTrustedProxies": N}}` on the gateway
-    pod (Istio's "Configuring Gateway Network Topology"); none when the scenario keeps Istio's default 0."""
+    pod (Istio's "Configuring Gateway Network Topology"), 0 included: the annotation's gatewayTopology replaces the
+    mesh default's (meshconfig.effective_trusted_proxies): a cluster default of 2 cannot leak into a scenario of 0."""
     import json
 
     for name, n in (("ingress-gateway", 1), ("ingress-remote-ip", 2)):
@@ -394,7 +395,8 @@ def test_num_trusted_proxies_is_the_gateway_pods_proxy_config():
         annotations = one("Deployment", w.name)["spec"]["template"]["metadata"]["annotations"]
         assert json.loads(annotations["proxy.istio.io/config"]) == {"gatewayTopology": {"numTrustedProxies": n}}
     _, _, _, w, one = _gateway_parts(ROOT / "policies" / "ingress-backends.yaml", "sidecar")
-    assert "proxy.istio.io/config" not in one("Deployment", w.name)["spec"]["template"]["metadata"]["annotations"]
+    annotations = one("Deployment", w.name)["spec"]["template"]["metadata"]["annotations"]
+    assert json.loads(annotations["proxy.istio.io/config"]) == {"gatewayTopology": {"numTrustedProxies": 0}}
 
 
 def test_the_gateway_service_gateway_and_one_virtual_service_per_route():

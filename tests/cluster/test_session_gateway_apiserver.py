@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-from conformance.mesh.cluster.manifests.render import WORKLOAD_LABEL
+from conformance.errors import TargetError, TargetUnavailable
+from conformance.mesh.cluster.manifests.render import PROXY_CONFIG_ANNOTATION, WORKLOAD_LABEL
+from conformance.mesh.cluster.meshconfig import MeshConfigAccess, istiod_selector, mesh_configmap_name
 from conformance.mesh.cluster.session import ClusterContext, ClusterSession
 from conformance.model import ALLOWED, DENIED_L7, DENIED_UPSTREAM, Mode
 from conformance.probe import NO_ALLOW_MATCHED, PROBE_HEADER
@@ -98,9 +100,11 @@ class GatewayHandler(SidecarHandler):
         self._drain_body()
         info = world.pod_of(pod)
         ip = info["status"]["podIP"]
+        # the connection's peer: the client pod, or what a source-translating path to the Service made of it
+        peer = world.nat_peer or self.headers.get(SOURCE_HEADER)
         record = {"type": "DownstreamEnd", "method": self.command, "path": self.path,
                   "authority": self.headers.get("host"), "flags": "-", "term": "-",
-                  "probe": self.headers.get(PROBE_HEADER), "src": f"{self.headers.get(SOURCE_HEADER)}:40001",
+                  "probe": self.headers.get(PROBE_HEADER), "src": f"{peer}:40001",
                   "local": f"{ip}:{pod.port}", "upstream": "-"}
         if world.gateway_denies(pod.namespace, info["metadata"]["labels"]):
             self._reply(403, b"RBAC: access denied")
@@ -108,7 +112,7 @@ class GatewayHandler(SidecarHandler):
             return
         backend = world.route(pod.namespace, pod.name, self.headers.get("host", ""))
         forwarded = [f"{k}: {v}" for k, v in self.headers.items() if k.lower() not in ("host", SOURCE_HEADER)]
-        xff = ", ".join(x for x in (self.headers.get("x-forwarded-for"), self.headers.get(SOURCE_HEADER)) if x)
+        xff = ", ".join(x for x in (self.headers.get("x-forwarded-for"), peer) if x)
         conn = http.client.HTTPConnection("127.0.0.1", backend.server_address[1], timeout=5)
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -130,8 +134,8 @@ class GatewayHandler(SidecarHandler):
         finally:
             conn.close()
         self._reply(status, body)
-        if status >= 400:
-            world.log_record(info, {**record, "code": str(status), "details": "via_upstream"})
+        # Envoy logs every request (accessLogFile in clusters/istio/*.yaml), the allowed ones too
+        world.log_record(info, {**record, "code": str(status), "details": "via_upstream"})
 
     def _reply(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -141,7 +145,11 @@ class GatewayHandler(SidecarHandler):
 
 
 class GatewayWorld(World):
-    """test_session_apiserver's world with a gateway: the Service of a gateway-injected Deployment answers as one."""
+    """test_session_apiserver's world with a gateway: the Service of a gateway-injected Deployment answers as one.
+    `nat_peer`: the address the gateway sees every client connection come from (a path translating the source, as
+    kube-proxy's masquerade does); None: the client pod's own."""
+
+    nat_peer: str | None = None
 
     def gateway_denies(self, namespace: str, labels: dict[str, str]) -> bool:
         for p in self.policies_for(namespace):
@@ -270,3 +278,139 @@ def test_a_gateway_record_that_passed_the_answer_on_without_the_proxy_behinds_is
     (match,) = RecordMatcher(lambda ns: ns).match([wanted], {"edge/ingress-1": [line], "shop/cart-1": [behind]},
                                                   final=False).values()
     assert match.proof is not None and (match.proof.kind, match.proof.layer) == (NO_ALLOW_MATCHED, "sidecar")
+
+
+# -- the gateway's numTrustedProxies against a cluster's mesh default (existing clusters) ------------------------------
+TWO_BY_DEFAULT = "defaultConfig:\n  gatewayTopology:\n    numTrustedProxies: 2\n"
+
+
+def _with_mesh_config(world: GatewayWorld, ctx: ClusterContext, mesh: str) -> None:
+    """istiod's mesh ConfigMap with `mesh`, readable by the session as an existing cluster's target makes it."""
+    world.api.install_istiod(mesh=mesh)
+    ctx.mesh_config_source = MeshConfigAccess(ROOT_NAMESPACE, (mesh_configmap_name(None),), istiod_selector(None))
+
+
+def test_a_mesh_default_num_trusted_proxies_is_replaced_by_the_gateways_annotation(gateway_world, tmp_path):
+    """A cluster whose mesh default says numTrustedProxies 2, a scenario of 0: the gateway pod's annotation carries 0,
+    which replaces the default's gatewayTopology (meshconfig.effective_trusted_proxies), so the scenario runs."""
+    world, ctx, mode = gateway_world
+    _with_mesh_config(world, ctx, TWO_BY_DEFAULT)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(SCENARIO)
+    scenario = load(path, V130)
+    assert scenario.mesh.num_trusted_proxies == 0
+    session = ClusterSession(scenario, mode, ctx).start()
+    dep = world.api.objects[("Deployment", "azapi01-edge", "ingress")]
+    annotation = dep["spec"]["template"]["metadata"]["annotations"][PROXY_CONFIG_ANNOTATION]
+    assert json.loads(annotation) == {"gatewayTopology": {"numTrustedProxies": 0}}
+    assert any("numTrustedProxies 2; the scenario's gateways replace it with 0" in n for n in session.notes)
+    session.close()
+
+
+def test_a_gateway_that_would_keep_the_mesh_default_is_skipped_before_anything_is_applied(
+        gateway_world, tmp_path, monkeypatch):
+    """Were the annotation without gatewayTopology (as render.py wrote it for 0 before), the gateway would run with the
+    mesh default: a skip naming the value found, the one wanted and why, and nothing applied."""
+    world, ctx, mode = gateway_world
+    _with_mesh_config(world, ctx, TWO_BY_DEFAULT)
+    monkeypatch.setattr("conformance.mesh.cluster.manifests.render.gateway_proxy_config", lambda n: "{}")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(SCENARIO)
+    with pytest.raises(TargetUnavailable) as info:
+        ClusterSession(load(path, V130), mode, ctx).start()
+    text = str(info.value)
+    assert "edge/ingress would run with gatewayTopology.numTrustedProxies 2" in text
+    assert "istio-system/istio defaultConfig sets 2" in text and "the scenario wants 0" in text
+    assert "X-Forwarded-For" in text
+    assert not world.api.made("PATCH") and not [k for k in world.api.objects if k[1].startswith("azapi")]
+
+
+def test_an_unreadable_mesh_config_is_a_clear_target_error(gateway_world, tmp_path):
+    world, ctx, mode = gateway_world
+    _with_mesh_config(world, ctx, "defaultConfig: [")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(SCENARIO)
+    with pytest.raises(TargetError, match=r"istio-system/istio: the mesh config .* is not YAML"):
+        ClusterSession(load(path, V130), mode, ctx).start()
+    assert not world.api.made("PATCH")
+
+
+# -- client address translation on the way to the gateway ------------------------------------------------------------
+NAT = "172.18.0.1"  # what kube-proxy's masquerade would make of the client: the kind node's docker gateway, say
+
+
+def _address_scenario(tmp_path: Path, source: str) -> Path:
+    """SCENARIO with a gateway policy whose `source` block names addresses (`${ip:...}` or literal)."""
+    text = SCENARIO.replace(
+        "      spec: {selector: {matchLabels: {istio: ingressgateway}}}",
+        "      spec:\n"
+        "            selector: {matchLabels: {istio: ingressgateway}}\n"
+        f"            rules: [{{from: [{{source: {source}}}]}}]", 1)
+    assert text != SCENARIO
+    path = tmp_path / "address.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_client_address_the_gateway_sees_unchanged_is_noted(gateway_world, tmp_path):
+    _world, ctx, mode = gateway_world
+    scenario = load(_address_scenario(tmp_path, '{remoteIpBlocks: ["${ip:outside/internet}"]}'), V130)
+    session = ClusterSession(scenario, mode, ctx).start()
+    client = session._pods["outside/internet"].ip
+    assert any(f"edge/ingress saw outside/internet from its own address {client}" in n for n in session.notes)
+    session.close()
+
+
+def test_a_translated_client_address_skips_a_scenario_whose_verdicts_use_it(gateway_world, tmp_path):
+    """The gateway's record of the canary says the client came from another address than its pod's: a scenario with
+    `${ip:outside/internet}` in remoteIpBlocks (the peer fallback) cannot be reproduced here, a skip saying both
+    addresses and why; everything it made is deleted."""
+    world, ctx, mode = gateway_world
+    world.nat_peer = NAT
+    scenario = load(_address_scenario(tmp_path, '{remoteIpBlocks: ["${ip:outside/internet}"]}'), V130)
+    session = ClusterSession(scenario, mode, ctx)
+    with pytest.raises(TargetUnavailable) as info:
+        session.start()
+    text = str(info.value)
+    client = session._pods["outside/internet"].ip
+    assert f"(pod address {client}) come from {NAT}" in text and "kube-proxy masquerade" in text
+    assert "edge/gate rule 0 remoteIpBlocks (step gateway-denies): ${ip:outside/internet}" in text
+    assert session.closed and not [k for k in world.api.objects if k[1].startswith("azapi")]
+
+
+def test_a_translated_address_inside_a_literal_block_skips_too(gateway_world, tmp_path):
+    world, ctx, mode = gateway_world
+    world.nat_peer = NAT
+    scenario = load(_address_scenario(tmp_path, "{ipBlocks: [172.18.0.0/16]}"), V130)
+    with pytest.raises(TargetUnavailable, match=r"edge/gate rule 0 ipBlocks \(step gateway-denies\) holds 172\.18\."):
+        ClusterSession(scenario, mode, ctx).start()
+
+
+def test_a_translated_client_address_does_not_stop_a_scenario_that_does_not_use_it(gateway_world, tmp_path):
+    """No policy names the client's address, and the translated one is in no literal block: the scenario runs, with a
+    note saying what the gateway saw, and its steps pass."""
+    world, ctx, mode = gateway_world
+    world.nat_peer = NAT
+    path = tmp_path / "gateway.yaml"
+    path.write_text(SCENARIO)
+    scenario = load(path, V130)
+    session = ClusterSession(scenario, mode, ctx).start()
+    assert any(f"come from {NAT}" in n and "do not use the client's address, so it runs" in n for n in session.notes)
+    at_gateway = run_step(session, scenario, scenario.steps[1], V130, required=2, deadline=20)
+    assert at_gateway.passed, [(r.probe.describe(), r.last) for r in at_gateway.table.rows]
+    session.close()
+
+
+def test_no_record_of_the_canary_at_the_gateway(gateway_world, tmp_path, monkeypatch):
+    """The gateway's log has no record of the canary (another access-log format, say): an infrastructure error when the
+    scenario depends on the client's address, a note otherwise."""
+    _world, ctx, mode = gateway_world
+    monkeypatch.setattr(GatewayWorld, "log_record", lambda self, info, record: None)
+    scenario = load(_address_scenario(tmp_path, '{ipBlocks: ["${ip:outside/internet}"]}'), V130)
+    with pytest.raises(TargetError, match="has no access-log record of the canary from outside/internet"):
+        ClusterSession(scenario, mode, ctx).start()
+    path = tmp_path / "gateway.yaml"
+    path.write_text(SCENARIO)
+    session = ClusterSession(load(path, V130), mode, ctx).start()
+    assert any("has no access-log record" in n and "use no address, so it runs" in n for n in session.notes)
+    session.close()

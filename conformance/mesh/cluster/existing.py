@@ -243,6 +243,9 @@ class ExistingClusterTarget:
             mesh_config=MeshConfigAccess(ISTIO_NAMESPACE, (mesh_configmap_name(installed.revision),),
                                          istiod_selector(installed.revision))
             if self.settings.allow_mesh_config_update else None,
+            # read only, always: a gateway's default gatewayTopology is this cluster's, not the suite's
+            mesh_config_source=MeshConfigAccess(ISTIO_NAMESPACE, (mesh_configmap_name(installed.revision),),
+                                                istiod_selector(installed.revision)),
         )
         session = ClusterSession(scenario, mode, ctx)
         with self._lock:  # sessions start side by side (schedule.py)

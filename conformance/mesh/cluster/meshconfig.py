@@ -23,6 +23,11 @@ istiod's own answer says when the providers are in force: its debug endpoint `/d
 config", pilot/pkg/xds/debug.go@1.30.3, port 15014) read through the API server's pod proxy, on every ready
 istiod pod of the revision. Kubelet refreshes a mounted ConfigMap within its sync period (about a minute),
 so this wait, not a sleep, is what makes the first CUSTOM step meaningful.
+
+The mesh config is also read, never written, for an ingress gateway's `gatewayTopology.numTrustedProxies`
+(`effective_trusted_proxies`): the mesh's `defaultConfig` is every proxy's ProxyConfig, the gateway pod's
+`proxy.istio.io/config` annotation is merged over it, and the session refuses a scenario whose gateway would run
+with another value than the scenario's (session.py `_check_gateway_topology`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ MESH_KEY = "mesh"  # the ConfigMap key istiod reads (pkg/config/mesh/kubemesh Me
 ISTIOD_DEBUG_PORT = 15014  # istiod's HTTP monitoring and debug port (manifests istiod Service http-monitoring)
 DEBUG_MESH_PATH = "debug/mesh"
 CONFLICT_ATTEMPTS = 8
+GATEWAY_TOPOLOGY = "gatewayTopology"
+NUM_TRUSTED_PROXIES = "numTrustedProxies"
 
 
 def mesh_configmap_name(revision: str | None) -> str:
@@ -104,6 +111,60 @@ def active_provider_names(debug_mesh: str) -> set[str]:
         return set()
     providers = mesh.get("extensionProviders") if isinstance(mesh, dict) else None
     return {str(p.get("name")) for p in providers or [] if isinstance(p, dict) and p.get("name")}
+
+
+def _topology(proxy_config: Any, where: str) -> tuple[bool, int]:
+    """Whether a ProxyConfig mapping carries `gatewayTopology`, and its numTrustedProxies (proto3: 0 when unset)."""
+    if proxy_config is None:
+        return False, 0
+    if not isinstance(proxy_config, Mapping):
+        raise TargetError(f"{where} is not a mapping (a ProxyConfig)")
+    if GATEWAY_TOPOLOGY not in proxy_config or proxy_config[GATEWAY_TOPOLOGY] is None:
+        # a JSON null is skipped by the decoder, as if absent (golang/protobuf@v1.5.4 jsonpb/decode.go l.338)
+        return False, 0
+    topology = proxy_config[GATEWAY_TOPOLOGY]
+    if not isinstance(topology, Mapping):
+        raise TargetError(f"{where}: {GATEWAY_TOPOLOGY} is not a mapping")
+    n = topology.get(NUM_TRUSTED_PROXIES, 0)
+    if n is None:
+        n = 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise TargetError(f"{where}: {GATEWAY_TOPOLOGY}.{NUM_TRUSTED_PROXIES} is {n!r}, not a non-negative integer")
+    return True, n
+
+
+def default_trusted_proxies(mesh_text: str) -> int:
+    """`defaultConfig.gatewayTopology.numTrustedProxies` of a mesh config text (0 when unset: Istio's default,
+    pkg/config/mesh/mesh.go@release-1.30 DefaultProxyConfig sets no gatewayTopology)."""
+    return _topology(_parse(mesh_text).get("defaultConfig"), "the mesh config's defaultConfig")[1]
+
+
+def effective_trusted_proxies(mesh_text: str, annotation: str | None) -> int:
+    """The numTrustedProxies a gateway pod runs with: the mesh's `defaultConfig`, with the pod's
+    `proxy.istio.io/config` annotation (YAML or JSON) merged over it as Istio merges it.
+
+    pilot-agent builds its ProxyConfig from the mesh config, the injector's PROXY_CONFIG, then the annotation, last
+    (pilot/cmd/pilot-agent/config/config.go@release-1.30 getMeshConfig l.114-143, the comment: "Merging is done by
+    replacement. Any fields present in the overlay will replace those existing fields"); istiod builds the gateway's
+    xff_num_trusted_hops from that ProxyConfig, sent in the node metadata (pilot/pkg/networking/core/gateway.go l.131,
+    l.724-725). Each merge is mesh.MergeProxyConfig (pkg/config/mesh/mesh.go l.146-156), protomarshal.ApplyYAML, i.e.
+    golang/protobuf@v1.5.4 jsonpb (istio go.mod), whose decoder sets every field present in the input to a value
+    decoded into a *new* field (jsonpb/decode.go l.336-345: `m.NewField(fd)` ... `m.Set(fd, v)`): a message field is
+    replaced whole, never merged. So an annotation with `gatewayTopology` wins with its own numTrustedProxies, 0
+    included, and one without it leaves the mesh's (mesh.go's correctProxyHeaders exists for that very reason: it
+    restores what replacing proxyHeaders drops). The same lines hold on release-1.29 and release-1.31.
+    """
+    present, n = _topology(_parse_proxy_config(annotation), "the proxy.istio.io/config annotation")
+    return n if present else default_trusted_proxies(mesh_text)
+
+
+def _parse_proxy_config(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TargetError(f"the proxy.istio.io/config annotation is not YAML or JSON: {exc}") from exc
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -9,7 +9,11 @@ does, in order:
    (manifests/render.py), server-side apply them, wait for rollouts, ambient enrollment and waypoints,
    the scenario's CUSTOM providers added to the mesh config and waited for in istiod (meshconfig.py),
    then a canary probe to every destination port, so a broken mesh fails here, plainly, and never
-   later as a "denial";
+   later as a "denial". With ingress gateways, two more pre-start refusals (skips): a gateway that would run with
+   another `gatewayTopology.numTrustedProxies` than the scenario's (the cluster's mesh default against the pod's
+   annotation, `_check_gateway_topology`, before anything is applied), and a path to the gateway's Service that
+   translates the client's address when the scenario's verdicts use it (the gateway's record of the canary,
+   `_check_client_address`);
 2. `apply`: the step's policies, with `${ip:...}` and `${jwks:...}` filled (the run's own issuer keys,
    conformance/tokens.py) and namespaces mapped, validated as Istio would, server-side applied;
    removed ones deleted; then the propagation barrier (barrier.py) and
@@ -64,9 +68,20 @@ from conformance.mesh.cluster import barrier, istioctl, meshconfig
 from conformance.mesh.cluster.execprobe import CurlCall, build_script, exec_timeout, new_nonce, parse_output
 from conformance.mesh.cluster.istioctl import AnalyzeMessage, Kubeconfig
 from conformance.mesh.cluster.kube import Kube, PodInfo
-from conformance.mesh.cluster.logs import LogLine, Match, Onward, RecordMatcher, Wanted, join_addr, split_log
+from conformance.mesh.cluster.logs import (
+    LogLine,
+    Match,
+    Onward,
+    RecordMatcher,
+    Wanted,
+    host_of,
+    join_addr,
+    parse_envoy_line,
+    split_log,
+)
 from conformance.mesh.cluster.manifests.render import (
     CURL_CONTAINER,
+    PROXY_CONFIG_ANNOTATION,
     WORKLOAD_LABEL,
     RenderSettings,
     data_plane,
@@ -75,6 +90,7 @@ from conformance.mesh.cluster.manifests.render import (
 )
 from conformance.mesh.cluster.naming import NamespaceMap
 from conformance.model import (
+    ADDRESS_PLACEHOLDER,
     ALLOWED,
     DENIAL_FORMS,
     DENIED_AUTHN,
@@ -171,6 +187,10 @@ class ClusterContext:
     # Where the session may add its CUSTOM providers to the mesh config (meshconfig.py); None: it may not (an
     # existing cluster without --allow-mesh-config-update), and a scenario with providers is refused.
     mesh_config: meshconfig.MeshConfigAccess | None = None
+    # Where the session may *read* istiod's mesh config, never write it: an ingress gateway's default
+    # gatewayTopology (`_check_gateway_topology`); None: `mesh_config`'s, or not read. An existing cluster gives it
+    # always, since someone else's mesh config may set what the suite's kind installs never set.
+    mesh_config_source: meshconfig.MeshConfigAccess | None = None
     wall_clock: Callable[[], float] = time.time  # compared with the kubelet's log timestamps
     sleep: Callable[[float], None] = time.sleep
 
@@ -340,6 +360,7 @@ class ClusterSession:
         self.notes.append(f"namespaces: {self.nsmap.describe()}")
         docs = render_workloads(scenario, self.nsmap, RenderSettings(
             self.mode, ctx.curl_image, ctx.app_image, ctx.prefix.rstrip("-"), ctx.enrollment, ctx.revision))
+        self._check_gateway_topology(docs)  # a skip, before anything is applied
         self._namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
         try:
             for doc in docs:
@@ -602,6 +623,127 @@ class ClusterSession:
                         f"{where} names; the scenario's verdicts assume no workload there, and a cluster cannot "
                         "choose its pods' addresses")
 
+    def _check_gateway_topology(self, docs: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse (a skip), before anything is applied, a scenario whose ingress gateway would run with another
+        `gatewayTopology.numTrustedProxies` than its `mesh.numTrustedProxies`: the gateway would take `remote_ip` from
+        another X-Forwarded-For entry than the verdicts assume (docs/ingress-gateways.md §1.2).
+
+        What the gateway runs with is the mesh config's `defaultConfig` with the pod's `proxy.istio.io/config` merged
+        over it (meshconfig.effective_trusted_proxies cites Istio's merge). render.py writes the scenario's value in
+        that annotation, 0 included, and an annotation's gatewayTopology replaces the mesh's whole, so this holds on
+        any cluster; the check reads the mesh config anyway, so a rendering that stops setting it, or a cluster
+        default it would not override, is a skip naming both values and never a run judging another topology. On
+        kind the suite's own install sets no default (tests/cluster/test_istioctl.py asserts it)."""
+        gateways = [w for w in self.scenario.workloads if w.is_gateway]
+        access = self.ctx.mesh_config_source or self.ctx.mesh_config
+        if not gateways or access is None:
+            return
+        wanted = self.scenario.mesh.num_trusted_proxies
+        pods = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d.get("kind") == "Deployment"}
+        for name in access.configmaps:
+            where = f"ConfigMap {access.namespace}/{name}"
+            cm = self.ctx.kube.get("v1", "ConfigMap", name, access.namespace)
+            # no ConfigMap: istiod runs on Istio's defaults, which set no gatewayTopology (mesh.go DefaultProxyConfig)
+            text = str(((cm or {}).get("data") or {}).get(meshconfig.MESH_KEY) or "")
+            try:
+                default = meshconfig.default_trusted_proxies(text)
+            except TargetError as exc:
+                raise TargetError(f"{self.scenario.name}: {where}: {exc}") from exc
+            for w in gateways:
+                pod = pods.get((self.nsmap.cluster_namespace(w.namespace), w.name)) or {}
+                template = (pod.get("spec") or {}).get("template") or {}
+                annotation = ((template.get("metadata") or {}).get("annotations") or {}).get(PROXY_CONFIG_ANNOTATION)
+                try:
+                    effective = meshconfig.effective_trusted_proxies(text, annotation)
+                except TargetError as exc:
+                    raise TargetError(f"{self.scenario.name}: {w.ref}: {exc}") from exc
+                if effective != wanted:
+                    raise TargetUnavailable(
+                        f"{self.scenario.name}: its ingress gateway {w.ref} would run with gatewayTopology."
+                        f"numTrustedProxies {effective} (found: {where} defaultConfig sets {default}; the pod's "
+                        f"{PROXY_CONFIG_ANNOTATION} is {annotation or 'not set'}), and the scenario wants "
+                        f"{wanted}: the gateway would read the client's address (remote.ip, remoteIpBlocks) from "
+                        "another X-Forwarded-For entry than its verdicts assume")
+            if default != wanted:
+                self.notes.append(f"mesh config: {where} sets defaultConfig.gatewayTopology.numTrustedProxies "
+                                  f"{default}; the scenario's gateways replace it with {wanted} "
+                                  f"({PROXY_CONFIG_ANNOTATION})")
+
+    def _check_client_address(self, probes: Sequence[Probe], runs: Mapping[int, ProbeRun]) -> None:
+        """After a good canary: did each ingress gateway see the client pod's own address? Its access-log record of
+        the canary says (`src`, %DOWNSTREAM_REMOTE_ADDRESS% in clusters/istio/*.yaml: the canary sends no
+        X-Forwarded-For, so that is the connection's peer, Envoy's direct remote address, whatever numTrustedProxies
+        says: docs/ingress-gateways.md §1.2, conn_manager_utility.cc l.143-145).
+
+        `ipBlocks` and `source.ip` at the gateway are that peer, `remoteIpBlocks` / `remote.ip` fall back to it, and
+        the address the gateway appends to X-Forwarded-For (what a sidecar's `remote.ip` behind it reads) is it too
+        (§1, §1.2). The scenario's `${ip:<ns>/<name>}` values are the pods' addresses, so when the path to the
+        gateway's Service translates the source (kube-proxy masquerade, a CNI or load balancer doing SNAT), verdicts
+        using the client's address cannot be reproduced here: a skip naming both addresses. A scenario whose policies
+        name no such address runs (a note says what was seen): its literal blocks hold neither the pod's address
+        (`_check_addresses`) nor, checked here, the translated one, so every comparison comes out the same. A
+        missing record is the target's fault (a TargetError) only when the scenario depends on the address."""
+        at_gateway = [i for i, p in enumerate(probes) if p.destination.is_gateway and i in runs]
+        if not at_gateway:
+            return
+        clients = {e.probe.source.ref for step in self.scenario.steps for e in step.expectations
+                   if e.probe.destination.is_gateway} | {probes[i].source.ref for i in at_gateway}
+        uses = client_address_uses(self.scenario, clients)
+        blocks = literal_blocks(self.scenario)
+        seen = self._canary_peers([(i, probes[i], runs[i]) for i in at_gateway])
+        for i in at_gateway:
+            probe, run = probes[i], runs[i]
+            peer = seen.get(i)
+            what = f"the ingress gateway {probe.destination.ref}"
+            if peer is None:
+                text = (f"{what} has no access-log record of the canary from {probe.source.ref} (the record's 'src' "
+                        "is what says whether client addresses reach it unchanged)")
+                if uses or blocks:
+                    raise TargetError(f"{self.scenario.name}: {text}, and the scenario's policies use client "
+                                      f"addresses ({'; '.join([*uses, *(w for _, w in blocks)][:3])})")
+                self.notes.append(f"client address: {text}; the scenario's policies use no address, so it runs")
+                continue
+            if peer == run.pod.ip:
+                self.notes.append(f"client address: {what} saw {probe.source.ref} from its own address {peer}")
+                continue
+            why = (f"{what} saw the canary from {probe.source.ref} (pod address {run.pod.ip}) come from {peer}: the "
+                   "path to the gateway's Service translates the client's source address (kube-proxy masquerade, "
+                   "or a CNI or load balancer doing SNAT)")
+            inside = [where for block, where in blocks if _contains(block, peer)]
+            if uses or inside:
+                reasons = [f"{where} names the client's pod address" for where in uses] + \
+                          [f"{where} holds {peer}" for where in inside]
+                raise TargetUnavailable(f"{self.scenario.name}: {why}, and the scenario's verdicts depend on the "
+                                        f"client's address: {'; '.join(reasons[:4])}")
+            self.notes.append(f"client address: {why}; the scenario's policies do not use the client's address, so "
+                              "it runs")
+
+    def _canary_peers(self, runs: Sequence[tuple[int, Probe, ProbeRun]]) -> dict[int, str]:
+        """The peer address (host) in the gateway's record of each canary probe (key: the probe's index), read until
+        every record is there or the proof grace ends (pilot-agent flushes access logs every second,
+        Timeouts.proof_grace); an unreadable log leaves its probes out."""
+        wanted = {i: (self._pods[probe.destination.ref], run.call.probe_id, run.started) for i, probe, run in runs}
+        found: dict[int, str] = {}
+        deadline = time.monotonic() + self.ctx.timeouts.proof_grace
+        while True:
+            for pod in {id(p): p for p, _, _ in wanted.values()}.values():
+                since = min(t for p, _, t in wanted.values() if p is pod)
+                try:
+                    text = self._read_log(pod, PROXY_CONTAINER,
+                                          math.ceil(max(0.0, self.ctx.wall_clock() - since)) + 2)
+                except TargetError:
+                    continue
+                for line in split_log(f"{pod.namespace}/{pod.name}", text):
+                    rec = parse_envoy_line(line.text)
+                    if rec is None or host_of(rec.get("local")) != pod.ip:
+                        continue
+                    for key, (p, probe_id, started) in wanted.items():
+                        if p is pod and line.time >= started and rec.get("probe") == probe_id and rec.get("src"):
+                            found[key] = host_of(rec.get("src"))
+            if len(found) == len(wanted) or time.monotonic() >= deadline:
+                return found
+            self.ctx.sleep(0.3)
+
     def _check_ambient_enrollment(self) -> None:
         """istio-cni marks enrolled pods `ambient.istio.io/redirection: enabled`: wait for it."""
         from conformance.mesh.cluster.kube import poll_until
@@ -646,9 +788,11 @@ class ClusterSession:
             return obs.outcome == ALLOWED
 
         while True:
-            observations = self._run_probes(probes, prove=False)
+            runs: dict[int, ProbeRun] = {}
+            observations = self._run_probes(probes, prove=False, runs_out=runs)
             bad = [(p, o) for p, o in zip(probes, observations, strict=True) if not answered(p, o)]
             if not bad:
+                self._check_client_address(probes, runs)
                 return
             if time.monotonic() >= deadline:
                 detail = "; ".join(f"{p.describe()}: {o.outcome} (curl exit {o.evidence.exit_code}, "
@@ -825,7 +969,10 @@ class ClusterSession:
         return (f"http://{probe.destination.name}.{ns}{port}{path}", request.method,
                 tuple((k, self.nsmap.host_value(v) if k.lower() == "host" else v) for k, v in headers))
 
-    def _run_probes(self, probes: Sequence[Probe], prove: bool) -> list[Observation]:
+    def _run_probes(self, probes: Sequence[Probe], prove: bool,
+                    runs_out: dict[int, ProbeRun] | None = None) -> list[Observation]:
+        """Every probe run from its source pod (one exec per source), classified; with `prove`, each denial gets its
+        record (`_prove`). `runs_out` receives how each probe was run (the canary reads the gateway's records)."""
         by_source: dict[str, list[int]] = {}
         for i, p in enumerate(probes):
             by_source.setdefault(p.source.ref, []).append(i)
@@ -869,6 +1016,8 @@ class ClusterSession:
         observations = [o for o in results if o is not None]
         if len(observations) != len(probes):
             raise TargetError("probe results lost")
+        if runs_out is not None:
+            runs_out.update(runs)
         if prove:
             observations = self._prove(probes, observations, runs)
         return observations
@@ -1200,6 +1349,43 @@ def literal_blocks(scenario: Scenario) -> list[tuple[ipaddress.IPv4Network | ipa
                         for key in ("values", "notValues"):
                             add(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
     return out
+
+
+def client_address_uses(scenario: Scenario, clients: set[str]) -> list[str]:
+    """Where the scenario's AuthorizationPolicies name one of `clients`' addresses (`${ip:<ns>/<name>}`) in a source
+    or remote address field (`ipBlocks`, `remoteIpBlocks`, their `not` forms, `source.ip`, `remote.ip`)."""
+    out: list[str] = []
+
+    def scan(values: Any, where: str) -> None:
+        for v in values if isinstance(values, list) else []:
+            if isinstance(v, str) and any(m.group(1) in clients for m in ADDRESS_PLACEHOLDER.finditer(v)):
+                out.append(f"{where}: {v}")
+
+    for step in scenario.steps:
+        for m in step.policies:
+            if m.kind != "AuthorizationPolicy" or not isinstance(m.spec, Mapping):
+                continue
+            for i, rule in enumerate(m.spec.get("rules") or []):
+                if not isinstance(rule, Mapping):
+                    continue
+                for frm in rule.get("from") or []:
+                    source = frm.get("source") if isinstance(frm, Mapping) else None
+                    if isinstance(source, Mapping):
+                        for key in _ADDRESS_FIELDS:
+                            scan(source.get(key), f"{m.ref} rule {i} {key} (step {step.name})")
+                for cond in rule.get("when") or []:
+                    if isinstance(cond, Mapping) and cond.get("key") in _ADDRESS_KEYS:
+                        for key in ("values", "notValues"):
+                            scan(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
+    return list(dict.fromkeys(out))
+
+
+def _contains(block: ipaddress.IPv4Network | ipaddress.IPv6Network, address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.version == block.version and ip in block
 
 
 def concrete_host(host: str) -> str:
