@@ -39,6 +39,8 @@ class GapRound:
     ended: float
     after_barrier: bool
     outcomes: tuple[str, ...]
+    # the observations themselves: behind an exact barrier each one after it counts (runner.py judges them)
+    observations: tuple[Observation, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -167,7 +169,7 @@ def measure_gap(
         return apply(), GapRecord(rows, skipped="no probe goes from allow to deny in this step")
     clock = time.monotonic
     record = GapRecord(rows)
-    rounds: list[tuple[float, float, tuple[str, ...]]] = []
+    rounds: list[tuple[float, float, tuple[Observation, ...]]] = []
     returned = threading.Event()  # apply() returned: from now on, count rounds after the barrier
     sending = threading.Event()
     stop = threading.Event()
@@ -180,7 +182,7 @@ def measure_gap(
                 t0 = clock()
                 sending.set()
                 observations: list[Observation] = session.probe(probes)
-                rounds.append((t0, clock(), tuple(o.outcome for o in observations)))
+                rounds.append((t0, clock(), tuple(observations)))
                 after += is_after
         except Exception as exc:  # the gap is then unknown: say so, never report it as closed
             record.error = f"a probe round failed: {type(exc).__name__}: {exc}"
@@ -206,5 +208,6 @@ def measure_gap(
     record.barrier_seconds = barrier - start
     # Rounds the loop started after apply() returned are after the barrier; so are those that started
     # after the acknowledgement the target reported (even if the loop saw apply() return later).
-    record.rounds = [GapRound(t0 - barrier, t1 - barrier, t0 >= barrier, outcomes) for t0, t1, outcomes in rounds]
+    record.rounds = [GapRound(t0 - barrier, t1 - barrier, t0 >= barrier, tuple(o.outcome for o in seen), seen)
+                     for t0, t1, seen in rounds]
     return result, record

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from conformance.converge import Convergence, ProbeRecord, converge, required_observations
 from conformance.gap import DEFAULT_ROUNDS_AFTER, GapRecord, measure_gap
-from conformance.model import Manifest, Probe, Scenario, Step
+from conformance.model import ALLOWED, Manifest, Probe, Scenario, Step
 from conformance.probe import Observation
 from conformance.target import Applied, MeshSession
 from conformance.truthtable import Row, TruthTable, predict
@@ -80,6 +80,28 @@ def newly_denied(scenario: Scenario, step: Step, table: TruthTable, before: tupl
             if table.expected(row) == "deny" and not table.disagrees(row) and prev.predicted.verdict == "allow"]
 
 
+def _count_gap_rounds(table: TruthTable, convergence: Convergence, gap_record: GapRecord) -> None:
+    """Behind an exact barrier every observation after it counts, the gap loop's too: each round the loop started
+    after the acknowledgement is judged like a convergence round and goes first into its probes' records, so a
+    stale allow there fails the step (with its evidence) instead of being only reported as a gap."""
+    earlier: dict[int, list[tuple[Observation, Judgement]]] = {}
+    for gap_round in gap_record.rounds:  # in the order they ran
+        if not gap_round.after_barrier or len(gap_round.observations) != len(gap_record.rows):
+            continue
+        for index, obs in zip(gap_record.rows, gap_round.observations, strict=True):
+            row = table.rows[index]
+            expected = table.expected(row)
+            earlier.setdefault(index, []).append((obs, judge(expected, row.predicted, obs, row.probe)))
+            if expected == "deny" and not table.disagrees(row) and obs.outcome == ALLOWED:
+                convergence.records[index].stale_allowed += 1
+    for index, seen in earlier.items():
+        record = convergence.records[index]
+        record.observations[:0] = [obs for obs, _ in seen]
+        record.judgements[:0] = [judgement for _, judgement in seen]
+        record.converged_after = len(record.observations) if record.passed else None
+    convergence.converged = all(r.passed for r in convergence.records)
+
+
 def run_step(
     session: MeshSession,
     scenario: Scenario,
@@ -88,7 +110,7 @@ def run_step(
     required: int | None = None,
     deadline: float = 30.0,
     gap: bool | None = None,
-    gap_rounds: int = DEFAULT_ROUNDS_AFTER,
+    gap_rounds: int | None = None,
 ) -> StepResult:
     """Predict, apply (measuring the enforcement gap), then probe until converged, and judge.
 
@@ -99,6 +121,11 @@ def run_step(
     table = predict(scenario, step, session.mode, version, session.addresses)
     rows = table.rows
     measure = getattr(session, "probes_during_apply", False) if gap is None else gap
+    exact = bool(getattr(session, "exact_barrier", False))
+    if gap_rounds is None:
+        # behind an exact barrier one round after it is the proof (and it is judged: below); elsewhere the loop looks
+        # a few rounds longer for a stale allow, which is then the enforcement gap
+        gap_rounds = 1 if exact else DEFAULT_ROUNDS_AFTER
     if measure:
         watched = newly_denied(scenario, step, table, _in_force(session), version, dict(session.addresses))
         applied, gap_record = measure_gap(session, lambda: session.apply(step.policies), watched, gap_rounds)
@@ -120,9 +147,10 @@ def run_step(
 
     # On an exact barrier the deadline is the barrier's business (apply() above): every probe is observed
     # `required` times and each observation counts (converge.py).
-    exact = bool(getattr(session, "exact_barrier", False))
     convergence = converge(len(rows), probe_round, required=required_observations(required, exact),
                            deadline=deadline, exact=exact)
+    if exact:
+        _count_gap_rounds(table, convergence, gap_record)
     for row, rec in zip(rows, convergence.records, strict=True):
         row.observed = rec.observations
         row.converged_after = rec.converged_after

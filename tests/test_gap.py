@@ -198,3 +198,62 @@ def test_the_local_mesh_has_no_enforcement_gap(mesh_mode: str) -> None:
     finally:
         session.close()
 
+
+
+class ExactLaggingSession(LaggingSession):
+    """The same lag behind a target that claims an exact barrier (as the local mesh does)."""
+
+    exact_barrier = True
+
+
+def test_behind_an_exact_barrier_a_stale_allow_in_the_gap_loop_fails_the_step(scenario: Any) -> None:
+    """Every observation after an exact barrier counts, the gap loop's too (runner._count_gap_rounds): a target
+    whose enforcement trails its acknowledgement fails the step even when the convergence round, later, sees the
+    denial; the stale observation is the probe's first, judged wrong, with its evidence."""
+    # lag 2: the loop's first round may start before the change and still consume one lagging answer (it is then
+    # counted as during), so the second lagging answer always falls after the barrier
+    session = ExactLaggingSession(_addresses(scenario), lag=2)
+    result = run_step(session, scenario, scenario.step("deny-all"), VERSION)  # type: ignore[arg-type]
+    assert result.gap.rounds_after == 1, "one round after an exact barrier (issue 14)"
+    assert not result.passed
+    (row, record), *_ = result.failing()
+    assert row.expectation.index == 0
+    assert record.observations[0].outcome == ALLOWED and not record.judgements[0].passed
+    assert record.stale_allowed >= 1 and "wrong after the barrier" in record.verdict_line()
+
+
+def test_behind_an_exact_barrier_one_round_after_it_is_enough(scenario: Any) -> None:
+    session = ExactLaggingSession(_addresses(scenario), lag=0)
+    result = run_step(session, scenario, scenario.step("deny-all"), VERSION)  # type: ignore[arg-type]
+    assert result.passed and result.convergence.rounds == 1 and result.gap.rounds_after == 1
+    watched = result.convergence.records[0]
+    assert [o.outcome for o in watched.observations] == [DENIED_L7, DENIED_L7]  # the gap round's, then the step's
+
+
+def test_gap_rounds_after_an_exact_barrier_are_judged_before_the_steps_own(scenario: Any) -> None:
+    """runner._count_gap_rounds on fixed records (no thread timing): a round after the barrier that saw the watched
+    probe allowed becomes its first, wrong observation; a round during the change is not judged."""
+    from conformance.converge import converge
+    from conformance.gap import GapRound
+    from conformance.runner import _count_gap_rounds
+    from conformance.truthtable import predict
+    from conformance.verdicts import judge
+
+    step = scenario.step("deny-all")
+    table = predict(scenario, step, "sidecar", VERSION, _addresses(scenario))
+    probes = [row.probe for row in table.rows]
+
+    def denied_round(indices: Sequence[int]) -> list[tuple[Observation, Any, bool]]:
+        return [(_denied(probes[i]), judge(table.expected(table.rows[i]), table.rows[i].predicted,
+                                           _denied(probes[i]), probes[i]), True) for i in indices]
+
+    convergence = converge(len(table.rows), denied_round, required=1, exact=True)
+    assert convergence.converged
+    stale = _allowed(probes[0])
+    gap = GapRecord((0,), [GapRound(-0.01, 0.0, False, (ALLOWED,), (stale,)),
+                           GapRound(0.001, 0.01, True, (ALLOWED,), (stale,))])
+    _count_gap_rounds(table, convergence, gap)
+    record = convergence.records[0]
+    assert [o.outcome for o in record.observations] == [ALLOWED, DENIED_L7]  # the during round is not counted
+    assert not record.passed and record.stale_allowed == 1 and not convergence.converged
+    assert all(r.passed for r in convergence.records[1:])
