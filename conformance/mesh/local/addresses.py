@@ -1,14 +1,18 @@
 """Where everything of one local run listens: its own loopback block, one address per workload, ports.
 
 Linux routes all of 127.0.0.0/8 to `lo` (`local 127.0.0.0/8 dev lo`), so a run can take a whole
-`127.X.Y.0/24` without root and give each workload its own address. That is what makes `ipBlocks` and
+`127.X.Y.0/24` without root and give each workload its own address. A /24 holds 126 workloads (proxies at
+.1-.126, their apps at .129-.254); a bigger run takes as many consecutive /24s as it needs, each laid out
+the same way and each claimed on its own, so that a 200-workload mesh is two /24s and never more than the
+workloads need. That is what makes `ipBlocks` and
 `source.ip` meaningful (every proxy and every out-of-mesh curl binds its workload's address; an unbound
 connection on loopback would come from 127.0.0.1), and it keeps two concurrent runs, or a stale Envoy of
 a killed run, from ever answering for each other.
 
-A block is taken with an `flock` on a per-block lock file in the per-user runtime dir (released by the
-kernel when the run dies, however it dies) plus binding probes on the block's first addresses, which
-catch a process of a dead run that still holds them.
+Each /24 is taken with an `flock` on its own lock file in the per-user runtime dir (released by the
+kernel when the run dies, however it dies) plus binding probes on its first addresses, which catch a
+process of a dead run that still holds them. A run of several /24s holds every one of their locks (taken
+without blocking, all or none), so two concurrent runs never share a /24 whatever their sizes.
 
 Ports below 1024 cannot be bound without root, and Istio's own proxy ports (15000-15099) and our
 outbound listener ports are taken on every proxy address: such scenario ports are remapped to high
@@ -33,54 +37,108 @@ from conformance.probe import SOURCE_PORT_RANGE
 ADMIN_PORT = 15000
 HBONE_PORT = 15008
 OUTBOUND_BASE = 15100  # outbound listener j of every proxy: OUTBOUND_BASE + j
-_MAX_ENTITIES = 126  # proxies at .1-.126, apps at .129-.254
+_MAX_ENTITIES = 126  # per /24: proxies at .1-.126, apps at .129-.254
 _APP_OFFSET = 128
+MAX_SLASH24 = 16  # a run of 16 /24s holds 2,016 workloads; more would crowd out concurrent runs
 
 
 class AddressBlockUnavailable(RuntimeError):
-    """No free 127.X.Y.0/24 block could be taken."""
+    """No free run of 127.X.Y.0/24 blocks could be taken."""
+
+
+def slash24s_for(entities: int) -> int:
+    """How many /24s a run of `entities` workloads and waypoints needs (at least one)."""
+    return max(1, -(-entities // _MAX_ENTITIES))
 
 
 @dataclass
 class AddressBlock:
-    """A `127.X.Y.0/24` held by this run until `release()` (the lock file descriptor is the claim)."""
+    """Consecutive `127.X.Y.0/24`s held by this run until `release()` (the lock file descriptors are the claim)."""
 
-    prefix: str  # "127.X.Y"
-    _fd: int | None = field(default=None, repr=False)
+    prefixes: tuple[str, ...]  # ("127.X.Y", "127.X.Y+1", ...)
+    _fds: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def prefix(self) -> str:
+        """The first /24 (a run of one /24 is named by it, as before runs could take several)."""
+        return self.prefixes[0]
+
+    @property
+    def capacity(self) -> int:
+        return len(self.prefixes) * _MAX_ENTITIES
+
+    def describe(self) -> str:
+        """`127.X.Y.0/24`, or `127.X.Y.0/24-127.X.Z.0/24` for several."""
+        first = f"{self.prefixes[0]}.0/24"
+        return first if len(self.prefixes) == 1 else f"{first}-{self.prefixes[-1]}.0/24"
 
     def address(self, host: int) -> str:
         return f"{self.prefix}.{host}"
 
+    def entity(self, index: int) -> tuple[str, str]:
+        """The proxy (or own) address and the app address of the run's `index`-th workload or waypoint."""
+        if not 0 <= index < self.capacity:
+            raise AddressBlockUnavailable(
+                f"workload {index + 1} does not fit {self.describe()} (at most {self.capacity})")
+        prefix = self.prefixes[index // _MAX_ENTITIES]
+        host = index % _MAX_ENTITIES + 1
+        return f"{prefix}.{host}", f"{prefix}.{_APP_OFFSET + host}"
+
     def release(self) -> None:
-        if self._fd is not None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
             with contextlib.suppress(OSError):
-                os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+                os.close(fd)  # closing the descriptor drops the flock
 
 
-def acquire_block(runtime: Path, attempts: int = 256) -> AddressBlock:
-    """Take the first free block of this user's range (second octet from the uid, third scanned).
+def acquire_block(runtime: Path, attempts: int = 256, size: int = 1) -> AddressBlock:
+    """Take the first run of `size` consecutive free /24s of this user's range (second octet from the uid,
+    third scanned); every /24 of it is locked and probed, or none is kept.
 
-    Scanning from the start keeps the number of lock files at the number of concurrent runs.
+    Scanning from the start keeps the number of lock files at the number of concurrent runs. Locks are
+    taken without blocking, so two runs scanning at once cannot deadlock: each skips what the other holds.
     """
+    if not 1 <= size <= MAX_SLASH24:
+        raise AddressBlockUnavailable(
+            f"{size} /24s asked for: a run takes 1 to {MAX_SLASH24} ({MAX_SLASH24 * _MAX_ENTITIES} workloads)")
     second = 100 + os.getuid() % 100
-    for third in range(min(attempts, 256)):
-        prefix = f"127.{second}.{third}"
-        fd = os.open(runtime / "blocks" / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+    last = min(attempts, 256)
+    third = 0
+    while third + size <= last:
+        fds: list[int] = []
+        failed_at = None
+        for offset in range(size):
+            prefix = f"127.{second}.{third + offset}"
+            fd = _lock(runtime, prefix)
+            if fd is None:
+                failed_at = third + offset
+                break
+            fds.append(fd)
+            if not _block_is_free(prefix):
+                failed_at = third + offset
+                break
+        if failed_at is None:
+            return AddressBlock(tuple(f"127.{second}.{third + i}" for i in range(size)), fds)
+        for fd in fds:
             os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                continue
-            raise
-        if _block_is_free(prefix):
-            return AddressBlock(prefix, fd)
-        os.close(fd)
+        third = failed_at + 1  # no run through a taken /24 can be free
     raise AddressBlockUnavailable(
-        f"no free loopback block 127.{second}.0-{min(attempts, 256) - 1}.0/24: "
+        f"no {size} free consecutive loopback /24s in 127.{second}.0-{last - 1}.0: "
         "every one is locked by another run or has listeners from a process that is not ours"
     )
+
+
+def _lock(runtime: Path, prefix: str) -> int | None:
+    """The locked descriptor of `prefix`'s lock file, or None when another run holds it."""
+    fd = os.open(runtime / "blocks" / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
 
 
 def _block_is_free(prefix: str) -> bool:
@@ -136,7 +194,7 @@ class Layout:
     - `outbound[(dest_ref, scenario_port)]`: the outbound listener port, the same on every proxy.
     """
 
-    block: str
+    block: str  # the run's /24s, as AddressBlock.describe() says
     address: Mapping[str, str]
     app_address: Mapping[str, str]
     port_map: Mapping[int, int]
@@ -147,14 +205,16 @@ class Layout:
 
 
 def plan_layout(block: AddressBlock, workloads: Sequence[Workload], waypoints: Sequence[Waypoint] = ()) -> Layout:
-    """Give each workload and waypoint an address of `block`, and every destination port an outbound port."""
+    """Give each workload and waypoint an address of `block` (in order, filling one /24 after the other), and
+    every destination port an outbound port."""
     refs = [w.ref for w in workloads] + [w.ref for w in waypoints]
-    if len(refs) > _MAX_ENTITIES:
+    if len(refs) > block.capacity:
         raise AddressBlockUnavailable(
-            f"{len(refs)} workloads and waypoints do not fit one /24 (at most {_MAX_ENTITIES})"
+            f"{len(refs)} workloads and waypoints do not fit {block.describe()} (at most {block.capacity})"
         )
-    address = {ref: block.address(i + 1) for i, ref in enumerate(refs)}
-    app_address = {ref: block.address(_APP_OFFSET + i + 1) for i, ref in enumerate(refs)}
+    pairs = [block.entity(i) for i in range(len(refs))]
+    address = {ref: pairs[i][0] for i, ref in enumerate(refs)}
+    app_address = {ref: pairs[i][1] for i, ref in enumerate(refs)}
     outbound: dict[tuple[str, int], int] = {}
     all_ports: list[Port] = []
     for w in workloads:
@@ -162,4 +222,4 @@ def plan_layout(block: AddressBlock, workloads: Sequence[Workload], waypoints: S
             outbound[(w.ref, p.number)] = OUTBOUND_BASE + len(outbound)
             all_ports.append(p)
     port_map = build_port_map((p.number for p in all_ports), len(outbound))
-    return Layout(block.prefix, address, app_address, port_map, outbound)
+    return Layout(block.describe(), address, app_address, port_map, outbound)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,13 @@ class EchoServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], ref: str):
         self.ref = ref
         super().__init__(address, EchoHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's `socket.getfqdn()` of the address: a reverse DNS lookup of a loopback
+        address that the resolver does not answer waits out its timeout (5 s, measured), once per listener,
+        and the app is not ready until every listener is bound."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class EchoHandler(BaseHTTPRequestHandler):

@@ -130,6 +130,16 @@ class ProxyContext:
     # mode mixed: the refs of the ambient-captured peers (ambient and waypoint namespaces), which a sidecar
     # reaches by HBONE straight to the pod (`sidecar_outbound_hbone`), never through a waypoint
     hbone_peers: frozenset[str] = frozenset()
+    # the (workload ref, port) this proxy has outbound plumbing for (clusters, listeners), None for every peer
+    # port: a client proxy needs it only for the destinations its probes go to (mesh.py adds the others when a
+    # probe first needs them), and building it for every peer made a mesh's config grow with the square of its
+    # size (200 workloads: 640 TLS clusters and 320 listeners in each of 200 Envoys). No decision depends on
+    # it: a destination without plumbing is never probed from here.
+    outbound: frozenset[tuple[str, int]] | None = None
+
+    def wants(self, peer: Peer, port: Port) -> bool:
+        """Whether this proxy has outbound plumbing for `peer`'s `port`."""
+        return self.outbound is None or (peer.ref, port.number) in self.outbound
 
     def codec(self, ref: str, port: Port) -> str | None:
         """The HTTP codec of a cluster to `ref`'s `port`: h2 for a gRPC ext-authz port, h1 for HTTP, none for TCP."""
@@ -345,6 +355,8 @@ def sidecar_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
     clusters: list[dict[str, Any]] = []
     for peer in ctx.peers:
         for port in peer.workload.ports:
+            if not ctx.wants(peer, port):
+                continue
             tls = (
                 upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, istio_sni(peer, port.number))
                 if peer.spiffe else None  # an out-of-mesh destination is sent plaintext, like Istio's auto-mTLS
@@ -380,6 +392,8 @@ def sidecar_outbound_listeners(ctx: ProxyContext,
     listeners: list[dict[str, Any]] = []
     for peer in ctx.peers:
         for port in peer.workload.ports:
+            if not ctx.wants(peer, port):
+                continue
             if peer.ref in ctx.hbone_peers:
                 listeners.append(sidecar_outbound_hbone(ctx, peer, port))
                 continue
@@ -443,22 +457,32 @@ def sidecar_inbound_listener(ctx: ProxyContext, port: Port, filters: Sequence[Ma
 
 def ztunnel_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
     clusters: list[dict[str, Any]] = []
-    waypoints = {w.ref: w for w in ctx.waypoint_for.values()}
-    for peer in [*ctx.peers, *waypoints.values()]:
-        if peer.spiffe:
-            # HBONE: HTTP/2 over mTLS to the destination's ztunnel; one CONNECT per connection, so no
-            # tunnel opened under an old policy is reused after a change.
-            clusters.append(static_cluster(
-                f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
-                tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
-                http="h2", one_request_per_connection=True,
-            ))
-        else:
-            for port in peer.workload.ports:
+    # HBONE to each destination (or the waypoint in front of it) of a wanted port; plaintext per wanted port
+    # of an out-of-mesh one
+    hops: dict[str, Peer] = {}
+    for peer in ctx.peers:
+        for port in peer.workload.ports:
+            if not ctx.wants(peer, port):
+                continue
+            if peer.spiffe:
+                via = ctx.waypoint_for.get(peer.ref)
+                hops.setdefault(peer.ref, peer)
+                if via is not None:
+                    hops.setdefault(via.ref, via)
+            else:
                 clusters.append(static_cluster(
                     f"passthrough|{port.number}||{peer.ref}", peer.address, ctx.layout.real(port.number),
                     bind=ctx.me.address,
                 ))
+    for peer in hops.values():
+        assert peer.spiffe is not None
+        # HBONE: HTTP/2 over mTLS to the destination's ztunnel; one CONNECT per connection, so no
+        # tunnel opened under an old policy is reused after a change.
+        clusters.append(static_cluster(
+            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
+            tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
+            http="h2", one_request_per_connection=True,
+        ))
     for port in ctx.me.workload.ports:
         clusters.append(static_cluster(
             f"inbound|{port.number}", ctx.me.app_address, ctx.layout.real(port.number), bind=ctx.me.address,
@@ -466,10 +490,14 @@ def ztunnel_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
     return clusters
 
 
-def ztunnel_outbound_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
+def ztunnel_outbound_listeners(ctx: ProxyContext,
+                               only: frozenset[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
+    """The outbound listener of each wanted destination port (`only`: of these alone)."""
     listeners: list[dict[str, Any]] = []
     for peer in ctx.peers:
         for port in peer.workload.ports:
+            if not ctx.wants(peer, port) or (only is not None and (peer.ref, port.number) not in only):
+                continue
             lport = ctx.layout.outbound[(peer.ref, port.number)]
             log = access_log(ctx.log_path, f"outbound {peer.ref}:{port.number}")
             via = ctx.waypoint_for.get(peer.ref)

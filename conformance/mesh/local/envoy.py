@@ -1,23 +1,25 @@
 """One supervised Envoy process: its files, its admin API, and config changes it has acknowledged.
 
-Config reaches Envoy through watched xDS files (research/envoy-local-mesh.md): LDS and CDS each live in
-their own watched directory; a new version is written to a temp file beside them and `rename()`d in
-(the watch fires on moves, and Envoy never reads a half-written file). A change is in force only when
-Envoy says so: every LDS file carries its own `version_info`, and the change is acknowledged when
-Envoy's `listener_manager.lds.version_text` reports exactly that version and no listener is still
-warming. That names the write that was accepted (a counter that merely moved could have moved for an
-earlier write) and needs no read of the counters before writing, which halves the admin round trips
-of a policy change. `lds.update_rejected` moving instead is an error that names the proxy and Envoy's
-own rejection message. Nothing here ever sleeps for a fixed time to "let config settle".
+Config reaches Envoy over ADS from the run's own xDS server (xds.py says why not watched files any more):
+LDS and CDS, each a state of the world under its own `version_info`. A change is in force only when Envoy
+says so, twice: it acknowledges the response carrying that version on the stream (a NACK instead carries
+Envoy's own rejection message, which becomes an error naming the proxy), and then its admin API confirms
+that `listener_manager.lds.version_text` is exactly that version and no listener is still warming. The
+first is pushed by Envoy, so the barrier does not poll while Envoy applies the change (polling its admin
+API competes with the change for Envoy's main thread); the second is the check the barrier always made,
+one request once the ACK is in. Nothing here ever sleeps for a fixed time to "let config settle".
+A copy of the last LDS and CDS sent is kept in the proxy's directory (lds.json, cds.json) for reading.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from urllib.parse import quote
 
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import lifetime
+from conformance.mesh.local.xds import CLUSTER_TYPE, LISTENER_TYPE, XdsRejected, XdsServer
 
 ENVOY_FLAGS = (
     "--concurrency", "1",          # one worker: ~15 MB private memory per proxy, deterministic logs
@@ -44,8 +47,20 @@ ENVOY_FLAGS = (
 )
 _POLL = 0.005
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+# Only the statistics the suite reads (the LDS and CDS acknowledgements): every other one is a null stat.
+# Envoy's default keeps ~100 counters, gauges and histograms per cluster and per listener, which with a few
+# dozen clusters is most of a proxy's private memory; and the admin /stats endpoint, which the barrier polls on
+# Envoy's main thread (the thread that applies the new listeners), walks all of them on every poll. No default
+# tag extraction either: no sink reads tags, and its ~50 regexes cost start-up time in every proxy.
+STATS_CONFIG: dict[str, Any] = {
+    "use_all_default_tags": False,
+    "stats_matcher": {"inclusion_list": {"patterns": [
+        {"prefix": "listener_manager."}, {"prefix": "cluster_manager.cds."},
+        {"exact": "cluster_manager.warming_clusters"},
+    ]}},
+}
+
+XDS_CLUSTER = "xds-server"  # the static cluster to the run's xDS server (no generated cluster has this name)
 
 
 def envoy_binary() -> Path:
@@ -78,54 +93,59 @@ class AdminStats:
     rejected: int
     warming: int
     version: str = ""  # listener_manager.lds.version_text: the version_info of the LDS file in force
+    cds_version: str = ""  # cluster_manager.cds.version_text: the same for the CDS file
+    cds_rejected: int = 0
+    warming_clusters: int = 0
 
 
 class EnvoyProcess:
     """An Envoy for one role (a workload's sidecar or ztunnel, a waypoint), with its own directory.
 
-    Layout under `directory`: bootstrap.json, lds/lds.json, cds/cds.json, access.log, stderr.log and
-    staging/ (temp files renamed into the watched dirs).
+    Layout under `directory`: bootstrap.json, lds.json and cds.json (copies of what was last sent),
+    access.log, stderr.log. Config goes through `xds` under the node id `node_id`.
     """
 
-    def __init__(self, name: str, directory: Path, admin_address: str, admin_port: int):
+    def __init__(self, name: str, directory: Path, admin_address: str, admin_port: int, *, xds: XdsServer,
+                 node_id: str):
         self.name = name
         self.directory = directory
         self.admin = (admin_address, admin_port)
-        self.lds_path = directory / "lds" / "lds.json"
-        self.cds_path = directory / "cds" / "cds.json"
+        self.xds = xds
+        self.node_id = node_id
+        self.lds_path = directory / "lds.json"
+        self.cds_path = directory / "cds.json"
         self.access_log = directory / "access.log"
         self.stderr_path = directory / "stderr.log"
         self.bootstrap_path = directory / "bootstrap.json"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._staging = directory / "staging"
         self._last: dict[Path, str] = {}
-        self._lds_version = 0  # the version_info of the last LDS file written
+        # the acknowledgement of the last version sent, per type: None once acknowledged, or Envoy's rejection
+        self.acks: dict[str, concurrent.futures.Future[str | None]] = {}
+        self._versions: dict[str, int] = {}  # type -> the version_info last sent
         self.rejected_seen = 0  # lds.update_rejected as last read: a rise means our last write was refused
-        for sub in ("lds", "cds", "staging"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
+        self._admin_conn: http.client.HTTPConnection | None = None
+        self._admin_lock = threading.Lock()
+        directory.mkdir(parents=True, exist_ok=True)
 
     def bootstrap(self, node_id: str, extra: Mapping[str, Any] | None = None,
                   static_listeners: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        """The bootstrap: node, admin, LDS and CDS from watched files, plus `extra` top-level keys.
+        """The bootstrap: node, admin, LDS and CDS over ADS from the run's xDS server, plus `extra` top-level keys.
 
         `static_listeners` never change during a run (outbound plumbing, HBONE termination): they live
         in the bootstrap, so that a policy change makes Envoy re-read only the few listeners that carry
         policies (an LDS file of 40 listeners costs tens of milliseconds per update on a busy machine).
         """
-
-        def source(path: Path) -> dict[str, Any]:
-            return {
-                "resource_api_version": "V3",
-                "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
-            }
-
+        if node_id != self.node_id:
+            raise ValueError(f"bootstrap for node {node_id!r} of the Envoy published as {self.node_id!r}")
         doc: dict[str, Any] = {
             "node": {"id": node_id, "cluster": node_id},
             "admin": {"address": {"socket_address": {"address": self.admin[0], "port_value": self.admin[1]}}},
-            "dynamic_resources": {"lds_config": source(self.lds_path), "cds_config": source(self.cds_path)},
+            "dynamic_resources": self.xds.dynamic_resources(XDS_CLUSTER),
+            "static_resources": {"clusters": [self.xds.cluster(XDS_CLUSTER)]},
+            "stats_config": STATS_CONFIG,
         }
         if static_listeners:
-            doc["static_resources"] = {"listeners": list(static_listeners)}
+            doc["static_resources"]["listeners"] = list(static_listeners)
         doc.update(extra or {})
         return doc
 
@@ -134,36 +154,31 @@ class EnvoyProcess:
     def write_bootstrap(self, doc: Mapping[str, Any]) -> None:
         self.bootstrap_path.write_text(json.dumps(doc, indent=1))
 
-    def write_clusters(self, clusters: Sequence[Mapping[str, Any]]) -> bool:
-        return self._write(self.cds_path, CLUSTER_TYPE, clusters)
+    def write_clusters(self, clusters: Sequence[Mapping[str, Any]]) -> str | None:
+        """Send the clusters under a new version (as `write_listeners`); None when unchanged."""
+        return self._send(self.cds_path, CLUSTER_TYPE, clusters)
 
     def write_listeners(self, listeners: Sequence[Mapping[str, Any]]) -> str | None:
-        """Stage and rename the LDS file under a new `version_info`; returns that version, or None when
-        the listeners are unchanged (nothing to wait for)."""
-        body = _render_resources(LISTENER_TYPE, listeners)
-        if self._last.get(self.lds_path) == body:
-            return None
-        self._lds_version += 1
-        version = str(self._lds_version)
-        self._stage(self.lds_path, '{"version_info": "' + version + '", ' + body[1:])
-        self._last[self.lds_path] = body
-        return version
+        """Send the listeners under a new `version_info`; returns that version, or None when the listeners are
+        unchanged (nothing to wait for). Its acknowledgement is `acks[LISTENER_TYPE]`."""
+        return self._send(self.lds_path, LISTENER_TYPE, listeners)
 
     def forget_listeners(self) -> None:
         self._last.pop(self.lds_path, None)
 
-    def _write(self, path: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> bool:
-        text = _render_resources(type_url, resources)
-        if self._last.get(path) == text:
-            return False
-        self._stage(path, text)
-        self._last[path] = text
-        return True
-
-    def _stage(self, path: Path, text: str) -> None:
-        staged = self._staging / f"{path.name}.{time.monotonic_ns()}"
-        staged.write_text(text)
-        os.replace(staged, path)
+    def _send(self, copy: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> str | None:
+        body = _render_resources(type_url, resources)
+        if self._last.get(copy) == body:
+            return None
+        self._versions[type_url] = self._versions.get(type_url, 0) + 1
+        version = str(self._versions[type_url])
+        try:
+            self.acks[type_url] = self.xds.publish(self.node_id, type_url, version, resources)
+        except XdsRejected as exc:
+            raise EnvoyConfigRejected(f"Envoy for {self.name} cannot take the new config: {exc}") from exc
+        copy.write_text('{"version_info": "' + version + '", ' + body[1:])
+        self._last[copy] = body
+        return version
 
     # --- process ------------------------------------------------------------------------------------
 
@@ -193,12 +208,35 @@ class EnvoyProcess:
     # --- admin API ----------------------------------------------------------------------------------
 
     def admin_get(self, path: str, timeout: float = 1.0) -> tuple[int, str]:
-        conn = http.client.HTTPConnection(*self.admin, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode(errors="replace")
-        finally:
+        """GET on the admin API over one kept-alive connection: the barrier polls several Envoys every
+        millisecond, and a new TCP connection per poll costs the poller and Envoy's main thread more than the
+        request itself. A broken reused connection is retried once on a new one; OSError for any failure."""
+        with self._admin_lock:
+            for attempt in (0, 1):
+                reused = self._admin_conn is not None
+                if self._admin_conn is None:
+                    self._admin_conn = http.client.HTTPConnection(*self.admin, timeout=timeout)
+                conn = self._admin_conn
+                try:
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout)
+                    else:
+                        conn.timeout = timeout
+                    conn.request("GET", path)
+                    resp = conn.getresponse()
+                    body = resp.read().decode(errors="replace")
+                    if resp.will_close:
+                        self.close_admin()
+                    return resp.status, body
+                except (OSError, http.client.HTTPException) as exc:
+                    self.close_admin()
+                    if attempt or not reused:
+                        raise OSError(f"admin {path} of {self.name}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def close_admin(self) -> None:
+        conn, self._admin_conn = self._admin_conn, None
+        if conn is not None:
             conn.close()
 
     def is_ready(self) -> bool:
@@ -222,6 +260,9 @@ class EnvoyProcess:
             number("listener_manager.lds.update_rejected"),
             number("listener_manager.total_listeners_warming"),
             values.get("listener_manager.lds.version_text", ""),
+            values.get("cluster_manager.cds.version_text", ""),
+            number("cluster_manager.cds.update_rejected"),
+            number("cluster_manager.warming_clusters"),
         )
 
     def rejection_message(self) -> str:
@@ -236,7 +277,8 @@ class EnvoyProcess:
 
 # One admin request per poll: the LDS version in force, rejections, warming listeners (a URL-encoded RE2).
 _STATS_QUERY = "/stats?filter=" + quote(
-    r"^listener_manager\.(lds\.(update_success|update_rejected|version_text)|total_listeners_warming)$", safe="")
+    r"^(listener_manager\.(lds\.(update_success|update_rejected|version_text)|total_listeners_warming)"
+    r"|cluster_manager\.(cds\.(update_rejected|version_text)|warming_clusters))$", safe="")
 
 
 def _render_resources(type_url: str, resources: Sequence[Mapping[str, Any]]) -> str:
@@ -245,7 +287,13 @@ def _render_resources(type_url: str, resources: Sequence[Mapping[str, Any]]) -> 
 
 
 def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
-    """Poll every Envoy's /ready until all are LIVE; fail naming the first that died or never came up.
+    """Wait until every Envoy's admin /ready says LIVE; fail naming the first that died or never came up.
+
+    The Envoys start together, so they are waited for one after the other: by the time the first is LIVE most
+    of the others are too, and each then costs one request. Polling all of them every few milliseconds, as
+    this did, spent a core on admin requests (one per pending Envoy per round, answered by the main thread
+    that is loading its config) while 200 Envoys were starting on two. Every Envoy's liveness is still
+    checked at each poll, so one that died is reported at once, whichever it is.
 
     Then check that each one accepted its initial listeners (an initial LDS rejection still ends
     initialisation, so /ready alone would hide it). Returns the seconds it took.
@@ -253,19 +301,21 @@ def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
     start = time.monotonic()
     pending = list(envoys)
     while pending:
-        for env in list(pending):
+        for env in pending:
             if not env.alive():
                 raise env.died()
-            if env.is_ready():
-                pending.remove(env)
-        if pending:
-            if time.monotonic() - start > timeout:
-                names = ", ".join(e.name for e in pending)
-                raise TargetError(
-                    f"Envoy not ready after {timeout:.0f}s: {names}\n{pending[0].stderr_tail()}"
-                )
-            time.sleep(_POLL)
+        if pending[0].is_ready():
+            pending.pop(0)
+            continue
+        if time.monotonic() - start > timeout:
+            names = ", ".join(e.name for e in pending)
+            raise TargetError(f"Envoy not ready after {timeout:.0f}s: {names}\n{pending[0].stderr_tail()}")
+        time.sleep(_POLL)
     for env in envoys:
+        for type_url, what in ((CLUSTER_TYPE, "clusters"), (LISTENER_TYPE, "listeners")):
+            ack = env.acks.get(type_url)
+            if ack is not None and ack.done() and ack.result() is not None:
+                raise EnvoyConfigRejected(f"Envoy for {env.name} rejected its initial {what}: {ack.result()}")
         stats = env.stats()
         env.rejected_seen = stats.rejected
         if stats.rejected:
@@ -275,46 +325,88 @@ def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
     return time.monotonic() - start
 
 
-def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]], timeout: float = 10.0) -> int:
-    """Write new listeners to several Envoys at once and wait until each has acknowledged them.
+def _acknowledged(pending: Mapping[EnvoyProcess, str], type_url: str, deadline: float,
+                  what: str) -> list[tuple[EnvoyProcess, str]]:
+    """Wait for every Envoy's ACK or NACK of the version it was sent (pushed on its xDS stream: no polling of
+    the admin API while Envoy applies the change); returns the Envoys that rejected it, with Envoy's message.
+    An Envoy that dies, or does not answer by `deadline`, is an error naming it."""
+    rejected: list[tuple[EnvoyProcess, str]] = []
+    for env in pending:
+        future = env.acks[type_url]
+        while True:
+            try:
+                error = future.result(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+                break
+            except concurrent.futures.TimeoutError:
+                if not env.alive():
+                    raise TargetError(f"Envoy for {env.name} died while {what}:\n{env.stderr_tail()}") from None
+                if time.monotonic() > deadline:
+                    late = ", ".join(e.name for e in pending if not e.acks[type_url].done())
+                    raise TargetError(f"no acknowledgement from Envoy while {what}: {late}") from None
+        if error is not None:
+            rejected.append((env, error))
+    return rejected
 
-    Acknowledged = `lds.version_text` is the version just written and no listener is warming. All files
-    are written first, then the Envoys are polled together, so the wait is the slowest Envoy's, not the
-    sum. Returns how many Envoys really changed (unchanged files are not rewritten).
+
+def _in_force(pending: Mapping[EnvoyProcess, str], listeners: bool, deadline: float, what: str) -> None:
+    """The admin API's confirmation after the ACK: the version just sent is the one in force and nothing is
+    warming (listeners: `lds.version_text`, `total_listeners_warming`; clusters: the same for CDS)."""
+    waiting = dict(pending)
+    while waiting:
+        for env, version in list(waiting.items()):
+            now = env.stats()
+            seen, warming = (now.version, now.warming) if listeners else (now.cds_version, now.warming_clusters)
+            if seen == version and warming == 0:
+                del waiting[env]
+        if waiting:
+            if time.monotonic() > deadline:
+                raise TargetError(f"acknowledged but not in force while {what}: "
+                                  f"{', '.join(e.name for e in waiting)}")
+            time.sleep(_POLL / 5)
+
+
+def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]], timeout: float = 10.0) -> int:
+    """Send new listeners to several Envoys at once and wait until each has acknowledged them.
+
+    Acknowledged = Envoy ACKed the version on its xDS stream, and then its `lds.version_text` is that version
+    and no listener is warming. Everything is sent first, then the Envoys are awaited together, so the wait is
+    the slowest Envoy's, not the sum. Returns how many Envoys really changed (unchanged ones are not resent).
+    A NACK is an error naming the proxy with Envoy's own message, raised once every other Envoy has answered
+    (so none is left mid-change); the rejecting Envoy keeps its previous listeners and is resent on the next
+    apply.
     """
     pending: dict[EnvoyProcess, str] = {}
     for env, listeners in changes.items():
         version = env.write_listeners(listeners)
         if version is not None:
             pending[env] = version
-    start = time.monotonic()
-    changed = len(pending)
-    rejected: list[EnvoyProcess] = []
-    while pending:
-        for env, version in list(pending.items()):
-            if not env.alive():
-                raise TargetError(f"Envoy for {env.name} died while applying policies:\n{env.stderr_tail()}")
-            now = env.stats()
-            if now.rejected > env.rejected_seen:
-                # Keep waiting for the others, so every counter is read again before the next apply.
-                env.rejected_seen = now.rejected
-                env.forget_listeners()  # Envoy still runs the previous config: rewrite on the next apply
-                rejected.append(env)
-                del pending[env]
-            elif now.version == version and now.warming == 0:
-                del pending[env]
-        if not pending and rejected:
-            env = rejected[0]
-            others = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
-            raise EnvoyConfigRejected(
-                f"Envoy for {env.name}{others} rejected the listeners for the new policies: "
-                f"{env.rejection_message()}"
-            )
-        if pending:
-            if time.monotonic() - start > timeout:
-                raise TargetError(
-                    "no acknowledgement of the new listeners after "
-                    f"{timeout:.0f}s from: {', '.join(e.name for e in pending)}"
-                )
-            time.sleep(_POLL / 5)
-    return changed
+    deadline = time.monotonic() + timeout
+    rejected = _acknowledged(pending, LISTENER_TYPE, deadline, "applying policies")
+    for env, _ in rejected:
+        env.forget_listeners()
+        del pending[env]
+    _in_force(pending, True, deadline, "applying policies")
+    if rejected:
+        env, message = rejected[0]
+        others = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        raise EnvoyConfigRejected(f"Envoy for {env.name}{others} rejected the listeners for the new policies: "
+                                  f"{message}")
+    return len(pending) + len(rejected)
+
+
+def update_clusters(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]], timeout: float = 10.0) -> int:
+    """Send new clusters to several Envoys and wait until each has them in force (ACK, then `cds.version_text`
+    is that version and no cluster is warming), so that a listener sent next routes to them at once. A NACK is
+    an error naming the proxy with Envoy's message. Returns how many Envoys really changed."""
+    pending: dict[EnvoyProcess, str] = {}
+    for env, clusters in changes.items():
+        version = env.write_clusters(clusters)
+        if version is not None:
+            pending[env] = version
+    deadline = time.monotonic() + timeout
+    rejected = _acknowledged(pending, CLUSTER_TYPE, deadline, "adding clusters")
+    if rejected:
+        env, message = rejected[0]
+        raise EnvoyConfigRejected(f"Envoy for {env.name} rejected new clusters: {message}")
+    _in_force(pending, False, deadline, "adding clusters")
+    return len(pending)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socketserver
 import sys
 import threading
 import time
@@ -68,6 +69,11 @@ class HttpCheckServer(ThreadingHTTPServer):
         self.ref = ref
         self.log = log
         super().__init__(address, HttpCheckHandler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the address (app.py EchoServer says why)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
 
 class HttpCheckHandler(BaseHTTPRequestHandler):

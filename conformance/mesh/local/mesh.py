@@ -40,14 +40,21 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from conformance import pilotenv
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import authn, config, gateway, lifetime
-from conformance.mesh.local.addresses import ADMIN_PORT, AddressBlock, Layout, acquire_block, plan_layout
+from conformance.mesh.local.addresses import (
+    ADMIN_PORT,
+    AddressBlock,
+    Layout,
+    acquire_block,
+    plan_layout,
+    slash24s_for,
+)
 from conformance.mesh.local.curl import (
     CURL_MISSING,
     CurlRequest,
@@ -56,11 +63,12 @@ from conformance.mesh.local.curl import (
     new_probe_id,
     run_curl_from_port,
 )
-from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_listeners, wait_ready
+from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_clusters, update_listeners, wait_ready
 from conformance.mesh.local.extauthz import service_index
 from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
 from conformance.mesh.local.rbac import go_parse_bool
+from conformance.mesh.local.xds import XdsServer
 from conformance.model import (
     ALLOWED,
     DENIED_AUTHN,
@@ -287,6 +295,9 @@ class LocalMeshSession:
         self._logs: dict[str, AccessLog] = {}
         self._contexts: dict[str, config.ProxyContext] = {}
         self._static_listeners: dict[str, list[dict[str, Any]]] = {}  # in the bootstrap, never change
+        self._static_routes: dict[str, frozenset[tuple[str, int]]] = {}  # a ztunnel's outbound in its bootstrap
+        self._canary_batch: list[Probe] = []
+        self._xds: XdsServer | None = None
         self._kind: dict[str, str] = {}  # proxy ref -> "sidecar" | "ztunnel" | "waypoint"
         self._served: dict[str, list[tuple[config.Peer, Port]]] = {}  # waypoint ref -> service ports
         self._gateway_routes: dict[str, list[gateway.Onward]] = {}  # gateway ref -> its routes' backends
@@ -317,13 +328,13 @@ class LocalMeshSession:
         t0 = time.monotonic()
         runtime = lifetime.runtime_dir()
         lifetime.reap_stale(runtime)
-        self._block = acquire_block(runtime)
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{lifetime.TEMP_PREFIX}{os.getpid()}-"))
-        self._marker = lifetime.RunMarker(runtime, self.tmpdir, self._block.prefix)
-        lifetime.register(self)
-
         workloads = self.scenario.workloads
         waypoints = tuple(w for w in self.scenario.waypoints if self._plane(w.namespace) == "waypoint")
+        self._block = acquire_block(runtime, size=slash24s_for(len(workloads) + len(waypoints)))
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{lifetime.TEMP_PREFIX}{os.getpid()}-"))
+        self._marker = lifetime.RunMarker(runtime, self.tmpdir, self._block.describe())
+        lifetime.register(self)
+
         self.layout = layout = plan_layout(self._block, workloads, waypoints)
         self.addresses = dict(layout.address)
         # curl's source ports (curl.SourcePorts): none a listener of this run uses on the workloads' addresses
@@ -373,26 +384,32 @@ class LocalMeshSession:
         self.timings["pki"] = time.monotonic() - t0
 
         self._start_app(peers)  # its Python start-up overlaps the Envoys'
+        self._xds = XdsServer(self.tmpdir / "xds.sock")  # the run's private directory: no one else reaches it
         binary = envoy_binary()
         proxies = [p for p in peers if p.workload.in_mesh] + list(waypoint_peers.values())
         for peer in proxies:
-            kind = ("waypoint" if peer.ref in waypoint_peers else "gateway" if peer.workload.is_gateway
-                    else "sidecar" if self._plane(peer.workload.namespace) == "sidecar" else "ztunnel")
-            self._kind[peer.ref] = kind
+            self._kind[peer.ref] = ("waypoint" if peer.ref in waypoint_peers else "gateway" if peer.workload.is_gateway
+                                    else "sidecar" if self._plane(peer.workload.namespace) == "sidecar" else "ztunnel")
+        self._canary_batch = self._canary_probes() if self.target.canary else []
+        routes = self._initial_routes(self._canary_batch, providers)
+        for peer in proxies:
+            kind = self._kind[peer.ref]
             directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
-            env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT)
+            env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT, xds=self._xds,
+                               node_id=f"{kind}~{peer.ref}")
             ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, env.access_log,
-                                      waypoint_for, self._grpc_ports, tuple(providers.values()), hbone_peers)
+                                      waypoint_for, self._grpc_ports, tuple(providers.values()), hbone_peers,
+                                      routes.get(peer.ref))
             self._contexts[peer.ref] = ctx
             self._envoys[peer.ref] = env
             self._logs[peer.ref] = AccessLog(env.access_log)
+            self._static_routes[peer.ref] = ctx.outbound or frozenset()
             extra: dict[str, Any] = {}
             if kind == "sidecar":
-                clusters = config.sidecar_clusters(ctx)
+                clusters = self._outbound_clusters(peer.ref)
                 # outbound listeners are LDS, re-rendered with the policies: auto-mTLS follows PeerAuthentication
                 self._static_listeners[peer.ref] = []
                 if self.mode == "mixed":  # HBONE both ways (config.py, mode mixed)
-                    clusters += config.sidecar_hbone_clusters(ctx)
                     self._static_listeners[peer.ref] = config.sidecar_hbone_static_listeners(ctx)
                     extra = config.waypoint_bootstrap()
             elif kind == "gateway":
@@ -402,7 +419,7 @@ class LocalMeshSession:
                 self._static_listeners[peer.ref] = gateway.gateway_static_listeners(ctx, onward)
                 extra = config.waypoint_bootstrap()  # the internal listeners of the HBONE originations
             elif kind == "ztunnel":
-                clusters = config.ztunnel_clusters(ctx)
+                clusters = self._outbound_clusters(peer.ref)
                 self._static_listeners[peer.ref] = config.ztunnel_outbound_listeners(ctx)
             else:
                 served = self._served.get(peer.ref, [])
@@ -417,14 +434,75 @@ class LocalMeshSession:
             env.write_listeners(self._listeners(peer.ref, ()))
             env.write_bootstrap(env.bootstrap(f"{kind}~{peer.ref}", extra, self._static_listeners[peer.ref]))
         for env in self._envoys.values():
-            env.start(binary, on_spawn=self._marker.add_child)
+            env.start(binary)
+        # one marker write for all of them (a child missing from it is still found by its command line)
+        self._marker.add_children([e.proc.pid for e in self._envoys.values() if e.proc is not None])
         self._wait_app()
         self.timings["app"] = time.monotonic() - t0
         wait_ready(list(self._envoys.values()), self.target.startup_timeout)
         self.timings["envoys_ready"] = time.monotonic() - t0
         if self.target.canary:
-            self._canary()
+            self._canary(self._canary_batch)
         self.timings["started"] = time.monotonic() - t0
+
+    def _initial_routes(self, canary: Sequence[Probe], providers: Mapping[tuple[str, int], tuple[config.Peer, Port]],
+                        ) -> dict[str, frozenset[tuple[str, int]]]:
+        """The outbound plumbing each client proxy gets at start (`ProxyContext.outbound`): the destination
+        ports of the scenario's own probes and of the canary from it, and at a sidecar every CUSTOM provider's
+        port (istiod's ext_authz config names its `outbound|<port>||<fqdn>` cluster). A probe to any other
+        destination gets its plumbing when it is first sent (`_ensure_routes`). Mode mixed keeps every peer's:
+        its HBONE originations live in the bootstrap, which cannot grow later."""
+        if self.mode == "mixed":
+            return {}
+        wanted: dict[str, set[tuple[str, int]]] = {
+            ref: set() for ref, kind in self._kind.items() if kind in ("sidecar", "ztunnel")}
+        probes = [e.probe for step in self.scenario.steps for e in step.expectations]
+        for probe in [*probes, *canary]:
+            if probe.source.ref in wanted:
+                wanted[probe.source.ref].add((probe.destination.ref, probe.port.number))
+        for ref, kind in self._kind.items():
+            if kind == "sidecar":
+                wanted[ref].update(providers)
+        return {ref: frozenset(keys) for ref, keys in wanted.items()}
+
+    def _outbound_clusters(self, ref: str) -> list[dict[str, Any]]:
+        """A sidecar's or ztunnel's clusters (CDS) for its context's outbound plumbing."""
+        ctx = self._contexts[ref]
+        if self._kind[ref] == "ztunnel":
+            return config.ztunnel_clusters(ctx)
+        clusters = config.sidecar_clusters(ctx)
+        if self.mode == "mixed":
+            clusters += config.sidecar_hbone_clusters(ctx)
+        return clusters
+
+    def _ensure_routes(self, probes: Sequence[Probe]) -> None:
+        """Give each probe's source proxy the outbound plumbing for its destination port when it has none yet:
+        new clusters first, acknowledged (CDS version in force, none warming), then the listeners rendered with
+        the policies in force, acknowledged as a policy change is. Under the apply lock, so that the listeners
+        are never rendered from one policy set while apply() writes another; a probe that needs no new
+        plumbing never waits for it."""
+        layout = self._require_layout()
+
+        def missing() -> dict[str, set[tuple[str, int]]]:
+            out: dict[str, set[tuple[str, int]]] = {}
+            for p in probes:
+                ctx = self._contexts.get(p.source.ref)
+                key = (p.destination.ref, p.port.number)
+                if (ctx is None or ctx.outbound is None or key in ctx.outbound
+                        or p.destination.ref not in layout.address or p.destination.port(p.port.number) is None):
+                    continue
+                out.setdefault(p.source.ref, set()).add(key)
+            return out
+
+        if not missing():
+            return
+        with self._apply_lock:
+            added = missing()  # again: another thread may have added them meanwhile
+            for ref, keys in added.items():
+                ctx = self._contexts[ref]
+                self._contexts[ref] = replace(ctx, outbound=(ctx.outbound or frozenset()) | keys)
+            update_clusters({self._envoys[ref]: self._outbound_clusters(ref) for ref in added})
+            update_listeners({self._envoys[ref]: self._listeners(ref, self._policies) for ref in added})
 
     def _onward(self, me: config.Peer, by_ref: Mapping[str, config.Peer],
                 waypoint_for: Mapping[str, config.Peer]) -> list[gateway.Onward]:
@@ -497,27 +575,45 @@ class LocalMeshSession:
                 detail = (self.tmpdir / name).read_text(errors="replace")[-2000:]
                 raise TargetError(f"{what} did not start:\n{detail or '(no output)'}")
 
-    def _canary(self) -> None:
-        """With no policy in force every destination port must answer through the mesh. A failure here
-        is an infrastructure error with the evidence, never a policy outcome later."""
+    def _canary_probes(self) -> list[Probe]:
+        """With no policy in force every destination port must answer through the mesh: one probe to each,
+        from a source the scenario already probes it from when there is one, else from the sources in turn,
+        so that the canary adds at most one destination's plumbing to each client proxy
+        (`ProxyContext.outbound`), not every destination's to one."""
         apps = [w for w in self.scenario.workloads if w.kind == "app"]
         sources = [w for w in apps if w.in_mesh] or list(apps)
         outside = next((w for w in apps if not w.in_mesh), None)
+        probed: dict[tuple[str, int], Workload] = {}
+        for step in self.scenario.steps:
+            for e in step.expectations:
+                if e.probe.source in sources and e.probe.source.ref != e.probe.destination.ref:
+                    probed.setdefault((e.probe.destination.ref, e.probe.port.number), e.probe.source)
         probes = []
+        turn = 0
         for dest in self.scenario.workloads:
             if dest.is_gateway:  # from outside the mesh, one probe per route's Host (a `*` in it made concrete)
                 if outside is not None:
                     probes += [Probe(outside, dest, port, Request(headers=(("host", _concrete(r.host)),)))
                                for port in dest.ports for r in dest.routes]
                 continue
-            src = next((s for s in sources if s.ref != dest.ref), sources[0] if sources else None)
-            if src is None:
+            others = [s for s in sources if s.ref != dest.ref] or sources[:1]
+            if not others:
                 continue
-            if dest.kind == "app":
-                probes += [Probe(src, dest, port, Request()) for port in dest.ports]
-            else:  # its HTTP check ports answer an allowed check with 200 (gRPC ones speak only gRPC)
-                probes += [Probe(src, dest, port, Request(headers=(("x-ext-authz", "allow"),))) for port in dest.ports
-                           if (dest.ref, port.number) not in self._grpc_ports]
+            for port in dest.ports:
+                if dest.kind != "app" and (dest.ref, port.number) in self._grpc_ports:
+                    continue  # gRPC check ports speak only gRPC
+                src = probed.get((dest.ref, port.number))
+                if src is None:
+                    src = others[turn % len(others)]
+                    turn += 1
+                # an ext-authz check port answers an allowed check with 200
+                request = Request() if dest.kind == "app" else Request(headers=(("x-ext-authz", "allow"),))
+                probes.append(Probe(src, dest, port, request))
+        return probes
+
+    def _canary(self, probes: Sequence[Probe]) -> None:
+        """Run the canary (`_canary_probes`). A failure here is an infrastructure error with the evidence,
+        never a policy outcome later."""
         if not probes:
             return
 
@@ -527,6 +623,7 @@ class LocalMeshSession:
             return obs.outcome == ALLOWED
 
         failed: list[tuple[Probe, Observation]] = []
+        probes = list(probes)
         for _attempt in range(3):
             observations = self.probe(probes)
             failed = [(p, o) for p, o in zip(probes, observations, strict=True) if not answered(p, o)]
@@ -578,7 +675,8 @@ class LocalMeshSession:
                 # the client side of auto-mTLS: plaintext to every in-mesh destination port whose mode is DISABLE
                 plaintext = frozenset(
                     (peer.ref, port.number) for peer in ctx.peers if peer.spiffe for port in peer.workload.ports
-                    if self._sidecar_mode(authz, policies, peer.workload, port.number) == "DISABLE")
+                    if ctx.wants(peer, port) and self._sidecar_mode(authz, policies, peer.workload, port.number)
+                    == "DISABLE")
                 listeners += config.sidecar_outbound_listeners(ctx, plaintext)
             else:
                 # the deployed waypoint this workload uses (PILOT_AUTO_ALLOW_WAYPOINT_POLICY's synthetic ALLOW)
@@ -596,6 +694,10 @@ class LocalMeshSession:
                                                               release, peer_authentication=peer_authn,
                                                               waypoint=waypoint)
                     listeners.append(config.ztunnel_plaintext_listener(ctx, port, filters))
+                # outbound plumbing added after start (`_ensure_routes`): the bootstrap's cannot grow
+                late = (ctx.outbound or frozenset()) - self._static_routes.get(ref, frozenset())
+                if late:
+                    listeners += config.ztunnel_outbound_listeners(ctx, only=late)
         except TargetError:
             raise
         except Exception as exc:
@@ -697,6 +799,7 @@ class LocalMeshSession:
         self._check_open()
         if not probes:
             return []
+        self._ensure_routes(probes)
         for log in self._logs.values():
             log.refresh()
         marks = {ref: len(log.records) for ref, log in self._logs.items()}
@@ -961,6 +1064,10 @@ class LocalMeshSession:
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
         procs += [p for p in (self._app, self._ext_authz) if p is not None]
         lifetime.stop_processes(procs)
+        for env in self._envoys.values():
+            env.close_admin()
+        if self._xds is not None:
+            self._xds.close()
         for proc in (self._app, self._ext_authz):
             if proc is not None and proc.stdout is not None:
                 with contextlib.suppress(OSError):
