@@ -3,12 +3,14 @@ and the engine's decisions per second, printed as one table (run on demand).
 
     python benchmarks/mesh.py [--quick]
 
-Issue 4's goals: a 10-workload mesh up in ≤ 1.5 s; ≥ 150 probes/s with parallel probes on 2 cores; a
-policy change enforced ≤ 50 ms after it is made, with zero stale decisions after Envoy's
-acknowledgement; a probe costs ≤ 2× a bare curl through the same two proxies; memory per workload; the
-engine's decisions per second (benchmarks/engine.py). Every figure is wall-clock time of real processes
-on this machine (other load distorts them: the table says how many cores there are and how busy they
-were), the median of several runs where it says so. `--quick` runs fewer repetitions.
+Issue 14's goals (big meshes, policy change): 50 workloads up in ≤ 2 s and 200 in ≤ 8 s, in sidecar and
+ambient mode (up = every Envoy LIVE and the canary answered: when a user can run probes); memory per
+workload ≤ 15 MiB PSS on those meshes; ≥ 300 probes/s with parallel probes; a policy change acknowledged
+by every changed Envoy in ≤ 30 ms median, with zero stale decisions after the acknowledgement. Issue 4's:
+a 10-workload mesh up in ≤ 1.5 s; a probe costs ≤ 2× a bare curl through the same two proxies; the
+engine's decisions per second (benchmarks/engine.py). Every figure is wall-clock time of real processes on
+this machine (other load distorts them: the output names the CPU, the number of cores and the load average
+before and after), the median of several runs where it says so. `--quick` runs fewer repetitions.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def enforcement(session: LocalMeshSession, sc: Scenario, toggles: int,
     dst = next(w for w in sc.workloads if w.namespace == namespace and w.ports)
     src = next(w for w in sc.workloads if w.namespace != namespace)
     watched = [Probe(src, dst, p, Request()) for p in dst.ports]
+    session.probe(watched)  # the source's outbound plumbing for them, before any change is timed
     applied_s, windows, stale, after = [], [], 0, 0
     for _ in range(toggles):
         applied, record = measure_gap(session, lambda: session.apply([deny_all(namespace)]),
@@ -191,21 +194,30 @@ def engine_rate() -> float:
     return len(ps) / (time.process_time() - t0)
 
 
-def machine() -> str:
+def cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return cpu
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: they say how much of it the figures had)."""
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine() -> str:
     envoy = subprocess.run([str(envoy_binary()), "--version"], capture_output=True, text=True, check=False)
     found = re.search(r"version: \S+?/([\d.]+)/", envoy.stdout)
     envoy_version = found.group(1) if found else "?"
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split()[1]
-    return (f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start; Linux {platform.release()}; "
+    return (f"{cpu_model()}, nproc {os.cpu_count()}; Linux {platform.release()}; "
             f"Python {platform.python_version()}; Envoy {envoy_version}; curl {curl}")
 
 
@@ -215,24 +227,26 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a rough figure in ~1 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a rough figure in ~1-2 min)")
     args = parser.parse_args()
     runs = 2 if args.quick else 5
     header = machine()
+    load_before = load()
     rows: list[Row] = []
 
-    for n, goal in ((10, 1.5), (50, None)):
+    for n, goal in ((10, 1.5), (50, 2.0), (200, 8.0)):
         for mode in ("sidecar", "ambient"):
-            times, phases, pss = start_times(n, mode, runs if n == 10 else max(1, runs // 2))
+            count = runs if n == 10 else 1 if args.quick or n == 200 else max(1, runs // 2)
+            times, phases, pss = start_times(n, mode, count)
             median = statistics.median(times)
             detail = (f"median of {len(times)}; Envoys ready {phases.get('envoys_ready', 0):.2f} s, "
                       f"canary done {phases.get('started', 0):.2f} s")
-            rows.append((f"start, {n} workloads, {mode} ({detail})", f"{median:.2f} s",
-                         "≤ 1.5 s" if goal else "-", verdict(median <= goal) if goal else "-"))
-            if n == 10:
-                in_mesh = len(scenario(n).workloads)
-                rows.append((f"memory per workload, {mode} (PSS of every Envoy and the app / workloads)",
-                             f"{pss / in_mesh / 1024:.1f} MiB", "-", "-"))
+            rows.append((f"start, {n} workloads, {mode} ({detail})", f"{median:.2f} s", f"≤ {goal:g} s",
+                         verdict(median <= goal)))
+            per = pss / len(scenario(n).workloads) / 1024
+            mem_goal = n >= 50  # issue 14's goal is for big meshes: the binary's shared pages are split among more
+            rows.append((f"memory per workload, {n} workloads, {mode} (PSS of every Envoy and the app / workloads)",
+                         f"{per:.1f} MiB", "≤ 15 MiB" if mem_goal else "-", verdict(per <= 15) if mem_goal else "-"))
 
     target = LocalTarget()
     sc = scenario(10)
@@ -240,22 +254,22 @@ def main() -> None:
         rates = throughput(session, sc, 300, runs)
         rate = statistics.median(rates)
         rows.append((f"probes/s, 300 parallel probes, sidecar ({target.parallel} curl at once, median of "
-                     f"{len(rates)})", f"{rate:.0f}", "≥ 150", verdict(rate >= 150)))
+                     f"{len(rates)})", f"{rate:.0f}", "≥ 300", verdict(rate >= 300)))
         bare, full = overhead(session, sc, 20 if args.quick else 50)
         ratio = full / bare
         rows.append(("one probe vs a bare curl through the same two proxies (median latency)",
                      f"{full * 1000:.1f} / {bare * 1000:.1f} ms = {ratio:.2f}×", "≤ 2×", verdict(ratio <= 2)))
     for mode in ("sidecar", "ambient"):
         with target.start(sc, mode) as session:  # type: ignore[arg-type]
-            applied, windows, stale, after = enforcement(session, sc, 5 if args.quick else 15,
+            applied, windows, stale, after = enforcement(session, sc, 7 if args.quick else 15,
                                                          5 if args.quick else 10)
             med_applied = statistics.median(applied)
             ends = [end for _, end in windows]
             starts = [start for start, _ in windows]
             med_end = statistics.median(ends)
             rows.append((f"policy change → every changed Envoy acknowledged it, {mode} (median of {len(applied)}, "
-                         f"max {max(applied) * 1000:.0f} ms)", f"{med_applied * 1000:.0f} ms", "≤ 50 ms",
-                         verdict(med_applied <= 0.05)))
+                         f"max {max(applied) * 1000:.0f} ms)", f"{med_applied * 1000:.0f} ms", "≤ 30 ms",
+                         verdict(med_applied <= 0.03)))
             start = max(0.0, statistics.median(starts))  # the loop's first round starts just before the change
             rows.append((f"policy change → new requests denied, {mode} (median of {len(ends)}: the first all-denied "
                          f"probe round started {start * 1000:.0f} ms after the change and ended by)",
@@ -269,6 +283,7 @@ def main() -> None:
 
     print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
     print(f"machine: {header}")
+    print(f"load average (1/5/15 min): {load_before} before, {load()} after")
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"{'figure':<{width}}  {'value':>{vwidth}}  {'goal':<9}  result")

@@ -8,7 +8,6 @@ that `listener_manager.lds.version_text` is exactly that version and no listener
 first is pushed by Envoy, so the barrier does not poll while Envoy applies the change (polling its admin
 API competes with the change for Envoy's main thread); the second is the check the barrier always made,
 one request once the ACK is in. Nothing here ever sleeps for a fixed time to "let config settle".
-A copy of the last LDS and CDS sent is kept in the proxy's directory (lds.json, cds.json) for reading.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from urllib.parse import quote
 
 from conformance.errors import TargetError, TargetUnavailable
 from conformance.mesh.local import lifetime
-from conformance.mesh.local.xds import CLUSTER_TYPE, LISTENER_TYPE, XdsRejected, XdsServer
+from conformance.mesh.local.xds import CLUSTER_TYPE, LISTENER_TYPE, XdsRejected, XdsServer, to_any
 
 ENVOY_FLAGS = (
     "--concurrency", "1",          # one worker: ~15 MB private memory per proxy, deterministic logs
@@ -60,6 +59,7 @@ STATS_CONFIG: dict[str, Any] = {
     ]}},
 }
 
+_PARSED_KEPT = 64  # resource conversions kept per proxy and type (EnvoyProcess._send)
 XDS_CLUSTER = "xds-server"  # the static cluster to the run's xDS server (no generated cluster has this name)
 
 
@@ -101,8 +101,8 @@ class AdminStats:
 class EnvoyProcess:
     """An Envoy for one role (a workload's sidecar or ztunnel, a waypoint), with its own directory.
 
-    Layout under `directory`: bootstrap.json, lds.json and cds.json (copies of what was last sent),
-    access.log, stderr.log. Config goes through `xds` under the node id `node_id`.
+    Layout under `directory`: bootstrap.json, access.log, stderr.log. LDS and CDS go through `xds` under the
+    node id `node_id` (the admin API's /config_dump shows them while the proxy runs).
     """
 
     def __init__(self, name: str, directory: Path, admin_address: str, admin_port: int, *, xds: XdsServer,
@@ -112,8 +112,8 @@ class EnvoyProcess:
         self.admin = (admin_address, admin_port)
         self.xds = xds
         self.node_id = node_id
-        self.lds_path = directory / "lds.json"
-        self.cds_path = directory / "cds.json"
+        self.lds_path = directory / "lds"  # keys of what was last sent (nothing is written there)
+        self.cds_path = directory / "cds"
         self.access_log = directory / "access.log"
         self.stderr_path = directory / "stderr.log"
         self.bootstrap_path = directory / "bootstrap.json"
@@ -122,6 +122,7 @@ class EnvoyProcess:
         # the acknowledgement of the last version sent, per type: None once acknowledged, or Envoy's rejection
         self.acks: dict[str, concurrent.futures.Future[str | None]] = {}
         self._versions: dict[str, int] = {}  # type -> the version_info last sent
+        self._parsed: dict[str, dict[str, Any]] = {}  # type -> resource JSON -> its packed proto (last sent)
         self.rejected_seen = 0  # lds.update_rejected as last read: a rise means our last write was refused
         self._admin_conn: http.client.HTTPConnection | None = None
         self._admin_lock = threading.Lock()
@@ -166,18 +167,30 @@ class EnvoyProcess:
     def forget_listeners(self) -> None:
         self._last.pop(self.lds_path, None)
 
-    def _send(self, copy: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> str | None:
-        body = _render_resources(type_url, resources)
-        if self._last.get(copy) == body:
+    def _send(self, last: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> str | None:
+        """Send `resources` unless they are what was sent last. Each resource is parsed into its proto once:
+        a policy change re-renders every listener of a proxy but changes one or two, a suite's steps often
+        come back to an earlier policy set, and parsing JSON into protos in Python is most of what a change
+        costs this process. The conversions are kept per resource JSON, the most recent `_PARSED_KEPT`."""
+        texts = [json.dumps({"@type": type_url, **r}, separators=(",", ":")) for r in resources]
+        body = '{"resources":[' + ",".join(texts) + "]}"
+        if self._last.get(last) == body:
             return None
-        self._versions[type_url] = self._versions.get(type_url, 0) + 1
-        version = str(self._versions[type_url])
+        known = self._parsed.setdefault(type_url, {})
+        anys = []
         try:
-            self.acks[type_url] = self.xds.publish(self.node_id, type_url, version, resources)
+            for text, resource in zip(texts, resources, strict=True):
+                packed = known.pop(text, None) or to_any(type_url, resource)
+                known[text] = packed  # most recently used last
+                anys.append(packed)
         except XdsRejected as exc:
             raise EnvoyConfigRejected(f"Envoy for {self.name} cannot take the new config: {exc}") from exc
-        copy.write_text('{"version_info": "' + version + '", ' + body[1:])
-        self._last[copy] = body
+        while len(known) > max(_PARSED_KEPT, len(texts)):
+            del known[next(iter(known))]
+        self._versions[type_url] = self._versions.get(type_url, 0) + 1
+        version = str(self._versions[type_url])
+        self.acks[type_url] = self.xds.publish(self.node_id, type_url, version, anys)
+        self._last[last] = body
         return version
 
     # --- process ------------------------------------------------------------------------------------
@@ -279,11 +292,6 @@ class EnvoyProcess:
 _STATS_QUERY = "/stats?filter=" + quote(
     r"^(listener_manager\.(lds\.(update_success|update_rejected|version_text)|total_listeners_warming)"
     r"|cluster_manager\.(cds\.(update_rejected|version_text)|warming_clusters))$", safe="")
-
-
-def _render_resources(type_url: str, resources: Sequence[Mapping[str, Any]]) -> str:
-    """A DiscoveryResponse without version, compact (a policy change renders every changed proxy's LDS)."""
-    return json.dumps({"resources": [{"@type": type_url, **r} for r in resources]}, separators=(",", ":"))
 
 
 def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:

@@ -151,11 +151,11 @@ class XdsServer:
     # --- publishing (any thread) ---------------------------------------------------------------------
 
     def publish(self, node_id: str, type_url: str, version: str,
-                resources: Sequence[Mapping[str, Any]]) -> concurrent.futures.Future[str | None]:
-        """Make `resources` node `node_id`'s state of the world for `type_url` under `version`, and send it if
-        the Envoy is connected. The future resolves with None once Envoy acknowledged that version, or with
-        Envoy's rejection message. XdsRejected when a resource cannot be parsed at all."""
-        anys = [to_any(type_url, r) for r in resources]
+                resources: Sequence[Any]) -> concurrent.futures.Future[str | None]:
+        """Make `resources` (packed Anys: `to_any`) node `node_id`'s state of the world for `type_url` under
+        `version`, and send it if the Envoy is connected. The future resolves with None once Envoy acknowledged
+        that version, or with Envoy's rejection message."""
+        anys = list(resources)
         done: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(self._publish, node_id, type_url, version, anys, done)
         return done
