@@ -324,7 +324,7 @@ def wait_ready(envoys: Sequence[EnvoyProcess], timeout: float) -> float:
             ack = env.acks.get(type_url)
             if ack is not None and ack.done() and ack.result() is not None:
                 raise EnvoyConfigRejected(f"Envoy for {env.name} rejected its initial {what}: {ack.result()}")
-        stats = env.stats()
+        stats = _stats(env, start + timeout, "starting")
         env.rejected_seen = stats.rejected
         if stats.rejected:
             raise EnvoyConfigRejected(
@@ -356,13 +356,27 @@ def _acknowledged(pending: Mapping[EnvoyProcess, str], type_url: str, deadline: 
     return rejected
 
 
+def _stats(env: EnvoyProcess, deadline: float, what: str) -> AdminStats:
+    """The barrier's admin counters; an admin request that fails (a busy machine can make one time out) is
+    asked again until `deadline`, while the Envoy lives: it is no answer, never a verdict."""
+    while True:
+        try:
+            return env.stats()
+        except OSError as exc:
+            if not env.alive():
+                raise TargetError(f"Envoy for {env.name} died while {what}:\n{env.stderr_tail()}") from exc
+            if time.monotonic() > deadline:
+                raise TargetError(f"the admin API of Envoy for {env.name} did not answer while {what}: {exc}") from exc
+            time.sleep(_POLL)
+
+
 def _in_force(pending: Mapping[EnvoyProcess, str], listeners: bool, deadline: float, what: str) -> None:
     """The admin API's confirmation after the ACK: the version just sent is the one in force and nothing is
     warming (listeners: `lds.version_text`, `total_listeners_warming`; clusters: the same for CDS)."""
     waiting = dict(pending)
     while waiting:
         for env, version in list(waiting.items()):
-            now = env.stats()
+            now = _stats(env, deadline, what)
             seen, warming = (now.version, now.warming) if listeners else (now.cds_version, now.warming_clusters)
             if seen == version and warming == 0:
                 del waiting[env]

@@ -114,9 +114,11 @@ def gateway_clusters(ctx: ProxyContext, onward: Sequence[Onward]) -> list[dict[s
     or to the waypoint, and the internal clusters of the originations."""
     clusters = [c for c in config.sidecar_clusters(ctx) if not c["name"].startswith("inbound|")]
     hbone: dict[str, Peer] = {}
+    seen: set[str] = set()
     for o in onward:
-        if o.way == MTLS:
-            continue
+        if o.way == MTLS or originate_name(o) in seen:
+            continue  # two Hosts routed to one backend port share its origination (Envoy refuses a duplicate)
+        seen.add(originate_name(o))
         target = _hbone_target(o)
         hbone.setdefault(target.ref, target)
         clusters.append(config.internal_cluster(originate_name(o), http=True, codec=ctx.codec(o.peer.ref, o.port)))
