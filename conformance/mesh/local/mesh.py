@@ -393,6 +393,7 @@ class LocalMeshSession:
                                     else "sidecar" if self._plane(peer.workload.namespace) == "sidecar" else "ztunnel")
         self._canary_batch = self._canary_probes() if self.target.canary else []
         routes = self._initial_routes(self._canary_batch, providers)
+        initial_clusters: dict[str, list[dict[str, Any]]] = {}
         for peer in proxies:
             kind = self._kind[peer.ref]
             directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
@@ -431,13 +432,16 @@ class LocalMeshSession:
             runtime = self.target.release.runtime_layer()
             if runtime:  # the release's Envoy lacks a fix the local Envoy has (release.py)
                 extra["layered_runtime"] = {"layers": [{"name": "istio-release", "static_layer": runtime}]}
-            env.write_clusters(clusters)
-            env.write_listeners(self._listeners(peer.ref, ()))
+            initial_clusters[peer.ref] = clusters
             env.write_bootstrap(env.bootstrap(f"{kind}~{peer.ref}", extra, self._static_listeners[peer.ref]))
-        for env in self._envoys.values():
             env.start(binary)
         # one marker write for all of them (a child missing from it is still found by its command line)
         self._marker.add_children([e.proc.pid for e in self._envoys.values() if e.proc is not None])
+        # Their first clusters and listeners go to the xDS server once every Envoy is starting: an Envoy waits on
+        # its stream for them, so its own start-up (tens of ms of CPU each) overlaps this process's rendering
+        for ref, env in self._envoys.items():
+            env.write_clusters(initial_clusters[ref])
+            env.write_listeners(self._listeners(ref, ()))
         self._wait_app()
         self.timings["app"] = time.monotonic() - t0
         wait_ready(list(self._envoys.values()), self.target.startup_timeout)
