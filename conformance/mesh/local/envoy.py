@@ -92,7 +92,7 @@ class AdminStats:
     success: int
     rejected: int
     warming: int
-    version: str = ""  # listener_manager.lds.version_text: the version_info of the LDS file in force
+    version: str = ""  # listener_manager.lds.version_text: the version_info of the LDS in force
     cds_version: str = ""  # cluster_manager.cds.version_text: the same for the CDS file
     cds_rejected: int = 0
     warming_clusters: int = 0
@@ -134,7 +134,7 @@ class EnvoyProcess:
 
         `static_listeners` never change during a run (outbound plumbing, HBONE termination): they live
         in the bootstrap, so that a policy change makes Envoy re-read only the few listeners that carry
-        policies (an LDS file of 40 listeners costs tens of milliseconds per update on a busy machine).
+        policies (an LDS of 40 listeners costs tens of milliseconds per update on a busy machine).
         """
         if node_id != self.node_id:
             raise ValueError(f"bootstrap for node {node_id!r} of the Envoy published as {self.node_id!r}")

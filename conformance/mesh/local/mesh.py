@@ -6,16 +6,18 @@ the app (`app`), Envoy config per role (`config`), the policy compiler (`authz`)
 (`envoy`, `lifetime`), curl (`curl`) and proofs (`logs`).
 
 A session, start to end:
-1. reap what killed runs left, take a free loopback block, make a private temp dir and a run marker;
+1. reap what killed runs left, take free loopback /24s (one per 126 workloads), make a private temp dir and
+   a run marker;
 2. one CA, one SPIFFE leaf per in-mesh workload; the JWT issuers' signing keys (tokens.py) when first needed;
 3. one app process serving every workload's ports, each on the workload's own app address, and one
    ext-authz server process (extauthz_server.py: Istio's sample, HTTP and gRPC) for `kind: ext-authz` ones;
 4. per in-mesh workload one Envoy (a sidecar, or a "ztunnel" in ambient and waypoint modes), plus in
    waypoint mode one Envoy per waypoint, all started at once, ready when every admin /ready says LIVE
    and no initial listener was rejected; the listeners that never change live in the bootstrap, the
-   policy-bearing ones in the watched LDS file;
+   policy-bearing ones in the LDS the run's xDS server sends (xds.py);
 5. a canary probe to every destination port, so a broken mesh fails here, plainly, and not later as
-   a policy "denial";
+   a policy "denial" (a client proxy has outbound plumbing only for the destinations its probes use:
+   the scenario's, the canary's, and any other one a probe first needs, added then);
 6. `apply()`: fill `${jwks:<issuer>}` with the run's JWKS, compile the complete policy set per workload
    (CUSTOM pairs, the JWT filter, RBAC: `authz`, `authn`, `extauthz`), rewrite only the listeners that
    changed, return once every affected Envoy has acknowledged them (the propagation barrier);
