@@ -44,8 +44,9 @@ def test_misspelt_scenarios_in_a_directory_are_collected_and_fail(tree: pytest.P
     result.assert_outcomes(failed=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
-    assert "typo-kind.yaml: field kind: 'Scenerio' is not a valid value (must be Scenario)" in out
-    assert "v2.yaml: field apiVersion: 'authz-conformance/v2' is not a valid value" in out
+    # each problem starts with the file:line:col of its field (issue 15)
+    assert "typo-kind.yaml:2:1: field kind: 'Scenerio' is not a valid value (must be Scenario)" in out
+    assert "v2.yaml:1:1: field apiVersion: 'authz-conformance/v2' is not a valid value" in out
     assert "invalid scenario" in out and "Traceback" not in out
     assert "policy.yaml" not in out and "notes.yaml" not in out  # manifests and other YAML: not collected
 

@@ -9,6 +9,7 @@ the field; until the engine models JWT and CUSTOM, predicting refuses with the s
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -385,7 +386,8 @@ def test_the_command_line_reports_them_one_per_line(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and all("scenario.yaml: step '" in line for line in lines), lines
+    # one per line, each starting with the file:line:col of its field (issue 15), then the step
+    assert len(lines) == 2 and all(re.search(r"scenario\.yaml:\d+:\d+: step '", line) for line in lines), lines
 
 
 # Arbitrary damage to the JWT / CUSTOM parts never escapes as anything but problems.
