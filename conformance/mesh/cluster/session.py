@@ -1317,21 +1317,9 @@ _ADDRESS_FIELDS = ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBloc
 _ADDRESS_KEYS = ("source.ip", "remote.ip")
 
 
-def literal_blocks(scenario: Scenario) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
-    """Every literal address block (an address is a /32 or /128) of the scenario's AuthorizationPolicies' source and
-    remote address fields, with where it is; `${ip:...}` values and unparsable ones (validation's business) are
-    left out."""
-    out: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
-
-    def add(values: Any, where: str) -> None:
-        for v in values if isinstance(values, list) else []:
-            if not isinstance(v, str) or "${" in v:
-                continue
-            try:
-                out.append((ipaddress.ip_network(v, strict=False), where))
-            except ValueError:
-                continue
-
+def _address_values(scenario: Scenario) -> Iterator[tuple[str, str]]:
+    """Every string value of the scenario's AuthorizationPolicies' source and remote address fields (`ipBlocks`,
+    `remoteIpBlocks`, their `not` forms, `when` on `source.ip` / `remote.ip`), with where it is written."""
     for step in scenario.steps:
         for m in step.policies:
             if m.kind != "AuthorizationPolicy" or not isinstance(m.spec, Mapping):
@@ -1339,44 +1327,42 @@ def literal_blocks(scenario: Scenario) -> list[tuple[ipaddress.IPv4Network | ipa
             for i, rule in enumerate(m.spec.get("rules") or []):
                 if not isinstance(rule, Mapping):
                     continue
+                found: list[tuple[Any, str]] = []
                 for frm in rule.get("from") or []:
                     source = frm.get("source") if isinstance(frm, Mapping) else None
-                    for key in _ADDRESS_FIELDS:
-                        if isinstance(source, Mapping):
-                            add(source.get(key), f"{m.ref} rule {i} {key} (step {step.name})")
+                    if isinstance(source, Mapping):
+                        found += [(source.get(key), f"{m.ref} rule {i} {key} (step {step.name})")
+                                  for key in _ADDRESS_FIELDS]
                 for cond in rule.get("when") or []:
                     if isinstance(cond, Mapping) and cond.get("key") in _ADDRESS_KEYS:
-                        for key in ("values", "notValues"):
-                            add(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
+                        found += [(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
+                                  for key in ("values", "notValues")]
+                for values, where in found:
+                    for v in values if isinstance(values, list) else []:
+                        if isinstance(v, str):
+                            yield v, where
+
+
+def literal_blocks(scenario: Scenario) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    """Every literal address block (an address is a /32 or /128) of the scenario's AuthorizationPolicies' source and
+    remote address fields, with where it is; `${ip:...}` values and unparsable ones (validation's business) are
+    left out."""
+    out: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for v, where in _address_values(scenario):
+        if "${" in v:
+            continue
+        try:
+            out.append((ipaddress.ip_network(v, strict=False), where))
+        except ValueError:
+            continue
     return out
 
 
 def client_address_uses(scenario: Scenario, clients: set[str]) -> list[str]:
     """Where the scenario's AuthorizationPolicies name one of `clients`' addresses (`${ip:<ns>/<name>}`) in a source
     or remote address field (`ipBlocks`, `remoteIpBlocks`, their `not` forms, `source.ip`, `remote.ip`)."""
-    out: list[str] = []
-
-    def scan(values: Any, where: str) -> None:
-        for v in values if isinstance(values, list) else []:
-            if isinstance(v, str) and any(m.group(1) in clients for m in ADDRESS_PLACEHOLDER.finditer(v)):
-                out.append(f"{where}: {v}")
-
-    for step in scenario.steps:
-        for m in step.policies:
-            if m.kind != "AuthorizationPolicy" or not isinstance(m.spec, Mapping):
-                continue
-            for i, rule in enumerate(m.spec.get("rules") or []):
-                if not isinstance(rule, Mapping):
-                    continue
-                for frm in rule.get("from") or []:
-                    source = frm.get("source") if isinstance(frm, Mapping) else None
-                    if isinstance(source, Mapping):
-                        for key in _ADDRESS_FIELDS:
-                            scan(source.get(key), f"{m.ref} rule {i} {key} (step {step.name})")
-                for cond in rule.get("when") or []:
-                    if isinstance(cond, Mapping) and cond.get("key") in _ADDRESS_KEYS:
-                        for key in ("values", "notValues"):
-                            scan(cond.get(key), f"{m.ref} rule {i} when {cond['key']} (step {step.name})")
+    out = [f"{where}: {v}" for v, where in _address_values(scenario)
+           if any(m.group(1) in clients for m in ADDRESS_PLACEHOLDER.finditer(v))]
     return list(dict.fromkeys(out))
 
 
