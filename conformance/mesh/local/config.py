@@ -349,6 +349,15 @@ def plaintext_cluster_name(peer: Peer, port: int) -> str:
     return f"outbound-plaintext|{port}||{peer.fqdn}"
 
 
+def hbone_cluster(ctx: ProxyContext, peer: Peer) -> dict[str, Any]:
+    """`hbone|<ref>`: HTTP/2 over mTLS (this proxy's certificate, the peer's exact SPIFFE identity verified) to the
+    peer's :15008, one CONNECT per connection, so that no tunnel opened under an old policy is reused after a change."""
+    assert peer.spiffe is not None
+    return static_cluster(f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
+                          tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
+                          http="h2", one_request_per_connection=True)
+
+
 # --- sidecar ----------------------------------------------------------------------------------------
 
 def sidecar_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
@@ -474,15 +483,8 @@ def ztunnel_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
                     f"passthrough|{port.number}||{peer.ref}", peer.address, ctx.layout.real(port.number),
                     bind=ctx.me.address,
                 ))
-    for peer in hops.values():
-        assert peer.spiffe is not None
-        # HBONE: HTTP/2 over mTLS to the destination's ztunnel; one CONNECT per connection, so no
-        # tunnel opened under an old policy is reused after a change.
-        clusters.append(static_cluster(
-            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
-            tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
-            http="h2", one_request_per_connection=True,
-        ))
+    for peer in hops.values():  # HBONE to the destination's ztunnel (or its waypoint)
+        clusters.append(hbone_cluster(ctx, peer))
     for port in ctx.me.workload.ports:
         clusters.append(static_cluster(
             f"inbound|{port.number}", ctx.me.app_address, ctx.layout.real(port.number), bind=ctx.me.address,
@@ -691,12 +693,7 @@ def waypoint_clusters(ctx: ProxyContext, served: Sequence[tuple[Peer, Port]]) ->
     hbone = {p.ref: p for p, _ in served}
     hbone.update({p.ref: p for p, _ in ctx.providers if p.spiffe})
     for peer in hbone.values():
-        assert peer.spiffe is not None
-        clusters.append(static_cluster(
-            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
-            tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
-            http="h2", one_request_per_connection=True,
-        ))
+        clusters.append(hbone_cluster(ctx, peer))
     for peer, port in served:
         clusters.append(internal_cluster(waypoint_inner_name(peer, port), http=False))
         clusters.append(internal_cluster(_originate_name(peer, port), http=port.protocol == "HTTP"))
@@ -767,11 +764,7 @@ def sidecar_hbone_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
     for peer in ctx.peers:
         if peer.ref not in ctx.hbone_peers or not peer.spiffe:
             continue
-        clusters.append(static_cluster(
-            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
-            tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
-            http="h2", one_request_per_connection=True,
-        ))
+        clusters.append(hbone_cluster(ctx, peer))
         for port in peer.workload.ports:
             if port.protocol == "HTTP":
                 clusters.append(internal_cluster(hbone_originate_name(peer, port), http=True,

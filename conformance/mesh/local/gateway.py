@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.mesh.local import config
-from conformance.mesh.local.addresses import HBONE_PORT
 from conformance.mesh.local.config import Peer, ProxyContext
 from conformance.model import Port
 
@@ -122,13 +121,7 @@ def gateway_clusters(ctx: ProxyContext, onward: Sequence[Onward]) -> list[dict[s
         target = _hbone_target(o)
         hbone.setdefault(target.ref, target)
         clusters.append(config.internal_cluster(originate_name(o), http=True, codec=ctx.codec(o.peer.ref, o.port)))
-    for peer in hbone.values():
-        assert peer.spiffe is not None
-        clusters.append(config.static_cluster(
-            f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
-            tls=config.upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
-            http="h2", one_request_per_connection=True,
-        ))
+    clusters += [config.hbone_cluster(ctx, peer) for peer in hbone.values()]
     return clusters
 
 
