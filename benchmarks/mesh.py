@@ -1,5 +1,6 @@
-"""Local mesh figures: start time, probe throughput, change-to-enforcement time, probe overhead, memory,
-and the engine's decisions per second, printed as one table (run on demand).
+"""Local mesh figures: start time, probe throughput, change-to-enforcement time, probe overhead and memory,
+printed as one table (run on demand; the engine's figures are benchmarks/engine.py's, and benchmarks/all.py
+prints both).
 
     python benchmarks/mesh.py [--quick]
 
@@ -7,8 +8,8 @@ Issue 14's goals (big meshes, policy change): 50 workloads up in ≤ 2 s and 200
 ambient mode (up = every Envoy LIVE and the canary answered: when a user can run probes); memory per
 workload ≤ 15 MiB PSS on those meshes; ≥ 300 probes/s with parallel probes; a policy change acknowledged
 by every changed Envoy in ≤ 30 ms median, with zero stale decisions after the acknowledgement. Issue 4's:
-a 10-workload mesh up in ≤ 1.5 s; a probe costs ≤ 2× a bare curl through the same two proxies; the
-engine's decisions per second (benchmarks/engine.py). Every figure is wall-clock time of real processes on
+a 10-workload mesh up in ≤ 1.5 s; a probe costs ≤ 2× a bare curl through the same two proxies. Every figure
+is wall-clock time of real processes on
 this machine (other load distorts them: the output names the CPU, the number of cores and the load average
 before and after), the median of several runs where it says so. `--quick` runs fewer repetitions.
 """
@@ -30,9 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.engine import probes as engine_probes
-from benchmarks.engine import world as engine_world
-from conformance.engine import decide
 from conformance.gap import measure_gap
 from conformance.mesh.local.curl import run_curl
 from conformance.mesh.local.envoy import envoy_binary
@@ -47,7 +45,6 @@ from conformance.model import (
     Scenario,
     Workload,
 )
-from conformance.versions import IstioVersion
 
 Row = tuple[str, str, str, str]  # figure, value, goal, verdict
 
@@ -182,18 +179,6 @@ def overhead(session: LocalMeshSession, sc: Scenario, runs: int) -> tuple[float,
     return statistics.median(bare), statistics.median(full)
 
 
-def engine_rate() -> float:
-    state, workloads = engine_world(50, 200)
-    ps = engine_probes(workloads, 20_000)
-    version = IstioVersion.parse("1.30")
-    for p in ps[:200]:
-        decide(state, p, "sidecar", version)
-    t0 = time.process_time()
-    for p in ps:
-        decide(state, p, "sidecar", version)
-    return len(ps) / (time.process_time() - t0)
-
-
 def cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -277,9 +262,6 @@ def main() -> None:
             rows.append((f"stale decisions after the acknowledgement, {mode} ({after} observations)",
                          str(stale), "0", verdict(stale == 0)))
 
-    rate = engine_rate()
-    rows.append(("engine decisions/s, 50 workloads × 200 policies, sidecar (benchmarks/engine.py world)",
-                 f"{rate:,.0f}", "≥ 100,000", verdict(rate >= 100_000)))
 
     print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
     print(f"machine: {header}")

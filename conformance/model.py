@@ -162,6 +162,15 @@ class GatewayRoute:
     to: str  # the destination workload's "ns/name"
     port: int  # its (Service) port
 
+    @property
+    def canary_host(self) -> str:
+        """A Host this route's vhost domain takes (for the targets' canaries): `*.b.com` -> `canary.b.com`, `*` ->
+        `canary.example` (a route's host is exact, `*.suffix` or `*`, which Envoy matches by suffix: RouteMatcher
+        findVirtualHost; scenario validation allows nothing else, as Istio's for Gateway hosts)."""
+        if self.host == "*":
+            return "canary.example"
+        return "canary" + self.host[1:] if self.host.startswith("*") else self.host
+
 
 @dataclass(frozen=True)
 class Workload:

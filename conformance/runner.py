@@ -77,7 +77,18 @@ def newly_denied(scenario: Scenario, step: Step, table: TruthTable, before: tupl
     previous = predict(scenario, Step(f"{step.name} (before)", before, step.expectations), table.mode, version,
                        addresses)
     return [(i, row.probe) for i, (row, prev) in enumerate(zip(table.rows, previous.rows, strict=True))
-            if table.expected(row) == "deny" and not table.disagrees(row) and prev.predicted.verdict == "allow"]
+            if _must_deny(table, row) and prev.predicted.verdict == "allow"]
+
+
+def _must_deny(table: TruthTable, row: Row) -> bool:
+    """The row is expected denied and the engine agrees: only then is an allowed observation of it a stale one (the
+    gap); where the two disagree the allow may be the right answer and the expectation wrong."""
+    return table.expected(row) == "deny" and not table.disagrees(row)
+
+
+def _judged(table: TruthTable, row: Row, obs: Observation) -> tuple[Observation, Judgement, bool]:
+    """One observation of a row, judged against the row's expectation, with whether the row must be denied."""
+    return obs, judge(table.expected(row), row.predicted, obs, row.probe), _must_deny(table, row)
 
 
 def _count_gap_rounds(table: TruthTable, convergence: Convergence, gap_record: GapRecord) -> None:
@@ -86,13 +97,13 @@ def _count_gap_rounds(table: TruthTable, convergence: Convergence, gap_record: G
     stale allow there fails the step (with its evidence) instead of being only reported as a gap."""
     earlier: dict[int, list[tuple[Observation, Judgement]]] = {}
     for gap_round in gap_record.rounds:  # in the order they ran
-        if not gap_round.after_barrier or len(gap_round.observations) != len(gap_record.rows):
+        if not gap_round.after_barrier:
             continue
+        # strict: a round after the barrier is judged whole (measure_gap records only complete rounds)
         for index, obs in zip(gap_record.rows, gap_round.observations, strict=True):
-            row = table.rows[index]
-            expected = table.expected(row)
-            earlier.setdefault(index, []).append((obs, judge(expected, row.predicted, obs, row.probe)))
-            if expected == "deny" and not table.disagrees(row) and obs.outcome == ALLOWED:
+            _, judgement, must_deny = _judged(table, table.rows[index], obs)
+            earlier.setdefault(index, []).append((obs, judgement))
+            if must_deny and obs.outcome == ALLOWED:
                 convergence.records[index].stale_allowed += 1
     for index, seen in earlier.items():
         record = convergence.records[index]
@@ -137,13 +148,7 @@ def run_step(
     def probe_round(indices: Sequence[int]) -> list[tuple[Observation, Judgement, bool]]:
         selected = [rows[i] for i in indices]
         observations = session.probe([r.probe for r in selected])
-        out = []
-        for row, obs in zip(selected, observations, strict=True):
-            expected = table.expected(row)
-            # an allowed observation is only a stale one (the gap) when the engine agrees it must be denied
-            must_deny = expected == "deny" and not table.disagrees(row)
-            out.append((obs, judge(expected, row.predicted, obs, row.probe), must_deny))
-        return out
+        return [_judged(table, row, obs) for row, obs in zip(selected, observations, strict=True)]
 
     # On an exact barrier the deadline is the barrier's business (apply() above): every probe is observed
     # `required` times and each observation counts (converge.py).

@@ -1,10 +1,10 @@
 """The verdict-only fast path: the same decision as decide.py's traced evaluation, without building an explanation.
 
-Why it exists: `decide` is called for every cell of a truth table, for every probe of a run and for `init`'s and
-`snapshot`'s all-pairs matrices (thousands of workloads, issue 14). The traced path re-derives per probe what
-depends only on the destination (its PeerAuthentication mode, its compiled policies, the Decision objects it can
-produce) and walks istiod's filter order with a trace test at every step. Here each destination port is compiled
-once per state into a `_Target`; a probe then costs the source's attributes and the rule checks.
+Why it exists: `decide` is called for every cell of a truth table, for every probe of a run and for every probe of
+`init`'s and `snapshot`'s all-pairs matrices (thousands of workloads, issue 14). The traced path re-derives per
+probe what depends only on the destination (its PeerAuthentication mode, its compiled policies, the Decision
+objects it can produce) and walks istiod's filter order with a trace test at every step. Here each destination
+port is compiled once per state into a `_Target`; a probe then costs the source's attributes and the rule checks.
 
 What it is not: a second semantics. Every rule, matcher and order comes from decide.py (the same `_Compiled`
 plans, `_envoy_decider`, `first_matching_rule`, `_ztunnel_peer_authentication`); this module only skips the trace
@@ -275,7 +275,9 @@ def _without_to(rules: Iterable[_EnvoyRule], attrs: Attributes) -> tuple[_EnvoyR
 def decide_matrix(state: State, sources: Sequence[Workload], destinations: Iterable[Workload], mode: Mode,
                   version: IstioVersion, request: Request | None = None,
                   ) -> Iterator[tuple[Workload, Port, list[Decision]]]:
-    """Every source to every port of every destination with one request (`init`'s and `snapshot`'s matrix): per
+    """Every source to every port of every destination with one request (the all-pairs matrix `init` and `snapshot`
+    meet on a big cluster; benchmarks/engine.py times it, tests/test_engine_fast.py holds it equal to `decide` cell by
+    cell; `init` and `snapshot` themselves still predict probe by probe through `decide`'s fast path): per
     destination port, the decisions for `sources` in order, each equal to `decide(state, Probe(src, dst, port,
     request), mode, version)`.
 

@@ -249,7 +249,8 @@ def _some(checks: Sequence[ConnCheck]) -> ConnCheck:
 
 def compile_rule(rule: ZRule) -> ConnCheck:
     """A rule matches when every clause does; a clause with no Matches matches; otherwise one of its
-    non-empty Matches must match (empty ones are skipped)."""
+    non-empty Matches must match (empty ones are skipped: istio/ztunnel@1.30 src/rbac.rs Authorization::matches
+    l.115, `if mg.is_empty() { continue }`)."""
     clauses: list[list[ConnCheck]] = []
     for clause in rule:
         if not clause:

@@ -43,9 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conformance.model import Manifest
-from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
-
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+from conformance.names import DRY_RUN_ANNOTATION, GATEWAY_API_GROUP, GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
 
 ProxyKind = Literal["sidecar", "waypoint", "ztunnel", "gateway"]
 _POLICY_ID = re.compile(r"(istio-ext-authz-[^\"\s]*?)?ns\[([^\]]*)\]-policy\[([^\]]*)\]-rule\[\d+\]"

@@ -775,7 +775,7 @@ class ClusterSession:
         probes = [Probe(source, w, p) for w in servers if w.kind == "app" for p in w.ports]
         # each gateway route, from outside the mesh (its only clients), with a Host its vhost takes
         outside = next((w for w in clients if not w.in_mesh), None)
-        probes += [Probe(outside, w, p, Request(headers=(("host", concrete_host(r.host)),)))
+        probes += [Probe(outside, w, p, Request(headers=(("host", r.canary_host),)))
                    for w in servers if w.is_gateway and outside is not None for p in w.ports for r in w.routes]
         # an ext-authz workload's HTTP check ports answer an allowed check with 200 (its gRPC ones only gRPC)
         probes += [Probe(source, w, p, Request(headers=EXT_AUTHZ_ALLOW)) for w in servers if w.kind == "ext-authz"
@@ -1372,14 +1372,6 @@ def _contains(block: ipaddress.IPv4Network | ipaddress.IPv6Network, address: str
     except ValueError:
         return False
     return ip.version == block.version and ip in block
-
-
-def concrete_host(host: str) -> str:
-    """A Host a route's vhost domain takes, for the canary: `*.b.com` -> `canary.b.com`, `*` -> `canary.example`
-    (Envoy matches `*.suffix` vhost domains by suffix, RouteMatcher::findVirtualHost)."""
-    if host == "*":
-        return "canary.example"
-    return "canary" + host[1:] if host.startswith("*") else host
 
 
 def _jsonable(key: tuple[Any, ...]) -> list[Any]:

@@ -20,7 +20,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,10 @@ class EnvoyProcess:
 
     def forget_listeners(self) -> None:
         self._last.pop(self.lds_path, None)
+
+    def forget_clusters(self) -> None:
+        """After a rejection: the clusters were not taken, so the same ones must be sent again next time."""
+        self._last.pop(self.cds_path, None)
 
     def _send(self, last: Path, type_url: str, resources: Sequence[Mapping[str, Any]]) -> str | None:
         """Send `resources` unless they are what was sent last. Each resource is parsed into its proto once:
@@ -387,6 +391,18 @@ def _in_force(pending: Mapping[EnvoyProcess, str], listeners: bool, deadline: fl
             time.sleep(_POLL / 5)
 
 
+def _send(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]],
+          write: Callable[[EnvoyProcess, Sequence[Mapping[str, Any]]], str | None]) -> dict[EnvoyProcess, str]:
+    """Send each Envoy its new resources (`write`: listeners or clusters); the version each one must now
+    acknowledge, for those whose resources really changed."""
+    pending: dict[EnvoyProcess, str] = {}
+    for env, resources in changes.items():
+        version = write(env, resources)
+        if version is not None:
+            pending[env] = version
+    return pending
+
+
 def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]], timeout: float = 10.0) -> int:
     """Send new listeners to several Envoys at once and wait until each has acknowledged them.
 
@@ -397,11 +413,7 @@ def update_listeners(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]]
     (so none is left mid-change); the rejecting Envoy keeps its previous listeners and is resent on the next
     apply.
     """
-    pending: dict[EnvoyProcess, str] = {}
-    for env, listeners in changes.items():
-        version = env.write_listeners(listeners)
-        if version is not None:
-            pending[env] = version
+    pending = _send(changes, EnvoyProcess.write_listeners)
     deadline = time.monotonic() + timeout
     rejected = _acknowledged(pending, LISTENER_TYPE, deadline, "applying policies")
     for env, _ in rejected:
@@ -420,13 +432,11 @@ def update_clusters(changes: Mapping[EnvoyProcess, Sequence[Mapping[str, Any]]],
     """Send new clusters to several Envoys and wait until each has them in force (ACK, then `cds.version_text`
     is that version and no cluster is warming), so that a listener sent next routes to them at once. A NACK is
     an error naming the proxy with Envoy's message. Returns how many Envoys really changed."""
-    pending: dict[EnvoyProcess, str] = {}
-    for env, clusters in changes.items():
-        version = env.write_clusters(clusters)
-        if version is not None:
-            pending[env] = version
+    pending = _send(changes, EnvoyProcess.write_clusters)
     deadline = time.monotonic() + timeout
     rejected = _acknowledged(pending, CLUSTER_TYPE, deadline, "adding clusters")
+    for env, _ in rejected:
+        env.forget_clusters()
     if rejected:
         env, message = rejected[0]
         raise EnvoyConfigRejected(f"Envoy for {env.name} rejected new clusters: {message}")

@@ -87,7 +87,15 @@ from conformance.model import (
     Workload,
 )
 from conformance.names import GATEWAY_NAME_LABEL
-from conformance.probe import EXT_AUTHZ_DENIED, EXT_AUTHZ_ERROR, JWT_REJECTED, Observation, Proof, classify
+from conformance.probe import (
+    EXT_AUTHZ_DENIED,
+    EXT_AUTHZ_ERROR,
+    JWT_REJECTED,
+    Observation,
+    Proof,
+    classify,
+    names_workload,
+)
 from conformance.target import Applied
 from conformance.tokens import IssuerKeys, carry
 from conformance.versions import IstioVersion
@@ -113,14 +121,6 @@ def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
 def default_concurrency() -> int:
     """Scenario runs side by side by default: two per core (a run mostly waits), at least two, at most eight."""
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
-
-
-def _concrete(host: str) -> str:
-    """A Host a route's vhost domain matches: `*.b.com` -> `canary.b.com`, `*` -> `canary.example` (a route's host
-    is exact, `*.suffix` or `*`: scenario validation, as Istio's for Gateway hosts)."""
-    if host == "*":
-        return "canary.example"
-    return "canary" + host[1:] if host.startswith("*") else host
 
 
 def _authz() -> Any:
@@ -228,7 +228,8 @@ def disabled_provider_port(scenario: Scenario) -> str | None:
 def gateway_provider(scenario: Scenario, mode: Mode) -> str | None:
     """Why the local mesh cannot build the scenario's ingress gateway with its ext-authz providers, or None: the
     gateway calls a provider through its `outbound|<port>||<fqdn>` mTLS cluster (gateway.py), as a sidecar does,
-    which reaches a provider only in a sidecar namespace; Istio's gateway would send HBONE to an ambient one."""
+    which reaches a provider only in a sidecar namespace; Istio's gateway would send HBONE to an ambient one
+    (endpoint_builder.go@1.30 l.708-770: an ambient endpoint is tunnelled; docs/ingress-gateways.md §2)."""
     if not any(w.is_gateway for w in scenario.workloads):
         return None
     for w in scenario.workloads:
@@ -377,7 +378,9 @@ class LocalMeshSession:
         hbone_peers = frozenset(
             p.ref for p in peers if p.spiffe and not p.workload.is_gateway
             and self._plane(p.workload.namespace) != "sidecar") if self.mode == "mixed" else frozenset()
-        # A waypoint serves every in-mesh service of its namespace (the first waypoint named there).
+        # A waypoint serves every in-mesh service of its namespace (the first waypoint named there). A gateway is
+        # neither captured by ztunnel nor served by a waypoint: its pod is injected, which istio-cni never hands to
+        # ztunnel (cni/pkg/util/enablement_selector.go@1.30 l.76-80; docs/ingress-gateways.md §2).
         waypoint_for: dict[str, config.Peer] = {}
         for peer in peers:
             via = next((w for w in waypoints if w.namespace == peer.workload.namespace), None)
@@ -600,7 +603,7 @@ class LocalMeshSession:
         for dest in self.scenario.workloads:
             if dest.is_gateway:  # from outside the mesh, one probe per route's Host (a `*` in it made concrete)
                 if outside is not None:
-                    probes += [Probe(outside, dest, port, Request(headers=(("host", _concrete(r.host)),)))
+                    probes += [Probe(outside, dest, port, Request(headers=(("host", r.canary_host),)))
                                for port in dest.ports for r in dest.routes]
                 continue
             others = [s for s in sources if s.ref != dest.ref] or sources[:1]
@@ -678,7 +681,7 @@ class LocalMeshSession:
             return False
         if probe.destination.kind == "ext-authz":
             return True
-        return body.startswith(f"{self._answering(probe)} responding\n".encode())
+        return names_workload(body.decode(errors="replace"), self._answering(probe))
 
     # --- policies -----------------------------------------------------------------------------------
 

@@ -68,7 +68,6 @@ APP_CONTAINER = "app"
 SIDECAR_INJECTION = {"istio-injection": "enabled"}
 AMBIENT_ENROLLMENT = {"istio.io/dataplane-mode": "ambient"}
 USE_WAYPOINT = "istio.io/use-waypoint"
-GATEWAY_CONTAINER = "istio-proxy"  # the gateway pod's one container (ingress-gateway.yaml)
 # Istio's sidecar injector selects a pod of a namespace without injection labels by one of these pod labels
 # (istio-discovery templates/mutatingwebhook.yaml@1.30.3 l.131-144 for the default revision, l.89-107 by revision)
 INJECT_LABEL = "sidecar.istio.io/inject"
