@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conformance.gap import measure_gap
-from conformance.mesh.local.curl import run_curl
+from conformance.mesh.local.curl import BATCH_SIZE, run_curl
 from conformance.mesh.local.envoy import envoy_binary
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
 from conformance.model import (
@@ -95,18 +95,20 @@ def pss_kib(pid: int) -> int:
 def start_times(n: int, mode: str, runs: int) -> tuple[list[float], dict[str, float], int]:
     """Start `runs` meshes of n workloads (canary probes included: that is when a user can run probes);
     returns the times, the last run's phase timings and its total PSS in KiB."""
-    target = LocalTarget()
     times: list[float] = []
     phases: dict[str, float] = {}
     pss = 0
-    for _ in range(runs):
-        seconds, session = timed(lambda: target.start(scenario(n), mode))  # type: ignore[arg-type]
-        try:
-            times.append(seconds)
-            phases = dict(session.timings)
-            pss = sum(pss_kib(pid) for pid in session.pids())
-        finally:
-            session.close()
+    with LocalTarget() as target:  # a fresh target: its first run pays the app host's start, as a user's does
+        for _ in range(runs):
+            seconds, session = timed(lambda: target.start(scenario(n), mode))  # type: ignore[arg-type]
+            try:
+                times.append(seconds)
+                phases = dict(session.timings)
+                # the app host is the target's, shared by its runs; this run is its only one, so all of it counts
+                pids = [*session.pids(), *([target.apps.pid()] if target.apps.pid() is not None else [])]
+                pss = sum(pss_kib(pid) for pid in pids)
+            finally:
+                session.close()
     return times, phases, pss
 
 
@@ -238,8 +240,9 @@ def main() -> None:
     with target.start(sc, "sidecar") as session:
         rates = throughput(session, sc, 300, runs)
         rate = statistics.median(rates)
-        rows.append((f"probes/s, 300 parallel probes, sidecar ({target.parallel} curl at once, median of "
-                     f"{len(rates)})", f"{rate:.0f}", "≥ 300", verdict(rate >= 300)))
+        rows.append((f"probes/s, 300 parallel probes, sidecar (batches of up to {BATCH_SIZE} per curl process, "
+                     f"{target.parallel} processes at once, median of {len(rates)})", f"{rate:.0f}", "≥ 300",
+                     verdict(rate >= 300)))
         bare, full = overhead(session, sc, 20 if args.quick else 50)
         ratio = full / bare
         rows.append(("one probe vs a bare curl through the same two proxies (median latency)",
@@ -261,7 +264,7 @@ def main() -> None:
                          f"{med_end * 1000:.0f} ms", "-", "-"))
             rows.append((f"stale decisions after the acknowledgement, {mode} ({after} observations)",
                          str(stale), "0", verdict(stale == 0)))
-
+    target.close()
 
     print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
     print(f"machine: {header}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from conformance import yamlio
 from conformance.engine import explain, state_for_step
 from conformance.engine.policy import AuthorizationPolicy, Field, TargetRef
 from conformance.engine.scope import Attachable, applies_at_waypoint, applies_to_gateway, applies_to_workload
@@ -549,7 +550,7 @@ _RAW_NAMESPACE = "authz-conformance-lint"
 def is_policy_file(path: str | Path) -> bool:
     """A YAML file holding at least one Istio security document (and no scenario): what `lint` checks on its own."""
     try:
-        docs = list(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
+        docs = yamlio.load_all(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return any(isinstance(d, dict) and d.get("kind") in POLICY_KINDS
@@ -585,7 +586,7 @@ def policy_file_findings(path: str | Path, version: IstioVersion) -> list[Findin
     from conformance.scenario import check
 
     target = Path(path).resolve()
-    docs = list(yaml.safe_load_all(target.read_text(encoding="utf-8")))
+    docs = yamlio.load_all(target.read_text(encoding="utf-8"))
     numbered = [(n + 1, d) for n, d in enumerate(d for d in docs if d is not None)
                 if isinstance(d, dict) and d.get("kind") in POLICY_KINDS]
     shown = str(path)

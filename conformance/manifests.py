@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
+from conformance import yamlio
 from conformance.model import DataPlane, Port, Protocol, Workload
 
 # The Istio security kinds a step's policies hold (validation.py checks them); every other kind is a "manifest".
@@ -129,7 +130,7 @@ class Finding:
 def parse(text: str, source: str) -> tuple[list[Document], list[Finding]]:
     """The objects of a multi-document YAML text, `kind: List` items flattened (kubectl and Helm emit both)."""
     try:
-        raw = list(yaml.safe_load_all(text))
+        raw = yamlio.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -364,6 +364,12 @@ def split_write_out(stdout: str) -> tuple[str, dict[str, str]]:
 def evidence_from_curl(exit_code: int, stdout: str, stderr: str, seconds: float, command: str) -> Evidence:
     """Evidence from one curl run made with `-w CURL_WRITE_OUT` (no `-o`: the body goes to stdout)."""
     body, fields = split_write_out(stdout)
+    return evidence_from_fields(exit_code, body, fields, stderr, seconds, command)
+
+
+def evidence_from_fields(exit_code: int, body: str, fields: Mapping[str, str], stderr: str, seconds: float,
+                         command: str) -> Evidence:
+    """Evidence from one transfer's exit code, body and write-out fields (a batch's transfer has its own)."""
     try:
         status = int(fields.get("http_code", "0"))
     except ValueError:

@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from conformance import yamlio
 from conformance.errors import Location, Problem, ScenarioError, closest, yaml_type
 from conformance.manifests import Derivation, Document, Finding, derive, read
 from conformance.model import (
@@ -136,7 +137,7 @@ def sniff(path: Path) -> bool:
     if f"{API_GROUP}/" not in text and not any(_close_to_kind(k) for k in _TOP_KIND.findall(text)):
         return False
     try:
-        first = next(iter(yaml.safe_load_all(text)), None)
+        first = yamlio.load_first(text)
     except yaml.YAMLError:
         return True
     except Exception:  # a YAML oddity the loader will report; sniffing itself must never raise
@@ -253,7 +254,7 @@ class _Loader:
             self.error(f"cannot read file: {exc}")
             return None
         try:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+            docs = [d for d in yamlio.load_all(text) if d is not None]
         except yaml.YAMLError as exc:
             self.error(f"malformed YAML: {_yaml_reason(exc)}")
             return None
@@ -773,7 +774,7 @@ class _Loader:
             return  # the schema reported it
         target = (self.path.parent / rel).resolve()
         try:
-            docs = [d for d in yaml.safe_load_all(target.read_text(encoding="utf-8")) if d is not None]
+            docs = [d for d in yamlio.load_all(target.read_text(encoding="utf-8")) if d is not None]
         except FileNotFoundError:
             self.error(f"policy file '{rel}' not found (relative to the scenario: {target})",
                        step, f"policies[{k}].file")

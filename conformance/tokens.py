@@ -45,8 +45,20 @@ def _b64url_uint(value: int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_KEYS: list[rsa.RSAPrivateKey] = []  # made once per process, lent out by position (KeyRing)
+_KEYS_LOCK = threading.Lock()
+
+
+def _key(position: int) -> rsa.RSAPrivateKey:
+    """The process's `position`-th RSA key, made when first asked for (an RSA-2048 key costs ~50-100 ms of CPU,
+    paid by every JWT scenario run before). A run takes positions 0, 1, 2, ... for its keys, so no two keys of
+    one run are the same key, which is all a run's tokens depend on: a stranger key that is another issuer's
+    key in the same run would verify, and never is; keys of two runs may be equal, and no token or JWKS of one
+    run ever reaches another's proxies."""
+    with _KEYS_LOCK:
+        while len(_KEYS) <= position:
+            _KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        return _KEYS[position]
 
 
 def public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, str]:
@@ -73,10 +85,16 @@ class IssuerKeys:
         self._issuers = {i.name: i for i in issuers}
         self._signers: dict[str, _Signer] = {}
         self._stranger: rsa.RSAPrivateKey | None = None
+        self._made = 0  # keys this run has taken (`_key` positions)
         # apply() renders the JWKS while the enforcement-gap loop (gap.py) already mints tokens in another
         # thread: without the lock both made a key for the same issuer, Envoy got one, tokens the other, and
         # every token was refused "Jwks doesn't have key to match kid" (found running two JWT scenarios)
         self._lock = threading.Lock()
+
+    def _next_key(self) -> rsa.RSAPrivateKey:
+        """A key no other issuer of this run (nor its stranger) has; the caller holds the lock."""
+        self._made += 1
+        return _key(self._made - 1)
 
     def _signer(self, name: str) -> _Signer:
         with self._lock:
@@ -88,7 +106,7 @@ class IssuerKeys:
             issuer = self._issuers.get(name)
             if issuer is None:
                 raise TargetError(f"JWT issuer {name!r} is not one of the scenario's issuers")
-            key = _new_key()
+            key = self._next_key()
             kid = hashlib.sha256(json.dumps(public_jwk(key, ""), sort_keys=True).encode()).hexdigest()[:16]
             signer = self._signers[name] = _Signer(issuer, kid, key)
         return signer
@@ -123,7 +141,7 @@ class IssuerKeys:
         if spec.signature == "invalid":
             with self._lock:
                 if self._stranger is None:
-                    self._stranger = _new_key()
+                    self._stranger = self._next_key()
                 key = self._stranger
         return str(pyjwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": signer.kid}))
 

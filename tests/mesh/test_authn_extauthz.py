@@ -225,6 +225,21 @@ def test_minted_tokens_verify_with_the_published_jwks_unless_forged_or_expired()
     assert keys.mint(JwtSpec(raw="deadbeef")) == "deadbeef"
 
 
+def test_a_runs_keys_are_distinct_and_later_runs_reuse_the_process_keys() -> None:
+    """tokens._key: keys are lent by position, so within one run every issuer and the stranger key differ (a token
+    signed by the stranger must never verify), and the next run pays no RSA key generation."""
+    jwt = pytest.importorskip("jwt")
+    issuers = [Issuer("one", "one@x"), Issuer("two", "two@x")]
+    first, second = IssuerKeys(issuers), IssuerKeys(issuers)
+    kids = [jwks_keys(first.jwks(name))[0]["kid"] for name in ("one", "two")]
+    forged = first.mint(JwtSpec(issuer="one", signature="invalid"))
+    for name in ("one", "two"):  # the stranger is neither issuer's key
+        with pytest.raises(jwt.InvalidSignatureError):
+            jwt.decode(forged, jwt.PyJWK(jwks_keys(first.jwks(name))[0]).key, algorithms=["RS256"])
+    assert len(set(kids)) == 2
+    assert [jwks_keys(second.jwks(name))[0]["kid"] for name in ("one", "two")] == kids
+
+
 def test_tokens_are_carried_where_the_spec_says() -> None:
     header = Request("GET", "/p", (("x", "1"),), JwtSpec(raw="T", location=TokenLocation("x-jwt", "Value ")))
     assert carry(header, "T") == ("/p", (("x", "1"), ("x-jwt", "Value T")))

@@ -11,13 +11,13 @@ from tests.mesh_local.world import WAYPOINT, scenario
 
 
 def _session(mode: str) -> Iterator[LocalMeshSession]:
-    target = LocalTarget()
-    reason = target.unavailable(mode)  # type: ignore[arg-type]
-    if reason:
-        pytest.skip(reason)
-    waypoints = (WAYPOINT,) if mode == "waypoint" else ()
-    with target.start(scenario(waypoints=waypoints), mode) as session:  # type: ignore[arg-type]
-        yield session
+    with LocalTarget() as target:
+        reason = target.unavailable(mode)  # type: ignore[arg-type]
+        if reason:
+            pytest.skip(reason)
+        waypoints = (WAYPOINT,) if mode == "waypoint" else ()
+        with target.start(scenario(waypoints=waypoints), mode) as session:  # type: ignore[arg-type]
+            yield session
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,12 @@ from tests.mesh_local.world import BACKEND, FRONTEND, OUTSIDER, scenario
 
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "sidecar"
-    session = LocalTarget().start(scenario(FRONTEND, BACKEND, OUTSIDER), mode)  # type: ignore[arg-type]
+    target = LocalTarget()
+    session = target.start(scenario(FRONTEND, BACKEND, OUTSIDER), mode)  # type: ignore[arg-type]
     marker = session._marker.path if session._marker else None
-    print(json.dumps({"pids": session.pids(), "tmpdir": str(session.tmpdir), "marker": str(marker)}), flush=True)
+    host_dir, host_marker = target.apps.files  # the target's app host: one more child, with its own marker
+    print(json.dumps({"pids": [*session.pids(), target.apps.pid()], "tmpdir": str(session.tmpdir),
+                      "marker": str(marker), "host_dir": str(host_dir), "host_marker": str(host_marker)}), flush=True)
     threading.Event().wait()
 
 

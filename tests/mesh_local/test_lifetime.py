@@ -66,7 +66,8 @@ def _needs_local_target() -> None:
 
 
 def test_close_leaves_nothing_behind() -> None:
-    session = LocalTarget().start(scenario(FRONTEND, BACKEND), "sidecar")
+    target = LocalTarget()
+    session = target.start(scenario(FRONTEND, BACKEND), "sidecar")
     pids, tmpdir = session.pids(), session.tmpdir
     marker = session._marker.path if session._marker else None
     assert pids and tmpdir is not None and tmpdir.is_dir()
@@ -75,6 +76,28 @@ def test_close_leaves_nothing_behind() -> None:
     assert not tmpdir.exists()
     assert marker is not None and not marker.exists()
     session.close()  # idempotent
+    # the app host outlives a run (the target's, shared by its runs) and goes with the target
+    host, (host_dir, host_marker) = target.apps.pid(), target.apps.files
+    assert host is not None and _running(host) and host_dir is not None and host_dir.is_dir()
+    target.close()
+    assert _wait_gone([host], 0.5) == []
+    assert not host_dir.exists() and host_marker is not None and not host_marker.exists()
+    target.close()  # idempotent
+
+
+def test_a_closed_run_releases_its_app_listeners_before_its_block() -> None:
+    """A later run may get the same loopback block: the closed run's apps must not answer on it any more."""
+    import socket
+
+    with LocalTarget() as target:
+        session = target.start(scenario(FRONTEND, BACKEND), "sidecar")
+        app = session.layout.app_address[BACKEND.ref] if session.layout else ""
+        port = session.layout.real(BACKEND.ports[0].number) if session.layout else 0
+        socket.create_connection((app, port), timeout=2).close()  # the backend's app listens
+        session.close()
+        with pytest.raises(OSError):
+            socket.create_connection((app, port), timeout=2).close()
+        assert target.apps.problem() is None  # the host itself lives on for the next run
 
 
 def test_sigkill_of_the_test_process_kills_its_children_and_the_next_run_reaps_its_files() -> None:
@@ -86,9 +109,11 @@ def test_sigkill_of_the_test_process_kills_its_children_and_the_next_run_reaps_i
     child.wait()
     assert _wait_gone(pids) == [], "children of a SIGKILLed run survived it"
     assert tmpdir.is_dir()  # nobody could clean up: that is the next run's job
-    with LocalTarget().start(scenario(FRONTEND, BACKEND), "sidecar"):
+    with LocalTarget() as target, target.start(scenario(FRONTEND, BACKEND), "sidecar"):
         assert not tmpdir.exists(), "a new run did not reap the killed run's temp dir"
         assert not Path(str(info["marker"])).exists()
+        assert not Path(str(info["host_dir"])).exists(), "a new run did not reap the killed app host's temp dir"
+        assert not Path(str(info["host_marker"])).exists()
 
 
 def test_sigterm_closes_the_mesh() -> None:
@@ -99,6 +124,7 @@ def test_sigterm_closes_the_mesh() -> None:
     assert _wait_gone(pids) == []
     assert not Path(str(info["tmpdir"])).exists()
     assert not Path(str(info["marker"])).exists()
+    assert not Path(str(info["host_dir"])).exists() and not Path(str(info["host_marker"])).exists()
 
 
 def test_reaper_kills_stale_children_of_a_dead_run(tmp_path: Path) -> None:

@@ -5,21 +5,26 @@ body's first line is `<ns>/<name> responding`, and a JSON echo follows with the 
 headers the app received (including the caller identity the proxy forwarded, x-forwarded-client-cert)
 and the address the connection came from, so a report shows what really arrived.
 
-One process serves every app of a run (one listener per workload port, each on that workload's own
-app address), started as a plain script (`python app.py SPEC`, no package import: it starts in tens of
-milliseconds). It prints `ready` once every socket is bound. Pitfalls from research/envoy-local-mesh.md:
-the listen backlog is 256 (the default 5 drops SYNs under parallel probes) and Nagle is off with the
-whole response written at once (headers and body in separate writes cost ~40 ms with delayed ACKs).
+One process serves the apps of every run of a target (apphost.py starts it once, as a plain script with no
+package import), one listener per workload port, each on that workload's own app address in its run's own
+loopback block: so each workload keeps its address and its name. Starting a Python process with the HTTP
+server's imports cost ~50 ms of CPU per run, about a tenth of `pytest policies`' CPU on two cores. It is told
+on stdin, one line per command, `bind <run> <json spec>` (answered `ready <run>` once every socket is
+bound, or `error <run> <message>`, having bound none) and `release <run>` (answered `released <run>` once
+every socket of that run is closed, so its loopback block can be handed to another run). Pitfalls from
+research/envoy-local-mesh.md: the listen backlog is 256 (the default 5 drops SYNs under parallel probes) and
+Nagle is off with the whole response written at once (headers and body in separate writes cost ~40 ms with
+delayed ACKs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import socketserver
 import sys
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -89,28 +94,67 @@ class EchoHandler(BaseHTTPRequestHandler):
         pass  # the proxies' access logs are the record; the app stays quiet
 
 
-def _accept_all(servers: list[EchoServer]) -> None:
-    """One thread accepts on every listener (each request then gets its own thread, as ThreadingHTTPServer
-    does): a thread per listener, as `serve_forever` has it, was 320 idle threads with their stacks for a
-    200-workload mesh, most of the app's memory."""
-    with selectors.DefaultSelector() as selector:
-        for srv in servers:
-            selector.register(srv, selectors.EVENT_READ)
+class Host:
+    """Every run's listeners in one selector, with the control stream (stdin): one thread accepts on every
+    listener (each request then gets its own thread, as ThreadingHTTPServer does): a thread per listener, as
+    `serve_forever` has it, was 320 idle threads with their stacks for a 200-workload mesh."""
+
+    def __init__(self, control: int, reply: Any) -> None:
+        self.control = control
+        self.reply = reply
+        self.runs: dict[str, list[EchoServer]] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ)
+        self.pending = b""
+
+    def serve(self) -> None:
+        """Until stdin closes (the target closed it, or its process died): then every socket is closed."""
         while True:
-            for key, _ in selector.select():
-                key.fileobj._handle_request_noblock()  # type: ignore[union-attr]  # accept, then a thread
+            for key, _ in self.selector.select():
+                if key.fileobj == self.control:
+                    data = os.read(self.control, 1 << 16)
+                    if not data:
+                        return
+                    self.pending += data
+                    while b"\n" in self.pending:
+                        line, self.pending = self.pending.split(b"\n", 1)
+                        self.command(line.decode())
+                else:
+                    key.fileobj._handle_request_noblock()  # type: ignore[union-attr]  # accept, then a thread
 
+    def command(self, line: str) -> None:
+        verb, _, rest = line.partition(" ")
+        run, _, payload = rest.partition(" ")
+        if verb == "bind":
+            self.say(self.bind(run, json.loads(payload)))
+        elif verb == "release":
+            for server in self.runs.pop(run, []):
+                self.selector.unregister(server)
+                server.server_close()
+            self.say(f"released {run}")
+        else:
+            self.say(f"error {run} unknown command {verb!r}")
 
-def serve(spec: list[dict[str, Any]]) -> None:
-    """Bind every listener of `spec` ([{ref, address, port}]), say `ready`, serve until terminated."""
-    servers = [EchoServer((item["address"], int(item["port"])), item["ref"]) for item in spec]
-    threading.Thread(target=_accept_all, args=(servers,), daemon=True).start()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    threading.Event().wait()
+    def bind(self, run: str, spec: list[dict[str, Any]]) -> str:
+        servers: list[EchoServer] = []
+        try:
+            for item in spec:
+                servers.append(EchoServer((item["address"], int(item["port"])), item["ref"]))
+        except OSError as exc:
+            for server in servers:
+                server.server_close()
+            return f"error {run} cannot bind {item['address']}:{item['port']} for {item['ref']}: {exc}"
+        for server in servers:
+            self.selector.register(server, selectors.EVENT_READ)
+        self.runs.setdefault(run, []).extend(servers)
+        return f"ready {run}"
+
+    def say(self, line: str) -> None:
+        self.reply.write(line.replace("\n", " ") + "\n")
+        self.reply.flush()
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as fh:
-        serve(json.load(fh))
+    # argv[1] is the host's own temp dir: only so that its command line names it (lifetime.reap_stale)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Host(sys.stdin.fileno(), sys.stdout).serve()

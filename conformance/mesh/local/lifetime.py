@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import queue
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 RUNTIME_ENV = "AUTHZ_CONFORMANCE_RUNTIME_DIR"
 TEMP_PREFIX = "authz-mesh-"
@@ -280,8 +281,29 @@ def _setpriv() -> str | None:
     return _LIBC["setpriv"]
 
 
+SPAWN_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def retry_failed_spawn(start: Callable[[], T]) -> T:
+    """`start()` again when the child failed before it ran the program with EFAULT.
+
+    Seen here about once in eight runs of `pytest policies` under load: Popen raised `OSError(14, 'Bad
+    address')` with no file name, which is subprocess's report of a failure in the child's set-up *before*
+    exec (`_posixsubprocess` writes "noexec" to its error pipe; subprocess.py raises without a filename), so
+    no program ran and nothing was observed: starting it again is not retrying an observation away.
+    Any other error, or the same one three times, is raised as it is."""
+    for attempt in range(SPAWN_ATTEMPTS):
+        try:
+            return start()
+        except OSError as exc:
+            if exc.errno != errno.EFAULT or exc.filename is not None or attempt == SPAWN_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def spawn(argv: Sequence[str], *, stdout: Any, stderr: Any, env: dict[str, str] | None = None,
-          cwd: str | None = None) -> subprocess.Popen[bytes]:
+          cwd: str | None = None, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """Start a child that the kernel kills when this process dies (see the module docstring)."""
     setpriv = _setpriv() if sys.platform.startswith("linux") else None
     prctl = None if setpriv else _load_prctl()
@@ -292,16 +314,16 @@ def spawn(argv: Sequence[str], *, stdout: Any, stderr: Any, env: dict[str, str] 
             # vfork + exec: setpriv sets the death signal (tied to this spawner thread, as prctl would be) and
             # execs the command, which keeps it; a child orphaned before that is reaped by the next run
             # (reap_stale: its command line names this run's temp dir)
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
+            return subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                                     cwd=cwd, close_fds=True)
         return subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+            command, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
             # Safe here despite threads: the child only calls prctl and getppid (async-signal-safe,
             # resolved before fork), and all forks come from the one spawner thread.
             preexec_fn=_die_with_parent(os.getpid(), prctl), close_fds=True,  # noqa: PLW1509
         )
 
-    return _SPAWNER.run(start)
+    return _SPAWNER.run(lambda: retry_failed_spawn(start))
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 2.0) -> None:

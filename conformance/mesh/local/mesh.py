@@ -58,13 +58,14 @@ from conformance.mesh.local.addresses import (
     plan_layout,
     slash24s_for,
 )
+from conformance.mesh.local.apphost import AppHost
 from conformance.mesh.local.curl import (
     CURL_MISSING,
     CurlRequest,
     CurlResult,
     curl_binary,
     new_probe_id,
-    run_curl_from_port,
+    run_curl_batch,
 )
 from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_clusters, update_listeners, wait_ready
 from conformance.mesh.local.extauthz import service_index
@@ -100,7 +101,6 @@ from conformance.target import Applied
 from conformance.tokens import IssuerKeys, carry
 from conformance.versions import IstioVersion
 
-_APP_SCRIPT = Path(__file__).with_name("app.py")
 _EXT_AUTHZ_SCRIPT = Path(__file__).with_name("extauthz_server.py")
 
 
@@ -156,6 +156,17 @@ class LocalTarget:
         self.startup_timeout = startup_timeout
         self.canary = canary
         self.keep_files = keep_files
+        self.apps = AppHost(startup_timeout)  # every run's workload apps (apphost.py), started on first use
+
+    def close(self) -> None:
+        """Stop what the target shares between its runs (the app host); each run closes its own mesh."""
+        self.apps.close()
+
+    def __enter__(self) -> LocalTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def runs_alone(self, scenario: Scenario, step: object) -> bool:
         """Never: a local session's policies reach only its own Envoys (its own addresses, its own files), so even
@@ -305,7 +316,8 @@ class LocalMeshSession:
         self._kind: dict[str, str] = {}  # proxy ref -> "sidecar" | "ztunnel" | "waypoint"
         self._served: dict[str, list[tuple[config.Peer, Port]]] = {}  # waypoint ref -> service ports
         self._gateway_routes: dict[str, list[gateway.Onward]] = {}  # gateway ref -> its routes' backends
-        self._app: subprocess.Popen[bytes] | None = None
+        self._run_id = ""  # this run's name at the target's app host (its temp dir's: unique while it lives)
+        self._bound = False  # whether the app host holds listeners of this run
         self._block: AddressBlock | None = None
         self._marker: lifetime.RunMarker | None = None
         self._closed = False
@@ -337,6 +349,7 @@ class LocalMeshSession:
         self._block = acquire_block(runtime, size=slash24s_for(len(workloads) + len(waypoints)))
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{lifetime.TEMP_PREFIX}{os.getpid()}-"))
         self._marker = lifetime.RunMarker(runtime, self.tmpdir, self._block.describe())
+        self._run_id = self.tmpdir.name
         lifetime.register(self)
 
         self.layout = layout = plan_layout(self._block, workloads, waypoints)
@@ -389,7 +402,7 @@ class LocalMeshSession:
                 self._served.setdefault(via.ref, []).extend((peer, port) for port in peer.workload.ports)
         self.timings["pki"] = time.monotonic() - t0
 
-        self._start_app(peers)  # its Python start-up overlaps the Envoys'
+        self._start_app(peers)  # the workload apps on the target's app host; the ext-authz server starting
         self._xds = XdsServer(self.tmpdir / "xds.sock")  # the run's private directory: no one else reaches it
         binary = envoy_binary()
         proxies = [p for p in peers if p.workload.in_mesh] + list(waypoint_peers.values())
@@ -557,25 +570,15 @@ class LocalMeshSession:
                                                  stdout=subprocess.PIPE, stderr=err)
             self._marker.add_child(self._ext_authz.pid)
         spec = [where(p, port) for p in peers if p.workload.kind == "app" for port in p.workload.ports]
-        if not spec:
-            return
-        spec_path = self.tmpdir / "apps.json"
-        spec_path.write_text(json.dumps(spec))
-        err_path = self.tmpdir / "app.stderr"
-        with open(err_path, "wb") as err:
-            self._app = lifetime.spawn(
-                [sys.executable, "-S", "-u", str(_APP_SCRIPT), str(spec_path)],
-                stdout=subprocess.PIPE, stderr=err,
-            )
-        self._marker.add_child(self._app.pid)
+        self.target.apps.bind(self._run_id, spec)
+        self._bound = bool(spec)
 
     def _wait_app(self) -> None:
-        """The app (and the ext-authz server) say `ready` once every socket is bound; anything else is a
-        start-up failure."""
+        """The ext-authz server says `ready` once every socket is bound; anything else is a start-up failure
+        (the workload apps were bound by the target's app host before: `_start_app`)."""
         if self.tmpdir is None:
             return
-        for proc, name, what in ((self._app, "app.stderr", "the workload app"),
-                                 (self._ext_authz, "ext-authz.stderr", "the ext-authz server")):
+        for proc, name, what in ((self._ext_authz, "ext-authz.stderr", "the ext-authz server"),):
             if proc is None:
                 continue
             assert proc.stdout is not None
@@ -852,20 +855,17 @@ class LocalMeshSession:
         marks = {ref: len(log.records) for ref, log in self._logs.items()}
         plans = [self._plan(p) for p in probes]
         t = self.target
-        workers = min(t.parallel, len(plans))
-
-        def run(plan: _Planned) -> CurlResult:
-            return run_curl_from_port(plan.request, self._curl, t.connect_timeout, t.max_time, self._reserved)
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="authz-curl") as pool:
-            results = list(pool.map(run, plans))
+        results = run_curl_batch([p.request for p in plans], self._curl, t.connect_timeout, t.max_time,
+                                 self._reserved, workers=t.parallel, workdir=self.tmpdir)
         proofs = self._find_proofs(plans, results, marks)
         dead = self._dead_proxies()
+        app_problem = self.target.apps.problem() if self._bound else None
         observations = []
         for plan, result, (proof, notes) in zip(plans, results, proofs, strict=True):
             outcome = _with_proof(classify(result.evidence, self._answering(plan.probe)), result, proof)
             on_path = [plan.probe.source.ref, *self._enforcers(plan.probe)]
-            problem = "; ".join(dead[ref] for ref in dict.fromkeys(on_path) if ref in dead) or None
+            problem = "; ".join([*(dead[ref] for ref in dict.fromkeys(on_path) if ref in dead),
+                                 *([app_problem] if app_problem else [])]) or None
             observations.append(Observation(outcome, result.evidence, proof, notes, problem=problem))
         return observations
 
@@ -964,6 +964,7 @@ class LocalMeshSession:
         ]
         deadline = time.monotonic() + timeout
         final = False
+        pause = 0.001
         while True:
             for log in self._logs.values():
                 log.refresh()
@@ -978,7 +979,11 @@ class LocalMeshSession:
                 break
             final = time.monotonic() > deadline  # one last pass takes the best record there is
             if not final:
-                time.sleep(0.002)  # Envoy flushes each record at once (envoy.py ENVOY_FLAGS): poll closely
+                # Envoy flushes each record at once (envoy.py ENVOY_FLAGS), so most are there on the first or second
+                # look: poll closely at first, then back off (every look re-reads each log and re-matches every
+                # probe still unproven: at a fixed 2 ms that was a visible share of the suite's CPU)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.016)
         # One record proves one probe: a record two probes claim proves neither.
         owners: dict[tuple[str, int], list[int]] = {}
         for i, (ref, rec) in found.items():
@@ -1081,7 +1086,7 @@ class LocalMeshSession:
 
     def pids(self) -> list[int]:
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        procs += [p for p in (self._app, self._ext_authz) if p is not None]
+        procs += [p for p in (self._ext_authz,) if p is not None]
         return [p.pid for p in procs]
 
     def ext_authz_decisions(self) -> list[dict[str, Any]]:
@@ -1109,13 +1114,16 @@ class LocalMeshSession:
                 return
             self._closed = True
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        procs += [p for p in (self._app, self._ext_authz) if p is not None]
+        procs += [p for p in (self._ext_authz,) if p is not None]
         lifetime.stop_processes(procs)
+        if self._bound:  # before the block is released: no later run may find this run's apps on its addresses
+            with contextlib.suppress(TargetError):
+                self.target.apps.release(self._run_id)
         for env in self._envoys.values():
             env.close_admin()
         if self._xds is not None:
             self._xds.close()
-        for proc in (self._app, self._ext_authz):
+        for proc in (self._ext_authz,):
             if proc is not None and proc.stdout is not None:
                 with contextlib.suppress(OSError):
                     proc.stdout.close()
