@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,6 +102,10 @@ from conformance.tokens import IssuerKeys, carry
 from conformance.versions import IstioVersion
 
 _EXT_AUTHZ_SCRIPT = Path(__file__).with_name("extauthz_server.py")
+
+
+PROOF_WAIT = 2.0  # seconds a round waits for the records of its probes (Envoy writes each at once: ENVOY_FLAGS)
+PROOF_WAIT_DURING_APPLY = 0.25  # for a round begun during apply(), which is never judged (LocalMeshSession.probe)
 
 
 def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
@@ -323,6 +327,11 @@ class LocalMeshSession:
         self._closed = False
         self._close_lock = threading.RLock()  # a signal handler may close while close() runs
         self._apply_lock = threading.Lock()
+        # A probe round during which apply() changed listeners (it was changing them when the round began, or began
+        # to while it ran) started before that apply's barrier, so it is never judged (gap.py: a round counts from
+        # `Applied.acknowledged_at` on; a run's steps, and so its judged rounds and its applies, follow each other)
+        self._applying = False
+        self._applies = 0
         self._curl = curl_binary() or "curl"
         self._reserved: frozenset[int] = frozenset()
         self._keys = IssuerKeys(scenario.issuers)  # the issuers' signing keys, made when first needed
@@ -820,10 +829,15 @@ class LocalMeshSession:
         self._check_open()
         with self._apply_lock:
             start = time.monotonic()
-            jwks = self._keys.all_jwks() if self.scenario.issuers else None
-            rendered = tuple(m.rendered(self.addresses, jwks) for m in policies)
-            changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
-            update_listeners(changes)
+            self._applying = True
+            self._applies += 1
+            try:
+                jwks = self._keys.all_jwks() if self.scenario.issuers else None
+                rendered = tuple(m.rendered(self.addresses, jwks) for m in policies)
+                changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
+                update_listeners(changes)
+            finally:
+                self._applying = False  # before `acknowledged` is read: a round started after it sees False
             acknowledged = time.monotonic()
             seconds = acknowledged - start
             before = {m.key: m.body for m in self._policies}
@@ -849,6 +863,10 @@ class LocalMeshSession:
         self._check_open()
         if not probes:
             return []
+        applying, applies = self._applying, self._applies  # read first: see __init__
+
+        def unjudged() -> bool:
+            return applying or self._applies != applies
         self._ensure_routes(probes)
         for log in self._logs.values():
             log.refresh()
@@ -857,7 +875,10 @@ class LocalMeshSession:
         t = self.target
         results = run_curl_batch([p.request for p in plans], self._curl, t.connect_timeout, t.max_time,
                                  self._reserved, workers=t.parallel, workdir=self.tmpdir)
-        proofs = self._find_proofs(plans, results, marks)
+        # A round begun while listeners were being replaced may have connections the replacement closed (drain time
+        # 0: a reset no proxy records as a decision); waiting the full time for records that never come cost the
+        # suite seconds, and such a round is never judged: it only draws the enforcement gap (gap.py)
+        proofs = self._find_proofs(plans, results, marks, unjudged)
         dead = self._dead_proxies()
         app_problem = self.target.apps.problem() if self._bound else None
         observations = []
@@ -947,7 +968,8 @@ class LocalMeshSession:
         return probe.destination.ref
 
     def _find_proofs(self, plans: Sequence[_Planned], results: Sequence[CurlResult],
-                     marks: Mapping[str, int], timeout: float = 2.0) -> list[tuple[Proof | None, tuple[str, ...]]]:
+                     marks: Mapping[str, int], unjudged: Callable[[], bool] = lambda: False,
+                     ) -> list[tuple[Proof | None, tuple[str, ...]]]:
         """Find each probe's one deciding record at the enforcing proxy, waiting for the logs to be flushed.
 
         A record belongs to a probe by keys the suite made (curl.py): the probe's own header at HTTP-aware
@@ -955,6 +977,8 @@ class LocalMeshSession:
         waypoints pass on, or through the source proxy's record of the connection, whose upstream
         address is what the enforcing proxy sees), and only if the proxy saw it start while that curl
         ran. Zero records, or two that could each be the decision, is no proof (with a note saying so).
+        It waits up to PROOF_WAIT for the records; up to PROOF_WAIT_DURING_APPLY when `unjudged()` says an apply()
+        overlapped the round (probe(): such a round is never judged, and its resets may have no record at all).
         """
         found: dict[int, tuple[str, LogRecord]] = {}
         ambiguous: dict[int, str] = {}
@@ -962,7 +986,7 @@ class LocalMeshSession:
             i for i, (plan, res) in enumerate(zip(plans, results, strict=True))
             if self._enforcers(plan.probe) and res.connected
         ]
-        deadline = time.monotonic() + timeout
+        begun = time.monotonic()
         final = False
         pause = 0.001
         while True:
@@ -977,7 +1001,8 @@ class LocalMeshSession:
                         ambiguous[i] = why
             if len(found) + len(ambiguous) == len(wanted) or final:
                 break
-            final = time.monotonic() > deadline  # one last pass takes the best record there is
+            # one last pass takes the best record there is
+            final = time.monotonic() - begun > (PROOF_WAIT_DURING_APPLY if unjudged() else PROOF_WAIT)
             if not final:
                 # Envoy flushes each record at once (envoy.py ENVOY_FLAGS), so most are there on the first or second
                 # look: poll closely at first, then back off (every look re-reads each log and re-matches every
