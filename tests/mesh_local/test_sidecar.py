@@ -186,3 +186,53 @@ def test_port_level_modes_pick_the_chains_per_port(sidecar_mesh: LocalMeshSessio
     assert http.outcome == DENIED_L4 and http.proof is not None and http.proof.kind == "strict-mtls", http
     assert tcp.outcome == ALLOWED, tcp
     assert mesh_tcp.outcome == ALLOWED, mesh_tcp
+
+
+def test_only_a_round_an_apply_overlapped_waits_briefly_for_its_proofs(sidecar_mesh: LocalMeshSession,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """mesh.py PROOF_WAIT_DURING_APPLY: a round that apply() overlapped began before that apply's barrier, so it is
+    never judged (gap.py) and may give up on records early; every other round waits the full PROOF_WAIT."""
+    import threading
+
+    from conformance.mesh.local import mesh as mesh_module
+
+    seen: list[bool] = []
+    real = mesh_module.LocalMeshSession._find_proofs
+
+    def spy(self, plans, results, marks, unjudged=lambda: False):  # type: ignore[no-untyped-def]
+        seen.append(unjudged())
+        return real(self, plans, results, marks, unjudged)
+
+    monkeypatch.setattr(mesh_module.LocalMeshSession, "_find_proofs", spy)
+    sidecar_mesh.apply([])
+    sidecar_mesh.probe([probe(FRONTEND, BACKEND, 80)])  # no apply anywhere near: judged
+    entered, release = threading.Event(), threading.Event()
+    real_update = mesh_module.update_listeners
+
+    def slow_update(changes):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(10)
+        return real_update(changes)
+
+    monkeypatch.setattr(mesh_module, "update_listeners", slow_update)
+    applying = threading.Thread(target=sidecar_mesh.apply, args=([DENY_ROGUE],))
+    applying.start()
+    assert entered.wait(10)
+    began = threading.Event()
+    real_routes = mesh_module.LocalMeshSession._ensure_routes
+
+    def routes(self, probes):  # type: ignore[no-untyped-def]
+        began.set()  # probe() has read whether an apply is under way
+        return real_routes(self, probes)
+
+    monkeypatch.setattr(mesh_module.LocalMeshSession, "_ensure_routes", routes)
+    during = threading.Thread(target=sidecar_mesh.probe, args=([probe(ROGUE, BACKEND, 80)],))
+    during.start()  # begins while apply() is changing listeners
+    assert began.wait(10)
+    release.set()
+    applying.join(10)
+    during.join(10)
+    monkeypatch.setattr(mesh_module, "update_listeners", real_update)
+    [after] = sidecar_mesh.probe([probe(ROGUE, BACKEND, 80)])  # after the barrier: judged, full wait
+    assert seen == [False, True, False]
+    assert after.outcome == DENIED_L7 and after.proof is not None
