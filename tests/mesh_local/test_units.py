@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Container
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conformance.mesh.local.addresses import OUTBOUND_BASE, build_port_map
 from conformance.mesh.local.curl import CURL_MISSING, CurlRequest
@@ -241,3 +245,57 @@ def test_disable_on_the_ext_authz_provider_is_refused_in_sidecar_mode_only() -> 
     assert reason is not None and "ext-authz/ext-authz:8080" in reason and "step 's'" in reason
     assert LocalTarget().refusal(refused, "sidecar") is not None
     assert LocalTarget().refusal(refused, "ambient") is None
+
+
+class _AllPortsDeque:
+    """SourcePorts as it was (a deque of every port per address, built when the address is first seen): the
+    reference the lazy one must lend exactly like."""
+
+    def __init__(self, low: int, high: int, rest: float, clock: Callable[[], float]) -> None:
+        from collections import deque
+
+        self._range, self._rest, self._clock = range(low, high + 1), rest, clock
+        self._free: dict[str, Any] = {}
+        self._deque = deque
+
+    def take(self, address: str, reserved: Container[int] = ()) -> int | None:
+        free = self._free.setdefault(address, self._deque((0.0, p) for p in self._range))
+        now = self._clock()
+        for _ in range(len(free)):
+            ready, port = free[0]
+            if ready > now:
+                return None
+            free.popleft()
+            if port not in reserved:
+                return port
+            free.append((ready, port))
+        return None
+
+    def give_back(self, address: str, port: int | None) -> None:
+        if port is not None:
+            self._free[address].append((self._clock() + self._rest, port))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["take", "give", "tick"]), st.sampled_from(["a", "b"]),
+                          st.frozensets(st.integers(100, 107), max_size=3), st.floats(0, 40)), max_size=60))
+def test_source_ports_lend_exactly_as_the_all_ports_deque_did(ops: list[tuple[str, str, frozenset[int], float]],
+                                                               ) -> None:
+    from conformance.mesh.local.curl import SourcePorts
+
+    now = [0.0]
+    lazy = SourcePorts(low=100, high=107, rest=61.0, clock=lambda: now[0])
+    reference = _AllPortsDeque(100, 107, 61.0, lambda: now[0])
+    lent: dict[str, list[int]] = {"a": [], "b": []}
+    for op, address, reserved, seconds in ops:
+        if op == "take":
+            got = lazy.take(address, reserved)
+            assert got == reference.take(address, reserved)
+            if got is not None:
+                lent[address].append(got)
+        elif op == "give" and lent[address]:
+            port = lent[address].pop(0)
+            lazy.give_back(address, port)
+            reference.give_back(address, port)
+        else:
+            now[0] += seconds
