@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -31,7 +34,14 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
     if problems:
         raise NotModelled(problems)
     addrs = dict(addresses) if addresses is not None else default_addresses(scenario)
-    return State(
+    key = (id(scenario), tuple((m.kind, m.api_version, m.name, m.namespace, json.dumps(m.body, sort_keys=True))
+                               for m in step.policies), tuple(sorted(addrs.items())))
+    with _STATES_LOCK:
+        cached = _STATES.get(key)
+        if cached is not None and cached[0] is scenario:
+            _STATES.move_to_end(key)
+            return cached[1]
+    state = State(
         mesh=scenario.mesh,
         workloads=scenario.workloads,
         waypoints=scenario.waypoints,
@@ -40,6 +50,20 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
         issuers=scenario.issuers,
         dataplanes=dict(scenario.dataplanes),
     )
+    with _STATES_LOCK:
+        _STATES[key] = (scenario, state)  # the scenario is kept alive with it, so its id() is not reused meanwhile
+        while len(_STATES) > _STATES_KEPT:
+            _STATES.popitem(last=False)
+    return state
+
+
+# The States made most recently, by scenario, policies and addresses. A State compiles what it needs once per mode and
+# release and keeps it (decide.State); a step's prediction and the next step's "before" prediction
+# (runner.newly_denied) are the same policy set over the same world, so they share one: the engine's translations
+# were a seventh of the suite's Python time. A State is never changed once made, so sharing one changes no answer.
+_STATES: OrderedDict[tuple[Any, ...], tuple[Scenario, State]] = OrderedDict()
+_STATES_LOCK = threading.Lock()
+_STATES_KEPT = 128
 
 
 # -- narrow guard: what the engine refuses to predict ---------------------------------------------------------
