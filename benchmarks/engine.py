@@ -21,11 +21,11 @@ look, or for an engine without fast.decide_matrix, where every cell is a decide(
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import time
 from collections.abc import Callable
+
+import host  # benchmarks/host.py: a script's own directory is on sys.path
 
 from conformance.engine import State, decide
 from conformance.model import Manifest, MeshConfig, Mode, Port, Probe, Request, Workload
@@ -128,30 +128,14 @@ def matrix_seconds(mode: Mode, version: IstioVersion, rows: int | None) -> tuple
     return seconds, cells, how
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, nproc {usable} (of {os.cpu_count()}), Python {platform.python_version()}"
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs per rate; the fastest counts (default 5)")
     parser.add_argument("--rows", type=int, default=None, help="time only the matrix's first N destinations")
     args = parser.parse_args()
     version = IstioVersion.parse("1.30")
-    print(f"machine: {machine()}")
-    print(f"load average before: {load()}")
+    print(f"machine: {host.machine()}")
+    print(f"load average before: {host.load()}")
     rows: list[tuple[str, str, str, bool]] = []
     for mode in ("sidecar", "ambient"):
         rate = decisions_per_second(mode, version, args.repeats)  # type: ignore[arg-type]
@@ -168,7 +152,7 @@ def main() -> None:
         decide(state, p, "sidecar", version)
     seconds = time.process_time() - t0
     rows.append(("1,000-workload × 1,000-probe truth table (sidecar), s", f"{seconds:.2f}", "< 30", seconds < 30))
-    print(f"load average after: {load()}")
+    print(f"load average after: {host.load()}")
     print("command: python benchmarks/engine.py" + (f" --rows {args.rows}" if args.rows else "")
           + (f" --repeats {args.repeats}" if args.repeats != 5 else ""))
     width = max(len(r[0]) for r in rows)

@@ -17,8 +17,6 @@ before and after), the median of several runs where it says so. `--quick` runs f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import host  # benchmarks/host.py: a script's own directory is on sys.path
 
 from conformance.gap import measure_gap
 from conformance.mesh.local.curl import BATCH_SIZE, run_curl
@@ -181,31 +181,12 @@ def overhead(session: LocalMeshSession, sc: Scenario, runs: int) -> tuple[float,
     return statistics.median(bare), statistics.median(full)
 
 
-def cpu_model() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return cpu
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages (the machine is shared: they say how much of it the figures had)."""
-    if not hasattr(os, "getloadavg"):
-        return "unknown"
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def machine() -> str:
     envoy = subprocess.run([str(envoy_binary()), "--version"], capture_output=True, text=True, check=False)
     found = re.search(r"version: \S+?/([\d.]+)/", envoy.stdout)
     envoy_version = found.group(1) if found else "?"
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split()[1]
-    return (f"{cpu_model()}, nproc {os.cpu_count()}; Linux {platform.release()}; "
-            f"Python {platform.python_version()}; Envoy {envoy_version}; curl {curl}")
+    return f"{host.machine()}; Envoy {envoy_version}; curl {curl}"
 
 
 def verdict(ok: bool) -> str:
@@ -218,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = 2 if args.quick else 5
     header = machine()
-    load_before = load()
+    load_before = host.load()
     rows: list[Row] = []
 
     for n, goal in ((10, 1.5), (50, 2.0), (200, 8.0)):
@@ -268,7 +249,7 @@ def main() -> None:
 
     print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
     print(f"machine: {header}")
-    print(f"load average (1/5/15 min): {load_before} before, {load()} after")
+    print(f"load average (1/5/15 min): {load_before} before, {host.load()} after")
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     print(f"{'figure':<{width}}  {'value':>{vwidth}}  {'goal':<9}  result")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import host  # benchmarks/host.py: a script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 25.0
@@ -44,18 +45,6 @@ def pytest_sessionfinish(session, exitstatus):
     with open(os.environ["AUTHZ_SUITE_FIGURES"], "w") as fh:
         json.dump({"steps": out, "exitstatus": int(exitstatus)}, fh)
 '''
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def run_once(paths: list[str], concurrency: int | None) -> tuple[float, dict[str, object]]:
@@ -107,7 +96,7 @@ def main() -> None:
     print(f"command: python benchmarks/suite.py {' '.join(args.paths)}"
           + (f" --local-concurrency {args.local_concurrency}" if args.local_concurrency else "")
           + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
-    print(f"machine: {machine()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(f"machine: {host.machine()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(f"pytest: {last['summary']}")
     rows = [
         (f"wall time, pytest {' '.join(args.paths)} ({len(steps)} steps in {runs} scenario runs"
