@@ -1,4 +1,4 @@
-"""Real curl, one process per probe, the way a user would test a policy from inside the source pod.
+"""Real curl, the way a user would test a policy from inside the source pod: one transfer per probe.
 
 The URL keeps the scenario's view (`http://<name>.<namespace>[:port]<path>`, so the Host header is what
 an in-cluster client would send, port 80 included) and `--connect-to` points the connection where the

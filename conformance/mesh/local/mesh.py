@@ -2,15 +2,16 @@
 
 `LocalTarget` implements `conformance.target.Target`; `LocalMeshSession` is one running mesh for one
 scenario in one mode. This module only orchestrates: addresses (`addresses`), certificates (`pki`),
-the app (`app`), Envoy config per role (`config`), the policy compiler (`authz`), processes and acks
-(`envoy`, `lifetime`), curl (`curl`) and proofs (`logs`).
+the apps (`app`, on the target's one host: `apphost`), Envoy config per role (`config`), the policy
+compiler (`authz`), processes and acks (`envoy`, `lifetime`), curl (`curl`) and proofs (`logs`).
 
 A session, start to end:
 1. reap what killed runs left, take free loopback /24s (one per 126 workloads), make a private temp dir and
    a run marker;
 2. one CA, one SPIFFE leaf per in-mesh workload; the JWT issuers' signing keys (tokens.py) when first needed;
-3. one app process serving every workload's ports, each on the workload's own app address, and one
-   ext-authz server process (extauthz_server.py: Istio's sample, HTTP and gRPC) for `kind: ext-authz` ones;
+3. every workload's ports bound on the target's app host (one process for all of the target's runs), each on
+   the workload's own app address, and one ext-authz server process (extauthz_server.py: Istio's sample, HTTP
+   and gRPC) for `kind: ext-authz` ones;
 4. per in-mesh workload one Envoy (a sidecar, or a "ztunnel" in ambient and waypoint modes), plus in
    waypoint mode one Envoy per waypoint, all started at once, ready when every admin /ready says LIVE
    and no initial listener was rejected; the listeners that never change live in the bootstrap, the
@@ -21,10 +22,12 @@ A session, start to end:
 6. `apply()`: fill `${jwks:<issuer>}` with the run's JWKS, compile the complete policy set per workload
    (CUSTOM pairs, the JWT filter, RBAC: `authz`, `authn`, `extauthz`), rewrite only the listeners that
    changed, return once every affected Envoy has acknowledged them (the propagation barrier);
-7. `probe()`: curl per probe in parallel (each probe's JWT minted for it and carried where its spec says),
+7. `probe()`: the round's probes as one curl process, one transfer, source port and connection per probe (each
+   probe's JWT minted for it and carried where its spec says),
    classified from curl's output, each denial backed by the enforcing proxy's access-log record (RBAC,
    the JWT filter's message, ext_authz naming the CUSTOM policy);
-8. `close()`: everything stopped, every file removed (also from atexit, SIGTERM and SIGHUP).
+8. `close()`: everything stopped, the run's app listeners released, every file removed (also from atexit,
+   SIGTERM and SIGHUP).
 """
 
 from __future__ import annotations
@@ -561,7 +564,7 @@ class LocalMeshSession:
         return out
 
     def _start_app(self, peers: Sequence[config.Peer]) -> None:
-        """One app process for every workload port; the app of an out-of-mesh workload listens on the
+        """Every workload port's app, bound on the target's app host; the app of an out-of-mesh workload listens on the
         workload's own address (nothing stands in front of it), an in-mesh one on its app address."""
         assert self.tmpdir is not None and self.layout is not None and self._marker is not None
         def where(p: config.Peer, port: Port) -> dict[str, Any]:

@@ -175,6 +175,9 @@ class XdsServer:
             return
         version, anys = node.resources[type_url]
         nonce = str(next(self._nonces))
+        superseded = node.nonce.get(type_url)
+        if superseded is not None:  # its answer is ignored from now on (_on_request): forget it
+            node.nonce_version.pop(superseded, None)
         node.nonce[type_url] = nonce
         node.nonce_version[nonce] = version
         node.queue.put_nowait(discovery_pb2.DiscoveryResponse(
