@@ -533,11 +533,16 @@ class LocalMeshSession:
             return
         with self._apply_lock:
             added = missing()  # again: another thread may have added them meanwhile
+            before = {ref: self._contexts[ref] for ref in added}
             for ref, keys in added.items():
                 ctx = self._contexts[ref]
                 self._contexts[ref] = replace(ctx, outbound=(ctx.outbound or frozenset()) | keys)
-            update_clusters({self._envoys[ref]: self._outbound_clusters(ref) for ref in added})
-            update_listeners({self._envoys[ref]: self._listeners(ref, self._policies) for ref in added})
+            try:
+                update_clusters({self._envoys[ref]: self._outbound_clusters(ref) for ref in added})
+                update_listeners({self._envoys[ref]: self._listeners(ref, self._policies) for ref in added})
+            except BaseException:
+                self._contexts.update(before)  # not in force: the next probe that needs them tries again
+                raise
 
     def _onward(self, me: config.Peer, by_ref: Mapping[str, config.Peer],
                 waypoint_for: Mapping[str, config.Peer]) -> list[gateway.Onward]:
