@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance.engine.combine import every, some
 from conformance.engine.matchers import (
     envoy_header,
     envoy_regex,
@@ -262,11 +263,11 @@ class EnvoySemantics:
         pos = [self.value_check(name, v, ns) for v in values]
         neg = [self.value_check(name, v, ns) for v in not_values]
         if pos and neg:
-            p, n = _any(pos), _any(neg)
+            p, n = some(pos), some(neg)
             return lambda a: p(a) and not n(a)
         if pos:
-            return _any(pos)
-        n = _any(neg)
+            return some(pos)
+        n = some(neg)
         return lambda a: not n(a)
 
     # -- rules ---------------------------------------------------------------------------------
@@ -291,8 +292,8 @@ class EnvoySemantics:
                             return None
                         continue
                     checks.append(self.field_check(f.name, f.values, f.not_values, ns))
-                alternatives.append(_all(checks))
-            return label, _any(alternatives)
+                alternatives.append(every(checks))
+            return label, some(alternatives)
 
         if rule.sources is not None:
             g = group("from", rule.sources)
@@ -398,40 +399,6 @@ def _claim_check(path: list[str], value: str) -> Check:
     (matcher.StringMatcher: exact, `x*` prefix, `*x` suffix, `*` `.+`) on the claim as a string or a list."""
     match = envoy_string(value)
     return lambda a: claim_matches(metadata_value(a.payload, path), match)
-
-
-def _all(checks: list[Check]) -> Check:
-    if not checks:
-        return lambda a: True
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        c1, c2 = checks
-        return lambda a: c1(a) and c2(a)
-
-    def every(a: Attributes) -> bool:  # a plain loop: faster than all() with a generator on this hot path
-        for c in checks:  # noqa: SIM110
-            if not c(a):
-                return False
-        return True
-
-    return every
-
-
-def _any(checks: list[Check]) -> Check:
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        c1, c2 = checks
-        return lambda a: c1(a) or c2(a)
-
-    def some(a: Attributes) -> bool:
-        for c in checks:  # noqa: SIM110
-            if c(a):
-                return True
-        return False
-
-    return some
 
 
 def _td_wildcard(a: str, b: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +33,10 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
     if problems:
         raise NotModelled(problems)
     addrs = dict(addresses) if addresses is not None else default_addresses(scenario)
-    key = (id(scenario), tuple((m.kind, m.api_version, m.name, m.namespace, json.dumps(m.body, sort_keys=True))
-                               for m in step.policies), tuple(sorted(addrs.items())))
+    # repr, not JSON: JSON would make {1: x} and {"1": x} one key (and cannot sort mixed keys); two bodies with
+    # equal repr are equal (dicts, lists, strings, numbers), and equal bodies in another key order only miss
+    key = (id(scenario), tuple((m.kind, m.api_version, m.name, m.namespace, repr(m.body)) for m in step.policies),
+           tuple(sorted(addrs.items())))
     with _STATES_LOCK:
         cached = _STATES.get(key)
         if cached is not None and cached[0] is scenario:

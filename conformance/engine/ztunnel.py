@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TypeVar
 
+from conformance.engine.combine import every, some
 from conformance.engine.matchers import ip_in, ztunnel_string
 from conformance.engine.policy import AuthorizationPolicy, Field, Rule
 
@@ -219,32 +220,7 @@ def compile_match(m: Match) -> ConnCheck | None:
         _either([ztunnel_string(v) for v in m.namespaces], [ztunnel_string(v) for v in m.not_namespaces],
                 lambda f, c: f(c.namespace)),
     ) if c is not None]
-    return _every(checks)
-
-
-def _every(checks: Sequence[ConnCheck]) -> ConnCheck:
-    """AND of `checks` (True for none), without a generator per call: this runs for every connection a probe
-    makes, and all() over a generator costs more than the checks themselves."""
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        first, second = checks
-        return lambda c: first(c) and second(c)
-
-    def every(c: Connection) -> bool:
-        for check in checks:  # noqa: SIM110
-            if not check(c):
-                return False
-        return True
-
-    return every
-
-
-def _some(checks: Sequence[ConnCheck]) -> ConnCheck:
-    """OR of `checks` (False for none: a clause whose Matches are all empty never matches)."""
-    if len(checks) == 1:
-        return checks[0]
-    return lambda c: any(m(c) for m in checks)
+    return every(checks)
 
 
 def compile_rule(rule: ZRule) -> ConnCheck:
@@ -256,7 +232,7 @@ def compile_rule(rule: ZRule) -> ConnCheck:
         if not clause:
             continue
         clauses.append([c for c in (compile_match(m) for m in clause) if c is not None])
-    return _every([_some(matches) for matches in clauses])
+    return every([some(matches) for matches in clauses])
 
 
 
