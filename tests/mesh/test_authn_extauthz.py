@@ -285,15 +285,15 @@ def test_an_issuers_key_is_made_once_when_apply_and_the_gap_loop_ask_at_the_same
 
     made: list[object] = []
     meet = threading.Barrier(2, timeout=0.5)  # two makers at once meet here; one maker alone gives up
-    real = tokens._new_key
+    real = tokens._key
 
-    def slow_new_key():  # type: ignore[no-untyped-def]
-        made.append(object())
+    def slow_key(position):  # type: ignore[no-untyped-def]
+        made.append(position)
         with contextlib.suppress(threading.BrokenBarrierError):
             meet.wait()
-        return real()
+        return real(position)
 
-    monkeypatch.setattr(tokens, "_new_key", slow_new_key)
+    monkeypatch.setattr(tokens, "_key", slow_key)
     keys = IssuerKeys((Issuer("example", "https://example.com"),))
     out: dict[str, str] = {}
     threads = [threading.Thread(target=lambda: out.update(jwks=keys.jwks("example"))),
