@@ -57,6 +57,27 @@ def test_a_run_of_200_takes_two_consecutive_slash24s_that_no_other_run_gets(tmp_
         again.release()
 
 
+def test_a_closed_connections_time_wait_does_not_take_a_slash24_but_a_listener_does() -> None:
+    """Two `pytest policies` runs within a minute ran out of /24s: every admin connection Envoy had closed left a
+    server-side TIME_WAIT on `<prefix>.1:15000`, and the free check's bind (without SO_REUSEADDR, unlike Envoy's
+    own) took that for a listener. Only a listening socket may make a /24 unavailable."""
+    import socket
+
+    from conformance.mesh.local.addresses import ADMIN_PORT, _block_is_free
+
+    prefix = "127.199.251"  # outside every user's range (127.1xx where xx is the uid % 100): no run uses it
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((f"{prefix}.1", ADMIN_PORT))
+        server.listen()
+        assert not _block_is_free(prefix)  # a listener: taken
+        with socket.create_connection((f"{prefix}.1", ADMIN_PORT)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server closes first: its side goes to TIME_WAIT
+            client.recv(1)
+    assert _block_is_free(prefix)  # the listener is gone; the TIME_WAIT left behind does not count
+
+
 @pytest.fixture
 def target() -> LocalTarget:
     t = LocalTarget()

@@ -142,9 +142,16 @@ def _lock(runtime: Path, prefix: str) -> int | None:
 
 
 def _block_is_free(prefix: str) -> bool:
-    """Binding probes: the admin port of the first proxies and the first app address must be free."""
+    """Binding probes: the admin port of the first proxies and the first app address must be free.
+
+    With SO_REUSEADDR, as Envoy and the app bind their listeners: then only a socket *listening* there makes the
+    bind fail (Linux), not the TIME_WAIT an earlier run's closed connection left for a minute. Without it, the
+    admin connections Envoy closed (a server-side TIME_WAIT on `<prefix>.1:15000`) kept every /24 a run had
+    used "taken" for a minute, and two `pytest policies` runs within a minute (~110 runs each) ran out of /24s.
+    """
     for host, port in ((1, ADMIN_PORT), (2, ADMIN_PORT), (1, HBONE_PORT), (_APP_OFFSET + 1, 0)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((f"{prefix}.{host}", port))
             except OSError:
