@@ -9,6 +9,7 @@ mistake this suite exists to avoid.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -397,11 +398,17 @@ class SourcePorts:
     skips the ports its listeners use. When every port of an address is resting (more than ~200 probes a
     second from one source for a minute) `take` gives None and the kernel chooses: a probe whose address
     then repeats is reported without proof, never credited with another's record.
+
+    Lending starts at a random place in the range (`first`), once per pool: another process (the previous
+    `pytest`, a minute ago) may have used the same address, and its closed connections' TIME_WAIT on the
+    ports it lent first would make curl's bind fail (exit 45, then the probe runs alone with the kernel's
+    port: correct, but one more curl process per probe).
     """
 
     def __init__(self, low: int = SOURCE_PORT_RANGE[0], high: int = SOURCE_PORT_RANGE[1], rest: float = 61.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first: int | None = None):
         self._range = range(low, high + 1)
+        self._first = random.randrange(len(self._range)) if first is None else first
         self._rest = rest
         self._clock = clock
         # Per address: the next port never lent (ports are lent in order, never-lent ones first), and the ports
@@ -414,13 +421,15 @@ class SourcePorts:
     def take(self, address: str, reserved: Container[int] = ()) -> int | None:
         with self._lock:
             free = self._free.setdefault(address, deque())
-            port = self._fresh.get(address, self._range.start)
-            while port < self._range.stop:
-                self._fresh[address] = port + 1
+            size = len(self._range)
+            lent = self._fresh.get(address, 0)  # how many never-lent ports were handed out (or set aside)
+            while lent < size:
+                port = self._range.start + (self._first + lent) % size
+                lent += 1
+                self._fresh[address] = lent
                 if port not in reserved:
                     return port
                 free.append((0.0, port))  # a listener's port in this session: keep it for others
-                port += 1
             now = self._clock()
             for _ in range(len(free)):
                 ready, port = free[0]

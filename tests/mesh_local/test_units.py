@@ -170,13 +170,25 @@ def test_a_reused_upstream_port_proves_only_the_connection_inside_its_lifetime(t
     assert found == [["100.001"], ["100.005"]]
 
 
+def test_source_ports_start_at_a_random_place_and_lend_each_port_once_before_any_again() -> None:
+    """Another process may have lent the first ports of the range on this address a moment ago (their TIME_WAIT
+    would fail curl's bind), so each pool starts somewhere else; it still lends every port once, in order."""
+    from conformance.mesh.local.curl import SourcePorts
+
+    starts = {SourcePorts(low=1000, high=1999).take("127.1.0.1") for _ in range(20)}
+    assert len(starts) > 1
+    pool = SourcePorts(low=1000, high=1009, first=7)
+    assert [pool.take("a") for _ in range(10)] == [1007, 1008, 1009, 1000, 1001, 1002, 1003, 1004, 1005, 1006]
+    assert pool.take("a") is None  # every port lent and none given back
+
+
 def test_source_ports_rest_past_time_wait_per_address() -> None:
     """curl's address is the key at L4 proxies: a port is lent again only after TIME_WAIT (issue 9: the
     kernel handed a reset port to the next curl of a batch, and two probes claimed each other's records)."""
     from conformance.mesh.local.curl import SourcePorts
 
     now = [0.0]
-    ports = SourcePorts(low=20000, high=20003, rest=61.0, clock=lambda: now[0])
+    ports = SourcePorts(low=20000, high=20003, rest=61.0, clock=lambda: now[0], first=0)
     taken = [ports.take("127.1.0.1", reserved={20001}) for _ in range(3)]
     assert taken == [20000, 20002, 20003]  # the reserved listener port is never lent
     assert ports.take("127.1.0.1", reserved={20001}) is None  # all resting or reserved: the kernel chooses
@@ -284,7 +296,7 @@ def test_source_ports_lend_exactly_as_the_all_ports_deque_did(ops: list[tuple[st
     from conformance.mesh.local.curl import SourcePorts
 
     now = [0.0]
-    lazy = SourcePorts(low=100, high=107, rest=61.0, clock=lambda: now[0])
+    lazy = SourcePorts(low=100, high=107, rest=61.0, clock=lambda: now[0], first=0)
     reference = _AllPortsDeque(100, 107, 61.0, lambda: now[0])
     lent: dict[str, list[int]] = {"a": [], "b": []}
     for op, address, reserved, seconds in ops:
