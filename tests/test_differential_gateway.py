@@ -20,10 +20,20 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from conformance.engine import state_for_step
+from conformance.engine import decide, state_for_step
 from conformance.engine.decide import probe_route
 from conformance.mesh.local.mesh import LocalMeshSession, LocalTarget
-from conformance.model import INGRESS_USE_WAYPOINT, GatewayRoute, MeshConfig, Mode, Probe, Request, Scenario, Step
+from conformance.model import (
+    INGRESS_USE_WAYPOINT,
+    GatewayRoute,
+    Manifest,
+    MeshConfig,
+    Mode,
+    Probe,
+    Request,
+    Scenario,
+    Step,
+)
 from tests.differential_world import (
     METHODS,
     PROBE_PATHS,
@@ -37,7 +47,7 @@ from tests.differential_world import (
     policy_set,
     probes,
 )
-from tests.test_differential import VERSION, _check_valid, _yaml, routed_disagreements
+from tests.test_differential import VERSION, _check_valid, _yaml, disagreement, routed_disagreements
 
 GATEWAY = replace(
     _wl("istio-ingress/ingressgateway", 80, sa="istio-ingressgateway-service-account",
@@ -152,3 +162,37 @@ def test_the_gateway_world_takes_every_way_onward() -> None:
             probe = Probe(WORKLOADS[-1], GATEWAY, GATEWAY.ports[0], Request(headers=(("host", host),)))
             crossings.add(probe_route(state, probe, mode, VERSION).crossing)
     assert crossings == {"outside->gateway->sidecar", "outside->gateway->ambient", "outside->gateway->waypoint"}
+
+
+def _policy(kind: str, name: str, namespace: str, spec: dict[str, object]) -> Manifest:
+    api = "security.istio.io/v1"
+    return Manifest(kind, api, name, namespace, {"apiVersion": api, "kind": kind,
+                                                 "metadata": {"name": name, "namespace": namespace}, "spec": spec},
+                    "test")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_allow_at_the_gateway_and_one_at_the_backend_name_the_backends(mode: Mode) -> None:
+    """Found by CI on this test's generated examples: a root-namespace ALLOW matched at the gateway and a
+    namespace ALLOW at the backend's sidecar; the engine names the backend's (the later hop decides unless it has
+    no policy: engine/decide.py), the local mesh named the gateway's record (mesh.py `_match` took the first hop)."""
+    world = next(w for w in GATEWAY_WORLDS if w.name.endswith("2"))
+    policies = (_policy("AuthorizationPolicy", "p0", "bank", {"rules": [{}]}),
+                _policy("AuthorizationPolicy", "p1", world.root, {"rules": [{}]}),
+                _policy("PeerAuthentication", "pa0", world.root, {"mtls": {"mode": "STRICT"}}))
+    outsider = next(w for w in WORKLOADS if not w.in_mesh)
+    batch = tuple(Probe(outsider, GATEWAY, GATEWAY.ports[0], Request("GET", "/", (("host", host),)))
+                  for host in ("a.ledger.com", "X.LEDGER.COM", "b.ledger.com:80", "api.example.com"))
+    with LocalTarget() as target:
+        reason = target.unavailable(mode, scenario(world, mode))
+        if reason:
+            pytest.skip(reason)
+        with target.start(scenario(world, mode), mode) as session:
+            session.apply(policies)
+            observations = session.probe(batch)
+            step = Step("pinned", policies, ())
+            state = state_for_step(scenario(world, mode, (step,)), step, session.addresses)
+            problems = [(p.describe(), disagreement(decide(state, p, mode, VERSION), o, p))
+                        for p, o in zip(batch, observations, strict=True)]
+            assert [x for x in problems if x[1]] == []
+    assert all(o.outcome == "allowed" for o in observations)

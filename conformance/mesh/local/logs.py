@@ -182,6 +182,12 @@ def proof_from(record: LogRecord, layer: str, serves: str) -> Proof:
     return Proof(proxy, PROXY_ALLOWED, policy, rule, record.line, layer, serves)
 
 
+def names_allowing_policy(record: LogRecord) -> bool:
+    """Whether an allowed record names the ALLOW policy that matched (an allow with no policy, or with DENY
+    policies only, names none)."""
+    return _allowing_policy(record)[0] is not None
+
+
 def _allowing_policy(record: LogRecord) -> tuple[str | None, int | None]:
     for key in ("http_rbac", "network_rbac"):
         meta = record.fields.get(key)

@@ -72,7 +72,7 @@ from conformance.mesh.local.curl import (
 )
 from conformance.mesh.local.envoy import EnvoyProcess, envoy_binary, update_clusters, update_listeners, wait_ready
 from conformance.mesh.local.extauthz import service_index
-from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, proof_from
+from conformance.mesh.local.logs import AccessLog, LogRecord, deciding_record, names_allowing_policy, proof_from
 from conformance.mesh.local.pki import CertificateAuthority
 from conformance.mesh.local.rbac import go_parse_bool
 from conformance.mesh.local.xds import XdsServer
@@ -107,7 +107,11 @@ from conformance.versions import IstioVersion
 _EXT_AUTHZ_SCRIPT = Path(__file__).with_name("extauthz_server.py")
 
 
-PROOF_WAIT = 2.0  # seconds a round waits for the records of its probes (Envoy writes each at once: ENVOY_FLAGS)
+# Seconds a round that may be judged waits for the records of its probes. Envoy writes each at once (ENVOY_FLAGS), and
+# in a passing `pytest policies` no such round waits even 1.5 s (measured), so the wait only costs time when a record
+# is missing; it was 2 s, and under a loaded machine (the whole test suite beside it) a differential test once saw a
+# TCP denial's record arrive later than that.
+PROOF_WAIT = 5.0
 PROOF_WAIT_DURING_APPLY = 0.25  # for a round begun during apply(), which is never judged (LocalMeshSession.probe)
 
 
@@ -1088,26 +1092,33 @@ class LocalMeshSession:
 
     def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
                final: bool) -> tuple[tuple[str, LogRecord] | None, str | None]:
-        """The deciding record: the first enforcer that denied; else, once every enforcer the request
-        reached has logged it, the first one's record (it names the ALLOW policy that let it through).
+        """The deciding record: the first enforcer that denied; else, once every enforcer the request reached
+        has logged it, the record of the last one whose record names the ALLOW policy that let it through (the
+        last one when none does). That is the engine's rule for a path of several enforcing proxies: the later
+        hop's decision, unless it had no policy at all and the earlier one had (engine/decide.py, the waypoint
+        and gateway compositions). Taking the first hop's record, as this did, named the gateway's ALLOW where
+        the engine names the backend sidecar's, when both matched one (found by the gateway differential test).
         The second element says why there is no single record, when that is final."""
         http = plan.probe.port.protocol == "HTTP"
-        first: tuple[str, LogRecord] | None = None
+        chosen: tuple[str, LogRecord] | None = None
+        chosen_names = False
         for ref in self._enforcers(plan.probe):
             rec, why = deciding_record(self._records_of(ref, plan, result, marks))
             if why is not None:
                 return None, f"{why} at {self._kind[ref]}:{ref}"  # more records never make it one
             if rec is None:
                 # Not logged yet, or never reached (a waypoint that failed upstream still logs).
-                return (first if final else None), None
+                return (chosen if final else None), None
             if rec.denies:
                 return (ref, rec), None
             # An allowed HTTP request is proven by its stream record at an HTTP-aware proxy; wait for
             # it if only the connection record has been flushed so far.
             if http and self._kind[ref] != "ztunnel" and not rec.is_request and not final:
                 return None, None
-            first = first or (ref, rec)
-        return first, None
+            names = names_allowing_policy(rec)
+            if chosen is None or names or not chosen_names:
+                chosen, chosen_names = (ref, rec), names
+        return chosen, None
 
     # --- introspection for tests and reports --------------------------------------------------------
 
