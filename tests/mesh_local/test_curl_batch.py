@@ -207,9 +207,18 @@ def test_a_spawn_that_failed_before_exec_is_started_again() -> None:
 
     assert retry_failed_spawn(flaky) == "started" and len(calls) == 2
 
+    def exec_failed() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise OSError(errno.EFAULT, "Bad address", "/usr/bin/setpriv")  # execve returned EFAULT: nothing ran
+        return "started"
+
+    calls.clear()
+    assert retry_failed_spawn(exec_failed) == "started" and len(calls) == 2
+
     def missing() -> str:
         calls.append(1)
-        raise OSError(errno.EFAULT, "Bad address", "/bin/x")  # exec itself failed: a real error, raised at once
+        raise OSError(errno.ENOENT, "No such file or directory", "/bin/x")  # a real error: raised at once
 
     calls.clear()
     with pytest.raises(OSError):
