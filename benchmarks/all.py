@@ -11,10 +11,11 @@ engine's matrix extrapolated from 200 rows); the figures are then rougher, and s
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+import host  # benchmarks/host.py: a script's own directory is on sys.path
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,16 +29,14 @@ def main() -> None:
         ("local mesh", [str(HERE / "mesh.py"), *(["--quick"] if args.quick else [])]),
         ("suite", [str(HERE / "suite.py")]),
     ]
-    before = os.getloadavg()
-    print(f"benchmarks/all.py{' --quick' if args.quick else ''}: {os.cpu_count()} cores, load average "
-          f"{before[0]:.1f} / {before[1]:.1f} / {before[2]:.1f} (1 / 5 / 15 min) before")
+    print(f"benchmarks/all.py{' --quick' if args.quick else ''}: {host.machine()}; load average "
+          f"{host.load()} (1 / 5 / 15 min) before")
     status = 0
     for name, argv in scripts:
         print(f"\n=== {name}: python {' '.join(Path(a).name if a.endswith('.py') else a for a in argv)}", flush=True)
         done = subprocess.run([sys.executable, *argv], cwd=HERE.parent, check=False)
         status = status or done.returncode
-    after = os.getloadavg()
-    print(f"\nload average {after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f} after")
+    print(f"\nload average {host.load()} after")
     sys.exit(status)
 
 

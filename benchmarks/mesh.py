@@ -105,7 +105,8 @@ def start_times(n: int, mode: str, runs: int) -> tuple[list[float], dict[str, fl
                 times.append(seconds)
                 phases = dict(session.timings)
                 # the app host is the target's, shared by its runs; this run is its only one, so all of it counts
-                pids = [*session.pids(), *([target.apps.pid()] if target.apps.pid() is not None else [])]
+                host_pid = target.apps.pid()
+                pids = [*session.pids(), *([host_pid] if host_pid is not None else [])]
                 pss = sum(pss_kib(pid) for pid in pids)
             finally:
                 session.close()
@@ -217,35 +218,37 @@ def main() -> None:
                          f"{per:.1f} MiB", "≤ 15 MiB" if mem_goal else "-", verdict(per <= 15) if mem_goal else "-"))
 
     target = LocalTarget()
-    sc = scenario(10)
-    with target.start(sc, "sidecar") as session:
-        rates = throughput(session, sc, 300, runs)
-        rate = statistics.median(rates)
-        rows.append((f"probes/s, 300 parallel probes, sidecar (batches of up to {BATCH_SIZE} per curl process, "
-                     f"{target.parallel} processes at once, median of {len(rates)})", f"{rate:.0f}", "≥ 300",
-                     verdict(rate >= 300)))
-        bare, full = overhead(session, sc, 20 if args.quick else 50)
-        ratio = full / bare
-        rows.append(("one probe vs a bare curl through the same two proxies (median latency)",
-                     f"{full * 1000:.1f} / {bare * 1000:.1f} ms = {ratio:.2f}×", "≤ 2×", verdict(ratio <= 2)))
-    for mode in ("sidecar", "ambient"):
-        with target.start(sc, mode) as session:  # type: ignore[arg-type]
-            applied, windows, stale, after = enforcement(session, sc, 7 if args.quick else 15,
-                                                         5 if args.quick else 10)
-            med_applied = statistics.median(applied)
-            ends = [end for _, end in windows]
-            starts = [start for start, _ in windows]
-            med_end = statistics.median(ends)
-            rows.append((f"policy change → every changed Envoy acknowledged it, {mode} (median of {len(applied)}, "
-                         f"max {max(applied) * 1000:.0f} ms)", f"{med_applied * 1000:.0f} ms", "≤ 30 ms",
-                         verdict(med_applied <= 0.03)))
-            start = max(0.0, statistics.median(starts))  # the loop's first round starts just before the change
-            rows.append((f"policy change → new requests denied, {mode} (median of {len(ends)}: the first all-denied "
-                         f"probe round started {start * 1000:.0f} ms after the change and ended by)",
-                         f"{med_end * 1000:.0f} ms", "-", "-"))
-            rows.append((f"stale decisions after the acknowledgement, {mode} ({after} observations)",
-                         str(stale), "0", verdict(stale == 0)))
-    target.close()
+    try:
+        sc = scenario(10)
+        with target.start(sc, "sidecar") as session:
+            rates = throughput(session, sc, 300, runs)
+            rate = statistics.median(rates)
+            rows.append((f"probes/s, 300 parallel probes, sidecar (batches of up to {BATCH_SIZE} per curl process, "
+                         f"{target.parallel} processes at once, median of {len(rates)})", f"{rate:.0f}", "≥ 300",
+                         verdict(rate >= 300)))
+            bare, full = overhead(session, sc, 20 if args.quick else 50)
+            ratio = full / bare
+            rows.append(("one probe vs a bare curl through the same two proxies (median latency)",
+                         f"{full * 1000:.1f} / {bare * 1000:.1f} ms = {ratio:.2f}×", "≤ 2×", verdict(ratio <= 2)))
+        for mode in ("sidecar", "ambient"):
+            with target.start(sc, mode) as session:  # type: ignore[arg-type]
+                applied, windows, stale, after = enforcement(session, sc, 7 if args.quick else 15,
+                                                             5 if args.quick else 10)
+                med_applied = statistics.median(applied)
+                ends = [end for _, end in windows]
+                starts = [start for start, _ in windows]
+                med_end = statistics.median(ends)
+                rows.append((f"policy change → every changed Envoy acknowledged it, {mode} (median of {len(applied)}, "
+                             f"max {max(applied) * 1000:.0f} ms)", f"{med_applied * 1000:.0f} ms", "≤ 30 ms",
+                             verdict(med_applied <= 0.03)))
+                start = max(0.0, statistics.median(starts))  # the loop's first round starts just before the change
+                rows.append((f"policy change → new requests denied, {mode} (median of {len(ends)}: the first "
+                             f"all-denied probe round started {start * 1000:.0f} ms after the change and ended by)",
+                             f"{med_end * 1000:.0f} ms", "-", "-"))
+                rows.append((f"stale decisions after the acknowledgement, {mode} ({after} observations)",
+                             str(stale), "0", verdict(stale == 0)))
+    finally:  # the app host too, when a figure fails
+        target.close()
 
     print(f"command: python benchmarks/mesh.py{' --quick' if args.quick else ''}")
     print(f"machine: {header}")

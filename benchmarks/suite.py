@@ -78,27 +78,28 @@ def main() -> None:
     parser.add_argument("--slowest", type=int, default=5, metavar="K", help="list the K steps with the most "
                         "barrier + probing time (default 5)")
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    walls, floors, last = [], [], {}
+    load_before = host.load()
+    walls, floors, last, unclean = [], [], {}, 0
     for _ in range(args.repeats):
         wall, data = run_once(args.paths, args.local_concurrency)
         steps = data["steps"]
         assert isinstance(steps, list)
         walls.append(wall)
         floors.append(sum(s["barrier"] + s["probing"] for s in steps))
+        # a step that never ran (its scenario's start failed: a setup error) has no figures: the exit status says it
+        unclean += any(not s["passed"] for s in steps) or data["exitstatus"] != 0
         last = data
-    load_after = os.getloadavg()
+    load_after = host.load()
     steps = last["steps"]
     assert isinstance(steps, list)
     wall, floor = statistics.median(walls), statistics.median(floors)
     runs = len({s["id"].rsplit("::", 1)[0] for s in steps})
     failed = sum(1 for s in steps if not s["passed"])
-    # a step that never ran (its scenario's start failed: a setup error) has no figures: pytest's exit status says it
-    clean = not failed and last["exitstatus"] == 0
+    clean = not unclean  # every run, not only the last one shown
     print(f"command: python benchmarks/suite.py {' '.join(args.paths)}"
           + (f" --local-concurrency {args.local_concurrency}" if args.local_concurrency else "")
           + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
-    print(f"machine: {host.machine()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(f"machine: {host.machine()}; load average {load_before} before, {load_after} after")
     print(f"pytest: {last['summary']}")
     rows = [
         (f"wall time, pytest {' '.join(args.paths)} ({len(steps)} steps in {runs} scenario runs"

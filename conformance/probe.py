@@ -358,8 +358,12 @@ def split_write_out(stdout: str) -> tuple[str, dict[str, str]]:
     body, sep, tail = stdout.rpartition(WRITE_OUT_MARKER)
     if not sep:
         return stdout, {}
-    fields = dict(item.split("=", 1) for item in tail.split() if "=" in item)
-    return body, fields
+    return body, write_out_fields(tail)
+
+
+def write_out_fields(text: str) -> dict[str, str]:
+    """The `name=value` fields of one write-out (after WRITE_OUT_MARKER)."""
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
 def evidence_from_curl(exit_code: int, stdout: str, stderr: str, seconds: float, command: str) -> Evidence:

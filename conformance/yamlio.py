@@ -9,6 +9,7 @@ pure-Python SafeLoader, whose exception (message and position) is the one raised
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -18,19 +19,18 @@ _FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def load_all(text: str) -> list[Any]:
     """Every document of `text` (None for an empty one), as `yaml.safe_load_all` gives them."""
-    try:
-        return list(yaml.load_all(text, Loader=_FAST))
-    except yaml.YAMLError:
-        if _FAST is yaml.SafeLoader:
-            raise
-        return list(yaml.safe_load_all(text))  # raises the pure-Python parser's own error
+    return _load(text, list)
 
 
 def load_first(text: str) -> Any:
     """The first document of `text` only (the rest is not parsed), as `next(yaml.safe_load_all(text))`."""
+    return _load(text, lambda docs: next(iter(docs), None))
+
+
+def _load(text: str, take: Callable[[Iterator[Any]], Any]) -> Any:
     try:
-        return next(iter(yaml.load_all(text, Loader=_FAST)), None)
+        return take(yaml.load_all(text, Loader=_FAST))  # a safe loader: SafeConstructor
     except yaml.YAMLError:
         if _FAST is yaml.SafeLoader:
             raise
-        return next(iter(yaml.safe_load_all(text)), None)
+        return take(yaml.safe_load_all(text))  # raises the pure-Python parser's own error

@@ -39,7 +39,7 @@ def state_for_step(scenario: Scenario, step: Step, addresses: Mapping[str, str] 
            tuple(sorted(addrs.items())))
     with _STATES_LOCK:
         cached = _STATES.get(key)
-        if cached is not None and cached[0] is scenario:
+        if cached is not None:  # the entry keeps its scenario alive, so this id() is that scenario's
             _STATES.move_to_end(key)
             return cached[1]
     state = State(

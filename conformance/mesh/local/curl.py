@@ -62,6 +62,7 @@ from conformance.probe import (
     evidence_from_curl,
     evidence_from_fields,
     split_write_out,
+    write_out_fields,
 )
 
 CURL_MISSING = "curl is not installed: install curl (Debian: apt-get install curl)"
@@ -223,7 +224,7 @@ def _run_batch(requests: Sequence[CurlRequest], curl: str, connect_timeout: floa
         fields_of: dict[int, dict[str, str]] = {}
         for line in out.split(WRITE_OUT_MARKER)[1:]:
             head, _, message = line.rstrip("\n").partition(" errormsg=")
-            fields = dict(item.split("=", 1) for item in head.split() if "=" in item)
+            fields = write_out_fields(head)
             fields["errormsg"] = message
             if fields.get("index", "").isdigit():
                 fields_of[int(fields["index"])] = fields

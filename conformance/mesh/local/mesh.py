@@ -327,7 +327,6 @@ class LocalMeshSession:
         self._kind: dict[str, str] = {}  # proxy ref -> "sidecar" | "ztunnel" | "waypoint"
         self._served: dict[str, list[tuple[config.Peer, Port]]] = {}  # waypoint ref -> service ports
         self._gateway_routes: dict[str, list[gateway.Onward]] = {}  # gateway ref -> its routes' backends
-        self._run_id = ""  # this run's name at the target's app host (its temp dir's: unique while it lives)
         self._bound = False  # whether the app host holds listeners of this run
         self._block: AddressBlock | None = None
         self._marker: lifetime.RunMarker | None = None
@@ -348,6 +347,11 @@ class LocalMeshSession:
 
     # --- context manager ----------------------------------------------------------------------------
 
+    @property
+    def _run_id(self) -> str:
+        """This run's name at the target's app host: its temp dir's, unique while the run lives."""
+        return self.tmpdir.name if self.tmpdir is not None else ""
+
     def __enter__(self) -> LocalMeshSession:
         return self
 
@@ -365,7 +369,6 @@ class LocalMeshSession:
         self._block = acquire_block(runtime, size=slash24s_for(len(workloads) + len(waypoints)))
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{lifetime.TEMP_PREFIX}{os.getpid()}-"))
         self._marker = lifetime.RunMarker(runtime, self.tmpdir, self._block.describe())
-        self._run_id = self.tmpdir.name
         lifetime.register(self)
 
         self.layout = layout = plan_layout(self._block, workloads, waypoints)
@@ -599,15 +602,15 @@ class LocalMeshSession:
         (the workload apps were bound by the target's app host before: `_start_app`)."""
         if self.tmpdir is None:
             return
-        for proc, name, what in ((self._ext_authz, "ext-authz.stderr", "the ext-authz server"),):
-            if proc is None:
-                continue
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], self.target.startup_timeout)
-            line = proc.stdout.readline() if ready else b""
-            if line.strip() != b"ready":
-                detail = (self.tmpdir / name).read_text(errors="replace")[-2000:]
-                raise TargetError(f"{what} did not start:\n{detail or '(no output)'}")
+        proc = self._ext_authz
+        if proc is None:
+            return
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], self.target.startup_timeout)
+        line = proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            detail = (self.tmpdir / "ext-authz.stderr").read_text(errors="replace")[-2000:]
+            raise TargetError(f"the ext-authz server did not start:\n{detail or '(no output)'}")
 
     def _canary_probes(self) -> list[Probe]:
         """With no policy in force every destination port must answer through the mesh: one probe to each,
@@ -1130,7 +1133,7 @@ class LocalMeshSession:
 
     def pids(self) -> list[int]:
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        procs += [p for p in (self._ext_authz,) if p is not None]
+        procs += [self._ext_authz] if self._ext_authz is not None else []
         return [p.pid for p in procs]
 
     def ext_authz_decisions(self) -> list[dict[str, Any]]:
@@ -1158,7 +1161,7 @@ class LocalMeshSession:
                 return
             self._closed = True
         procs = [e.proc for e in self._envoys.values() if e.proc is not None]
-        procs += [p for p in (self._ext_authz,) if p is not None]
+        procs += [self._ext_authz] if self._ext_authz is not None else []
         lifetime.stop_processes(procs)
         if self._bound:  # before the block is released: no later run may find this run's apps on its addresses
             with contextlib.suppress(TargetError):
@@ -1167,10 +1170,9 @@ class LocalMeshSession:
             env.close_admin()
         if self._xds is not None:
             self._xds.close()
-        for proc in (self._ext_authz,):
-            if proc is not None and proc.stdout is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdout.close()
+        if self._ext_authz is not None and self._ext_authz.stdout is not None:
+            with contextlib.suppress(OSError):
+                self._ext_authz.stdout.close()
         if self.tmpdir is not None and not self.target.keep_files:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         if self._marker is not None:
