@@ -1,6 +1,12 @@
-"""Ambient mode on the local target: per-workload "ztunnel" Envoys speaking HBONE, L4 enforcement only."""
+"""Ambient mode on the local target: one "ztunnel" Envoy for every ambient workload, HBONE, L4 enforcement only."""
 
 from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
 
 from conformance.mesh.local.mesh import LocalMeshSession
 from conformance.model import ALLOWED, DENIED_L4
@@ -117,3 +123,48 @@ def test_port_level_exception_is_istiods_converted_deny(ambient_mesh: LocalMeshS
     assert "converted_peer_authentication_backend" in http.proof.line
     assert tcp.outcome == ALLOWED, tcp
     assert mesh_http.outcome == ALLOWED, mesh_http
+
+
+def test_one_ztunnel_envoy_serves_every_ambient_workload(ambient_mesh: LocalMeshSession) -> None:
+    """As one node's ztunnel serves every pod on it, one Envoy serves all three ambient workloads here (the
+    out-of-mesh one has none), each on its own address with its own identity."""
+    assert len(ambient_mesh.pids()) == 1
+    in_mesh = [w.ref for w in ambient_mesh.scenario.workloads if w.in_mesh]
+    assert {id(ambient_mesh._envoys[ref]) for ref in in_mesh} == {id(ambient_mesh._envoys[in_mesh[0]])}
+    ambient_mesh.apply([])
+    frontend, rogue = ambient_mesh.probe([probe(FRONTEND, BACKEND, 80), probe(ROGUE, BACKEND, 80)])
+    assert frontend.outcome == rogue.outcome == ALLOWED
+    peers = {r["peer"] for r in ambient_mesh.access_log(BACKEND.ref) if r.get("method") == "CONNECT"}
+    assert {"spiffe://cluster.local/ns/default/sa/frontend", "spiffe://cluster.local/ns/rogue/sa/default"} <= peers
+
+
+def _records_until(mesh: LocalMeshSession, ref: str, since: int, done: Callable[[list[dict]], bool]) -> list[dict]:
+    """`ref`'s records after the first `since`, once `done` holds for them (a connection's record is written when it
+    closes, which may be just after curl returns) or after 2 s."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        records = mesh.access_log(ref)[since:]
+        if done(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("denied", [True, False], ids=["denied", "allowed"])
+def test_each_workload_keeps_its_own_ztunnel_record(ambient_mesh: LocalMeshSession, denied: bool) -> None:
+    """The shared ztunnel Envoy still writes each workload's records to that workload's own log: the destination's
+    record holds the decision (the proof), the source's only its outbound connection, a bystander's nothing."""
+    ambient_mesh.apply([DENY_ROGUE] if denied else [])
+    refs = [FRONTEND.ref, BACKEND.ref, ROGUE.ref]
+    before = {ref: len(ambient_mesh.access_log(ref)) for ref in refs}
+    [obs] = ambient_mesh.probe([probe(ROGUE, BACKEND, 9000)])
+    assert obs.outcome == (DENIED_L4 if denied else ALLOWED), obs
+    assert obs.proof is not None and obs.proof.proxy == f"ztunnel:{BACKEND.ref}" and obs.proof.denied == denied
+    rogue_ip = ambient_mesh.addresses[ROGUE.ref]
+    source = _records_until(ambient_mesh, ROGUE.ref, before[ROGUE.ref], bool)
+    assert source and all(r["tag"] == f"outbound {BACKEND.ref}:9000" for r in source), source
+    destination = ambient_mesh.access_log(BACKEND.ref)[before[BACKEND.ref]:]
+    assert destination and not any(r["tag"].startswith("outbound") for r in destination)
+    assert any(r.get("peer") == "spiffe://cluster.local/ns/rogue/sa/default"
+               and str(r.get("direct")).startswith(rogue_ip + ":") for r in destination), destination
+    bystander = ambient_mesh.access_log(FRONTEND.ref)[before[FRONTEND.ref]:]
+    assert not any(rogue_ip in json.dumps(r) for r in bystander), bystander

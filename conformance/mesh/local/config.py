@@ -14,7 +14,9 @@ inside come from `authz`, the policy compiler, which is the only part that inter
   both clusters exist from the start, and the listener, re-rendered with the policies, picks one.
 - ztunnel: outbound `tcp_proxy` listeners tunnelling HTTP/2 CONNECT over mTLS (HBONE) to the
   destination's :15008 with `:authority` `<dest-ip>:<port>`; inbound :15008 terminating CONNECT, with
-  the L4-only RBAC filters; a plaintext listener per port for out-of-mesh clients.
+  the L4-only RBAC filters; a plaintext listener per port for out-of-mesh clients. One Envoy holds every
+  ambient workload's set, each under names scoped by its ref (`ProxyContext.scope`), as one node's ztunnel
+  serves all its pods with each pod's own identity.
 - waypoint: HBONE terminated on :15008 with the waypoint's own certificate, the client's identity put in
   filter state (`io.istio.peer_principal`, `envoy.hashable_string`), an internal listener per service
   port with the targetRefs policies, then HBONE again to the destination, as the waypoint.
@@ -136,6 +138,14 @@ class ProxyContext:
     # size (200 workloads: 640 TLS clusters and 320 listeners in each of 200 Envoys). No decision depends on
     # it: a destination without plumbing is never probed from here.
     outbound: frozenset[tuple[str, int]] | None = None
+    # prefixed to this proxy's listener and cluster names: "" for an Envoy of its own, the workload's ref for a
+    # ztunnel, whose Envoy serves every ambient workload of the run (one node's ztunnel serves all its pods),
+    # so that each workload's "hbone" listener and "inbound|<port>" clusters keep their own names there
+    scope: str = ""
+
+    def named(self, name: str) -> str:
+        """`name` as this proxy's resource in its Envoy (see `scope`)."""
+        return self.scope + name
 
     def wants(self, peer: Peer, port: Port) -> bool:
         """Whether this proxy has outbound plumbing for `peer`'s `port`."""
@@ -353,7 +363,7 @@ def hbone_cluster(ctx: ProxyContext, peer: Peer) -> dict[str, Any]:
     """`hbone|<ref>`: HTTP/2 over mTLS (this proxy's certificate, the peer's exact SPIFFE identity verified) to the
     peer's :15008, one CONNECT per connection, so that no tunnel opened under an old policy is reused after a change."""
     assert peer.spiffe is not None
-    return static_cluster(f"hbone|{peer.ref}", peer.address, HBONE_PORT, bind=ctx.me.address,
+    return static_cluster(ctx.named(f"hbone|{peer.ref}"), peer.address, HBONE_PORT, bind=ctx.me.address,
                           tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
                           http="h2", one_request_per_connection=True)
 
@@ -480,14 +490,14 @@ def ztunnel_clusters(ctx: ProxyContext) -> list[dict[str, Any]]:
                     hops.setdefault(via.ref, via)
             else:
                 clusters.append(static_cluster(
-                    f"passthrough|{port.number}||{peer.ref}", peer.address, ctx.layout.real(port.number),
+                    ctx.named(f"passthrough|{port.number}||{peer.ref}"), peer.address, ctx.layout.real(port.number),
                     bind=ctx.me.address,
                 ))
     for peer in hops.values():  # HBONE to the destination's ztunnel (or its waypoint)
         clusters.append(hbone_cluster(ctx, peer))
     for port in ctx.me.workload.ports:
         clusters.append(static_cluster(
-            f"inbound|{port.number}", ctx.me.app_address, ctx.layout.real(port.number), bind=ctx.me.address,
+            ctx.named(f"inbound|{port.number}"), ctx.me.app_address, ctx.layout.real(port.number), bind=ctx.me.address,
         ))
     return clusters
 
@@ -507,11 +517,11 @@ def ztunnel_outbound_listeners(ctx: ProxyContext,
                 # Through the destination's waypoint when it has one: the CONNECT goes to the
                 # waypoint, the `:authority` still names the destination (its "service VIP").
                 hop = via.ref if via is not None else peer.ref
-                proxy = tcp_proxy(f"outbound_{lport}", f"hbone|{hop}", log,
+                proxy = tcp_proxy(f"outbound_{lport}", ctx.named(f"hbone|{hop}"), log,
                                   tunnel_authority=f"{peer.address}:{port.number}")
             else:
-                proxy = tcp_proxy(f"outbound_{lport}", f"passthrough|{port.number}||{peer.ref}", log)
-            listeners.append(listener(f"outbound|{port.number}||{peer.ref}", ctx.me.address, lport,
+                proxy = tcp_proxy(f"outbound_{lport}", ctx.named(f"passthrough|{port.number}||{peer.ref}"), log)
+            listeners.append(listener(ctx.named(f"outbound|{port.number}||{peer.ref}"), ctx.me.address, lport,
                                       [{"filters": [proxy]}]))
     return listeners
 
@@ -519,7 +529,7 @@ def ztunnel_outbound_listeners(ctx: ProxyContext,
 def ztunnel_hbone_listener(ctx: ProxyContext, filters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Inbound HBONE on :15008: mTLS, HTTP/2 CONNECT terminated, one route per served port by authority."""
     routes = [
-        connect_route(f"{ctx.me.address}:{p.number}", f"inbound|{p.number}") for p in ctx.me.workload.ports
+        connect_route(f"{ctx.me.address}:{p.number}", ctx.named(f"inbound|{p.number}")) for p in ctx.me.workload.ports
     ]
     chain = {
         "name": "hbone",
@@ -527,16 +537,16 @@ def ztunnel_hbone_listener(ctx: ProxyContext, filters: Sequence[Mapping[str, Any
         "filters": [http_connection_manager("hbone", routes, filters, access_log(ctx.log_path, "hbone"),
                                             connect=True)],
     }
-    return listener("hbone", ctx.me.address, HBONE_PORT, [chain],
+    return listener(ctx.named("hbone"), ctx.me.address, HBONE_PORT, [chain],
                     log=access_log(ctx.log_path, "hbone listener"))
 
 
 def ztunnel_plaintext_listener(ctx: ProxyContext, port: Port,
                                filters: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Plaintext from out-of-mesh clients to the pod's port, which ztunnel captures and enforces at L4."""
-    proxy = tcp_proxy(f"plaintext_{port.number}", f"inbound|{port.number}")
+    proxy = tcp_proxy(f"plaintext_{port.number}", ctx.named(f"inbound|{port.number}"))
     chain = {"name": "plaintext", "filters": [*filters, proxy]}
-    return listener(f"plaintext|{port.number}", ctx.me.address, ctx.layout.real(port.number), [chain],
+    return listener(ctx.named(f"plaintext|{port.number}"), ctx.me.address, ctx.layout.real(port.number), [chain],
                     log=access_log(ctx.log_path, f"plaintext {port.number}"))
 
 

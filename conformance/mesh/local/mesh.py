@@ -12,8 +12,10 @@ A session, start to end:
 3. every workload's ports bound on the target's app host (one process for all of the target's runs), each on
    the workload's own app address, and one ext-authz server process (extauthz_server.py: Istio's sample, HTTP
    and gRPC) for `kind: ext-authz` ones;
-4. per in-mesh workload one Envoy (a sidecar, or a "ztunnel" in ambient and waypoint modes), plus in
-   waypoint mode one Envoy per waypoint, all started at once, ready when every admin /ready says LIVE
+4. per in-mesh sidecar workload one Envoy; one Envoy for all the ambient workloads, the run's "ztunnel" (as one
+   node's ztunnel serves every pod on it: each workload has its own listeners, certificate and access log in it);
+   in waypoint mode one Envoy per waypoint; an ingress gateway's own Envoy; all started at once, ready when every
+   admin /ready says LIVE
    and no initial listener was rejected; the listeners that never change live in the bootstrap, the
    policy-bearing ones in the LDS the run's xDS server sends (xds.py);
 5. a canary probe to every destination port, so a broken mesh fails here, plainly, and not later as
@@ -317,7 +319,8 @@ class LocalMeshSession:
         self.tmpdir: Path | None = None
         self.timings: dict[str, float] = {}
         self._policies: tuple[Manifest, ...] = ()
-        self._envoys: dict[str, EnvoyProcess] = {}
+        self._envoys: dict[str, EnvoyProcess] = {}  # proxy ref -> its Envoy (the ztunnels' is shared)
+        self._members: dict[EnvoyProcess, list[str]] = {}  # each Envoy once -> the proxy refs it serves
         self._logs: dict[str, AccessLog] = {}
         self._contexts: dict[str, config.ProxyContext] = {}
         self._static_listeners: dict[str, list[dict[str, Any]]] = {}  # in the bootstrap, never change
@@ -431,17 +434,34 @@ class LocalMeshSession:
         self._canary_batch = self._canary_probes() if self.target.canary else []
         routes = self._initial_routes(self._canary_batch, providers)
         initial_clusters: dict[str, list[dict[str, Any]]] = {}
+        # One Envoy for every ztunnel of the run, as one node's ztunnel serves all the ambient pods on it
+        # (ztunnel's inpod mode: one process, a listener set per pod in the pod's network namespace): each workload
+        # keeps its own listeners on its own address, its own certificate and its own access log, under names
+        # scoped by its ref (`ProxyContext.scope`). It starts once every member is known (its bootstrap holds all
+        # their outbound listeners); every other proxy starts as soon as its config is rendered.
+        ztunnel: EnvoyProcess | None = None
         for peer in proxies:
             kind = self._kind[peer.ref]
-            directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
-            env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT, xds=self._xds,
-                               node_id=f"{kind}~{peer.ref}")
-            ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, env.access_log,
+            if kind == "ztunnel":
+                if ztunnel is None:
+                    ztunnel = EnvoyProcess("ztunnel", self.tmpdir / "envoy" / "ztunnel", peer.address, ADMIN_PORT,
+                                           xds=self._xds, node_id="ztunnel~node")
+                env, scope = ztunnel, f"{peer.ref}/"
+                log_dir = self.tmpdir / "envoy" / f"ztunnel_{peer.ref.replace('/', '_')}"
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log_path = log_dir / "access.log"
+            else:
+                directory = self.tmpdir / "envoy" / f"{kind}_{peer.ref.replace('/', '_')}"
+                env = EnvoyProcess(f"{kind} {peer.ref}", directory, peer.address, ADMIN_PORT, xds=self._xds,
+                                   node_id=f"{kind}~{peer.ref}")
+                scope, log_path = "", env.access_log
+            ctx = config.ProxyContext(peer, certs[peer.ref], ca.root, self.mesh, layout, peers, log_path,
                                       waypoint_for, self._grpc_ports, tuple(providers.values()), hbone_peers,
-                                      routes.get(peer.ref))
+                                      routes.get(peer.ref), scope)
             self._contexts[peer.ref] = ctx
             self._envoys[peer.ref] = env
-            self._logs[peer.ref] = AccessLog(env.access_log)
+            self._members.setdefault(env, []).append(peer.ref)
+            self._logs[peer.ref] = AccessLog(log_path)
             self._static_routes[peer.ref] = ctx.outbound or frozenset()
             extra: dict[str, Any] = {}
             if kind == "sidecar":
@@ -466,22 +486,22 @@ class LocalMeshSession:
                 self._static_listeners[peer.ref] = config.waypoint_static_listeners(
                     ctx, served, layered=self.mesh.pilot_flag(pilotenv.LAYERED_WAYPOINT))
                 extra = config.waypoint_bootstrap()
-            runtime = self.target.release.runtime_layer()
-            if runtime:  # the release's Envoy lacks a fix the local Envoy has (release.py)
-                extra["layered_runtime"] = {"layers": [{"name": "istio-release", "static_layer": runtime}]}
             initial_clusters[peer.ref] = clusters
-            env.write_bootstrap(env.bootstrap(f"{kind}~{peer.ref}", extra, self._static_listeners[peer.ref]))
-            env.start(binary)
+            if env is not ztunnel:
+                self._start_envoy(env, binary, extra)
+        if ztunnel is not None:
+            ztunnel.name = f"ztunnel (the node's, serving {len(self._members[ztunnel])} ambient workloads)"
+            self._start_envoy(ztunnel, binary, {})
         # one marker write for all of them (a child missing from it is still found by its command line)
-        self._marker.add_children([e.proc.pid for e in self._envoys.values() if e.proc is not None])
+        self._marker.add_children([e.proc.pid for e in self._members if e.proc is not None])
         # Their first clusters and listeners go to the xDS server once every Envoy is starting: an Envoy waits on
         # its stream for them, so its own start-up (tens of ms of CPU each) overlaps this process's rendering
-        for ref, env in self._envoys.items():
-            env.write_clusters(initial_clusters[ref])
-            env.write_listeners(self._listeners(ref, ()))
+        for env, members in self._members.items():
+            env.write_clusters([c for ref in members for c in initial_clusters[ref]])
+            env.write_listeners([x for ref in members for x in self._listeners(ref, ())])
         self._wait_app()
         self.timings["app"] = time.monotonic() - t0
-        wait_ready(list(self._envoys.values()), self.target.startup_timeout)
+        wait_ready(list(self._members), self.target.startup_timeout)
         self.timings["envoys_ready"] = time.monotonic() - t0
         if self.target.canary:
             self._canary(self._canary_batch)
@@ -506,6 +526,22 @@ class LocalMeshSession:
             if kind == "sidecar":
                 wanted[ref].update(providers)
         return {ref: frozenset(keys) for ref, keys in wanted.items()}
+
+    def _start_envoy(self, env: EnvoyProcess, binary: Path, extra: dict[str, Any]) -> None:
+        """Write `env`'s bootstrap (the static listeners of every workload it serves, plus `extra`) and start it."""
+        runtime = self.target.release.runtime_layer()
+        if runtime:  # the release's Envoy lacks a fix the local Envoy has (release.py)
+            extra = {**extra, "layered_runtime": {"layers": [{"name": "istio-release", "static_layer": runtime}]}}
+        static = [x for ref in self._members[env] for x in self._static_listeners[ref]]
+        env.write_bootstrap(env.bootstrap(env.node_id, extra, static))
+        env.start(binary)
+
+    def _per_envoy(self, refs: Iterable[str], render: Callable[[str], list[dict[str, Any]]],
+                   ) -> dict[EnvoyProcess, list[dict[str, Any]]]:
+        """The resources of the Envoys serving `refs`: each gets those of every workload it serves (xDS state of
+        the world: the shared ztunnel's LDS is all its workloads' listeners, whichever of them changed)."""
+        return {env: [x for ref in self._members[env] for x in render(ref)]
+                for env in dict.fromkeys(self._envoys[ref] for ref in refs)}
 
     def _outbound_clusters(self, ref: str) -> list[dict[str, Any]]:
         """A sidecar's or ztunnel's clusters (CDS) for its context's outbound plumbing."""
@@ -545,8 +581,8 @@ class LocalMeshSession:
                 ctx = self._contexts[ref]
                 self._contexts[ref] = replace(ctx, outbound=(ctx.outbound or frozenset()) | keys)
             try:
-                update_clusters({self._envoys[ref]: self._outbound_clusters(ref) for ref in added})
-                update_listeners({self._envoys[ref]: self._listeners(ref, self._policies) for ref in added})
+                update_clusters(self._per_envoy(added, self._outbound_clusters))
+                update_listeners(self._per_envoy(added, lambda ref: self._listeners(ref, self._policies)))
             except BaseException:
                 self._contexts.update(before)  # not in force: the next probe that needs them tries again
                 raise
@@ -682,7 +718,7 @@ class LocalMeshSession:
             probes = [p for p, _ in failed]
         lines = [f"{p.describe()}: {o.outcome} (curl exit {o.evidence.exit_code}, status "
                  f"{o.evidence.status}) {o.evidence.stderr or o.evidence.body[:200]}" for p, o in failed]
-        tails = "\n".join(f"--- {e.name}:\n{e.stderr_tail(5)}" for e in self._envoys.values() if e.stderr_tail(5))
+        tails = "\n".join(f"--- {e.name}:\n{e.stderr_tail(5)}" for e in self._members if e.stderr_tail(5))
         raise TargetError("the local mesh started but some destinations are unreachable with no policy "
                           "in force:\n" + "\n".join(lines) + ("\n" + tails if tails else ""))
 
@@ -849,7 +885,7 @@ class LocalMeshSession:
             try:
                 jwks = self._keys.all_jwks() if self.scenario.issuers else None
                 rendered = tuple(m.rendered(self.addresses, jwks) for m in policies)
-                changes = {self._envoys[ref]: self._listeners(ref, rendered) for ref in self._envoys}
+                changes = self._per_envoy(self._envoys, lambda ref: self._listeners(ref, rendered))
                 update_listeners(changes)
             finally:
                 self._applying = False  # before `acknowledged` is read: a round started after it sees False
@@ -1132,7 +1168,7 @@ class LocalMeshSession:
         return [dict(r.fields) for r in log.records]
 
     def pids(self) -> list[int]:
-        procs = [e.proc for e in self._envoys.values() if e.proc is not None]
+        procs = [e.proc for e in self._members if e.proc is not None]
         procs += [self._ext_authz] if self._ext_authz is not None else []
         return [p.pid for p in procs]
 
@@ -1160,13 +1196,13 @@ class LocalMeshSession:
             if self._closed:
                 return
             self._closed = True
-        procs = [e.proc for e in self._envoys.values() if e.proc is not None]
+        procs = [e.proc for e in self._members if e.proc is not None]
         procs += [self._ext_authz] if self._ext_authz is not None else []
         lifetime.stop_processes(procs)
         if self._bound:  # before the block is released: no later run may find this run's apps on its addresses
             with contextlib.suppress(TargetError):
                 self.target.apps.release(self._run_id)
-        for env in self._envoys.values():
+        for env in self._members:
             env.close_admin()
         if self._xds is not None:
             self._xds.close()
