@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from conformance.manifests import Derivation, Document, derive, parse, read
 from conformance.model import DEFAULT_MODES, Mode, Workload
 from conformance.scenario import API_VERSION, KIND, load, sniff
 from conformance.versions import IstioVersion
+from conformance.yamlio import FAST_DUMPER
 
 _KEPT_METADATA = ("name", "namespace", "labels", "annotations")  # the ObjectMeta a scenario's policy may carry
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
@@ -328,10 +328,10 @@ def _predict(name: str, spec: Mapping[str, Any], modes: Sequence[Mode], version:
     from conformance.truthtable import predict
 
     draft = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": dict(spec)}
-    with tempfile.TemporaryDirectory(prefix="authz-init-") as tmp:
-        path = Path(tmp) / "draft.yaml"
-        path.write_text(yaml.safe_dump(draft, sort_keys=False))
-        scenario = load(path, version)
+    # Checked and built as the file will be, from the document itself: what `yaml.dump` writes and the loader would
+    # read back is this same document (plain str, int, list and dict; the draft's file paths are absolute), so it is
+    # never written out and parsed back. The name only labels a problem the loader finds.
+    scenario = load(Path(f"{name} (init draft).yaml"), version, doc=draft)
     step = scenario.steps[0]
     per_mode = {mode: [row.predicted.verdict for row in predict(scenario, step, mode, version)] for mode in modes}
     out: list[Any] = []
@@ -373,7 +373,7 @@ def _header(origin: str, version: IstioVersion, modes: Sequence[Mode], left_out:
     return "".join(f"# {line}\n" for line in lines)
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(FAST_DUMPER):  # type: ignore[misc,valid-type]
     """Plain YAML for a reader: no `&id001` anchors where probes share a request."""
 
     def ignore_aliases(self, data: Any) -> bool:

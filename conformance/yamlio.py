@@ -15,6 +15,9 @@ from typing import Any
 import yaml
 
 _FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's emitter under the same SafeRepresenter: `init` on a 300-workload mesh writes 90,000 probes, which
+# PyYAML's pure-Python serializer and emitter took ~10 s of its ~26 s to write out
+FAST_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def load_all(text: str) -> list[Any]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conformance.cli import main
+from conformance.errors import ScenarioError
 from conformance.scenario import load
 
 RENDERED = Path(__file__).parent / "data" / "manifests-rendered"
@@ -163,3 +164,33 @@ def test_no_workload_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
     proc = _cli("init", "--from", str(tmp_path / "p.yaml"))
     assert proc.returncode == 1 and "no workload found" in proc.stderr
+
+
+def test_a_document_given_to_the_loader_is_the_scenario_its_file_is(tmp_path: Path) -> None:
+    # `init` checks its draft from the document itself, never parsing it back: the same Scenario as from the file
+    out = tmp_path / "shop.yaml"
+    assert _cli("init", "--from", str(SHOP), "--from", str(PAYMENTS), "-o", str(out)).returncode == 0
+    from_file = load(out)
+    from_doc = load(out, doc=yaml.safe_load(out.read_text()))
+    assert from_doc == from_file and len(from_doc.steps[0].expectations) > 10
+    with pytest.raises(ScenarioError, match="not a scenario"):
+        load(out, doc={"kind": "Deployment"})
+
+
+def test_init_on_a_mesh_of_270_workloads_writes_all_72630_probes(tmp_path: Path) -> None:
+    # over 200,000 YAML nodes without one alias: the alias-bomb guard had refused init's draft, and the file
+    docs: list[dict[str, object]] = []
+    for i in range(270):
+        meta = {"name": f"w{i}", "namespace": f"ns{i % 20}"}
+        docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {**meta, "labels": {"app": f"w{i}"}},
+                     "spec": {"serviceAccountName": f"sa{i}",
+                              "containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 8080}]}]}})
+        docs.append({"apiVersion": "v1", "kind": "Service", "metadata": meta,
+                     "spec": {"selector": {"app": f"w{i}"}, "ports": [{"name": "http", "port": 8080}]}})
+    manifests = tmp_path / "m.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs))
+    out = tmp_path / "big.yaml"
+    proc = _cli("init", "--from", str(manifests), "--mode", "sidecar", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expect = load(out).steps[0].expectations  # the file as a user's `pytest` reads it
+    assert len(expect) == 270 * 269 and {e.verdicts["sidecar"] for e in expect} == {"allow"}

@@ -222,4 +222,18 @@ def test_self_referencing_and_exploding_aliases_are_one_line(tmp_path: Path) -> 
     bomb = ["apiVersion: authz-conformance/v1", "kind: Scenario", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     bomb += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     result = _validate(_scenario(tmp_path, text="\n".join(bomb) + "\n"))
-    assert result.returncode == 1 and "expand this document to more than" in result.stderr
+    assert result.returncode == 1 and "expand this document by more than" in result.stderr
+
+
+def test_a_long_document_without_aliases_is_no_alias_bomb() -> None:
+    # `init` on a big mesh writes one probe per source, destination and port: 90,000 probes for 300 workloads,
+    # over 200,000 nodes, none of them an alias; only what aliases add counts against the guard
+    from conformance.scenario import _MAX_EXPANDED_NODES, _alias_problem
+
+    expect = [{"from": f"ns/w{i % 300}", "to": f"ns/w{i // 300}:8080", "verdict": "allow"} for i in range(90_000)]
+    assert 4 * len(expect) > _MAX_EXPANDED_NODES
+    assert _alias_problem({"spec": {"steps": [{"expect": expect}]}}) is None
+    shared = {"from": "ns/a", "to": "ns/b:8080", "verdict": "allow"}  # one node written, then only aliased
+    assert _alias_problem({"expect": [shared] * 10_000}) is None  # the aliases add 30,000 nodes
+    assert "by more than" in str(_alias_problem({"expect": [shared] * 90_000}))  # they add 270,000
+    assert "by more than" in str(_alias_problem({"expect": [[shared] * 1_000] * 1_000}))
