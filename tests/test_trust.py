@@ -112,11 +112,13 @@ def test_the_inverse_wrong_expectation_is_no_gap_either(sidecar: LocalMeshSessio
     assert result.gap.stale_allowed == 0 and result.stale == []
 
 
-def test_a_dead_destination_proxy_is_infrastructure_not_a_verdict(shared_id: Scenario) -> None:
+@pytest.mark.parametrize("mode", ["sidecar", "ambient"])
+def test_a_dead_destination_proxy_is_infrastructure_not_a_verdict(shared_id: Scenario, mode: str) -> None:
+    # ambient: the one ztunnel Envoy of the run serves every ambient workload, so its death is every probe's problem
     step = shared_id.steps[0]
-    for session in _session(shared_id, "sidecar"):
+    for session in _session(shared_id, mode):
         session.apply(step.policies)
-        table = predict(shared_id, step, "sidecar", VERSION, session.addresses)
+        table = predict(shared_id, step, mode, VERSION, session.addresses)  # type: ignore[arg-type]
         env = session._envoys["shop/api"]
         assert env.proc is not None
         env.proc.kill()
@@ -125,7 +127,7 @@ def test_a_dead_destination_proxy_is_infrastructure_not_a_verdict(shared_id: Sce
         for row, obs in zip(table.rows, observations, strict=True):
             j = judge(table.expected(row), row.predicted, obs, row.probe)
             assert (j.passed, j.category) == (False, INFRASTRUCTURE), (row.probe.describe(), obs)
-            assert "the sidecar of shop/api is not running" in j.message
+            assert f"the {'sidecar' if mode == 'sidecar' else 'ztunnel'} of shop/api is not running" in j.message
             assert obs.outcome != ALLOWED
 
 
