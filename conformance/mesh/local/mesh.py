@@ -434,8 +434,9 @@ class LocalMeshSession:
         self._canary_batch = self._canary_probes() if self.target.canary else []
         routes = self._initial_routes(self._canary_batch, providers)
         initial_clusters: dict[str, list[dict[str, Any]]] = {}
-        # One Envoy for every ztunnel of the run, as one node's ztunnel serves all the ambient pods on it
-        # (ztunnel's inpod mode: one process, a listener set per pod in the pod's network namespace): each workload
+        # One Envoy for every ztunnel of the run, as one node's ztunnel serves all the ambient pods on it (istio.io
+        # ambient/architecture/traffic-redirection: "a new logical proxy instance and listening port set dedicated to
+        # the newly-added pod ... still running within the same process"): each workload
         # keeps its own listeners on its own address, its own certificate and its own access log, under names
         # scoped by its ref (`ProxyContext.scope`). It starts once every member is known (its bootstrap holds all
         # their outbound listeners); every other proxy starts as soon as its config is rendered.
