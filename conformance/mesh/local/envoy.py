@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from conformance.errors import TargetError, TargetUnavailable
-from conformance.mesh.local import lifetime
+from conformance.mesh.local import extensions, lifetime
 from conformance.mesh.local.xds import CLUSTER_TYPE, LISTENER_TYPE, XdsRejected, XdsServer, to_any
 
 ENVOY_FLAGS = (
@@ -202,7 +202,7 @@ class EnvoyProcess:
     # --- process ------------------------------------------------------------------------------------
 
     def start(self, binary: Path) -> None:
-        argv = [str(binary), "-c", str(self.bootstrap_path), *ENVOY_FLAGS]
+        argv = [str(binary), "-c", str(self.bootstrap_path), *ENVOY_FLAGS, *extensions.disable_flag()]
         with open(self.stderr_path, "wb") as err:
             self.proc = lifetime.spawn(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=str(self.directory))
 
@@ -214,8 +214,9 @@ class EnvoyProcess:
             text = self.stderr_path.read_text(errors="replace")
         except OSError:
             return ""
-        # Envoy's harmless startup warnings would hide the interesting lines.
-        kept = [ln for ln in text.splitlines() if "no configured limit" not in ln]
+        # Envoy's harmless startup lines would hide the interesting ones: its warnings, and one line per extension
+        # disabled (extensions.py), which it writes before the log level applies.
+        kept = [ln for ln in text.splitlines() if "no configured limit" not in ln and "disabled extension" not in ln]
         return "\n".join(kept[-lines:])
 
     def died(self) -> TargetError:
