@@ -313,9 +313,12 @@ def test_source_ports_lend_exactly_as_the_all_ports_deque_did(ops: list[tuple[st
             now[0] += seconds
 
 
-def _tcp_chain(tmp_path: Path, inbound_starts: list[float]) -> list[str]:
+def _tcp_chain(tmp_path: Path, inbound_starts: list[float],
+               sources: tuple[tuple[str, float, int], ...] = (("127.0.0.2:62287", 1796435418.913040, 11),),
+               curl: str = "127.0.0.2:62287") -> list[str]:
     """A sidecar TCP probe's proof chain as the mesh reads it: curl's connection in the client sidecar's log (its
-    upstream address), then the server sidecar's records of that upstream address; returns the records found."""
+    upstream address; `sources`: curl's address, START_TIME and duration of each connection that had the one
+    upstream port), then the server sidecar's records of that address; returns those found for `curl`'s."""
     import json
     from types import SimpleNamespace
 
@@ -323,11 +326,11 @@ def _tcp_chain(tmp_path: Path, inbound_starts: list[float]) -> list[str]:
     from conformance.mesh.local.mesh import LocalMeshSession
     from tests.mesh_local.world import BACKEND, FRONTEND
 
-    curl_local, upstream = "127.0.0.2:62287", "127.0.0.2:44520"
+    upstream = "127.0.0.2:44520"
     src, dst = tmp_path / "src.log", tmp_path / "dst.log"
-    # the values of a denial that had no proof (measured under load): the server's START_TIME 0.28 ms earlier
-    src.write_text(json.dumps({"tag": "outbound default/backend:9000", "direct": curl_local, "upstream_local": upstream,
-                               "start": "1796435418.913040", "duration": 11}) + "\n")
+    src.write_text("".join(json.dumps({"tag": "outbound default/backend:9000", "direct": local,
+                                       "upstream_local": upstream, "start": f"{start:.6f}", "duration": duration})
+                           + "\n" for local, start, duration in sources))
     dst.write_text("".join(json.dumps({"tag": "inbound listener 9000", "direct": upstream, "start": f"{t:.6f}",
                                        "duration": 7, "term": f"record {i}"}) + "\n"
                            for i, t in enumerate(inbound_starts)))
@@ -336,17 +339,30 @@ def _tcp_chain(tmp_path: Path, inbound_starts: list[float]) -> list[str]:
     for log in session._logs.values():
         log.refresh()
     plan = SimpleNamespace(probe=SimpleNamespace(source=FRONTEND), request=SimpleNamespace(probe_id="p"))
-    result = SimpleNamespace(local_address=curl_local, started=1796435418.8819442, ended=1796435418.9280665)
+    first = min(start for _, start, _ in sources)  # the curl batch ran from 30 ms before the first connection
+    result = SimpleNamespace(local_address=curl, started=first - 0.031, ended=first + 0.085)
     found = session._records_of(BACKEND.ref, plan, result, {FRONTEND.ref: 0, BACKEND.ref: 0})  # type: ignore[arg-type]
     return [r.get("term") for r in found]
 
 
 def test_a_server_record_stamped_before_the_clients_is_still_its_connections(tmp_path: Path) -> None:
-    # two Envoys read the clock at different points of a connection's setup: 7 of 6,000 sidecar TCP denials under
-    # load had the server's START_TIME up to 0.28 ms before the client's, and no proof (mesh.CLOCK_SKEW)
+    # two Envoys read the clock at different points of a connection's setup: sidecar TCP denials under load had the
+    # server's START_TIME up to 1.3 ms before the client's, and no proof (LocalMeshSession._upstream_records)
     assert _tcp_chain(tmp_path, [1796435418.912760]) == ["record 0"]
+    assert _tcp_chain(tmp_path, [1796435418.913040 - 0.0013]) == ["record 0"]
 
 
 def test_a_later_connection_on_the_same_upstream_port_is_not_this_ones(tmp_path: Path) -> None:
     # the client's connection lasted 11 ms; the kernel may hand its port to a connection 30 ms later
     assert _tcp_chain(tmp_path, [1796435418.912760, 1796435418.954]) == ["record 0"]
+
+
+def test_an_early_stamped_record_is_not_taken_from_the_connection_that_had_the_port_before(tmp_path: Path) -> None:
+    # A (curl :1) had upstream port 44520 from 100.000 for 2 ms, then B (curl :2) from 100.0035, stamped late by its
+    # client: B's record (100.0032) is before B's own start but after A's lifetime, and A's (100.001) is A's
+    sources = (("127.0.0.2:1", 100.000, 2), ("127.0.0.2:2", 100.0035, 4))
+    records = [100.001, 100.0032]
+    assert _tcp_chain(tmp_path, records, sources, "127.0.0.2:1") == ["record 0"]
+    assert _tcp_chain(tmp_path, records, sources, "127.0.0.2:2") == ["record 1"]
+    # two records no other connection accounts for: no single record, so no proof (never the wrong one)
+    assert _tcp_chain(tmp_path, [100.0032, 100.0034], sources, "127.0.0.2:2") == ["record 0", "record 1"]

@@ -112,14 +112,9 @@ _EXT_AUTHZ_SCRIPT = Path(__file__).with_name("extauthz_server.py")
 # Seconds a round that may be judged waits for the records of its probes. Envoy writes each at once (ENVOY_FLAGS), and
 # in a passing `pytest policies` no such round waits even 1.5 s (measured), so the wait only costs time when a record
 # is missing. (It was raised from 2 s for a TCP denial "without proof" seen under load; the record had been there,
-# outside the time window of its chain: CLOCK_SKEW below.)
+# outside the time window of its chain: `_upstream_records`.)
 PROOF_WAIT = 5.0
 PROOF_WAIT_DURING_APPLY = 0.25  # for a round begun during apply(), which is never judged (LocalMeshSession.probe)
-# How far two Envoys' %START_TIME% of one connection may be out of order. The client sidecar's record of curl's
-# connection can carry a later START_TIME than the server sidecar's record of the upstream connection it opened:
-# measured here under load (6,000 TCP denials with three `pytest policies` beside them), 7 were so, by up to 0.28 ms,
-# and each was a denial without proof. A preempted worker can make it more, so the bound is wider than seen.
-CLOCK_SKEW = 0.005
 
 
 def _with_proof(outcome: str, result: CurlResult, proof: Proof | None) -> str:
@@ -1125,16 +1120,41 @@ class LocalMeshSession:
             source_log = self._logs[src.ref]
             for i in source_log.lookup("direct", local, marks[src.ref]):
                 outbound = source_log.records[i]
-                address, begin, end = outbound.get("upstream_local"), outbound.start, outbound.end
-                if not address or not during(outbound):
-                    continue
-                for j in inbound(log.lookup("direct", address, since)):
-                    t = log.records[j].start
-                    # the same clock, read by two processes (CLOCK_SKEW); %DURATION% is whole milliseconds. Another
-                    # connection that had the port within the skew makes two records: ambiguous, never a wrong proof
-                    if t is None or begin is None or end is None or begin - CLOCK_SKEW <= t <= end + CLOCK_SKEW:
-                        positions.add(j)
+                address = outbound.get("upstream_local")
+                if address and during(outbound):
+                    positions |= self._upstream_records(log, since, inbound, source_log, marks[src.ref], i)
         return [log.records[i] for i in sorted(positions)]
+
+    @staticmethod
+    def _upstream_records(log: AccessLog, since: int, inbound: Callable[[Iterable[int]], set[int]],
+                          source_log: AccessLog, source_since: int, i: int) -> set[int]:
+        """The enforcer's records (positions in `log`) of the upstream connection that the source's record `i` opened.
+
+        They carry its upstream address, and started within its lifetime: the kernel may hand the port to a later
+        connection of the batch once this one is reset, or have handed it to an earlier one. Both ends of the
+        lifetime are the source proxy's clock readings, and the two Envoys read the clock at different points of
+        the connection: under load the source's START_TIME was later than the enforcer's record of the connection it
+        opened (18 of 18,000 sidecar TCP denials beside three `pytest policies` runs, each a denial without proof; with
+        1 ms of slack still 1 of 6,000, by 1.3 ms: a fixed slack wide enough would swallow port reuse). So when no
+        record starts within the lifetime, the one record of that address in the round that no other connection of
+        the source on that port accounts for is its record; two such are ambiguous (no proof), never a wrong proof.
+        """
+        outbound = source_log.records[i]
+        address, begin, end = outbound.get("upstream_local"), outbound.start, outbound.end
+        candidates = inbound(log.lookup("direct", address, since))
+
+        def before_end(t: float | None, stop: float | None) -> bool:
+            return t is None or stop is None or t <= stop + 0.001  # %DURATION% is whole milliseconds: one more
+
+        def within(t: float | None, start: float | None, stop: float | None) -> bool:
+            return before_end(t, stop) and (t is None or start is None or start <= t)
+
+        strict = {j for j in candidates if within(log.records[j].start, begin, end)}
+        if strict:
+            return strict
+        others = [source_log.records[k] for k in source_log.lookup("upstream_local", address, source_since) if k != i]
+        return {j for j in candidates if before_end(log.records[j].start, end)
+                and not any(within(log.records[j].start, o.start, o.end) for o in others)}
 
     def _match(self, plan: _Planned, result: CurlResult, marks: Mapping[str, int],
                final: bool) -> tuple[tuple[str, LogRecord] | None, str | None]:
