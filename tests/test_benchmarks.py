@@ -35,7 +35,7 @@ def test_the_suite_benchmark_prints_wall_time_floor_and_its_steps() -> None:
 
 
 def test_every_benchmark_script_has_its_usage() -> None:
-    for script in ("engine.py", "mesh.py", "suite.py", "all.py"):
+    for script in ("engine.py", "mesh.py", "suite.py", "all.py", "proofs.py"):
         done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120, check=False)
         assert done.returncode == 0 and "usage:" in done.stdout, (script, done.stderr)
