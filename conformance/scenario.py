@@ -187,21 +187,22 @@ def load(path: str | Path, version: IstioVersion | None = None, doc: Mapping[str
     and built as the file's would be, without parsing the file back (90,000 probes of a 300-workload mesh took
     longer to parse than to predict). `path` still names it in errors and anchors its relative file references.
     """
-    scenario, problems = _Loader(Path(path), version or IstioVersion.parse(None), doc).run()
+    scenario, problems = check(path, version, doc)
     errors = [p for p in problems if p.severity == "error"]
     if errors or scenario is None:
         raise ScenarioError(errors)
     return scenario
 
 
-def check(path: str | Path, version: IstioVersion | None = None) -> tuple[Scenario | None, list[Problem]]:
+def check(path: str | Path, version: IstioVersion | None = None, doc: Mapping[str, Any] | None = None,
+          ) -> tuple[Scenario | None, list[Problem]]:
     """Load a scenario and return it with every problem (errors and warnings) found on the way.
 
     Every part is checked even when another part is broken: the JSON Schema, the references and each
     policy document, so that one `validate` run lists everything (issue 9). The scenario is returned only
     when there is no error.
     """
-    return _Loader(Path(path), version or IstioVersion.parse(None)).run()
+    return _Loader(Path(path), version or IstioVersion.parse(None), doc).run()
 
 
 class _Loader:

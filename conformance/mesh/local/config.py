@@ -359,11 +359,16 @@ def plaintext_cluster_name(peer: Peer, port: int) -> str:
     return f"outbound-plaintext|{port}||{peer.fqdn}"
 
 
+def hbone_cluster_name(ctx: ProxyContext, ref: str) -> str:
+    """`hbone|<ref>`: this proxy's HBONE cluster to `ref`'s :15008 (its ztunnel's or waypoint's), in its scope."""
+    return ctx.named(f"hbone|{ref}")
+
+
 def hbone_cluster(ctx: ProxyContext, peer: Peer) -> dict[str, Any]:
     """`hbone|<ref>`: HTTP/2 over mTLS (this proxy's certificate, the peer's exact SPIFFE identity verified) to the
     peer's :15008, one CONNECT per connection, so that no tunnel opened under an old policy is reused after a change."""
     assert peer.spiffe is not None
-    return static_cluster(ctx.named(f"hbone|{peer.ref}"), peer.address, HBONE_PORT, bind=ctx.me.address,
+    return static_cluster(hbone_cluster_name(ctx, peer.ref), peer.address, HBONE_PORT, bind=ctx.me.address,
                           tls=upstream_tls(ctx.certs, ctx.root_cert, peer.spiffe, None, alpn=("h2",)),
                           http="h2", one_request_per_connection=True)
 
@@ -517,7 +522,7 @@ def ztunnel_outbound_listeners(ctx: ProxyContext,
                 # Through the destination's waypoint when it has one: the CONNECT goes to the
                 # waypoint, the `:authority` still names the destination (its "service VIP").
                 hop = via.ref if via is not None else peer.ref
-                proxy = tcp_proxy(f"outbound_{lport}", ctx.named(f"hbone|{hop}"), log,
+                proxy = tcp_proxy(f"outbound_{lport}", hbone_cluster_name(ctx, hop), log,
                                   tunnel_authority=f"{peer.address}:{port.number}")
             else:
                 proxy = tcp_proxy(f"outbound_{lport}", ctx.named(f"passthrough|{port.number}||{peer.ref}"), log)
@@ -656,7 +661,7 @@ def waypoint_originate_listener(ctx: ProxyContext, peer: Peer, port: Port) -> di
     first enforcer on the path, as the verdict engine reports it. Decisions are not changed by this.
     """
     client = f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%"
-    proxy = tcp_proxy(f"originate_{port.number}", f"hbone|{peer.ref}",
+    proxy = tcp_proxy(f"originate_{port.number}", hbone_cluster_name(ctx, peer.ref),
                       tunnel_authority=f"{peer.address}:{port.number}", client=client)
     if port.protocol == "TCP":
         proxy["typed_config"]["upstream_connect_mode"] = "ON_DOWNSTREAM_DATA"
@@ -692,7 +697,8 @@ def _provider_origination(ctx: ProxyContext, peer: Peer, port: Port) -> dict[str
     ext_authz config names): an internal listener of that name tunnelling to the provider's ztunnel (HBONE,
     as the waypoint), as the waypoint's own outbound traffic goes in ambient."""
     name = outbound_cluster_name(peer, port.number)
-    proxy = tcp_proxy(f"provider_{port.number}", f"hbone|{peer.ref}", tunnel_authority=f"{peer.address}:{port.number}",
+    proxy = tcp_proxy(f"provider_{port.number}", hbone_cluster_name(ctx, peer.ref),
+                      tunnel_authority=f"{peer.address}:{port.number}",
                       client=f"%FILTER_STATE({CLIENT_STATE_KEY}:PLAIN)%")
     return internal_listener(name, [proxy], access_log(ctx.log_path, f"waypoint provider {peer.ref}:{port.number}"),
                               original_dst=False)
@@ -762,7 +768,8 @@ def sidecar_outbound_hbone(ctx: ProxyContext, peer: Peer, port: Port) -> dict[st
             f"outbound_{lport}", [route_to(hbone_originate_name(peer, port))], [state], access_log(ctx.log_path, tag),
         )]}
     else:
-        chain = {"filters": [tcp_proxy(f"outbound_{lport}", f"hbone|{peer.ref}", access_log(ctx.log_path, tag),
+        chain = {"filters": [tcp_proxy(f"outbound_{lport}", hbone_cluster_name(ctx, peer.ref),
+                                       access_log(ctx.log_path, tag),
                                        tunnel_authority=f"{peer.address}:{port.number}")]}
     return listener(name, ctx.me.address, lport, [chain])
 
@@ -795,7 +802,7 @@ def sidecar_hbone_static_listeners(ctx: ProxyContext) -> list[dict[str, Any]]:
         for port in peer.workload.ports:
             if port.protocol != "HTTP":
                 continue
-            proxy = tcp_proxy(f"originate_{port.number}", f"hbone|{peer.ref}",
+            proxy = tcp_proxy(f"originate_{port.number}", hbone_cluster_name(ctx, peer.ref),
                               tunnel_authority=f"{peer.address}:{port.number}", client=client)
             out.append(internal_listener(hbone_originate_name(peer, port), [proxy],
                                           access_log(ctx.log_path, f"outbound originate {peer.ref}:{port.number}"),

@@ -135,7 +135,7 @@ def gateway_static_listeners(ctx: ProxyContext, onward: Sequence[Onward]) -> lis
         if o.way == MTLS or name in seen:
             continue
         seen.add(name)
-        proxy = config.tcp_proxy(f"originate_{o.port.number}", f"hbone|{_hbone_target(o).ref}",
+        proxy = config.tcp_proxy(f"originate_{o.port.number}", config.hbone_cluster_name(ctx, _hbone_target(o).ref),
                                  tunnel_authority=f"{o.peer.address}:{o.port.number}",
                                  client=f"%FILTER_STATE({config.CLIENT_STATE_KEY}:PLAIN)%")
         out.append(config.internal_listener(

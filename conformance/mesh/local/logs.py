@@ -111,8 +111,9 @@ class LogRecord:
 
 
 # Fields a probe's records are looked up by (mesh.py _records_of): the suite's probe id, curl's own
-# address as the enforcing proxy sees it. Indexed as records arrive, so that finding the records of a
-# batch of hundreds of probes costs a dictionary lookup each, not a scan.
+# address as the enforcing proxy sees it, and a source sidecar's upstream address (its other connections on
+# that port). Indexed as records arrive, so that finding the records of a batch of hundreds of probes costs a
+# dictionary lookup each, not a scan.
 INDEXED_FIELDS = ("probe", "direct", "client", "client_state", "upstream_local")
 
 

@@ -319,8 +319,7 @@ class LocalMeshSession:
         self.tmpdir: Path | None = None
         self.timings: dict[str, float] = {}
         self._policies: tuple[Manifest, ...] = ()
-        self._envoys: dict[str, EnvoyProcess] = {}  # proxy ref -> its Envoy (the ztunnels' is shared)
-        self._members: dict[EnvoyProcess, list[str]] = {}  # each Envoy once -> the proxy refs it serves
+        self._envoys: dict[str, EnvoyProcess] = {}  # proxy ref -> its Envoy (the ztunnels' is shared: `_members`)
         self._logs: dict[str, AccessLog] = {}
         self._contexts: dict[str, config.ProxyContext] = {}
         self._static_listeners: dict[str, list[dict[str, Any]]] = {}  # in the bootstrap, never change
@@ -349,6 +348,14 @@ class LocalMeshSession:
         self._grpc_ports: frozenset[tuple[str, int]] = frozenset()
 
     # --- context manager ----------------------------------------------------------------------------
+
+    @property
+    def _members(self) -> dict[EnvoyProcess, list[str]]:
+        """Each Envoy once, with the proxy refs it serves, in start order (the run's ztunnel serves several)."""
+        out: dict[EnvoyProcess, list[str]] = {}
+        for ref, env in self._envoys.items():
+            out.setdefault(env, []).append(ref)
+        return out
 
     @property
     def _run_id(self) -> str:
@@ -461,7 +468,6 @@ class LocalMeshSession:
                                       routes.get(peer.ref), scope)
             self._contexts[peer.ref] = ctx
             self._envoys[peer.ref] = env
-            self._members.setdefault(env, []).append(peer.ref)
             self._logs[peer.ref] = AccessLog(log_path)
             self._static_routes[peer.ref] = ctx.outbound or frozenset()
             extra: dict[str, Any] = {}
@@ -541,7 +547,8 @@ class LocalMeshSession:
                    ) -> dict[EnvoyProcess, list[dict[str, Any]]]:
         """The resources of the Envoys serving `refs`: each gets those of every workload it serves (xDS state of
         the world: the shared ztunnel's LDS is all its workloads' listeners, whichever of them changed)."""
-        return {env: [x for ref in self._members[env] for x in render(ref)]
+        members = self._members
+        return {env: [x for ref in members[env] for x in render(ref)]
                 for env in dict.fromkeys(self._envoys[ref] for ref in refs)}
 
     def _outbound_clusters(self, ref: str) -> list[dict[str, Any]]:
